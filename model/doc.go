@@ -1,0 +1,17 @@
+// Package model is braid's GPT-2-style language model: pre-LayerNorm blocks,
+// learned positions, a tied input/output embedding, a 4× tanh-GELU MLP and
+// causal multi-head attention, built on package kernels.
+//
+// All parameters live in one flat float32 buffer (Model.Params) and all
+// their gradients in another of the same layout (Model.Grads), with named
+// views into both (Config.Layout), so that an all-reduce can reduce the
+// gradient buffer as is and an optimizer can update the parameters in one
+// pass. Activations for the largest batch are allocated once by New;
+// Forward and Backward allocate nothing.
+//
+// A Model is not safe for concurrent use: one goroutine drives it, and the
+// kernels spread each step over the CPU's cores.
+//
+// What this package does not do: optimisation (package train), data loading
+// (package train, later shard), or distributed anything.
+package model

@@ -1,0 +1,261 @@
+package model
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+
+	"github.com/braidml/braid/kernels"
+)
+
+// Model is a GPT-2-style model with its parameters, gradients and
+// activations. See the package comment for the layout.
+type Model struct {
+	Config Config
+	// Params is the flat parameter buffer, in Config.Layout order.
+	Params []float32
+	// Grads is the flat gradient buffer, same layout. Backward adds into it;
+	// ZeroGrad clears it.
+	Grads []float32
+
+	p, g views // named views into Params and Grads
+
+	maxB, maxT int         // the activation buffers fit B·T ≤ maxB·maxT, T ≤ maxT
+	act        activations // forward activations of the last Forward call
+	bw         backwardScratch
+
+	// state of the last Forward call, consumed by Backward
+	tokens, targets []int32
+	B, T            int
+	counted         int // positions with a target ≥ 0
+}
+
+// activations holds everything the forward pass saves for the backward pass.
+// Shapes are for the allocated maxB·maxT positions (BT below).
+type activations struct {
+	encoded []float32 // (BT, C)
+	blocks  []blockActs
+	lnf     []float32 // (BT, C)
+	lnfMean []float32 // (BT)
+	lnfRstd []float32 // (BT)
+	logits  []float32 // (BT, V)
+	probs   []float32 // (BT, V)
+	losses  []float32 // (BT)
+}
+
+type blockActs struct {
+	ln1, ln1Mean, ln1Rstd []float32 // (BT, C), (BT), (BT)
+	qkv                   []float32 // (BT, 3C)
+	atty                  []float32 // (BT, C) attention output before c_proj
+	att                   []float32 // (B, NH, T, T) attention probabilities
+	attproj               []float32 // (BT, C)
+	res2                  []float32 // (BT, C) x + attention branch
+	ln2, ln2Mean, ln2Rstd []float32 // (BT, C), (BT), (BT)
+	fch                   []float32 // (BT, 4C) c_fc output, pre-GELU
+	fchGelu               []float32 // (BT, 4C)
+	fcproj                []float32 // (BT, C)
+	res3                  []float32 // (BT, C) block output
+}
+
+// backwardScratch holds activation gradients; every block reuses them.
+type backwardScratch struct {
+	dres    []float32 // (BT, C) gradient of the residual stream, flows down the blocks
+	dln     []float32 // (BT, C)
+	datty   []float32 // (BT, C)
+	dqkv    []float32 // (BT, 3C)
+	dfch    []float32 // (BT, 4C)
+	dfchG   []float32 // (BT, 4C)
+	datt    []float32 // (B, NH, T, T)
+	dlogits []float32 // (BT, V)
+}
+
+// New allocates a model with config c whose activations fit batches of up
+// to maxB sequences of up to maxT ≤ c.Context tokens. Parameters are zero;
+// call Init or load a checkpoint.
+func New(c Config, maxB, maxT int) (*Model, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	if maxB < 1 || maxT < 1 || maxT > c.Context {
+		return nil, fmt.Errorf("%w: batch %d×%d does not fit (want ≥ 1 sequences of 1..%d tokens)", ErrConfig, maxB, maxT, c.Context)
+	}
+	n := c.NumParams()
+	m := &Model{Config: c, Params: make([]float32, n), Grads: make([]float32, n), maxB: maxB, maxT: maxT}
+	m.p, m.g = makeViews(c, m.Params), makeViews(c, m.Grads)
+	BT, C, V, NH := maxB*maxT, c.Dim, c.Vocab, c.Heads
+	f := func(k int) []float32 { return make([]float32, k) }
+	a := &m.act
+	a.encoded = f(BT * C)
+	for l := 0; l < c.Layers; l++ {
+		a.blocks = append(a.blocks, blockActs{
+			ln1: f(BT * C), ln1Mean: f(BT), ln1Rstd: f(BT), qkv: f(BT * 3 * C), atty: f(BT * C),
+			att: f(maxB * NH * maxT * maxT), attproj: f(BT * C), res2: f(BT * C),
+			ln2: f(BT * C), ln2Mean: f(BT), ln2Rstd: f(BT), fch: f(BT * 4 * C), fchGelu: f(BT * 4 * C),
+			fcproj: f(BT * C), res3: f(BT * C),
+		})
+	}
+	a.lnf, a.lnfMean, a.lnfRstd = f(BT*C), f(BT), f(BT)
+	a.logits, a.probs, a.losses = f(BT*V), f(BT*V), f(BT)
+	m.bw = backwardScratch{
+		dres: f(BT * C), dln: f(BT * C), datty: f(BT * C), dqkv: f(BT * 3 * C),
+		dfch: f(BT * 4 * C), dfchG: f(BT * 4 * C), datt: f(maxB * NH * maxT * maxT), dlogits: f(BT * V),
+	}
+	return m, nil
+}
+
+// MaxBatch returns the largest batch (sequences, tokens per sequence) the
+// activation buffers hold.
+func (m *Model) MaxBatch() (B, T int) { return m.maxB, m.maxT }
+
+// Init sets GPT-2's initialisation from seed: linear weights and embeddings
+// N(0, 0.02²), the residual projections (attn.c_proj, mlp.c_proj) N(0,
+// (0.02/sqrt(2L))²), LayerNorm weights 1, biases 0. The same seed gives the
+// same bytes on every machine.
+func (m *Model) Init(seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, 0x6272616964)) // "braid"
+	for _, p := range m.Config.Layout() {
+		w := m.Params[p.Offset : p.Offset+p.Size]
+		switch {
+		case len(p.Shape) == 2:
+			std := 0.02
+			if hasSuffix(p.Name, "c_proj.weight") {
+				std /= math.Sqrt(2 * float64(m.Config.Layers))
+			}
+			for i := range w {
+				w[i] = float32(rng.NormFloat64() * std)
+			}
+		case hasSuffix(p.Name, "ln_1.weight"), hasSuffix(p.Name, "ln_2.weight"), p.Name == "ln_f.weight":
+			for i := range w {
+				w[i] = 1
+			}
+		default:
+			clear(w)
+		}
+	}
+}
+
+func hasSuffix(s, suffix string) bool {
+	return len(s) >= len(suffix) && s[len(s)-len(suffix):] == suffix
+}
+
+// ZeroGrad clears the gradient buffer.
+func (m *Model) ZeroGrad() { clear(m.Grads) }
+
+// Forward runs the model on tokens (B, T) and, when targets (B, T) is not
+// nil, returns the mean cross-entropy loss over the positions whose target
+// is not −1. Token and target ids must be in [0, Vocab) (targets may be −1):
+// Forward returns an error otherwise, before computing anything. The logits
+// stay available through Logits until the next call.
+func (m *Model) Forward(tokens, targets []int32, B, T int) (float32, error) {
+	c := m.Config
+	if B < 1 || T < 1 || T > m.maxT || B*T > m.maxB*m.maxT {
+		return 0, fmt.Errorf("model: batch %d×%d does not fit the %d×%d this model was allocated for", B, T, m.maxB, m.maxT)
+	}
+	if len(tokens) != B*T || (targets != nil && len(targets) != B*T) {
+		return 0, fmt.Errorf("model: got %d tokens and %d targets for a %d×%d batch", len(tokens), len(targets), B, T)
+	}
+	for i, t := range tokens {
+		if t < 0 || int(t) >= c.Vocab {
+			return 0, fmt.Errorf("model: token %d at position %d is outside the vocabulary [0, %d)", t, i, c.Vocab)
+		}
+	}
+	counted := 0
+	for i, t := range targets {
+		if t < -1 || int(t) >= c.Vocab {
+			return 0, fmt.Errorf("model: target %d at position %d is outside the vocabulary [0, %d)", t, i, c.Vocab)
+		}
+		if t >= 0 {
+			counted++
+		}
+	}
+	m.tokens, m.targets, m.B, m.T, m.counted = tokens, targets, B, T, counted
+
+	BT, C, V, NH := B*T, c.Dim, c.Vocab, c.Heads
+	a := &m.act
+	kernels.EncoderForward(a.encoded, tokens, m.p.wte, m.p.wpe, B, T, C)
+	x := a.encoded
+	for l := range c.Layers {
+		p, s := &m.p.blocks[l], &a.blocks[l]
+		kernels.LayerNormForward(s.ln1, s.ln1Mean, s.ln1Rstd, x, p.ln1w, p.ln1b, BT, C)
+		kernels.LinearForward(s.qkv, s.ln1, p.qkvw, p.qkvb, BT, C, 3*C)
+		kernels.AttentionForward(s.atty, s.att, s.qkv, B, T, C, NH)
+		kernels.LinearForward(s.attproj, s.atty, p.attprojw, p.attprojb, BT, C, C)
+		kernels.ResidualForward(s.res2[:BT*C], x[:BT*C], s.attproj)
+		kernels.LayerNormForward(s.ln2, s.ln2Mean, s.ln2Rstd, s.res2, p.ln2w, p.ln2b, BT, C)
+		kernels.LinearForward(s.fch, s.ln2, p.fcw, p.fcb, BT, C, 4*C)
+		kernels.GeluForward(s.fchGelu[:BT*4*C], s.fch[:BT*4*C])
+		kernels.LinearForward(s.fcproj, s.fchGelu, p.fcprojw, p.fcprojb, BT, 4*C, C)
+		kernels.ResidualForward(s.res3[:BT*C], s.res2[:BT*C], s.fcproj)
+		x = s.res3
+	}
+	kernels.LayerNormForward(a.lnf, a.lnfMean, a.lnfRstd, x, m.p.lnfw, m.p.lnfb, BT, C)
+	kernels.LinearForward(a.logits, a.lnf, m.p.wte, nil, BT, C, V)
+	if targets == nil {
+		return 0, nil
+	}
+	return kernels.SoftmaxCrossEntropyForward(a.losses, a.probs, a.logits, targets, BT, V), nil
+}
+
+// Logits returns the (B, T, V) logits of the last Forward call. The slice is
+// overwritten by the next call.
+func (m *Model) Logits() []float32 { return m.act.logits[:m.B*m.T*m.Config.Vocab] }
+
+// Backward adds the gradient of the last Forward call's mean loss, times
+// scale, into Grads. Use scale 1 for one batch; for gradient accumulation
+// over micro-batches pass each micro-batch's share of the global batch's
+// counted positions. It fails if the last Forward had no targets.
+func (m *Model) Backward(scale float32) error {
+	if m.targets == nil {
+		return fmt.Errorf("model: Backward needs a Forward call with targets")
+	}
+	c := m.Config
+	B, T := m.B, m.T
+	BT, C, V, NH := B*T, c.Dim, c.Vocab, c.Heads
+	a, d := &m.act, &m.bw
+	if m.counted == 0 {
+		return nil
+	}
+	dlogits := d.dlogits[:BT*V]
+	clear(dlogits)
+	kernels.SoftmaxCrossEntropyBackward(dlogits, a.probs, m.targets, scale/float32(m.counted), BT, V)
+	dln := d.dln[:BT*C]
+	clear(dln)
+	kernels.LinearBackward(dln, m.g.wte, nil, dlogits, a.lnf, m.p.wte, BT, C, V)
+	dres := d.dres[:BT*C]
+	clear(dres)
+	last := a.encoded
+	if c.Layers > 0 {
+		last = a.blocks[c.Layers-1].res3
+	}
+	kernels.LayerNormBackward(dres, m.g.lnfw, m.g.lnfb, dln, last, m.p.lnfw, a.lnfMean, a.lnfRstd, BT, C)
+	for l := c.Layers - 1; l >= 0; l-- {
+		p, g, s := &m.p.blocks[l], &m.g.blocks[l], &a.blocks[l]
+		x := a.encoded
+		if l > 0 {
+			x = a.blocks[l-1].res3
+		}
+		// MLP branch: dres holds ∂L/∂res3, which is also ∂L/∂fcproj.
+		dfchG, dfch := d.dfchG[:BT*4*C], d.dfch[:BT*4*C]
+		clear(dfchG)
+		kernels.LinearBackward(dfchG, g.fcprojw, g.fcprojb, dres, s.fchGelu, p.fcprojw, BT, 4*C, C)
+		clear(dfch)
+		kernels.GeluBackward(dfch, s.fch[:BT*4*C], dfchG)
+		clear(dln)
+		kernels.LinearBackward(dln, g.fcw, g.fcb, dfch, s.ln2, p.fcw, BT, C, 4*C)
+		// dres becomes ∂L/∂res2.
+		kernels.LayerNormBackward(dres, g.ln2w, g.ln2b, dln, s.res2, p.ln2w, s.ln2Mean, s.ln2Rstd, BT, C)
+		// Attention branch.
+		datty := d.datty[:BT*C]
+		clear(datty)
+		kernels.LinearBackward(datty, g.attprojw, g.attprojb, dres, s.atty, p.attprojw, BT, C, C)
+		dqkv := d.dqkv[:BT*3*C]
+		clear(dqkv)
+		kernels.AttentionBackward(dqkv, d.datt, datty, s.qkv, s.att, B, T, C, NH)
+		clear(dln)
+		kernels.LinearBackward(dln, g.qkvw, g.qkvb, dqkv, s.ln1, p.qkvw, BT, C, 3*C)
+		// dres becomes ∂L/∂x, the block's input.
+		kernels.LayerNormBackward(dres, g.ln1w, g.ln1b, dln, x, p.ln1w, s.ln1Mean, s.ln1Rstd, BT, C)
+	}
+	kernels.EncoderBackward(m.g.wte, m.g.wpe, dres, m.tokens, B, T, C)
+	return nil
+}

@@ -1,0 +1,170 @@
+package train
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/braidml/braid/kernels"
+	"github.com/braidml/braid/model"
+)
+
+// ErrConfig is wrapped by every Config validation error.
+var ErrConfig = errors.New("train: invalid config")
+
+// Config holds the hyper-parameters of a training run.
+type Config struct {
+	Steps       int     // optimizer updates
+	Batch       int     // sequences per update
+	SeqLen      int     // tokens per sequence; 0 means the model's context
+	LR          float64 // peak learning rate
+	MinLRFrac   float64 // the cosine schedule ends at LR·MinLRFrac
+	Warmup      int     // linear warmup steps
+	WeightDecay float64 // AdamW decoupled weight decay on matrices
+	Beta1       float64
+	Beta2       float64
+	Eps         float64
+	Clip        float64 // global gradient-norm clip; 0 disables
+	Seed        uint64  // seeds model init (when training from scratch) and the sampler
+	EvalEvery   int     // held-out evaluation every N steps (and at the end); 0 disables
+	EvalBatches int     // batches per held-out evaluation
+}
+
+// DefaultConfig returns settings that train the tiny and small presets well
+// on a few megabytes of text.
+func DefaultConfig() Config {
+	return Config{
+		Steps: 200, Batch: 8, LR: 3e-3, MinLRFrac: 0.1, Warmup: 20, WeightDecay: 0.1,
+		Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, Clip: 1.0, Seed: 1, EvalEvery: 50, EvalBatches: 4,
+	}
+}
+
+// Validate checks each field and names the one at fault.
+func (c Config) Validate() error {
+	switch {
+	case c.Steps < 1:
+		return fmt.Errorf("%w: steps = %d, want ≥ 1", ErrConfig, c.Steps)
+	case c.Batch < 1 || c.Batch > 1<<16:
+		return fmt.Errorf("%w: batch = %d, want 1..65536", ErrConfig, c.Batch)
+	case c.SeqLen < 0:
+		return fmt.Errorf("%w: seq-len = %d, want ≥ 0", ErrConfig, c.SeqLen)
+	case !(c.LR > 0 && c.LR < 10):
+		return fmt.Errorf("%w: lr = %g, want in (0, 10)", ErrConfig, c.LR)
+	case !(c.MinLRFrac >= 0 && c.MinLRFrac <= 1):
+		return fmt.Errorf("%w: min-lr fraction = %g, want 0..1", ErrConfig, c.MinLRFrac)
+	case c.Warmup < 0:
+		return fmt.Errorf("%w: warmup = %d, want ≥ 0", ErrConfig, c.Warmup)
+	case !(c.WeightDecay >= 0 && c.WeightDecay < 1):
+		return fmt.Errorf("%w: weight-decay = %g, want 0 ≤ wd < 1", ErrConfig, c.WeightDecay)
+	case !(c.Beta1 >= 0 && c.Beta1 < 1) || !(c.Beta2 >= 0 && c.Beta2 < 1):
+		return fmt.Errorf("%w: betas = (%g, %g), want each in [0, 1)", ErrConfig, c.Beta1, c.Beta2)
+	case !(c.Eps > 0):
+		return fmt.Errorf("%w: eps = %g, want > 0", ErrConfig, c.Eps)
+	case !(c.Clip >= 0):
+		return fmt.Errorf("%w: clip = %g, want ≥ 0", ErrConfig, c.Clip)
+	case c.EvalEvery < 0 || (c.EvalEvery > 0 && c.EvalBatches < 1):
+		return fmt.Errorf("%w: eval-every = %d with eval-batches = %d", ErrConfig, c.EvalEvery, c.EvalBatches)
+	}
+	return nil
+}
+
+// StepStats describe one optimizer update.
+type StepStats struct {
+	Step     int // 1-based count of updates done
+	Loss     float32
+	LR       float64
+	GradNorm float32 // before clipping
+	Tokens   int     // tokens processed by this step
+	Duration time.Duration
+}
+
+// Trainer runs the training loop of one process.
+type Trainer struct {
+	Config  Config
+	Model   *model.Model
+	Opt     *Optimizer
+	Corpus  *Corpus
+	sched   Schedule
+	sampler *Sampler
+	T       int
+	inputs  []int32 // (Batch, T)
+	targets []int32 // (Batch, T)
+}
+
+// New prepares a trainer for m on corpus. The model's activations must fit
+// cfg.Batch × T where T is cfg.SeqLen or the model's context.
+func New(cfg Config, m *model.Model, corpus *Corpus) (*Trainer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	T := cfg.SeqLen
+	if T == 0 {
+		T = m.Config.Context
+	}
+	if mb, mt := m.MaxBatch(); cfg.Batch*T > mb*mt || T > mt {
+		return nil, fmt.Errorf("%w: batch %d×%d exceeds the model's allocation %d×%d", ErrConfig, cfg.Batch, T, mb, mt)
+	}
+	s, err := NewSampler(corpus.Train, T, cfg.Seed)
+	if err != nil {
+		return nil, fmt.Errorf("training split: %w", err)
+	}
+	if cfg.EvalEvery > 0 && len(corpus.Heldout) < T+1 {
+		return nil, fmt.Errorf("%w: held-out split has %d tokens, need %d for evaluation (use a larger corpus or disable evaluation)", ErrTooSmall, len(corpus.Heldout), T+1)
+	}
+	return &Trainer{
+		Config: cfg, Model: m, Corpus: corpus, sampler: s, T: T,
+		Opt:     NewOptimizer(m.Config, float32(cfg.Beta1), float32(cfg.Beta2), float32(cfg.Eps), float32(cfg.WeightDecay)),
+		sched:   Schedule{LR: cfg.LR, MinLR: cfg.LR * cfg.MinLRFrac, Warmup: cfg.Warmup, Steps: cfg.Steps},
+		inputs:  make([]int32, cfg.Batch*T),
+		targets: make([]int32, cfg.Batch*T),
+	}, nil
+}
+
+// Step draws a batch, computes the gradient, clips it and applies one AdamW
+// update. It allocates nothing.
+func (t *Trainer) Step() (StepStats, error) {
+	start := time.Now()
+	B, T := t.Config.Batch, t.T
+	t.sampler.Next(t.inputs, t.targets, B, T)
+	m := t.Model
+	m.ZeroGrad()
+	loss, err := m.Forward(t.inputs, t.targets, B, T)
+	if err != nil {
+		return StepStats{}, err
+	}
+	if err := m.Backward(1); err != nil {
+		return StepStats{}, err
+	}
+	norm := kernels.ClipGradNorm(m.Grads, float32(t.Config.Clip))
+	if math.IsNaN(float64(loss)) || math.IsInf(float64(norm), 0) || math.IsNaN(float64(norm)) {
+		return StepStats{}, fmt.Errorf("train: step %d diverged (loss %v, gradient norm %v); lower the learning rate", t.Opt.Step+1, loss, norm)
+	}
+	lr := t.sched.At(t.Opt.Step)
+	t.Opt.Apply(m.Params, m.Grads, float32(lr))
+	return StepStats{Step: t.Opt.Step, Loss: loss, LR: lr, GradNorm: norm, Tokens: B * T, Duration: time.Since(start)}, nil
+}
+
+// Eval returns the mean loss over the first EvalBatches batches of
+// consecutive held-out windows (the same windows every time).
+func (t *Trainer) Eval() (float32, error) {
+	return EvalLoss(t.Model, t.Corpus.Heldout, t.Config.Batch, t.T, t.Config.EvalBatches, t.inputs, t.targets)
+}
+
+// EvalLoss returns m's mean loss over n batches of B consecutive windows of
+// T tokens from tokens. inputs and targets are scratch of B·T elements.
+func EvalLoss(m *model.Model, tokens []uint16, B, T, n int, inputs, targets []int32) (float32, error) {
+	if len(tokens) < T+1 {
+		return 0, fmt.Errorf("%w: %d tokens, need %d to evaluate", ErrTooSmall, len(tokens), T+1)
+	}
+	var sum float64
+	for i := 0; i < n; i++ {
+		Windows(tokens, inputs, targets, B, T, i)
+		loss, err := m.Forward(inputs, targets, B, T)
+		if err != nil {
+			return 0, err
+		}
+		sum += float64(loss)
+	}
+	return float32(sum / float64(n)), nil
+}
