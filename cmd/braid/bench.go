@@ -1,0 +1,170 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/braidml/braid/kernels"
+	"github.com/braidml/braid/model"
+)
+
+func benchCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "bench",
+		Usage: "measure kernels, links and collectives",
+		Subcommands: []*cli.Command{{
+			Name:  "kernels",
+			Usage: "sgemm GFLOPS and training tokens/s on this machine",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "sizes", Value: "256,512,1024,2048", Usage: "sgemm sizes n (n×n·n×n)"},
+				&cli.StringFlag{Name: "threads", Usage: "comma-separated thread counts (default: 1 and all cores)"},
+				&cli.StringFlag{Name: "configs", Value: "tiny,small", Usage: "model presets to time a training step of"},
+				&cli.IntFlag{Name: "batch", Value: 8, Usage: "sequences per training step"},
+				&cli.StringFlag{Name: "kernel", Value: "auto", Usage: "matmul micro-kernel: auto, avx512, avx2 or generic"},
+				&cli.DurationFlag{Name: "min-time", Value: 2 * time.Second, Usage: "minimum time per measurement"},
+				&cli.BoolFlag{Name: "json", Usage: "one JSON object per line"},
+			},
+			Action: runBenchKernels,
+		}},
+	}
+}
+
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q is not a positive integer", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func runBenchKernels(c *cli.Context) error {
+	if err := setCompute(0, c.String("kernel")); err != nil {
+		return err
+	}
+	sizes, err := parseInts(c.String("sizes"))
+	if err != nil {
+		return fmt.Errorf("--sizes: %w", err)
+	}
+	all := kernels.Threads()
+	threads := []int{1, all}
+	if all == 1 {
+		threads = []int{1}
+	}
+	if s := c.String("threads"); s != "" {
+		if threads, err = parseInts(s); err != nil {
+			return fmt.Errorf("--threads: %w", err)
+		}
+	}
+	out, asJSON, minDur := c.App.Writer, c.Bool("json"), c.Duration("min-time")
+	emit := func(obj map[string]any, text string) {
+		if asJSON {
+			b, _ := json.Marshal(obj)
+			fmt.Fprintln(out, string(b))
+		} else {
+			fmt.Fprintln(out, text)
+		}
+	}
+	if !asJSON {
+		fmt.Fprintf(out, "# braid bench kernels: %s micro-kernel, GOMAXPROCS %d, %s/%s\n", kernels.ActiveImpl(), runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH)
+	}
+	for _, th := range threads {
+		kernels.SetThreads(th)
+		for _, n := range sizes {
+			g := kernels.BenchGemm(n, minDur)
+			emit(map[string]any{"kind": "sgemm", "n": n, "threads": kernels.Threads(), "impl": kernels.ActiveImpl().String(), "gflops": round(g, 1)},
+				fmt.Sprintf("sgemm    n=%-5d threads=%d  %8.1f GFLOPS", n, kernels.Threads(), g))
+		}
+	}
+	for _, name := range strings.Split(c.String("configs"), ",") {
+		name = strings.TrimSpace(name)
+		if name == "" {
+			continue
+		}
+		// vocab 256 matches the PyTorch peer (shared/bench/torch_gpt.py).
+		mc, err := model.Preset(name, 256)
+		if err != nil {
+			return err
+		}
+		for _, th := range threads {
+			kernels.SetThreads(th)
+			tps, stepMS, err := benchTrainStep(mc, c.Int("batch"), minDur)
+			if err != nil {
+				return err
+			}
+			emit(map[string]any{"kind": "train", "config": name, "threads": kernels.Threads(), "batch": c.Int("batch"),
+				"params": mc.NumParams(), "step_ms": round(stepMS, 2), "tokens_per_s": round(tps, 0)},
+				fmt.Sprintf("train    %-6s threads=%d  batch %d×%d  %.2f M params  %7.1f ms/step  %8.0f tokens/s",
+					name, kernels.Threads(), c.Int("batch"), mc.Context, float64(mc.NumParams())/1e6, stepMS, tps))
+		}
+	}
+	kernels.SetThreads(0)
+	return nil
+}
+
+// benchTrainStep times forward + backward + AdamW on random tokens, as the
+// PyTorch peer does, and returns the median tokens/s and step time.
+func benchTrainStep(mc model.Config, B int, minDur time.Duration) (tps, stepMS float64, err error) {
+	T := mc.Context
+	m, err := model.New(mc, B, T)
+	if err != nil {
+		return 0, 0, err
+	}
+	m.Init(1)
+	rng := rand.New(rand.NewPCG(1, 2))
+	x, y := make([]int32, B*T), make([]int32, B*T)
+	for i := range x {
+		x[i], y[i] = int32(rng.IntN(mc.Vocab)), int32(rng.IntN(mc.Vocab))
+	}
+	mo, vo := make([]float32, len(m.Params)), make([]float32, len(m.Params))
+	step := func(i int) error {
+		m.ZeroGrad()
+		if _, err := m.Forward(x, y, B, T); err != nil {
+			return err
+		}
+		if err := m.Backward(1); err != nil {
+			return err
+		}
+		kernels.AdamW(m.Params, m.Grads, mo, vo, kernels.AdamWParams{LR: 3e-4, Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.01, Step: i})
+		return nil
+	}
+	for i := 1; i <= 2; i++ { // warm-up, as the peer does
+		if err := step(i); err != nil {
+			return 0, 0, err
+		}
+	}
+	var times []float64
+	start := time.Now()
+	for i := 3; len(times) < 5 || time.Since(start) < minDur; i++ {
+		t0 := time.Now()
+		if err := step(i); err != nil {
+			return 0, 0, err
+		}
+		times = append(times, time.Since(t0).Seconds())
+	}
+	sort.Float64s(times)
+	med := times[len(times)/2]
+	return float64(B*T) / med, med * 1e3, nil
+}
+
+func round(x float64, digits int) float64 {
+	p := 1.0
+	for range digits {
+		p *= 10
+	}
+	return float64(int64(x*p+0.5)) / p
+}

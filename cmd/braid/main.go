@@ -1,0 +1,45 @@
+// Command braid fine-tunes language models on an organisation's own data.
+//
+// This file wires the command-line interface (urfave/cli/v2); each command
+// lives in its own file and does no more than turn flags into the Config
+// structs of the packages that do the work, and format their output.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	app := &cli.App{
+		Name:    "braid",
+		Usage:   "fine-tune language models on your own data, across a cluster of identical nodes",
+		Version: version,
+		Commands: []*cli.Command{
+			trainCommand(),
+			generateCommand(),
+			benchCommand(),
+		},
+		ExitErrHandler: func(*cli.Context, error) {}, // main prints errors once, below
+	}
+	if err := app.RunContext(ctx, os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "braid:", err)
+		code := 1
+		var ec cli.ExitCoder
+		if errors.As(err, &ec) {
+			code = ec.ExitCode()
+		}
+		os.Exit(code)
+	}
+}

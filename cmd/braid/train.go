@@ -1,0 +1,194 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/braidml/braid/kernels"
+	"github.com/braidml/braid/model"
+	"github.com/braidml/braid/train"
+)
+
+func trainCommand() *cli.Command {
+	d := train.DefaultConfig()
+	return &cli.Command{
+		Name:  "train",
+		Usage: "train a model in this process on text files or directories",
+		Description: "Trains from scratch (--config) or from the checkpoint in --init on the byte-level\n" +
+			"tokenizer, printing step, loss, learning rate and tokens/s, and held-out loss every\n" +
+			"--eval-every steps. The checkpoint in --out is rewritten atomically at every evaluation\n" +
+			"and at the end (model.safetensors, config.json, training_state.safetensors).",
+		Flags: []cli.Flag{
+			&cli.StringSliceFlag{Name: "input", Aliases: []string{"i"}, Usage: "text `PATH` (file or directory, repeatable)", Required: true},
+			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Usage: "checkpoint `DIR` to write", Required: true},
+			&cli.StringFlag{Name: "init", Usage: "start from the checkpoint in `DIR` instead of a fresh model"},
+			&cli.StringFlag{Name: "config", Value: "tiny", Usage: "model preset for a fresh model: tiny or small"},
+			&cli.IntFlag{Name: "steps", Value: d.Steps, Usage: "optimizer steps"},
+			&cli.IntFlag{Name: "batch", Value: d.Batch, Usage: "sequences per step"},
+			&cli.IntFlag{Name: "seq-len", Usage: "tokens per sequence (default: the model's context)"},
+			&cli.Float64Flag{Name: "lr", Value: d.LR, Usage: "peak learning rate"},
+			&cli.IntFlag{Name: "warmup", Value: d.Warmup, Usage: "linear warmup steps"},
+			&cli.Float64Flag{Name: "weight-decay", Value: d.WeightDecay, Usage: "AdamW weight decay on matrices"},
+			&cli.Float64Flag{Name: "clip", Value: d.Clip, Usage: "global gradient-norm clip (0: off)"},
+			&cli.Uint64Flag{Name: "seed", Value: d.Seed, Usage: "seed of initialisation and sampling"},
+			&cli.IntFlag{Name: "eval-every", Value: d.EvalEvery, Usage: "evaluate held-out loss and save every N steps (0: only at the end)"},
+			&cli.IntFlag{Name: "eval-batches", Value: d.EvalBatches, Usage: "batches per held-out evaluation"},
+			&cli.IntFlag{Name: "holdout-every", Value: 20, Usage: "hold out about one document in N (by content hash)"},
+			&cli.Int64Flag{Name: "max-bytes", Usage: "read at most about this many bytes of corpus (0: all)"},
+			&cli.IntFlag{Name: "log-every", Value: 10, Usage: "print a progress line every N steps"},
+			&cli.IntFlag{Name: "threads", Usage: "compute threads (default: all cores)"},
+			&cli.StringFlag{Name: "kernel", Value: "auto", Usage: "matmul micro-kernel: auto, avx512, avx2 or generic"},
+		},
+		Action: runTrain,
+	}
+}
+
+func runTrain(c *cli.Context) error {
+	if err := setCompute(c.Int("threads"), c.String("kernel")); err != nil {
+		return err
+	}
+	out := c.App.Writer
+	cfg := train.DefaultConfig()
+	cfg.Steps, cfg.Batch, cfg.SeqLen = c.Int("steps"), c.Int("batch"), c.Int("seq-len")
+	cfg.LR, cfg.Warmup, cfg.WeightDecay, cfg.Clip = c.Float64("lr"), c.Int("warmup"), c.Float64("weight-decay"), c.Float64("clip")
+	cfg.Seed, cfg.EvalEvery, cfg.EvalBatches = c.Uint64("seed"), c.Int("eval-every"), c.Int("eval-batches")
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+
+	// The model: from a checkpoint, or fresh from a preset.
+	var (
+		mc     model.Config
+		tok    model.Tokenizer = model.ByteTokenizer{}
+		params []float32
+	)
+	if dir := c.String("init"); dir != "" {
+		ck, err := model.LoadCheckpoint(dir)
+		if err != nil {
+			return err
+		}
+		mc, tok, params = ck.Config, ck.Tokenizer, ck.Params
+	} else {
+		var err error
+		if mc, err = model.Preset(c.String("config"), tok.Vocab()); err != nil {
+			return err
+		}
+	}
+	T := cfg.SeqLen
+	if T == 0 || T > mc.Context {
+		T = mc.Context
+	}
+	cfg.SeqLen = T
+	m, err := model.New(mc, cfg.Batch, T)
+	if err != nil {
+		return err
+	}
+	if params != nil {
+		copy(m.Params, params)
+	} else {
+		m.Init(cfg.Seed)
+	}
+
+	start := time.Now()
+	corpus, err := train.LoadCorpus(c.StringSlice("input"), tok, train.CorpusOptions{
+		HoldoutEvery: c.Int("holdout-every"), MaxBytes: c.Int64("max-bytes")})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "corpus: %d files (%d skipped as empty or binary), %.1f MB, %d training and %d held-out tokens, read in %s\n",
+		corpus.Files, corpus.Skipped, float64(corpus.Bytes)/1e6, len(corpus.Train), len(corpus.Heldout), time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(out, "model: %d layers, %d channels, %d heads, context %d, vocab %d: %.2f M parameters; kernels %s on %d threads\n",
+		mc.Layers, mc.Dim, mc.Heads, mc.Context, mc.Vocab, float64(mc.NumParams())/1e6, kernels.ActiveImpl(), kernels.Threads())
+
+	tr, err := train.New(cfg, m, corpus)
+	if err != nil {
+		return err
+	}
+	if cfg.EvalEvery > 0 {
+		l, err := tr.Eval()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "step %5d | held-out loss %.4f | perplexity %.2f | %.3f bits/byte\n", 0, l, perplexity(l), bitsPerToken(l))
+	}
+	return trainLoop(c, out, tr, tok)
+}
+
+// trainLoop runs the steps, logging and checkpointing; on interrupt it saves
+// and stops.
+func trainLoop(c *cli.Context, out io.Writer, tr *train.Trainer, tok model.Tokenizer) error {
+	cfg := tr.Config
+	dir, logEvery := c.String("out"), max(1, c.Int("log-every"))
+	var (
+		tokens  int
+		elapsed time.Duration
+	)
+	save := func() error {
+		if err := tr.SaveCheckpoint(dir, tok); err != nil {
+			return err
+		}
+		return nil
+	}
+	for step := 1; step <= cfg.Steps; step++ {
+		if err := c.Context.Err(); err != nil {
+			fmt.Fprintf(out, "interrupted at step %d; saving %s\n", step-1, dir)
+			if err := save(); err != nil {
+				return err
+			}
+			return cli.Exit("interrupted", 130)
+		}
+		st, err := tr.Step()
+		if err != nil {
+			return err
+		}
+		tokens += st.Tokens
+		elapsed += st.Duration
+		if step%logEvery == 0 || step == 1 || step == cfg.Steps {
+			fmt.Fprintf(out, "step %5d/%d | loss %.4f | lr %.2e | grad norm %.3f | %.0f tokens/s\n",
+				step, cfg.Steps, st.Loss, st.LR, st.GradNorm, float64(tokens)/elapsed.Seconds())
+			tokens, elapsed = 0, 0
+		}
+		if (cfg.EvalEvery > 0 && step%cfg.EvalEvery == 0) || step == cfg.Steps {
+			if len(tr.Corpus.Heldout) > tr.T {
+				l, err := tr.Eval()
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "step %5d | held-out loss %.4f | perplexity %.2f | %.3f bits/byte\n", step, l, perplexity(l), bitsPerToken(l))
+			}
+			if err := save(); err != nil {
+				return err
+			}
+		}
+	}
+	fmt.Fprintf(out, "saved %s\n", dir)
+	return nil
+}
+
+// setCompute applies --threads and --kernel.
+func setCompute(threads int, impl string) error {
+	i, err := kernels.ParseImpl(impl)
+	if err != nil {
+		return err
+	}
+	if !kernels.Supported(i) {
+		return fmt.Errorf("kernel %s is not supported on this CPU (supported: %v)", i, kernels.Implementations())
+	}
+	kernels.SetImpl(i)
+	if threads < 0 {
+		return errors.New("--threads must be ≥ 0")
+	}
+	kernels.SetThreads(threads)
+	return nil
+}
+
+func perplexity(loss float32) float64 { return math.Exp(float64(loss)) }
+
+// bitsPerToken converts a loss in nats per token to bits; for the byte-level
+// tokenizer a token is a byte.
+func bitsPerToken(loss float32) float64 { return float64(loss) / math.Ln2 }
