@@ -91,13 +91,7 @@ func softmaxCausalRow(row []float32, i int, scale float32) {
 	for _, s := range live {
 		maxv = max(maxv, s)
 	}
-	var sum float32
-	for j, s := range live {
-		e := Exp32((s - maxv) * scale)
-		live[j] = e
-		sum += e
-	}
-	inv := 1 / sum
+	inv := 1 / ExpSum(live, live, maxv, scale)
 	for j := range live {
 		live[j] *= inv
 	}

@@ -77,12 +77,7 @@ func (t *ceTask) Run(lo, hi int) {
 		for _, v := range x {
 			maxv = max(maxv, v)
 		}
-		var sum float32
-		for j, v := range x {
-			e := Exp32(v - maxv)
-			p[j] = e
-			sum += e
-		}
+		sum := ExpSum(p, x, maxv, 1)
 		inv := 1 / sum
 		for j := range p {
 			p[j] *= inv

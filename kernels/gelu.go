@@ -37,45 +37,33 @@ var (
 	geluBwdTasks taskPool[geluBwdTask, *geluBwdTask]
 )
 
-func (t *geluTask) Run(lo, hi int) {
-	in, out := t.inp[lo:hi], t.out[lo:hi]
-	for i, x := range in {
-		u := geluC * (x + geluK*x*x*x)
-		out[i] = x / (1 + Exp32(-2*u))
-	}
-}
+func (t *geluTask) Run(lo, hi int) { geluForward(t.out[lo:hi], t.inp[lo:hi]) }
 
-func (t *geluBwdTask) Run(lo, hi int) {
-	in, dout, dinp := t.inp[lo:hi], t.dout[lo:hi], t.out[lo:hi]
-	for i, x := range in {
-		u := geluC * (x + geluK*x*x*x)
-		s := 1 / (1 + Exp32(-2*u)) // ½(1 + tanh u)
-		du := geluC * (1 + 3*geluK*x*x)
-		// d/dx [x·s(2u)] = s + x·2s(1−s)·u'
-		dinp[i] += dout[i] * (s + 2*x*s*(1-s)*du)
-	}
-}
+func (t *geluBwdTask) Run(lo, hi int) { geluBackward(t.out[lo:hi], t.inp[lo:hi], t.dout[lo:hi]) }
 
 // Exp32 returns e^x in float32, within about 2 ulp of the true value over
 // the normal range. It saturates to +Inf above about 88.7 and flushes to 0
-// below about −87.3 (no subnormal results), and propagates NaN.
+// below about −87.3 (no subnormal results), and propagates NaN. It is written
+// so that the compiler keeps it branch-light and call-free: rounding uses the
+// 1.5·2²³ trick instead of math.Floor.
 func Exp32(x float32) float32 {
 	const (
 		log2e = 1.44269504088896341
 		ln2hi = 0.693359375 // few significant bits, so n·ln2hi is exact
 		ln2lo = -2.12194440e-4
+		round = 12582912 // 1.5·2²³: adding it rounds a float32 to an integer
 	)
-	if x > 88.72 {
+	if !(x <= 88.72) { // also catches NaN
+		if x != x {
+			return x
+		}
 		return float32(math.Inf(1))
 	}
 	if x < -87.33 {
 		return 0
 	}
-	if x != x {
-		return x
-	}
 	// x = n·ln2 + r with |r| ≤ ln2/2; e^x = 2^n·e^r.
-	fn := float32(math.Floor(float64(x*log2e + 0.5)))
+	fn := (x*log2e + round) - round
 	r := x - fn*ln2hi
 	r -= fn * ln2lo
 	// Degree-6 Taylor polynomial of e^r, Horner form; truncation error
@@ -87,9 +75,10 @@ func Exp32(x float32) float32 {
 	p = p*r + 0.5
 	p = p*r + 1
 	p = p*r + 1
-	if fn > 127 { // 2^128 is not a float32; take one factor of 2 into p
+	n := int32(fn)
+	if n > 127 { // 2^128 is not a float32; take one factor of 2 into p
 		p *= 2
-		fn--
+		n--
 	}
-	return p * math.Float32frombits(uint32(int32(fn)+127)<<23)
+	return p * math.Float32frombits(uint32(n+127)<<23)
 }
