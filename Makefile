@@ -1,0 +1,52 @@
+# braid: the two commands a new user needs are `make demo` and `make test`.
+
+GO        ?= go
+BIN       := bin/braid
+VERSION   := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X main.version=$(VERSION)
+GOROOT_SRC := $(shell $(GO) env GOROOT)/src
+
+.PHONY: all build test test-short bench bench-peers lint fuzz demo clean
+
+all: build
+
+## build: static binary bin/braid (CGO_ENABLED=0)
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/braid
+
+## test: every test with the race detector
+test:
+	$(GO) test -race -count=1 ./...
+
+## test-short: the tests without the race detector (faster)
+test-short:
+	$(GO) test -count=1 ./...
+
+## bench: Go benchmarks and `braid bench kernels`
+bench: build
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./kernels ./model
+	$(BIN) bench kernels
+
+## bench-peers: braid against OpenBLAS and PyTorch, side by side (needs python3-torch, python3-numpy)
+bench-peers: build
+	scripts/bench-peers.sh
+
+## lint: gofmt and go vet (also for the pure-Go and non-amd64 builds)
+lint:
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needs to run on:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) vet -tags purego ./...
+	GOARCH=arm64 $(GO) vet ./...
+
+## fuzz: run each fuzz target for a while (FUZZTIME=30s by default)
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME) ./model/safetensors
+	$(GO) test -run '^$$' -fuzz FuzzLoadCheckpoint -fuzztime $(FUZZTIME) ./model
+
+## demo: train a small model on Go's own source for a minute, then sample from it
+demo: build
+	scripts/demo.sh
+
+clean:
+	rm -rf bin out
