@@ -145,8 +145,11 @@ func LoadCheckpoint(dir string) (*Checkpoint, error) {
 		t := &f.Tensors[i]
 		byName[strings.TrimPrefix(t.Name, "transformer.")] = t
 	}
-	params := make([]float32, c.NumParams())
-	for _, p := range c.Layout() {
+	// Check every tensor before allocating: a config can describe a huge
+	// model, but only a file that holds all of its tensors gets memory.
+	layout := c.Layout()
+	found := make([]*safetensors.Tensor, len(layout))
+	for i, p := range layout {
 		t, ok := byName[p.Name]
 		if !ok {
 			return nil, fmt.Errorf("%w: %s: tensor %s is missing", ErrCheckpoint, path, p.Name)
@@ -158,12 +161,16 @@ func LoadCheckpoint(dir string) (*Checkpoint, error) {
 		if !equalShape(t.Shape, want) {
 			return nil, fmt.Errorf("%w: %s: tensor %s has shape %v, config.json implies %v", ErrCheckpoint, path, p.Name, t.Shape, want)
 		}
-		w, err := t.Float32s()
+		found[i] = t
+	}
+	params := make([]float32, c.NumParams())
+	for i, p := range layout {
+		w, err := found[i].Float32s()
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s: tensor %s: %v", ErrCheckpoint, path, p.Name, err)
 		}
 		if p.Linear {
-			w = transpose(w, want[0], want[1])
+			w = transpose(w, p.Shape[1], p.Shape[0])
 		}
 		copy(params[p.Offset:p.Offset+p.Size], w)
 	}

@@ -2,9 +2,10 @@ package train
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -60,10 +61,8 @@ func LoadCorpus(paths []string, tok model.Tokenizer, opt CorpusOptions) (*Corpus
 	var ids []int32
 	add := func(path string, text []byte) {
 		ids = tok.Encode(ids[:0], text)
-		h := fnv.New64a()
-		h.Write(text)
 		dst := &c.Train
-		if opt.HoldoutEvery > 0 && h.Sum64()%uint64(opt.HoldoutEvery) == 0 {
+		if opt.HoldoutEvery > 0 && HeldOut(text, opt.HoldoutEvery) {
 			dst = &c.Heldout
 		}
 		for _, id := range ids {
@@ -129,6 +128,14 @@ func LoadCorpus(paths []string, tok model.Tokenizer, opt CorpusOptions) (*Corpus
 		return nil, fmt.Errorf("%w in %v (%d files skipped as empty or binary)", ErrNoText, paths, c.Skipped)
 	}
 	return c, nil
+}
+
+// HeldOut reports whether a document belongs to the held-out split: about one
+// in every, decided by the SHA-256 of its bytes, so the split is the same on
+// every machine and for any file names or order.
+func HeldOut(doc []byte, every int) bool {
+	sum := sha256.Sum256(doc)
+	return binary.BigEndian.Uint64(sum[:8])%uint64(every) == 0
 }
 
 // maxFileBytes bounds one document; larger files are not what a text corpus

@@ -1,0 +1,155 @@
+package train_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/braidml/braid/model"
+	"github.com/braidml/braid/train"
+)
+
+func writeFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCorpusBadInput: each bad corpus is an error naming the path and the
+// problem.
+func TestCorpusBadInput(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "empty.txt"), nil)
+	writeFile(t, filepath.Join(dir, "binary.bin"), []byte{0x7f, 'E', 'L', 'F', 0, 0, 1})
+	writeFile(t, filepath.Join(dir, "latin1.txt"), []byte("caf\xe9"))
+	writeFile(t, filepath.Join(dir, "bins", "a.bin"), []byte{1, 2, 0, 3})
+	writeFile(t, filepath.Join(dir, "bins", "b.txt"), nil)
+	tok := model.ByteTokenizer{}
+	for _, c := range []struct {
+		name  string
+		paths []string
+		is    error
+		want  string
+	}{
+		{"no paths", nil, train.ErrNoInput, ""},
+		{"missing", []string{filepath.Join(dir, "nope.txt")}, os.ErrNotExist, "nope.txt"},
+		{"empty", []string{filepath.Join(dir, "empty.txt")}, train.ErrEmptyFile, "empty.txt"},
+		{"binary", []string{filepath.Join(dir, "binary.bin")}, train.ErrNotText, "binary.bin"},
+		{"not UTF-8", []string{filepath.Join(dir, "latin1.txt")}, train.ErrNotText, "latin1.txt"},
+		{"dir without text", []string{filepath.Join(dir, "bins")}, train.ErrNoText, "bins"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := train.LoadCorpus(c.paths, tok, train.CorpusOptions{HoldoutEvery: 10})
+			if !errors.Is(err, c.is) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %v, want %v naming %q", err, c.is, c.want)
+			}
+			t.Log(err)
+		})
+	}
+}
+
+// TestCorpusSplitAndSkip: directories are walked in order, binary and hidden
+// files are skipped and counted, and the held-out split depends only on
+// content.
+func TestCorpusSplitAndSkip(t *testing.T) {
+	dir := t.TempDir()
+	var docs []string
+	for i := 0; i < 40; i++ {
+		doc := strings.Repeat(string(rune('a'+i%26)), 10+i)
+		docs = append(docs, doc)
+		writeFile(t, filepath.Join(dir, "d", string(rune('a'+i%26))+string(rune('0'+i/26))+".txt"), []byte(doc))
+	}
+	writeFile(t, filepath.Join(dir, "d", "blob.bin"), []byte{0, 1, 2})
+	writeFile(t, filepath.Join(dir, "d", ".git", "config"), []byte("hidden"))
+	tok := model.ByteTokenizer{}
+	c, err := train.LoadCorpus([]string{filepath.Join(dir, "d")}, tok, train.CorpusOptions{HoldoutEvery: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Files != 40 || c.Skipped != 1 {
+		t.Errorf("files %d skipped %d, want 40 and 1", c.Files, c.Skipped)
+	}
+	total := 0
+	for _, d := range docs {
+		total += len(d) + 1 // + EOT
+	}
+	if got := len(c.Train) + len(c.Heldout); got != total {
+		t.Errorf("%d tokens, want %d", got, total)
+	}
+	if len(c.Heldout) == 0 || len(c.Train) == 0 {
+		t.Errorf("split %d/%d: want both non-empty", len(c.Train), len(c.Heldout))
+	}
+	// Same content in another directory, other names: same split.
+	for i, d := range docs {
+		writeFile(t, filepath.Join(dir, "e", "doc"+string(rune('A'+i%26))+string(rune('0'+i/26))), []byte(d))
+	}
+	c2, err := train.LoadCorpus([]string{filepath.Join(dir, "e")}, tok, train.CorpusOptions{HoldoutEvery: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c2.Heldout) != len(c.Heldout) {
+		t.Errorf("held-out tokens %d vs %d for the same documents under other names", len(c2.Heldout), len(c.Heldout))
+	}
+}
+
+func TestSamplerIsSeeded(t *testing.T) {
+	toks := make([]uint16, 1000)
+	for i := range toks {
+		toks[i] = uint16(i % 251)
+	}
+	draw := func(seed uint64) []int32 {
+		s, err := train.NewSampler(toks, 16, seed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		x, y := make([]int32, 4*16), make([]int32, 4*16)
+		s.Next(x, y, 4, 16)
+		for i := range x {
+			if i%16 < 15 && y[i] != x[i+1] {
+				t.Fatalf("targets are not inputs shifted by one at %d", i)
+			}
+		}
+		return x
+	}
+	a, b, c := draw(1), draw(1), draw(2)
+	same := func(p, q []int32) bool {
+		for i := range p {
+			if p[i] != q[i] {
+				return false
+			}
+		}
+		return true
+	}
+	if !same(a, b) || same(a, c) {
+		t.Errorf("same seed same batch: %v; different seed different batch: %v", same(a, b), !same(a, c))
+	}
+	if _, err := train.NewSampler(toks[:10], 16, 1); !errors.Is(err, train.ErrTooSmall) {
+		t.Errorf("10 tokens for a 16-token window: err %v, want ErrTooSmall", err)
+	}
+}
+
+func TestConfigValidateNamesField(t *testing.T) {
+	for field, mutate := range map[string]func(*train.Config){
+		"steps": func(c *train.Config) { c.Steps = 0 },
+		"batch": func(c *train.Config) { c.Batch = -1 },
+		"lr":    func(c *train.Config) { c.LR = 0 },
+		"betas": func(c *train.Config) { c.Beta2 = 1 },
+		"clip":  func(c *train.Config) { c.Clip = -1 },
+	} {
+		c := train.DefaultConfig()
+		mutate(&c)
+		err := c.Validate()
+		if !errors.Is(err, train.ErrConfig) || !strings.Contains(err.Error(), field) {
+			t.Errorf("%s: error %v, want ErrConfig naming the field", field, err)
+		}
+	}
+	if err := train.DefaultConfig().Validate(); err != nil {
+		t.Errorf("default config: %v", err)
+	}
+}
