@@ -22,7 +22,20 @@ var version = "dev"
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	app := &cli.App{
+	if err := newApp().RunContext(ctx, os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "braid:", err)
+		code := 1
+		var ec cli.ExitCoder
+		if errors.As(err, &ec) {
+			code = ec.ExitCode()
+		}
+		os.Exit(code)
+	}
+}
+
+// newApp builds the command tree; tests run it in-process.
+func newApp() *cli.App {
+	return &cli.App{
 		Name:    "braid",
 		Usage:   "fine-tune language models on your own data, across a cluster of identical nodes",
 		Version: version,
@@ -31,15 +44,6 @@ func main() {
 			generateCommand(),
 			benchCommand(),
 		},
-		ExitErrHandler: func(*cli.Context, error) {}, // main prints errors once, below
-	}
-	if err := app.RunContext(ctx, os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "braid:", err)
-		code := 1
-		var ec cli.ExitCoder
-		if errors.As(err, &ec) {
-			code = ec.ExitCode()
-		}
-		os.Exit(code)
+		ExitErrHandler: func(*cli.Context, error) {}, // main prints errors once
 	}
 }
