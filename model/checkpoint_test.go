@@ -95,7 +95,9 @@ func TestCheckpointBadInput(t *testing.T) {
 		{"missing config", func(t *testing.T, dir string) { os.Remove(filepath.Join(dir, model.ConfigFile)) }, []string{model.ConfigFile, "no such file"}},
 		{"truncated weights", func(t *testing.T, dir string) { truncate(t, filepath.Join(dir, model.WeightsFile), 1000) }, []string{model.WeightsFile}},
 		{"empty weights", func(t *testing.T, dir string) { truncate(t, filepath.Join(dir, model.WeightsFile), 0) }, []string{model.WeightsFile}},
-		{"wrong magic", func(t *testing.T, dir string) { overwrite(t, filepath.Join(dir, model.WeightsFile), 0, []byte("PK\x03\x04 zip file")) }, []string{model.WeightsFile}},
+		{"wrong magic", func(t *testing.T, dir string) {
+			overwrite(t, filepath.Join(dir, model.WeightsFile), 0, []byte("PK\x03\x04 zip file"))
+		}, []string{model.WeightsFile}},
 		{"config not JSON", func(t *testing.T, dir string) { write(t, filepath.Join(dir, model.ConfigFile), "{n_embd: 32") }, []string{model.ConfigFile, "JSON"}},
 		{"config shape disagrees", func(t *testing.T, dir string) {
 			write(t, filepath.Join(dir, model.ConfigFile), `{"model_type":"gpt2","vocab_size":300,"n_positions":16,"n_embd":48,"n_layer":2,"n_head":4}`)
