@@ -14,9 +14,11 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/braid
 
-## test: every test with the race detector
+## test: every test with the race detector, then the allocation tests without it
+## (the race detector makes sync.Pool drop items, so those skip under -race)
 test:
 	$(GO) test -race -count=1 ./...
+	$(GO) test -count=1 -run 'Alloc' ./...
 
 ## test-short: the tests without the race detector (faster)
 test-short:

@@ -13,7 +13,8 @@
 // residual stream's fan-in need no extra buffers. The caller zeroes gradient
 // buffers when a new accumulation starts.
 //
-// Each kernel has a deliberately simple reference in reference.go (the
+// Each kernel has a deliberately simple reference in reference.go and
+// gemm_reference.go (the
 // Naive* functions) that the optimised code is tested against, and both are
 // tested against PyTorch fixtures in testdata. The matrix multiply dispatches
 // at run time to an AVX-512 or AVX2/FMA assembly micro-kernel, or to a

@@ -16,7 +16,7 @@ func BenchmarkGemm(b *testing.B) {
 			}
 			for _, threads := range benchThreads() {
 				b.Run(fmt.Sprintf("%v/n=%d/threads=%d", impl, n, threads), func(b *testing.B) {
-					benchGemmShape(b, impl, threads, false, false, n, n, n)
+					benchGemmShape(b, impl, threads, Gemm, false, false, n, n, n)
 				})
 			}
 		}
@@ -39,14 +39,35 @@ func BenchmarkGemmShapes(b *testing.B) {
 		{"bwd-dweight", true, false, 384, 1536, 2048},
 		{"2048x384x128", false, false, 2048, 384, 128},
 		{"2048x128x512", false, false, 2048, 128, 512},
-		{"att-qk", false, true, 256, 256, 32},
-		{"att-v", false, false, 256, 32, 256},
+		{"256x256x32", false, true, 256, 256, 32},
+		{"256x32x256", false, false, 256, 32, 256},
 	}
 	impl := Detect()
 	for _, s := range shapes {
 		for _, threads := range benchThreads() {
 			b.Run(fmt.Sprintf("%s/threads=%d", s.name, threads), func(b *testing.B) {
-				benchGemmShape(b, impl, threads, s.transA, s.transB, s.m, s.n, s.k)
+				benchGemmShape(b, impl, threads, Gemm, s.transA, s.transB, s.m, s.n, s.k)
+			})
+		}
+	}
+}
+
+// BenchmarkGemmSerialAttention measures the GemmSerial calls attention
+// makes per (batch, head) and 64-row block, for T = 256 and head size 64.
+func BenchmarkGemmSerialAttention(b *testing.B) {
+	shapes := []struct {
+		name           string
+		transA, transB bool
+		m, n, k        int
+	}{
+		{"scores", false, true, 64, 256, 64}, // q·kᵀ
+		{"out", false, false, 64, 64, 256},   // att·v
+		{"dkdv", true, false, 64, 64, 256},   // dsᵀ·q, attᵀ·dout
+	}
+	for _, impl := range Implementations() {
+		for _, s := range shapes {
+			b.Run(fmt.Sprintf("%v/%s", impl, s.name), func(b *testing.B) {
+				benchGemmShape(b, impl, 1, GemmSerial, s.transA, s.transB, s.m, s.n, s.k)
 			})
 		}
 	}
@@ -59,7 +80,9 @@ func benchThreads() []int {
 	return []int{1}
 }
 
-func benchGemmShape(b *testing.B, impl Impl, threads int, transA, transB bool, m, n, k int) {
+func benchGemmShape(b *testing.B, impl Impl, threads int,
+	gemm func(transA, transB bool, m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, accumulate bool),
+	transA, transB bool, m, n, k int) {
 	restore := gemmVariant{impl, threads}.use()
 	defer restore()
 	rng := rand.New(rand.NewPCG(1, 1))
@@ -71,10 +94,10 @@ func benchGemmShape(b *testing.B, impl Impl, threads int, transA, transB bool, m
 		ldb = k
 	}
 	a, bm, c := randMatrix(rng, m, k), randMatrix(rng, k, n), make([]float32, m*n)
-	Gemm(transA, transB, m, n, k, a, lda, bm, ldb, c, n, false)
+	gemm(transA, transB, m, n, k, a, lda, bm, ldb, c, n, false)
 	b.ResetTimer()
 	for b.Loop() {
-		Gemm(transA, transB, m, n, k, a, lda, bm, ldb, c, n, false)
+		gemm(transA, transB, m, n, k, a, lda, bm, ldb, c, n, false)
 	}
 	sec := b.Elapsed().Seconds() / float64(b.N)
 	b.ReportMetric(2*float64(m)*float64(n)*float64(k)/sec/1e9, "GFLOPS")

@@ -154,8 +154,9 @@ func (v gemmVariant) use() (restore func()) {
 }
 
 // gemmShapes are the (m, n, k) the conformance test covers with every
-// transpose and accumulate combination. The micro-tiles are 12×32 (AVX-512),
-// 6×16 (AVX2) and 4×4 (generic); kc is 384 and 256 and nc 512 and 1024.
+// transpose and accumulate combination. The micro-tiles are 8×32 (AVX-512),
+// 6×16 (AVX2) and 2×4 or 4×4 (generic); kc is 320 (assembly) and 256
+// (generic), nc 512 and 1024, mc 960 and 256.
 var gemmShapes = []struct {
 	m, n, k    int
 	padA, padB int
@@ -171,25 +172,29 @@ var gemmShapes = []struct {
 	{7, 13, 17, 0, 0, 0},
 	{31, 37, 41, 3, 5, 7},
 	{61, 67, 71, 0, 0, 0},
-	// Straddling the micro-tiles: 11…13 rows, 15…17 and 31…33 columns.
-	{11, 31, 8, 0, 0, 0},
-	{12, 32, 8, 0, 0, 0},
-	{13, 33, 8, 1, 1, 1},
+	// Straddling the micro-tiles: 5…9 rows, 15…17 and 31…33 columns.
+	{7, 31, 8, 0, 0, 0},
+	{8, 32, 8, 0, 0, 0},
+	{9, 33, 8, 1, 1, 1},
 	{6, 16, 9, 0, 0, 0},
 	{5, 15, 9, 0, 0, 0},
-	{25, 65, 3, 0, 0, 2},
-	// Straddling kc (256 and 384) and nc (512): several k and column blocks.
-	{13, 33, 257, 0, 0, 0},
-	{12, 32, 385, 4, 0, 0},
-	{14, 34, 800, 0, 3, 0},
+	{17, 65, 3, 0, 0, 2},
+	// Straddling kc (256, 320) and nc (512, 1024): several k and column
+	// blocks, k cut into unequal-looking but equal blocks.
+	{9, 33, 257, 0, 0, 0},
+	{8, 32, 321, 4, 0, 0},
+	{10, 34, 700, 0, 3, 0},
 	{5, 513, 20, 0, 0, 0},
-	{13, 1100, 9, 0, 2, 5},
-	// Straddling mc (256 for generic, 1200 for the assembly kernels).
+	{9, 1100, 9, 0, 2, 5},
+	// Straddling mc (256 generic, 960 assembly).
 	{257, 9, 11, 0, 0, 0},
-	{1201, 7, 5, 2, 0, 0},
-	// Shapes from training: a linear layer and one attention head.
+	{961, 7, 5, 2, 0, 0},
+	// Shapes like training's: a linear layer and attention's 64-row blocks.
 	{96, 96, 64, 0, 0, 0},
-	{64, 128, 96, 0, 0, 0},
+	{64, 192, 64, 0, 0, 0},
+	{64, 64, 130, 0, 0, 0},
+	// Every level at once: several bands, k blocks and column blocks.
+	{37, 530, 330, 1, 2, 3},
 }
 
 // TestGemmConformance runs every shape, transpose and accumulate combination
@@ -217,6 +222,28 @@ func TestGemmConformance(t *testing.T) {
 	}
 	for _, v := range variants {
 		t.Logf("%-20v max |Gemm − NaiveGemm| = %.3g", v, maxDiff[v.String()])
+	}
+}
+
+// TestGemmGenericTiles runs both pure-Go tiles, also the one this
+// architecture does not use, against NaiveGemm.
+func TestGemmGenericTiles(t *testing.T) {
+	rng := rand.New(rand.NewPCG(13, 14))
+	for _, goarch := range []string{"amd64", "arm64"} {
+		g := genericGemmConfig(goarch)
+		serial := func(transA, transB bool, m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, accumulate bool) {
+			g.serial(transA, transB, m, n, k, a, lda, b, ldb, c, ldc, accumulate)
+		}
+		var worst float64
+		for _, tc := range []gemmCase{
+			{m: 1, n: 1, k: 1},
+			{m: 7, n: 9, k: 300, transA: true, accumulate: true},
+			{m: 261, n: 1030, k: 5, transB: true, padC: 3},
+			{m: 33, n: 35, k: 37, transA: true, transB: true, padA: 1, padB: 2},
+		} {
+			worst = max(worst, newGemmOperands(tc, rng).run(t, serial))
+		}
+		t.Logf("%d×%d tile (GOARCH=%s): max |diff| = %.3g", g.mr, g.nr, goarch, worst)
 	}
 }
 
