@@ -13,10 +13,9 @@
 // residual stream's fan-in need no extra buffers. The caller zeroes gradient
 // buffers when a new accumulation starts.
 //
-// Each kernel has a deliberately simple reference in reference.go and
-// gemm_reference.go (the
-// Naive* functions) that the optimised code is tested against, and both are
-// tested against PyTorch fixtures in testdata. The matrix multiply dispatches
+// Each kernel has a deliberately simple reference (the Naive* functions in
+// reference.go and gemm_reference.go) that the optimised code is tested
+// against, and both are tested against PyTorch fixtures in testdata. The matrix multiply dispatches
 // at run time to an AVX-512 or AVX2/FMA assembly micro-kernel, or to a
 // pure-Go one; SetImpl forces a path so every one is tested on one machine.
 //
