@@ -8,11 +8,12 @@ cd "$(dirname "$0")/.."
 BRAID=${BRAID:-bin/braid}
 PEERS=${PEERS:-../shared/bench}
 PY=/usr/bin/python3
-export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-SkylakeX}
+# Always the AVX-512 kernel: machines here preset OPENBLAS_CORETYPE=Haswell, which halves OpenBLAS.
+export OPENBLAS_CORETYPE=${PEER_OPENBLAS_CORETYPE:-SkylakeX}
 ROUNDS=${ROUNDS:-2}
 SIZES=${SIZES:-256,512,1024,2048}
 
-echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
+echo "# machine: $(nproc) cores, $(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F), OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE"
 for round in $(seq "$ROUNDS"); do
   for th in 1 2; do
     OPENBLAS_NUM_THREADS=$th $PY "$PEERS/sgemm_ref.py" --sizes "$SIZES" --json | sed "s/^/{\"round\":$round,\"threads\":$th,\"peer\":/; s/\$/}/"
