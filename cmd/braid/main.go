@@ -42,6 +42,7 @@ func newApp() *cli.App {
 		Commands: []*cli.Command{
 			trainCommand(),
 			generateCommand(),
+			evalCommand(),
 			benchCommand(),
 		},
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints errors once

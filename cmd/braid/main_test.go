@@ -56,6 +56,15 @@ func TestTrainThenGenerate(t *testing.T) {
 		"--seq-len", "32", "--eval-every", "0", "--holdout-every", "5"); err != nil {
 		t.Fatalf("train --init: %v\n%s", err, log)
 	}
+	js, err := run(t, "eval", "--model", out, "--input", corpus, "--split", "heldout", "--holdout-every", "5", "--json")
+	if err != nil {
+		t.Fatalf("eval: %v", err)
+	}
+	for _, key := range []string{`"loss":`, `"perplexity":`, `"bits_per_byte":`, `"tokens":`} {
+		if !strings.Contains(js, key) {
+			t.Errorf("eval --json lacks %s: %s", key, js)
+		}
+	}
 	gen := func() string {
 		s, err := run(t, "generate", "--model", out, "--prompt", "the ", "--tokens", "20", "--seed", "3")
 		if err != nil {
