@@ -4,10 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/braidml/braid/kernels"
 	"github.com/braidml/braid/model/safetensors"
 )
 
@@ -22,6 +25,8 @@ const (
 var ErrCheckpoint = errors.New("model: bad checkpoint")
 
 // hfConfig is config.json: Hugging Face GPT2Config's keys plus braid's own.
+// Keys braid does not model (dropout rates, summary_*, use_cache, ...) are
+// ignored when read and not written.
 type hfConfig struct {
 	ModelType          string   `json:"model_type"`
 	Architectures      []string `json:"architectures,omitempty"`
@@ -32,10 +37,28 @@ type hfConfig struct {
 	NLayer             int      `json:"n_layer"`
 	NHead              int      `json:"n_head"`
 	NInner             *int     `json:"n_inner"`
-	LayerNormEpsilon   float64  `json:"layer_norm_epsilon"`
+	LayerNormEpsilon   *float64 `json:"layer_norm_epsilon,omitempty"`
 	ActivationFunction string   `json:"activation_function"`
 	TieWordEmbeddings  *bool    `json:"tie_word_embeddings,omitempty"`
-	Tokenizer          string   `json:"braid_tokenizer,omitempty"`
+	BOSTokenID         *int     `json:"bos_token_id,omitempty"`
+	EOSTokenID         *int     `json:"eos_token_id,omitempty"`
+	TorchDtype         string   `json:"torch_dtype,omitempty"`
+	// Attention variants GPT2Config offers; braid computes only the default
+	// (scaled by 1/sqrt(head size), not by layer index).
+	ScaleAttnWeights           *bool  `json:"scale_attn_weights,omitempty"`
+	ScaleAttnByInverseLayerIdx bool   `json:"scale_attn_by_inverse_layer_idx,omitempty"`
+	AddCrossAttention          bool   `json:"add_cross_attention,omitempty"`
+	Tokenizer                  string `json:"braid_tokenizer,omitempty"`
+}
+
+// defaultTokenizer names the tokenizer of a config.json without a
+// braid_tokenizer key: GPT-2's BPE for GPT-2's vocabulary size (50,000
+// merges, 256 bytes and <|endoftext|>: 50257 ids), else bytes.
+func defaultTokenizer(vocab int) string {
+	if vocab == 50257 {
+		return "gpt2"
+	}
+	return "byte"
 }
 
 // Checkpoint is a model's config, tokenizer and flat parameters as read from
@@ -74,11 +97,12 @@ func SaveCheckpoint(dir string, c Config, tok Tokenizer, params []float32) error
 	if err := safetensors.WriteFile(filepath.Join(dir, WeightsFile), tensors, map[string]string{"format": "pt"}); err != nil {
 		return err
 	}
-	tie := true
+	tie, eps, eot := true, float64(kernels.LayerNormEps), int(tok.EOT())
 	cfg := hfConfig{
 		ModelType: "gpt2", Architectures: []string{"GPT2LMHeadModel"},
 		VocabSize: c.Vocab, NPositions: c.Context, NCtx: c.Context, NEmbd: c.Dim, NLayer: c.Layers, NHead: c.Heads,
-		LayerNormEpsilon: 1e-5, ActivationFunction: "gelu_new", TieWordEmbeddings: &tie, Tokenizer: tok.Name(),
+		LayerNormEpsilon: &eps, ActivationFunction: "gelu_new", TieWordEmbeddings: &tie,
+		BOSTokenID: &eot, EOSTokenID: &eot, TorchDtype: "float32", Tokenizer: tok.Name(),
 	}
 	js, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
@@ -87,7 +111,12 @@ func SaveCheckpoint(dir string, c Config, tok Tokenizer, params []float32) error
 	return WriteFileAtomic(filepath.Join(dir, ConfigFile), append(js, '\n'), 0o644)
 }
 
-// ReadConfig reads and validates dir/config.json.
+// ReadConfig reads and validates dir/config.json. Keys that would make a
+// GPT-2 compute something braid does not (another activation, n_inner other
+// than 4·n_embd, layer_norm_epsilon other than kernels.LayerNormEps, untied
+// embeddings, unscaled or layer-scaled attention, cross-attention) are errors
+// naming the key. Without a braid_tokenizer key the tokenizer is "gpt2" for
+// vocab_size 50257 and "byte" otherwise.
 func ReadConfig(dir string) (Config, Tokenizer, error) {
 	path := filepath.Join(dir, ConfigFile)
 	b, err := os.ReadFile(path)
@@ -110,11 +139,27 @@ func ReadConfig(dir string) (Config, Tokenizer, error) {
 	if hc.TieWordEmbeddings != nil && !*hc.TieWordEmbeddings {
 		return Config{}, nil, fmt.Errorf("%w: %s: untied word embeddings are not supported", ErrCheckpoint, path)
 	}
+	if hc.LayerNormEpsilon != nil && *hc.LayerNormEpsilon != kernels.LayerNormEps {
+		return Config{}, nil, fmt.Errorf("%w: %s: layer_norm_epsilon = %g, braid's LayerNorm uses %g", ErrCheckpoint, path, *hc.LayerNormEpsilon, kernels.LayerNormEps)
+	}
+	if hc.ScaleAttnWeights != nil && !*hc.ScaleAttnWeights {
+		return Config{}, nil, fmt.Errorf("%w: %s: scale_attn_weights = false, braid always scales attention by 1/sqrt(head size)", ErrCheckpoint, path)
+	}
+	if hc.ScaleAttnByInverseLayerIdx {
+		return Config{}, nil, fmt.Errorf("%w: %s: scale_attn_by_inverse_layer_idx = true is not supported", ErrCheckpoint, path)
+	}
+	if hc.AddCrossAttention {
+		return Config{}, nil, fmt.Errorf("%w: %s: add_cross_attention = true is not supported", ErrCheckpoint, path)
+	}
 	c := Config{Vocab: hc.VocabSize, Context: hc.NPositions, Dim: hc.NEmbd, Layers: hc.NLayer, Heads: hc.NHead}
 	if err := c.Validate(); err != nil {
 		return Config{}, nil, fmt.Errorf("%s: %w", path, err)
 	}
-	tok, err := TokenizerByName(hc.Tokenizer)
+	name := hc.Tokenizer
+	if name == "" {
+		name = defaultTokenizer(c.Vocab)
+	}
+	tok, err := TokenizerByName(name)
 	if err != nil {
 		return Config{}, nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -125,11 +170,17 @@ func ReadConfig(dir string) (Config, Tokenizer, error) {
 }
 
 // LoadCheckpoint reads a checkpoint directory written by SaveCheckpoint or
-// by Hugging Face (model.safetensors + config.json of a GPT-2). F32, F16 and
-// BF16 weights are read; a "transformer." name prefix is accepted; the
-// causal-mask buffers some GPT-2 files carry (attn.bias, attn.masked_bias)
-// and lm_head.weight (tied) are ignored. Any missing tensor, or one whose
-// shape disagrees with config.json, is an error naming the file and tensor.
+// by Hugging Face (model.safetensors + config.json of a GPT-2). F32, F16,
+// BF16 and F64 weights are read (and rounded to float32); a "transformer."
+// name prefix is accepted. Besides the parameters, a file may hold only the
+// buffers GPT-2 files carry: the causal masks h.{i}.attn.bias and
+// h.{i}.attn.masked_bias of existing layers (ignored; braid's attention is
+// always causal) and lm_head.weight, which must equal wte.weight (a tied
+// head). Every other problem is an error wrapping ErrCheckpoint that names
+// the file and the tensor: a malformed safetensors file (header length,
+// offsets, dtype), a parameter missing, present twice, of a non-float dtype
+// or of a shape config.json does not imply, an unexpected tensor, or an
+// untied lm_head.weight.
 func LoadCheckpoint(dir string) (*Checkpoint, error) {
 	c, tok, err := ReadConfig(dir)
 	if err != nil {
@@ -138,43 +189,117 @@ func LoadCheckpoint(dir string) (*Checkpoint, error) {
 	path := filepath.Join(dir, WeightsFile)
 	f, err := safetensors.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("model: checkpoint weights: %w", err)
+		if _, ok := errors.AsType[*fs.PathError](err); ok {
+			return nil, fmt.Errorf("model: checkpoint weights: %w", err)
+		}
+		return nil, fmt.Errorf("%w: %w", ErrCheckpoint, err) // names path and tensor
 	}
-	byName := make(map[string]*safetensors.Tensor, len(f.Tensors))
-	for i := range f.Tensors {
-		t := &f.Tensors[i]
-		byName[strings.TrimPrefix(t.Name, "transformer.")] = t
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s: "+format, append([]any{ErrCheckpoint, path}, args...)...)
+	}
+	layout := c.Layout()
+	index := make(map[string]int, len(layout)) // parameter name → layout position
+	for i, p := range layout {
+		index[p.Name] = i
+	}
+	buffer := make(map[string]bool, 2*c.Layers)
+	for l := 0; l < c.Layers; l++ {
+		buffer[fmt.Sprintf("h.%d.attn.bias", l)] = true
+		buffer[fmt.Sprintf("h.%d.attn.masked_bias", l)] = true
 	}
 	// Check every tensor before allocating: a config can describe a huge
 	// model, but only a file that holds all of its tensors gets memory.
-	layout := c.Layout()
 	found := make([]*safetensors.Tensor, len(layout))
+	var lmHead *safetensors.Tensor
+	var unexpected []string
+	for i := range f.Tensors {
+		t := &f.Tensors[i]
+		name := strings.TrimPrefix(t.Name, "transformer.")
+		k, isParam := index[name]
+		switch {
+		case isParam:
+			if found[k] != nil {
+				return nil, bad("tensor %s appears twice (as %s and %s)", name, found[k].Name, t.Name)
+			}
+			found[k] = t
+		case name == "lm_head.weight":
+			if lmHead != nil {
+				return nil, bad("tensor lm_head.weight appears twice (as %s and %s)", lmHead.Name, t.Name)
+			}
+			lmHead = t
+		case buffer[name]:
+		default:
+			unexpected = append(unexpected, t.Name)
+		}
+	}
+	if len(unexpected) > 0 {
+		more := ""
+		switch n := len(unexpected) - 1; {
+		case n > 3:
+			more = fmt.Sprintf(" (and %d more: %s, ...)", n, strings.Join(unexpected[1:4], ", "))
+		case n > 0:
+			more = fmt.Sprintf(" (and %d more: %s)", n, strings.Join(unexpected[1:], ", "))
+		}
+		return nil, bad("unexpected tensor %s%s: neither a parameter of the GPT-2 config.json describes (n_layer = %d) nor a known GPT-2 buffer",
+			unexpected[0], more, c.Layers)
+	}
 	for i, p := range layout {
-		t, ok := byName[p.Name]
-		if !ok {
-			return nil, fmt.Errorf("%w: %s: tensor %s is missing", ErrCheckpoint, path, p.Name)
+		t := found[i]
+		if t == nil {
+			return nil, bad("tensor %s is missing", p.Name)
+		}
+		if !isFloat(t.Dtype) {
+			return nil, bad("tensor %s has dtype %s, want F32, F16, BF16 or F64", p.Name, t.Dtype)
 		}
 		want := p.Shape
 		if p.Linear {
 			want = []int{p.Shape[1], p.Shape[0]}
 		}
 		if !equalShape(t.Shape, want) {
-			return nil, fmt.Errorf("%w: %s: tensor %s has shape %v, config.json implies %v", ErrCheckpoint, path, p.Name, t.Shape, want)
+			return nil, bad("tensor %s has shape %v, config.json implies %v", p.Name, t.Shape, want)
 		}
-		found[i] = t
+	}
+	if lmHead != nil {
+		if !isFloat(lmHead.Dtype) {
+			return nil, bad("tensor lm_head.weight has dtype %s, want F32, F16, BF16 or F64", lmHead.Dtype)
+		}
+		if !equalShape(lmHead.Shape, layout[0].Shape) {
+			return nil, bad("tensor lm_head.weight has shape %v, wte.weight %v: untied output heads are not supported", lmHead.Shape, layout[0].Shape)
+		}
 	}
 	params := make([]float32, c.NumParams())
 	for i, p := range layout {
 		w, err := found[i].Float32s()
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s: tensor %s: %v", ErrCheckpoint, path, p.Name, err)
+			return nil, bad("tensor %s: %v", p.Name, err)
 		}
 		if p.Linear {
 			w = transpose(w, p.Shape[1], p.Shape[0])
 		}
 		copy(params[p.Offset:p.Offset+p.Size], w)
 	}
+	if lmHead != nil {
+		w, err := lmHead.Float32s()
+		if err != nil {
+			return nil, bad("tensor lm_head.weight: %v", err)
+		}
+		wte := params[layout[0].Offset : layout[0].Offset+layout[0].Size]
+		for i := range w {
+			if math.Float32bits(w[i]) != math.Float32bits(wte[i]) { // a tied head is a bitwise copy
+				return nil, bad("tensor lm_head.weight differs from wte.weight at element %d (%g, %g): untied output heads are not supported", i, w[i], wte[i])
+			}
+		}
+	}
 	return &Checkpoint{Config: c, Tokenizer: tok, Params: params}, nil
+}
+
+// isFloat reports whether Tensor.Float32s converts dtype d.
+func isFloat(d safetensors.Dtype) bool {
+	switch d {
+	case safetensors.F32, safetensors.F16, safetensors.BF16, safetensors.F64:
+		return true
+	}
+	return false
 }
 
 // Load reads a checkpoint and returns a model holding its weights, with

@@ -4,12 +4,26 @@
 Usage (from anywhere; paths are resolved from this file's location):
 
     /usr/bin/python3 scripts/gen_reference.py
+    /usr/bin/python3 scripts/gen_reference.py --check-braid model/testdata/braid_tiny
 
-Writes
+The first form writes
     kernels/testdata/reference.safetensors  one case per kernel, forward and backward
     model/testdata/gpt2_tiny.safetensors    a tiny GPT-2: logits, loss, gradients and
                                             10 AdamW steps with gradient clipping
+    model/testdata/hf_tiny/                 a tiny random GPT-2 saved in Hugging Face's
+                                            layout (model.safetensors, config.json) and
+                                            its logits (reference.safetensors)
+    model/testdata/hf_tiny_prefixed/        the same weights in float16 with
+                                            "transformer." names, lm_head.weight and both
+                                            mask buffers, and the logits of those weights
 The tensors and hyper-parameters are listed in the README.md next to each file.
+
+The second form is the reverse check: it loads a braid checkpoint directory
+(written by `go test ./model -run HF -update`) into a PyTorch GPT-2 that uses
+Hugging Face's module names and layouts (transformers itself is not needed),
+strictly -- every tensor consumed, nothing missing but the mask buffers and the
+tied lm_head -- and compares its logits with the ones braid stored next to the
+checkpoint. It prints the max abs difference and exits 1 above HF_TOL.
 
 Precision: every random input is drawn in float64 and rounded to float32 (the
 precision it is stored in), then all computation -- forward, autograd backward,
@@ -31,6 +45,7 @@ spaces so the data section starts 8-byte aligned. Floats are F32, integer
 tensors (tokens, targets) are I32.
 """
 
+import argparse
 import json
 import math
 import os
@@ -366,14 +381,428 @@ def gpt2_fixtures():
     return out, md
 
 
+# ----------------------------------------------------------------------------
+# Hugging Face GPT-2: model/testdata/hf_tiny{,_prefixed}/ and --check-braid
+#
+# transformers is not installable here, so HFGPT2LMHeadModel below re-creates
+# transformers' GPT2LMHeadModel (models/gpt2/modeling_gpt2.py, eager attention,
+# no dropout) with the same module tree, hence the same state_dict names,
+# shapes, dtypes and buffers:
+#
+#   transformer.wte, transformer.wpe         Embedding (V, C), (n_positions, C)
+#   transformer.h.{i}.ln_1, .ln_2            LayerNorm(C, eps=layer_norm_epsilon)
+#   transformer.h.{i}.attn.c_attn, .c_proj   Conv1D: weight (in, out), y = x·W + b
+#   transformer.h.{i}.attn.bias              buffer (1, 1, n_positions, n_positions), lower-triangular
+#   transformer.h.{i}.attn.masked_bias       buffer, scalar -1e4 (transformers < 4.31 saved both)
+#   transformer.h.{i}.mlp.c_fc, .c_proj      Conv1D C→4C and 4C→C, gelu_new between
+#   transformer.ln_f                         LayerNorm
+#   lm_head                                  Linear(C, V, bias=False), weight tied to wte
+#
+# Files are written as transformers' save_pretrained lays them out: config.json
+# is GPT2Config's to_json_string (the keys that differ from PretrainedConfig's
+# defaults, indent 2, sorted keys) and model.safetensors is what the
+# safetensors crate's serialize writes (metadata {"format": "pt"} first,
+# tensors sorted by descending dtype then by name, compact JSON, header padded
+# with spaces to a multiple of 8).
+
+HF = dict(V=300, maxT=32, C=48, L=2, NH=4, B=2, T=20)
+HF_TOL = 2e-5  # --check-braid: max |braid logits − float64 logits|, braid computing in float32
+TRANSFORMERS_VERSION = "4.44.0"  # the save_pretrained whose config.json layout is emulated
+
+# GPT2Config.__init__'s arguments and defaults (transformers 4.44). None of
+# them is a PretrainedConfig default, so save_pretrained writes every one.
+GPT2_CONFIG_DEFAULTS = dict(
+    vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, n_inner=None,
+    activation_function="gelu_new", resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1,
+    layer_norm_epsilon=1e-5, initializer_range=0.02, summary_type="cls_index",
+    summary_use_proj=True, summary_activation=None, summary_proj_to_labels=True,
+    summary_first_dropout=0.1, scale_attn_weights=True, use_cache=True,
+    bos_token_id=50256, eos_token_id=50256, scale_attn_by_inverse_layer_idx=False,
+    reorder_and_upcast_attn=False,
+)
+
+
+def gpt2_config(**kw):
+    """A GPT2Config as a dict: the defaults overridden by kw (unknown keys rejected)."""
+    for k in kw:
+        assert k in GPT2_CONFIG_DEFAULTS, "not a GPT2Config argument: %s" % k
+    cfg = dict(GPT2_CONFIG_DEFAULTS)
+    cfg.update(kw)
+    return cfg
+
+
+def save_pretrained_config(cfg, torch_dtype, extra=None):
+    """config.json text as GPT2LMHeadModel.save_pretrained writes it: to_diff_dict
+    keeps every GPT2Config key plus architectures, model_type, torch_dtype and
+    transformers_version; tie_word_embeddings (a PretrainedConfig default, true)
+    is left out. extra adds keys other exporters write."""
+    d = dict(cfg)
+    d.update(architectures=["GPT2LMHeadModel"], model_type="gpt2", torch_dtype=torch_dtype,
+             transformers_version=TRANSFORMERS_VERSION)
+    d.update(extra or {})
+    return json.dumps(d, indent=2, sort_keys=True) + "\n"
+
+
+def gelu_new(x):
+    """transformers' NewGELUActivation: the tanh approximation, as in GPT-2."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+class HFConv1D(torch.nn.Module):
+    """transformers.pytorch_utils.Conv1D(nf, nx): weight (nx, nf) = (in, out)."""
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.nf = nf
+        self.weight = torch.nn.Parameter(torch.zeros(nx, nf))
+        self.bias = torch.nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x):
+        size_out = x.size()[:-1] + (self.nf,)
+        return torch.addmm(self.bias, x.reshape(-1, x.size(-1)), self.weight).view(size_out)  # x·W + b
+
+
+class HFAttention(torch.nn.Module):
+    """GPT2Attention (eager path, scale_attn_weights, no cross-attention)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        n, C = cfg["n_positions"], cfg["n_embd"]
+        self.register_buffer("bias", torch.tril(torch.ones((n, n), dtype=torch.bool)).view(1, 1, n, n))
+        self.register_buffer("masked_bias", torch.tensor(-1e4))
+        self.num_heads, self.head_dim = cfg["n_head"], C // cfg["n_head"]
+        self.c_attn = HFConv1D(3 * C, C)
+        self.c_proj = HFConv1D(C, C)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # [q | k | v]
+        q, k, v = (t.view(B, T, self.num_heads, self.head_dim).permute(0, 2, 1, 3) for t in (q, k, v))
+        w = torch.matmul(q, k.transpose(-1, -2)) / (v.size(-1) ** 0.5)  # (B, NH, T, T)
+        causal = self.bias[:, :, :T, :T].bool()
+        w = torch.where(causal, w, torch.tensor(torch.finfo(w.dtype).min, dtype=w.dtype))
+        w = F.softmax(w, dim=-1)
+        y = torch.matmul(w, v).permute(0, 2, 1, 3).contiguous().view(B, T, C)  # heads merged in order
+        return self.c_proj(y)
+
+
+class HFMLP(torch.nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        C = cfg["n_embd"]
+        inner = cfg["n_inner"] if cfg["n_inner"] is not None else 4 * C
+        self.c_fc = HFConv1D(inner, C)
+        self.c_proj = HFConv1D(C, inner)
+
+    def forward(self, x):
+        return self.c_proj(gelu_new(self.c_fc(x)))
+
+
+class HFBlock(torch.nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        C, eps = cfg["n_embd"], cfg["layer_norm_epsilon"]
+        self.ln_1 = torch.nn.LayerNorm(C, eps=eps)
+        self.attn = HFAttention(cfg)
+        self.ln_2 = torch.nn.LayerNorm(C, eps=eps)
+        self.mlp = HFMLP(cfg)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class HFGPT2Model(torch.nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.wte = torch.nn.Embedding(cfg["vocab_size"], cfg["n_embd"])
+        self.wpe = torch.nn.Embedding(cfg["n_positions"], cfg["n_embd"])
+        self.h = torch.nn.ModuleList([HFBlock(cfg) for _ in range(cfg["n_layer"])])
+        self.ln_f = torch.nn.LayerNorm(cfg["n_embd"], eps=cfg["layer_norm_epsilon"])
+
+    def forward(self, tokens):
+        T = tokens.shape[1]
+        x = self.wte(tokens) + self.wpe(torch.arange(T)).unsqueeze(0)  # (B, T, C)
+        for block in self.h:
+            x = block(x)
+        return self.ln_f(x)
+
+
+class HFGPT2LMHeadModel(torch.nn.Module):
+    """GPT2LMHeadModel in float64; forward returns the (B, T, V) logits."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.transformer = HFGPT2Model(cfg)
+        self.lm_head = torch.nn.Linear(cfg["n_embd"], cfg["vocab_size"], bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tie_word_embeddings
+        self.double()
+
+    def forward(self, tokens):
+        return self.lm_head(self.transformer(tokens))
+
+
+# Buffers a GPT-2 file may carry besides the parameters, by name suffix.
+HF_BUFFERS = (".attn.bias", ".attn.masked_bias")
+
+
+def hf_model_from_config(path):
+    """Read a config.json and return (cfg, model); refuse what the re-implementation
+    (or GPT2LMHeadModel itself, for tie_word_embeddings) does not compute."""
+    with open(path) as f:
+        d = json.load(f)
+    if d.get("model_type", "gpt2") != "gpt2":
+        raise ValueError("%s: model_type %r" % (path, d.get("model_type")))
+    cfg = gpt2_config(**{k: v for k, v in d.items() if k in GPT2_CONFIG_DEFAULTS})
+    for key, ok in (("activation_function", cfg["activation_function"] in ("gelu_new", "gelu_pytorch_tanh")),
+                    ("scale_attn_weights", cfg["scale_attn_weights"] is True),
+                    ("scale_attn_by_inverse_layer_idx", cfg["scale_attn_by_inverse_layer_idx"] is False),
+                    ("tie_word_embeddings", d.get("tie_word_embeddings", True) is True),
+                    ("add_cross_attention", d.get("add_cross_attention", False) is False)):
+        if not ok:
+            raise ValueError("%s: unsupported %s" % (path, key))
+    return cfg, HFGPT2LMHeadModel(cfg)
+
+
+def hf_load_strict(model, tensors, where):
+    """Load {name: tensor} from a GPT-2 file into model as from_pretrained would,
+    but strictly: names with or without the "transformer." prefix, every tensor
+    consumed, none missing except the mask buffers and the tied lm_head.weight
+    (which, if present, must equal wte). A mask buffer that is present must be
+    the lower-triangular causal mask. Returns the sorted names of the buffers read."""
+    sd = {}
+    for name, t in tensors.items():
+        full = name if name.startswith("transformer.") or name.startswith("lm_head.") else "transformer." + name
+        if full in sd:
+            raise ValueError("%s: tensor %s appears twice (with and without the transformer. prefix)" % (where, name))
+        sd[full] = t
+    if "lm_head.weight" in sd:
+        lm, wte = sd.pop("lm_head.weight"), sd.get("transformer.wte.weight")
+        if wte is None or lm.shape != wte.shape or not torch.equal(lm, wte):
+            raise ValueError("%s: lm_head.weight is not tied to wte.weight" % where)
+    n = model.transformer.wpe.weight.shape[0]
+    tril = torch.tril(torch.ones((n, n), dtype=torch.bool)).view(1, 1, n, n)
+    buffers = sorted(k for k in sd if k.endswith(HF_BUFFERS))
+    for k in buffers:
+        if k.endswith(".attn.bias") and not torch.equal(sd[k].bool(), tril):
+            raise ValueError("%s: %s is not the causal mask" % (where, k))
+    try:
+        missing, unexpected = model.load_state_dict(sd, strict=False)  # still raises on a shape mismatch
+    except RuntimeError as e:
+        raise ValueError("%s: %s" % (where, e))
+    missing = [k for k in missing if k != "lm_head.weight" and not k.endswith(HF_BUFFERS)]
+    if missing or unexpected:
+        raise ValueError("%s: missing tensors %s, unexpected tensors %s" % (where, missing, unexpected))
+    return buffers
+
+
+# safetensors dtypes in the safetensors crate's order (increasing alignment):
+# serialize sorts tensors by this order descending, then by name.
+ST_DTYPE_ORDER = ["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16",
+                  "I32", "U32", "F32", "F64", "I64", "U64"]
+ST_DTYPES = {torch.bool: "BOOL", torch.uint8: "U8", torch.float16: "F16", torch.bfloat16: "BF16",
+             torch.int32: "I32", torch.float32: "F32", torch.float64: "F64", torch.int64: "I64"}
+ST_STRUCT = {"BOOL": "?", "U8": "B", "I8": "b", "I16": "h", "U16": "H", "F16": "e", "BF16": "H",
+             "I32": "i", "U32": "I", "F32": "f", "F64": "d", "I64": "q", "U64": "Q"}
+
+
+def write_safetensors_hf(path, tensors, metadata):
+    """Write {name: tensor}, each in its own dtype, as safetensors' serialize_file does."""
+    entries = []
+    for name, t in tensors.items():
+        t = t.detach().contiguous()
+        dtype = ST_DTYPES[t.dtype]
+        assert dtype != "BF16", "BF16 packing not implemented"
+        vals = t.flatten().tolist()
+        entries.append((name, dtype, list(t.shape), struct.pack("<%d%s" % (len(vals), ST_STRUCT[dtype]), *vals)))
+    entries.sort(key=lambda e: (-ST_DTYPE_ORDER.index(e[1]), e[0].encode("utf-8")))
+    header, off = {"__metadata__": metadata}, 0
+    for name, dtype, shape, data in entries:
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [off, off + len(data)]}
+        off += len(data)
+    h = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    h += b" " * ((8 - len(h) % 8) % 8)
+    write_bytes(path, struct.pack("<Q", len(h)) + h + b"".join(e[3] for e in entries))
+    print("wrote %s (%d tensors, %d bytes)" % (os.path.relpath(path, ROOT), len(tensors), 8 + len(h) + off))
+
+
+def write_bytes(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_safetensors(path):
+    """Read a safetensors file strictly (the data section tiled exactly, no
+    duplicate names). Returns ({name: tensor}, {name: dtype}, metadata); float
+    tensors come back as float64 (exact), BOOL as bool, integers as int64."""
+    with open(path, "rb") as f:
+        b = f.read()
+    if len(b) < 8:
+        raise ValueError("%s: shorter than 8 bytes" % path)
+    n = struct.unpack_from("<Q", b)[0]
+    if n > len(b) - 8:
+        raise ValueError("%s: header length %d exceeds the file" % (path, n))
+
+    def no_duplicates(pairs):
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) != len(keys):
+            raise ValueError("%s: duplicate key in header" % path)
+        return dict(pairs)
+
+    header = json.loads(b[8:8 + n].decode("utf-8"), object_pairs_hook=no_duplicates)
+    metadata = header.pop("__metadata__", None)
+    data = b[8 + n:]
+    tensors, dtypes, spans = {}, {}, []
+    for name, e in header.items():
+        dtype, shape, (begin, end) = e["dtype"], e["shape"], e["data_offsets"]
+        if dtype not in ST_STRUCT:
+            raise ValueError("%s: tensor %s: unsupported dtype %s" % (path, name, dtype))
+        nel = math.prod(shape)
+        size = struct.calcsize("<" + ST_STRUCT[dtype])
+        if not 0 <= begin <= end <= len(data) or end - begin != nel * size:
+            raise ValueError("%s: tensor %s: bad data_offsets %s" % (path, name, [begin, end]))
+        vals = struct.unpack_from("<%d%s" % (nel, ST_STRUCT[dtype]), data, begin)
+        if dtype == "BF16":
+            vals = [struct.unpack("<f", struct.pack("<I", v << 16))[0] for v in vals]
+        if dtype in ("F16", "BF16", "F32", "F64"):
+            t = torch.tensor(vals, dtype=torch.float64)
+        elif dtype == "BOOL":
+            t = torch.tensor(vals, dtype=torch.bool)
+        else:
+            t = torch.tensor(vals, dtype=torch.int64)
+        tensors[name], dtypes[name] = t.reshape(shape), dtype
+        spans.append((begin, end, name))
+    pos = 0
+    for begin, end, name in sorted(spans):
+        if begin != pos:
+            raise ValueError("%s: tensor %s at %d: data section not tiled (expected %d)" % (path, name, begin, pos))
+        pos = end
+    if pos != len(data):
+        raise ValueError("%s: %d bytes of data section unused" % (path, len(data) - pos))
+    return tensors, dtypes, metadata
+
+
+def hf_logits(model, tokens):
+    with torch.no_grad():
+        return model(tokens)
+
+
+def hf_fixtures():
+    """Write model/testdata/hf_tiny{,_prefixed}/: model.safetensors, config.json
+    and reference.safetensors (tokens, float64 logits) of one random GPT-2."""
+    V, maxT, C, L, NH, B, T = (HF[k] for k in ("V", "maxT", "C", "L", "NH", "B", "T"))
+    cfg = gpt2_config(vocab_size=V, n_positions=maxT, n_embd=C, n_layer=L, n_head=NH)
+    model = HFGPT2LMHeadModel(cfg)
+    g = torch.Generator().manual_seed(SEED + 200)
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # the tied lm_head.weight is listed once, as wte
+            if ".ln_" in name or name.startswith("transformer.ln_f"):
+                t = 1.0 + 0.1 * torch.randn(p.shape, generator=g, dtype=torch.float64) if name.endswith(".weight") \
+                    else 0.05 * torch.randn(p.shape, generator=g, dtype=torch.float64)
+            elif name.endswith(".bias"):
+                t = 0.05 * torch.randn(p.shape, generator=g, dtype=torch.float64)
+            else:
+                t = 0.1 * torch.randn(p.shape, generator=g, dtype=torch.float64)
+            p.copy_(r32(t))
+    tokens = torch.randint(0, V, (B, T), generator=g, dtype=torch.int64)
+    logits = hf_logits(model, tokens)  # (B, T, V)
+    state = model.state_dict()
+    md = {"generator": "scripts/gen_reference.py", "precision": "float64 compute, stored as F32",
+          "torch": torch.__version__}
+
+    # hf_tiny: the openai-community/gpt2 hub file's layout: GPT2Model names
+    # (no prefix), F32, float causal-mask buffers, no masked_bias, no lm_head.
+    d = os.path.join(ROOT, "model", "testdata", "hf_tiny")
+    sd = {k[len("transformer."):]: v for k, v in state.items() if k.startswith("transformer.")}
+    sd = {k: v.to(torch.float32) for k, v in sd.items() if not k.endswith(".attn.masked_bias")}
+    write_safetensors_hf(os.path.join(d, "model.safetensors"), sd, {"format": "pt"})
+    write_bytes(os.path.join(d, "config.json"), save_pretrained_config(cfg, "float32").encode())
+    check_hf_dir(d, tokens, logits, exact=True)
+    write_safetensors(os.path.join(d, "reference.safetensors"), {"tokens": tokens.to(torch.int32), "logits": logits},
+                      dict(md, B=str(B), T=str(T)))
+
+    # hf_tiny_prefixed: a GPT2LMHeadModel state_dict as older transformers
+    # saved it: "transformer." prefixes, lm_head.weight (tied, so equal to
+    # wte), bool attn.bias and scalar attn.masked_bias buffers, in float16.
+    # The reference logits are those of the float16-rounded weights.
+    d = os.path.join(ROOT, "model", "testdata", "hf_tiny_prefixed")
+    sd = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
+    write_safetensors_hf(os.path.join(d, "model.safetensors"), sd, {"format": "pt"})
+    write_bytes(os.path.join(d, "config.json"), save_pretrained_config(
+        cfg, "float16", {"n_ctx": maxT, "tie_word_embeddings": True}).encode())
+    logits16 = check_hf_dir(d, tokens, None)
+    print("hf_tiny_prefixed: float16 weights move the logits by %.2e" % (logits16 - logits).abs().max().item())
+    write_safetensors(os.path.join(d, "reference.safetensors"), {"tokens": tokens.to(torch.int32), "logits": logits16},
+                      dict(md, B=str(B), T=str(T), precision="float64 compute on the float16 weights, stored as F32"))
+
+
+def check_hf_dir(d, tokens, want, exact=False):
+    """Load directory d (config.json + model.safetensors) into a fresh model
+    strictly and return its float64 logits on tokens; if want is given, they
+    must equal it exactly (exact) or within HF_TOL."""
+    cfg, model = hf_model_from_config(os.path.join(d, "config.json"))
+    path = os.path.join(d, "model.safetensors")
+    tensors, dtypes, _ = read_safetensors(path)
+    buffers = hf_load_strict(model, tensors, path)
+    got = hf_logits(model, tokens)
+    rel = os.path.relpath(d, ROOT)
+    print("%s: %d tensors (%s), buffers %d, loaded strictly" % (
+        rel, len(tensors), ",".join(sorted(set(dtypes.values()))), len(buffers)))
+    if want is not None:
+        diff = (got - want).abs().max().item()
+        if diff > (0 if exact else HF_TOL):
+            raise SystemExit("%s: logits differ by %.3g" % (rel, diff))
+    return got
+
+
+def check_braid(d):
+    """--check-braid DIR: load a braid checkpoint into the HF-named GPT-2,
+    strictly, and compare its logits with the ones braid stored in
+    DIR/reference.safetensors. Returns the exit status."""
+    try:
+        ref, _, _ = read_safetensors(os.path.join(d, "reference.safetensors"))
+        tokens, want = ref["tokens"], ref["logits"]
+        cfg, model = hf_model_from_config(os.path.join(d, "config.json"))
+        path = os.path.join(d, "model.safetensors")
+        tensors, dtypes, metadata = read_safetensors(path)
+        hf_load_strict(model, tensors, path)
+    except (OSError, KeyError, ValueError) as e:
+        print("FAIL: %s" % e)
+        return 1
+    got = hf_logits(model, tokens)
+    diff = (got - want).abs().max().item()
+    print("%s: config n_layer=%d n_head=%d n_embd=%d vocab_size=%d n_positions=%d; %d tensors (%s), metadata %s" % (
+        d, cfg["n_layer"], cfg["n_head"], cfg["n_embd"], cfg["vocab_size"], cfg["n_positions"], len(tensors),
+        ",".join(sorted(set(dtypes.values()))), metadata))
+    print("braid logits %s vs PyTorch (float64, HF module names): max abs diff %.3g (max |logit| %.3g, tolerance %g)" % (
+        tuple(want.shape), diff, want.abs().max().item(), HF_TOL))
+    if not diff <= HF_TOL:
+        print("FAIL: above tolerance")
+        return 1
+    return 0
+
+
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check-braid", metavar="DIR",
+                    help="check a braid checkpoint directory against the HF-named PyTorch GPT-2 instead of writing fixtures")
+    args = ap.parse_args()
     torch.manual_seed(SEED)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
+    if args.check_braid:
+        return check_braid(args.check_braid)
     ts, md = kernel_fixtures()
     write_safetensors(os.path.join(ROOT, "kernels", "testdata", "reference.safetensors"), ts, md)
     ts, md = gpt2_fixtures()
     write_safetensors(os.path.join(ROOT, "model", "testdata", "gpt2_tiny.safetensors"), ts, md)
+    hf_fixtures()
+    return 0
 
 
 if __name__ == "__main__":
