@@ -171,6 +171,7 @@ func readText(path string) ([]byte, error) {
 // Sampler draws training windows from a token stream with a seeded source.
 type Sampler struct {
 	tokens []uint16
+	src    *rand.PCG // the position in the random sequence: saved in checkpoints
 	rng    *rand.Rand
 }
 
@@ -180,7 +181,22 @@ func NewSampler(tokens []uint16, T int, seed uint64) (*Sampler, error) {
 	if len(tokens) < T+1 {
 		return nil, fmt.Errorf("%w: %d tokens, need at least %d for one sequence", ErrTooSmall, len(tokens), T+1)
 	}
-	return &Sampler{tokens: tokens, rng: rand.New(rand.NewPCG(seed, 0x73616d706c65))}, nil
+	src := rand.NewPCG(seed, 0x73616d706c65)
+	return &Sampler{tokens: tokens, src: src, rng: rand.New(src)}, nil
+}
+
+// State returns the sampler's position, for SetState to continue from.
+func (s *Sampler) State() []byte {
+	b, _ := s.src.MarshalBinary() // never fails for PCG
+	return b
+}
+
+// SetState continues the sampler from a position State returned.
+func (s *Sampler) SetState(b []byte) error {
+	if err := s.src.UnmarshalBinary(b); err != nil {
+		return fmt.Errorf("train: sampler state: %w", err)
+	}
+	return nil
 }
 
 // Next fills inputs and targets (B·T each) with B random windows: targets

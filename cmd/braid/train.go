@@ -27,6 +27,7 @@ func trainCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "input", Aliases: []string{"i"}, Usage: "text `PATH` (file or directory, repeatable)", Required: true},
 			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Usage: "checkpoint `DIR` to write", Required: true},
 			&cli.StringFlag{Name: "init", Usage: "start from the checkpoint in `DIR` instead of a fresh model"},
+			&cli.StringFlag{Name: "resume", Usage: "continue the run saved in `DIR` (weights, optimizer, step, data position); --steps is the total"},
 			&cli.StringFlag{Name: "config", Value: "tiny", Usage: "model preset for a fresh model: tiny or small"},
 			&cli.IntFlag{Name: "steps", Value: d.Steps, Usage: "optimizer steps"},
 			&cli.IntFlag{Name: "batch", Value: d.Batch, Usage: "sequences per step"},
@@ -67,7 +68,11 @@ func runTrain(c *cli.Context) error {
 		tok    model.Tokenizer = model.ByteTokenizer{}
 		params []float32
 	)
-	if dir := c.String("init"); dir != "" {
+	resume := c.String("resume")
+	if resume != "" && c.String("init") != "" {
+		return fmt.Errorf("--init and --resume exclude each other: --resume continues a run, --init starts a new one from its weights")
+	}
+	if dir := c.String("init") + resume; dir != "" {
 		ck, err := model.LoadCheckpoint(dir)
 		if err != nil {
 			return err
@@ -109,7 +114,13 @@ func runTrain(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if cfg.EvalEvery > 0 {
+	if resume != "" {
+		if err := tr.Resume(resume); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "resuming %s at step %d of %d\n", resume, tr.Opt.Step, cfg.Steps)
+	}
+	if cfg.EvalEvery > 0 && resume == "" {
 		l, err := tr.Eval()
 		if err != nil {
 			return err
@@ -134,7 +145,7 @@ func trainLoop(c *cli.Context, out io.Writer, tr *train.Trainer, tok model.Token
 		}
 		return nil
 	}
-	for step := 1; step <= cfg.Steps; step++ {
+	for step := tr.Opt.Step + 1; step <= cfg.Steps; step++ {
 		if err := c.Context.Err(); err != nil {
 			fmt.Fprintf(out, "interrupted at step %d; saving %s\n", step-1, dir)
 			if err := save(); err != nil {
