@@ -12,8 +12,9 @@ type AdamWParams struct {
 }
 
 // AdamW applies one AdamW update (decoupled weight decay, bias-corrected
-// moments) in place, exactly as torch.optim.AdamW orders its float32
-// operations:
+// moments) in place, in the form of torch.optim.AdamW (it agrees with
+// PyTorch to float32 rounding, not bitwise: PyTorch updates m with lerp and
+// divides before scaling):
 //
 //	p ← p − lr·wd·p
 //	m ← β1·m + (1−β1)·g

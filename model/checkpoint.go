@@ -53,13 +53,17 @@ type hfConfig struct {
 
 // defaultTokenizer names the tokenizer of a config.json without a
 // braid_tokenizer key: GPT-2's BPE for GPT-2's vocabulary size (50,000
-// merges, 256 bytes and <|endoftext|>: 50257 ids), else bytes.
+// merges, 256 bytes and <|endoftext|>: 50257 ids) or one padded from it
+// (nanoGPT's 50304), else bytes.
 func defaultTokenizer(vocab int) string {
-	if vocab == 50257 {
+	if vocab >= GPT2Vocab { // GPT-2's 50257, or a vocabulary padded from it (50304)
 		return "gpt2"
 	}
 	return "byte"
 }
+
+// maxConfigBytes bounds config.json; real ones are under 2 kB.
+const maxConfigBytes = 1 << 20
 
 // Checkpoint is a model's config, tokenizer and flat parameters as read from
 // (or written to) a directory.
@@ -119,6 +123,9 @@ func SaveCheckpoint(dir string, c Config, tok Tokenizer, params []float32) error
 // vocab_size 50257 and "byte" otherwise.
 func ReadConfig(dir string) (Config, Tokenizer, error) {
 	path := filepath.Join(dir, ConfigFile)
+	if st, err := os.Stat(path); err == nil && (!st.Mode().IsRegular() || st.Size() > maxConfigBytes) {
+		return Config{}, nil, fmt.Errorf("%w: %s: not a regular file of at most %d bytes", ErrCheckpoint, path, maxConfigBytes)
+	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return Config{}, nil, fmt.Errorf("model: checkpoint config: %w", err)
@@ -302,9 +309,9 @@ func isFloat(d safetensors.Dtype) bool {
 	return false
 }
 
-// Load reads a checkpoint and returns a model holding its weights, with
-// activations for batches of up to maxB × maxT tokens (maxT 0: the full
-// context).
+// Load reads a checkpoint and returns a model for inference (NewInference)
+// holding its weights, with activations for batches of up to maxB × maxT
+// tokens (maxT 0: the full context).
 func Load(dir string, maxB, maxT int) (*Model, Tokenizer, error) {
 	ck, err := LoadCheckpoint(dir)
 	if err != nil {
@@ -313,7 +320,7 @@ func Load(dir string, maxB, maxT int) (*Model, Tokenizer, error) {
 	if maxT == 0 || maxT > ck.Config.Context {
 		maxT = ck.Config.Context
 	}
-	m, err := New(ck.Config, maxB, maxT)
+	m, err := NewInference(ck.Config, maxB, maxT)
 	if err != nil {
 		return nil, nil, err
 	}

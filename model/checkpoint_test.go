@@ -192,3 +192,15 @@ func FuzzLoadCheckpoint(f *testing.F) {
 		}
 	})
 }
+
+// TestHugeConfigIsAnErrorNotAnOOM: a tiny checkpoint whose config asks for
+// a 65536-token context is refused by the memory bound, not allocated.
+func TestHugeConfigIsAnErrorNotAnOOM(t *testing.T) {
+	c := model.Config{Vocab: 300, Context: 65536, Dim: 8, Layers: 8, Heads: 1}
+	if _, err := model.NewInference(c, 1, c.Context); !errors.Is(err, model.ErrConfig) || !strings.Contains(err.Error(), "GiB") {
+		t.Fatalf("err %v, want ErrConfig naming the memory", err)
+	}
+	if got := model.MemoryBytes(c, 1, 256, true); got > 1<<30 {
+		t.Errorf("a 256-token window of it needs %d bytes, want well under 1 GiB", got)
+	}
+}

@@ -17,8 +17,8 @@ type Config struct {
 // ErrConfig is wrapped by every Config validation error.
 var ErrConfig = errors.New("model: invalid config")
 
-// Bounds on Config fields: generous enough for GPT-2 XL, tight enough that a
-// corrupt config file cannot make braid allocate terabytes.
+// Bounds on Config fields, generous enough for GPT-2 XL. They keep sizes
+// from overflowing; what a model may allocate is bounded by MemoryLimit.
 const (
 	MaxVocab   = 1 << 20
 	MaxContext = 1 << 16

@@ -308,7 +308,7 @@ func TestHFConfigDefaultTokenizer(t *testing.T) {
 		{`{"model_type":"gpt2","vocab_size":300,"n_positions":16,"n_embd":32,"n_layer":2,"n_head":4}`, "byte"},
 		{`{"model_type":"gpt2","vocab_size":257,"n_positions":16,"n_embd":32,"n_layer":2,"n_head":4}`, "byte"},
 		{`{"model_type":"gpt2","vocab_size":50257,"n_positions":16,"n_embd":32,"n_layer":2,"n_head":4}`, "gpt2"},
-		{`{"model_type":"gpt2","vocab_size":50304,"n_positions":16,"n_embd":32,"n_layer":2,"n_head":4}`, "byte"},
+		{`{"model_type":"gpt2","vocab_size":50304,"n_positions":16,"n_embd":32,"n_layer":2,"n_head":4}`, "gpt2"}, // GPT-2 padded to a multiple of 64
 		{`{"model_type":"gpt2","vocab_size":50257,"n_positions":16,"n_embd":32,"n_layer":2,"n_head":4,"braid_tokenizer":"byte"}`, "byte"},
 		{`{"model_type":"gpt2","vocab_size":64,"n_positions":16,"n_embd":32,"n_layer":2,"n_head":4}`, "error: 257 ids"},
 	} {

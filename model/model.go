@@ -69,19 +69,50 @@ type backwardScratch struct {
 	dlogits []float32 // (BT, V)
 }
 
+// MemoryLimit bounds the bytes New may allocate for one model (parameters,
+// gradients, activations). A config read from an untrusted file can describe
+// an enormous model; New refuses it with an error instead of running the
+// process out of memory. Raise it for larger machines.
+var MemoryLimit int64 = 32 << 30
+
+// MemoryBytes estimates the bytes New (or NewInference, when inference is
+// true) allocates for config c and a batch of maxB × maxT, in int64 so that
+// absurd configs cannot overflow it.
+func MemoryBytes(c Config, maxB, maxT int, inference bool) int64 {
+	BT, C, V, NH := int64(maxB)*int64(maxT), int64(c.Dim), int64(c.Vocab), int64(c.Heads)
+	att := int64(maxB) * NH * int64(maxT) * int64(maxT)
+	perLayer := BT*C*7 + BT*3*C + BT*8*C + 4*BT + att
+	floats := int64(c.NumParams()) + int64(c.Layers)*perLayer + BT*C*2 + BT*V*2 + 3*BT
+	if !inference {
+		floats += int64(c.NumParams()) + BT*C*3 + BT*3*C + BT*8*C + att + BT*V
+	}
+	return 4 * floats
+}
+
 // New allocates a model with config c whose activations fit batches of up
-// to maxB sequences of up to maxT ≤ c.Context tokens. Parameters are zero;
-// call Init or load a checkpoint.
-func New(c Config, maxB, maxT int) (*Model, error) {
+// to maxB sequences of up to maxT ≤ c.Context tokens, for training (with a
+// gradient buffer and backward scratch). Parameters are zero; call Init or
+// load a checkpoint. It fails if the model would need more than MemoryLimit.
+func New(c Config, maxB, maxT int) (*Model, error) { return newModel(c, maxB, maxT, false) }
+
+// NewInference is New without gradients or backward buffers (about half the
+// memory): Forward works, Backward returns an error. For eval and generate.
+func NewInference(c Config, maxB, maxT int) (*Model, error) { return newModel(c, maxB, maxT, true) }
+
+func newModel(c Config, maxB, maxT int, inference bool) (*Model, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
 	if maxB < 1 || maxT < 1 || maxT > c.Context {
 		return nil, fmt.Errorf("%w: batch %d×%d does not fit (want ≥ 1 sequences of 1..%d tokens)", ErrConfig, maxB, maxT, c.Context)
 	}
+	if need := MemoryBytes(c, maxB, maxT, inference); need > MemoryLimit {
+		return nil, fmt.Errorf("%w: a %d-layer, %d-channel model with batch %d×%d needs %.1f GiB, more than the %.1f GiB limit (use a smaller batch or sequence length)",
+			ErrConfig, c.Layers, c.Dim, maxB, maxT, float64(need)/(1<<30), float64(MemoryLimit)/(1<<30))
+	}
 	n := c.NumParams()
-	m := &Model{Config: c, Params: make([]float32, n), Grads: make([]float32, n), maxB: maxB, maxT: maxT}
-	m.p, m.g = makeViews(c, m.Params), makeViews(c, m.Grads)
+	m := &Model{Config: c, Params: make([]float32, n), maxB: maxB, maxT: maxT}
+	m.p = makeViews(c, m.Params)
 	BT, C, V, NH := maxB*maxT, c.Dim, c.Vocab, c.Heads
 	f := func(k int) []float32 { return make([]float32, k) }
 	a := &m.act
@@ -96,6 +127,11 @@ func New(c Config, maxB, maxT int) (*Model, error) {
 	}
 	a.lnf, a.lnfMean, a.lnfRstd = f(BT*C), f(BT), f(BT)
 	a.logits, a.probs, a.losses = f(BT*V), f(BT*V), f(BT)
+	if inference {
+		return m, nil
+	}
+	m.Grads = make([]float32, n)
+	m.g = makeViews(c, m.Grads)
 	m.bw = backwardScratch{
 		dres: f(BT * C), dln: f(BT * C), datty: f(BT * C), dqkv: f(BT * 3 * C),
 		dfch: f(BT * 4 * C), dfchG: f(BT * 4 * C), datt: f(maxB * NH * maxT * maxT), dlogits: f(BT * V),
@@ -207,6 +243,9 @@ func (m *Model) Logits() []float32 { return m.act.logits[:m.B*m.T*m.Config.Vocab
 func (m *Model) Backward(scale float32) error {
 	if m.targets == nil {
 		return fmt.Errorf("model: Backward needs a Forward call with targets")
+	}
+	if m.Grads == nil {
+		return fmt.Errorf("model: Backward on a model made by NewInference")
 	}
 	c := m.Config
 	B, T := m.B, m.T

@@ -71,9 +71,10 @@ func (GPT2Tokenizer) EOT() int32 { return GPT2EOT }
 // text, and allocates only for pieces the cache misses.
 //
 // Like tiktoken's, the BPE takes time quadratic in the length of a piece
-// (a run of letters, of digits or of punctuation, or of whitespace): a
-// 10 kB run of one letter takes tens of milliseconds, a 100 kB one seconds.
-// The longest piece in the shared corpora is 249 bytes, in the Go
+// (a run of letters, of digits or of punctuation, or of whitespace), so
+// pieces longer than gpt2MaxPiece bytes are merged in chunks; the ids then
+// differ from tiktoken's for that piece only, and still decode to the same
+// bytes. The longest piece in the shared corpora is 249 bytes, in the Go
 // distribution's source 2180.
 func (GPT2Tokenizer) Encode(dst []int32, text []byte) []int32 {
 	v := gpt2Load()
@@ -84,7 +85,7 @@ func (GPT2Tokenizer) Encode(dst []int32, text []byte) []int32 {
 			if id, ok := v.ranks[string(valid[:p])]; ok {
 				dst = append(dst, int32(id))
 			} else {
-				dst = append(dst, v.bpe(valid[:p])...)
+				dst = v.bpeLong(dst, valid[:p])
 			}
 			valid = valid[p:]
 		}
@@ -110,6 +111,28 @@ func (GPT2Tokenizer) Decode(dst []byte, ids []int32) []byte {
 		}
 	}
 	return dst
+}
+
+// gpt2MaxPiece bounds the bytes BPE merges at once. BPE time grows with the
+// square of a piece's length, so one pathological piece (a megabyte of one
+// letter in an untrusted file) would stall tokenisation for minutes. Longer
+// pieces are merged in chunks of at most this many bytes, cut at character
+// boundaries; below it, and on every real corpus seen, the ids are exactly
+// tiktoken's.
+const gpt2MaxPiece = 4096
+
+// bpeLong appends the ids of a piece that is not a single token, in chunks
+// of at most gpt2MaxPiece bytes.
+func (v *gpt2Vocabulary) bpeLong(dst []int32, piece []byte) []int32 {
+	for len(piece) > gpt2MaxPiece {
+		cut := gpt2MaxPiece
+		for cut > 0 && piece[cut]&0xC0 == 0x80 { // don't split a UTF-8 character
+			cut--
+		}
+		dst = append(dst, v.bpe(piece[:cut])...)
+		piece = piece[cut:]
+	}
+	return append(dst, v.bpe(piece)...)
 }
 
 // bpe returns the ids of a piece that is not a single token, from

@@ -435,3 +435,22 @@ func sampleFiles(t testing.TB) []corpusFile {
 	}
 	return files
 }
+
+// TestGPT2LongPieceIsBounded: a megabyte of one letter (one BPE piece)
+// tokenises quickly, in chunks, and still round-trips byte for byte.
+func TestGPT2LongPieceIsBounded(t *testing.T) {
+	tok := model.GPT2Tokenizer{}
+	for _, text := range [][]byte{
+		bytes.Repeat([]byte("a"), 1<<20),
+		append([]byte(" "), bytes.Repeat([]byte("é"), 5000)...), // chunks must not split a character
+	} {
+		start := time.Now()
+		ids := tok.Encode(nil, text)
+		if d := time.Since(start); d > 20*time.Second {
+			t.Errorf("%d bytes took %v", len(text), d)
+		}
+		if got := tok.Decode(nil, ids); !bytes.Equal(got, text) {
+			t.Errorf("%d-byte piece does not round-trip", len(text))
+		}
+	}
+}

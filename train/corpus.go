@@ -149,6 +149,9 @@ func readText(path string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("train: corpus file %s: %w", path, err)
 	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("train: corpus file %s is not a regular file", path)
+	}
 	if st.Size() > maxFileBytes {
 		return nil, fmt.Errorf("train: corpus file %s: %d bytes, more than the %d a document may have", path, st.Size(), maxFileBytes)
 	}
@@ -205,21 +208,6 @@ func (s *Sampler) Next(inputs, targets []int32, B, T int) {
 	for b := 0; b < B; b++ {
 		start := s.rng.IntN(len(s.tokens) - T)
 		w := s.tokens[start : start+T+1]
-		for t := 0; t < T; t++ {
-			inputs[b*T+t] = int32(w[t])
-			targets[b*T+t] = int32(w[t+1])
-		}
-	}
-}
-
-// Windows fills inputs and targets with the i-th block of B consecutive,
-// non-overlapping windows of the stream (wrapping around), for evaluation
-// that sees the same tokens every time.
-func Windows(tokens []uint16, inputs, targets []int32, B, T, i int) {
-	n := (len(tokens) - 1) / T // whole windows in the stream
-	for b := 0; b < B; b++ {
-		start := ((i*B + b) % n) * T
-		w := tokens[start : start+T+1]
 		for t := 0; t < T; t++ {
 			inputs[b*T+t] = int32(w[t])
 			targets[b*T+t] = int32(w[t+1])

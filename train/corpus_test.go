@@ -153,3 +153,13 @@ func TestConfigValidateNamesField(t *testing.T) {
 		t.Errorf("default config: %v", err)
 	}
 }
+
+func TestCorpusRefusesDevices(t *testing.T) {
+	if _, err := os.Stat("/dev/zero"); err != nil {
+		t.Skip("no /dev/zero")
+	}
+	_, err := train.LoadCorpus([]string{"/dev/zero"}, model.ByteTokenizer{}, train.CorpusOptions{})
+	if err == nil || !strings.Contains(err.Error(), "/dev/zero") {
+		t.Fatalf("reading /dev/zero: %v, want an error naming it", err)
+	}
+}

@@ -24,7 +24,7 @@ func TestResumeIsBitwise(t *testing.T) {
 			t.Fatal(err)
 		}
 		m.Init(cfg.Seed)
-		tr, err := train.New(cfg, m, corpus)
+		tr, err := train.New(cfg, m, model.ByteTokenizer{}, corpus)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -66,10 +66,33 @@ func TestResumeIsBitwise(t *testing.T) {
 			t.Fatalf("param %d: %v after 6 steps, %v after 3 + resume + 3", i, p, second.Model.Params[i])
 		}
 	}
-	// A state saved with another batch shape is refused.
-	cfg.Batch = 1
-	other := newTrainer()
-	if err := other.Resume(dir); err == nil {
-		t.Error("resuming a batch-2 state with batch 1: no error")
+	// A state is refused with other settings, other weights, other data, or
+	// when the run is already done.
+	refuse := func(name string, tr *train.Trainer) {
+		t.Helper()
+		copy(tr.Model.Params, ck.Params)
+		if err := tr.Resume(dir); err == nil {
+			t.Errorf("%s: no error", name)
+		} else {
+			t.Logf("%s: %v", name, err)
+		}
+	}
+	cfg.LR *= 2
+	refuse("other learning rate", newTrainer())
+	cfg.LR /= 2
+	cfg.Steps = 3
+	refuse("already done", newTrainer())
+	cfg.Steps = 6
+	cfg.Seed = 99
+	refuse("other seed", newTrainer())
+	cfg.Seed = train.DefaultConfig().Seed
+	tr := newTrainer()
+	tr.Corpus = &train.Corpus{Train: append([]uint16{1}, corpus.Train...)}
+	refuse("other data", tr)
+	tr = newTrainer()
+	copy(tr.Model.Params, ck.Params)
+	tr.Model.Params[0]++
+	if err := tr.Resume(dir); err == nil {
+		t.Error("other weights: no error")
 	}
 }

@@ -1,8 +1,12 @@
 package train
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"math"
 	"path/filepath"
 	"strconv"
 
@@ -14,10 +18,16 @@ import (
 // moments, step and the sampler's position, enough to continue a run exactly.
 const StateFile = "training_state.safetensors"
 
-// SaveCheckpoint writes the model (model.SaveCheckpoint) and the optimizer
-// state (StateFile) into dir, each file atomically.
+// SaveCheckpoint writes the model (model.SaveCheckpoint) and the training
+// state (StateFile) into dir, each file atomically. The state records the
+// hyper-parameters, a hash of the training tokens and a hash of the weights
+// it belongs with, so that Resume can refuse a state that does not match.
 func (t *Trainer) SaveCheckpoint(dir string, tok model.Tokenizer) error {
 	if err := model.SaveCheckpoint(dir, t.Model.Config, tok, t.Model.Params); err != nil {
+		return err
+	}
+	cfg, err := json.Marshal(t.Config)
+	if err != nil {
 		return err
 	}
 	n := len(t.Opt.M)
@@ -25,35 +35,98 @@ func (t *Trainer) SaveCheckpoint(dir string, tok model.Tokenizer) error {
 		safetensors.F32Tensor("adamw.m", []int{n}, t.Opt.M),
 		safetensors.F32Tensor("adamw.v", []int{n}, t.Opt.V),
 	}, map[string]string{
-		"step":    strconv.Itoa(t.Opt.Step),
-		"steps":   strconv.Itoa(t.Config.Steps),
-		"seed":    strconv.FormatUint(t.Config.Seed, 10),
-		"batch":   strconv.Itoa(t.Config.Batch),
-		"seqlen":  strconv.Itoa(t.T),
-		"sampler": hex.EncodeToString(t.sampler.State()),
+		"step":           strconv.Itoa(t.Opt.Step),
+		"config":         string(cfg),
+		"seqlen":         strconv.Itoa(t.T),
+		"sampler":        hex.EncodeToString(t.sampler.State()),
+		"corpus_sha256":  t.corpusHash(),
+		"weights_sha256": WeightsHash(t.Model.Params),
 	})
 }
 
+// WeightsHash is the SHA-256 of the parameters' float32 bits, little-endian.
+// Replicas that hold the same weights have the same hash.
+func WeightsHash(params []float32) string {
+	h := sha256.New()
+	var buf [4096]byte
+	for len(params) > 0 {
+		n := min(len(params), len(buf)/4)
+		for i, p := range params[:n] {
+			binary.LittleEndian.PutUint32(buf[4*i:], math.Float32bits(p))
+		}
+		h.Write(buf[:4*n])
+		params = params[n:]
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// corpusHash identifies the training tokens, so that a sampler position is
+// only reused on the stream it indexes.
+func (t *Trainer) corpusHash() string {
+	if t.corpusSum == "" {
+		h := sha256.New()
+		var buf [4096]byte
+		toks := t.Corpus.Train
+		for len(toks) > 0 {
+			n := min(len(toks), len(buf)/2)
+			for i, v := range toks[:n] {
+				binary.LittleEndian.PutUint16(buf[2*i:], v)
+			}
+			h.Write(buf[:2*n])
+			toks = toks[n:]
+		}
+		t.corpusSum = hex.EncodeToString(h.Sum(nil))
+	}
+	return t.corpusSum
+}
+
 // Resume loads the optimizer state and sampler position that SaveCheckpoint
-// wrote into dir, so that the next Step continues the run as if it had not
-// stopped. The weights are loaded separately (model.LoadCheckpoint). The
-// batch shape must match the one the state was saved with.
+// wrote into dir, so that the next Step continues the run exactly as if it
+// had not stopped (provided Steps is the saved run's; a larger Steps
+// continues on a stretched schedule). Load the weights from dir into the
+// model first. Resume refuses a state whose hyper-parameters, sequence
+// length, training tokens or weights differ from this run's, or whose step
+// is not below Steps.
 func (t *Trainer) Resume(dir string) error {
-	meta, err := LoadOptimizerState(dir, t.Opt)
+	path := filepath.Join(dir, StateFile)
+	opt := NewOptimizer(t.Model.Config, t.Opt.Beta1, t.Opt.Beta2, t.Opt.Eps, t.Opt.WeightDecay)
+	meta, err := LoadOptimizerState(dir, opt)
 	if err != nil {
 		return err
 	}
-	path := filepath.Join(dir, StateFile)
-	if meta["batch"] != strconv.Itoa(t.Config.Batch) || meta["seqlen"] != strconv.Itoa(t.T) {
-		return fmt.Errorf("train: training state %s was saved with batch %s × %s tokens, this run uses %d × %d", path, meta["batch"], meta["seqlen"], t.Config.Batch, t.T)
+	var saved Config
+	if err := json.Unmarshal([]byte(meta["config"]), &saved); err != nil {
+		return fmt.Errorf("train: training state %s: bad config: %v", path, err)
 	}
-	b, err := hex.DecodeString(meta["sampler"])
+	// Everything that shapes the trajectory must match; how often to
+	// evaluate need not, and Steps may grow (the schedule then stretches).
+	a, b := saved, t.Config
+	a.Steps, a.EvalEvery, a.EvalBatches = 0, 0, 0
+	b.Steps, b.EvalEvery, b.EvalBatches = 0, 0, 0
+	if a != b {
+		return fmt.Errorf("train: training state %s was saved with different settings:\n  saved: %+v\n  now:   %+v", path, a, b)
+	}
+	t.SavedSteps = saved.Steps
+	if meta["seqlen"] != strconv.Itoa(t.T) {
+		return fmt.Errorf("train: training state %s was saved with sequences of %s tokens, this run uses %d", path, meta["seqlen"], t.T)
+	}
+	if meta["corpus_sha256"] != t.corpusHash() {
+		return fmt.Errorf("train: training state %s was saved for other training data (its sampler position would not mean anything here); use the same --input files", path)
+	}
+	if meta["weights_sha256"] != WeightsHash(t.Model.Params) {
+		return fmt.Errorf("train: training state %s does not belong with the weights in %s (a save was interrupted between the two files?)", path, model.WeightsFile)
+	}
+	if opt.Step >= t.Config.Steps {
+		return fmt.Errorf("train: the run in %s is already at step %d of %d; raise --steps to continue it", dir, opt.Step, t.Config.Steps)
+	}
+	pos, err := hex.DecodeString(meta["sampler"])
 	if err != nil {
 		return fmt.Errorf("train: training state %s: bad sampler position: %v", path, err)
 	}
-	if err := t.sampler.SetState(b); err != nil {
+	if err := t.sampler.SetState(pos); err != nil {
 		return fmt.Errorf("train: training state %s: %w", path, err)
 	}
+	t.Opt = opt
 	return nil
 }
 
@@ -84,7 +157,7 @@ func LoadOptimizerState(dir string, opt *Optimizer) (map[string]string, error) {
 		}
 	}
 	step, err := strconv.Atoi(f.Metadata["step"])
-	if err != nil || step < 0 {
+	if err != nil || step < 0 || step > 1<<40 {
 		return nil, fmt.Errorf("train: training state %s: bad step %q", path, f.Metadata["step"])
 	}
 	opt.Step = step

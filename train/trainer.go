@@ -63,8 +63,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: eps = %g, want > 0", ErrConfig, c.Eps)
 	case !(c.Clip >= 0):
 		return fmt.Errorf("%w: clip = %g, want ≥ 0", ErrConfig, c.Clip)
-	case c.EvalEvery < 0 || (c.EvalEvery > 0 && c.EvalBatches < 1):
-		return fmt.Errorf("%w: eval-every = %d with eval-batches = %d", ErrConfig, c.EvalEvery, c.EvalBatches)
+	case c.EvalEvery < 0:
+		return fmt.Errorf("%w: eval-every = %d, want ≥ 0", ErrConfig, c.EvalEvery)
+	case c.EvalBatches < 1:
+		return fmt.Errorf("%w: eval-batches = %d, want ≥ 1 (the end of a run is always evaluated)", ErrConfig, c.EvalBatches)
 	}
 	return nil
 }
@@ -85,16 +87,21 @@ type Trainer struct {
 	Model   *model.Model
 	Opt     *Optimizer
 	Corpus  *Corpus
+	Tok     model.Tokenizer
 	sched   Schedule
 	sampler *Sampler
 	T       int
-	inputs  []int32 // (Batch, T)
-	targets []int32 // (Batch, T)
+	// SavedSteps is the Steps of the run Resume continued (0 before Resume).
+	SavedSteps int
+	corpusSum  string  // corpusHash, computed once
+	inputs     []int32 // (Batch, T)
+	targets    []int32 // (Batch, T)
 }
 
-// New prepares a trainer for m on corpus. The model's activations must fit
-// cfg.Batch × T where T is cfg.SeqLen or the model's context.
-func New(cfg Config, m *model.Model, corpus *Corpus) (*Trainer, error) {
+// New prepares a trainer for m on corpus, tokenised with tok. The model's
+// activations must fit cfg.Batch × T where T is cfg.SeqLen or the model's
+// context.
+func New(cfg Config, m *model.Model, tok model.Tokenizer, corpus *Corpus) (*Trainer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -107,13 +114,13 @@ func New(cfg Config, m *model.Model, corpus *Corpus) (*Trainer, error) {
 	}
 	s, err := NewSampler(corpus.Train, T, cfg.Seed)
 	if err != nil {
-		return nil, fmt.Errorf("training split: %w", err)
+		return nil, fmt.Errorf("training split (%d files in all): %w; documents are split whole, so a corpus of one or a few files can land entirely in the held-out split: add files or hold out none (--holdout-every 0 --eval-every 0)", corpus.Files, err)
 	}
-	if cfg.EvalEvery > 0 && len(corpus.Heldout) < T+1 {
-		return nil, fmt.Errorf("%w: held-out split has %d tokens, need %d for evaluation (use a larger corpus or disable evaluation)", ErrTooSmall, len(corpus.Heldout), T+1)
+	if cfg.EvalEvery > 0 && len(corpus.Heldout) < 2 {
+		return nil, fmt.Errorf("%w: the held-out split is empty (documents are held out whole, about 1 in --holdout-every); add files, or train without evaluation (--eval-every 0)", ErrTooSmall)
 	}
 	return &Trainer{
-		Config: cfg, Model: m, Corpus: corpus, sampler: s, T: T,
+		Config: cfg, Model: m, Corpus: corpus, Tok: tok, sampler: s, T: T,
 		Opt:     NewOptimizer(m.Config, float32(cfg.Beta1), float32(cfg.Beta2), float32(cfg.Eps), float32(cfg.WeightDecay)),
 		sched:   Schedule{LR: cfg.LR, MinLR: cfg.LR * cfg.MinLRFrac, Warmup: cfg.Warmup, Steps: cfg.Steps},
 		inputs:  make([]int32, cfg.Batch*T),
@@ -145,26 +152,9 @@ func (t *Trainer) Step() (StepStats, error) {
 	return StepStats{Step: t.Opt.Step, Loss: loss, LR: lr, GradNorm: norm, Tokens: B * T, Duration: time.Since(start)}, nil
 }
 
-// Eval returns the mean loss over the first EvalBatches batches of
-// consecutive held-out windows (the same windows every time).
-func (t *Trainer) Eval() (float32, error) {
-	return EvalLoss(t.Model, t.Corpus.Heldout, t.Config.Batch, t.T, t.Config.EvalBatches, t.inputs, t.targets)
-}
-
-// EvalLoss returns m's mean loss over n batches of B consecutive windows of
-// T tokens from tokens. inputs and targets are scratch of B·T elements.
-func EvalLoss(m *model.Model, tokens []uint16, B, T, n int, inputs, targets []int32) (float32, error) {
-	if len(tokens) < T+1 {
-		return 0, fmt.Errorf("%w: %d tokens, need %d to evaluate", ErrTooSmall, len(tokens), T+1)
-	}
-	var sum float64
-	for i := 0; i < n; i++ {
-		Windows(tokens, inputs, targets, B, T, i)
-		loss, err := m.Forward(inputs, targets, B, T)
-		if err != nil {
-			return 0, err
-		}
-		sum += float64(loss)
-	}
-	return float32(sum / float64(n)), nil
+// Eval scores the first EvalBatches × Batch windows of the held-out split
+// (the same tokens every time; fewer if the split is shorter), each token
+// once. It fails if the split is empty.
+func (t *Trainer) Eval() (EvalResult, error) {
+	return Evaluate(t.Model, t.Tok, t.Corpus.Heldout, t.Config.Batch, t.T, t.Config.EvalBatches*t.Config.Batch*t.T)
 }

@@ -69,7 +69,7 @@ func runEval(c *cli.Context) error {
 	case "heldout":
 		tokens = corpus.Heldout
 	}
-	m, err := model.New(ck.Config, B, T)
+	m, err := model.NewInference(ck.Config, B, T)
 	if err != nil {
 		return err
 	}

@@ -28,11 +28,18 @@ func generateCommand() *cli.Command {
 			if c.Int("tokens") < 0 {
 				return fmt.Errorf("--tokens must be ≥ 0")
 			}
-			m, tok, err := model.Load(c.String("model"), 1, 0)
+			ck, err := model.LoadCheckpoint(c.String("model"))
 			if err != nil {
 				return err
 			}
+			tok := ck.Tokenizer
 			prompt := tok.Encode(nil, []byte(c.String("prompt")))
+			// Activations for the longest window generation will use.
+			m, err := model.NewInference(ck.Config, 1, min(ck.Config.Context, len(prompt)+c.Int("tokens")+1))
+			if err != nil {
+				return err
+			}
+			copy(m.Params, ck.Params)
 			ids, err := model.Generate(m, tok, prompt, model.SampleOptions{
 				MaxTokens: c.Int("tokens"), Temperature: c.Float64("temperature"), TopK: c.Int("top-k"),
 				Seed: c.Uint64("seed"), StopAtEOT: true,

@@ -22,6 +22,10 @@ var version = "dev"
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The first Ctrl-C asks the running command to stop cleanly (train saves
+	// its checkpoint); after it, signals get their default effect again, so a
+	// second Ctrl-C ends the process at once.
+	go func() { <-ctx.Done(); stop() }()
 	if err := newApp().RunContext(ctx, os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "braid:", err)
 		code := 1

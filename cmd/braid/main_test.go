@@ -56,6 +56,25 @@ func TestTrainThenGenerate(t *testing.T) {
 		"--seq-len", "32", "--eval-every", "0", "--holdout-every", "5"); err != nil {
 		t.Fatalf("train --init: %v\n%s", err, log)
 	}
+	// --resume: continuing a finished run is refused, extending it works.
+	resume := append([]string{}, args...)
+	resume[0] = "train"
+	for i, a := range resume {
+		if a == "--out" {
+			resume[i+1] = out + "3"
+		}
+	}
+	if log, err := run(t, append(resume, "--resume", out)...); err == nil || !strings.Contains(err.Error(), "already at step 6") {
+		t.Errorf("resume of a finished run: %v\n%s", err, log)
+	}
+	for i, a := range resume {
+		if a == "6" {
+			resume[i] = "8"
+		}
+	}
+	if log, err := run(t, append(resume, "--resume", out)...); err != nil || !strings.Contains(log, "resuming") || !strings.Contains(log, "step     8/8") {
+		t.Errorf("resume to 8 steps: %v\n%s", err, log)
+	}
 	js, err := run(t, "eval", "--model", out, "--input", corpus, "--split", "heldout", "--holdout-every", "5", "--json")
 	if err != nil {
 		t.Fatalf("eval: %v", err)

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -19,8 +18,8 @@ func trainCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "train",
 		Usage: "train a model in this process on text files or directories",
-		Description: "Trains from scratch (--config) or from the checkpoint in --init on the byte-level\n" +
-			"tokenizer, printing step, loss, learning rate and tokens/s, and held-out loss every\n" +
+		Description: "Trains from scratch (--config, byte-level tokenizer) or from the checkpoint in --init\n" +
+			"(with its tokenizer), or continues the run saved in --resume, printing step, loss, learning rate and tokens/s, and held-out loss every\n" +
 			"--eval-every steps. The checkpoint in --out is rewritten atomically at every evaluation\n" +
 			"and at the end (model.safetensors, config.json, training_state.safetensors).",
 		Flags: []cli.Flag{
@@ -72,6 +71,9 @@ func runTrain(c *cli.Context) error {
 	if resume != "" && c.String("init") != "" {
 		return fmt.Errorf("--init and --resume exclude each other: --resume continues a run, --init starts a new one from its weights")
 	}
+	if (resume != "" || c.String("init") != "") && c.IsSet("config") {
+		return fmt.Errorf("--config sets the shape of a new model; with --init or --resume the checkpoint's config.json does")
+	}
 	if dir := c.String("init") + resume; dir != "" {
 		ck, err := model.LoadCheckpoint(dir)
 		if err != nil {
@@ -110,7 +112,7 @@ func runTrain(c *cli.Context) error {
 	fmt.Fprintf(out, "model: %d layers, %d channels, %d heads, context %d, vocab %d: %.2f M parameters; kernels %s on %d threads\n",
 		mc.Layers, mc.Dim, mc.Heads, mc.Context, mc.Vocab, float64(mc.NumParams())/1e6, kernels.ActiveImpl(), kernels.Threads())
 
-	tr, err := train.New(cfg, m, corpus)
+	tr, err := train.New(cfg, m, tok, corpus)
 	if err != nil {
 		return err
 	}
@@ -119,13 +121,16 @@ func runTrain(c *cli.Context) error {
 			return err
 		}
 		fmt.Fprintf(out, "resuming %s at step %d of %d\n", resume, tr.Opt.Step, cfg.Steps)
+		if tr.SavedSteps != cfg.Steps {
+			fmt.Fprintf(out, "note: the saved run was planned for %d steps; the learning-rate schedule is stretched to %d from here\n", tr.SavedSteps, cfg.Steps)
+		}
 	}
 	if cfg.EvalEvery > 0 && resume == "" {
-		l, err := tr.Eval()
+		r, err := tr.Eval()
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "step %5d | held-out loss %.4f | perplexity %.2f | %.3f bits/byte\n", 0, l, perplexity(l), bitsPerToken(l))
+		printEval(out, 0, r)
 	}
 	return trainLoop(c, out, tr, tok)
 }
@@ -165,12 +170,12 @@ func trainLoop(c *cli.Context, out io.Writer, tr *train.Trainer, tok model.Token
 			tokens, elapsed = 0, 0
 		}
 		if (cfg.EvalEvery > 0 && step%cfg.EvalEvery == 0) || step == cfg.Steps {
-			if len(tr.Corpus.Heldout) > tr.T {
-				l, err := tr.Eval()
+			if len(tr.Corpus.Heldout) > 1 {
+				r, err := tr.Eval()
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(out, "step %5d | held-out loss %.4f | perplexity %.2f | %.3f bits/byte\n", step, l, perplexity(l), bitsPerToken(l))
+				printEval(out, step, r)
 			}
 			if err := save(); err != nil {
 				return err
@@ -198,8 +203,7 @@ func setCompute(threads int, impl string) error {
 	return nil
 }
 
-func perplexity(loss float32) float64 { return math.Exp(float64(loss)) }
-
-// bitsPerToken converts a loss in nats per token to bits; for the byte-level
-// tokenizer a token is a byte.
-func bitsPerToken(loss float32) float64 { return float64(loss) / math.Ln2 }
+// printEval prints a held-out evaluation line.
+func printEval(out io.Writer, step int, r train.EvalResult) {
+	fmt.Fprintf(out, "step %5d | held-out loss %.4f | perplexity %.2f | %.3f bits/byte | %d tokens\n", step, r.Loss, r.Perplexity, r.BitsPerByte, r.Tokens)
+}

@@ -11,6 +11,13 @@ import (
 // path and wrap the underlying I/O error or the Decode sentinel. The returned
 // tensors own their data.
 func ReadFile(path string) (*File, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err // *fs.PathError already names the path
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("safetensors: %s is not a regular file", path)
+	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err // *fs.PathError already names the path

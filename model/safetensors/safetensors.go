@@ -82,6 +82,10 @@ var (
 // same bound as the reference implementation's.
 const MaxHeaderSize = 100_000_000
 
+// maxIntArrayBytes bounds the JSON text of a shape or data_offsets array:
+// room for 64 dimensions of 20 digits with spaces, far beyond any real tensor.
+const maxIntArrayBytes = 64 * 24
+
 // metadataKey is the reserved header key holding the string-to-string metadata.
 const metadataKey = "__metadata__"
 
@@ -489,6 +493,11 @@ func jsonString(raw json.RawMessage) (string, bool) {
 // jsonInts parses raw as an array of JSON integers that fit in int64.
 func jsonInts(raw json.RawMessage) ([]int64, bool) {
 	if len(raw) == 0 || raw[0] != '[' {
+		return nil, false
+	}
+	// A shape or offset pair is a few numbers; a megabyte-long array in a
+	// hostile header would cost gigabytes to unmarshal element by element.
+	if len(raw) > maxIntArrayBytes {
 		return nil, false
 	}
 	var elems []json.RawMessage

@@ -613,3 +613,24 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// TestDecodeRejectsHugeShapeArray: a shape of millions of dimensions is
+// refused before it is unmarshalled (it would cost gigabytes).
+func TestDecodeRejectsHugeShapeArray(t *testing.T) {
+	shape := strings.Repeat("0,", 1<<20) + "0"
+	header := `{"t":{"dtype":"F32","shape":[` + shape + `],"data_offsets":[0,0]}}`
+	b := make([]byte, 8, 8+len(header))
+	binary.LittleEndian.PutUint64(b, uint64(len(header)))
+	b = append(b, header...)
+	if _, err := Decode(b); err == nil {
+		t.Fatal("no error")
+	} else {
+		t.Log(err)
+	}
+}
+
+func TestReadFileRejectsNonRegular(t *testing.T) {
+	if _, err := ReadFile(t.TempDir()); err == nil {
+		t.Error("reading a directory: no error")
+	}
+}
