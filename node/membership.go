@@ -1,0 +1,360 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// ErrGossipKey is returned for a missing or malformed gossip key.
+var ErrGossipKey = errors.New("node: gossip key must be 16, 24 or 32 bytes")
+
+// MembershipConfig configures gossip.
+type MembershipConfig struct {
+	Name          string
+	BindAddr      string // interface to listen on for gossip (TCP and UDP)
+	BindPort      int    // 0 picks a free port (tests)
+	AdvertiseAddr string // address peers reach us at; empty: memberlist picks
+	AdvertisePort int
+	Seeds         []string // gossip host:port of any members, joined at start and re-joined after partitions
+	// SecretKey encrypts and authenticates all gossip (memberlist's keyring);
+	// a node with another key cannot join. Required unless Insecure is set.
+	SecretKey []byte
+	Insecure  bool // only for in-process tests on an in-memory network
+	// Profile picks memberlist's timing: "lan" (default), "local" (loopback,
+	// faster failure detection) or "wan".
+	Profile string
+	// RejoinInterval is how often seeds that are not alive members are
+	// joined again, so that the cluster heals after a partition.
+	RejoinInterval time.Duration
+	// Transport replaces memberlist's UDP/TCP transport (nodetest uses
+	// memberlist.MockNetwork).
+	Transport memberlist.Transport
+	// Tune, when set, adjusts memberlist's config last (tests shorten
+	// probe intervals).
+	Tune func(*memberlist.Config)
+}
+
+// EventKind says what happened to a member.
+type EventKind int
+
+// The membership events.
+const (
+	MemberJoined EventKind = iota
+	MemberUpdated
+	MemberLeft   // left gracefully
+	MemberFailed // declared dead by failure detection
+)
+
+func (k EventKind) String() string {
+	return [...]string{"joined", "updated", "left", "failed"}[k]
+}
+
+// MemberEvent is one change in membership, delivered in order.
+type MemberEvent struct {
+	Kind EventKind
+	Member
+}
+
+// Member is a node as gossip sees it.
+type Member struct {
+	Name       string `json:"name"`
+	GossipAddr string `json:"gossip_addr"`
+	State      string `json:"state"` // alive, suspect, dead, left
+	Meta       Meta   `json:"meta"`
+}
+
+// Membership is this node's gossip: memberlist plus an ordered event feed.
+type Membership struct {
+	cfg       MembershipConfig
+	ml        *memberlist.Memberlist
+	log       *slog.Logger
+	events    chan MemberEvent
+	localAddr string
+
+	mu       sync.Mutex
+	meta     Meta
+	queue    []MemberEvent
+	live     map[string]Member // alive members (this node included), from events
+	departed map[string]Member // nodes that failed or left, until they rejoin
+	wake     chan struct{}
+	done     chan struct{}
+	wg       sync.WaitGroup
+}
+
+// NewMembership starts gossip for this node with the given metadata and
+// joins the seeds (failing to reach any is not an error: the rejoin loop
+// keeps trying).
+func NewMembership(cfg MembershipConfig, meta Meta, logger *slog.Logger) (*Membership, error) {
+	if cfg.Name == "" {
+		return nil, errors.New("node: membership needs a name")
+	}
+	if !cfg.Insecure {
+		if n := len(cfg.SecretKey); n != 16 && n != 24 && n != 32 {
+			return nil, fmt.Errorf("%w (got %d)", ErrGossipKey, n)
+		}
+	}
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	var mc *memberlist.Config
+	switch cfg.Profile {
+	case "", "lan":
+		mc = memberlist.DefaultLANConfig()
+	case "local":
+		mc = memberlist.DefaultLocalConfig()
+	case "wan":
+		mc = memberlist.DefaultWANConfig()
+	default:
+		return nil, fmt.Errorf("node: gossip profile %q: want lan, local or wan", cfg.Profile)
+	}
+	if cfg.RejoinInterval <= 0 {
+		cfg.RejoinInterval = 10 * time.Second
+	}
+	m := &Membership{cfg: cfg, log: logger, meta: meta, events: make(chan MemberEvent),
+		live: map[string]Member{}, departed: map[string]Member{},
+		wake: make(chan struct{}, 1), done: make(chan struct{})}
+	mc.Name = cfg.Name
+	mc.BindAddr, mc.BindPort = cfg.BindAddr, cfg.BindPort
+	mc.AdvertiseAddr, mc.AdvertisePort = cfg.AdvertiseAddr, cfg.AdvertisePort
+	if cfg.SecretKey != nil {
+		mc.SecretKey = cfg.SecretKey
+		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
+	}
+	mc.Transport = cfg.Transport
+	mc.Delegate = (*gossipDelegate)(m)
+	mc.Events = (*eventDelegate)(m)
+	mc.Logger = log.New(slogWriter{logger.With("component", "memberlist")}, "", 0)
+	if cfg.Tune != nil {
+		cfg.Tune(mc)
+	}
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("node: starting gossip on %s:%d: %w", cfg.BindAddr, cfg.BindPort, err)
+	}
+	m.ml = ml
+	ln := ml.LocalNode() // safe: nothing updates it before NewMembership returns
+	m.localAddr = net.JoinHostPort(ln.Addr.String(), strconv.Itoa(int(ln.Port)))
+	m.wg.Add(2)
+	go m.deliver()
+	go m.rejoin()
+	if len(cfg.Seeds) > 0 {
+		if n, err := ml.Join(cfg.Seeds); err != nil {
+			logger.Warn("joining seeds failed; will retry", "seeds", cfg.Seeds, "joined", n, "err", err)
+		}
+	}
+	return m, nil
+}
+
+// Events delivers membership changes in order. The channel is closed by
+// Shutdown. Consumers must keep reading.
+func (m *Membership) Events() <-chan MemberEvent { return m.events }
+
+// LocalAddr is this node's gossip address (host:port).
+func (m *Membership) LocalAddr() string { return m.localAddr }
+
+// Members lists every node gossip knows, sorted by name: the live ones and
+// those that failed or left since this node started. The table is kept from
+// memberlist's events (reading memberlist's own node structs outside its
+// callbacks races with its updates).
+func (m *Membership) Members() []Member {
+	m.mu.Lock()
+	out := make([]Member, 0, len(m.live)+len(m.departed))
+	for _, mb := range m.live {
+		out = append(out, mb)
+	}
+	for _, mb := range m.departed {
+		out = append(out, mb)
+	}
+	m.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// AliveCount is the number of live members, this node included.
+func (m *Membership) AliveCount() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.live)
+}
+
+// SetMeta replaces this node's metadata and gossips it.
+func (m *Membership) SetMeta(meta Meta) error {
+	m.mu.Lock()
+	m.meta = meta
+	m.mu.Unlock()
+	return m.ml.UpdateNode(5 * time.Second)
+}
+
+// Leave announces a graceful departure, waiting up to timeout: it first
+// gossips metadata marked Leaving, so that peers report MemberLeft rather
+// than MemberFailed.
+func (m *Membership) Leave(timeout time.Duration) error {
+	m.mu.Lock()
+	m.meta.Leaving = true
+	m.mu.Unlock()
+	if err := m.ml.UpdateNode(timeout); err != nil {
+		m.log.Warn("announcing leave", "err", err)
+	}
+	return m.ml.Leave(timeout)
+}
+
+// Shutdown stops gossip without a leave message (as a crash would) and
+// closes the event feed.
+func (m *Membership) Shutdown() error {
+	err := m.ml.Shutdown()
+	select {
+	case <-m.done:
+	default:
+		close(m.done)
+	}
+	m.wg.Wait()
+	return err
+}
+
+func (m *Membership) member(n *memberlist.Node) Member {
+	mb := Member{Name: n.Name, GossipAddr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), State: "alive"}
+	if meta, err := DecodeMeta(n.Meta); err == nil {
+		mb.Meta = meta
+	}
+	return mb
+}
+
+// push queues an event; memberlist's callbacks must not block. A leave is
+// MemberLeft if the node announced it (Meta.Leaving), else MemberFailed.
+func (m *Membership) push(kind EventKind, n *memberlist.Node) {
+	ev := MemberEvent{Kind: kind, Member: m.member(n)}
+	if _, err := DecodeMeta(n.Meta); err != nil && kind != MemberFailed {
+		m.log.Warn("ignoring member with bad metadata", "member", n.Name, "addr", ev.GossipAddr, "err", err)
+		return
+	}
+	m.mu.Lock()
+	switch kind {
+	case MemberJoined, MemberUpdated:
+		m.live[n.Name] = ev.Member
+		delete(m.departed, n.Name)
+	case MemberFailed:
+		ev.Kind, ev.State = MemberFailed, "dead"
+		if last, ok := m.live[n.Name]; ok && last.Meta.Leaving || ev.Meta.Leaving {
+			ev.Kind, ev.State = MemberLeft, "left"
+		}
+		delete(m.live, n.Name)
+		m.departed[n.Name] = ev.Member
+	}
+	m.queue = append(m.queue, ev)
+	m.mu.Unlock()
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+// deliver forwards queued events to the Events channel in order.
+func (m *Membership) deliver() {
+	defer m.wg.Done()
+	defer close(m.events)
+	for {
+		m.mu.Lock()
+		q := m.queue
+		m.queue = nil
+		m.mu.Unlock()
+		for _, ev := range q {
+			select {
+			case m.events <- ev:
+			case <-m.done:
+				return
+			}
+		}
+		select {
+		case <-m.wake:
+		case <-m.done:
+			return
+		}
+	}
+}
+
+// rejoin joins, every RejoinInterval, the seeds that are not alive members,
+// so that the two sides of a healed partition find each other again.
+func (m *Membership) rejoin() {
+	defer m.wg.Done()
+	t := time.NewTicker(m.cfg.RejoinInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.done:
+			return
+		case <-t.C:
+		}
+		alive := map[string]bool{}
+		for _, mb := range m.Members() {
+			if mb.State == "alive" {
+				alive[mb.GossipAddr] = true
+			}
+		}
+		var missing []string
+		for _, s := range m.cfg.Seeds {
+			if !alive[s] {
+				missing = append(missing, s)
+			}
+		}
+		if len(missing) > 0 {
+			if _, err := m.ml.Join(missing); err != nil {
+				m.log.Debug("re-joining seeds", "seeds", missing, "err", err)
+			}
+		}
+	}
+}
+
+// gossipDelegate supplies this node's metadata; memberlist calls it from
+// its own goroutines.
+type gossipDelegate Membership
+
+func (d *gossipDelegate) NodeMeta(limit int) []byte {
+	d.mu.Lock()
+	meta := d.meta
+	d.mu.Unlock()
+	b, err := meta.Encode(limit)
+	if err != nil {
+		d.log.Error("node metadata does not fit", "err", err)
+		return nil
+	}
+	return b
+}
+func (d *gossipDelegate) NotifyMsg([]byte)                           {}
+func (d *gossipDelegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d *gossipDelegate) LocalState(join bool) []byte                { return nil }
+func (d *gossipDelegate) MergeRemoteState(buf []byte, join bool)     {}
+
+// eventDelegate turns memberlist's callbacks into MemberEvents.
+type eventDelegate Membership
+
+func (d *eventDelegate) NotifyJoin(n *memberlist.Node)   { (*Membership)(d).push(MemberJoined, n) }
+func (d *eventDelegate) NotifyUpdate(n *memberlist.Node) { (*Membership)(d).push(MemberUpdated, n) }
+func (d *eventDelegate) NotifyLeave(n *memberlist.Node)  { (*Membership)(d).push(MemberFailed, n) }
+
+// slogWriter adapts memberlist's *log.Logger output to slog at debug level
+// ([ERR] and [WARN] lines at their own level).
+type slogWriter struct{ l *slog.Logger }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	s := strings.TrimSpace(string(p))
+	switch {
+	case strings.Contains(s, "[ERR]"):
+		w.l.Error(s)
+	case strings.Contains(s, "[WARN]"):
+		w.l.Warn(s)
+	default:
+		w.l.Debug(s)
+	}
+	return len(p), nil
+}
