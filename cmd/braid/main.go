@@ -47,6 +47,7 @@ func newApp() *cli.App {
 			trainCommand(),
 			generateCommand(),
 			evalCommand(),
+			statusCommand(),
 			benchCommand(),
 		},
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints errors once

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/braidml/braid/node"
+)
+
+// apiFlags are the flags of every command that talks to a node's HTTP API.
+func apiFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "api", Value: "http://127.0.0.1:7950", EnvVars: []string{"BRAID_API"}, Usage: "a node's HTTP API `URL`"},
+		&cli.StringFlag{Name: "token", EnvVars: []string{"BRAID_TOKEN"}, Usage: "bearer token for an API off localhost"},
+	}
+}
+
+// getJSON fetches url from the API into v, with errors that say which node
+// and what went wrong.
+func getJSON(ctx context.Context, c *cli.Context, path string, v any) error {
+	url := strings.TrimRight(c.String("api"), "/") + path
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return fmt.Errorf("--api %q: %w", c.String("api"), err)
+	}
+	if tok := c.String("token"); tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the node API at %s (is `braid node` running there? set --api or BRAID_API): %w", c.String("api"), err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s: %s", url, resp.Status, strings.TrimSpace(string(body)))
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return fmt.Errorf("%s: not a status response: %w", url, err)
+	}
+	return nil
+}
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "status",
+		Usage: "show the cluster as a node sees it: members, leader, term, epoch",
+		Flags: append(apiFlags(), &cli.BoolFlag{Name: "json", Usage: "print the status JSON"}),
+		Action: func(c *cli.Context) error {
+			var st node.Status
+			if err := getJSON(c.Context, c, "/v1/status", &st); err != nil {
+				return err
+			}
+			out := c.App.Writer
+			if c.Bool("json") {
+				b, _ := json.MarshalIndent(st, "", "  ")
+				fmt.Fprintln(out, string(b))
+				return nil
+			}
+			leader := st.Leader
+			if leader == "" {
+				leader = "(none)"
+			}
+			fmt.Fprintf(out, "self %s   leader %s   term %d   epoch %d: %s\n\n", st.Self, leader, st.Term, st.Epoch.ID, strings.Join(st.Epoch.Members, " → "))
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATE\tGOSSIP\tQUIC\tCORES\tGPUS\tMEMORY\tVERSION\tROLE")
+			for _, m := range st.Members {
+				role := ""
+				switch {
+				case m.Name == st.Leader:
+					role = "leader"
+				case m.Voter:
+					role = "voter"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%.1f GiB\t%s\t%s\n", m.Name, m.State, m.Addr, m.QUICAddr, m.Cores, m.GPUs, float64(m.Memory)/(1<<30), m.Version, role)
+			}
+			return tw.Flush()
+		},
+	}
+}

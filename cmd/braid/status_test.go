@@ -1,0 +1,46 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/braidml/braid/node"
+)
+
+func TestStatusCommand(t *testing.T) {
+	st := node.Status{Self: "n1", Leader: "n2", Term: 3, Epoch: node.EpochStatus{ID: 7, Members: []string{"n1", "n2", "n3"}},
+		Members: []node.MemberStatus{{Name: "n1", State: "alive", Addr: "127.0.0.1:7946"}, {Name: "n3", State: "dead", Addr: "127.0.0.1:7948"}}}
+	api, err := node.StartAPI(node.APIConfig{Addr: "127.0.0.1:0"}, func() node.Status { return st }, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer api.Close(context.Background())
+	out, err := run(t, "status", "--api", "http://"+api.Addr(), "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got node.Status
+	if err := json.Unmarshal([]byte(out), &got); err != nil || got.Leader != "n2" || got.Epoch.ID != 7 || len(got.Members) != 2 {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	for _, key := range []string{`"self"`, `"leader"`, `"term"`, `"epoch"`, `"members"`, `"state"`, `"addr"`} {
+		if !strings.Contains(out, key) {
+			t.Errorf("status --json lacks %s", key)
+		}
+	}
+	table, err := run(t, "status", "--api", "http://"+api.Addr())
+	if err != nil || !strings.Contains(table, "n3") || !strings.Contains(table, "dead") || !strings.Contains(table, "epoch 7") {
+		t.Errorf("status table: %v\n%s", err, table)
+	}
+	if _, err := run(t, "status", "--api", "http://127.0.0.1:1"); err == nil || !strings.Contains(err.Error(), "127.0.0.1:1") {
+		t.Errorf("unreachable API: %v, want an error naming it", err)
+	}
+	// Off localhost the API refuses to start without a token.
+	if _, err := node.StartAPI(node.APIConfig{Addr: "0.0.0.0:0"}, func() node.Status { return st }, prometheus.NewRegistry()); err == nil {
+		t.Error("API on 0.0.0.0 without a token: no error")
+	}
+}
