@@ -63,17 +63,17 @@ func ReadStreamHeader(r io.Reader) (Protocol, error) {
 const DefaultMaxFrame = 64 << 20
 
 // WriteFrame writes one length-prefixed message: a 4-byte big-endian length,
-// then the payload.
+// then the payload, in a single Write, so that frames from concurrent
+// writers on one stream never interleave (provided the stream's Write is
+// atomic, as net.Conn's is documented to be safe for concurrent use).
 func WriteFrame(w io.Writer, payload []byte) error {
 	if uint64(len(payload)) > 1<<32-1 {
 		return fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, len(payload))
 	}
-	var head [4]byte
-	binary.BigEndian.PutUint32(head[:], uint32(len(payload)))
-	if _, err := w.Write(head[:]); err != nil {
-		return err
-	}
-	_, err := w.Write(payload)
+	b := make([]byte, 4+len(payload))
+	binary.BigEndian.PutUint32(b, uint32(len(payload)))
+	copy(b[4:], payload)
+	_, err := w.Write(b)
 	return err
 }
 

@@ -52,8 +52,12 @@ var (
 // Stream is one bidirectional byte stream to a peer, carrying one protocol.
 // It is a net.Conn so that libraries that want one (raft's StreamLayer) can
 // use it as is: Read and Write may be called concurrently with each other,
-// deadlines work as net.Conn documents, and Close releases both directions.
-// LocalAddr and RemoteAddr return the transport addresses of the two nodes.
+// deadlines work as net.Conn documents (an expired deadline is a net.Error
+// whose Timeout() is true, wrapping os.ErrDeadlineExceeded), Write blocks
+// when the peer does not read (flow control), and Close delivers what was
+// written and then io.EOF to the peer. LocalAddr and RemoteAddr are the
+// transport addresses of the two nodes (on QUIC the accepting side sees the
+// dialer's UDP source address).
 type Stream interface {
 	net.Conn
 	// Peer is the authenticated identity of the other end.
@@ -91,7 +95,8 @@ type Transport interface {
 	// Listen registers the listener for protocol p; streams peers open for p
 	// are delivered to it. One listener per protocol (ErrAlreadyListens).
 	Listen(p Protocol) (Listener, error)
-	// Close closes every listener, connection and stream.
+	// Close closes every listener, connection and stream; a second Close
+	// is a no-op. Dial and Listen on a closed Transport return ErrClosed.
 	Close() error
 }
 
