@@ -49,6 +49,7 @@ func newApp() *cli.App {
 			evalCommand(),
 			statusCommand(),
 			benchCommand(),
+			caCommand(),
 		},
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints errors once
 	}
