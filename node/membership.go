@@ -31,8 +31,9 @@ type MembershipConfig struct {
 	// a node with another key cannot join. Required unless Insecure is set.
 	SecretKey []byte
 	Insecure  bool // only for in-process tests on an in-memory network
-	// Profile picks memberlist's timing: "lan" (default), "local" (loopback,
-	// faster failure detection) or "wan".
+	// Profile picks memberlist's timing: "lan" (default; memberlist's LAN
+	// profile with faster failure detection, about 2 s), "local"
+	// (memberlist's loopback profile) or "wan".
 	Profile string
 	// RejoinInterval is how often seeds that are not alive members are
 	// joined again, so that the cluster heals after a partition.
@@ -110,9 +111,25 @@ func NewMembership(cfg MembershipConfig, meta Meta, logger *slog.Logger) (*Membe
 	var mc *memberlist.Config
 	switch cfg.Profile {
 	case "", "lan":
+		// memberlist's LAN defaults take about 5 s to declare a crashed node
+		// dead (1 s probes, suspicion 4 × probe interval). braid's jobs stall
+		// while a dead node is in the ring, so probe 2.5× as often and
+		// suspect for less: about 2 s on a LAN, at 2.5× the probe traffic
+		// (still a few packets per second per node). memberlist's awareness
+		// (Lifeguard) stretches the timeouts of a node that is itself slow,
+		// which keeps false positives down under load.
 		mc = memberlist.DefaultLANConfig()
+		mc.ProbeInterval = 400 * time.Millisecond
+		mc.ProbeTimeout = 200 * time.Millisecond
+		mc.SuspicionMult = 2
+		mc.GossipInterval = 100 * time.Millisecond
 	case "local":
+		// One machine or a test rig: detection in about a second.
 		mc = memberlist.DefaultLocalConfig()
+		mc.ProbeInterval = 250 * time.Millisecond
+		mc.ProbeTimeout = 100 * time.Millisecond
+		mc.SuspicionMult = 2
+		mc.GossipInterval = 50 * time.Millisecond
 	case "wan":
 		mc = memberlist.DefaultWANConfig()
 	default:
@@ -120,6 +137,9 @@ func NewMembership(cfg MembershipConfig, meta Meta, logger *slog.Logger) (*Membe
 	}
 	if cfg.RejoinInterval <= 0 {
 		cfg.RejoinInterval = 10 * time.Second
+		if cfg.Profile == "local" {
+			cfg.RejoinInterval = 2 * time.Second
+		}
 	}
 	m := &Membership{cfg: cfg, log: logger, meta: meta, events: make(chan MemberEvent),
 		live: map[string]Member{}, departed: map[string]Member{},
@@ -132,6 +152,9 @@ func NewMembership(cfg MembershipConfig, meta Meta, logger *slog.Logger) (*Membe
 		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
 	}
 	mc.Transport = cfg.Transport
+	// A node restarted with the same name but another address (new IP,
+	// new port) is accepted once its old incarnation has been dead this long.
+	mc.DeadNodeReclaimTime = 5 * time.Second
 	mc.Delegate = (*gossipDelegate)(m)
 	mc.Events = (*eventDelegate)(m)
 	mc.Logger = log.New(slogWriter{logger.With("component", "memberlist")}, "", 0)

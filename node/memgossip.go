@@ -29,14 +29,21 @@ func NewMemGossip() *MemGossip {
 	return &MemGossip{byAddr: map[string]*memGossipTransport{}, byName: map[string]*memGossipTransport{}, next: 1}
 }
 
-// Transport returns a new endpoint for the node called name (a restarted
-// node with the same name gets a new address, as a new process would).
+// Transport returns a new endpoint for the node called name. A restarted
+// node gets its old address back, as a process restarted with the same
+// flags would.
 func (g *MemGossip) Transport(name string) memberlist.Transport {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	t := &memGossipTransport{g: g, name: name, addr: "127.0.0.1:" + strconv.Itoa(g.next),
+	addr := ""
+	if old, ok := g.byName[name]; ok {
+		addr = old.addr
+	} else {
+		addr = "127.0.0.1:" + strconv.Itoa(g.next)
+		g.next++
+	}
+	t := &memGossipTransport{g: g, name: name, addr: addr,
 		packets: make(chan *memberlist.Packet, 1024), streams: make(chan net.Conn, 64), done: make(chan struct{})}
-	g.next++
 	g.byAddr[t.addr] = t
 	g.byName[name] = t
 	return t

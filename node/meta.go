@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
-	"strconv"
 )
 
 // ErrBadMeta is wrapped by every error about gossiped node metadata.
@@ -54,12 +52,15 @@ func DecodeMeta(b []byte) (Meta, error) {
 	if m.Version != MetaVersion {
 		return Meta{}, fmt.Errorf("%w: version %d, this build reads %d", ErrBadMeta, m.Version, MetaVersion)
 	}
-	host, port, err := net.SplitHostPort(m.QUICAddr)
-	if err != nil || host == "" {
-		return Meta{}, fmt.Errorf("%w: QUIC address %q: want host:port", ErrBadMeta, m.QUICAddr)
+	// The transport address is opaque here (host:port for QUIC, mem:NAME on
+	// memnet): printable ASCII without spaces or '@', 1..256 bytes.
+	if len(m.QUICAddr) < 1 || len(m.QUICAddr) > 256 {
+		return Meta{}, fmt.Errorf("%w: transport address of %d bytes", ErrBadMeta, len(m.QUICAddr))
 	}
-	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-		return Meta{}, fmt.Errorf("%w: QUIC address %q: bad port", ErrBadMeta, m.QUICAddr)
+	for _, c := range []byte(m.QUICAddr) {
+		if c <= ' ' || c >= 0x7f || c == '@' {
+			return Meta{}, fmt.Errorf("%w: transport address %q has a forbidden byte", ErrBadMeta, m.QUICAddr)
+		}
 	}
 	if m.Cores < 0 || m.Cores > 1<<16 || m.GPUs < 0 || m.GPUs > 1<<10 || m.MemoryBytes < 0 || len(m.Build) > 64 {
 		return Meta{}, fmt.Errorf("%w: out-of-range field in %+v", ErrBadMeta, m)

@@ -24,9 +24,9 @@ func TestDecodeMetaRejects(t *testing.T) {
 	for name, raw := range map[string]string{
 		"not JSON":     "{",
 		"old version":  `{"v":0,"quic":"a:1"}`,
-		"no port":      `{"v":1,"quic":"10.0.0.1"}`,
-		"port 0":       `{"v":1,"quic":"10.0.0.1:0"}`,
-		"empty host":   `{"v":1,"quic":":7947"}`,
+		"no address":   `{"v":1}`,
+		"space":        `{"v":1,"quic":"10.0.0.1 :7"}`,
+		"at sign":      `{"v":1,"quic":"a@b:7"}`,
 		"negative mem": `{"v":1,"quic":"a:1","mem":-1}`,
 		"absurd cores": `{"v":1,"quic":"a:1","cores":100000000}`,
 		"wrong type":   `{"v":1,"quic":7947}`,

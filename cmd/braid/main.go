@@ -48,6 +48,7 @@ func newApp() *cli.App {
 			generateCommand(),
 			evalCommand(),
 			statusCommand(),
+			nodeCommand(),
 			benchCommand(),
 			caCommand(),
 		},

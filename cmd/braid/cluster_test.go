@@ -1,0 +1,226 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/braidml/braid/node"
+)
+
+// This file runs real `braid node` processes on loopback: QUIC with mutual
+// TLS, encrypted gossip, Raft on disk. It is the process-level check behind
+// node/nodetest's in-process scenarios.
+
+var buildOnce struct {
+	sync.Once
+	path string
+	err  error
+}
+
+// braidBinary builds cmd/braid once per test binary.
+func braidBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "braid-bin")
+		if err != nil {
+			buildOnce.err = err
+			return
+		}
+		buildOnce.path = filepath.Join(dir, "braid")
+		out, err := exec.Command("go", "build", "-o", buildOnce.path, ".").CombinedOutput()
+		if err != nil {
+			buildOnce.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildOnce.err != nil {
+		t.Fatal(buildOnce.err)
+	}
+	return buildOnce.path
+}
+
+// freePorts returns n loopback ports that were free a moment ago (for both
+// TCP and UDP).
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	var ports []int
+	for len(ports) < n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", p))
+		l.Close()
+		if err != nil {
+			continue
+		}
+		u.Close()
+		ports = append(ports, p)
+	}
+	return ports
+}
+
+type proc struct {
+	name   string
+	cmd    *exec.Cmd
+	api    string
+	gossip string
+	log    string
+}
+
+func startNode(t *testing.T, bin, tlsDir, name string, join []string, expect int) *proc {
+	t.Helper()
+	ports := freePorts(t, 3)
+	dir := t.TempDir()
+	p := &proc{name: name, api: fmt.Sprintf("http://127.0.0.1:%d", ports[2]), gossip: fmt.Sprintf("127.0.0.1:%d", ports[0]),
+		log: filepath.Join(dir, "node.log")}
+	args := []string{"node", "--name", name, "--data-dir", filepath.Join(dir, "data"), "--tls-dir", tlsDir,
+		"--gossip-addr", p.gossip, "--quic-addr", fmt.Sprintf("127.0.0.1:%d", ports[1]),
+		"--http", fmt.Sprintf("127.0.0.1:%d", ports[2]), "--bootstrap-expect", fmt.Sprint(expect), "--profile", "local"}
+	if len(join) > 0 {
+		args = append(args, "--join", strings.Join(join, ","))
+	}
+	logf, err := os.Create(p.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		p.cmd.Wait()
+		logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(p.log)
+			t.Logf("log of %s:\n%s", name, b)
+		}
+	})
+	return p
+}
+
+func (p *proc) status() (node.Status, error) {
+	var st node.Status
+	resp, err := http.Get(p.api + "/v1/status")
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// waitStatus polls p's status until cond holds; processes give no event to
+// wait on, so this polls with a deadline.
+func waitStatus(t *testing.T, p *proc, what string, cond func(node.Status) bool) node.Status {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err := p.status()
+		if err == nil && cond(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: no %s within 30s (last status %+v, err %v)", p.name, what, st, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestThreeProcessCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	bin := braidBinary(t)
+	tlsDir := filepath.Join(t.TempDir(), "tls")
+	mustRun(t, "ca", "init", "--dir", tlsDir)
+	for _, n := range []string{"a1", "a2", "a3", "a4", "spy"} {
+		mustRun(t, "ca", "issue", "--dir", tlsDir, "--name", n, "--host", "127.0.0.1")
+	}
+	p1 := startNode(t, bin, tlsDir, "a1", nil, 3)
+	p2 := startNode(t, bin, tlsDir, "a2", []string{p1.gossip}, 3)
+	p3 := startNode(t, bin, tlsDir, "a3", []string{p1.gossip}, 3)
+	st := waitStatus(t, p1, "leader and a 3-member epoch", func(s node.Status) bool { return s.Leader != "" && len(s.Epoch.Members) == 3 })
+	t.Logf("leader %s, epoch %d %v", st.Leader, st.Epoch.ID, st.Epoch.Members)
+
+	// kill -9 of a node that is not the leader gives an epoch without it.
+	victim := p2
+	if st.Leader == "a2" {
+		victim = p3
+	}
+	observer := p1
+	if st.Leader == "a1" && victim == p3 {
+		observer = p2
+	}
+	start := time.Now()
+	victim.cmd.Process.Signal(syscall.SIGKILL)
+	st = waitStatus(t, observer, "epoch without "+victim.name, func(s node.Status) bool {
+		return s.Epoch.ID > 0 && !slices.Contains(s.Epoch.Members, victim.name)
+	})
+	t.Logf("kill -9 %s → epoch %d %v in %v", victim.name, st.Epoch.ID, st.Epoch.Members, time.Since(start))
+
+	// A node whose certificate comes from another CA never gets past the
+	// handshake: it is not in any epoch, and it sees no leader.
+	otherCA := filepath.Join(t.TempDir(), "other")
+	mustRun(t, "ca", "init", "--dir", otherCA)
+	mustRun(t, "ca", "issue", "--dir", otherCA, "--name", "a4", "--host", "127.0.0.1")
+	// Same gossip key, so only TLS stands in the way.
+	copyFile(t, filepath.Join(tlsDir, "gossip.key"), filepath.Join(otherCA, "gossip.key"))
+	rogue := startNode(t, bin, otherCA, "a4", []string{p1.gossip}, 0)
+	// The wrong gossip key: the node cannot join gossip at all.
+	wrongKey := filepath.Join(t.TempDir(), "wrongkey")
+	mustRun(t, "ca", "init", "--dir", wrongKey)
+	for _, f := range []string{"ca.pem", "spy.pem", "spy-key.pem"} {
+		copyFile(t, filepath.Join(tlsDir, f), filepath.Join(wrongKey, f))
+	}
+	spy := startNode(t, bin, wrongKey, "spy", []string{p1.gossip}, 0)
+	waitStatus(t, rogue, "its own API", func(node.Status) bool { return true })
+	waitStatus(t, spy, "its own API", func(node.Status) bool { return true })
+	// Give the cluster time to (wrongly) admit them: several gossip and
+	// reconcile rounds of the local profile.
+	time.Sleep(3 * time.Second)
+	st, _ = observer.status()
+	if slices.Contains(st.Epoch.Members, "a4") || slices.Contains(st.Epoch.Members, "spy") {
+		t.Errorf("an intruder is in the epoch: %v", st.Epoch.Members)
+	}
+	for _, m := range st.Members {
+		if m.Name == "spy" {
+			t.Errorf("the node with the wrong gossip key is a gossip member: %+v", m)
+		}
+	}
+	if rs, err := rogue.status(); err == nil && rs.Leader != "" {
+		t.Errorf("the node from another CA sees leader %s", rs.Leader)
+	}
+	b, _ := os.ReadFile(observer.log)
+	t.Logf("observer log mentions the refused handshake: %v", strings.Contains(string(b), "certificate"))
+}
+
+func mustRun(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := run(t, args...); err != nil {
+		t.Fatalf("braid %v: %v\n%s", args, err, out)
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/braidml/braid/coordinator"
+	"github.com/braidml/braid/node"
+)
+
+func nodeCommand() *cli.Command {
+	env := func(name string) []string {
+		return []string{"BRAID_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))}
+	}
+	d := node.DefaultConfig()
+	return &cli.Command{
+		Name:  "node",
+		Usage: "run a braid server: gossip, Raft coordinator, QUIC transport, HTTP API",
+		Description: "Every flag can also come from a BRAID_* environment variable (BRAID_NAME, BRAID_JOIN, ...)\n" +
+			"or from a JSON file given with --config-file whose keys are the flag names; the command\n" +
+			"line wins over the environment, which wins over the file. SIGTERM or Ctrl-C leaves the\n" +
+			"cluster gracefully (leadership is handed over first).",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config-file", EnvVars: env("config-file"), Usage: "JSON `FILE` of flag values"},
+			&cli.StringFlag{Name: "name", EnvVars: env("name"), Usage: "this node's name (its certificate's)"},
+			&cli.StringFlag{Name: "data-dir", EnvVars: env("data-dir"), Usage: "`DIR` for Raft state"},
+			&cli.StringFlag{Name: "gossip-addr", Value: d.GossipAddr, EnvVars: env("gossip-addr"), Usage: "gossip `HOST:PORT` (TCP and UDP)"},
+			&cli.StringFlag{Name: "quic-addr", Value: d.QUICAddr, EnvVars: env("quic-addr"), Usage: "QUIC `HOST:PORT` (UDP)"},
+			&cli.StringFlag{Name: "advertise", EnvVars: env("advertise"), Usage: "`HOST` peers reach this node at"},
+			&cli.StringSliceFlag{Name: "join", EnvVars: env("join"), Usage: "gossip `HOST:PORT` of any members (comma-separated or repeated)"},
+			&cli.IntFlag{Name: "bootstrap-expect", EnvVars: env("bootstrap-expect"), Usage: "servers to wait for before forming a new cluster (0: join an existing one)"},
+			&cli.StringFlag{Name: "tls-dir", EnvVars: env("tls-dir"), Usage: "`DIR` from braid ca: ca.pem, NAME.pem, NAME-key.pem, gossip.key"},
+			&cli.StringFlag{Name: "http", Value: d.HTTPAddr, EnvVars: env("http"), Usage: "HTTP API `HOST:PORT` (empty: off)"},
+			&cli.StringFlag{Name: "http-token", EnvVars: env("http-token"), Usage: "bearer token the API requires (needed off localhost)"},
+			&cli.StringFlag{Name: "profile", Value: "lan", EnvVars: env("profile"), Usage: "timing: lan, local (one machine) or wan"},
+			&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: env("log-format"), Usage: "text or json"},
+			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("log-level"), Usage: "debug, info, warn or error"},
+		},
+		Before: loadConfigFile,
+		Action: runNode,
+	}
+}
+
+// loadConfigFile sets every flag named in --config-file that neither the
+// command line nor the environment set.
+func loadConfigFile(c *cli.Context) error {
+	path := c.String("config-file")
+	if path == "" {
+		return nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("--config-file: %w", err)
+	}
+	var values map[string]any
+	if err := json.Unmarshal(b, &values); err != nil {
+		return fmt.Errorf("--config-file %s: not a JSON object of flag values: %w", path, err)
+	}
+	known := map[string]bool{}
+	for _, f := range c.Command.Flags {
+		known[f.Names()[0]] = true
+	}
+	for k, v := range values {
+		if !known[k] || k == "config-file" {
+			return fmt.Errorf("--config-file %s: unknown key %q", path, k)
+		}
+		if c.IsSet(k) {
+			continue
+		}
+		var s string
+		switch v := v.(type) {
+		case string:
+			s = v
+		case float64:
+			s = fmt.Sprint(v)
+		case []any:
+			var parts []string
+			for _, p := range v {
+				parts = append(parts, fmt.Sprint(p))
+			}
+			s = strings.Join(parts, ",")
+		default:
+			return fmt.Errorf("--config-file %s: key %q has an unsupported value %v", path, k, v)
+		}
+		if err := c.Set(k, s); err != nil {
+			return fmt.Errorf("--config-file %s: key %q: %w", path, k, err)
+		}
+	}
+	return nil
+}
+
+func runNode(c *cli.Context) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(c.App.ErrWriter, opts)
+	switch c.String("log-format") {
+	case "json":
+		h = slog.NewJSONHandler(c.App.ErrWriter, opts)
+	case "text":
+	default:
+		return fmt.Errorf("--log-format %q: want text or json", c.String("log-format"))
+	}
+	cfg := node.DefaultConfig()
+	cfg.Name, cfg.DataDir, cfg.GossipAddr, cfg.QUICAddr = c.String("name"), c.String("data-dir"), c.String("gossip-addr"), c.String("quic-addr")
+	cfg.Advertise, cfg.BootstrapExpect, cfg.TLSDir = c.String("advertise"), c.Int("bootstrap-expect"), c.String("tls-dir")
+	cfg.HTTPAddr, cfg.HTTPToken, cfg.Profile, cfg.Build = c.String("http"), c.String("http-token"), c.String("profile"), version
+	for _, j := range c.StringSlice("join") {
+		for _, p := range strings.Split(j, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				cfg.Join = append(cfg.Join, p)
+			}
+		}
+	}
+	if cfg.Profile == "local" {
+		cfg.Coordinator = coordinator.LocalConfig()
+	}
+	if cfg.TLSDir == "" {
+		return fmt.Errorf("--tls-dir is required: nodes only talk over mutual TLS (create one with `braid ca init` and `braid ca issue`)")
+	}
+	n, err := node.New(cfg, node.Deps{Logger: slog.New(h)})
+	if err != nil {
+		return err
+	}
+	if a := n.APIAddr(); a != "" {
+		fmt.Fprintf(c.App.Writer, "braid node %s: API http://%s\n", cfg.Name, a)
+	}
+	<-c.Context.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	return n.Shutdown(ctx)
+}

@@ -1,0 +1,454 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/braidml/braid/coordinator"
+	"github.com/braidml/braid/transport"
+	"github.com/braidml/braid/transport/pki"
+	"github.com/braidml/braid/transport/quic"
+)
+
+// Config is a node's configuration (`braid node` flags).
+type Config struct {
+	Name    string // this node's name; must match its certificate's
+	DataDir string // Raft state lives in DataDir/raft
+	// GossipAddr is host:port for memberlist (TCP and UDP).
+	GossipAddr string
+	// QUICAddr is host:port of the node's one QUIC (UDP) socket.
+	QUICAddr string
+	// Advertise is the host peers reach this node at, when the bind
+	// addresses are wildcards or behind NAT.
+	Advertise string
+	// Join lists gossip addresses of any members.
+	Join []string
+	// BootstrapExpect is how many servers must be seen before the first
+	// Raft cluster forms (only when none has Raft state). 0: never
+	// bootstrap; join an existing cluster.
+	BootstrapExpect int
+	// TLSDir holds ca.pem, NAME.pem, NAME-key.pem and gossip.key as
+	// written by `braid ca`.
+	TLSDir string
+	// HTTPAddr is the API's host:port; empty disables it.
+	HTTPAddr  string
+	HTTPToken string
+	// Profile is memberlist's timing: "lan" (default), "local" or "wan".
+	Profile     string
+	Coordinator coordinator.Config
+	Build       string // version reported in metadata
+}
+
+// DefaultConfig is a LAN node with the usual ports.
+func DefaultConfig() Config {
+	return Config{
+		GossipAddr: "0.0.0.0:7946", QUICAddr: "0.0.0.0:7947", HTTPAddr: "127.0.0.1:7950",
+		Profile: "lan", Coordinator: coordinator.DefaultConfig(), Build: "dev",
+	}
+}
+
+// Validate checks the fields and names the one at fault.
+func (c Config) Validate() error {
+	switch {
+	case c.Name == "":
+		return errors.New("node: --name is required")
+	case c.DataDir == "":
+		return errors.New("node: --data-dir is required")
+	case c.BootstrapExpect < 0:
+		return fmt.Errorf("node: --bootstrap-expect %d, want ≥ 0", c.BootstrapExpect)
+	}
+	if _, _, err := net.SplitHostPort(c.GossipAddr); err != nil {
+		return fmt.Errorf("node: --gossip-addr %q: %w", c.GossipAddr, err)
+	}
+	return c.Coordinator.Validate()
+}
+
+// Deps replace a node's production collaborators; the zero value builds
+// them from Config (QUIC with the certificates in TLSDir, UDP/TCP gossip
+// encrypted with TLSDir/gossip.key). node/nodetest sets them to run whole
+// clusters in one process.
+type Deps struct {
+	Transport       transport.Transport  // nil: QUIC from Config
+	GossipTransport memberlist.Transport // nil: memberlist's UDP/TCP
+	GossipKey       []byte               // nil: TLSDir/gossip.key
+	InsecureGossip  bool                 // tests on an in-memory network only
+	GossipTune      func(*memberlist.Config)
+	Logger          *slog.Logger
+	Registry        *prometheus.Registry // nil: a new one
+}
+
+// Node is one running braid server.
+type Node struct {
+	cfg   Config
+	log   *slog.Logger
+	tr    transport.Transport
+	ownTr bool
+	coord *coordinator.Coordinator
+	ml    *Membership
+	api   *API
+	reg   *prometheus.Registry
+
+	bootMu       sync.Mutex
+	bootstrapped bool
+	admitted     map[string]bool // members that authenticated over the transport
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+	once sync.Once
+}
+
+// New starts a node: transport, coordinator (opening its Raft state), gossip
+// and the HTTP API. It returns once all are listening; joining the cluster
+// and electing a leader go on in the background.
+func New(cfg Config, deps Deps) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	logger := deps.Logger
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	logger = logger.With("node", cfg.Name)
+	n := &Node{cfg: cfg, log: logger, tr: deps.Transport, reg: deps.Registry, stop: make(chan struct{}),
+		admitted: map[string]bool{cfg.Name: true}}
+	if n.reg == nil {
+		n.reg = prometheus.NewRegistry()
+	}
+	var err error
+	if n.tr == nil {
+		if n.tr, err = n.startQUIC(); err != nil {
+			return nil, err
+		}
+		n.ownTr = true
+	}
+	fail := func(err error) (*Node, error) {
+		n.closeAll()
+		return nil, err
+	}
+	if n.tr.Self() != transport.PeerID(cfg.Name) {
+		return fail(fmt.Errorf("node: --name %q but the certificate names %q", cfg.Name, n.tr.Self()))
+	}
+	n.coord, err = coordinator.New(cfg.Coordinator, coordinator.Deps{Transport: n.tr, DataDir: filepath.Join(cfg.DataDir, "raft"), Logger: logger})
+	if err != nil {
+		return fail(err)
+	}
+	hasState, err := n.coord.HasState()
+	if err != nil {
+		return fail(err)
+	}
+	key := deps.GossipKey
+	if key == nil && !deps.InsecureGossip {
+		if key, err = pki.LoadGossipKey(cfg.TLSDir); err != nil {
+			return fail(err)
+		}
+	}
+	host, port, _ := net.SplitHostPort(cfg.GossipAddr)
+	p, _ := strconv.Atoi(port)
+	mcfg := MembershipConfig{Name: cfg.Name, BindAddr: host, BindPort: p, AdvertiseAddr: cfg.Advertise, AdvertisePort: p,
+		Seeds: cfg.Join, SecretKey: key, Insecure: deps.InsecureGossip, Profile: cfg.Profile,
+		Transport: deps.GossipTransport, Tune: deps.GossipTune}
+	if cfg.Advertise == "" {
+		mcfg.AdvertisePort = 0
+	}
+	n.ml, err = NewMembership(mcfg, n.meta(hasState), logger)
+	if err != nil {
+		return fail(err)
+	}
+	ctl, err := n.tr.Listen(transport.ProtoControl)
+	if err != nil {
+		return fail(err)
+	}
+	n.wg.Add(1)
+	go n.serveControl(ctl)
+	n.registerMetrics()
+	if cfg.HTTPAddr != "" {
+		if n.api, err = StartAPI(APIConfig{Addr: cfg.HTTPAddr, Token: cfg.HTTPToken}, n.Status, n.reg); err != nil {
+			return fail(err)
+		}
+	}
+	n.wg.Add(1)
+	go n.run(hasState)
+	logger.Info("node started", "quic", n.tr.Addr(), "gossip", n.ml.LocalAddr(), "raft_state", hasState, "bootstrap_expect", cfg.BootstrapExpect)
+	return n, nil
+}
+
+func (n *Node) startQUIC() (transport.Transport, error) {
+	creds, err := pki.LoadNode(n.cfg.TLSDir, n.cfg.Name)
+	if err != nil {
+		return nil, err
+	}
+	qc := quic.DefaultConfig()
+	qc.ListenAddr, qc.Creds, qc.Logger = n.cfg.QUICAddr, creds, n.log
+	if n.cfg.Advertise != "" {
+		_, port, _ := net.SplitHostPort(n.cfg.QUICAddr)
+		qc.AdvertiseAddr = net.JoinHostPort(n.cfg.Advertise, port)
+	}
+	return quic.New(qc)
+}
+
+// meta is what this node gossips about itself.
+func (n *Node) meta(raftState bool) Meta {
+	return Meta{Version: MetaVersion, QUICAddr: n.tr.Addr(), Cores: runtime.NumCPU(), MemoryBytes: physicalMemory(),
+		Build: n.cfg.Build, RaftState: raftState}
+}
+
+// run turns membership events into coordinator reports and bootstraps the
+// cluster when bootstrap-expect is met.
+func (n *Node) run(hasState bool) {
+	defer n.wg.Done()
+	n.bootstrapped = hasState
+	for {
+		select {
+		case <-n.stop:
+			return
+		case ev, ok := <-n.ml.Events():
+			if !ok {
+				return
+			}
+			switch ev.Kind {
+			case MemberJoined, MemberUpdated:
+				n.wg.Add(1)
+				go n.admit(ev.Member)
+			case MemberLeft, MemberFailed:
+				n.bootMu.Lock()
+				delete(n.admitted, ev.Name)
+				n.bootMu.Unlock()
+				if ev.Kind == MemberLeft {
+					n.coord.MemberLeft(ev.Name)
+				} else {
+					n.coord.MemberFailed(ev.Name)
+				}
+			}
+			n.log.Info("member "+ev.Kind.String(), "member", ev.Name, "quic", ev.Meta.QUICAddr)
+			n.maybeBootstrap()
+		}
+	}
+}
+
+// admit reports a gossip member to the coordinator only once this node has
+// reached it over the transport and the peer authenticated as that name
+// (mutual TLS with the cluster CA on QUIC). Gossip alone is not enough: a
+// node that shares the gossip key but has no valid certificate must never
+// enter an epoch, or the ring would stall on it.
+func (n *Node) admit(m Member) {
+	defer n.wg.Done()
+	if m.Name != n.cfg.Name {
+		ctx, cancel := context.WithTimeout(context.Background(), admitTimeout)
+		defer cancel()
+		go func() {
+			select {
+			case <-n.stop:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		s, err := n.tr.Dial(ctx, transport.PeerID(m.Name), m.Meta.QUICAddr, transport.ProtoControl, transport.DialOptions{})
+		if err != nil {
+			n.log.Error("refusing member: it did not authenticate over the transport", "member", m.Name, "addr", m.Meta.QUICAddr, "err", err)
+			return
+		}
+		s.Close()
+	}
+	n.bootMu.Lock()
+	n.admitted[m.Name] = true
+	n.bootMu.Unlock()
+	n.maybeBootstrap()
+	if err := n.coord.MemberJoined(coordinator.Member{Name: m.Name, Addr: m.Meta.QUICAddr, Meta: metaMap(m.Meta)}); err != nil {
+		n.log.Warn("member rejected by the coordinator", "member", m.Name, "err", err)
+	}
+}
+
+// admitTimeout bounds the authenticated dial that admits a member.
+const admitTimeout = 10 * time.Second
+
+// serveControl accepts control streams; today they only prove that a peer
+// can reach this node with valid credentials (admit), and are closed.
+func (n *Node) serveControl(l transport.Listener) {
+	defer n.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { <-n.stop; cancel() }()
+	for {
+		s, err := l.Accept(ctx)
+		if err != nil {
+			return
+		}
+		s.Close()
+	}
+}
+
+// maybeBootstrap forms the first Raft cluster once BootstrapExpect servers
+// are alive and authenticated, and none of them has Raft state: every one of them calls
+// Bootstrap with the same list, the first BootstrapExpect names in sorted
+// order (start exactly that many servers first, as with Consul).
+func (n *Node) maybeBootstrap() {
+	n.bootMu.Lock()
+	defer n.bootMu.Unlock()
+	if n.bootstrapped || n.cfg.BootstrapExpect == 0 {
+		return
+	}
+	members := n.ml.Members()
+	var alive []Member
+	for _, m := range members {
+		if m.State != "alive" {
+			continue
+		}
+		if m.Meta.RaftState {
+			return // a cluster exists: join it instead (the leader adds us)
+		}
+		if n.admitted[m.Name] { // only members that authenticated count
+			alive = append(alive, m)
+		}
+	}
+	if len(alive) < n.cfg.BootstrapExpect {
+		return
+	}
+	sort.Slice(alive, func(i, j int) bool { return alive[i].Name < alive[j].Name })
+	var servers []coordinator.Server
+	self := false
+	for _, m := range alive[:n.cfg.BootstrapExpect] {
+		servers = append(servers, coordinator.Server{Name: m.Name, Addr: m.Meta.QUICAddr})
+		self = self || m.Name == n.cfg.Name
+	}
+	n.bootstrapped = true
+	if !self {
+		return
+	}
+	if err := n.coord.Bootstrap(servers); err != nil && !errors.Is(err, coordinator.ErrHasState) {
+		n.log.Error("bootstrap failed", "err", err)
+		n.bootstrapped = false
+		return
+	}
+	n.log.Info("bootstrapped the cluster", "servers", len(servers))
+	if err := n.ml.SetMeta(n.meta(true)); err != nil {
+		n.log.Warn("gossiping raft state", "err", err)
+	}
+}
+
+func metaMap(m Meta) map[string]string {
+	return map[string]string{"cores": strconv.Itoa(m.Cores), "gpus": strconv.Itoa(m.GPUs),
+		"memory": strconv.FormatInt(m.MemoryBytes, 10), "build": m.Build}
+}
+
+// Name is this node's name.
+func (n *Node) Name() string { return n.cfg.Name }
+
+// Coordinator gives access to the replicated state (tests, job control).
+func (n *Node) Coordinator() *coordinator.Coordinator { return n.coord }
+
+// Membership gives access to the gossip view.
+func (n *Node) Membership() *Membership { return n.ml }
+
+// APIAddr is the HTTP API's address ("" when disabled).
+func (n *Node) APIAddr() string {
+	if n.api == nil {
+		return ""
+	}
+	return n.api.Addr()
+}
+
+// Status is this node's view of the cluster, as GET /v1/status serves it.
+func (n *Node) Status() Status {
+	cs := n.coord.Status()
+	st := n.coord.State()
+	s := Status{Self: n.cfg.Name, Leader: cs.Leader, Term: cs.Term,
+		Epoch: EpochStatus{ID: st.Epoch.ID, Members: append([]string{}, st.Epoch.Members...)},
+		Ring:  append([]string{}, st.Epoch.Members...)}
+	voter := map[string]bool{}
+	for _, sv := range cs.Servers {
+		voter[sv.Name] = sv.Voter
+	}
+	for _, m := range n.ml.Members() {
+		s.Members = append(s.Members, MemberStatus{Name: m.Name, State: m.State, Addr: m.GossipAddr, QUICAddr: m.Meta.QUICAddr,
+			Cores: m.Meta.Cores, GPUs: m.Meta.GPUs, Memory: m.Meta.MemoryBytes, Version: m.Meta.Build, Voter: voter[m.Name]})
+	}
+	return s
+}
+
+func (n *Node) registerMetrics() {
+	gauge := func(name, help string, f func() float64) {
+		n.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "braid", Name: name, Help: help}, f))
+	}
+	gauge("members_alive", "Members gossip sees alive, this node included.", func() float64 { return float64(n.ml.AliveCount()) })
+	gauge("raft_term", "Current Raft term.", func() float64 { return float64(n.coord.Status().Term) })
+	gauge("epoch_id", "Id of the committed epoch.", func() float64 { return float64(n.coord.State().Epoch.ID) })
+	gauge("epoch_members", "Members of the committed epoch.", func() float64 { return float64(len(n.coord.State().Epoch.Members)) })
+	gauge("is_leader", "1 on the Raft leader.", func() float64 {
+		if n.coord.IsLeader() {
+			return 1
+		}
+		return 0
+	})
+}
+
+// Shutdown leaves gracefully: the coordinator hands leadership over and
+// leaves the Raft configuration, gossip announces the departure, then
+// everything closes.
+func (n *Node) Shutdown(ctx context.Context) error {
+	var errs []error
+	n.once.Do(func() {
+		// Leave gossip first, so that the leader hears of it and removes
+		// this node; a leader's coordinator then hands leadership over.
+		if err := n.ml.Leave(2 * time.Second); err != nil {
+			errs = append(errs, err)
+		}
+		if err := n.coord.Shutdown(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		n.closeAll()
+	})
+	return errors.Join(errs...)
+}
+
+// Kill stops the node abruptly, as a crash would (no leadership transfer,
+// no leave message); for tests.
+func (n *Node) Kill() {
+	n.once.Do(n.closeAll)
+}
+
+func (n *Node) closeAll() {
+	select {
+	case <-n.stop:
+	default:
+		close(n.stop)
+	}
+	if n.ml != nil {
+		n.ml.Shutdown()
+	}
+	n.wg.Wait()
+	if n.coord != nil {
+		n.coord.Close() // no leave: Shutdown has done it when it should
+	}
+	if n.api != nil {
+		n.api.Close(context.Background())
+	}
+	if n.ownTr && n.tr != nil {
+		n.tr.Close()
+	}
+}
+
+// physicalMemory reads MemTotal from /proc/meminfo (0 where unavailable).
+func physicalMemory() int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	var kb int64
+	if _, err := fmt.Sscanf(string(b), "MemTotal: %d kB", &kb); err != nil {
+		return 0
+	}
+	return kb * 1024
+}

@@ -1,0 +1,272 @@
+// Package nodetest runs whole braid clusters in one process, for tests:
+// every node is a real node.Node (gossip, coordinator, Raft) whose streams go
+// over transport/memnet and whose gossip goes over node.MemGossip, so a test
+// can partition, kill and restart nodes deterministically and wait for the
+// cluster to react. Scenarios read like
+//
+//	c := nodetest.NewCluster(t, 3)
+//	leader := c.WaitLeader()
+//	c.Kill(leader)
+//	c.WaitEpoch(func(e coordinator.Epoch) bool { return !slices.Contains(e.Members, leader) })
+//
+// What it does not do: real sockets or TLS (see the process-level tests in
+// cmd/braid).
+package nodetest
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/braidml/braid/coordinator"
+	"github.com/braidml/braid/node"
+	"github.com/braidml/braid/transport"
+	"github.com/braidml/braid/transport/memnet"
+)
+
+// Timeout bounds every Wait of the harness.
+var Timeout = 20 * time.Second
+
+// Cluster is a set of in-process nodes on one in-memory network.
+type Cluster struct {
+	t       testing.TB
+	Net     *memnet.Network
+	Gossip  *node.MemGossip
+	expect  int
+	mu      sync.Mutex
+	nodes   map[string]*node.Node
+	dirs    map[string]string
+	members []string // every name ever started, in order
+}
+
+// NewCluster starts n nodes named n1..nN that bootstrap as one cluster
+// (bootstrap-expect n) and registers cleanup with t.
+func NewCluster(t testing.TB, n int) *Cluster {
+	t.Helper()
+	c := &Cluster{t: t, Net: memnet.New(1), Gossip: node.NewMemGossip(), expect: n,
+		nodes: map[string]*node.Node{}, dirs: map[string]string{}}
+	t.Cleanup(c.closeAll)
+	for i := 1; i <= n; i++ {
+		c.Start(fmt.Sprintf("n%d", i))
+	}
+	return c
+}
+
+// fastGossip shortens memberlist's timers so failures are noticed in well
+// under a second.
+func fastGossip(m *memberlist.Config) {
+	m.ProbeInterval = 100 * time.Millisecond
+	m.ProbeTimeout = 50 * time.Millisecond
+	m.GossipInterval = 20 * time.Millisecond
+	m.PushPullInterval = 500 * time.Millisecond
+	m.SuspicionMult = 2
+	m.SuspicionMaxTimeoutMult = 2
+	m.TCPTimeout = 500 * time.Millisecond
+}
+
+// Start starts (or restarts, on its old data directory) the node called
+// name and joins it to the others.
+func (c *Cluster) Start(name string) *node.Node {
+	c.t.Helper()
+	c.mu.Lock()
+	dir, ok := c.dirs[name]
+	if !ok {
+		dir = c.t.TempDir()
+		c.dirs[name] = dir
+		c.members = append(c.members, name)
+	}
+	var seeds []string
+	for _, other := range c.nodes {
+		seeds = append(seeds, other.Membership().LocalAddr())
+	}
+	c.mu.Unlock()
+	sort.Strings(seeds)
+	tr, err := c.Net.Node(transport.PeerID(name))
+	if err != nil {
+		c.t.Fatalf("nodetest: transport for %s: %v", name, err)
+	}
+	cfg := node.DefaultConfig()
+	cfg.Name, cfg.DataDir, cfg.GossipAddr, cfg.HTTPAddr = name, dir, "127.0.0.1:0", ""
+	cfg.Join, cfg.BootstrapExpect = seeds, c.expect
+	cfg.Coordinator = coordinator.LocalConfig()
+	logger := slog.New(slog.NewTextHandler(testWriter{c.t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	n, err := node.New(cfg, node.Deps{Transport: tr, GossipTransport: c.Gossip.Transport(name),
+		InsecureGossip: true, GossipTune: fastGossip, Logger: logger})
+	if err != nil {
+		tr.Close()
+		c.t.Fatalf("nodetest: starting %s: %v", name, err)
+	}
+	c.mu.Lock()
+	c.nodes[name] = n
+	c.mu.Unlock()
+	return n
+}
+
+// Node returns the running node called name (nil if stopped).
+func (c *Cluster) Node(name string) *node.Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.nodes[name]
+}
+
+// Live lists the running nodes' names, sorted.
+func (c *Cluster) Live() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for name := range c.nodes {
+		out = append(out, name)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Kill crashes a node: its streams break, its gossip stops, nothing is
+// handed over. Its data directory stays for Start.
+func (c *Cluster) Kill(name string) {
+	c.mu.Lock()
+	n := c.nodes[name]
+	delete(c.nodes, name)
+	c.mu.Unlock()
+	if n == nil {
+		return
+	}
+	c.Net.Kill(transport.PeerID(name))
+	n.Kill()
+}
+
+// Leave shuts a node down gracefully (leadership transfer, leave).
+func (c *Cluster) Leave(name string) {
+	c.mu.Lock()
+	n := c.nodes[name]
+	delete(c.nodes, name)
+	c.mu.Unlock()
+	if n == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	if err := n.Shutdown(ctx); err != nil {
+		c.t.Logf("nodetest: %s left with: %v", name, err)
+	}
+	c.Net.Kill(transport.PeerID(name)) // the endpoint belongs to the harness
+}
+
+// Partition splits both the stream network and gossip into groups.
+func (c *Cluster) Partition(groups ...[]string) {
+	var ids [][]transport.PeerID
+	for _, g := range groups {
+		var ig []transport.PeerID
+		for _, n := range g {
+			ig = append(ig, transport.PeerID(n))
+		}
+		ids = append(ids, ig)
+	}
+	c.Net.Partition(ids...)
+	c.Gossip.Partition(groups...)
+}
+
+// Heal undoes Partition.
+func (c *Cluster) Heal() {
+	c.Net.Heal()
+	c.Gossip.Heal()
+}
+
+// WaitLeader waits until every running node in among (default: all
+// running) agrees on one leader that is itself among them, and returns it.
+func (c *Cluster) WaitLeader(among ...string) string {
+	c.t.Helper()
+	var leader string
+	c.waitFor("one agreed leader", func() bool {
+		names := among
+		if len(names) == 0 {
+			names = c.Live()
+		}
+		leader = ""
+		for _, name := range names {
+			n := c.Node(name)
+			if n == nil {
+				return false
+			}
+			l := n.Status().Leader
+			if l == "" || (leader != "" && l != leader) {
+				return false
+			}
+			leader = l
+		}
+		return slices.Contains(names, leader)
+	})
+	return leader
+}
+
+// WaitEpoch waits until every running node has applied an epoch for which
+// pred holds, and returns the first node's.
+func (c *Cluster) WaitEpoch(pred func(coordinator.Epoch) bool) coordinator.Epoch {
+	c.t.Helper()
+	var e coordinator.Epoch
+	c.waitFor("an epoch that satisfies the test", func() bool {
+		live := c.Live()
+		for i, name := range live {
+			n := c.Node(name)
+			if n == nil {
+				return false
+			}
+			ep := n.Coordinator().State().Epoch
+			if !pred(ep) {
+				return false
+			}
+			if i == 0 {
+				e = ep
+			}
+		}
+		return len(live) > 0
+	})
+	return e
+}
+
+// waitFor polls cond until it holds or Timeout passes. The cluster's state
+// changes come from several goroutines (gossip, Raft) with no single event
+// to wait on, so the harness polls, with a deadline and a short interval.
+func (c *Cluster) waitFor(what string, cond func() bool) {
+	c.t.Helper()
+	deadline := time.Now().Add(Timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("nodetest: no %s within %v; %s", what, Timeout, c.describe())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (c *Cluster) describe() string {
+	s := ""
+	for _, name := range c.Live() {
+		if n := c.Node(name); n != nil {
+			st := n.Status()
+			s += fmt.Sprintf("[%s: leader %q term %d epoch %d %v] ", name, st.Leader, st.Term, st.Epoch.ID, st.Epoch.Members)
+		}
+	}
+	return s
+}
+
+func (c *Cluster) closeAll() {
+	for _, name := range c.Live() {
+		c.Kill(name)
+	}
+	c.Net.Close()
+}
+
+// testWriter sends node logs to t.Log, so only failing tests are noisy.
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(p))
+	return len(p), nil
+}
