@@ -14,6 +14,7 @@ import (
 
 	"github.com/braidml/braid/kernels"
 	"github.com/braidml/braid/model"
+	"github.com/braidml/braid/transport/quic"
 )
 
 func benchCommand() *cli.Command {
@@ -33,6 +34,16 @@ func benchCommand() *cli.Command {
 				&cli.BoolFlag{Name: "json", Usage: "one JSON object per line"},
 			},
 			Action: runBenchKernels,
+		}, {
+			Name:  "transport",
+			Usage: "point-to-point QUIC throughput (mutual TLS) on loopback with 1 and more connections",
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "lanes", Value: "1,4", Usage: "comma-separated connection counts"},
+				&cli.Int64Flag{Name: "bytes", Value: 512 << 20, Usage: "bytes per measurement"},
+				&cli.IntFlag{Name: "repeat", Value: 3, Usage: "measurements per lane count (median reported)"},
+				&cli.BoolFlag{Name: "json", Usage: "one JSON object per line"},
+			},
+			Action: runBenchTransport,
 		}},
 	}
 }
@@ -167,4 +178,37 @@ func round(x float64, digits int) float64 {
 		p *= 10
 	}
 	return float64(int64(x*p+0.5)) / p
+}
+
+func runBenchTransport(c *cli.Context) error {
+	lanes, err := parseInts(c.String("lanes"))
+	if err != nil {
+		return fmt.Errorf("--lanes: %w", err)
+	}
+	if c.Int64("bytes") < 1<<20 || c.Int("repeat") < 1 {
+		return fmt.Errorf("--bytes must be at least 1 MiB and --repeat at least 1")
+	}
+	out := c.App.Writer
+	if !c.Bool("json") {
+		fmt.Fprintf(out, "# braid bench transport: QUIC (quic-go, TLS 1.3, mutual auth) on loopback, %d MiB per run, median of %d\n", c.Int64("bytes")>>20, c.Int("repeat"))
+	}
+	for _, l := range lanes {
+		var runs []float64
+		for range c.Int("repeat") {
+			g, err := quic.BenchThroughput(c.Context, l, c.Int64("bytes"))
+			if err != nil {
+				return err
+			}
+			runs = append(runs, g)
+		}
+		sort.Float64s(runs)
+		g := runs[len(runs)/2]
+		if c.Bool("json") {
+			b, _ := json.Marshal(map[string]any{"kind": "transport", "proto": "quic", "lanes": l, "bytes": c.Int64("bytes"), "gbit_per_s": round(g, 3)})
+			fmt.Fprintln(out, string(b))
+		} else {
+			fmt.Fprintf(out, "quic  lanes=%-3d %8.3f Gbit/s\n", l, g)
+		}
+	}
+	return nil
 }
