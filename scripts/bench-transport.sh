@@ -7,8 +7,6 @@ cd "$(dirname "$0")/.."
 BRAID=${BRAID:-bin/braid}
 BYTES=${BYTES:-536870912}
 "$BRAID" bench transport --lanes 1,4 --bytes "$BYTES" --repeat 3 --json
-iperf3 -s -1 -p 25201 > /dev/null 2>&1 &
-sleep 0.5
 for p in 1 4; do
   iperf3 -s -1 -p 25201 > /dev/null 2>&1 & sleep 0.3
   iperf3 -c 127.0.0.1 -p 25201 -P "$p" -n "$BYTES" -J 2>/dev/null |
