@@ -202,8 +202,8 @@ func (n *Node) startQUIC() (transport.Transport, error) {
 
 // meta is what this node gossips about itself.
 func (n *Node) meta(raftState bool) Meta {
-	return Meta{Version: MetaVersion, QUICAddr: n.tr.Addr(), Cores: runtime.NumCPU(), MemoryBytes: physicalMemory(),
-		Build: n.cfg.Build, RaftState: raftState}
+	return Meta{Version: MetaVersion, QUICAddr: n.tr.Addr(), Cores: runtime.NumCPU(), GPUs: nvidiaGPUs(),
+		MemoryBytes: physicalMemory(), Build: n.cfg.Build, RaftState: raftState}
 }
 
 // run turns membership events into coordinator reports and bootstraps the
@@ -451,4 +451,13 @@ func physicalMemory() int64 {
 		return 0
 	}
 	return kb * 1024
+}
+
+// nvidiaGPUs counts the GPUs the NVIDIA driver lists (0 without one).
+func nvidiaGPUs() int {
+	entries, err := os.ReadDir("/proc/driver/nvidia/gpus")
+	if err != nil {
+		return 0
+	}
+	return len(entries)
 }
