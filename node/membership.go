@@ -307,17 +307,24 @@ func (m *Membership) deliver() {
 }
 
 // rejoin joins, every RejoinInterval, the seeds that are not alive members,
-// so that the two sides of a healed partition find each other again.
+// so that the two sides of a healed partition find each other again. While
+// this node knows no other live member (it started before its seeds, or it
+// was cut off) it retries every second.
 func (m *Membership) rejoin() {
 	defer m.wg.Done()
-	t := time.NewTicker(m.cfg.RejoinInterval)
+	t := time.NewTicker(min(time.Second, m.cfg.RejoinInterval))
 	defer t.Stop()
+	last := time.Now()
 	for {
 		select {
 		case <-m.done:
 			return
 		case <-t.C:
 		}
+		if m.AliveCount() > 1 && time.Since(last) < m.cfg.RejoinInterval {
+			continue
+		}
+		last = time.Now()
 		alive := map[string]bool{}
 		for _, mb := range m.Members() {
 			if mb.State == "alive" {
