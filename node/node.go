@@ -150,6 +150,14 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	if err != nil {
 		return fail(err)
 	}
+	// Peers admit this node by dialing its control protocol as soon as they
+	// hear of it: listen before gossip announces us.
+	ctl, err := n.tr.Listen(transport.ProtoControl)
+	if err != nil {
+		return fail(err)
+	}
+	n.wg.Add(1)
+	go n.serveControl(ctl)
 	key := deps.GossipKey
 	if key == nil && !deps.InsecureGossip {
 		if key, err = pki.LoadGossipKey(cfg.TLSDir); err != nil {
@@ -168,12 +176,6 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	if err != nil {
 		return fail(err)
 	}
-	ctl, err := n.tr.Listen(transport.ProtoControl)
-	if err != nil {
-		return fail(err)
-	}
-	n.wg.Add(1)
-	go n.serveControl(ctl)
 	n.registerMetrics()
 	if cfg.HTTPAddr != "" {
 		if n.api, err = StartAPI(APIConfig{Addr: cfg.HTTPAddr, Token: cfg.HTTPToken}, n.Status, n.reg); err != nil {
@@ -247,21 +249,27 @@ func (n *Node) run(hasState bool) {
 func (n *Node) admit(m Member) {
 	defer n.wg.Done()
 	if m.Name != n.cfg.Name {
-		ctx, cancel := context.WithTimeout(context.Background(), admitTimeout)
-		defer cancel()
-		go func() {
+		backoff := 200 * time.Millisecond
+		for attempt := 1; ; attempt++ {
+			err := n.authenticate(m)
+			if err == nil {
+				break
+			}
+			if attempt == 1 || errors.Is(err, transport.ErrWrongPeer) {
+				n.log.Error("refusing member until it authenticates over the transport", "member", m.Name, "addr", m.Meta.QUICAddr, "err", err)
+			}
+			// Retry while gossip still sees it alive: the failure may be
+			// transient (the peer was still starting, a packet was lost).
 			select {
 			case <-n.stop:
-				cancel()
-			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
 			}
-		}()
-		s, err := n.tr.Dial(ctx, transport.PeerID(m.Name), m.Meta.QUICAddr, transport.ProtoControl, transport.DialOptions{})
-		if err != nil {
-			n.log.Error("refusing member: it did not authenticate over the transport", "member", m.Name, "addr", m.Meta.QUICAddr, "err", err)
-			return
+			backoff = min(2*backoff, 10*time.Second)
+			if !n.gossipAlive(m.Name) {
+				return
+			}
 		}
-		s.Close()
 	}
 	n.bootMu.Lock()
 	n.admitted[m.Name] = true
@@ -270,6 +278,35 @@ func (n *Node) admit(m Member) {
 	if err := n.coord.MemberJoined(coordinator.Member{Name: m.Name, Addr: m.Meta.QUICAddr, Meta: metaMap(m.Meta)}); err != nil {
 		n.log.Warn("member rejected by the coordinator", "member", m.Name, "err", err)
 	}
+}
+
+// authenticate dials m's control protocol: the dial succeeds only if m
+// proves its name with a certificate of the cluster CA.
+func (n *Node) authenticate(m Member) error {
+	ctx, cancel := context.WithTimeout(context.Background(), admitTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-n.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	s, err := n.tr.Dial(ctx, transport.PeerID(m.Name), m.Meta.QUICAddr, transport.ProtoControl, transport.DialOptions{})
+	if err != nil {
+		return err
+	}
+	return s.Close()
+}
+
+// gossipAlive reports whether gossip currently sees name alive.
+func (n *Node) gossipAlive(name string) bool {
+	for _, m := range n.ml.Members() {
+		if m.Name == name {
+			return m.State == "alive"
+		}
+	}
+	return false
 }
 
 // admitTimeout bounds the authenticated dial that admits a member.
