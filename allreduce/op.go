@@ -1,0 +1,132 @@
+package allreduce
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// Op is a bucketed all-reduce that overlaps with the backward pass: the
+// caller hands over gradient buckets as backward produces them (last layer
+// first) and each is reduced in the background, one after another in Add
+// order, while the caller carries on. Every member must Add buckets of the
+// same lengths in the same order.
+type Op struct {
+	r    *Ring
+	ctx  context.Context
+	step uint64
+
+	mu      sync.Mutex
+	buckets [][]float32
+	closed  bool
+	more    chan struct{} // capacity 1
+	done    chan struct{}
+	err     error // set before done closes
+}
+
+// Start begins a bucketed all-reduce for step. The caller must call Wait,
+// even after an error.
+func (r *Ring) Start(ctx context.Context, step uint64) *Op {
+	op := &Op{r: r, ctx: ctx, step: step, more: make(chan struct{}, 1), done: make(chan struct{})}
+	go op.loop()
+	return op
+}
+
+// Add queues bucket to be summed in place across members; it does not
+// block. The caller must not touch bucket until Wait returns. Add after Wait
+// panics. After an error, later buckets are left as they are.
+func (op *Op) Add(bucket []float32) {
+	op.mu.Lock()
+	defer op.mu.Unlock()
+	if op.closed {
+		panic("allreduce: Op.Add after Wait")
+	}
+	op.buckets = append(op.buckets, bucket)
+	select {
+	case op.more <- struct{}{}:
+	default:
+	}
+}
+
+// Wait waits until every bucket added is reduced and returns the first
+// error, which names the step, the phase and the peer at fault.
+func (op *Op) Wait() error {
+	op.mu.Lock()
+	op.closed = true
+	op.mu.Unlock()
+	select {
+	case op.more <- struct{}{}:
+	default:
+	}
+	<-op.done
+	return op.err
+}
+
+func (op *Op) loop() {
+	defer close(op.done)
+	for {
+		op.mu.Lock()
+		if len(op.buckets) == 0 {
+			closed := op.closed
+			op.mu.Unlock()
+			if closed {
+				return
+			}
+			<-op.more
+			continue
+		}
+		b := op.buckets[0]
+		op.buckets[0] = nil
+		op.buckets = op.buckets[1:]
+		op.mu.Unlock()
+		if op.err == nil {
+			op.err = op.r.AllReduce(op.ctx, op.step, b)
+		}
+	}
+}
+
+// Bench runs iters all-reduces of bytes/4 elements on ring (after one
+// warm-up) and returns the mean time per all-reduce and the count of
+// elements that came out wrong over all iterations. Every member of the
+// ring must call it with the same arguments at about the same time. The
+// inputs are small rank-dependent integers whose sum is exact in fp32, bf16
+// and fp16, so any wrong element is a bug (INT8 is lossy and will show
+// rounding). Bus bandwidth is bytes/timePerOp × 2(N−1)/N.
+func Bench(ctx context.Context, ring *Ring, bytes int, iters int) (timePerOp time.Duration, wrong int, err error) {
+	n := bytes / 4
+	size := ring.Size()
+	buf := make([]float32, n)
+	fill := func() {
+		for i := range buf {
+			buf[i] = float32((i + ring.Rank()) % 8)
+		}
+	}
+	var want [8]float32 // the sum depends on i only through i mod 8
+	for i := range want {
+		for r := range size {
+			want[i] += float32((i + r) % 8)
+		}
+	}
+	var total time.Duration
+	for it := 0; it <= iters; it++ {
+		fill()
+		t0 := time.Now()
+		if err := ring.AllReduce(ctx, uint64(it), buf); err != nil {
+			return 0, wrong, fmt.Errorf("allreduce: bench iteration %d: %w", it, err)
+		}
+		if it == 0 {
+			continue // warm-up: dials and handshakes
+		}
+		total += time.Since(t0)
+		for i, v := range buf {
+			if v != want[i%8] {
+				wrong++
+			}
+		}
+	}
+	if iters > 0 {
+		timePerOp = total / time.Duration(iters)
+	}
+	return timePerOp, wrong, nil
+}
