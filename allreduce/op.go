@@ -3,6 +3,7 @@ package allreduce
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 )
@@ -119,8 +120,13 @@ func Bench(ctx context.Context, ring *Ring, bytes int, iters int) (timePerOp tim
 			continue // warm-up: dials and handshakes
 		}
 		total += time.Since(t0)
+		// Inputs are small integers, exact in fp32, bf16 and fp16; int8's
+		// blockwise quantisation is lossy by design, so there a value is
+		// wrong only beyond N times the codec's documented bound.
+		absmax := float32(7 * size)
 		for i, v := range buf {
-			if v != want[i%8] {
+			w := want[i%8]
+			if v != w && (ring.cfg.Dtype != INT8 || float32(math.Abs(float64(v-w))) > float32(size)*INT8.ErrorBound(w, absmax)) {
 				wrong++
 			}
 		}

@@ -44,7 +44,7 @@ func benchCommand() *cli.Command {
 				&cli.BoolFlag{Name: "json", Usage: "one JSON object per line"},
 			},
 			Action: runBenchTransport,
-		}},
+		}, benchAllreduceCommand(), benchAllreduceRankCommand()},
 	}
 }
 

@@ -224,3 +224,33 @@ func copyFile(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 }
+
+// TestBenchAllreduceProcesses: `braid bench allreduce` runs a ring of real
+// processes over QUIC and every value comes out right.
+func TestBenchAllreduceProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	out, err := exec.Command(braidBinary(t), "bench", "allreduce", "--nodes", "3", "--sizes", "64KiB,1MiB",
+		"--iters", "1", "--dtype", "bf16", "--json").CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	rows := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		var r struct {
+			Nodes, Bytes, Wrong int
+			BusBW               float64 `json:"busbw_GBps"`
+		}
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			continue
+		}
+		rows++
+		if r.Nodes != 3 || r.Wrong != 0 || r.BusBW <= 0 {
+			t.Errorf("row %s", line)
+		}
+	}
+	if rows != 2 {
+		t.Fatalf("%d rows, want 2:\n%s", rows, out)
+	}
+}
