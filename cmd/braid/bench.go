@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -41,6 +42,7 @@ func benchCommand() *cli.Command {
 				&cli.StringFlag{Name: "lanes", Value: "1,4", Usage: "comma-separated connection counts"},
 				&cli.Int64Flag{Name: "bytes", Value: 512 << 20, Usage: "bytes per measurement"},
 				&cli.IntFlag{Name: "repeat", Value: 3, Usage: "measurements per lane count (median reported)"},
+				&cli.IntFlag{Name: "links", Usage: "instead: this many simultaneous point-to-point transfers (1 connection each), per-link average"},
 				&cli.BoolFlag{Name: "json", Usage: "one JSON object per line"},
 			},
 			Action: runBenchTransport,
@@ -189,6 +191,9 @@ func runBenchTransport(c *cli.Context) error {
 		return fmt.Errorf("--bytes must be at least 1 MiB and --repeat at least 1")
 	}
 	out := c.App.Writer
+	if links := c.Int("links"); links > 0 {
+		return benchLinks(c, links)
+	}
 	if !c.Bool("json") {
 		fmt.Fprintf(out, "# braid bench transport: QUIC (quic-go, TLS 1.3, mutual auth) on loopback, %d MiB per run, median of %d\n", c.Int64("bytes")>>20, c.Int("repeat"))
 	}
@@ -210,5 +215,43 @@ func runBenchTransport(c *cli.Context) error {
 			fmt.Fprintf(out, "quic  lanes=%-3d %8.3f Gbit/s\n", l, g)
 		}
 	}
+	return nil
+}
+
+// benchLinks runs links point-to-point QUIC transfers at once (each its own
+// pair of endpoints) and reports the per-link average: the ceiling of the
+// transport when a ring's N links are all busy on one machine.
+func benchLinks(c *cli.Context, links int) error {
+	bytes := c.Int64("bytes")
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		sum  float64
+		errs []error
+	)
+	for range links {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g, err := quic.BenchThroughput(c.Context, 1, bytes)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, err)
+			}
+			sum += g
+		}()
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		return errs[0]
+	}
+	gbps := sum / float64(links) / 8 // Gbit/s → GB/s per link
+	if c.Bool("json") {
+		b, _ := json.Marshal(map[string]any{"links": links, "bytes": bytes, "GBps": round(gbps, 4)})
+		fmt.Fprintln(c.App.Writer, string(b))
+		return nil
+	}
+	fmt.Fprintf(c.App.Writer, "quic  %d simultaneous links  %.4f GB/s per link\n", links, gbps)
 	return nil
 }
