@@ -20,6 +20,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
@@ -352,4 +353,82 @@ func (r *Ring) connect(ctx context.Context, step uint64) error {
 	case <-ctx.Done():
 		return fmt.Errorf("allreduce: step %d: all-reduce connect: waiting for %s to dial in: %w", step, r.left.ID, ctx.Err())
 	}
+}
+
+// Drain ends the ring gracefully, for a caller that is about to close the
+// transport (a process about to exit): it closes the write side of every
+// stream to the right neighbour, reads each stream from the left neighbour
+// to its end and acknowledges it by closing its write side too, and waits
+// for the right neighbour's acknowledgements (or for it to close its
+// transport, which it does only once its own Drain has read everything).
+// When Drain returns nil, every frame this rank sent has been read by its
+// neighbour, so closing the transport loses nothing. Every rank must call Drain after its last
+// operation; it returns when ctx ends otherwise. The Ring is closed after.
+func (r *Ring) Drain(ctx context.Context) error {
+	r.mu.Lock()
+	out := append([]transport.Stream(nil), r.out...)
+	in := append([]transport.Stream(nil), r.in...)
+	r.mu.Unlock()
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(r.cfg.HopTimeout)
+	}
+	errs := make(chan error, len(out)+len(in))
+	// untilEOF reads s to its end; anything but io.EOF is an error.
+	untilEOF := func(s transport.Stream, what string) error {
+		s.SetReadDeadline(deadline)
+		var buf [512]byte
+		for {
+			_, err := s.Read(buf[:])
+			if err == io.EOF {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("allreduce: drain: %s %s: %w", what, s.Peer(), err)
+			}
+		}
+	}
+	n := 0
+	for _, s := range out {
+		if s == nil {
+			continue
+		}
+		n++
+		go func() {
+			if err := s.CloseWrite(); err != nil {
+				errs <- fmt.Errorf("allreduce: drain: closing the stream to %s: %w", s.Peer(), err)
+				return
+			}
+			err := untilEOF(s, "waiting for the acknowledgement of")
+			if errors.Is(err, transport.ErrUnreachable) {
+				// The neighbour closed its transport before its
+				// acknowledgement arrived. It does that only after its own
+				// Drain read our stream to its end, so this is a delivery
+				// too; the last acknowledgement of a ring cannot itself be
+				// acknowledged.
+				err = nil
+			}
+			errs <- err
+		}()
+	}
+	for _, s := range in {
+		if s == nil {
+			continue
+		}
+		n++
+		go func() {
+			if err := untilEOF(s, "reading the end of the stream from"); err != nil {
+				errs <- err
+				return
+			}
+			errs <- s.CloseWrite()
+		}()
+	}
+	var first error
+	for range n {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return errors.Join(first, r.Close())
 }

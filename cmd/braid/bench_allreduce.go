@@ -186,15 +186,7 @@ func benchAllreduceRankCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			defer func() {
-				// A rank that finishes first must not close its QUIC
-				// connections while its last frames are still on their way
-				// to slower ranks (closing a connection drops unsent data):
-				// linger before exiting. A graceful ring drain (CloseWrite,
-				// wait for the neighbour's EOF) would remove this.
-				time.Sleep(2 * time.Second)
-				tr.Close()
-			}()
+			defer tr.Close()
 			var members []allreduce.Member
 			for i, a := range addrs {
 				members = append(members, allreduce.Member{ID: transport.PeerID(fmt.Sprintf("r%d", i)), Addr: a})
@@ -222,8 +214,12 @@ func benchAllreduceRankCommand() *cli.Command {
 					fmt.Fprintln(c.App.Writer, string(b))
 				}
 			}
-			time.Sleep(2 * time.Second) // see above: let slower ranks finish before the ring's streams close
-			return ring.Close()
+			// A rank that finishes first must not close its QUIC connections
+			// while its last frames are on their way to slower ranks: drain
+			// the ring (every neighbour has read everything) first.
+			ctx, cancel := context.WithTimeout(c.Context, time.Minute)
+			defer cancel()
+			return ring.Drain(ctx)
 		},
 	}
 }
