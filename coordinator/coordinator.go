@@ -580,6 +580,13 @@ func (c *Coordinator) leaveAsLeader(ctx context.Context) error {
 		if !slices.ContainsFunc(servers, func(s raft.Server) bool { return string(s.ID) == c.self }) {
 			return nil
 		}
+		// The leader stops replicating to a server as soon as it removes
+		// it, so our copy may never show the removal; when we stop hearing
+		// from the leader and start elections (which the others reject:
+		// "not in configuration"), we have been removed all the same.
+		if c.raft.State() == raft.Candidate {
+			return nil
+		}
 		select {
 		case <-tick.C:
 		case <-ctx.Done():
