@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/braidml/braid/internal/atomicfile"
 	"github.com/braidml/braid/kernels"
 	"github.com/braidml/braid/model/safetensors"
 )
@@ -352,38 +353,11 @@ func transpose(w []float32, rows, cols int) []float32 {
 }
 
 // WriteFileAtomic replaces path with data: it writes a temporary file in the
-// same directory, fsyncs it, renames it over path and fsyncs the directory.
-// On error no partial file is left at path.
-func WriteFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
+// same directory, fsyncs it, renames it over path and fsyncs the directory
+// (best effort). On error no partial file is left at path.
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
+	if err := atomicfile.WriteBytes(path, data, perm); err != nil && !errors.Is(err, atomicfile.ErrSyncDir) {
 		return fmt.Errorf("model: write %s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if _, err = tmp.Write(data); err != nil {
-		return fmt.Errorf("model: write %s: %w", path, err)
-	}
-	if err = tmp.Chmod(perm); err != nil {
-		return fmt.Errorf("model: write %s: %w", path, err)
-	}
-	if err = tmp.Sync(); err != nil {
-		return fmt.Errorf("model: write %s: %w", path, err)
-	}
-	if err = tmp.Close(); err != nil {
-		return fmt.Errorf("model: write %s: %w", path, err)
-	}
-	if err = os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("model: write %s: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
 	}
 	return nil
 }

@@ -3,8 +3,10 @@ package safetensors
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"os"
-	"path/filepath"
+
+	"github.com/braidml/braid/internal/atomicfile"
 )
 
 // ReadFile reads and decodes the safetensors file at path. Errors name the
@@ -40,60 +42,15 @@ func WriteFile(path string, tensors []Tensor, metadata map[string]string) error 
 	if _, _, err := encodeHeader(tensors, metadata); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	if err := writeTemp(dir, base, path, tensors, metadata); err != nil {
+	err := atomicfile.Write(path, 0o644, func(f io.Writer) error {
+		w := bufio.NewWriterSize(f, 1<<20)
+		if err := Encode(w, tensors, metadata); err != nil {
+			return err
+		}
+		return w.Flush()
+	})
+	if err != nil {
 		return fmt.Errorf("safetensors: write %s: %w", path, err)
 	}
-	if err := syncDir(dir); err != nil {
-		return fmt.Errorf("safetensors: write %s: sync directory: %w", path, err)
-	}
 	return nil
-}
-
-// writeTemp writes the encoded file to a synced temporary file in dir and
-// renames it to path, removing the temporary file on any error.
-func writeTemp(dir, base, path string, tensors []Tensor, metadata map[string]string) (err error) {
-	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	w := bufio.NewWriterSize(tmp, 1<<20)
-	if err := Encode(w, tensors, metadata); err != nil {
-		return err
-	}
-	if err := w.Flush(); err != nil {
-		return err
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
-}
-
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	if err := d.Sync(); err != nil {
-		d.Close()
-		return err
-	}
-	return d.Close()
 }

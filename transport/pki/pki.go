@@ -42,6 +42,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/braidml/braid/internal/atomicfile"
 )
 
 // File names inside a PKI directory.
@@ -361,40 +363,11 @@ func validDNSName(h string) bool {
 }
 
 // writeFileAtomic writes data to path with mode perm so that path holds
-// either its old content or all of data, never a mix: a temporary file in
-// the same directory is written, fsynced and renamed over path, then the
-// directory is fsynced.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
+// either its old content or all of data, never a mix (atomicfile; the final
+// directory fsync is best effort: some file systems refuse it).
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	if err := atomicfile.WriteBytes(path, data, perm); err != nil && !errors.Is(err, atomicfile.ErrSyncDir) {
 		return fmt.Errorf("pki: write %s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-			err = fmt.Errorf("pki: write %s: %w", path, err)
-		}
-	}()
-	if err = f.Chmod(perm); err != nil {
-		return err
-	}
-	if _, err = f.Write(data); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	if d, derr := os.Open(dir); derr == nil {
-		d.Sync() // best effort: some file systems refuse to sync a directory
-		d.Close()
 	}
 	return nil
 }
