@@ -2,7 +2,6 @@ package kernels
 
 import (
 	"fmt"
-	"runtime"
 	"sync/atomic"
 	"unsafe"
 )
@@ -424,13 +423,11 @@ func alignedFloats(n int) []float32 {
 	return s[off : off+n : off+n]
 }
 
-// Free lists of packing buffers and tasks. They are channels rather than
-// sync.Pools so that a warm Gemm never allocates (a Pool may drop its
-// contents at any GC, and drops them at random under the race detector);
-// the capacity bounds how many idle buffers stay alive.
+// Free lists of packing buffers and tasks (freeList, not sync.Pool, so that
+// a warm Gemm never allocates).
 var (
-	gemmBufs  = make(chan *gemmBuf, 2*runtime.GOMAXPROCS(0)+2)
-	gemmTasks = make(chan *gemmTask, 2*runtime.GOMAXPROCS(0)+2)
+	gemmBufs  freeList[gemmBuf]
+	gemmTasks freeList[gemmTask]
 )
 
 // bandBufs keeps one packing buffer per band of a parallel Gemm. Band c runs
@@ -466,34 +463,7 @@ func putBandBuf(band int, buf *gemmBuf, owned bool) {
 	putGemmBuf(buf)
 }
 
-func getGemmBuf() *gemmBuf {
-	select {
-	case buf := <-gemmBufs:
-		return buf
-	default:
-		return new(gemmBuf)
-	}
-}
-
-func putGemmBuf(buf *gemmBuf) {
-	select {
-	case gemmBufs <- buf:
-	default:
-	}
-}
-
-func getGemmTask() *gemmTask {
-	select {
-	case t := <-gemmTasks:
-		return t
-	default:
-		return new(gemmTask)
-	}
-}
-
-func putGemmTask(t *gemmTask) {
-	select {
-	case gemmTasks <- t:
-	default:
-	}
-}
+func getGemmBuf() *gemmBuf    { return gemmBufs.get() }
+func putGemmBuf(buf *gemmBuf) { gemmBufs.put(buf) }
+func getGemmTask() *gemmTask  { return gemmTasks.get() }
+func putGemmTask(t *gemmTask) { gemmTasks.put(t) }

@@ -2,8 +2,40 @@ package kernels
 
 import (
 	"fmt"
+	"runtime"
 	"sync"
 )
+
+// freeList recycles *T values through a small bounded channel. Unlike
+// sync.Pool it never drops an item at a GC or (under the race detector) at
+// random, so steady-state callers allocate nothing. The zero value is ready
+// to use.
+type freeList[T any] struct {
+	once sync.Once
+	ch   chan *T
+}
+
+func (f *freeList[T]) init() { f.ch = make(chan *T, 2*runtime.GOMAXPROCS(0)+2) }
+
+// get returns a recycled *T, or a new zero one.
+func (f *freeList[T]) get() *T {
+	f.once.Do(f.init)
+	select {
+	case x := <-f.ch:
+		return x
+	default:
+		return new(T)
+	}
+}
+
+// put recycles x (or lets it go when the list is full).
+func (f *freeList[T]) put(x *T) {
+	f.once.Do(f.init)
+	select {
+	case f.ch <- x:
+	default:
+	}
+}
 
 // taskPool recycles the argument structs of one kind of parallel kernel, so
 // that a kernel hands ParallelFor a pointer it already owns instead of a
@@ -11,19 +43,16 @@ import (
 type taskPool[T any, PT interface {
 	*T
 	Task
-}] struct{ p sync.Pool }
+}] struct{ free freeList[T] }
 
 // run copies args into a pooled T and runs it over [0, n) with ParallelFor.
 func (tp *taskPool[T, PT]) run(n, grain int, args T) {
-	x, _ := tp.p.Get().(PT)
-	if x == nil {
-		x = PT(new(T))
-	}
+	x := tp.free.get()
 	*x = args
-	ParallelFor(n, grain, x)
+	ParallelFor(n, grain, PT(x))
 	var zero T
 	*x = zero // drop references to the caller's slices
-	tp.p.Put(x)
+	tp.free.put(x)
 }
 
 // grainFor returns how many items of cost work (in rough float operations
