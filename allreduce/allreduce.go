@@ -16,13 +16,23 @@ import (
 
 // Message frames (one transport frame each):
 //
-//	step u64 | seq u64 | phase u8 | hop u32 | chunk u32 | payload
+//	step u64 | seq u64 | phase u8 | hop u32 | chunk u32 | 3 zero bytes | payload
 //
+// The padding puts the payload 32 bytes into the buffer that also holds the
+// frame's 4-byte length prefix, so that an FP32 payload is 4-byte aligned
+// and is encoded, decoded and summed as float32s in place (see
+// float32View). Buffers are laid out as msgOff bytes of prefix and header,
+// then the payload, and written with transport.WriteFramed: nothing is
+// copied between the encoder and the transport.
 // seq counts AllReduce calls on the ring, so that two calls with the same
 // step (the buckets of one Op) are still told apart; phase is
 // phaseReduceScatter or phaseAllGather; hop is the ring step within the
 // phase (0 .. N-2); payload is the chunk encoded as Config.Dtype.
-const headerLen = 25
+const headerLen = 28
+
+// msgOff is where the header starts in a message buffer: after the frame's
+// length prefix. The payload starts at msgOff+headerLen.
+const msgOff = transport.FramePrefix
 
 const (
 	phaseReduceScatter byte = 1
@@ -173,10 +183,10 @@ func (o *op) failRoot(err error, root string) {
 			}
 			wg.Go(func() {
 				defer o.lanes[lane].Unlock()
-				f := make([]byte, headerLen, headerLen+len(root))
-				putHeader(f, o.step, o.seq, phaseAbort, 0, 0)
+				f := make([]byte, msgOff+headerLen, msgOff+headerLen+len(root))
+				putHeader(f[msgOff:], o.step, o.seq, phaseAbort, 0, 0)
 				s.SetWriteDeadline(time.Now().Add(grace))
-				transport.WriteFrame(s, append(f, root...))
+				transport.WriteFramed(s, append(f, root...))
 			})
 		}
 		wg.Wait()
@@ -218,16 +228,16 @@ func (o *op) chunk(lo, hi, c int) []float32 {
 func (o *op) send(lane int, s transport.Stream, q *queue, sent chan struct{}) {
 	r := o.r
 	size := len(r.members)
-	var scratch []byte
+	scratch := make([]byte, msgOff+headerLen, msgOff+headerLen+r.cfg.Dtype.EncodedLen(r.chunkElems))
 	write := func(phase byte, hop, c int, frame []byte) bool {
-		putHeader(frame, o.step, o.seq, phase, hop, c)
+		putHeader(frame[msgOff:], o.step, o.seq, phase, hop, c)
 		o.lanes[lane].Lock()
 		if o.failed() {
 			o.lanes[lane].Unlock()
 			return false
 		}
 		s.SetWriteDeadline(time.Now().Add(r.cfg.HopTimeout))
-		err := transport.WriteFrame(s, frame)
+		err := transport.WriteFramed(s, frame)
 		o.lanes[lane].Unlock()
 		if err != nil {
 			// A neighbour that closed on us is usually reporting a failure
@@ -255,7 +265,7 @@ func (o *op) send(lane int, s transport.Stream, q *queue, sent chan struct{}) {
 					return
 				}
 			}
-			scratch = Encode(r.cfg.Dtype, append(scratch[:0], make([]byte, headerLen)...), o.chunk(lo, hi, c))
+			scratch = Encode(r.cfg.Dtype, scratch[:msgOff+headerLen], o.chunk(lo, hi, c))
 			if !write(phaseReduceScatter, hop, c, scratch) {
 				return
 			}
@@ -269,16 +279,23 @@ func (o *op) send(lane int, s transport.Stream, q *queue, sent chan struct{}) {
 			if !ok {
 				return
 			}
+
 			if hop == 0 {
 				x := o.chunk(lo, hi, c)
-				scratch = Encode(r.cfg.Dtype, append(scratch[:0], make([]byte, headerLen)...), x)
-				if err := Decode(r.cfg.Dtype, x, scratch[headerLen:]); err != nil {
-					o.fail(fmt.Errorf("allreduce: step %d: all-reduce all-gather: round own segment: %w", o.step, err))
-					return
+				scratch = Encode(r.cfg.Dtype, scratch[:msgOff+headerLen], x)
+				if r.cfg.Dtype != FP32 { // FP32 decodes to the same bits
+					if err := Decode(r.cfg.Dtype, x, scratch[msgOff+headerLen:]); err != nil {
+						o.fail(fmt.Errorf("allreduce: step %d: all-reduce all-gather: round own segment: %w", o.step, err))
+						return
+					}
 				}
 				frame = scratch
 			}
-			if !write(phaseAllGather, hop, c, frame) {
+			ok = write(phaseAllGather, hop, c, frame)
+			if hop > 0 {
+				r.frames.put(frame) // recv took it from the list to forward it
+			}
+			if !ok {
 				return
 			}
 		}
@@ -292,10 +309,13 @@ func (o *op) send(lane int, s transport.Stream, q *queue, sent chan struct{}) {
 func (o *op) recv(lane int, s transport.Stream, q *queue, sent chan struct{}) {
 	r := o.r
 	size := len(r.members)
-	maxFrame := headerLen + max(r.cfg.Dtype.EncodedLen(r.chunkElems), maxReason)
-	tmp := make([]float32, r.chunkElems)
-	var rbuf []byte
-	read := func(phase byte, hop, c, elems int, dst []byte) []byte {
+	maxFrame := r.maxFrame()
+	rbuf := r.frames.get(maxFrame)
+	defer func() { r.frames.put(rbuf) }()
+	// read reads the next frame into buf (a buffer from r.frames) after its
+	// length prefix and returns it without the prefix: f = buf[msgOff:...].
+	read := func(phase byte, hop, c, elems int, buf []byte) []byte {
+		dst := buf[msgOff:msgOff]
 		s.SetReadDeadline(time.Now().Add(r.cfg.HopTimeout))
 		f, err := transport.ReadFrame(s, dst, maxFrame)
 		if errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, transport.ErrBadFrame) && o.heard.Load() && !o.failed() {
@@ -306,7 +326,7 @@ func (o *op) recv(lane int, s transport.Stream, q *queue, sent chan struct{}) {
 			// fails at once and sends the cause round in an abort frame:
 			// wait a moment for it so that the error names the culprit.
 			s.SetReadDeadline(time.Now().Add(min(r.cfg.HopTimeout/2, time.Second)))
-			if g, err2 := transport.ReadFrame(s, dst, maxFrame); err2 == nil && len(g) >= headerLen && g[16] == phaseAbort {
+			if g, err2 := transport.ReadFrame(s, buf[msgOff:msgOff], maxFrame); err2 == nil && len(g) >= headerLen && g[16] == phaseAbort {
 				f, err = g, nil
 			}
 		}
@@ -344,14 +364,9 @@ func (o *op) recv(lane int, s transport.Stream, q *queue, sent chan struct{}) {
 			if f == nil {
 				return
 			}
-			rbuf = f
-			t := tmp[:len(x)]
-			if err := Decode(r.cfg.Dtype, t, f[headerLen:]); err != nil {
+			if err := DecodeAdd(r.cfg.Dtype, x, f[headerLen:]); err != nil {
 				o.fail(fmt.Errorf("allreduce: step %d: all-reduce reduce-scatter: receive from %s: %w: %w", o.step, r.left.ID, ErrProtocol, err))
 				return
-			}
-			for i, v := range t {
-				x[i] += v
 			}
 			q.push(nil)
 		}
@@ -368,22 +383,26 @@ func (o *op) recv(lane int, s transport.Stream, q *queue, sent chan struct{}) {
 		forward := hop < size-2
 		for c := range o.nchunks(lo, hi) {
 			x := o.chunk(lo, hi, c)
-			dst := rbuf
+			buf := rbuf
 			if forward {
-				dst = nil // the frame goes to send; take a fresh one
+				buf = r.frames.get(maxFrame) // goes to send, which puts it back
 			}
-			f := read(phaseAllGather, hop, c, len(x), dst)
+			f := read(phaseAllGather, hop, c, len(x), buf)
 			if f == nil {
+				if forward {
+					r.frames.put(buf)
+				}
 				return
 			}
 			if err := Decode(r.cfg.Dtype, x, f[headerLen:]); err != nil {
 				o.fail(fmt.Errorf("allreduce: step %d: all-reduce all-gather: receive from %s: %w: %w", o.step, r.left.ID, ErrProtocol, err))
+				if forward {
+					r.frames.put(buf)
+				}
 				return
 			}
 			if forward {
-				q.push(f)
-			} else {
-				rbuf = f
+				q.push(buf[:msgOff+len(f)])
 			}
 		}
 	}
@@ -405,6 +424,42 @@ func (o *op) check(f []byte, phase byte, hop, c, elems int) error {
 		return fmt.Errorf("%w: frame of %d bytes, want %d (buffers of different lengths?)", ErrProtocol, len(f), want)
 	}
 	return nil
+}
+
+// frameList keeps message buffers (msgOff + the largest frame) between
+// uses, across calls: recv takes one per forwarded all-gather chunk and send
+// returns it once written, so a long all-reduce allocates only as many as
+// are in flight at once.
+type frameList struct {
+	mu   sync.Mutex
+	bufs [][]byte
+}
+
+// get returns a buffer with room for msgOff + max bytes.
+func (l *frameList) get(max int) []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if n := len(l.bufs); n > 0 {
+		b := l.bufs[n-1]
+		l.bufs[n-1] = nil
+		l.bufs = l.bufs[:n-1]
+		return b[:cap(b)]
+	}
+	return make([]byte, msgOff+max)
+}
+
+// put returns b for reuse; the list keeps at most 64 buffers.
+func (l *frameList) put(b []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.bufs) < 64 {
+		l.bufs = append(l.bufs, b)
+	}
+}
+
+// maxFrame is the largest frame (header + payload) a ring message can be.
+func (r *Ring) maxFrame() int {
+	return headerLen + max(r.cfg.Dtype.EncodedLen(r.chunkElems), maxReason)
 }
 
 // queue hands items from recv to send in order, without ever blocking recv

@@ -26,6 +26,7 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"unsafe"
 )
 
 // Codec errors. Decode wraps them with %w and the offending sizes or block.
@@ -158,6 +159,10 @@ func Encode(d Dtype, dst []byte, src []float32) []byte {
 	out := dst[off:]
 	switch d {
 	case FP32:
+		if w, ok := float32View(out); ok {
+			copy(w, src) // the same bits, on a little-endian machine
+			break
+		}
 		for i, v := range src {
 			binary.LittleEndian.PutUint32(out[4*i:], math.Float32bits(v))
 		}
@@ -195,7 +200,15 @@ func Encode(d Dtype, dst []byte, src []float32) []byte {
 // or non-canonical scale, q = -128, or a block whose largest |q| is not 127,
 // or not 0 under a zero scale). On error dst may be partly written. src is
 // only read.
-func Decode(d Dtype, dst []float32, src []byte) error {
+func Decode(d Dtype, dst []float32, src []byte) error { return decode(d, dst, src, false) }
+
+// DecodeAdd is Decode that adds the decoded elements into dst (dst[i] +=
+// value) instead of storing them: the reduce step of reduce-scatter in one
+// pass over the bytes. The same errors as Decode; on error dst may be
+// partly updated.
+func DecodeAdd(d Dtype, dst []float32, src []byte) error { return decode(d, dst, src, true) }
+
+func decode(d Dtype, dst []float32, src []byte, add bool) error {
 	if !d.valid() {
 		return fmt.Errorf("%w %v", ErrUnknownDtype, d)
 	}
@@ -203,36 +216,70 @@ func Decode(d Dtype, dst []float32, src []byte) error {
 		return fmt.Errorf("%w: %v: %d bytes for %d elements, want %d",
 			ErrEncodedLength, d, len(src), len(dst), want)
 	}
+	// put stores or accumulates one decoded element; the compiler inlines
+	// it and hoists the branch on add out of each loop.
+	put := func(i int, v float32) {
+		if add {
+			dst[i] += v
+		} else {
+			dst[i] = v
+		}
+	}
 	switch d {
 	case FP32:
+		if w, ok := float32View(src); ok {
+			if !add {
+				copy(dst, w)
+				break
+			}
+			for i, v := range w {
+				dst[i] += v
+			}
+			break
+		}
 		for i := range dst {
-			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(src[4*i:]))
+			put(i, math.Float32frombits(binary.LittleEndian.Uint32(src[4*i:])))
 		}
 	case BF16:
 		for i := range dst {
-			dst[i] = fromBF16(binary.LittleEndian.Uint16(src[2*i:]))
+			put(i, fromBF16(binary.LittleEndian.Uint16(src[2*i:])))
 		}
 	case FP16:
 		for i := range dst {
-			dst[i] = fromFP16(binary.LittleEndian.Uint16(src[2*i:]))
+			put(i, fromFP16(binary.LittleEndian.Uint16(src[2*i:])))
 		}
 	case INT8:
-		for b := 0; len(dst) > 0; b++ {
-			blk := dst[:min(Int8Block, len(dst))]
-			dst = dst[len(blk):]
+		for b, base := 0, 0; base < len(dst); b++ {
+			n := min(Int8Block, len(dst)-base)
 			sb := binary.LittleEndian.Uint32(src)
-			q := src[4 : 4+len(blk)]
-			src = src[4+len(blk):]
+			q := src[4 : 4+n]
+			src = src[4+n:]
 			if err := checkInt8Block(sb, q); err != nil {
 				return fmt.Errorf("%w: int8 block %d: %v", ErrInvalidEncoding, b, err)
 			}
 			scale := math.Float32frombits(sb)
 			for i, v := range q {
-				blk[i] = float32(int8(v)) * scale
+				put(base+i, float32(int8(v))*scale)
 			}
+			base += n
 		}
 	}
 	return nil
+}
+
+// littleEndian is true on machines whose float32 memory layout is the FP32
+// wire format, where float32View applies.
+var littleEndian = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
+
+// float32View is b seen as float32s, without copying, when the machine is
+// little-endian and b is 4-byte aligned (the ring lays its frames out so
+// that payloads are); ok is false otherwise and the caller converts
+// element by element.
+func float32View(b []byte) (f []float32, ok bool) {
+	if !littleEndian || len(b) < 4 || uintptr(unsafe.Pointer(unsafe.SliceData(b)))%4 != 0 {
+		return nil, false
+	}
+	return unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(b))), len(b)/4), true
 }
 
 // Round replaces each element of x with decode(encode(x)), which is what

@@ -100,6 +100,45 @@ func TestCodecFP32Exact(t *testing.T) {
 	}
 }
 
+// The aligned fast paths (FP32 as a memory copy) and the element-by-element
+// paths give the same bytes and values; DecodeAdd adds exactly what Decode
+// writes.
+func TestCodecAlignmentAndDecodeAdd(t *testing.T) {
+	rng := rand.New(rand.NewSource(2))
+	x := make([]float32, 777)
+	base := make([]float32, len(x))
+	for i := range x {
+		x[i] = float32(rng.NormFloat64() * 10)
+		base[i] = float32(rng.NormFloat64())
+	}
+	for _, d := range allDtypes {
+		aligned := Encode(d, make([]byte, 0, d.EncodedLen(len(x))), x)
+		// Offset by one byte: never 4-byte aligned.
+		odd := Encode(d, make([]byte, 1, 1+d.EncodedLen(len(x))), x)[1:]
+		if !bytes.Equal(aligned, odd) {
+			t.Fatalf("%v: aligned and unaligned encodings differ", d)
+		}
+		for _, src := range [][]byte{aligned, odd} {
+			dec := make([]float32, len(x))
+			if err := Decode(d, dec, src); err != nil {
+				t.Fatal(err)
+			}
+			sum := append([]float32(nil), base...)
+			if err := DecodeAdd(d, sum, src); err != nil {
+				t.Fatal(err)
+			}
+			for i := range x {
+				if want := base[i] + dec[i]; math.Float32bits(sum[i]) != math.Float32bits(want) {
+					t.Fatalf("%v: DecodeAdd element %d = %v, want %v + %v = %v", d, i, sum[i], base[i], dec[i], want)
+				}
+			}
+		}
+		if err := DecodeAdd(d, make([]float32, 3), aligned); !errors.Is(err, ErrEncodedLength) {
+			t.Errorf("%v: DecodeAdd with a wrong length: %v", d, err)
+		}
+	}
+}
+
 // Spec: every lossy dtype decodes within ErrorBound; Round equals decode∘encode
 // bit for bit and is idempotent; Encode appends and is repeatable.
 func TestCodecWithinErrorBound(t *testing.T) {
@@ -455,6 +494,14 @@ func BenchmarkCodec(b *testing.B) {
 			b.SetBytes(4 * n)
 			for b.Loop() {
 				if err := Decode(d, y, buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(d.String()+"/decode-add", func(b *testing.B) {
+			b.SetBytes(4 * n)
+			for b.Loop() {
+				if err := DecodeAdd(d, y, buf); err != nil {
 					b.Fatal(err)
 				}
 			}

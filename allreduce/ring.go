@@ -106,6 +106,8 @@ type Ring struct {
 
 	run sync.Mutex // held by the AllReduce in progress (TryLock)
 
+	frames frameList // message buffers, reused across calls
+
 	mu      sync.Mutex
 	closed  bool
 	broken  error

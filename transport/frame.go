@@ -77,6 +77,25 @@ func WriteFrame(w io.Writer, payload []byte) error {
 	return err
 }
 
+// FramePrefix is the length prefix in front of every frame's payload.
+const FramePrefix = 4
+
+// WriteFramed writes b[FramePrefix:] as one frame, exactly as WriteFrame
+// would, but fills the length into b[:FramePrefix] instead of copying the
+// payload into a new buffer: the zero-copy form for bulk senders that
+// reserve the prefix when they build a message.
+func WriteFramed(w io.Writer, b []byte) error {
+	if len(b) < FramePrefix {
+		return fmt.Errorf("%w: buffer of %d bytes has no room for the length prefix", ErrBadFrame, len(b))
+	}
+	if uint64(len(b)-FramePrefix) > 1<<32-1 {
+		return fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, len(b)-FramePrefix)
+	}
+	binary.BigEndian.PutUint32(b, uint32(len(b)-FramePrefix))
+	_, err := w.Write(b)
+	return err
+}
+
 // ReadFrame reads one message written by WriteFrame into dst (grown if
 // needed) and returns it. A length above max is ErrFrameTooLarge, checked
 // before anything is allocated; a stream that ends inside a frame is

@@ -61,6 +61,23 @@ func TestFrames(t *testing.T) {
 	}
 }
 
+func TestWriteFramedMatchesWriteFrame(t *testing.T) {
+	for _, m := range [][]byte{nil, []byte("x"), bytes.Repeat([]byte("ab"), 1000)} {
+		var a, b bytes.Buffer
+		WriteFrame(&a, m)
+		buf := append(make([]byte, FramePrefix), m...)
+		if err := WriteFramed(&b, buf); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(a.Bytes(), b.Bytes()) {
+			t.Fatalf("WriteFramed of %d bytes wrote %x, WriteFrame %x", len(m), b.Bytes(), a.Bytes())
+		}
+	}
+	if err := WriteFramed(io.Discard, []byte{1, 2}); !errors.Is(err, ErrBadFrame) {
+		t.Errorf("buffer without room for the prefix: %v", err)
+	}
+}
+
 // FuzzReadFrames: any bytes give frames within the limit or an error, never
 // a panic or an allocation above the limit.
 func FuzzReadFrames(f *testing.F) {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -32,6 +33,8 @@ func benchAllreduceCommand() *cli.Command {
 			&cli.StringFlag{Name: "sizes", Value: "1MiB,16MiB,64MiB", Usage: "buffer sizes (B, KiB, MiB, GiB suffixes)"},
 			&cli.StringFlag{Name: "dtype", Value: "fp32", Usage: "wire type: fp32, bf16, fp16 or int8"},
 			&cli.IntFlag{Name: "iters", Value: 5, Usage: "timed iterations per size (after one warm-up)"},
+			&cli.IntFlag{Name: "streams", Value: allreduce.DefaultConfig().Streams, Usage: "parallel streams (QUIC connections) to each neighbour"},
+			&cli.StringFlag{Name: "chunk", Value: "1MiB", Usage: "pipelining unit, in fp32 bytes"},
 			&cli.BoolFlag{Name: "json", Usage: "one JSON object per row"},
 		},
 		Action: runBenchAllreduce,
@@ -76,6 +79,15 @@ func runBenchAllreduce(c *cli.Context) error {
 	if _, err := allreduce.ParseDtype(c.String("dtype")); err != nil {
 		return err
 	}
+	chunk, err := parseSize(c.String("chunk"))
+	if err != nil {
+		return fmt.Errorf("--chunk: %w", err)
+	}
+	probe := allreduce.DefaultConfig()
+	probe.Streams, probe.ChunkBytes = c.Int("streams"), chunk
+	if err := probe.Validate(); err != nil {
+		return err
+	}
 	var sizes []string
 	for _, s := range strings.Split(c.String("sizes"), ",") {
 		b, err := parseSize(s)
@@ -115,7 +127,7 @@ func runBenchAllreduce(c *cli.Context) error {
 	for i := 0; i < n; i++ {
 		cmd := exec.CommandContext(ctx, self, "bench", "allreduce-rank", "--tls-dir", dir, "--rank", strconv.Itoa(i),
 			"--addrs", strings.Join(addrs, ","), "--sizes", strings.Join(sizes, ","), "--dtype", c.String("dtype"),
-			"--iters", strconv.Itoa(c.Int("iters")))
+			"--iters", strconv.Itoa(c.Int("iters")), "--streams", strconv.Itoa(c.Int("streams")), "--chunk", strconv.Itoa(chunk))
 		cmd.Stderr = os.Stderr
 		if i == 0 {
 			pipe, err := cmd.StdoutPipe()
@@ -171,10 +183,24 @@ func benchAllreduceRankCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "tls-dir"}, &cli.IntFlag{Name: "rank"}, &cli.StringFlag{Name: "addrs"},
 			&cli.StringFlag{Name: "sizes"}, &cli.StringFlag{Name: "dtype"}, &cli.IntFlag{Name: "iters"},
+			&cli.IntFlag{Name: "streams", Value: allreduce.DefaultConfig().Streams}, &cli.IntFlag{Name: "chunk", Value: allreduce.DefaultConfig().ChunkBytes},
 		},
 		Action: func(c *cli.Context) error {
 			addrs := strings.Split(c.String("addrs"), ",")
 			rank := c.Int("rank")
+			// BRAID_CPUPROFILE=PREFIX writes each rank's CPU profile to
+			// PREFIX.rankN, for `go tool pprof`.
+			if prefix := os.Getenv("BRAID_CPUPROFILE"); prefix != "" {
+				f, err := os.Create(fmt.Sprintf("%s.rank%d", prefix, rank))
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
 			name := fmt.Sprintf("r%d", rank)
 			creds, err := pki.LoadNode(c.String("tls-dir"), name)
 			if err != nil {
@@ -196,6 +222,7 @@ func benchAllreduceRankCommand() *cli.Command {
 				return err
 			}
 			cfg.HopTimeout = 60 * time.Second
+			cfg.Streams, cfg.ChunkBytes = c.Int("streams"), c.Int("chunk")
 			ring, err := allreduce.NewRing(cfg, tr, members)
 			if err != nil {
 				return err
