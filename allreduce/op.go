@@ -136,3 +136,29 @@ func Bench(ctx context.Context, ring *Ring, bytes int, iters int) (timePerOp tim
 	}
 	return timePerOp, wrong, nil
 }
+
+// BenchRow is one measurement in the manner of nccl-tests, as `braid bench
+// allreduce` prints it: algbw = bytes/time, busbw = algbw × 2(N−1)/N.
+type BenchRow struct {
+	Nodes  int     `json:"nodes"`
+	Bytes  int     `json:"bytes"`
+	Dtype  string  `json:"dtype"`
+	TimeMS float64 `json:"time_ms"`
+	AlgBW  float64 `json:"algbw_GBps"`
+	BusBW  float64 `json:"busbw_GBps"`
+	Wrong  int     `json:"wrong"`
+}
+
+// BenchSize is Bench for one size, as a BenchRow of this rank's figures
+// (every member must call it with the same arguments; rank 0's row is the
+// one reported).
+func BenchSize(ctx context.Context, ring *Ring, bytes, iters int) (BenchRow, error) {
+	d, wrong, err := Bench(ctx, ring, bytes, iters)
+	if err != nil {
+		return BenchRow{}, err
+	}
+	n := ring.Size()
+	algbw := float64(bytes) / d.Seconds() / 1e9
+	return BenchRow{Nodes: n, Bytes: bytes, Dtype: ring.Config().Dtype.String(), TimeMS: float64(d.Microseconds()) / 1e3,
+		AlgBW: algbw, BusBW: algbw * 2 * float64(n-1) / float64(n), Wrong: wrong}, nil
+}

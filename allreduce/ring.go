@@ -179,6 +179,9 @@ func (r *Ring) Rank() int { return r.rank }
 // Size is the number of members.
 func (r *Ring) Size() int { return len(r.members) }
 
+// Config is the configuration the ring was built with.
+func (r *Ring) Config() Config { return r.cfg }
+
 // Close stops listening and closes every stream; an AllReduce in progress
 // fails. A second Close is a no-op.
 func (r *Ring) Close() error {

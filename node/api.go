@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/braidml/braid/allreduce"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -51,13 +52,17 @@ type APIConfig struct {
 	Addr string
 	// Token, when set, is required as "Authorization: Bearer TOKEN".
 	Token string
+	// Bench, when set, serves POST /v1/bench/allreduce (a BenchPlan in the
+	// body; the response is one JSON BenchRow per line as each size
+	// completes, and a last line {"error": "..."} if the run failed).
+	Bench func(ctx context.Context, plan BenchPlan, emit func(allreduce.BenchRow)) error
 }
 
 // ErrAPIToken is returned when the API would listen off localhost without a
 // bearer token.
 var ErrAPIToken = errors.New("node: an HTTP API off localhost needs a bearer token")
 
-// API serves /v1/status and /metrics.
+// API serves /v1/status, /metrics and POST /v1/bench/allreduce.
 type API struct {
 	srv *http.Server
 	ln  net.Listener
@@ -81,6 +86,35 @@ func StartAPI(cfg APIConfig, status func() Status, reg *prometheus.Registry) (*A
 		enc.Encode(status())
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	if cfg.Bench != nil {
+		mux.HandleFunc("POST /v1/bench/allreduce", func(w http.ResponseWriter, r *http.Request) {
+			var plan BenchPlan
+			dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(&plan); err != nil {
+				http.Error(w, "braid: bench plan: "+err.Error(), http.StatusBadRequest)
+				return
+			}
+			if _, err := plan.ringConfig(); err != nil {
+				http.Error(w, "braid: "+err.Error(), http.StatusBadRequest)
+				return
+			}
+			w.Header().Set("Content-Type", "application/x-ndjson")
+			enc := json.NewEncoder(w)
+			flush := func() {
+				if f, ok := w.(http.Flusher); ok {
+					f.Flush()
+				}
+			}
+			err := cfg.Bench(r.Context(), plan, func(row allreduce.BenchRow) {
+				enc.Encode(row)
+				flush()
+			})
+			if err != nil {
+				enc.Encode(map[string]string{"error": err.Error()})
+			}
+		})
+	}
 	var h http.Handler = mux
 	if cfg.Token != "" {
 		h = requireToken(cfg.Token, mux)

@@ -106,6 +106,8 @@ type Node struct {
 	bootstrapped bool
 	admitted     map[string]bool // members that authenticated over the transport
 
+	benchMu sync.Mutex // one benchmark ring at a time (see runBench)
+
 	stop chan struct{}
 	wg   sync.WaitGroup
 	once sync.Once
@@ -178,7 +180,7 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	}
 	n.registerMetrics()
 	if cfg.HTTPAddr != "" {
-		if n.api, err = StartAPI(APIConfig{Addr: cfg.HTTPAddr, Token: cfg.HTTPToken}, n.Status, n.reg); err != nil {
+		if n.api, err = StartAPI(APIConfig{Addr: cfg.HTTPAddr, Token: cfg.HTTPToken, Bench: n.BenchAllreduce}, n.Status, n.reg); err != nil {
 			return fail(err)
 		}
 	}
@@ -311,21 +313,6 @@ func (n *Node) gossipAlive(name string) bool {
 
 // admitTimeout bounds the authenticated dial that admits a member.
 const admitTimeout = 10 * time.Second
-
-// serveControl accepts control streams; today they only prove that a peer
-// can reach this node with valid credentials (admit), and are closed.
-func (n *Node) serveControl(l transport.Listener) {
-	defer n.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() { <-n.stop; cancel() }()
-	for {
-		s, err := l.Accept(ctx)
-		if err != nil {
-			return
-		}
-		s.Close()
-	}
-}
 
 // maybeBootstrap forms the first Raft cluster once BootstrapExpect servers
 // are alive and authenticated, and none of them has Raft state: every one of them calls

@@ -46,7 +46,7 @@ func benchCommand() *cli.Command {
 				&cli.BoolFlag{Name: "json", Usage: "one JSON object per line"},
 			},
 			Action: runBenchTransport,
-		}, benchAllreduceCommand(), benchAllreduceRankCommand()},
+		}, benchAllreduceCommand()},
 	}
 }
 

@@ -2,10 +2,13 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"runtime/pprof"
@@ -16,26 +19,47 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/braidml/braid/allreduce"
+	"github.com/braidml/braid/node"
 	"github.com/braidml/braid/transport"
 	"github.com/braidml/braid/transport/pki"
 	"github.com/braidml/braid/transport/quic"
 )
 
-// benchAllreduceCommand starts N local rank processes (this binary's hidden
-// `bench allreduce-rank`), each with its own QUIC endpoint and certificate
-// from a throw-away CA, and prints nccl-tests-style rows from rank 0.
+// benchAllreduceCommand measures the ring all-reduce in one of three ways:
+//
+//   - by default it starts --nodes local processes (this binary, each running
+//     one rank as below) with QUIC and mutual TLS on loopback, certificates
+//     from a throw-away CA;
+//   - with --rank and --ring it runs one rank of a ring whose other ranks run
+//     elsewhere (other hosts, network namespaces), with certificates from
+//     --tls-dir: the way to measure real links;
+//   - with --api it asks a live cluster's node to run it across the cluster's
+//     members (see benchAllreduceAPI).
+//
+// Rank 0 prints nccl-tests-style rows (or JSON lines with --json).
 func benchAllreduceCommand() *cli.Command {
+	def := allreduce.DefaultConfig()
 	return &cli.Command{
 		Name:  "allreduce",
-		Usage: "ring all-reduce across N local processes over QUIC with mutual TLS (nccl-tests style)",
+		Usage: "ring all-reduce over QUIC with mutual TLS, reported like nccl-tests",
+		Description: "Without --rank or --api: N local processes on loopback.\n" +
+			"With --rank R --ring NAME@HOST:PORT,... --tls-dir DIR: one rank of a ring spread over hosts\n" +
+			"(start every rank the same way; DIR holds ca.pem and NAME.pem/NAME-key.pem for this rank's NAME).\n" +
+			"With --api URL: across the members of a live cluster.",
 		Flags: []cli.Flag{
-			&cli.IntFlag{Name: "nodes", Value: 4, Usage: "processes in the ring"},
+			&cli.IntFlag{Name: "nodes", Value: 4, Usage: "processes in the ring (local mode)"},
 			&cli.StringFlag{Name: "sizes", Value: "1MiB,16MiB,64MiB", Usage: "buffer sizes (B, KiB, MiB, GiB suffixes)"},
 			&cli.StringFlag{Name: "dtype", Value: "fp32", Usage: "wire type: fp32, bf16, fp16 or int8"},
 			&cli.IntFlag{Name: "iters", Value: 5, Usage: "timed iterations per size (after one warm-up)"},
-			&cli.IntFlag{Name: "streams", Value: allreduce.DefaultConfig().Streams, Usage: "parallel streams (QUIC connections) to each neighbour"},
+			&cli.IntFlag{Name: "streams", Value: def.Streams, Usage: "parallel streams (QUIC connections) to each neighbour"},
 			&cli.StringFlag{Name: "chunk", Value: "1MiB", Usage: "pipelining unit, in fp32 bytes"},
 			&cli.BoolFlag{Name: "json", Usage: "one JSON object per row"},
+			&cli.IntFlag{Name: "rank", Value: -1, Usage: "run only this rank of --ring"},
+			&cli.StringFlag{Name: "ring", Usage: "the ring in rank order: NAME@HOST:PORT,... (with --rank)"},
+			&cli.StringFlag{Name: "tls-dir", Usage: "PKI directory with ca.pem and this rank's certificate (with --rank)"},
+			&cli.DurationFlag{Name: "hop-timeout", Value: time.Minute, Usage: "per-hop deadline"},
+			&cli.StringFlag{Name: "api", EnvVars: []string{"BRAID_API"}, Usage: "run across the members of the cluster behind this node API URL"},
+			&cli.StringFlag{Name: "token", EnvVars: []string{"BRAID_TOKEN"}, Usage: "bearer token for --api"},
 		},
 		Action: runBenchAllreduce,
 	}
@@ -61,40 +85,55 @@ func parseSize(s string) (int, error) {
 }
 
 // benchRow is one measurement, as rank 0 prints it.
-type benchRow struct {
-	Nodes  int     `json:"nodes"`
-	Bytes  int     `json:"bytes"`
-	Dtype  string  `json:"dtype"`
-	TimeMS float64 `json:"time_ms"`
-	AlgBW  float64 `json:"algbw_GBps"`
-	BusBW  float64 `json:"busbw_GBps"`
-	Wrong  int     `json:"wrong"`
+type benchRow = allreduce.BenchRow
+
+// benchPlan is what every mode needs: sizes in bytes and the ring's config.
+type benchPlan struct {
+	sizes []int
+	cfg   allreduce.Config
+	iters int
 }
 
-func runBenchAllreduce(c *cli.Context) error {
-	n := c.Int("nodes")
-	if n < 1 || n > 64 {
-		return fmt.Errorf("--nodes %d: want 1..64", n)
+func parseBenchPlan(c *cli.Context) (benchPlan, error) {
+	p := benchPlan{cfg: allreduce.DefaultConfig(), iters: c.Int("iters")}
+	var err error
+	if p.cfg.Dtype, err = allreduce.ParseDtype(c.String("dtype")); err != nil {
+		return p, err
 	}
-	if _, err := allreduce.ParseDtype(c.String("dtype")); err != nil {
-		return err
+	if p.cfg.ChunkBytes, err = parseSize(c.String("chunk")); err != nil {
+		return p, fmt.Errorf("--chunk: %w", err)
 	}
-	chunk, err := parseSize(c.String("chunk"))
-	if err != nil {
-		return fmt.Errorf("--chunk: %w", err)
+	p.cfg.Streams, p.cfg.HopTimeout = c.Int("streams"), c.Duration("hop-timeout")
+	if err := p.cfg.Validate(); err != nil {
+		return p, err
 	}
-	probe := allreduce.DefaultConfig()
-	probe.Streams, probe.ChunkBytes = c.Int("streams"), chunk
-	if err := probe.Validate(); err != nil {
-		return err
+	if p.iters < 1 {
+		return p, fmt.Errorf("--iters %d: want at least 1", p.iters)
 	}
-	var sizes []string
 	for _, s := range strings.Split(c.String("sizes"), ",") {
 		b, err := parseSize(s)
 		if err != nil {
-			return err
+			return p, err
 		}
-		sizes = append(sizes, strconv.Itoa(b))
+		p.sizes = append(p.sizes, b)
+	}
+	return p, nil
+}
+
+func runBenchAllreduce(c *cli.Context) error {
+	plan, err := parseBenchPlan(c)
+	if err != nil {
+		return err
+	}
+	switch {
+	case c.Int("rank") >= 0:
+		return benchAllreduceRank(c, plan)
+	case c.String("api") != "":
+		return benchAllreduceAPI(c, plan)
+	}
+	n := c.Int("nodes")
+	if n < 1 || n > 64 {
+		return fmt.Errorf("--nodes %d: want 1..64", n)
 	}
 	dir, err := os.MkdirTemp("", "braid-bench-ar")
 	if err != nil {
@@ -104,7 +143,7 @@ func runBenchAllreduce(c *cli.Context) error {
 	if err := pki.InitCA(dir); err != nil {
 		return err
 	}
-	var addrs []string
+	var ring []string
 	for i := 0; i < n; i++ {
 		name := fmt.Sprintf("r%d", i)
 		if err := pki.Issue(dir, name, []string{"127.0.0.1"}, time.Hour); err != nil {
@@ -114,7 +153,7 @@ func runBenchAllreduce(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		addrs = append(addrs, fmt.Sprintf("127.0.0.1:%d", p))
+		ring = append(ring, fmt.Sprintf("%s@127.0.0.1:%d", name, p))
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -123,39 +162,33 @@ func runBenchAllreduce(c *cli.Context) error {
 	ctx, cancel := context.WithCancel(c.Context)
 	defer cancel()
 	var procs []*exec.Cmd
-	var out *bufio.Scanner
+	var out io.Reader
 	for i := 0; i < n; i++ {
-		cmd := exec.CommandContext(ctx, self, "bench", "allreduce-rank", "--tls-dir", dir, "--rank", strconv.Itoa(i),
-			"--addrs", strings.Join(addrs, ","), "--sizes", strings.Join(sizes, ","), "--dtype", c.String("dtype"),
-			"--iters", strconv.Itoa(c.Int("iters")), "--streams", strconv.Itoa(c.Int("streams")), "--chunk", strconv.Itoa(chunk))
+		cmd := exec.CommandContext(ctx, self, "bench", "allreduce", "--json", "--rank", strconv.Itoa(i),
+			"--ring", strings.Join(ring, ","), "--tls-dir", dir, "--sizes", c.String("sizes"),
+			"--dtype", c.String("dtype"), "--iters", strconv.Itoa(plan.iters), "--streams", strconv.Itoa(plan.cfg.Streams),
+			"--chunk", c.String("chunk"), "--hop-timeout", plan.cfg.HopTimeout.String())
 		cmd.Stderr = os.Stderr
 		if i == 0 {
 			pipe, err := cmd.StdoutPipe()
 			if err != nil {
 				return err
 			}
-			out = bufio.NewScanner(pipe)
+			out = pipe
 		}
 		if err := cmd.Start(); err != nil {
 			return err
 		}
 		procs = append(procs, cmd)
 	}
-	w := c.App.Writer
-	if !c.Bool("json") {
-		fmt.Fprintf(w, "# braid bench allreduce: %d processes, QUIC + mutual TLS on loopback, ring with %s on the wire\n", n, c.String("dtype"))
-		fmt.Fprintf(w, "# %12s %12s %6s %10s %10s %10s %7s\n", "size(B)", "count(elts)", "type", "time(ms)", "algbw(GB/s)", "busbw(GB/s)", "#wrong")
-	}
-	for out.Scan() {
+	p := newRowPrinter(c, fmt.Sprintf("%d processes, QUIC + mutual TLS on loopback", n), plan)
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
 		var r benchRow
-		if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
 			continue
 		}
-		if c.Bool("json") {
-			fmt.Fprintln(w, out.Text())
-		} else {
-			fmt.Fprintf(w, "  %12d %12d %6s %10.2f %10.3f %10.3f %7d\n", r.Bytes, r.Bytes/4, r.Dtype, r.TimeMS, r.AlgBW, r.BusBW, r.Wrong)
-		}
+		p.row(r)
 	}
 	var firstErr error
 	for i, p := range procs {
@@ -164,6 +197,30 @@ func runBenchAllreduce(c *cli.Context) error {
 		}
 	}
 	return firstErr
+}
+
+// rowPrinter prints benchRows as a table or as JSON lines.
+type rowPrinter struct {
+	w      io.Writer
+	asJSON bool
+}
+
+func newRowPrinter(c *cli.Context, where string, plan benchPlan) *rowPrinter {
+	p := &rowPrinter{w: c.App.Writer, asJSON: c.Bool("json")}
+	if !p.asJSON {
+		fmt.Fprintf(p.w, "# braid bench allreduce: %s, ring with %s on the wire, %d streams per neighbour\n", where, plan.cfg.Dtype, plan.cfg.Streams)
+		fmt.Fprintf(p.w, "# %12s %12s %6s %10s %10s %10s %7s\n", "size(B)", "count(elts)", "type", "time(ms)", "algbw(GB/s)", "busbw(GB/s)", "#wrong")
+	}
+	return p
+}
+
+func (p *rowPrinter) row(r benchRow) {
+	if p.asJSON {
+		b, _ := json.Marshal(r)
+		fmt.Fprintln(p.w, string(b))
+		return
+	}
+	fmt.Fprintf(p.w, "  %12d %12d %6s %10.2f %10.3f %10.3f %7d\n", r.Bytes, r.Bytes/4, r.Dtype, r.TimeMS, r.AlgBW, r.BusBW, r.Wrong)
 }
 
 func freeUDPPort() (int, error) {
@@ -175,78 +232,125 @@ func freeUDPPort() (int, error) {
 	return c.LocalAddr().(*net.UDPAddr).Port, nil
 }
 
-// benchAllreduceRankCommand is one rank of `braid bench allreduce`.
-func benchAllreduceRankCommand() *cli.Command {
-	return &cli.Command{
-		Name:   "allreduce-rank",
-		Hidden: true,
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "tls-dir"}, &cli.IntFlag{Name: "rank"}, &cli.StringFlag{Name: "addrs"},
-			&cli.StringFlag{Name: "sizes"}, &cli.StringFlag{Name: "dtype"}, &cli.IntFlag{Name: "iters"},
-			&cli.IntFlag{Name: "streams", Value: allreduce.DefaultConfig().Streams}, &cli.IntFlag{Name: "chunk", Value: allreduce.DefaultConfig().ChunkBytes},
-		},
-		Action: func(c *cli.Context) error {
-			addrs := strings.Split(c.String("addrs"), ",")
-			rank := c.Int("rank")
-			// BRAID_CPUPROFILE=PREFIX writes each rank's CPU profile to
-			// PREFIX.rankN, for `go tool pprof`.
-			if prefix := os.Getenv("BRAID_CPUPROFILE"); prefix != "" {
-				f, err := os.Create(fmt.Sprintf("%s.rank%d", prefix, rank))
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				if err := pprof.StartCPUProfile(f); err != nil {
-					return err
-				}
-				defer pprof.StopCPUProfile()
-			}
-			name := fmt.Sprintf("r%d", rank)
-			creds, err := pki.LoadNode(c.String("tls-dir"), name)
-			if err != nil {
-				return err
-			}
-			qc := quic.DefaultConfig()
-			qc.ListenAddr, qc.Creds = addrs[rank], creds
-			tr, err := quic.New(qc)
-			if err != nil {
-				return err
-			}
-			defer tr.Close()
-			var members []allreduce.Member
-			for i, a := range addrs {
-				members = append(members, allreduce.Member{ID: transport.PeerID(fmt.Sprintf("r%d", i)), Addr: a})
-			}
-			cfg := allreduce.DefaultConfig()
-			if cfg.Dtype, err = allreduce.ParseDtype(c.String("dtype")); err != nil {
-				return err
-			}
-			cfg.HopTimeout = 60 * time.Second
-			cfg.Streams, cfg.ChunkBytes = c.Int("streams"), c.Int("chunk")
-			ring, err := allreduce.NewRing(cfg, tr, members)
-			if err != nil {
-				return err
-			}
-			N := len(addrs)
-			for _, s := range strings.Split(c.String("sizes"), ",") {
-				bytes, _ := strconv.Atoi(s)
-				d, wrong, err := allreduce.Bench(c.Context, ring, bytes, c.Int("iters"))
-				if err != nil {
-					return err
-				}
-				if rank == 0 {
-					algbw := float64(bytes) / d.Seconds() / 1e9
-					b, _ := json.Marshal(benchRow{Nodes: N, Bytes: bytes, Dtype: cfg.Dtype.String(), TimeMS: float64(d.Microseconds()) / 1e3,
-						AlgBW: algbw, BusBW: algbw * 2 * float64(N-1) / float64(N), Wrong: wrong})
-					fmt.Fprintln(c.App.Writer, string(b))
-				}
-			}
-			// A rank that finishes first must not close its QUIC connections
-			// while its last frames are on their way to slower ranks: drain
-			// the ring (every neighbour has read everything) first.
-			ctx, cancel := context.WithTimeout(c.Context, time.Minute)
-			defer cancel()
-			return ring.Drain(ctx)
-		},
+// parseRing parses NAME@HOST:PORT,... into members in ring order.
+func parseRing(s string) ([]allreduce.Member, error) {
+	var ms []allreduce.Member
+	for _, e := range strings.Split(s, ",") {
+		name, addr, ok := strings.Cut(strings.TrimSpace(e), "@")
+		if !ok || !pki.ValidName(name) {
+			return nil, fmt.Errorf("--ring entry %q: want NAME@HOST:PORT with NAME a certificate name", e)
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, fmt.Errorf("--ring entry %q: %v", e, err)
+		}
+		ms = append(ms, allreduce.Member{ID: transport.PeerID(name), Addr: addr})
 	}
+	return ms, nil
+}
+
+// benchAllreduceRank runs one rank of a ring given by --ring; rank 0 prints.
+func benchAllreduceRank(c *cli.Context, plan benchPlan) error {
+	members, err := parseRing(c.String("ring"))
+	if err != nil {
+		return err
+	}
+	rank := c.Int("rank")
+	if rank >= len(members) {
+		return fmt.Errorf("--rank %d: the ring has %d members", rank, len(members))
+	}
+	// BRAID_CPUPROFILE=PREFIX writes each rank's CPU profile to
+	// PREFIX.rankN, for `go tool pprof`.
+	if prefix := os.Getenv("BRAID_CPUPROFILE"); prefix != "" {
+		f, err := os.Create(fmt.Sprintf("%s.rank%d", prefix, rank))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	self := members[rank]
+	creds, err := pki.LoadNode(c.String("tls-dir"), string(self.ID))
+	if err != nil {
+		return err
+	}
+	qc := quic.DefaultConfig()
+	qc.ListenAddr, qc.Creds = self.Addr, creds
+	qc.Lanes = min(max(qc.Lanes, plan.cfg.Streams), quic.MaxLanes)
+	tr, err := quic.New(qc)
+	if err != nil {
+		return err
+	}
+	defer tr.Close()
+	ring, err := allreduce.NewRing(plan.cfg, tr, members)
+	if err != nil {
+		return err
+	}
+	var p *rowPrinter
+	if rank == 0 {
+		p = newRowPrinter(c, fmt.Sprintf("%d ranks (this is %s at %s)", len(members), self.ID, self.Addr), plan)
+	}
+	for _, size := range plan.sizes {
+		r, err := allreduce.BenchSize(c.Context, ring, size, plan.iters)
+		if err != nil {
+			ring.Close()
+			return err
+		}
+		if p != nil {
+			p.row(r)
+		}
+	}
+	// A rank that finishes first must not close its QUIC connections while
+	// its last frames are on their way to slower ranks: drain the ring
+	// (every neighbour has read everything) first.
+	ctx, cancel := context.WithTimeout(c.Context, time.Minute)
+	defer cancel()
+	return ring.Drain(ctx)
+}
+
+// benchAllreduceAPI asks the node behind --api to run the benchmark across
+// the members of its cluster's committed epoch (that node is rank 0) and
+// prints the rows it streams back.
+func benchAllreduceAPI(c *cli.Context, plan benchPlan) error {
+	body, _ := json.Marshal(node.BenchPlan{Sizes: plan.sizes, Dtype: plan.cfg.Dtype.String(), Iters: plan.iters,
+		Streams: plan.cfg.Streams, ChunkBytes: plan.cfg.ChunkBytes, HopTimeout: plan.cfg.HopTimeout})
+	url := strings.TrimRight(c.String("api"), "/") + "/v1/bench/allreduce"
+	req, err := http.NewRequestWithContext(c.Context, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("--api %q: %w", c.String("api"), err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if tok := c.String("token"); tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the node API at %s (is `braid node` running there?): %w", c.String("api"), err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("node API at %s: %s: %s", c.String("api"), resp.Status, strings.TrimSpace(string(msg)))
+	}
+	p := newRowPrinter(c, "the cluster behind "+c.String("api"), plan)
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		var line struct {
+			allreduce.BenchRow
+			Error string `json:"error"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+			return fmt.Errorf("node API at %s: bad line %q: %w", c.String("api"), sc.Text(), err)
+		}
+		if line.Error != "" {
+			return fmt.Errorf("bench across the cluster: %s", line.Error)
+		}
+		p.row(line.BenchRow)
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("node API at %s: %w", c.String("api"), err)
+	}
+	return nil
 }

@@ -155,6 +155,16 @@ func TestThreeProcessCluster(t *testing.T) {
 	st := waitStatus(t, p1, "leader and a 3-member epoch", func(s node.Status) bool { return s.Leader != "" && len(s.Epoch.Members) == 3 })
 	t.Logf("leader %s, epoch %d %v", st.Leader, st.Epoch.ID, st.Epoch.Members)
 
+	// `braid bench allreduce --api` runs a ring across the live members.
+	out, err := exec.Command(bin, "bench", "allreduce", "--api", p2.api, "--sizes", "64KiB,256KiB", "--iters", "1",
+		"--dtype", "fp16", "--json").CombinedOutput()
+	if err != nil {
+		t.Fatalf("bench allreduce --api: %v\n%s", err, out)
+	}
+	if rows := benchRows(t, out); len(rows) != 2 || rows[0].Nodes != 3 || rows[0].Wrong != 0 || rows[1].Wrong != 0 || rows[1].Bytes != 256<<10 {
+		t.Fatalf("bench allreduce --api rows %+v:\n%s", rows, out)
+	}
+
 	// kill -9 of a node that is not the leader gives an epoch without it.
 	victim := p2
 	if st.Leader == "a2" {
@@ -236,21 +246,27 @@ func TestBenchAllreduceProcesses(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	rows := 0
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		var r struct {
-			Nodes, Bytes, Wrong int
-			BusBW               float64 `json:"busbw_GBps"`
-		}
-		if err := json.Unmarshal([]byte(line), &r); err != nil {
-			continue
-		}
-		rows++
+	rows := benchRows(t, out)
+	for _, r := range rows {
 		if r.Nodes != 3 || r.Wrong != 0 || r.BusBW <= 0 {
-			t.Errorf("row %s", line)
+			t.Errorf("row %+v", r)
 		}
 	}
-	if rows != 2 {
-		t.Fatalf("%d rows, want 2:\n%s", rows, out)
+	if len(rows) != 2 {
+		t.Fatalf("%d rows, want 2:\n%s", len(rows), out)
 	}
+}
+
+// benchRows parses the JSON rows of `braid bench allreduce --json`,
+// skipping other lines (logs on stderr).
+func benchRows(t *testing.T, out []byte) []benchRow {
+	t.Helper()
+	var rows []benchRow
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		var r benchRow
+		if err := json.Unmarshal([]byte(line), &r); err == nil && r.Nodes > 0 {
+			rows = append(rows, r)
+		}
+	}
+	return rows
 }

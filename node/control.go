@@ -1,0 +1,155 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/braidml/braid/transport"
+)
+
+// The control protocol (transport.ProtoControl) carries small requests
+// between nodes, one per stream:
+//
+//	dialer → acceptor: one frame, a JSON controlRequest
+//	acceptor → dialer: one frame, a JSON controlResponse
+//
+// A stream closed before any request is an admission check (see admit): the
+// dialer only proves that it can reach this node with valid credentials.
+// Both messages are bounded (maxControlFrame) and decoded strictly:
+// unknown operations and malformed JSON are answered with an error, never
+// acted on.
+
+// maxControlFrame bounds a control request or response.
+const maxControlFrame = 1 << 20
+
+// Control operations.
+const (
+	opBenchAllreduce = "bench-allreduce"
+)
+
+// controlRequest is one control call. Exactly the field of Op is set.
+type controlRequest struct {
+	Op    string        `json:"op"`
+	Bench *benchRequest `json:"bench,omitempty"`
+}
+
+// controlResponse answers a controlRequest: Error, or the result of Op.
+type controlResponse struct {
+	Error string      `json:"error,omitempty"`
+	Bench *benchReply `json:"bench,omitempty"`
+}
+
+// decodeControlRequest parses and validates a request frame.
+func decodeControlRequest(b []byte) (controlRequest, error) {
+	var req controlRequest
+	if err := json.Unmarshal(b, &req); err != nil {
+		return req, fmt.Errorf("node: control request: %w", err)
+	}
+	switch req.Op {
+	case opBenchAllreduce:
+		if req.Bench == nil {
+			return req, errors.New("node: control request bench-allreduce without its bench field")
+		}
+		if err := req.Bench.validate(); err != nil {
+			return req, err
+		}
+	default:
+		return req, fmt.Errorf("node: control request: unknown operation %q", req.Op)
+	}
+	return req, nil
+}
+
+// serveControl accepts control streams and answers each in its own
+// goroutine; a stream closed without a request is an admission check.
+func (n *Node) serveControl(l transport.Listener) {
+	defer n.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { <-n.stop; cancel() }()
+	for {
+		s, err := l.Accept(ctx)
+		if err != nil {
+			return
+		}
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			defer s.Close()
+			n.handleControl(ctx, s)
+		}()
+	}
+}
+
+// controlReadTimeout bounds the wait for a request on an accepted stream.
+const controlReadTimeout = 10 * time.Second
+
+func (n *Node) handleControl(ctx context.Context, s transport.Stream) {
+	s.SetReadDeadline(time.Now().Add(controlReadTimeout))
+	b, err := transport.ReadFrame(s, nil, maxControlFrame)
+	if err == io.EOF {
+		return // admission check
+	}
+	var resp controlResponse
+	if err != nil {
+		resp.Error = fmt.Sprintf("node %s: reading the control request from %s: %v", n.cfg.Name, s.Peer(), err)
+	} else if req, err := decodeControlRequest(b); err != nil {
+		resp.Error = fmt.Sprintf("node %s: %v", n.cfg.Name, err)
+	} else {
+		// Close the stream when the node stops, so a long operation's
+		// caller hears of it.
+		stop := context.AfterFunc(ctx, func() { s.Close() })
+		defer stop()
+		switch req.Op {
+		case opBenchAllreduce:
+			rows, err := n.runBench(ctx, *req.Bench, nil)
+			if err != nil {
+				resp.Error = err.Error()
+			} else {
+				resp.Bench = &benchReply{Rows: rows}
+			}
+		}
+	}
+	out, _ := json.Marshal(resp)
+	s.SetWriteDeadline(time.Now().Add(controlReadTimeout))
+	transport.WriteFrame(s, out)
+}
+
+// callControl sends req to peer at addr and returns its response; it
+// returns when ctx ends, closing the stream. A response with Error set is
+// returned as an error naming the peer.
+func (n *Node) callControl(ctx context.Context, peer, addr string, req controlRequest) (controlResponse, error) {
+	var resp controlResponse
+	s, err := n.tr.Dial(ctx, transport.PeerID(peer), addr, transport.ProtoControl, transport.DialOptions{})
+	if err != nil {
+		return resp, fmt.Errorf("node: control %s to %s: %w", req.Op, peer, err)
+	}
+	defer s.Close()
+	stop := context.AfterFunc(ctx, func() { s.Close() })
+	defer stop()
+	b, err := json.Marshal(req)
+	if err != nil {
+		return resp, err
+	}
+	s.SetWriteDeadline(time.Now().Add(controlReadTimeout))
+	if err := transport.WriteFrame(s, b); err != nil {
+		return resp, fmt.Errorf("node: control %s to %s: %w", req.Op, peer, err)
+	}
+	s.SetWriteDeadline(time.Time{})
+	b, err = transport.ReadFrame(s, nil, maxControlFrame)
+	if err != nil {
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
+		return resp, fmt.Errorf("node: control %s to %s: reading the response: %w", req.Op, peer, err)
+	}
+	if err := json.Unmarshal(b, &resp); err != nil {
+		return resp, fmt.Errorf("node: control %s to %s: response: %w", req.Op, peer, err)
+	}
+	if resp.Error != "" {
+		return resp, fmt.Errorf("node: %s failed %s: %s", peer, req.Op, resp.Error)
+	}
+	return resp, nil
+}
