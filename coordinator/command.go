@@ -19,7 +19,7 @@ const (
 	// writes and understands. Decoders accept versions 1..CommandVersion.
 	CommandVersion = 1
 	// MaxCommandSize bounds an encoded command in bytes.
-	MaxCommandSize = 64 << 10
+	MaxCommandSize = 1 << 20
 	// MaxMembers bounds the members the FSM holds (alive, left and failed)
 	// and so the length of an epoch.
 	MaxMembers = 1024
@@ -50,11 +50,16 @@ const (
 	TypeCommitEpoch   CommandType = "epoch.commit"
 	TypeSetSetting    CommandType = "setting.set"
 	TypeDeleteSetting CommandType = "setting.delete"
+
+	TypeRegisterDataset CommandType = "dataset.register"
+	TypePlaceDataset    CommandType = "dataset.place"
+	TypeDeleteDataset   CommandType = "dataset.delete"
 )
 
 // Command is one change to the replicated state. The concrete types are the
 // ones in this file (JoinMember, LeaveMember, FailMember, CommitEpoch,
-// SetSetting, DeleteSetting); the interface is sealed so that every command
+// SetSetting, DeleteSetting) and in dataset.go (RegisterDataset,
+// PlaceDataset, DeleteDataset); the interface is sealed so that every command
 // has a decoder, a validator and a deterministic apply.
 type Command interface {
 	// Type is the command's name in the envelope.
@@ -122,6 +127,10 @@ var decoders = map[CommandType]func([]byte) (Command, error){
 	TypeCommitEpoch:   decodePayload[CommitEpoch],
 	TypeSetSetting:    decodePayload[SetSetting],
 	TypeDeleteSetting: decodePayload[DeleteSetting],
+
+	TypeRegisterDataset: decodePayload[RegisterDataset],
+	TypePlaceDataset:    decodePayload[PlaceDataset],
+	TypeDeleteDataset:   decodePayload[DeleteDataset],
 }
 
 // envelope is the wire form of a command.

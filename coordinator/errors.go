@@ -24,6 +24,11 @@ var (
 	// ErrLimit: applying the command would exceed a bound on the state
 	// (MaxMembers, MaxSettings).
 	ErrLimit = errors.New("coordinator: state limit reached")
+	// ErrUnknownDataset: a command names a dataset the FSM does not hold.
+	ErrUnknownDataset = errors.New("coordinator: unknown dataset")
+	// ErrConflict: a dataset's ID or name is already registered for
+	// something else.
+	ErrConflict = errors.New("coordinator: conflicting dataset")
 	// ErrInvalidSnapshot: a snapshot failed to decode or to validate.
 	ErrInvalidSnapshot = errors.New("coordinator: invalid snapshot")
 	// ErrNotLeader: the operation needs the leader. Returned as a

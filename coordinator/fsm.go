@@ -25,10 +25,11 @@ type fsmState struct {
 	members  map[string]Member
 	epoch    Epoch
 	settings map[string]string
+	datasets map[string]Dataset // by ID
 }
 
 func newFSMState() *fsmState {
-	return &fsmState{members: map[string]Member{}, settings: map[string]string{}}
+	return &fsmState{members: map[string]Member{}, settings: map[string]string{}, datasets: map[string]Dataset{}}
 }
 
 // export returns a deep copy in the public form, members sorted by name.
@@ -37,6 +38,7 @@ func (s *fsmState) export() State {
 		Members:  make([]Member, 0, len(s.members)),
 		Epoch:    s.epoch.Clone(),
 		Settings: maps.Clone(s.settings),
+		Datasets: s.exportDatasets(),
 	}
 	for _, name := range slices.Sorted(maps.Keys(s.members)) {
 		st.Members = append(st.Members, s.members[name].Clone())
@@ -188,6 +190,9 @@ func encodeState(st State) ([]byte, error) {
 	if st.Settings == nil {
 		st.Settings = map[string]string{}
 	}
+	if st.Datasets == nil {
+		st.Datasets = []Dataset{}
+	}
 	return json.Marshal(snapshotDoc{Version: SnapshotVersion, State: st})
 }
 
@@ -292,6 +297,18 @@ func decodeState(b []byte) (*fsmState, error) {
 			return nil, restoreErr(err)
 		}
 		s.settings[k] = st.Settings[k]
+	}
+	if len(st.Datasets) > MaxDatasets {
+		return nil, fmt.Errorf("%w: %d datasets, limit %d", ErrInvalidSnapshot, len(st.Datasets), MaxDatasets)
+	}
+	for _, d := range st.Datasets {
+		if err := d.validate(); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalidSnapshot, err)
+		}
+		if err := (RegisterDataset{Dataset: Dataset{ID: d.ID, Name: d.Name, Manifest: d.Manifest, Source: d.Source, Local: d.Local}}).apply(s); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrInvalidSnapshot, err)
+		}
+		s.datasets[d.ID] = d.Clone()
 	}
 	return s, nil
 }

@@ -56,6 +56,9 @@ func validCommands() []Command {
 		SetSetting{Key: "job/lr", Value: "3e-4"},
 		SetSetting{Key: "empty", Value: ""},
 		DeleteSetting{Key: "job/lr"},
+		RegisterDataset{Dataset: testDataset("legal", false)},
+		PlaceDataset{ID: hexHash('d'), Version: 1, Placement: map[string][]string{hexHash('1'): {"n1", "n2"}}},
+		DeleteDataset{ID: hexHash('d')},
 	}
 }
 
@@ -372,6 +375,8 @@ func TestSnapshotRoundTrip(t *testing.T) {
 		CommitEpoch{ID: 1, Members: []string{"n2", "n1", "n3"}, StartStep: 7},
 		FailMember{Name: "n3"},
 		SetSetting{Key: "lr", Value: "1e-3"},
+		RegisterDataset{Dataset: testDataset("legal", false)},
+		PlaceDataset{ID: hexHash('d'), Version: 1, Placement: map[string][]string{hexHash('1'): {"n1", "n2"}, hexHash('2'): {"n2", "n3"}}},
 	} {
 		if err := applyCmd(t, f, cmd); err != nil {
 			t.Fatal(err)

@@ -61,6 +61,8 @@ type State struct {
 	Epoch Epoch `json:"epoch"`
 	// Settings are the cluster settings.
 	Settings map[string]string `json:"settings"`
+	// Datasets are the registered datasets, sorted by name.
+	Datasets []Dataset `json:"datasets"`
 }
 
 // Member returns the member called name.
