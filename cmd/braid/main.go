@@ -51,6 +51,7 @@ func newApp() *cli.App {
 			nodeCommand(),
 			benchCommand(),
 			caCommand(),
+			dataCommand(),
 		},
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints errors once
 	}

@@ -1,0 +1,241 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/urfave/cli/v2"
+
+	"github.com/braidml/braid/model"
+	"github.com/braidml/braid/shard"
+)
+
+func dataCommand() *cli.Command {
+	def := shard.DefaultConfig()
+	return &cli.Command{
+		Name:  "data",
+		Usage: "prepare, check and distribute datasets: tokenised, content-addressed shards and a manifest",
+		Subcommands: []*cli.Command{{
+			Name:      "prepare",
+			Usage:     "tokenise text files or JSONL into a dataset directory",
+			ArgsUsage: " ",
+			Description: "Each document (a text file, or one JSONL record) is tokenised, followed by end-of-text,\n" +
+				"and put in the train or held-out split by the SHA-256 of its bytes. Each split's documents\n" +
+				"are packed into sequences of --seq-len+1 tokens (consecutive ones share a token) and\n" +
+				"written as zstd shards named by their SHA-256, with manifest.json. Directories are walked\n" +
+				"in lexical order (symlinks and hidden names skipped); the same input gives the same bytes\n" +
+				"and dataset id. Binary and empty files are skipped; invalid UTF-8, bad JSONL records and\n" +
+				"oversized input fail the command unless --skip-bad. Nothing appears at --out until the\n" +
+				"dataset is complete.",
+			Flags: []cli.Flag{
+				&cli.StringSliceFlag{Name: "input", Aliases: []string{"i"}, Usage: "text or JSONL `PATH` (file or directory, repeatable)", Required: true},
+				&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Usage: "dataset `DIR` to create (must not exist, or be empty)", Required: true},
+				&cli.StringFlag{Name: "tokenizer", Value: def.Tokenizer.Name(), Usage: "byte or gpt2"},
+				&cli.IntFlag{Name: "seq-len", Value: def.SeqLen, Usage: "tokens per training sequence (default: the context of models/base-en)"},
+				&cli.Float64Flag{Name: "holdout", Value: def.Holdout, Usage: "fraction of documents held out, chosen by hash"},
+				&cli.StringFlag{Name: "format", Value: string(def.Format), Usage: "text (a file is a document) or jsonl (a line is a record)"},
+				&cli.StringFlag{Name: "field", Value: def.Field, Usage: "with --format jsonl: the field holding a record's text"},
+				&cli.StringFlag{Name: "name", Usage: "dataset name (default: the base name of the first input)"},
+				&cli.BoolFlag{Name: "skip-bad", Usage: "skip and count bad files and records instead of failing"},
+				&cli.IntFlag{Name: "shard-mib", Value: int(def.ShardBytes >> 20), Usage: "uncompressed token payload per shard, in MiB"},
+				&cli.IntFlag{Name: "max-record-mib", Value: def.MaxRecordBytes >> 20, Usage: "with --format jsonl: longest record, in MiB"},
+			},
+			Action: runDataPrepare,
+		}, {
+			Name:      "verify",
+			Usage:     "check a dataset's manifest and every shard's hash and checksum",
+			ArgsUsage: "DIR",
+			Description: "Names each bad shard (missing, truncated, wrong hash, bad header, bad payload, or a header\n" +
+				"that disagrees with the manifest) and exits non-zero if there is any.",
+			Action: runDataVerify,
+		}, dataPushCommand(), dataRegisterCommand(), dataLsCommand(), dataStatusCommand()},
+	}
+}
+
+func runDataPrepare(c *cli.Context) error {
+	cfg := shard.DefaultConfig()
+	tok, err := model.TokenizerByName(c.String("tokenizer"))
+	if err != nil {
+		return fmt.Errorf("--tokenizer: %w", err)
+	}
+	if c.Int("shard-mib") < 1 {
+		return fmt.Errorf("--shard-mib %d: must be at least 1", c.Int("shard-mib"))
+	}
+	if c.Int("max-record-mib") < 1 {
+		return fmt.Errorf("--max-record-mib %d: must be at least 1", c.Int("max-record-mib"))
+	}
+	cfg.Inputs, cfg.Out, cfg.Name = c.StringSlice("input"), c.String("out"), c.String("name")
+	cfg.Tokenizer, cfg.SeqLen, cfg.Holdout = tok, c.Int("seq-len"), c.Float64("holdout")
+	cfg.Format, cfg.Field, cfg.SkipBad = shard.Format(c.String("format")), c.String("field"), c.Bool("skip-bad")
+	cfg.ShardBytes, cfg.MaxRecordBytes = int64(c.Int("shard-mib"))<<20, c.Int("max-record-mib")<<20
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+
+	progress := newProgress(c.App.ErrWriter)
+	cfg.Progress = progress.update
+	start := time.Now()
+	res, err := shard.Prepare(c.Context, cfg)
+	elapsed := time.Since(start)
+	progress.finish()
+	if err != nil {
+		if errors.Is(err, shard.ErrBadInput) {
+			return fmt.Errorf("%w (--skip-bad skips and counts bad files and records)", err)
+		}
+		return err
+	}
+
+	m := res.Manifest
+	printIssues(c.App.ErrWriter, res.Issues, m.Source.Skipped)
+	w := c.App.Writer
+	fmt.Fprintf(w, "wrote %s: dataset %s, id %s\n", res.Dir, m.Name, m.ID)
+	fmt.Fprintf(w, "  %d documents from %s (%s), tokenizer %s, %d tokens, seq_len %d, holdout %g\n",
+		m.Source.Documents, plural(int(m.Source.Files), "file"), megabytes(m.Source.Bytes), m.Tokenizer, m.Source.Tokens, m.SeqLen, m.Holdout)
+	for _, s := range []shard.Split{shard.Train, shard.Heldout} {
+		t := m.Totals.Of(s)
+		fmt.Fprintf(w, "  %-8s %d sequences in %s (%s), %d tokens dropped after the last sequence\n",
+			s, t.Sequences, plural(t.Shards, "shard"), megabytes(t.Bytes), t.Dropped)
+	}
+	if len(m.Source.Skipped) > 0 {
+		fmt.Fprintf(w, "  skipped: %s\n", countsText(m.Source.Skipped))
+	}
+	if m.Totals.Train.Sequences == 0 {
+		fmt.Fprintln(w, "  warning: the train split is empty (lower --holdout or --seq-len)")
+	}
+	secs := elapsed.Seconds()
+	fmt.Fprintf(w, "prepared %s in %.2fs: %.1f MB/s of input, %s tokens/s\n",
+		megabytes(m.Source.Bytes), secs, float64(m.Source.Bytes)/1e6/secs, si(float64(m.Source.Tokens)/secs))
+	return nil
+}
+
+// printIssues lists what was left out, the first few of each kind.
+func printIssues(w io.Writer, issues []shard.Issue, counts map[shard.Reason]int64) {
+	const perReason = 10
+	shown := map[shard.Reason]int{}
+	for _, is := range issues {
+		if shown[is.Reason] < perReason {
+			verb := "skipped"
+			if is.Reason.Bad() {
+				verb = "skipped bad"
+			}
+			fmt.Fprintf(w, "%s %s\n", verb, is)
+		}
+		shown[is.Reason]++
+	}
+	for _, r := range slices.Sorted(maps.Keys(counts)) {
+		if n := counts[r]; int64(min(shown[r], perReason)) < n {
+			fmt.Fprintf(w, "... and %d more %s (all counted in manifest.json)\n", n-int64(min(shown[r], perReason)), r)
+		}
+	}
+}
+
+// countsText writes counts by reason as "binary 2, empty 1".
+func countsText(c map[shard.Reason]int64) string {
+	var parts []string
+	for _, r := range slices.Sorted(maps.Keys(c)) {
+		parts = append(parts, fmt.Sprintf("%s %d", r, c[r]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func megabytes(n int64) string { return fmt.Sprintf("%.2f MB", float64(n)/1e6) }
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+// si writes x with a k or M suffix: 12.3M.
+func si(x float64) string {
+	switch {
+	case x >= 1e6:
+		return fmt.Sprintf("%.1fM", x/1e6)
+	case x >= 1e3:
+		return fmt.Sprintf("%.1fk", x/1e3)
+	}
+	return fmt.Sprintf("%.0f", x)
+}
+
+// progress shows Prepare's progress on w: a bar when w is a terminal,
+// otherwise a plain line at every tenth of the input.
+type progress struct {
+	w        io.Writer
+	bar      *progressbar.ProgressBar // nil unless w is a terminal
+	nextTick int64                    // plain lines: the next tenth to report
+}
+
+func newProgress(w io.Writer) *progress {
+	return &progress{w: w, nextTick: 1}
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+func (p *progress) update(pr shard.Progress) {
+	desc := fmt.Sprintf("files %d/%d, %d tokens", pr.Files, pr.FilesTotal, pr.Tokens)
+	if p.bar == nil && isTerminal(p.w) {
+		p.bar = progressbar.NewOptions64(pr.BytesTotal,
+			progressbar.OptionSetWriter(p.w),
+			progressbar.OptionShowBytes(true),
+			progressbar.OptionSetPredictTime(true),
+			progressbar.OptionThrottle(100*time.Millisecond),
+			progressbar.OptionSetWidth(30),
+			progressbar.OptionClearOnFinish())
+	}
+	if p.bar != nil {
+		p.bar.Describe(desc)
+		p.bar.Set64(pr.Bytes)
+		return
+	}
+	if pr.BytesTotal <= 0 {
+		return
+	}
+	if tenth := pr.Bytes * 10 / pr.BytesTotal; tenth >= p.nextTick {
+		fmt.Fprintf(p.w, "prepare: %3d%% of %s, %s\n", tenth*10, megabytes(pr.BytesTotal), desc)
+		p.nextTick = tenth + 1
+	}
+}
+
+func (p *progress) finish() {
+	if p.bar != nil {
+		p.bar.Finish()
+		p.bar.Clear()
+	}
+}
+
+func runDataVerify(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return fmt.Errorf("data verify: want one dataset DIR, got %d arguments", c.NArg())
+	}
+	dir := c.Args().First()
+	r, err := shard.Verify(dir)
+	if err != nil {
+		return err
+	}
+	w := c.App.Writer
+	for _, p := range r.Problems {
+		fmt.Fprintf(w, "BAD %s\n", p)
+	}
+	m := r.Manifest
+	if !r.OK() {
+		return fmt.Errorf("%s: %d of %d shards bad", dir, len(r.Problems), r.Checked)
+	}
+	fmt.Fprintf(w, "ok %s: dataset %s, id %s: %d shards (train %d sequences, held-out %d), every hash and checksum good\n",
+		dir, m.Name, m.ID, r.Checked, m.Totals.Train.Sequences, m.Totals.Heldout.Sequences)
+	return nil
+}
