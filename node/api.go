@@ -56,6 +56,8 @@ type APIConfig struct {
 	// body; the response is one JSON BenchRow per line as each size
 	// completes, and a last line {"error": "..."} if the run failed).
 	Bench func(ctx context.Context, plan BenchPlan, emit func(allreduce.BenchRow)) error
+	// Routes, when set, adds the node's further endpoints to the mux.
+	Routes func(mux *http.ServeMux)
 }
 
 // ErrAPIToken is returned when the API would listen off localhost without a
@@ -114,6 +116,9 @@ func StartAPI(cfg APIConfig, status func() Status, reg *prometheus.Registry) (*A
 				enc.Encode(map[string]string{"error": err.Error()})
 			}
 		})
+	}
+	if cfg.Routes != nil {
+		cfg.Routes(mux)
 	}
 	var h http.Handler = mux
 	if cfg.Token != "" {

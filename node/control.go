@@ -8,6 +8,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/transport"
 )
 
@@ -29,18 +30,23 @@ const maxControlFrame = 1 << 20
 // Control operations.
 const (
 	opBenchAllreduce = "bench-allreduce"
+	opApply          = "apply"     // apply a coordinator command (to the leader)
+	opInventory      = "inventory" // which of these objects do you hold?
 )
 
 // controlRequest is one control call. Exactly the field of Op is set.
 type controlRequest struct {
-	Op    string        `json:"op"`
-	Bench *benchRequest `json:"bench,omitempty"`
+	Op        string            `json:"op"`
+	Bench     *benchRequest     `json:"bench,omitempty"`
+	Apply     []byte            `json:"apply,omitempty"` // an encoded coordinator command
+	Inventory *inventoryRequest `json:"inventory,omitempty"`
 }
 
 // controlResponse answers a controlRequest: Error, or the result of Op.
 type controlResponse struct {
-	Error string      `json:"error,omitempty"`
-	Bench *benchReply `json:"bench,omitempty"`
+	Error     string          `json:"error,omitempty"`
+	Bench     *benchReply     `json:"bench,omitempty"`
+	Inventory *inventoryReply `json:"inventory,omitempty"`
 }
 
 // decodeControlRequest parses and validates a request frame.
@@ -56,6 +62,18 @@ func decodeControlRequest(b []byte) (controlRequest, error) {
 		}
 		if err := req.Bench.validate(); err != nil {
 			return req, err
+		}
+	case opApply:
+		cmd, err := coordinator.DecodeCommand(req.Apply)
+		if err != nil {
+			return req, err
+		}
+		if !forwardable[cmd.Type()] {
+			return req, fmt.Errorf("node: control request: %s is not applied on a peer's behalf", cmd.Type())
+		}
+	case opInventory:
+		if req.Inventory == nil || len(req.Inventory.Hashes) > coordinator.MaxDatasetShards+1 {
+			return req, errors.New("node: control request inventory without hashes, or with too many")
 		}
 	default:
 		return req, fmt.Errorf("node: control request: unknown operation %q", req.Op)
@@ -110,6 +128,14 @@ func (n *Node) handleControl(ctx context.Context, s transport.Stream) {
 			} else {
 				resp.Bench = &benchReply{Rows: rows}
 			}
+		case opApply:
+			cmd, _ := coordinator.DecodeCommand(req.Apply) // validated above
+			if err := n.coord.Apply(ctx, cmd); err != nil {
+				resp.Error = fmt.Sprintf("node %s: %v", n.cfg.Name, err)
+			}
+		case opInventory:
+			inv := n.inventory(*req.Inventory)
+			resp.Inventory = &inv
 		}
 	}
 	out, _ := json.Marshal(resp)

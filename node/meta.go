@@ -20,6 +20,7 @@ type Meta struct {
 	Cores       int    `json:"cores"`          // logical CPUs
 	GPUs        int    `json:"gpus,omitempty"` // accelerators
 	MemoryBytes int64  `json:"mem"`            // physical memory
+	DiskBytes   int64  `json:"disk,omitempty"` // free bytes for data in the data directory
 	Build       string `json:"build"`          // braid version
 	RaftState   bool   `json:"raft,omitempty"` // has Raft state on disk (for bootstrap-expect)
 	Leaving     bool   `json:"leaving,omitempty"`
@@ -62,7 +63,7 @@ func DecodeMeta(b []byte) (Meta, error) {
 			return Meta{}, fmt.Errorf("%w: transport address %q has a forbidden byte", ErrBadMeta, m.QUICAddr)
 		}
 	}
-	if m.Cores < 0 || m.Cores > 1<<16 || m.GPUs < 0 || m.GPUs > 1<<10 || m.MemoryBytes < 0 || len(m.Build) > 64 {
+	if m.Cores < 0 || m.Cores > 1<<16 || m.GPUs < 0 || m.GPUs > 1<<10 || m.MemoryBytes < 0 || m.DiskBytes < 0 || len(m.Build) > 64 {
 		return Meta{}, fmt.Errorf("%w: out-of-range field in %+v", ErrBadMeta, m)
 	}
 	return m, nil

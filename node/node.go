@@ -18,7 +18,10 @@ import (
 	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/braidml/braid/coordinator"
+	"github.com/braidml/braid/node/blobstore"
 	"github.com/braidml/braid/transport"
 	"github.com/braidml/braid/transport/pki"
 	"github.com/braidml/braid/transport/quic"
@@ -108,6 +111,13 @@ type Node struct {
 
 	benchMu sync.Mutex // one benchmark ring at a time (see runBench)
 
+	// The dataset plane (data.go).
+	store    *blobstore.Store
+	shardSrv *blobstore.Server
+	dataKick chan struct{}
+	dataMu   sync.Mutex
+	fetchErr map[string]string // dataset name → last fetch error here
+
 	stop chan struct{}
 	wg   sync.WaitGroup
 	once sync.Once
@@ -126,7 +136,7 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	}
 	logger = logger.With("node", cfg.Name)
 	n := &Node{cfg: cfg, log: logger, tr: deps.Transport, reg: deps.Registry, stop: make(chan struct{}),
-		admitted: map[string]bool{cfg.Name: true}}
+		admitted: map[string]bool{cfg.Name: true}, dataKick: make(chan struct{}, 1), fetchErr: map[string]string{}}
 	if n.reg == nil {
 		n.reg = prometheus.NewRegistry()
 	}
@@ -160,6 +170,26 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	}
 	n.wg.Add(1)
 	go n.serveControl(ctl)
+	if n.store, err = blobstore.Open(filepath.Join(cfg.DataDir, "store")); err != nil {
+		return fail(err)
+	}
+	scfg := blobstore.DefaultServerConfig()
+	scfg.Logger = logger
+	if n.shardSrv, err = blobstore.NewServer(n.store, scfg); err != nil {
+		return fail(err)
+	}
+	shardLn, err := n.tr.Listen(transport.ProtoShard)
+	if err != nil {
+		return fail(err)
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go func() { <-n.stop; cancel() }()
+		n.shardSrv.Serve(ctx, shardLn)
+	}()
 	key := deps.GossipKey
 	if key == nil && !deps.InsecureGossip {
 		if key, err = pki.LoadGossipKey(cfg.TLSDir); err != nil {
@@ -180,12 +210,14 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	}
 	n.registerMetrics()
 	if cfg.HTTPAddr != "" {
-		if n.api, err = StartAPI(APIConfig{Addr: cfg.HTTPAddr, Token: cfg.HTTPToken, Bench: n.BenchAllreduce}, n.Status, n.reg); err != nil {
+		if n.api, err = StartAPI(APIConfig{Addr: cfg.HTTPAddr, Token: cfg.HTTPToken, Bench: n.BenchAllreduce, Routes: n.dataRoutes}, n.Status, n.reg); err != nil {
 			return fail(err)
 		}
 	}
 	n.wg.Add(1)
 	go n.run(hasState)
+	n.wg.Add(1)
+	go n.dataLoop()
 	logger.Info("node started", "quic", n.tr.Addr(), "gossip", n.ml.LocalAddr(), "raft_state", hasState, "bootstrap_expect", cfg.BootstrapExpect)
 	return n, nil
 }
@@ -207,7 +239,7 @@ func (n *Node) startQUIC() (transport.Transport, error) {
 // meta is what this node gossips about itself.
 func (n *Node) meta(raftState bool) Meta {
 	return Meta{Version: MetaVersion, QUICAddr: n.tr.Addr(), Cores: runtime.NumCPU(), GPUs: nvidiaGPUs(),
-		MemoryBytes: physicalMemory(), Build: n.cfg.Build, RaftState: raftState}
+		MemoryBytes: physicalMemory(), DiskBytes: freeDisk(n.cfg.DataDir), Build: n.cfg.Build, RaftState: raftState}
 }
 
 // run turns membership events into coordinator reports and bootstraps the
@@ -364,7 +396,7 @@ func (n *Node) maybeBootstrap() {
 
 func metaMap(m Meta) map[string]string {
 	return map[string]string{"cores": strconv.Itoa(m.Cores), "gpus": strconv.Itoa(m.GPUs),
-		"memory": strconv.FormatInt(m.MemoryBytes, 10), "build": m.Build}
+		"memory": strconv.FormatInt(m.MemoryBytes, 10), "disk": strconv.FormatInt(m.DiskBytes, 10), "build": m.Build}
 }
 
 // Name is this node's name.
@@ -475,6 +507,16 @@ func physicalMemory() int64 {
 		return 0
 	}
 	return kb * 1024
+}
+
+// freeDisk is the space available to an unprivileged user in dir's file
+// system (0 where unknown): a node's capacity for dataset shards.
+func freeDisk(dir string) int64 {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0
+	}
+	return int64(st.Bavail) * int64(st.Bsize)
 }
 
 // nvidiaGPUs counts the GPUs the NVIDIA driver lists (0 without one).

@@ -165,6 +165,37 @@ func TestThreeProcessCluster(t *testing.T) {
 		t.Fatalf("bench allreduce --api rows %+v:\n%s", rows, out)
 	}
 
+	// A dataset prepared here and pushed through one node is placed on two
+	// of the three and shown healthy by `braid data status`.
+	in := filepath.Join(t.TempDir(), "docs")
+	os.MkdirAll(in, 0o755)
+	for i := range 20 {
+		os.WriteFile(filepath.Join(in, fmt.Sprintf("d%02d.txt", i)), []byte(strings.Repeat(fmt.Sprintf("document %d. ", i), 300)), 0o644)
+	}
+	ds := filepath.Join(t.TempDir(), "ds")
+	mustRun(t, "data", "prepare", "--input", in, "--out", ds, "--seq-len", "64", "--shard-mib", "1", "--name", "docs")
+	mustRun(t, "data", "push", "--api", p3.api, ds)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := exec.Command(bin, "data", "status", "--json", "--api", p1.api, "docs").CombinedOutput()
+		var dst node.DatasetStatus
+		if err == nil && json.Unmarshal(out, &dst) == nil && dst.UnderReplicated == 0 && dst.Healthy == len(dst.Shards) && len(dst.Placement) > 0 {
+			for h, holders := range dst.Held {
+				if len(holders) < 2 {
+					t.Fatalf("shard %s held by %v", h, holders)
+				}
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dataset not replicated within 30 s: %v\n%s", err, out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if out, err := run(t, "data", "ls", "--api", p2.api); err != nil || !strings.Contains(out, "docs") {
+		t.Fatalf("data ls: %v\n%s", err, out)
+	}
+
 	// kill -9 of a node that is not the leader gives an epoch without it.
 	victim := p2
 	if st.Leader == "a2" {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -23,15 +24,32 @@ func apiFlags() []cli.Flag {
 	}
 }
 
-// getJSON fetches url from the API into v, with errors that say which node
-// and what went wrong.
+// getJSON fetches path from the API into v, with errors that say which
+// node and what went wrong.
 func getJSON(ctx context.Context, c *cli.Context, path string, v any) error {
+	return callAPI(ctx, c, http.MethodGet, path, nil, v, 10*time.Second)
+}
+
+// callAPI sends body (JSON, nil for none) to the API and decodes the answer
+// into v.
+func callAPI(ctx context.Context, c *cli.Context, method, path string, body, v any, timeout time.Duration) error {
 	url := strings.TrimRight(c.String("api"), "/") + path
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
 	if err != nil {
 		return fmt.Errorf("--api %q: %w", c.String("api"), err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	if tok := c.String("token"); tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)
@@ -41,15 +59,15 @@ func getJSON(ctx context.Context, c *cli.Context, path string, v any) error {
 		return fmt.Errorf("cannot reach the node API at %s (is `braid node` running there? set --api or BRAID_API): %w", c.String("api"), err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
 		return fmt.Errorf("reading %s: %w", url, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s: %s", url, resp.Status, strings.TrimSpace(string(body)))
+		return fmt.Errorf("%s %s: %s: %s", method, url, resp.Status, strings.TrimSpace(string(b)))
 	}
-	if err := json.Unmarshal(body, v); err != nil {
-		return fmt.Errorf("%s: not a status response: %w", url, err)
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%s: unexpected response: %w", url, err)
 	}
 	return nil
 }

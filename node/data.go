@@ -1,0 +1,511 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/braidml/braid/coordinator"
+	"github.com/braidml/braid/node/blobstore"
+	"github.com/braidml/braid/shard"
+	"github.com/braidml/braid/transport"
+)
+
+// The dataset plane of a node (ARCHITECTURE.md, "Place"):
+//
+//   - AddDataset imports a prepared dataset directory (verified shard by
+//     shard) into this node's content-addressed store and registers it with
+//     the coordinator; a local (federated) dataset's objects are marked
+//     private first, so the store's server refuses them to every peer.
+//   - The leader's placeLoop computes every dataset's placement with
+//     shard.Place (rendezvous hashing over the alive members, capacity-aware,
+//     r replicas) and commits it whenever it changes: a holder's death moves
+//     its shards to other members, which is re-replication.
+//   - Every node's fetchLoop pulls the shards placed on it (and the
+//     manifest) over transport.ProtoShard from the members that should hold
+//     them and from the dataset's source, resuming partial transfers and
+//     verifying every hash (blobstore.Store.Fetch).
+
+// DatasetOptions are AddDataset's choices.
+type DatasetOptions struct {
+	// Name overrides the manifest's name.
+	Name string
+	// Replicas is the replication factor r (default 2).
+	Replicas int
+	// Local keeps every shard on this node only (federated data).
+	Local bool
+}
+
+// DefaultReplicas is the replication factor when none is given.
+const DefaultReplicas = 2
+
+// AddDataset verifies the dataset prepared in dir (`braid data prepare`),
+// imports its shards and manifest into this node's store and registers it
+// with the coordinator (through the leader). It returns the registered
+// dataset.
+func (n *Node) AddDataset(ctx context.Context, dir string, opt DatasetOptions) (coordinator.Dataset, error) {
+	if opt.Replicas == 0 {
+		opt.Replicas = DefaultReplicas
+	}
+	if opt.Replicas < 1 || opt.Replicas > coordinator.MaxReplicas {
+		return coordinator.Dataset{}, fmt.Errorf("node: replicas %d, want 1..%d", opt.Replicas, coordinator.MaxReplicas)
+	}
+	rep, err := shard.Verify(dir)
+	if err != nil {
+		return coordinator.Dataset{}, err
+	}
+	if !rep.OK() {
+		var errs []error
+		for _, p := range rep.Problems {
+			errs = append(errs, p.Err)
+		}
+		return coordinator.Dataset{}, fmt.Errorf("node: dataset %s has %d bad shards (run `braid data verify %s`): %w", dir, len(rep.Problems), dir, errors.Join(errs...))
+	}
+	m := rep.Manifest
+	name := m.Name
+	if opt.Name != "" {
+		name = opt.Name
+	}
+	d := coordinator.Dataset{ID: m.ID, Name: name, Source: n.cfg.Name, Local: opt.Local, Replicas: opt.Replicas}
+	if opt.Local {
+		d.Replicas = 1
+	}
+	var hashes []string
+	seen := map[string]bool{}
+	for _, e := range m.Shards {
+		if seen[e.Hash] {
+			continue
+		}
+		seen[e.Hash] = true
+		d.Shards = append(d.Shards, coordinator.DatasetShard{Hash: e.Hash, Bytes: e.Bytes, Split: string(e.Split), Sequences: int(e.Sequences)})
+		hashes = append(hashes, e.Hash)
+	}
+	// Private before imported: a local dataset's bytes are never servable,
+	// not even for a moment.
+	mh, err := fileHash(filepath.Join(dir, shard.ManifestName))
+	if err != nil {
+		return d, err
+	}
+	d.Manifest = mh
+	if opt.Local {
+		for _, h := range append(hashes, mh) {
+			if err := n.store.MarkPrivate(h); err != nil {
+				return d, err
+			}
+		}
+	}
+	for _, h := range hashes {
+		if _, err := n.store.Import(shard.ShardPath(dir, h), h); err != nil {
+			return d, fmt.Errorf("node: importing shard %s of %s: %w", h[:12], dir, err)
+		}
+	}
+	if _, err := n.store.Import(filepath.Join(dir, shard.ManifestName), mh); err != nil {
+		return d, fmt.Errorf("node: importing the manifest of %s: %w", dir, err)
+	}
+	if err := n.applyAnywhere(ctx, coordinator.RegisterDataset{Dataset: d}); err != nil {
+		return d, err
+	}
+	n.kickData()
+	return d, nil
+}
+
+// fileHash is the hex SHA-256 of a file's bytes.
+func fileHash(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("node: %w", err)
+	}
+	return blobstore.Sum(b), nil
+}
+
+// Store is this node's content-addressed store (dataset shards, manifests).
+func (n *Node) Store() *blobstore.Store { return n.store }
+
+// ShardServer is the server of this node's store (its counters say what
+// was sent to peers).
+func (n *Node) ShardServer() *blobstore.Server { return n.shardSrv }
+
+// kickData wakes the placement and fetch loops at once.
+func (n *Node) kickData() {
+	select {
+	case n.dataKick <- struct{}{}:
+	default:
+	}
+}
+
+// dataLoop runs placement (on the leader) and fetching (everywhere) after
+// every change of the replicated state or of membership, and at least every
+// dataPoll.
+func (n *Node) dataLoop() {
+	defer n.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { <-n.stop; cancel() }()
+	for {
+		_, changed := n.coord.Watch()
+		if n.coord.IsLeader() {
+			n.place(ctx)
+		}
+		n.fetchPlaced(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-n.dataKick:
+		case <-time.After(dataPoll):
+		}
+	}
+}
+
+// dataPoll bounds how long a membership change goes unnoticed by the data
+// loop (membership changes reach it through the coordinator state, which
+// the leader updates from gossip, but a fetch that failed is retried on
+// this clock).
+const dataPoll = time.Second
+
+// placementNodes are the members shards may be placed on: the alive
+// members of the replicated state, with their capacity.
+func placementNodes(st coordinator.State) []shard.NodeCap {
+	var nodes []shard.NodeCap
+	for _, m := range st.Members {
+		if m.State != coordinator.MemberAlive {
+			continue
+		}
+		c, _ := strconv.ParseInt(m.Meta["disk"], 10, 64)
+		if c <= 0 {
+			c = 1 << 40 // unknown: as if 1 TiB
+		}
+		nodes = append(nodes, shard.NodeCap{ID: m.Name, CapacityBytes: c})
+	}
+	return nodes
+}
+
+// place commits a new placement for every dataset whose placement differs
+// from what shard.Place gives for the alive members now.
+func (n *Node) place(ctx context.Context) {
+	st := n.coord.State()
+	nodes := placementNodes(st)
+	for _, d := range st.Datasets {
+		refs := make([]shard.ShardRef, len(d.Shards))
+		for i, s := range d.Shards {
+			refs[i] = shard.ShardRef{Hash: s.Hash, Bytes: s.Bytes}
+		}
+		var p shard.Placement
+		var err error
+		if d.Local {
+			p, err = shard.PlaceLocal(refs, d.Source)
+		} else {
+			p, err = shard.Place(refs, nodes, min(d.Replicas, len(nodes)))
+		}
+		if err != nil {
+			n.log.Warn("cannot place dataset", "dataset", d.Name, "err", err)
+			continue
+		}
+		if samePlacement(d.Placement, p) {
+			continue
+		}
+		cmd := coordinator.PlaceDataset{ID: d.ID, Version: d.PlacementVersion + 1, Placement: p}
+		if err := n.coord.Apply(ctx, cmd); err != nil {
+			n.log.Warn("placement not committed", "dataset", d.Name, "err", err)
+			continue
+		}
+		n.log.Info("dataset placed", "dataset", d.Name, "version", cmd.Version, "members", len(nodes))
+	}
+}
+
+func samePlacement(a map[string][]string, b shard.Placement) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for h, holders := range b {
+		if !slices.Equal(a[h], holders) {
+			return false
+		}
+	}
+	return true
+}
+
+// fetchPlaced pulls every object placed on this node that it lacks.
+func (n *Node) fetchPlaced(ctx context.Context) {
+	st := n.coord.State()
+	addrs := map[string]string{}
+	for _, m := range n.ml.Members() {
+		if m.State == "alive" && m.Name != n.cfg.Name {
+			addrs[m.Name] = m.Meta.QUICAddr
+		}
+	}
+	for _, d := range st.Datasets {
+		var mine []coordinator.DatasetShard
+		for _, s := range d.Shards {
+			if slices.Contains(d.Placement[s.Hash], n.cfg.Name) && !n.store.Has(s.Hash) {
+				mine = append(mine, s)
+			}
+		}
+		if len(mine) == 0 && (len(d.Placement) == 0 || n.store.Has(d.Manifest) || !holdsAny(d, n.cfg.Name)) {
+			continue
+		}
+		// sources lists who may have h: its holders and the dataset's source.
+		sources := func(h string) []blobstore.Source {
+			var out []blobstore.Source
+			for _, name := range append(slices.Clone(d.Placement[h]), d.Source) {
+				if a, ok := addrs[name]; ok && !slices.ContainsFunc(out, func(s blobstore.Source) bool { return string(s.Peer) == name }) {
+					out = append(out, blobstore.Source{Peer: transport.PeerID(name), Addr: a})
+				}
+			}
+			return out
+		}
+		if !n.store.Has(d.Manifest) {
+			var srcs []blobstore.Source
+			for _, s := range d.Shards {
+				srcs = append(srcs, sources(s.Hash)...)
+			}
+			srcs = slices.CompactFunc(srcs, func(a, b blobstore.Source) bool { return a.Peer == b.Peer })
+			if err := n.store.Fetch(ctx, n.tr, transport.ProtoShard, srcs, d.Manifest, blobstore.SizeUnknown, blobstore.FetchOptions{Logger: n.log}); err != nil {
+				n.noteFetch(d.Name, err)
+				continue
+			}
+		}
+		for _, s := range mine {
+			if ctx.Err() != nil {
+				return
+			}
+			err := n.store.Fetch(ctx, n.tr, transport.ProtoShard, sources(s.Hash), s.Hash, s.Bytes, blobstore.FetchOptions{Logger: n.log})
+			n.noteFetch(d.Name, err)
+			if err == nil {
+				n.log.Info("shard fetched", "dataset", d.Name, "shard", s.Hash[:12], "bytes", s.Bytes)
+			}
+		}
+	}
+}
+
+func holdsAny(d coordinator.Dataset, name string) bool {
+	for _, holders := range d.Placement {
+		if slices.Contains(holders, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// noteFetch records the last fetch error per dataset (nil clears it), for
+// DatasetStatus.
+func (n *Node) noteFetch(dataset string, err error) {
+	n.dataMu.Lock()
+	defer n.dataMu.Unlock()
+	if err == nil {
+		delete(n.fetchErr, dataset)
+		return
+	}
+	n.fetchErr[dataset] = err.Error()
+	n.log.Warn("shard fetch failed; retrying", "dataset", dataset, "err", err)
+}
+
+// DatasetStatus is one dataset as `braid data status` shows it.
+type DatasetStatus struct {
+	coordinator.Dataset
+	// Held lists, for every shard, the live holders that have it.
+	Held map[string][]string `json:"held"`
+	// Healthy counts the shards with Replicas live copies (1 for a local
+	// dataset); UnderReplicated the others.
+	Healthy         int `json:"healthy"`
+	UnderReplicated int `json:"under_replicated"`
+	// Errors are members' last fetch errors for this dataset.
+	Errors map[string]string `json:"errors,omitempty"`
+}
+
+// Datasets lists the registered datasets.
+func (n *Node) Datasets() []coordinator.Dataset { return n.coord.State().Datasets }
+
+// DatasetStatus asks every alive member what it holds of dataset key (name
+// or ID) and reports replica health.
+func (n *Node) DatasetStatus(ctx context.Context, key string) (DatasetStatus, error) {
+	d, ok := n.coord.State().Dataset(key)
+	if !ok {
+		return DatasetStatus{}, fmt.Errorf("node: no dataset %q (see `braid data ls`)", key)
+	}
+	ds := DatasetStatus{Dataset: d, Held: map[string][]string{}, Errors: map[string]string{}}
+	hashes := make([]string, len(d.Shards))
+	for i, s := range d.Shards {
+		hashes[i] = s.Hash
+	}
+	type answer struct {
+		name string
+		inv  inventoryReply
+		err  error
+	}
+	var (
+		wg  sync.WaitGroup
+		mu  sync.Mutex
+		all []answer
+	)
+	for _, m := range n.ml.Members() {
+		if m.State != "alive" {
+			continue
+		}
+		wg.Go(func() {
+			var a answer
+			a.name = m.Name
+			if m.Name == n.cfg.Name {
+				a.inv = n.inventory(inventoryRequest{Dataset: d.Name, Hashes: hashes})
+			} else {
+				resp, err := n.callControl(ctx, m.Name, m.Meta.QUICAddr, controlRequest{Op: opInventory, Inventory: &inventoryRequest{Dataset: d.Name, Hashes: hashes}})
+				a.err = err
+				if resp.Inventory != nil {
+					a.inv = *resp.Inventory
+				}
+			}
+			mu.Lock()
+			all = append(all, a)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	slices.SortFunc(all, func(a, b answer) int {
+		if a.name < b.name {
+			return -1
+		}
+		return 1
+	})
+	for _, a := range all {
+		if a.err != nil {
+			ds.Errors[a.name] = a.err.Error()
+			continue
+		}
+		if a.inv.FetchError != "" {
+			ds.Errors[a.name] = a.inv.FetchError
+		}
+		for _, h := range a.inv.Held {
+			ds.Held[h] = append(ds.Held[h], a.name)
+		}
+	}
+	want := d.Replicas
+	if d.Local {
+		want = 1
+	}
+	want = min(want, len(all))
+	for _, h := range hashes {
+		if len(ds.Held[h]) >= want {
+			ds.Healthy++
+		} else {
+			ds.UnderReplicated++
+		}
+	}
+	if len(ds.Errors) == 0 {
+		ds.Errors = nil
+	}
+	return ds, nil
+}
+
+// inventoryRequest asks a member which of Hashes it holds.
+type inventoryRequest struct {
+	Dataset string   `json:"dataset"`
+	Hashes  []string `json:"hashes"`
+}
+
+// inventoryReply lists the hashes held and the member's last fetch error
+// for the dataset.
+type inventoryReply struct {
+	Held       []string `json:"held"`
+	FetchError string   `json:"fetch_error,omitempty"`
+}
+
+func (n *Node) inventory(req inventoryRequest) inventoryReply {
+	var r inventoryReply
+	for _, h := range req.Hashes {
+		if n.store.Has(h) {
+			r.Held = append(r.Held, h)
+		}
+	}
+	n.dataMu.Lock()
+	r.FetchError = n.fetchErr[req.Dataset]
+	n.dataMu.Unlock()
+	return r
+}
+
+// applyAnywhere applies cmd on the leader: here when this node leads, else
+// forwarded over the control protocol.
+func (n *Node) applyAnywhere(ctx context.Context, cmd coordinator.Command) error {
+	err := n.coord.Apply(ctx, cmd)
+	var nl *coordinator.NotLeaderError
+	if !errors.As(err, &nl) {
+		return err
+	}
+	if nl.Leader == "" {
+		return fmt.Errorf("node: %w; try again once the cluster has elected one", err)
+	}
+	b, err := coordinator.EncodeCommand(cmd)
+	if err != nil {
+		return err
+	}
+	_, err = n.callControl(ctx, nl.Leader, nl.Addr, controlRequest{Op: opApply, Apply: b})
+	return err
+}
+
+// forwardable lists the commands a peer may ask the leader to apply; the
+// rest (members, epochs) are the leader's own decisions.
+var forwardable = map[coordinator.CommandType]bool{
+	coordinator.TypeRegisterDataset: true,
+	coordinator.TypeDeleteDataset:   true,
+}
+
+// Transport is the node's transport (tests, tools).
+func (n *Node) Transport() transport.Transport { return n.tr }
+
+// AddDatasetRequest is the body of POST /v1/datasets.
+type AddDatasetRequest struct {
+	// Dir is the prepared dataset's directory on this node's machine.
+	Dir      string `json:"dir"`
+	Name     string `json:"name,omitempty"`
+	Replicas int    `json:"replicas,omitempty"`
+	Local    bool   `json:"local,omitempty"`
+}
+
+// dataRoutes serves the dataset endpoints of the HTTP API:
+//
+//	GET  /v1/datasets          the registered datasets (JSON array)
+//	POST /v1/datasets          register one (AddDatasetRequest) → the dataset
+//	GET  /v1/datasets/{name}   DatasetStatus (name or ID)
+func (n *Node) dataRoutes(mux *http.ServeMux) {
+	writeJSON := func(w http.ResponseWriter, code int, v any) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(code)
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(v)
+	}
+	mux.HandleFunc("GET /v1/datasets", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, n.Datasets())
+	})
+	mux.HandleFunc("POST /v1/datasets", func(w http.ResponseWriter, r *http.Request) {
+		var req AddDatasetRequest
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil || req.Dir == "" {
+			http.Error(w, fmt.Sprintf("braid: dataset request: want {\"dir\": ...}: %v", err), http.StatusBadRequest)
+			return
+		}
+		d, err := n.AddDataset(r.Context(), req.Dir, DatasetOptions{Name: req.Name, Replicas: req.Replicas, Local: req.Local})
+		if err != nil {
+			http.Error(w, "braid: "+err.Error(), http.StatusUnprocessableEntity)
+			return
+		}
+		writeJSON(w, http.StatusOK, d)
+	})
+	mux.HandleFunc("GET /v1/datasets/{name}", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+		defer cancel()
+		st, err := n.DatasetStatus(ctx, r.PathValue("name"))
+		if err != nil {
+			http.Error(w, "braid: "+err.Error(), http.StatusNotFound)
+			return
+		}
+		writeJSON(w, http.StatusOK, st)
+	})
+}
