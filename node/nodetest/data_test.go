@@ -181,3 +181,39 @@ func TestLocalDatasetNeverLeavesItsNode(t *testing.T) {
 		t.Errorf("%d bytes served in all, want at least the 2 copies of the shared dataset (%d bytes each)", served, sharedBytes)
 	}
 }
+
+// A shard whose bytes went bad on a holder's disk is found by Scrub,
+// deleted, and copied again from the other replica.
+func TestCorruptShardIsRefetchedFromAReplica(t *testing.T) {
+	c := NewCluster(t, 3)
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
+	dir, _ := prepareDataset(t, "jargon", 20)
+	if _, err := c.Node("n1").AddDataset(context.Background(), dir, node.DatasetOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	st := waitHealthy(c, "n1", "jargon", heldAsPlaced)
+	// Corrupt one shard on one of its holders.
+	var victim, h string
+	for hash, holders := range st.Placement {
+		victim, h = holders[0], hash
+		break
+	}
+	path, err := c.Node(victim).Store().Path(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(path)
+	b[len(b)/2] ^= 0xff
+	os.Chmod(path, 0o644)
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bad, err := c.Node(victim).Scrub(context.Background())
+	if err != nil || !slices.Equal(bad, []string{h}) {
+		t.Fatalf("Scrub on %s: %v, %v; want [%s]", victim, bad, err, h[:12])
+	}
+	waitHealthy(c, "n1", "jargon", heldAsPlaced)
+	if got, _ := os.ReadFile(path); blobstore.Sum(got) != h {
+		t.Fatalf("%s's copy of %s was not repaired", victim, h[:12])
+	}
+}
