@@ -54,12 +54,17 @@ const (
 	TypeRegisterDataset CommandType = "dataset.register"
 	TypePlaceDataset    CommandType = "dataset.place"
 	TypeDeleteDataset   CommandType = "dataset.delete"
+
+	TypeSubmitJob        CommandType = "job.submit"
+	TypeSetJobState      CommandType = "job.state"
+	TypeRecordCheckpoint CommandType = "job.checkpoint"
 )
 
 // Command is one change to the replicated state. The concrete types are the
 // ones in this file (JoinMember, LeaveMember, FailMember, CommitEpoch,
-// SetSetting, DeleteSetting) and in dataset.go (RegisterDataset,
-// PlaceDataset, DeleteDataset); the interface is sealed so that every command
+// SetSetting, DeleteSetting), in dataset.go (RegisterDataset,
+// PlaceDataset, DeleteDataset) and in job.go (SubmitJob, SetJobState,
+// RecordCheckpoint); the interface is sealed so that every command
 // has a decoder, a validator and a deterministic apply.
 type Command interface {
 	// Type is the command's name in the envelope.
@@ -131,6 +136,10 @@ var decoders = map[CommandType]func([]byte) (Command, error){
 	TypeRegisterDataset: decodePayload[RegisterDataset],
 	TypePlaceDataset:    decodePayload[PlaceDataset],
 	TypeDeleteDataset:   decodePayload[DeleteDataset],
+
+	TypeSubmitJob:        decodePayload[SubmitJob],
+	TypeSetJobState:      decodePayload[SetJobState],
+	TypeRecordCheckpoint: decodePayload[RecordCheckpoint],
 }
 
 // envelope is the wire form of a command.

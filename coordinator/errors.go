@@ -29,6 +29,11 @@ var (
 	// ErrConflict: a dataset's ID or name is already registered for
 	// something else.
 	ErrConflict = errors.New("coordinator: conflicting dataset")
+	// ErrUnknownJob: a command names a job the FSM does not hold.
+	ErrUnknownJob = errors.New("coordinator: unknown job")
+	// ErrJobFinal: a job's state change does not apply to its current
+	// state (it has ended, or it is not in one of the expected states).
+	ErrJobFinal = errors.New("coordinator: job state change refused")
 	// ErrInvalidSnapshot: a snapshot failed to decode or to validate.
 	ErrInvalidSnapshot = errors.New("coordinator: invalid snapshot")
 	// ErrNotLeader: the operation needs the leader. Returned as a

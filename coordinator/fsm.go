@@ -26,10 +26,12 @@ type fsmState struct {
 	epoch    Epoch
 	settings map[string]string
 	datasets map[string]Dataset // by ID
+	jobs     map[string]Job     // by ID
+	jobSeq   uint64             // jobs submitted so far
 }
 
 func newFSMState() *fsmState {
-	return &fsmState{members: map[string]Member{}, settings: map[string]string{}, datasets: map[string]Dataset{}}
+	return &fsmState{members: map[string]Member{}, settings: map[string]string{}, datasets: map[string]Dataset{}, jobs: map[string]Job{}}
 }
 
 // export returns a deep copy in the public form, members sorted by name.
@@ -39,6 +41,8 @@ func (s *fsmState) export() State {
 		Epoch:    s.epoch.Clone(),
 		Settings: maps.Clone(s.settings),
 		Datasets: s.exportDatasets(),
+		Jobs:     s.exportJobs(),
+		JobSeq:   s.jobSeq,
 	}
 	for _, name := range slices.Sorted(maps.Keys(s.members)) {
 		st.Members = append(st.Members, s.members[name].Clone())
@@ -193,6 +197,9 @@ func encodeState(st State) ([]byte, error) {
 	if st.Datasets == nil {
 		st.Datasets = []Dataset{}
 	}
+	if st.Jobs == nil {
+		st.Jobs = []Job{}
+	}
 	return json.Marshal(snapshotDoc{Version: SnapshotVersion, State: st})
 }
 
@@ -310,6 +317,27 @@ func decodeState(b []byte) (*fsmState, error) {
 		}
 		s.datasets[d.ID] = d.Clone()
 	}
+	if len(st.Jobs) > MaxJobs {
+		return nil, fmt.Errorf("%w: %d jobs, limit %d", ErrInvalidSnapshot, len(st.Jobs), MaxJobs)
+	}
+	for _, j := range st.Jobs {
+		if err := (SubmitJob{ID: j.ID, Spec: j.Spec, SubmittedBy: j.SubmittedBy}).validate(); err != nil {
+			return nil, restoreErr(err)
+		}
+		if !j.State.valid() || len(j.Checkpoints) > MaxCheckpoints || j.Seq == 0 || j.Seq > st.JobSeq {
+			return nil, fmt.Errorf("%w: job %s: state %q, %d checkpoints, seq %d", ErrInvalidSnapshot, j.ID, truncate(string(j.State), 20), len(j.Checkpoints), j.Seq)
+		}
+		for _, cp := range j.Checkpoints {
+			if err := cp.validate(); err != nil {
+				return nil, fmt.Errorf("%w: job %s: %v", ErrInvalidSnapshot, j.ID, err)
+			}
+		}
+		if _, dup := s.jobs[j.ID]; dup {
+			return nil, fmt.Errorf("%w: job %s listed twice", ErrInvalidSnapshot, j.ID)
+		}
+		s.jobs[j.ID] = j.Clone()
+	}
+	s.jobSeq = st.JobSeq
 	return s, nil
 }
 

@@ -59,6 +59,9 @@ func validCommands() []Command {
 		RegisterDataset{Dataset: testDataset("legal", false)},
 		PlaceDataset{ID: hexHash('d'), Version: 1, Placement: map[string][]string{hexHash('1'): {"n1", "n2"}}},
 		DeleteDataset{ID: hexHash('d')},
+		SubmitJob{ID: "job-1", Spec: testJobSpec(), SubmittedBy: "n1"},
+		SetJobState{ID: "job-1", State: JobFailed, Error: "n3's weights differ", From: []JobState{JobRunning}},
+		RecordCheckpoint{ID: "job-1", Checkpoint: testCheckpoint(20)},
 	}
 }
 

@@ -258,3 +258,29 @@ func (c *Coordinator) reconcileServers(ctx context.Context) error {
 	}
 	return nil
 }
+
+// RenewEpoch commits a new epoch with the same live members when the
+// current epoch is still epoch: the workers' way to rebuild a ring that
+// broke although nobody left (a stall, a transient network error), and to
+// make everyone resynchronise on a fresh epoch ID. Members that are no
+// longer alive are left out as usual. Leader only; a stale epoch is not an
+// error (someone else renewed it, or membership moved on).
+func (c *Coordinator) RenewEpoch(ctx context.Context, epoch uint64) error {
+	st := c.fsm.state()
+	if st.Epoch.ID != epoch {
+		return nil
+	}
+	ring := nextRing(st.Epoch.Members, st.Alive())
+	if len(ring) == 0 {
+		return fmt.Errorf("coordinator: no alive members to renew epoch %d with", epoch)
+	}
+	cmd := CommitEpoch{ID: epoch + 1, Members: ring, StartStep: st.Epoch.StartStep}
+	if err := c.propose(ctx, cmd); err != nil {
+		if errors.Is(err, ErrStaleEpoch) {
+			return nil
+		}
+		return fmt.Errorf("%s %d: %w", cmd.Type(), cmd.ID, err)
+	}
+	c.log.Info("renewed epoch", "epoch", cmd.ID, "members", ring)
+	return nil
+}

@@ -63,6 +63,9 @@ type State struct {
 	Settings map[string]string `json:"settings"`
 	// Datasets are the registered datasets, sorted by name.
 	Datasets []Dataset `json:"datasets"`
+	// Jobs are the submitted jobs, in submission order; JobSeq counts them.
+	Jobs   []Job  `json:"jobs"`
+	JobSeq uint64 `json:"job_seq"`
 }
 
 // Member returns the member called name.

@@ -1,0 +1,335 @@
+package coordinator
+
+import (
+	"fmt"
+	"math"
+	"slices"
+)
+
+// Jobs in the replicated state: what was submitted, in which state it is,
+// and where its checkpoints are. Per-step progress is not replicated (it is
+// served by the workers); only what must survive a restart of the whole
+// cluster is.
+
+// Bounds on jobs.
+const (
+	// MaxJobs bounds the jobs the FSM holds (finished ones included).
+	MaxJobs = 256
+	// MaxCheckpoints bounds the checkpoint records kept per job (the
+	// newest are kept).
+	MaxCheckpoints = 8
+	// MaxJobSteps bounds a job's steps.
+	MaxJobSteps = 100_000_000
+)
+
+// JobState is where a job is in its life.
+type JobState string
+
+// The job states. Submitted → running → completed | failed | cancelled; a
+// submitted job may also be cancelled or fail before it runs.
+const (
+	JobSubmitted JobState = "submitted"
+	JobRunning   JobState = "running"
+	JobCompleted JobState = "completed"
+	JobFailed    JobState = "failed"
+	JobCancelled JobState = "cancelled"
+)
+
+// Final reports whether the job has ended.
+func (s JobState) Final() bool { return s == JobCompleted || s == JobFailed || s == JobCancelled }
+
+func (s JobState) valid() bool {
+	return s == JobSubmitted || s == JobRunning || s.Final()
+}
+
+// ModelRef names a model by the content hashes of its two files, fetched
+// from peers like dataset shards.
+type ModelRef struct {
+	Config  string `json:"config"`  // config.json
+	Weights string `json:"weights"` // model.safetensors
+}
+
+// JobSpec is what a job trains: fixed at submission.
+type JobSpec struct {
+	Base        ModelRef `json:"base"`
+	Dataset     string   `json:"dataset"` // dataset ID
+	Steps       int      `json:"steps"`
+	GlobalBatch int      `json:"global_batch"`
+	MicroBatch  int      `json:"micro_batch"`
+	LR          float64  `json:"lr"`
+	MinLRFrac   float64  `json:"min_lr_frac"`
+	Warmup      int      `json:"warmup"`
+	WeightDecay float64  `json:"weight_decay"`
+	Clip        float64  `json:"clip"`
+	Seed        uint64   `json:"seed"`
+	// CheckpointEvery and EvalEvery are in steps (0: only at the end).
+	CheckpointEvery int `json:"checkpoint_every"`
+	EvalEvery       int `json:"eval_every"`
+	// HashEvery is how often the workers' weights are compared.
+	HashEvery int `json:"hash_every"`
+	// Replicas is how many members hold each checkpoint.
+	Replicas int `json:"replicas"`
+}
+
+// Checkpoint records a checkpoint of a job: the step it was taken after,
+// the hashes of its files, and the members that hold them.
+type Checkpoint struct {
+	Step    int      `json:"step"`
+	Config  string   `json:"config"`  // config.json
+	Weights string   `json:"weights"` // model.safetensors
+	State   string   `json:"state"`   // the workers' snapshot (weights, optimizer, step)
+	Hash    string   `json:"weights_hash"`
+	Holders []string `json:"holders"`
+}
+
+// Job is a submitted job.
+type Job struct {
+	ID          string       `json:"id"`
+	Spec        JobSpec      `json:"spec"`
+	State       JobState     `json:"state"`
+	Error       string       `json:"error,omitempty"`
+	SubmittedBy string       `json:"submitted_by"`
+	Seq         uint64       `json:"seq"` // submission order
+	Checkpoints []Checkpoint `json:"checkpoints,omitempty"`
+}
+
+// Clone returns a deep copy of j.
+func (j Job) Clone() Job {
+	j.Checkpoints = slices.Clone(j.Checkpoints)
+	for i := range j.Checkpoints {
+		j.Checkpoints[i].Holders = slices.Clone(j.Checkpoints[i].Holders)
+	}
+	return j
+}
+
+// LastCheckpoint is the newest checkpoint record, if any.
+func (j Job) LastCheckpoint() (Checkpoint, bool) {
+	if len(j.Checkpoints) == 0 {
+		return Checkpoint{}, false
+	}
+	return j.Checkpoints[len(j.Checkpoints)-1], true
+}
+
+// Job returns the job with id.
+func (s State) Job(id string) (Job, bool) {
+	for _, j := range s.Jobs {
+		if j.ID == id {
+			return j, true
+		}
+	}
+	return Job{}, false
+}
+
+// SubmitJob adds a job in state submitted.
+type SubmitJob struct {
+	ID          string  `json:"id"`
+	Spec        JobSpec `json:"spec"`
+	SubmittedBy string  `json:"submitted_by"`
+}
+
+// SetJobState moves a job to State (with Error for failed). A final job
+// does not change again; From, when set, must contain the current state
+// (so that, say, a late "running" cannot undo a cancel).
+type SetJobState struct {
+	ID    string     `json:"id"`
+	State JobState   `json:"state"`
+	Error string     `json:"error,omitempty"`
+	From  []JobState `json:"from,omitempty"`
+}
+
+// RecordCheckpoint appends a checkpoint record; its step must be after the
+// last one's.
+type RecordCheckpoint struct {
+	ID         string     `json:"id"`
+	Checkpoint Checkpoint `json:"checkpoint"`
+}
+
+func (SubmitJob) Type() CommandType        { return TypeSubmitJob }
+func (SetJobState) Type() CommandType      { return TypeSetJobState }
+func (RecordCheckpoint) Type() CommandType { return TypeRecordCheckpoint }
+
+func validJobID(id string) error {
+	if len(id) < 1 || len(id) > 64 {
+		return fmt.Errorf("job id %q: want 1..64 bytes", truncate(id, 70))
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return fmt.Errorf("job id %q: want a-z, 0-9 and -", truncate(id, 70))
+		}
+	}
+	return nil
+}
+
+func finite(name string, v float64, lo, hi float64) error {
+	if math.IsNaN(v) || math.IsInf(v, 0) || v < lo || v > hi {
+		return fmt.Errorf("%s %v out of range [%v, %v]", name, v, lo, hi)
+	}
+	return nil
+}
+
+func (s JobSpec) validate() error {
+	if err := validHash(s.Base.Config); err != nil {
+		return fmt.Errorf("base config: %v", err)
+	}
+	if err := validHash(s.Base.Weights); err != nil {
+		return fmt.Errorf("base weights: %v", err)
+	}
+	if err := validHash(s.Dataset); err != nil {
+		return fmt.Errorf("dataset: %v", err)
+	}
+	switch {
+	case s.Steps < 1 || s.Steps > MaxJobSteps:
+		return fmt.Errorf("steps %d out of range 1..%d", s.Steps, MaxJobSteps)
+	case s.GlobalBatch < 1 || s.GlobalBatch > 1<<20:
+		return fmt.Errorf("global batch %d out of range 1..%d", s.GlobalBatch, 1<<20)
+	case s.MicroBatch < 1 || s.MicroBatch > s.GlobalBatch:
+		return fmt.Errorf("micro batch %d out of range 1..global batch %d", s.MicroBatch, s.GlobalBatch)
+	case s.Warmup < 0 || s.CheckpointEvery < 0 || s.EvalEvery < 0 || s.HashEvery < 0:
+		return fmt.Errorf("warmup, checkpoint_every, eval_every and hash_every must not be negative")
+	case s.Replicas < 1 || s.Replicas > MaxReplicas:
+		return fmt.Errorf("replicas %d out of range 1..%d", s.Replicas, MaxReplicas)
+	}
+	for _, f := range []struct {
+		name      string
+		v, lo, hi float64
+	}{{"lr", s.LR, 0, 10}, {"min_lr_frac", s.MinLRFrac, 0, 1}, {"weight_decay", s.WeightDecay, 0, 10}, {"clip", s.Clip, 0, 1e6}} {
+		if err := finite(f.name, f.v, f.lo, f.hi); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c SubmitJob) validate() error {
+	if err := validJobID(c.ID); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrInvalidCommand, c.Type(), err)
+	}
+	if err := validName(c.SubmittedBy); err != nil {
+		return fmt.Errorf("%w: %s %s: submitted_by: %v", ErrInvalidCommand, c.Type(), c.ID, err)
+	}
+	if err := c.Spec.validate(); err != nil {
+		return fmt.Errorf("%w: %s %s: %v", ErrInvalidCommand, c.Type(), c.ID, err)
+	}
+	return nil
+}
+
+func (c SetJobState) validate() error {
+	if err := validJobID(c.ID); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrInvalidCommand, c.Type(), err)
+	}
+	if !c.State.valid() || c.State == JobSubmitted {
+		return fmt.Errorf("%w: %s %s: state %q", ErrInvalidCommand, c.Type(), c.ID, truncate(string(c.State), 20))
+	}
+	for _, f := range c.From {
+		if !f.valid() {
+			return fmt.Errorf("%w: %s %s: from state %q", ErrInvalidCommand, c.Type(), c.ID, truncate(string(f), 20))
+		}
+	}
+	if len(c.Error) > MaxSettingValueLen {
+		return fmt.Errorf("%w: %s %s: error of %d bytes", ErrInvalidCommand, c.Type(), c.ID, len(c.Error))
+	}
+	return nil
+}
+
+func (c Checkpoint) validate() error {
+	if c.Step < 0 || c.Step > MaxJobSteps {
+		return fmt.Errorf("checkpoint step %d", c.Step)
+	}
+	for _, h := range []string{c.Config, c.Weights, c.State, c.Hash} {
+		if err := validHash(h); err != nil {
+			return fmt.Errorf("checkpoint at step %d: %v", c.Step, err)
+		}
+	}
+	if len(c.Holders) < 1 || len(c.Holders) > MaxReplicas {
+		return fmt.Errorf("checkpoint at step %d: %d holders", c.Step, len(c.Holders))
+	}
+	for _, h := range c.Holders {
+		if err := validName(h); err != nil {
+			return fmt.Errorf("checkpoint at step %d: holder: %v", c.Step, err)
+		}
+	}
+	return nil
+}
+
+func (c RecordCheckpoint) validate() error {
+	if err := validJobID(c.ID); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrInvalidCommand, c.Type(), err)
+	}
+	if err := c.Checkpoint.validate(); err != nil {
+		return fmt.Errorf("%w: %s %s: %v", ErrInvalidCommand, c.Type(), c.ID, err)
+	}
+	return nil
+}
+
+func (c SubmitJob) apply(s *fsmState) error {
+	if _, ok := s.jobs[c.ID]; ok {
+		return fmt.Errorf("%w: %s: job %s exists", ErrConflict, c.Type(), c.ID)
+	}
+	if _, ok := s.datasets[c.Spec.Dataset]; !ok {
+		return fmt.Errorf("%w: %s %s: dataset %s", ErrUnknownDataset, c.Type(), c.ID, c.Spec.Dataset[:12])
+	}
+	if len(s.jobs) >= MaxJobs {
+		return fmt.Errorf("%w: %s: %d jobs, limit %d", ErrLimit, c.Type(), len(s.jobs), MaxJobs)
+	}
+	s.jobSeq++
+	s.jobs[c.ID] = Job{ID: c.ID, Spec: c.Spec, State: JobSubmitted, SubmittedBy: c.SubmittedBy, Seq: s.jobSeq}
+	return nil
+}
+
+func (c SetJobState) apply(s *fsmState) error {
+	j, ok := s.jobs[c.ID]
+	if !ok {
+		return fmt.Errorf("%w: %s: job %s", ErrUnknownJob, c.Type(), c.ID)
+	}
+	if j.State.Final() {
+		return fmt.Errorf("%w: %s %s: the job is already %s", ErrJobFinal, c.Type(), c.ID, j.State)
+	}
+	if len(c.From) > 0 && !slices.Contains(c.From, j.State) {
+		return fmt.Errorf("%w: %s %s: the job is %s, not %v", ErrJobFinal, c.Type(), c.ID, j.State, c.From)
+	}
+	j = j.Clone()
+	j.State, j.Error = c.State, c.Error
+	s.jobs[c.ID] = j
+	return nil
+}
+
+func (c RecordCheckpoint) apply(s *fsmState) error {
+	j, ok := s.jobs[c.ID]
+	if !ok {
+		return fmt.Errorf("%w: %s: job %s", ErrUnknownJob, c.Type(), c.ID)
+	}
+	if last, ok := j.LastCheckpoint(); ok && c.Checkpoint.Step <= last.Step {
+		return fmt.Errorf("%w: %s %s: step %d is not after the last checkpoint's %d", ErrStaleEpoch, c.Type(), c.ID, c.Checkpoint.Step, last.Step)
+	}
+	if c.Checkpoint.Step > j.Spec.Steps {
+		return fmt.Errorf("%w: %s %s: step %d beyond the job's %d steps", ErrInvalidCommand, c.Type(), c.ID, c.Checkpoint.Step, j.Spec.Steps)
+	}
+	j = j.Clone()
+	cp := c.Checkpoint
+	cp.Holders = slices.Clone(cp.Holders)
+	j.Checkpoints = append(j.Checkpoints, cp)
+	if len(j.Checkpoints) > MaxCheckpoints {
+		j.Checkpoints = j.Checkpoints[len(j.Checkpoints)-MaxCheckpoints:]
+	}
+	s.jobs[c.ID] = j
+	return nil
+}
+
+// exportJobs returns the jobs in submission order, deep-copied.
+func (s *fsmState) exportJobs() []Job {
+	out := make([]Job, 0, len(s.jobs))
+	for _, j := range s.jobs {
+		out = append(out, j.Clone())
+	}
+	slices.SortFunc(out, func(a, b Job) int {
+		if a.Seq < b.Seq {
+			return -1
+		}
+		if a.Seq > b.Seq {
+			return 1
+		}
+		return 0
+	})
+	return out
+}
