@@ -18,7 +18,27 @@ type Model struct {
 	// ZeroGrad clears it.
 	Grads []float32
 
+	// GradReady, when set, is called during Backward each time a contiguous
+	// range Grads[lo:hi] is final for this Backward call, last layer first:
+	// ln_f right after its backward, then each block h.L-1 .. h.0 after its
+	// backward, then [0, end of wpe) (wte and wpe, which are final only at
+	// the very end, since the tied wte also gets the output layer's
+	// gradient first). The ranges are GradRanges, in that order: disjoint,
+	// and together all of Grads. A Backward with no counted target adds
+	// nothing and reports every range at once.
+	//
+	// It lets a data-parallel worker start reducing a range while backward
+	// computes the layers below it. It is called on the goroutine that runs
+	// Backward, between kernels: a callback may hand Grads[lo:hi] to another
+	// goroutine, which may read and write that range while Backward goes on
+	// (Backward touches it no more), but must not touch the rest of Grads
+	// until Backward returns. It must not call the Model.
+	GradReady func(lo, hi int)
+
 	p, g views // named views into Params and Grads
+	// gradRanges are the ranges GradReady reports, in the order it reports
+	// them (see GradRanges).
+	gradRanges [][2]int
 
 	maxB, maxT int         // the activation buffers fit B·T ≤ maxB·maxT, T ≤ maxT
 	act        activations // forward activations of the last Forward call
@@ -113,6 +133,7 @@ func newModel(c Config, maxB, maxT int, inference bool) (*Model, error) {
 	n := c.NumParams()
 	m := &Model{Config: c, Params: make([]float32, n), maxB: maxB, maxT: maxT}
 	m.p = makeViews(c, m.Params)
+	m.gradRanges = gradRanges(c, m.p)
 	BT, C, V, NH := maxB*maxT, c.Dim, c.Vocab, c.Heads
 	f := func(k int) []float32 { return make([]float32, k) }
 	a := &m.act
@@ -172,6 +193,32 @@ func (m *Model) Init(seed uint64) {
 
 func hasSuffix(s, suffix string) bool {
 	return len(s) >= len(suffix) && s[len(s)-len(suffix):] == suffix
+}
+
+// gradRanges lists the ranges of the flat buffer in the order Backward
+// finishes their gradients: ln_f, blocks L-1 .. 0, then wte and wpe.
+func gradRanges(c Config, v views) [][2]int {
+	ps := c.Layout()
+	lnf := ps[len(ps)-2].Offset // ln_f.weight, then ln_f.bias at the end
+	rs := [][2]int{{lnf, c.NumParams()}}
+	for l := c.Layers - 1; l >= 0; l-- {
+		rs = append(rs, v.blockSpan[l])
+	}
+	return append(rs, [2]int{0, ps[1].Offset + ps[1].Size}) // wte, wpe
+}
+
+// GradRanges returns the [lo, hi) ranges of the flat gradient buffer that
+// GradReady reports, in the order Backward reports them (Layers+2 of them:
+// ln_f, h.L-1 .. h.0, then wte and wpe). They depend only on the Config, so
+// every replica of a model gets the same list. The slice is a copy.
+func (m *Model) GradRanges() [][2]int { return append([][2]int(nil), m.gradRanges...) }
+
+// gradReady reports range i of gradRanges to GradReady, if set.
+func (m *Model) gradReady(i int) {
+	if m.GradReady != nil {
+		r := m.gradRanges[i]
+		m.GradReady(r[0], r[1])
+	}
 }
 
 // ZeroGrad clears the gradient buffer.
@@ -239,7 +286,8 @@ func (m *Model) Logits() []float32 { return m.act.logits[:m.B*m.T*m.Config.Vocab
 // Backward adds the gradient of the last Forward call's mean loss, times
 // scale, into Grads. Use scale 1 for one batch; for gradient accumulation
 // over micro-batches pass each micro-batch's share of the global batch's
-// counted positions. It fails if the last Forward had no targets.
+// counted positions. It fails if the last Forward had no targets. While it
+// runs, it reports each range of Grads it has finished to GradReady.
 func (m *Model) Backward(scale float32) error {
 	if m.targets == nil {
 		return fmt.Errorf("model: Backward needs a Forward call with targets")
@@ -252,6 +300,9 @@ func (m *Model) Backward(scale float32) error {
 	BT, C, V, NH := B*T, c.Dim, c.Vocab, c.Heads
 	a, d := &m.act, &m.bw
 	if m.counted == 0 {
+		for i := range m.gradRanges { // nothing to add: every range is final
+			m.gradReady(i)
+		}
 		return nil
 	}
 	dlogits := d.dlogits[:BT*V]
@@ -267,6 +318,7 @@ func (m *Model) Backward(scale float32) error {
 		last = a.blocks[c.Layers-1].res3
 	}
 	kernels.LayerNormBackward(dres, m.g.lnfw, m.g.lnfb, dln, last, m.p.lnfw, a.lnfMean, a.lnfRstd, BT, C)
+	m.gradReady(0) // ln_f
 	for l := c.Layers - 1; l >= 0; l-- {
 		p, g, s := &m.p.blocks[l], &m.g.blocks[l], &a.blocks[l]
 		x := a.encoded
@@ -294,7 +346,9 @@ func (m *Model) Backward(scale float32) error {
 		kernels.LinearBackward(dln, g.qkvw, g.qkvb, dqkv, s.ln1, p.qkvw, BT, C, 3*C)
 		// dres becomes ∂L/∂x, the block's input.
 		kernels.LayerNormBackward(dres, g.ln1w, g.ln1b, dln, x, p.ln1w, s.ln1Mean, s.ln1Rstd, BT, C)
+		m.gradReady(c.Layers - l) // block l
 	}
 	kernels.EncoderBackward(m.g.wte, m.g.wpe, dres, m.tokens, B, T, C)
+	m.gradReady(c.Layers + 1) // wte and wpe
 	return nil
 }

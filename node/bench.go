@@ -155,10 +155,10 @@ func (n *Node) runBench(ctx context.Context, req benchRequest, emit func(allredu
 		return nil, err
 	}
 	// One ring at a time: a ring listens on transport.ProtoRing.
-	if !n.benchMu.TryLock() {
+	if !n.ringMu.TryLock() {
 		return nil, ErrBenchBusy
 	}
-	defer n.benchMu.Unlock()
+	defer n.ringMu.Unlock()
 	n.log.Info("bench all-reduce", "run", req.ID, "ranks", len(req.Ring), "dtype", cfg.Dtype, "sizes", req.Plan.Sizes)
 	ring, err := allreduce.NewRing(cfg, n.tr, req.Ring)
 	if err != nil {

@@ -9,8 +9,16 @@ import (
 	"time"
 
 	"github.com/braidml/braid/coordinator"
+	"github.com/braidml/braid/node/blobstore"
 	"github.com/braidml/braid/transport"
 )
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
 
 // The control protocol (transport.ProtoControl) carries small requests
 // between nodes, one per stream:
@@ -32,6 +40,12 @@ const (
 	opBenchAllreduce = "bench-allreduce"
 	opApply          = "apply"     // apply a coordinator command (to the leader)
 	opInventory      = "inventory" // which of these objects do you hold?
+	opFetch          = "fetch"     // copy these objects from these members
+	opRenewEpoch     = "renew-epoch"
+	opJobSync        = "job-sync"     // your status as you entered this epoch
+	opJobGrad        = "job-grad"     // your reduced gradient of this step, as an object
+	opJobSnapshot    = "job-snapshot" // your worker's snapshot, as an object
+	opJobProgress    = "job-progress" // your progress (and weights hash after a step)
 )
 
 // controlRequest is one control call. Exactly the field of Op is set.
@@ -40,13 +54,55 @@ type controlRequest struct {
 	Bench     *benchRequest     `json:"bench,omitempty"`
 	Apply     []byte            `json:"apply,omitempty"` // an encoded coordinator command
 	Inventory *inventoryRequest `json:"inventory,omitempty"`
+	Fetch     *fetchRequest     `json:"fetch,omitempty"`
+	Renew     *renewRequest     `json:"renew,omitempty"`
+	JobSync   *jobSyncRequest   `json:"job_sync,omitempty"`
+	JobObject *jobObjectRequest `json:"job_object,omitempty"`
+
+	// Peer is the asker as its certificate names it, set by the server
+	// (never read from the request).
+	Peer string `json:"-"`
+}
+
+// fetchRequest asks a member to copy objects from the listed members.
+type fetchRequest struct {
+	Hashes []string `json:"hashes"`
+	From   []string `json:"from"`
+}
+
+// renewRequest asks the leader to renew an epoch whose ring broke.
+type renewRequest struct {
+	Epoch uint64 `json:"epoch"`
+}
+
+// jobSyncRequest asks for a worker's status as it entered Epoch.
+type jobSyncRequest struct {
+	Job   string `json:"job"`
+	Epoch uint64 `json:"epoch"`
+}
+
+// jobObjectRequest names a job and a step (for job-grad, job-progress),
+// and for job-grad and job-snapshot the epoch the asker is syncing in.
+type jobObjectRequest struct {
+	Job   string `json:"job"`
+	Step  int    `json:"step,omitempty"`
+	Epoch uint64 `json:"epoch,omitempty"`
+}
+
+// objectRef is an object in the answering node's store.
+type objectRef struct {
+	Hash string `json:"hash"`
+	Size int64  `json:"size"`
 }
 
 // controlResponse answers a controlRequest: Error, or the result of Op.
 type controlResponse struct {
-	Error     string          `json:"error,omitempty"`
-	Bench     *benchReply     `json:"bench,omitempty"`
-	Inventory *inventoryReply `json:"inventory,omitempty"`
+	Error       string          `json:"error,omitempty"`
+	Bench       *benchReply     `json:"bench,omitempty"`
+	Inventory   *inventoryReply `json:"inventory,omitempty"`
+	JobSync     *syncStatus     `json:"job_sync,omitempty"`
+	Object      *objectRef      `json:"object,omitempty"`
+	JobProgress *JobProgress    `json:"job_progress,omitempty"`
 }
 
 // decodeControlRequest parses and validates a request frame.
@@ -74,6 +130,27 @@ func decodeControlRequest(b []byte) (controlRequest, error) {
 	case opInventory:
 		if req.Inventory == nil || len(req.Inventory.Hashes) > coordinator.MaxDatasetShards+1 {
 			return req, errors.New("node: control request inventory without hashes, or with too many")
+		}
+	case opFetch:
+		if req.Fetch == nil || len(req.Fetch.Hashes) == 0 || len(req.Fetch.Hashes) > 64 || len(req.Fetch.From) == 0 || len(req.Fetch.From) > 64 {
+			return req, errors.New("node: control request fetch needs 1..64 hashes and sources")
+		}
+		for _, h := range req.Fetch.Hashes {
+			if !blobstore.ValidHash(h) {
+				return req, fmt.Errorf("node: control request fetch: bad hash %q", truncate(h, 70))
+			}
+		}
+	case opRenewEpoch:
+		if req.Renew == nil {
+			return req, errors.New("node: control request renew-epoch without its epoch")
+		}
+	case opJobSync:
+		if req.JobSync == nil || req.JobSync.Job == "" {
+			return req, errors.New("node: control request job-sync without a job")
+		}
+	case opJobGrad, opJobSnapshot, opJobProgress:
+		if req.JobObject == nil || req.JobObject.Job == "" || req.JobObject.Step < 0 {
+			return req, fmt.Errorf("node: control request %s without a job", req.Op)
 		}
 	default:
 		return req, fmt.Errorf("node: control request: unknown operation %q", req.Op)
@@ -116,6 +193,7 @@ func (n *Node) handleControl(ctx context.Context, s transport.Stream) {
 	} else if req, err := decodeControlRequest(b); err != nil {
 		resp.Error = fmt.Sprintf("node %s: %v", n.cfg.Name, err)
 	} else {
+		req.Peer = string(s.Peer())
 		// Close the stream when the node stops, so a long operation's
 		// caller hears of it.
 		stop := context.AfterFunc(ctx, func() { s.Close() })
@@ -136,6 +214,10 @@ func (n *Node) handleControl(ctx context.Context, s transport.Stream) {
 		case opInventory:
 			inv := n.inventory(*req.Inventory)
 			resp.Inventory = &inv
+		default:
+			if err := n.handleJobControl(ctx, req, &resp); err != nil {
+				resp.Error = fmt.Sprintf("node %s: %v", n.cfg.Name, err)
+			}
 		}
 	}
 	out, _ := json.Marshal(resp)

@@ -114,6 +114,12 @@ func (n *Node) AddDataset(ctx context.Context, dir string, opt DatasetOptions) (
 		return d, err
 	}
 	n.kickData()
+	// Return once this node's own state has it (a follower applies the
+	// leader's commit a moment later), so that what the caller does next
+	// here — submit a job on it — sees it.
+	if err := n.awaitState(ctx, func(st coordinator.State) bool { _, ok := st.Dataset(d.ID); return ok }); err != nil {
+		return d, fmt.Errorf("node: dataset %s registered, but not yet applied here: %w", d.Name, err)
+	}
 	return d, nil
 }
 
@@ -456,8 +462,11 @@ func (n *Node) applyAnywhere(ctx context.Context, cmd coordinator.Command) error
 // forwardable lists the commands a peer may ask the leader to apply; the
 // rest (members, epochs) are the leader's own decisions.
 var forwardable = map[coordinator.CommandType]bool{
-	coordinator.TypeRegisterDataset: true,
-	coordinator.TypeDeleteDataset:   true,
+	coordinator.TypeRegisterDataset:  true,
+	coordinator.TypeDeleteDataset:    true,
+	coordinator.TypeSubmitJob:        true,
+	coordinator.TypeSetJobState:      true,
+	coordinator.TypeRecordCheckpoint: true,
 }
 
 // Transport is the node's transport (tests, tools).
@@ -565,4 +574,20 @@ func (n *Node) Scrub(ctx context.Context) ([]string, error) {
 		n.kickData()
 	}
 	return bad, nil
+}
+
+// awaitState waits until cond holds for this node's copy of the replicated
+// state, or ctx ends.
+func (n *Node) awaitState(ctx context.Context, cond func(coordinator.State) bool) error {
+	for {
+		st, changed := n.coord.Watch()
+		if cond(st) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		}
+	}
 }

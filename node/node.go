@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -92,6 +93,11 @@ type Deps struct {
 	GossipTune      func(*memberlist.Config)
 	Logger          *slog.Logger
 	Registry        *prometheus.Registry // nil: a new one
+	// PerturbWeights, when set, is asked after every training step (with
+	// the steps applied) and, when it returns true, nudges this node's
+	// weights: a fault injected by tests to check that diverged replicas
+	// stop the job.
+	PerturbWeights func(step int) bool
 }
 
 // Node is one running braid server.
@@ -109,7 +115,13 @@ type Node struct {
 	bootstrapped bool
 	admitted     map[string]bool // members that authenticated over the transport
 
-	benchMu sync.Mutex // one benchmark ring at a time (see runBench)
+	ringMu sync.Mutex // one ring at a time listens on ProtoRing: a job's or a benchmark's
+
+	// Jobs (job.go, job_runner.go).
+	jobKick chan struct{}
+	jobMu   sync.Mutex
+	runner  *jobRunner
+	deps    Deps
 
 	// The dataset plane (data.go).
 	store    *blobstore.Store
@@ -136,7 +148,8 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	}
 	logger = logger.With("node", cfg.Name)
 	n := &Node{cfg: cfg, log: logger, tr: deps.Transport, reg: deps.Registry, stop: make(chan struct{}),
-		admitted: map[string]bool{cfg.Name: true}, dataKick: make(chan struct{}, 1), fetchErr: map[string]string{}}
+		admitted: map[string]bool{cfg.Name: true}, dataKick: make(chan struct{}, 1), fetchErr: map[string]string{},
+		jobKick: make(chan struct{}, 1), deps: deps}
 	if n.reg == nil {
 		n.reg = prometheus.NewRegistry()
 	}
@@ -210,7 +223,7 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	}
 	n.registerMetrics()
 	if cfg.HTTPAddr != "" {
-		if n.api, err = StartAPI(APIConfig{Addr: cfg.HTTPAddr, Token: cfg.HTTPToken, Bench: n.BenchAllreduce, Routes: n.dataRoutes}, n.Status, n.reg); err != nil {
+		if n.api, err = StartAPI(APIConfig{Addr: cfg.HTTPAddr, Token: cfg.HTTPToken, Bench: n.BenchAllreduce, Routes: n.routes}, n.Status, n.reg); err != nil {
 			return fail(err)
 		}
 	}
@@ -218,6 +231,8 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	go n.run(hasState)
 	n.wg.Add(1)
 	go n.dataLoop()
+	n.wg.Add(1)
+	go n.jobLoop()
 	logger.Info("node started", "quic", n.tr.Addr(), "gossip", n.ml.LocalAddr(), "raft_state", hasState, "bootstrap_expect", cfg.BootstrapExpect)
 	return n, nil
 }
@@ -507,6 +522,12 @@ func physicalMemory() int64 {
 		return 0
 	}
 	return kb * 1024
+}
+
+// routes adds the dataset and job endpoints to the HTTP API.
+func (n *Node) routes(mux *http.ServeMux) {
+	n.dataRoutes(mux)
+	n.jobRoutes(mux)
 }
 
 // freeDisk is the space available to an unprivileged user in dir's file

@@ -1,13 +1,20 @@
-// Package train is one worker's training engine: it reads a text corpus,
-// draws batches with a seeded sampler, runs the model's forward and backward
-// passes, clips the global gradient norm and applies AdamW with a warmup +
-// cosine learning-rate schedule, and evaluates held-out loss.
+// Package train is one worker's training engine.
 //
-// Today it trains in a single process. The distributed run will reduce the
-// model's flat gradient buffer between Backward and the optimizer step; the
-// optimizer is deterministic, so every replica that applies it to the same
-// bytes gets the same bytes.
+// Two ways in:
 //
-// What it does not do: tokenised dataset shards (package shard), networking,
-// or any process management.
+//   - Trainer (trainer.go) trains in a single process on a text corpus read
+//     with LoadCorpus: a seeded sampler of windows, forward and backward,
+//     global-norm clipping, AdamW with a warmup + cosine schedule, held-out
+//     evaluation, checkpoints that resume bitwise (`braid train`).
+//   - Worker (worker.go) is one data-parallel worker of a cluster job on a
+//     prepared dataset (package shard): for its part of each global batch it
+//     accumulates gradients over micro-batches, hands them to a Reducer
+//     bucket by bucket while backward still runs (the node passes a ring
+//     all-reduce), and applies the same AdamW update as every other worker,
+//     so that replicas stay bitwise identical. It keeps the reduced gradient
+//     of its last step and can snapshot and restore its whole state, which is
+//     how a worker that missed a step, or joined late, catches up.
+//
+// What it does not do: networking, membership or process management: the
+// reducer is an interface, and the node decides who trains which part.
 package train

@@ -52,6 +52,7 @@ func newApp() *cli.App {
 			benchCommand(),
 			caCommand(),
 			dataCommand(),
+			jobCommand(),
 		},
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints errors once
 	}

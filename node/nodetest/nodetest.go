@@ -32,7 +32,7 @@ import (
 )
 
 // Timeout bounds every Wait of the harness.
-var Timeout = 20 * time.Second
+var Timeout = 60 * time.Second
 
 // Cluster is a set of in-process nodes on one in-memory network.
 type Cluster struct {
@@ -44,6 +44,25 @@ type Cluster struct {
 	nodes   map[string]*node.Node
 	dirs    map[string]string
 	members []string // every name ever started, in order
+	perturb map[string]func(step int) bool
+}
+
+// SetPerturb makes name's node, when it is next started, nudge its weights
+// after the training steps for which fn returns true (node.Deps.PerturbWeights).
+func (c *Cluster) SetPerturb(name string, fn func(step int) bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.perturb == nil {
+		c.perturb = map[string]func(int) bool{}
+	}
+	c.perturb[name] = fn
+}
+
+// Restart crashes name's node and starts it again on its data directory.
+func (c *Cluster) Restart(name string) *node.Node {
+	c.t.Helper()
+	c.Kill(name)
+	return c.Start(name)
 }
 
 // NewCluster starts n nodes named n1..nN that bootstrap as one cluster
@@ -97,8 +116,11 @@ func (c *Cluster) Start(name string) *node.Node {
 	cfg.Join, cfg.BootstrapExpect = seeds, c.expect
 	cfg.Coordinator = coordinator.LocalConfig()
 	logger := slog.New(slog.NewTextHandler(testWriter{c.t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	c.mu.Lock()
+	perturb := c.perturb[name]
+	c.mu.Unlock()
 	n, err := node.New(cfg, node.Deps{Transport: tr, GossipTransport: c.Gossip.Transport(name),
-		InsecureGossip: true, GossipTune: fastGossip, Logger: logger})
+		InsecureGossip: true, GossipTune: fastGossip, Logger: logger, PerturbWeights: perturb})
 	if err != nil {
 		tr.Close()
 		c.t.Fatalf("nodetest: starting %s: %v", name, err)

@@ -1,0 +1,300 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/urfave/cli/v2"
+
+	"github.com/braidml/braid/coordinator"
+	"github.com/braidml/braid/node"
+)
+
+// jobCommand is `braid job`: submit, watch, status, list, cancel, export.
+func jobCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "job",
+		Usage: "fine-tuning jobs across the cluster: submit, watch, status, list, cancel, export",
+		Subcommands: []*cli.Command{
+			jobSubmitCommand(), jobWatchCommand(), jobStatusCommand(), jobListCommand(), jobCancelCommand(), jobExportCommand(),
+		},
+	}
+}
+
+func jobSubmitCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "submit",
+		Usage: "submit a fine-tuning job; prints its id",
+		Description: "--base is a model directory (config.json, model.safetensors) on the machine of the node behind --api;\n" +
+			"the other nodes fetch it from that node by hash. --dataset is a dataset registered with `braid data push`.",
+		Flags: append(apiFlags(),
+			&cli.StringFlag{Name: "base", Required: true, Usage: "base model `DIR`"},
+			&cli.StringFlag{Name: "dataset", Required: true, Usage: "dataset `NAME` or id"},
+			&cli.IntFlag{Name: "steps", Required: true, Usage: "optimizer steps"},
+			&cli.IntFlag{Name: "global-batch", Required: true, Usage: "sequences per step, summed over all nodes (kept when nodes come and go)"},
+			&cli.IntFlag{Name: "micro-batch", Usage: "sequences per forward/backward on a node (default 8, at most --global-batch)"},
+			&cli.Float64Flag{Name: "lr", Usage: "peak learning rate (default from the training defaults)"},
+			&cli.IntFlag{Name: "warmup", Usage: "warmup steps"},
+			&cli.Float64Flag{Name: "weight-decay", Usage: "AdamW weight decay"},
+			&cli.Float64Flag{Name: "clip", Usage: "gradient norm clip"},
+			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "seed of the data order"},
+			&cli.IntFlag{Name: "checkpoint-every", Usage: "steps between checkpoints (0: only at the end)"},
+			&cli.IntFlag{Name: "eval-every", Usage: "steps between held-out evaluations (0: none)"},
+			&cli.IntFlag{Name: "replicas", Usage: "nodes holding each checkpoint (default 2)"},
+			&cli.BoolFlag{Name: "json", Usage: "print the submitted job as JSON"}),
+		Action: func(c *cli.Context) error {
+			base, err := filepath.Abs(c.String("base"))
+			if err != nil {
+				return err
+			}
+			req := node.JobRequest{Base: base, Dataset: c.String("dataset"), Steps: c.Int("steps"), GlobalBatch: c.Int("global-batch"),
+				MicroBatch: c.Int("micro-batch"), LR: c.Float64("lr"), Warmup: c.Int("warmup"), WeightDecay: c.Float64("weight-decay"),
+				Clip: c.Float64("clip"), Seed: c.Uint64("seed"), CheckpointEvery: c.Int("checkpoint-every"), EvalEvery: c.Int("eval-every"),
+				Replicas: c.Int("replicas")}
+			var j coordinator.Job
+			if err := callAPI(c.Context, c, http.MethodPost, "/v1/jobs", req, &j, time.Minute); err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(c, j)
+			}
+			fmt.Fprintln(c.App.Writer, j.ID)
+			return nil
+		},
+	}
+}
+
+func jobArg(c *cli.Context) (string, error) {
+	if c.NArg() != 1 {
+		return "", fmt.Errorf("want one job id (see `braid job list`)")
+	}
+	return c.Args().First(), nil
+}
+
+func jobStatusCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "status",
+		Usage:     "a job's state, step, losses and members",
+		ArgsUsage: "ID",
+		Flags:     append(apiFlags(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
+		Action: func(c *cli.Context) error {
+			id, err := jobArg(c)
+			if err != nil {
+				return err
+			}
+			var js node.JobStatus
+			if err := getJSON(c.Context, c, "/v1/jobs/"+id, &js); err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(c, js)
+			}
+			w := c.App.Writer
+			fmt.Fprintf(w, "job %s: %s, step %d/%d, loss %.4f", js.ID, js.State, js.Step, js.Steps, js.Loss)
+			if js.HeldoutLoss != 0 {
+				fmt.Fprintf(w, ", held-out loss %.4f (step %d; base %.4f)", js.HeldoutLoss, js.HeldoutStep, js.BaseHeldoutLoss)
+			}
+			fmt.Fprintf(w, "\nepoch %d, members %s, %.0f tokens/s, step %.0f ms (%.0f ms waiting on the all-reduce)\n",
+				js.Epoch, strings.Join(js.Members, ","), js.TokensPerSec, js.StepMS, js.WaitMS)
+			if js.WeightsHash != "" {
+				fmt.Fprintf(w, "weights %s\n", js.WeightsHash[:16])
+			}
+			if cp := len(js.Checkpoints); cp > 0 {
+				last := js.Checkpoints[cp-1]
+				fmt.Fprintf(w, "last checkpoint: step %d on %s\n", last.Step, strings.Join(last.Holders, ","))
+			}
+			if js.Error != "" {
+				fmt.Fprintf(w, "error: %s\n", js.Error)
+			}
+			return nil
+		},
+	}
+}
+
+func jobListCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "list",
+		Usage: "the cluster's jobs",
+		Flags: append(apiFlags(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
+		Action: func(c *cli.Context) error {
+			var jobs []coordinator.Job
+			if err := getJSON(c.Context, c, "/v1/jobs", &jobs); err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(c, jobs)
+			}
+			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tSTATE\tSTEPS\tGLOBAL BATCH\tCHECKPOINT\tSUBMITTED BY")
+			for _, j := range jobs {
+				ck := "-"
+				if cp, ok := j.LastCheckpoint(); ok {
+					ck = fmt.Sprint(cp.Step)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", j.ID, j.State, j.Spec.Steps, j.Spec.GlobalBatch, ck, j.SubmittedBy)
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func jobCancelCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "cancel",
+		Usage:     "cancel a submitted or running job",
+		ArgsUsage: "ID",
+		Flags:     apiFlags(),
+		Action: func(c *cli.Context) error {
+			id, err := jobArg(c)
+			if err != nil {
+				return err
+			}
+			var j coordinator.Job
+			if err := callAPI(c.Context, c, http.MethodPost, "/v1/jobs/"+id+"/cancel", struct{}{}, &j, 30*time.Second); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.Writer, "job %s: %s\n", j.ID, j.State)
+			return nil
+		},
+	}
+}
+
+func jobWatchCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "watch",
+		Usage:     "follow a job until it ends: step, loss, held-out loss, tokens/s, ETA, members",
+		ArgsUsage: "ID",
+		Flags:     append(apiFlags(), &cli.DurationFlag{Name: "every", Value: 500 * time.Millisecond, Usage: "poll interval"}),
+		Action: func(c *cli.Context) error {
+			id, err := jobArg(c)
+			if err != nil {
+				return err
+			}
+			// A live bar on a terminal; otherwise (a log, a pipe) a line
+			// every tenth of the job and whenever the members change.
+			var bar *progressbar.ProgressBar
+			tty := isTerminal(c.App.ErrWriter)
+			lastMembers, lastStep := "", -1
+			for {
+				var js node.JobStatus
+				if err := getJSON(c.Context, c, "/v1/jobs/"+id, &js); err != nil {
+					return err
+				}
+				desc := fmt.Sprintf("%s loss %.3f", js.State, js.Loss)
+				if js.HeldoutLoss != 0 {
+					desc += fmt.Sprintf(" held-out %.3f", js.HeldoutLoss)
+				}
+				members := strings.Join(js.Members, ",")
+				desc += fmt.Sprintf(" %.0f tok/s [%s]", js.TokensPerSec, members)
+				if tty {
+					if bar == nil {
+						bar = progressbar.NewOptions(js.Steps, progressbar.OptionSetWriter(c.App.ErrWriter),
+							progressbar.OptionSetWidth(30), progressbar.OptionShowCount(), progressbar.OptionSetPredictTime(true),
+							progressbar.OptionSetElapsedTime(true), progressbar.OptionThrottle(200*time.Millisecond))
+					}
+					bar.Describe(desc)
+					bar.Set(js.Step)
+				} else if members != lastMembers || js.Step >= lastStep+max(js.Steps/10, 1) || js.State.Final() && js.Step != lastStep {
+					fmt.Fprintf(c.App.Writer, "step %4d/%d  %s\n", js.Step, js.Steps, desc)
+					lastMembers, lastStep = members, js.Step
+				}
+				if js.State.Final() {
+					if bar != nil {
+						bar.Finish()
+					}
+					fmt.Fprintf(c.App.Writer, "\njob %s %s at step %d/%d: loss %.4f, held-out loss %.4f (base %.4f)\n",
+						js.ID, js.State, js.Step, js.Steps, js.Loss, js.HeldoutLoss, js.BaseHeldoutLoss)
+					if js.State != coordinator.JobCompleted {
+						return fmt.Errorf("job %s %s: %s", js.ID, js.State, js.Error)
+					}
+					return nil
+				}
+				select {
+				case <-c.Context.Done():
+					return c.Context.Err()
+				case <-time.After(c.Duration("every")):
+				}
+			}
+		},
+	}
+}
+
+func jobExportCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "export",
+		Usage:     "write a job's model (its last checkpoint) as config.json + model.safetensors",
+		ArgsUsage: "ID",
+		Flags:     append(apiFlags(), &cli.StringFlag{Name: "out", Required: true, Usage: "output `DIR` (created)"}),
+		Action: func(c *cli.Context) error {
+			id, err := jobArg(c)
+			if err != nil {
+				return err
+			}
+			out := c.String("out")
+			if err := os.MkdirAll(out, 0o755); err != nil {
+				return err
+			}
+			for _, name := range []string{"config.json", "model.safetensors"} {
+				if err := downloadJobFile(c.Context, c, id, name, filepath.Join(out, name)); err != nil {
+					return err
+				}
+			}
+			fmt.Fprintf(c.App.Writer, "wrote %s (config.json, model.safetensors)\n", out)
+			return nil
+		},
+	}
+}
+
+// downloadJobFile streams one file of a job's last checkpoint into path,
+// checking its SHA-256, through a temporary file renamed into place.
+func downloadJobFile(ctx context.Context, c *cli.Context, id, name, path string) error {
+	url := strings.TrimRight(c.String("api"), "/") + "/v1/jobs/" + id + "/files/" + name
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	if tok := c.String("token"); tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the node API at %s: %w", c.String("api"), err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("%s: %s: %s", url, resp.Status, strings.TrimSpace(string(b)))
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+name+".tmp-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	h := sha256.New()
+	if _, err := io.Copy(io.MultiWriter(tmp, h), resp.Body); err != nil {
+		tmp.Close()
+		return fmt.Errorf("%s: %w", url, err)
+	}
+	if want := resp.Header.Get("X-Braid-Sha256"); want != "" && hex.EncodeToString(h.Sum(nil)) != want {
+		tmp.Close()
+		return fmt.Errorf("%s: the bytes received do not match the checkpoint's hash", url)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}

@@ -1,0 +1,413 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/braidml/braid/coordinator"
+	"github.com/braidml/braid/model"
+	"github.com/braidml/braid/node/blobstore"
+	"github.com/braidml/braid/train"
+	"github.com/braidml/braid/transport"
+)
+
+// Jobs (ARCHITECTURE.md, "The data flow of one fine-tuning job", steps 3-8).
+//
+// A job is submitted to any node (SubmitJob): the node imports the base
+// model's two files into its store, and the job is committed through the
+// leader. The leader starts submitted jobs one at a time (jobLoop). Every
+// member of the committed epoch then runs the job (jobRunner, in
+// job_runner.go): it fetches what it lacks by hash, agrees with the other
+// members on where to start (sync), trains on its part of every global
+// batch over a ring of the epoch's members, and rank 0 writes and
+// replicates checkpoints and evaluates. Per-step progress is not
+// replicated: each worker serves it (JobProgress) and the HTTP API merges
+// what the members report.
+
+// JobRequest is the body of POST /v1/jobs: a job as `braid job submit`
+// asks for it. Zero fields take train.DefaultJobConfig's values.
+type JobRequest struct {
+	// Base is the base model's directory (config.json and
+	// model.safetensors) on the machine of the node receiving the request.
+	Base    string `json:"base"`
+	Dataset string `json:"dataset"` // name or ID
+
+	Steps           int     `json:"steps"`
+	GlobalBatch     int     `json:"global_batch"`
+	MicroBatch      int     `json:"micro_batch,omitempty"`
+	LR              float64 `json:"lr,omitempty"`
+	Warmup          int     `json:"warmup,omitempty"`
+	WeightDecay     float64 `json:"weight_decay,omitempty"`
+	Clip            float64 `json:"clip,omitempty"`
+	Seed            uint64  `json:"seed,omitempty"`
+	CheckpointEvery int     `json:"checkpoint_every,omitempty"`
+	EvalEvery       int     `json:"eval_every,omitempty"`
+	HashEvery       int     `json:"hash_every,omitempty"`
+	Replicas        int     `json:"replicas,omitempty"`
+}
+
+// DefaultHashEvery is how often (in steps) the workers' weights are
+// compared when the request does not say.
+const DefaultHashEvery = 10
+
+// SubmitJob validates req, imports the base model into this node's store
+// and commits the job through the leader. It returns the job as committed.
+func (n *Node) SubmitJob(ctx context.Context, req JobRequest) (coordinator.Job, error) {
+	st := n.coord.State()
+	ds, ok := st.Dataset(req.Dataset)
+	if !ok {
+		return coordinator.Job{}, fmt.Errorf("node: no dataset %q (register it with `braid data push`)", req.Dataset)
+	}
+	ck, err := model.LoadCheckpoint(req.Base)
+	if err != nil {
+		return coordinator.Job{}, fmt.Errorf("node: base model: %w", err)
+	}
+	def := train.DefaultJobConfig()
+	spec := coordinator.JobSpec{Dataset: ds.ID, Steps: req.Steps, GlobalBatch: req.GlobalBatch,
+		MicroBatch: or(req.MicroBatch, min(def.MicroBatch, max(req.GlobalBatch, 1))), LR: orF(req.LR, def.LR), MinLRFrac: def.MinLRFrac,
+		Warmup: or(req.Warmup, def.Warmup), WeightDecay: orF(req.WeightDecay, def.WeightDecay), Clip: orF(req.Clip, def.Clip),
+		Seed: req.Seed, CheckpointEvery: req.CheckpointEvery, EvalEvery: req.EvalEvery,
+		HashEvery: or(req.HashEvery, DefaultHashEvery), Replicas: or(req.Replicas, DefaultReplicas)}
+	if spec.Warmup >= spec.Steps {
+		spec.Warmup = spec.Steps / 10
+	}
+	if ck.Config.Context < 1 {
+		return coordinator.Job{}, fmt.Errorf("node: base model %s has no context", req.Base)
+	}
+	for _, f := range []string{"config.json", "model.safetensors"} {
+		h, _, err := n.store.PutFile(filepath.Join(req.Base, f))
+		if err != nil {
+			return coordinator.Job{}, fmt.Errorf("node: importing the base model: %w", err)
+		}
+		if f == "config.json" {
+			spec.Base.Config = h
+		} else {
+			spec.Base.Weights = h
+		}
+	}
+	var id [5]byte
+	rand.Read(id[:])
+	cmd := coordinator.SubmitJob{ID: "job-" + hex.EncodeToString(id[:]), Spec: spec, SubmittedBy: n.cfg.Name}
+	if _, err := coordinator.EncodeCommand(cmd); err != nil {
+		return coordinator.Job{}, fmt.Errorf("node: %w", err)
+	}
+	if err := n.applyAnywhere(ctx, cmd); err != nil {
+		return coordinator.Job{}, err
+	}
+	n.kickJobs()
+	for {
+		if j, ok := n.coord.State().Job(cmd.ID); ok {
+			return j, nil
+		}
+		_, changed := n.coord.Watch()
+		if j, ok := n.coord.State().Job(cmd.ID); ok {
+			return j, nil
+		}
+		select {
+		case <-ctx.Done():
+			return coordinator.Job{ID: cmd.ID, Spec: spec, State: coordinator.JobSubmitted}, nil
+		case <-changed:
+		}
+	}
+}
+
+func or(v, def int) int {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+func orF(v, def float64) float64 {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+// CancelJob cancels a submitted or running job.
+func (n *Node) CancelJob(ctx context.Context, id string) error {
+	if _, ok := n.coord.State().Job(id); !ok {
+		return fmt.Errorf("node: no job %q", id)
+	}
+	return n.applyAnywhere(ctx, coordinator.SetJobState{ID: id, State: coordinator.JobCancelled,
+		From: []coordinator.JobState{coordinator.JobSubmitted, coordinator.JobRunning}})
+}
+
+// kickJobs wakes the job loop.
+func (n *Node) kickJobs() {
+	select {
+	case n.jobKick <- struct{}{}:
+	default:
+	}
+}
+
+// jobLoop starts submitted jobs (on the leader) and runs this node's part
+// of the running job.
+func (n *Node) jobLoop() {
+	defer n.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { <-n.stop; cancel() }()
+	var (
+		runner *jobRunner
+		done   chan struct{}
+	)
+	stopRunner := func() {
+		if runner != nil {
+			runner.cancel()
+			<-done
+			runner, done = nil, nil
+		}
+	}
+	defer stopRunner()
+	for {
+		st, changed := n.coord.Watch()
+		if n.coord.IsLeader() {
+			n.startJobs(ctx, st)
+		}
+		var running *coordinator.Job
+		for i := range st.Jobs {
+			if st.Jobs[i].State == coordinator.JobRunning {
+				running = &st.Jobs[i]
+				break
+			}
+		}
+		if runner != nil && (running == nil || running.ID != runner.id) {
+			stopRunner()
+		}
+		if runner == nil && running != nil {
+			runner = n.newJobRunner(ctx, *running)
+			done = make(chan struct{})
+			n.setRunner(runner)
+			go func(r *jobRunner, done chan struct{}) {
+				defer close(done)
+				r.run()
+			}(runner, done)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-n.jobKick:
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// startJobs moves the oldest submitted job to running when no job runs and
+// its dataset is placed. Leader only.
+func (n *Node) startJobs(ctx context.Context, st coordinator.State) {
+	for _, j := range st.Jobs {
+		if j.State == coordinator.JobRunning {
+			return
+		}
+	}
+	for _, j := range st.Jobs {
+		if j.State != coordinator.JobSubmitted {
+			continue
+		}
+		d, ok := st.Dataset(j.Spec.Dataset)
+		if !ok {
+			n.coord.Apply(ctx, coordinator.SetJobState{ID: j.ID, State: coordinator.JobFailed,
+				Error: "its dataset was deleted", From: []coordinator.JobState{coordinator.JobSubmitted}})
+			continue
+		}
+		if len(d.Placement) == 0 {
+			return // wait for the placement
+		}
+		if err := n.coord.Apply(ctx, coordinator.SetJobState{ID: j.ID, State: coordinator.JobRunning,
+			From: []coordinator.JobState{coordinator.JobSubmitted}}); err != nil {
+			n.log.Warn("cannot start job", "job", j.ID, "err", err)
+		} else {
+			n.log.Info("job started", "job", j.ID, "dataset", d.Name, "steps", j.Spec.Steps)
+		}
+		return
+	}
+}
+
+func (n *Node) setRunner(r *jobRunner) {
+	n.jobMu.Lock()
+	n.runner = r
+	n.jobMu.Unlock()
+}
+
+func (n *Node) currentRunner(job string) *jobRunner {
+	n.jobMu.Lock()
+	defer n.jobMu.Unlock()
+	if n.runner != nil && n.runner.id == job {
+		return n.runner
+	}
+	return nil
+}
+
+// memberSources are the alive members other than this node, as fetch
+// sources, those named in prefer first.
+func (n *Node) memberSources(prefer ...string) []blobstore.Source {
+	st := n.coord.State()
+	var out []blobstore.Source
+	add := func(name string) {
+		if name == n.cfg.Name || slices.ContainsFunc(out, func(s blobstore.Source) bool { return string(s.Peer) == name }) {
+			return
+		}
+		if m, ok := st.Member(name); ok && m.State == coordinator.MemberAlive {
+			out = append(out, blobstore.Source{Peer: transport.PeerID(name), Addr: m.Addr})
+		}
+	}
+	for _, p := range prefer {
+		add(p)
+	}
+	for _, m := range st.Members {
+		add(m.Name)
+	}
+	return out
+}
+
+// ensureObject fetches h (of size bytes, or blobstore.SizeUnknown) into the
+// store unless it is there, from the preferred members first.
+func (n *Node) ensureObject(ctx context.Context, h string, size int64, prefer ...string) error {
+	if n.store.Has(h) {
+		return nil
+	}
+	return n.store.Fetch(ctx, n.tr, transport.ProtoShard, n.memberSources(prefer...), h, size, blobstore.FetchOptions{Logger: n.log})
+}
+
+// linkObject makes dir/name a hard link to (or, across file systems, a
+// copy of) object h of the store.
+func (n *Node) linkObject(h, dir, name string) error {
+	src, err := n.store.Path(h)
+	if err != nil {
+		return err
+	}
+	dst := filepath.Join(dir, name)
+	if _, err := os.Stat(dst); err == nil {
+		return nil
+	}
+	if err := os.Link(src, dst); err == nil {
+		return nil
+	}
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return model.WriteFileAtomic(dst, b, 0o644)
+}
+
+// jobError is the text a failed job records: short and naming the node.
+func jobError(format string, args ...any) string {
+	s := fmt.Sprintf(format, args...)
+	if len(s) > 1024 {
+		s = s[:1024]
+	}
+	return strings.TrimSpace(s)
+}
+
+var errJobEnded = errors.New("node: the job ended")
+
+// handleJobControl answers the control operations of jobs and of object
+// replication.
+func (n *Node) handleJobControl(ctx context.Context, req controlRequest, resp *controlResponse) error {
+	switch req.Op {
+	case opFetch:
+		for _, h := range req.Fetch.Hashes {
+			if err := n.ensureObject(ctx, h, blobstore.SizeUnknown, req.Fetch.From...); err != nil {
+				return err
+			}
+		}
+		return nil
+	case opRenewEpoch:
+		return n.renewEpoch(ctx, req.Renew.Epoch)
+	}
+	var job string
+	if req.JobSync != nil {
+		job = req.JobSync.Job
+	} else {
+		job = req.JobObject.Job
+	}
+	r := n.currentRunner(job)
+	if r == nil {
+		if req.Op == opJobSync {
+			resp.JobSync = &syncStatus{} // not ready: not running it (yet)
+			return nil
+		}
+		return fmt.Errorf("not running job %s", job)
+	}
+	switch req.Op {
+	case opJobSync:
+		r.mu.Lock()
+		s, ok := r.frozen[req.JobSync.Epoch]
+		r.mu.Unlock()
+		if !ok {
+			s = syncStatus{}
+		}
+		resp.JobSync = &s
+	case opJobProgress:
+		p := r.progress()
+		if step := req.JobObject.Step; step > 0 {
+			r.mu.Lock()
+			p.WeightsHash = r.hashes[step]
+			r.mu.Unlock()
+		}
+		resp.JobProgress = &p
+	case opJobGrad, opJobSnapshot:
+		// The worker is not safe for concurrent use: it is read here while
+		// its own runner may be inside Step. That is sound only while the
+		// asker is a member of the runner's epoch and syncing: the runner's
+		// step then waits in the all-reduce for the asker and changes
+		// nothing (weights, moments, the kept gradient) until it joins.
+		r.mu.Lock()
+		same := r.prog.Epoch == req.JobObject.Epoch && slices.Contains(r.prog.Members, req.Peer)
+		r.mu.Unlock()
+		if !same {
+			return fmt.Errorf("not in epoch %d with the asker", req.JobObject.Epoch)
+		}
+	}
+	switch req.Op {
+	case opJobGrad:
+		step, grads, ok := r.w.LastReduced()
+		if !ok || step != req.JobObject.Step {
+			return fmt.Errorf("no reduced gradient of step %d kept", req.JobObject.Step)
+		}
+		h, size, err := n.store.Put(bytesReader(encodeGrads(step, grads)))
+		if err != nil {
+			return err
+		}
+		resp.Object = &objectRef{Hash: h, Size: size}
+	case opJobSnapshot:
+		b, err := r.w.Snapshot()
+		if err != nil {
+			return err
+		}
+		h, size, err := n.store.Put(bytesReader(b))
+		if err != nil {
+			return err
+		}
+		resp.Object = &objectRef{Hash: h, Size: size}
+	}
+	return nil
+}
+
+// renewEpoch has the leader renew epoch (see coordinator.RenewEpoch).
+func (n *Node) renewEpoch(ctx context.Context, epoch uint64) error {
+	if n.coord.IsLeader() {
+		return n.coord.RenewEpoch(ctx, epoch)
+	}
+	leader := n.coord.Status().Leader
+	if leader == "" || leader == n.cfg.Name {
+		return errors.New("node: no leader to renew the epoch")
+	}
+	_, err := n.callControl(ctx, leader, n.memberAddr(leader), controlRequest{Op: opRenewEpoch, Renew: &renewRequest{Epoch: epoch}})
+	return err
+}
+
+func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
+
+func transportPeer(name string) transport.PeerID { return transport.PeerID(name) }

@@ -1,0 +1,190 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/braidml/braid/coordinator"
+	"github.com/braidml/braid/node/blobstore"
+)
+
+// JobStatus is a job as `braid job status --json` prints it: the committed
+// job merged with the progress its workers report.
+type JobStatus struct {
+	ID              string                   `json:"id"`
+	State           coordinator.JobState     `json:"state"`
+	Error           string                   `json:"error,omitempty"`
+	Step            int                      `json:"step"`
+	Steps           int                      `json:"steps"`
+	Loss            float64                  `json:"loss"`
+	HeldoutLoss     float64                  `json:"heldout_loss,omitempty"`
+	HeldoutStep     int                      `json:"heldout_step,omitempty"`
+	BaseHeldoutLoss float64                  `json:"base_heldout_loss,omitempty"`
+	TokensPerSec    float64                  `json:"tokens_per_sec"`
+	StepMS          float64                  `json:"step_ms"`
+	WaitMS          float64                  `json:"wait_ms"`
+	Epoch           uint64                   `json:"epoch"`
+	Members         []string                 `json:"members"`
+	WeightsHash     string                   `json:"weights_hash,omitempty"`
+	Checkpoints     []coordinator.Checkpoint `json:"checkpoints,omitempty"`
+	Spec            coordinator.JobSpec      `json:"spec"`
+	Workers         []JobProgress            `json:"workers,omitempty"`
+}
+
+// JobStatus merges the job's committed state with its workers' progress
+// (asked of every member of the current epoch).
+func (n *Node) JobStatus(ctx context.Context, id string) (JobStatus, error) {
+	st := n.coord.State()
+	j, ok := st.Job(id)
+	if !ok {
+		return JobStatus{}, fmt.Errorf("node: no job %q (see `braid job list`)", id)
+	}
+	js := JobStatus{ID: j.ID, State: j.State, Error: j.Error, Steps: j.Spec.Steps, Spec: j.Spec,
+		Checkpoints: j.Checkpoints, Epoch: st.Epoch.ID, Members: slices.Clone(st.Epoch.Members)}
+	if cp, ok := j.LastCheckpoint(); ok {
+		js.Step, js.WeightsHash = cp.Step, cp.Hash
+	}
+	var (
+		wg sync.WaitGroup
+		mu sync.Mutex
+	)
+	for _, name := range st.Epoch.Members {
+		wg.Go(func() {
+			var p *JobProgress
+			if name == n.cfg.Name {
+				if r := n.currentRunner(id); r != nil {
+					pr := r.progress()
+					p = &pr
+				}
+			} else {
+				cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				resp, err := n.callControl(cctx, name, n.memberAddr(name), controlRequest{Op: opJobProgress, JobObject: &jobObjectRequest{Job: id}})
+				cancel()
+				if err == nil {
+					p = resp.JobProgress
+				}
+			}
+			if p != nil {
+				mu.Lock()
+				js.Workers = append(js.Workers, *p)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	slices.SortFunc(js.Workers, func(a, b JobProgress) int { return a.Rank - b.Rank })
+	for _, p := range js.Workers {
+		if p.Step > js.Step || p.Step == js.Step && js.Loss == 0 {
+			js.Step, js.Loss, js.WeightsHash = p.Step, p.Loss, p.WeightsHash
+		}
+		if p.HeldoutStep >= js.HeldoutStep && p.HeldoutLoss != 0 {
+			js.HeldoutLoss, js.HeldoutStep = p.HeldoutLoss, p.HeldoutStep
+		}
+		if p.BaseHeldoutLoss != 0 {
+			js.BaseHeldoutLoss = p.BaseHeldoutLoss
+		}
+		js.TokensPerSec += p.TokensPerSec
+		js.StepMS = max(js.StepMS, p.StepMS)
+		js.WaitMS = max(js.WaitMS, p.WaitMS)
+	}
+	if j.State == coordinator.JobCompleted {
+		js.Step = j.Spec.Steps
+	}
+	return js, nil
+}
+
+// jobRoutes serves the job endpoints of the HTTP API:
+//
+//	GET  /v1/jobs                        the jobs (JSON array)
+//	POST /v1/jobs                        submit (JobRequest) → the job
+//	GET  /v1/jobs/{id}                   JobStatus
+//	POST /v1/jobs/{id}/cancel            cancel
+//	GET  /v1/jobs/{id}/files/{name}      config.json or model.safetensors of
+//	                                     the job's last checkpoint
+func (n *Node) jobRoutes(mux *http.ServeMux) {
+	writeJSON := func(w http.ResponseWriter, code int, v any) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(code)
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(v)
+	}
+	mux.HandleFunc("GET /v1/jobs", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, n.coord.State().Jobs)
+	})
+	mux.HandleFunc("POST /v1/jobs", func(w http.ResponseWriter, r *http.Request) {
+		var req JobRequest
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			http.Error(w, "braid: job request: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+		defer cancel()
+		j, err := n.SubmitJob(ctx, req)
+		if err != nil {
+			http.Error(w, "braid: "+err.Error(), http.StatusUnprocessableEntity)
+			return
+		}
+		writeJSON(w, http.StatusOK, j)
+	})
+	mux.HandleFunc("GET /v1/jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
+		js, err := n.JobStatus(r.Context(), r.PathValue("id"))
+		if err != nil {
+			http.Error(w, "braid: "+err.Error(), http.StatusNotFound)
+			return
+		}
+		writeJSON(w, http.StatusOK, js)
+	})
+	mux.HandleFunc("POST /v1/jobs/{id}/cancel", func(w http.ResponseWriter, r *http.Request) {
+		if err := n.CancelJob(r.Context(), r.PathValue("id")); err != nil {
+			http.Error(w, "braid: "+err.Error(), http.StatusConflict)
+			return
+		}
+		j, _ := n.coord.State().Job(r.PathValue("id"))
+		writeJSON(w, http.StatusOK, j)
+	})
+	mux.HandleFunc("GET /v1/jobs/{id}/files/{name}", func(w http.ResponseWriter, r *http.Request) {
+		j, ok := n.coord.State().Job(r.PathValue("id"))
+		if !ok {
+			http.Error(w, "braid: no such job", http.StatusNotFound)
+			return
+		}
+		cp, ok := j.LastCheckpoint()
+		if !ok {
+			http.Error(w, "braid: the job has no checkpoint yet", http.StatusNotFound)
+			return
+		}
+		var h string
+		switch r.PathValue("name") {
+		case "config.json":
+			h = cp.Config
+		case "model.safetensors":
+			h = cp.Weights
+		default:
+			http.Error(w, "braid: files are config.json and model.safetensors", http.StatusNotFound)
+			return
+		}
+		if err := n.ensureObject(r.Context(), h, blobstore.SizeUnknown, cp.Holders...); err != nil {
+			http.Error(w, "braid: fetching the checkpoint: "+err.Error(), http.StatusBadGateway)
+			return
+		}
+		f, size, err := n.store.Open(h)
+		if err != nil {
+			http.Error(w, "braid: "+err.Error(), http.StatusInternalServerError)
+			return
+		}
+		defer f.Close()
+		w.Header().Set("Content-Length", fmt.Sprint(size))
+		w.Header().Set("X-Braid-Sha256", h)
+		w.Header().Set("X-Braid-Step", fmt.Sprint(cp.Step))
+		io.Copy(w, f)
+	})
+}

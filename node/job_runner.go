@@ -1,0 +1,742 @@
+package node
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/braidml/braid/allreduce"
+	"github.com/braidml/braid/coordinator"
+	"github.com/braidml/braid/model"
+	"github.com/braidml/braid/node/blobstore"
+	"github.com/braidml/braid/shard"
+	"github.com/braidml/braid/train"
+)
+
+// jobRunner is this node's worker for one running job. Its life:
+//
+//  1. prepare: fetch the base model, the dataset's manifest and (if the job
+//     has one) the last checkpoint by hash; build the model and the
+//     train.Worker; start from the checkpoint or from the base weights.
+//  2. For every committed epoch that includes this node (runEpoch):
+//     sync with the epoch's other members on the step to start from, then
+//     train step after step on a ring of the epoch's members until the
+//     epoch changes, the ring breaks, or the job ends.
+//
+// sync is what keeps replicas identical across failures. Entering an
+// epoch, each member freezes its status (steps applied, whether it kept
+// the reduced gradient of its last step) and serves it to the others; all
+// read the same frozen statuses and so compute the same target, the most
+// steps any member has applied. A step's all-reduce may have completed on
+// some members and not on others when a peer died; those at target−1 then
+// apply the reduced gradient a member at target kept (bitwise the update
+// the others applied), and those further behind (a joining node, one
+// restarted from a checkpoint) restore a member's full snapshot. If the
+// member that completed a step died, nobody has it and the survivors all
+// redo that step on the new ring.
+type jobRunner struct {
+	n      *Node
+	id     string
+	spec   coordinator.JobSpec
+	ctx    context.Context
+	cancel context.CancelFunc
+	dir    string // DataDir/jobs/ID: links to the base model and the shards
+
+	w        *train.Worker
+	data     *shard.Dataset
+	manifest *shard.Manifest
+	cfg      model.Config
+	tok      model.Tokenizer
+
+	mu       sync.Mutex
+	prog     JobProgress
+	sumStep  time.Duration // over the timed steps (see JobProgress.MeanStepMS)
+	sumWait  time.Duration
+	frozen   map[uint64]syncStatus // epoch → status as this node entered it
+	hashes   map[int]string        // steps applied → weights hash then
+	lastCkpt int                   // step of the last checkpoint this node recorded
+}
+
+// JobProgress is one worker's view of the running job.
+type JobProgress struct {
+	Job             string   `json:"job"`
+	Node            string   `json:"node"`
+	Phase           string   `json:"phase"` // preparing, waiting, syncing, training, finished
+	Epoch           uint64   `json:"epoch"`
+	Rank            int      `json:"rank"`
+	Members         []string `json:"members"`
+	Step            int      `json:"step"` // steps applied
+	Loss            float64  `json:"loss"`
+	HeldoutLoss     float64  `json:"heldout_loss,omitempty"`
+	HeldoutStep     int      `json:"heldout_step,omitempty"`
+	BaseHeldoutLoss float64  `json:"base_heldout_loss,omitempty"`
+	TokensPerSec    float64  `json:"tokens_per_sec"`
+	StepMS          float64  `json:"step_ms"`
+	WaitMS          float64  `json:"wait_ms"` // of StepMS, blocked on the all-reduce
+	// MeanStepMS and MeanWaitMS average StepMS and WaitMS over the steps
+	// this worker ran, the first two of each epoch left out (warm-up).
+	MeanStepMS  float64 `json:"mean_step_ms,omitempty"`
+	MeanWaitMS  float64 `json:"mean_wait_ms,omitempty"`
+	Steps       int     `json:"steps_timed,omitempty"`
+	WeightsHash string  `json:"weights_hash,omitempty"`
+	Error       string  `json:"error,omitempty"`
+}
+
+// syncStatus is a member's state when it entered an epoch.
+type syncStatus struct {
+	Ready   bool   `json:"ready"` // false: not in that epoch yet
+	Done    int    `json:"done"`
+	Reduced int    `json:"reduced"` // step of the reduced gradient kept, -1 if none
+	Hash    string `json:"hash"`
+}
+
+func (n *Node) newJobRunner(parent context.Context, j coordinator.Job) *jobRunner {
+	ctx, cancel := context.WithCancel(parent)
+	r := &jobRunner{n: n, id: j.ID, spec: j.Spec, ctx: ctx, cancel: cancel,
+		dir: filepath.Join(n.cfg.DataDir, "jobs", j.ID), frozen: map[uint64]syncStatus{}, hashes: map[int]string{}}
+	r.prog = JobProgress{Job: j.ID, Node: n.cfg.Name, Phase: "preparing", Rank: -1}
+	return r
+}
+
+func (r *jobRunner) setPhase(p string) {
+	r.mu.Lock()
+	r.prog.Phase = p
+	r.mu.Unlock()
+}
+
+// progress returns a copy of the worker's progress.
+func (r *jobRunner) progress() JobProgress {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p := r.prog
+	p.Members = slices.Clone(p.Members)
+	return p
+}
+
+func (r *jobRunner) run() {
+	log := r.n.log.With("job", r.id)
+	if err := r.prepare(); err != nil {
+		if r.ctx.Err() != nil {
+			return
+		}
+		log.Error("job cannot start here", "err", err)
+		r.mu.Lock()
+		r.prog.Error = err.Error()
+		r.mu.Unlock()
+		// A job that cannot even load its inputs fails for everyone.
+		r.n.applyAnywhere(r.ctx, coordinator.SetJobState{ID: r.id, State: coordinator.JobFailed,
+			Error: jobError("node %s: %v", r.n.cfg.Name, err), From: []coordinator.JobState{coordinator.JobRunning}})
+		return
+	}
+	defer r.data.Close()
+	for r.ctx.Err() == nil {
+		st, changed := r.n.coord.Watch()
+		if j, ok := st.Job(r.id); !ok || j.State != coordinator.JobRunning {
+			r.setPhase("finished")
+			return
+		}
+		e := st.Epoch
+		if !e.Has(r.n.cfg.Name) {
+			r.setPhase("waiting")
+			select {
+			case <-r.ctx.Done():
+				return
+			case <-changed:
+			}
+			continue
+		}
+		err := r.runEpoch(e)
+		switch {
+		case errors.Is(err, errJobEnded) || r.ctx.Err() != nil:
+			r.setPhase("finished")
+			return
+		case err != nil:
+			log.Warn("training on this epoch's ring stopped; resynchronising", "epoch", e.ID, "err", err)
+			r.mu.Lock()
+			r.prog.Error = err.Error()
+			r.mu.Unlock()
+			r.awaitNewEpoch(e.ID)
+		}
+	}
+}
+
+// awaitNewEpoch asks the leader for a fresh epoch (if membership does not
+// bring one first) and waits until it is committed.
+func (r *jobRunner) awaitNewEpoch(epoch uint64) {
+	asked := false
+	deadline := time.Now().Add(renewAfter)
+	for r.ctx.Err() == nil {
+		st, changed := r.n.coord.Watch()
+		if st.Epoch.ID != epoch {
+			return
+		}
+		if j, ok := st.Job(r.id); !ok || j.State != coordinator.JobRunning {
+			return
+		}
+		if !asked && time.Now().After(deadline) {
+			r.n.renewEpoch(r.ctx, epoch)
+			asked = true
+		}
+		select {
+		case <-r.ctx.Done():
+		case <-changed:
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// renewAfter is how long a worker whose ring broke waits for membership to
+// produce a new epoch before it asks the leader for one (the ring may have
+// broken with everyone alive).
+const renewAfter = 1500 * time.Millisecond
+
+// prepare fetches the job's inputs and builds the worker.
+func (r *jobRunner) prepare() error {
+	n, spec := r.n, r.spec
+	st := n.coord.State()
+	j, _ := st.Job(r.id)
+	d, ok := st.Dataset(spec.Dataset)
+	if !ok {
+		return fmt.Errorf("dataset %s is not registered", spec.Dataset[:12])
+	}
+	if err := os.MkdirAll(filepath.Join(r.dir, "base"), 0o755); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Join(r.dir, "data"), 0o755); err != nil {
+		return err
+	}
+	for _, f := range []struct{ hash, name string }{{spec.Base.Config, "config.json"}, {spec.Base.Weights, "model.safetensors"}} {
+		if err := n.ensureObject(r.ctx, f.hash, blobstore.SizeUnknown, j.SubmittedBy); err != nil {
+			return fmt.Errorf("fetching the base model's %s: %w", f.name, err)
+		}
+		if err := n.linkObject(f.hash, filepath.Join(r.dir, "base"), f.name); err != nil {
+			return err
+		}
+	}
+	if err := n.ensureObject(r.ctx, d.Manifest, blobstore.SizeUnknown, d.Source); err != nil {
+		return fmt.Errorf("fetching the manifest of %s: %w", d.Name, err)
+	}
+	if err := n.linkObject(d.Manifest, filepath.Join(r.dir, "data"), shard.ManifestName); err != nil {
+		return err
+	}
+	data, err := shard.Open(filepath.Join(r.dir, "data"))
+	if err != nil {
+		return err
+	}
+	ck, err := model.LoadCheckpoint(filepath.Join(r.dir, "base"))
+	if err != nil {
+		data.Close()
+		return err
+	}
+	if data.Manifest.Vocab > ck.Config.Vocab {
+		data.Close()
+		return fmt.Errorf("dataset %s has a vocabulary of %d, the base model %d", d.Name, data.Manifest.Vocab, ck.Config.Vocab)
+	}
+	m, err := model.New(ck.Config, spec.MicroBatch, data.Manifest.SeqLen)
+	if err != nil {
+		data.Close()
+		return err
+	}
+	copy(m.Params, ck.Params)
+	cfg := train.DefaultJobConfig()
+	cfg.Steps, cfg.GlobalBatch, cfg.MicroBatch = spec.Steps, spec.GlobalBatch, spec.MicroBatch
+	cfg.LR, cfg.MinLRFrac, cfg.Warmup, cfg.WeightDecay, cfg.Clip, cfg.Seed = spec.LR, spec.MinLRFrac, spec.Warmup, spec.WeightDecay, spec.Clip, spec.Seed
+	w, err := train.NewWorker(cfg, m, data)
+	if err != nil {
+		data.Close()
+		return err
+	}
+	r.w, r.data, r.manifest, r.cfg, r.tok = w, data, data.Manifest, ck.Config, ck.Tokenizer
+	// A job that has a checkpoint resumes from it: after a restart of the
+	// whole cluster every member does, so they agree.
+	if cp, ok := j.LastCheckpoint(); ok {
+		if err := n.ensureObject(r.ctx, cp.State, blobstore.SizeUnknown, cp.Holders...); err != nil {
+			data.Close()
+			return fmt.Errorf("fetching the checkpoint of step %d: %w", cp.Step, err)
+		}
+		b, err := r.readObject(cp.State)
+		if err != nil {
+			data.Close()
+			return err
+		}
+		if err := w.Restore(b); err != nil {
+			data.Close()
+			return fmt.Errorf("restoring the checkpoint of step %d: %w", cp.Step, err)
+		}
+		r.lastCkpt = cp.Step
+		n.log.Info("job resumes from its checkpoint", "job", r.id, "step", cp.Step)
+	}
+	r.mu.Lock()
+	r.prog.Step = w.Done
+	r.prog.WeightsHash = w.WeightsHash()
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *jobRunner) readObject(h string) ([]byte, error) {
+	p, err := r.n.store.Path(h)
+	if err != nil {
+		return nil, err
+	}
+	return os.ReadFile(p)
+}
+
+// ringReducer adapts an allreduce.Ring to train.Reducer.
+type ringReducer struct{ r *allreduce.Ring }
+
+func (rr ringReducer) Start(ctx context.Context, step uint64) train.ReduceOp {
+	return rr.r.Start(ctx, step)
+}
+func (rr ringReducer) AllReduce(ctx context.Context, step uint64, buf []float32) error {
+	return rr.r.AllReduce(ctx, step, buf)
+}
+
+// runEpoch syncs with epoch e's members and trains until the epoch or the
+// job changes. It returns errJobEnded when the job is over.
+func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
+	n := r.n
+	ctx, cancel := context.WithCancel(r.ctx)
+	defer cancel()
+	// The epoch (or the job) changing ends this epoch's work at once: a
+	// step in flight fails and its ring closes.
+	go func() {
+		for {
+			st, changed := n.coord.Watch()
+			j, ok := st.Job(r.id)
+			if st.Epoch.ID != e.ID || !ok || j.State != coordinator.JobRunning {
+				cancel()
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-changed:
+			}
+		}
+	}()
+	rank := slices.Index(e.Members, n.cfg.Name)
+	r.mu.Lock()
+	r.prog.Epoch, r.prog.Rank, r.prog.Members, r.prog.Phase = e.ID, rank, slices.Clone(e.Members), "syncing"
+	r.mu.Unlock()
+	if err := r.sync(ctx, e); err != nil {
+		return err
+	}
+	var members []allreduce.Member
+	st := n.coord.State()
+	for _, name := range e.Members {
+		m, ok := st.Member(name)
+		if !ok {
+			return fmt.Errorf("epoch %d member %s is unknown", e.ID, name)
+		}
+		members = append(members, allreduce.Member{ID: transportPeer(name), Addr: m.Addr})
+	}
+	n.ringMu.Lock()
+	defer n.ringMu.Unlock()
+	rcfg := allreduce.DefaultConfig()
+	ring, err := allreduce.NewRing(rcfg, n.tr, members)
+	if err != nil {
+		return err
+	}
+	defer ring.Close()
+	red := ringReducer{ring}
+	r.setPhase("training")
+	epochSteps := 0
+	for r.w.Done < r.spec.Steps {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if rank == 0 && r.w.Done == 0 && r.spec.EvalEvery > 0 && r.progress().BaseHeldoutLoss == 0 {
+			r.eval(true)
+		}
+		step := r.w.Done
+		part, err := r.part(step, e.Members, rank)
+		if err != nil {
+			return err
+		}
+		if err := r.ensureShards(ctx, part); err != nil {
+			return err
+		}
+		start := time.Now()
+		res, err := r.w.Step(ctx, part, red)
+		if err != nil {
+			return err
+		}
+		if n.deps.PerturbWeights != nil && n.deps.PerturbWeights(r.w.Done) {
+			r.w.Model.Params[0] += 1e-3 // a fault injected by a test: replicas diverge
+		}
+		elapsed := time.Since(start)
+		r.mu.Lock()
+		r.prog.Step, r.prog.Loss, r.prog.Error = r.w.Done, res.Loss, ""
+		r.prog.StepMS, r.prog.WaitMS = float64(elapsed.Microseconds())/1e3, float64(res.Wait.Microseconds())/1e3
+		if elapsed > 0 {
+			r.prog.TokensPerSec = float64(res.Tokens) / elapsed.Seconds()
+		}
+		if epochSteps++; epochSteps > 2 {
+			r.sumStep += elapsed
+			r.sumWait += res.Wait
+			r.prog.Steps++
+			r.prog.MeanStepMS = float64(r.sumStep.Microseconds()) / 1e3 / float64(r.prog.Steps)
+			r.prog.MeanWaitMS = float64(r.sumWait.Microseconds()) / 1e3 / float64(r.prog.Steps)
+		}
+		if r.spec.HashEvery > 0 && r.w.Done%r.spec.HashEvery == 0 || r.w.Done == r.spec.Steps {
+			h := r.w.WeightsHash()
+			r.hashes[r.w.Done] = h
+			r.prog.WeightsHash = h
+			delete(r.hashes, r.w.Done-10*max(r.spec.HashEvery, 1))
+		}
+		r.mu.Unlock()
+		if rank != 0 {
+			continue
+		}
+		// Rank 0's duties: compare replicas, evaluate, checkpoint.
+		if he := r.spec.HashEvery; he > 0 && step > 0 && step%he == 0 {
+			go r.compareReplicas(ctx, e, step)
+		}
+		if ee := r.spec.EvalEvery; ee > 0 && r.w.Done%ee == 0 {
+			r.eval(false)
+		}
+		if ce := r.spec.CheckpointEvery; ce > 0 && r.w.Done%ce == 0 && r.w.Done < r.spec.Steps {
+			if err := r.checkpoint(ctx, e); err != nil {
+				n.log.Warn("checkpoint failed", "job", r.id, "step", r.w.Done, "err", err)
+			}
+		}
+	}
+	// All steps applied.
+	if rank == 0 {
+		if r.spec.EvalEvery > 0 && r.progress().HeldoutStep != r.w.Done {
+			r.eval(false)
+		}
+		if r.lastCkpt != r.w.Done {
+			if err := r.checkpoint(ctx, e); err != nil {
+				return fmt.Errorf("final checkpoint: %w", err)
+			}
+		}
+		if err := n.applyAnywhere(ctx, coordinator.SetJobState{ID: r.id, State: coordinator.JobCompleted,
+			From: []coordinator.JobState{coordinator.JobRunning}}); err != nil && !errors.Is(err, coordinator.ErrJobFinal) {
+			return err
+		}
+		n.log.Info("job completed", "job", r.id, "steps", r.w.Done)
+		return errJobEnded
+	}
+	r.setPhase("finished")
+	<-ctx.Done() // rank 0 completes the job (or a new epoch makes another rank 0)
+	if r.ctx.Err() != nil {
+		return errJobEnded
+	}
+	if j, ok := n.coord.State().Job(r.id); !ok || j.State != coordinator.JobRunning {
+		return errJobEnded
+	}
+	return ctx.Err()
+}
+
+// part is this member's share of global batch step.
+func (r *jobRunner) part(step int, members []string, rank int) ([]int64, error) {
+	nseq := r.data.NumSequences(shard.Train)
+	if nseq == 0 {
+		return nil, fmt.Errorf("dataset has no training sequences")
+	}
+	dataEpoch, k := shard.EpochStep(int64(step), nseq, r.spec.GlobalBatch)
+	d, _ := r.n.coord.State().Dataset(r.spec.Dataset)
+	parts, err := shard.Assign(shard.AssignParams{Seed: r.spec.Seed, DataEpoch: dataEpoch, Step: k,
+		GlobalBatch: r.spec.GlobalBatch, Members: members, Placement: shard.Placement(d.Placement),
+		Shards: r.manifest.SplitShards(shard.Train)})
+	if err != nil {
+		return nil, err
+	}
+	return parts[rank], nil
+}
+
+// ensureShards makes the shards of part's sequences local (fetched from
+// their holders when this node does not hold them) and visible to the
+// dataset.
+func (r *jobRunner) ensureShards(ctx context.Context, part []int64) error {
+	d, _ := r.n.coord.State().Dataset(r.spec.Dataset)
+	seen := map[string]bool{}
+	for _, id := range part {
+		e, _, err := r.data.Locate(shard.Train, id)
+		if err != nil {
+			return err
+		}
+		if seen[e.Hash] {
+			continue
+		}
+		seen[e.Hash] = true
+		if err := r.n.ensureObject(ctx, e.Hash, e.Bytes, append(slices.Clone(d.Placement[e.Hash]), d.Source)...); err != nil {
+			return fmt.Errorf("fetching shard %s: %w", e.Hash[:12], err)
+		}
+		if err := r.n.linkObject(e.Hash, r.data.Dir, e.Hash+shard.ShardExt); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ensureHeldout makes the held-out shards local.
+func (r *jobRunner) ensureHeldout(ctx context.Context) error {
+	d, _ := r.n.coord.State().Dataset(r.spec.Dataset)
+	for _, e := range r.manifest.SplitShards(shard.Heldout) {
+		if err := r.n.ensureObject(ctx, e.Hash, e.Bytes, append(slices.Clone(d.Placement[e.Hash]), d.Source)...); err != nil {
+			return err
+		}
+		if err := r.n.linkObject(e.Hash, r.data.Dir, e.Hash+shard.ShardExt); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// eval scores the held-out split (rank 0).
+func (r *jobRunner) eval(base bool) {
+	if r.data.NumSequences(shard.Heldout) == 0 {
+		return
+	}
+	if err := r.ensureHeldout(r.ctx); err != nil {
+		r.n.log.Warn("held-out shards unavailable", "job", r.id, "err", err)
+		return
+	}
+	loss, err := r.w.Eval()
+	if err != nil {
+		r.n.log.Warn("held-out evaluation failed", "job", r.id, "err", err)
+		return
+	}
+	r.mu.Lock()
+	if base {
+		r.prog.BaseHeldoutLoss = loss
+	}
+	r.prog.HeldoutLoss, r.prog.HeldoutStep = loss, r.w.Done
+	r.mu.Unlock()
+}
+
+// sync agrees with e's members on the step to start from (see jobRunner).
+func (r *jobRunner) sync(ctx context.Context, e coordinator.Epoch) error {
+	n := r.n
+	r.mu.Lock()
+	me := syncStatus{Ready: true, Done: r.w.Done, Reduced: -1, Hash: r.w.WeightsHash()}
+	if step, _, ok := r.w.LastReduced(); ok {
+		me.Reduced = step
+	}
+	r.frozen[e.ID] = me
+	for k := range r.frozen {
+		if k+8 < e.ID {
+			delete(r.frozen, k)
+		}
+	}
+	r.mu.Unlock()
+	st := n.coord.State()
+	statuses := map[string]syncStatus{n.cfg.Name: me}
+	for _, name := range e.Members {
+		if name == n.cfg.Name {
+			continue
+		}
+		m, _ := st.Member(name)
+		for {
+			resp, err := n.callControl(ctx, name, m.Addr, controlRequest{Op: opJobSync, JobSync: &jobSyncRequest{Job: r.id, Epoch: e.ID}})
+			if err == nil && resp.JobSync != nil && resp.JobSync.Ready {
+				statuses[name] = *resp.JobSync
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("sync of epoch %d: waiting for %s: %w", e.ID, name, ctx.Err())
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	target := 0
+	for _, s := range statuses {
+		target = max(target, s.Done)
+	}
+	if r.w.Done == target {
+		return nil
+	}
+	// Behind by one: apply the reduced gradient a member at target kept.
+	if r.w.Done == target-1 {
+		for _, name := range e.Members {
+			s := statuses[name]
+			if s.Done != target || s.Reduced != target-1 {
+				continue
+			}
+			if err := r.catchUpGrad(ctx, name, target-1); err != nil {
+				n.log.Warn("catching up with a peer's reduced gradient failed", "job", r.id, "peer", name, "err", err)
+				continue
+			}
+			n.log.Info("caught up with the step the ring completed elsewhere", "job", r.id, "step", target-1, "from", name)
+			return nil
+		}
+	}
+	// Further behind, or no gradient to be had: a full snapshot.
+	for _, name := range e.Members {
+		if statuses[name].Done != target {
+			continue
+		}
+		if err := r.catchUpSnapshot(ctx, name); err != nil {
+			n.log.Warn("fetching a peer's snapshot failed", "job", r.id, "peer", name, "err", err)
+			continue
+		}
+		if r.w.Done != target {
+			return fmt.Errorf("the snapshot from %s is at step %d, want %d", name, r.w.Done, target)
+		}
+		n.log.Info("caught up from a peer's snapshot", "job", r.id, "step", target, "from", name)
+		return nil
+	}
+	return fmt.Errorf("sync of epoch %d: cannot reach step %d from step %d", e.ID, target, r.w.Done)
+}
+
+// catchUpGrad fetches peer's reduced gradient of step and applies it.
+func (r *jobRunner) catchUpGrad(ctx context.Context, peer string, step int) error {
+	resp, err := r.n.callControl(ctx, peer, r.n.memberAddr(peer), controlRequest{Op: opJobGrad, JobObject: &jobObjectRequest{Job: r.id, Step: step, Epoch: r.progress().Epoch}})
+	if err != nil {
+		return err
+	}
+	if err := r.n.ensureObject(ctx, resp.Object.Hash, resp.Object.Size, peer); err != nil {
+		return err
+	}
+	b, err := r.readObject(resp.Object.Hash)
+	if err != nil {
+		return err
+	}
+	gstep, grads, err := decodeGrads(b, len(r.w.Model.Params))
+	if err != nil {
+		return err
+	}
+	if gstep != step {
+		return fmt.Errorf("%s sent the gradient of step %d, want %d", peer, gstep, step)
+	}
+	return r.w.ApplyReduced(step, grads)
+}
+
+// catchUpSnapshot restores peer's full snapshot.
+func (r *jobRunner) catchUpSnapshot(ctx context.Context, peer string) error {
+	resp, err := r.n.callControl(ctx, peer, r.n.memberAddr(peer), controlRequest{Op: opJobSnapshot, JobObject: &jobObjectRequest{Job: r.id, Epoch: r.progress().Epoch}})
+	if err != nil {
+		return err
+	}
+	if err := r.n.ensureObject(ctx, resp.Object.Hash, resp.Object.Size, peer); err != nil {
+		return err
+	}
+	b, err := r.readObject(resp.Object.Hash)
+	if err != nil {
+		return err
+	}
+	return r.w.Restore(b)
+}
+
+// The reduced-gradient object: "BRDG" | step u64 | n u32 | n float32, all
+// little-endian.
+func encodeGrads(step int, g []float32) []byte {
+	b := make([]byte, 16+4*len(g))
+	copy(b, "BRDG")
+	binary.LittleEndian.PutUint64(b[4:], uint64(step))
+	binary.LittleEndian.PutUint32(b[12:], uint32(len(g)))
+	for i, v := range g {
+		binary.LittleEndian.PutUint32(b[16+4*i:], math.Float32bits(v))
+	}
+	return b
+}
+
+func decodeGrads(b []byte, n int) (int, []float32, error) {
+	if len(b) < 16 || string(b[:4]) != "BRDG" {
+		return 0, nil, errors.New("node: not a reduced-gradient object")
+	}
+	step := binary.LittleEndian.Uint64(b[4:])
+	if step > coordinator.MaxJobSteps || int(binary.LittleEndian.Uint32(b[12:])) != n || len(b) != 16+4*n {
+		return 0, nil, fmt.Errorf("node: reduced-gradient object of %d bytes for step %d does not hold %d values", len(b), step, n)
+	}
+	g := make([]float32, n)
+	for i := range g {
+		g[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[16+4*i:]))
+	}
+	return int(step), g, nil
+}
+
+// checkpoint writes the weights (Hugging Face layout) and the worker's
+// snapshot into the store, has the next Replicas−1 members of the ring
+// copy them, and records the checkpoint through the leader.
+func (r *jobRunner) checkpoint(ctx context.Context, e coordinator.Epoch) error {
+	n := r.n
+	snap, err := r.w.Snapshot()
+	if err != nil {
+		return err
+	}
+	stateHash, _, err := n.store.Put(bytesReader(snap))
+	if err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp(r.dir, "ckpt-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	if err := model.SaveCheckpoint(tmp, r.cfg, r.tok, r.w.Model.Params); err != nil {
+		return err
+	}
+	cfgHash, _, err := n.store.PutFile(filepath.Join(tmp, "config.json"))
+	if err != nil {
+		return err
+	}
+	wHash, _, err := n.store.PutFile(filepath.Join(tmp, "model.safetensors"))
+	if err != nil {
+		return err
+	}
+	holders := []string{n.cfg.Name}
+	rank := slices.Index(e.Members, n.cfg.Name)
+	for i := 1; i < len(e.Members) && len(holders) < r.spec.Replicas; i++ {
+		peer := e.Members[(rank+i)%len(e.Members)]
+		fctx, cancel := context.WithTimeout(ctx, time.Minute)
+		_, err := n.callControl(fctx, peer, n.memberAddr(peer), controlRequest{Op: opFetch,
+			Fetch: &fetchRequest{Hashes: []string{cfgHash, wHash, stateHash}, From: []string{n.cfg.Name}}})
+		cancel()
+		if err != nil {
+			n.log.Warn("checkpoint replica failed", "job", r.id, "peer", peer, "err", err)
+			continue
+		}
+		holders = append(holders, peer)
+	}
+	cp := coordinator.Checkpoint{Step: r.w.Done, Config: cfgHash, Weights: wHash, State: stateHash, Hash: r.w.WeightsHash(), Holders: holders}
+	if err := n.applyAnywhere(ctx, coordinator.RecordCheckpoint{ID: r.id, Checkpoint: cp}); err != nil {
+		return err
+	}
+	r.lastCkpt = r.w.Done
+	n.log.Info("checkpoint recorded", "job", r.id, "step", cp.Step, "holders", holders)
+	return nil
+}
+
+// compareReplicas asks every member for its weights hash after step steps
+// and fails the job, naming the node, when one differs from rank 0's.
+func (r *jobRunner) compareReplicas(ctx context.Context, e coordinator.Epoch, step int) {
+	r.mu.Lock()
+	mine, ok := r.hashes[step]
+	r.mu.Unlock()
+	if !ok {
+		return
+	}
+	for _, name := range e.Members {
+		if name == r.n.cfg.Name {
+			continue
+		}
+		resp, err := r.n.callControl(ctx, name, r.n.memberAddr(name), controlRequest{Op: opJobProgress, JobObject: &jobObjectRequest{Job: r.id, Step: step}})
+		if err != nil || resp.JobProgress == nil || resp.JobProgress.WeightsHash == "" {
+			continue // gone or not there yet: a later comparison will tell
+		}
+		if h := resp.JobProgress.WeightsHash; h != mine {
+			msg := jobError("replicas diverged after step %d: %s's weights hash %s differs from %s's %s", step, name, h[:16], r.n.cfg.Name, mine[:16])
+			r.n.log.Error("stopping the job", "job", r.id, "err", msg)
+			r.n.applyAnywhere(ctx, coordinator.SetJobState{ID: r.id, State: coordinator.JobFailed, Error: msg,
+				From: []coordinator.JobState{coordinator.JobRunning}})
+			return
+		}
+	}
+}
+
+// memberAddr is name's transport address in the replicated state.
+func (n *Node) memberAddr(name string) string {
+	m, _ := n.coord.State().Member(name)
+	return m.Addr
+}

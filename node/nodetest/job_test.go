@@ -1,0 +1,198 @@
+package nodetest
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/braidml/braid/coordinator"
+	"github.com/braidml/braid/model"
+	"github.com/braidml/braid/node"
+)
+
+// baseModel writes a small randomly initialised byte-level model.
+func baseModel(t *testing.T) string {
+	t.Helper()
+	c := model.Config{Context: 64, Dim: 32, Layers: 2, Heads: 2, Vocab: model.ByteTokenizer{}.Vocab()}
+	m, err := model.NewInference(c, 1, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Init(7)
+	dir := filepath.Join(t.TempDir(), "base")
+	if err := model.SaveCheckpoint(dir, c, model.ByteTokenizer{}, m.Params); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// waitJob waits until the job reaches a final state (or cond holds) and
+// returns its status as name reports it.
+func waitJob(c *Cluster, name, id string, cond func(node.JobStatus) bool) node.JobStatus {
+	var js node.JobStatus
+	c.waitFor("job "+id, func() bool {
+		n := c.Node(name)
+		if n == nil {
+			return false
+		}
+		var err error
+		js, err = n.JobStatus(context.Background(), id)
+		return err == nil && cond(js)
+	})
+	return js
+}
+
+func final(js node.JobStatus) bool { return js.State.Final() }
+
+// submit registers a dataset and submits a job on name.
+func submit(t *testing.T, c *Cluster, name string, req node.JobRequest) string {
+	t.Helper()
+	dir, _ := prepareDataset(t, "legal", 40)
+	if _, err := c.Node(name).AddDataset(context.Background(), dir, node.DatasetOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	req.Base, req.Dataset = baseModel(t), "legal"
+	j, err := c.Node(name).SubmitJob(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j.ID
+}
+
+// replicaHashes returns every live worker's weights hash for job id.
+func replicaHashes(t *testing.T, js node.JobStatus) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, w := range js.Workers {
+		out[w.Node] = w.WeightsHash
+	}
+	return out
+}
+
+// A job submitted to a follower trains on every member, checkpoints,
+// evaluates, and completes with bitwise-identical replicas and a held-out
+// loss below the base model's.
+func TestJobTrainsOnEveryMember(t *testing.T) {
+	c := NewCluster(t, 3)
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
+	leader := c.WaitLeader()
+	sub := "n1"
+	if sub == leader {
+		sub = "n2"
+	}
+	id := submit(t, c, sub, node.JobRequest{Steps: 30, GlobalBatch: 12, MicroBatch: 4, LR: 3e-3, Warmup: 3,
+		CheckpointEvery: 10, EvalEvery: 10, HashEvery: 5})
+	js := waitJob(c, sub, id, final)
+	if js.State != coordinator.JobCompleted {
+		t.Fatalf("job %s: %s", js.State, js.Error)
+	}
+	if js.Step != 30 || len(js.Checkpoints) != 3 || js.Checkpoints[2].Step != 30 || len(js.Checkpoints[2].Holders) != 2 {
+		t.Fatalf("status %+v", js)
+	}
+	if !(js.HeldoutLoss > 0 && js.HeldoutLoss < js.BaseHeldoutLoss) {
+		t.Errorf("held-out loss %v, base %v", js.HeldoutLoss, js.BaseHeldoutLoss)
+	}
+	hashes := replicaHashes(t, js)
+	if len(hashes) != 3 {
+		t.Fatalf("workers %v", hashes)
+	}
+	for name, h := range hashes {
+		if h != js.Checkpoints[2].Hash {
+			t.Errorf("%s's weights %s differ from the final checkpoint's %s", name, h, js.Checkpoints[2].Hash)
+		}
+	}
+	t.Logf("held-out loss %.4f → %.4f", js.BaseHeldoutLoss, js.HeldoutLoss)
+}
+
+// kill -9 of a member in the middle of the job, then of the leader: the
+// survivors go on without restarting anything and finish with identical
+// weights.
+func TestJobSurvivesKilledMembersAndLeader(t *testing.T) {
+	c := NewCluster(t, 4)
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 4 })
+	leader := c.WaitLeader()
+	api := "n1"
+	if api == leader {
+		api = "n2"
+	}
+	id := submit(t, c, api, node.JobRequest{Steps: 60, GlobalBatch: 12, MicroBatch: 4, LR: 3e-3, Warmup: 3,
+		CheckpointEvery: 20, HashEvery: 5})
+	waitJob(c, api, id, func(js node.JobStatus) bool { return js.Step >= 10 })
+	var victim string
+	for _, n := range []string{"n1", "n2", "n3", "n4"} {
+		if n != api && n != leader {
+			victim = n
+			break
+		}
+	}
+	c.Kill(victim)
+	t.Logf("killed %s", victim)
+	waitJob(c, api, id, func(js node.JobStatus) bool {
+		return js.Step >= 30 && !strings.Contains(strings.Join(js.Members, ","), victim)
+	})
+	c.Kill(leader)
+	t.Logf("killed the leader %s", leader)
+	js := waitJob(c, api, id, final)
+	if js.State != coordinator.JobCompleted || js.Step != 60 {
+		t.Fatalf("job %s at step %d: %s", js.State, js.Step, js.Error)
+	}
+	hashes := replicaHashes(t, js)
+	if len(hashes) != 2 {
+		t.Fatalf("workers %v", hashes)
+	}
+	for name, h := range hashes {
+		if h != js.WeightsHash {
+			t.Errorf("%s's weights %s differ from %s", name, h, js.WeightsHash)
+		}
+	}
+}
+
+// Replicas that diverge stop the job with an error naming the node.
+func TestDivergedReplicaStopsTheJob(t *testing.T) {
+	c := NewCluster(t, 3)
+	c.SetPerturb("n3", func(step int) bool { return step == 7 })
+	c.Restart("n3")
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
+	id := submit(t, c, "n1", node.JobRequest{Steps: 40, GlobalBatch: 6, MicroBatch: 2, HashEvery: 5})
+	js := waitJob(c, "n1", id, final)
+	if js.State != coordinator.JobFailed || !strings.Contains(js.Error, "n3") || !strings.Contains(js.Error, "diverged") {
+		t.Fatalf("job %s: %q", js.State, js.Error)
+	}
+	t.Logf("error: %s", js.Error)
+}
+
+// The whole cluster stopped and started again resumes the job from its last
+// checkpoint and ends with weights bitwise identical to an uninterrupted
+// run with the same membership.
+func TestJobResumesAfterWholeClusterRestart(t *testing.T) {
+	req := node.JobRequest{Steps: 24, GlobalBatch: 6, MicroBatch: 3, LR: 3e-3, Warmup: 2, CheckpointEvery: 8, HashEvery: 4}
+	// The uninterrupted run.
+	ref := NewCluster(t, 3)
+	ref.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
+	refID := submit(t, ref, "n1", req)
+	want := waitJob(ref, "n1", refID, final)
+	if want.State != coordinator.JobCompleted {
+		t.Fatalf("reference job %s: %s", want.State, want.Error)
+	}
+	// The interrupted one: stop everything after the checkpoint at step 8.
+	c := NewCluster(t, 3)
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
+	id := submit(t, c, "n1", req)
+	waitJob(c, "n1", id, func(js node.JobStatus) bool { return len(js.Checkpoints) >= 1 && js.Step >= 10 })
+	for _, n := range []string{"n1", "n2", "n3"} {
+		c.Kill(n)
+	}
+	time.Sleep(0) // nothing to wait for: Kill returns with the node stopped
+	for _, n := range []string{"n1", "n2", "n3"} {
+		c.Start(n)
+	}
+	got := waitJob(c, "n1", id, final)
+	if got.State != coordinator.JobCompleted {
+		t.Fatalf("resumed job %s: %s", got.State, got.Error)
+	}
+	if got.WeightsHash != want.WeightsHash {
+		t.Fatalf("resumed run ends with weights %s, the uninterrupted run with %s", got.WeightsHash, want.WeightsHash)
+	}
+}

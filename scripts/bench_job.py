@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""Job figures for docs/BENCHMARKS.md (issue 7), with real `braid node` processes on loopback
+(QUIC, mutual TLS, encrypted gossip):
+
+  failover: 4 nodes run a long job; ROUNDS times, `kill -9` of a member that is neither the leader
+            nor the API node, timed to the first step completed on the new ring (seen through the
+            API: the epoch without the victim committed, then the job's step moving past where it
+            stood then); the victim is restarted on its data directory and rejoins the job before
+            the next round.
+  scaling:  the same job on N = 1, 2, 3, 4 nodes: mean step time and the part of it spent blocked
+            on the all-reduce (what backward did not hide).
+
+Prints one JSON line per measurement. Usage:
+  /usr/bin/python3 scripts/bench_job.py [--braid bin/braid] [--rounds 5] [--nodes 1,2,3,4] [--only failover|scaling]
+"""
+import argparse, json, os, shutil, signal, socket, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    while True:
+        s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close()
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            u.bind(("127.0.0.1", p)); return p
+        except OSError:
+            pass
+        finally:
+            u.close()
+
+
+class Cluster:
+    def __init__(self, braid, n, profile, work):
+        self.braid, self.n, self.profile, self.work = braid, n, profile, work
+        self.ports = {f"n{i}": (free_port(), free_port(), free_port()) for i in range(1, n + 1)}
+        self.procs = {}
+        run([braid, "ca", "init", "--dir", f"{work}/tls"])
+        for name in self.ports:
+            run([braid, "ca", "issue", "--dir", f"{work}/tls", "--name", name, "--host", "127.0.0.1"])
+        for name in self.ports:
+            self.start(name)
+        self.api = f"http://127.0.0.1:{self.ports['n1'][2]}"
+
+    def start(self, name):
+        g, q, h = self.ports[name]
+        seed = self.ports["n1"][0]
+        log = open(f"{self.work}/{name}.log", "a")
+        self.procs[name] = subprocess.Popen(
+            [self.braid, "node", "--name", name, "--data-dir", f"{self.work}/{name}", "--tls-dir", f"{self.work}/tls",
+             "--profile", self.profile, "--gossip-addr", f"127.0.0.1:{g}", "--quic-addr", f"127.0.0.1:{q}",
+             "--http", f"127.0.0.1:{h}", "--join", f"127.0.0.1:{seed}", "--bootstrap-expect", str(min(self.n, 3)),
+             "--log-level", "warn"], stdout=log, stderr=log)
+
+    def kill(self, name):
+        self.procs[name].send_signal(signal.SIGKILL); self.procs[name].wait()
+
+    def stop(self):
+        for p in self.procs.values():
+            p.kill()
+        for p in self.procs.values():
+            p.wait()
+
+    def api_json(self, *cmd, arg=None):
+        """Runs `braid CMD --api URL --json [ARG]` and decodes its output (None on failure)."""
+        out = subprocess.run([self.braid, *cmd, "--api", self.api, "--json"] + ([arg] if arg else []),
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            return None
+        return json.loads(out.stdout)
+
+    def status(self):
+        return self.api_json("status")
+
+    def job(self, jid):
+        return self.api_json("job", "status", arg=jid)
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def wait(what, cond, timeout=120, every=0.02):
+    deadline = time.time() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.time() > deadline:
+            raise SystemExit(f"bench_job: no {what} within {timeout}s")
+        time.sleep(every)
+
+
+def setup_job(c, braid, steps, work):
+    wait("cluster", lambda: (s := c.status()) and s["leader"] and len(s["epoch"]["members"]) == c.n)
+    src = subprocess.run(["go", "env", "GOROOT"], capture_output=True, text=True).stdout.strip() + "/src"
+    ds = f"{work}/ds"
+    if not os.path.exists(ds):
+        run([braid, "data", "prepare", "--input", f"{src}/net/http", "--input", f"{src}/strings", "--out", ds, "--name", "go",
+             "--seq-len", "128", "--shard-mib", "1", "--skip-bad"])
+    run([braid, "data", "push", "--api", c.api, "--replicas", str(min(2, c.n)), ds])
+    wait("replicas", lambda: (d := c.api_json("data", "status", arg="go")) and d["under_replicated"] == 0 and d.get("placement"))
+    jid = run([braid, "job", "submit", "--api", c.api, "--base", f"{ROOT}/models/base-en", "--dataset", "go", "--steps", str(steps),
+               "--global-batch", "24", "--micro-batch", "8", "--lr", "1e-3", "--warmup", "5", "--seed", "1"]).strip()
+    return jid
+
+
+def failover(braid, rounds):
+    work = tempfile.mkdtemp(prefix="braid-benchjob-")
+    c = Cluster(braid, 4, "lan", work)
+    try:
+        jid = setup_job(c, braid, 100000, work)
+        wait("training", lambda: (j := c.job(jid)) and j["step"] >= 3)
+        for r in range(1, rounds + 1):
+            st = c.status()
+            victim = next(n for n in ["n2", "n3", "n4"] if n != st["leader"])
+            epoch0 = st["epoch"]["id"]
+            t0 = time.time()
+            c.kill(victim)
+            j = wait("new epoch", lambda: (j := c.job(jid)) and j["epoch"] > epoch0 and victim not in j["members"] and j, every=0.01)
+            t_epoch, s0 = time.time(), j["step"]
+            j = wait("a step on the new ring", lambda: (j := c.job(jid)) and j["step"] > s0 and j, every=0.01)
+            t1 = time.time()
+            print(json.dumps({"bench": "job-failover", "round": r, "profile": "lan", "nodes": 4, "victim": victim,
+                              "kill_to_epoch_s": round(t_epoch - t0, 3), "kill_to_first_step_s": round(t1 - t0, 3),
+                              "step_ms": j["step_ms"]}), flush=True)
+            c.start(victim)  # rejoins: fetches the weights and enters at the next epoch
+            wait("rejoin", lambda: (j := c.job(jid)) and victim in j["members"] and any(w["node"] == victim and w["phase"] == "training" for w in j.get("workers", [])), timeout=180)
+            s1 = c.job(jid)["step"]
+            wait("steps after the rejoin", lambda: (j := c.job(jid)) and j["step"] >= s1 + 3)
+    finally:
+        c.stop(); shutil.rmtree(work, ignore_errors=True)
+
+
+def scaling(braid, nodes):
+    for n in nodes:
+        work = tempfile.mkdtemp(prefix="braid-benchjob-")
+        c = Cluster(braid, n, "local", work)
+        try:
+            jid = setup_job(c, braid, 25, work)
+            j = wait("completion", lambda: (j := c.job(jid)) and j["state"] in ("completed", "failed") and j, timeout=600, every=0.2)
+            ws = j.get("workers") or []
+            # The workers have finished; their last reports carry the means.
+            step = max((w.get("mean_step_ms", 0) for w in ws), default=0)
+            waitms = max((w.get("mean_wait_ms", 0) for w in ws), default=0)
+            print(json.dumps({"bench": "job-scaling", "nodes": n, "state": j["state"], "global_batch": 24, "micro_batch": 8,
+                              "mean_step_ms": round(step, 1), "mean_wait_ms": round(waitms, 1),
+                              "wait_share": round(waitms / step, 3) if step else None,
+                              "tokens_per_s": round(24 * 128 / step * 1e3) if step else None}), flush=True)
+        finally:
+            c.stop(); shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--braid", default=f"{ROOT}/bin/braid")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--nodes", default="1,2,3,4")
+    ap.add_argument("--only", default="")
+    a = ap.parse_args()
+    if a.only in ("", "failover"):
+        failover(a.braid, a.rounds)
+    if a.only in ("", "scaling"):
+        scaling(a.braid, [int(x) for x in a.nodes.split(",")])

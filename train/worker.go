@@ -1,0 +1,667 @@
+package train
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/braidml/braid/kernels"
+	"github.com/braidml/braid/model"
+	"github.com/braidml/braid/model/safetensors"
+	"github.com/braidml/braid/shard"
+)
+
+// This file is one worker's share of a data-parallel fine-tuning job
+// (ARCHITECTURE.md, "The data flow of one fine-tuning job", steps 5–7):
+//
+//	for each step k:  the node computes this worker's part of global batch k
+//	                  (shard.EpochStep + shard.Assign) and calls
+//	Worker.Step       forward/backward over the part in micro-batches; during
+//	                  the last backward, gradient buckets go to the reducer
+//	                  (last layer first) while the layers below are computed;
+//	                  then the loss is reduced, and every worker clips and
+//	                  applies the same AdamW update to the same bytes.
+//
+// Replicas stay bitwise identical because everything after the reduction is
+// a deterministic function of the reduced gradient (which the reducer gives
+// bitwise the same to every member), the step and the job's settings. The
+// reducer is an interface: the ring all-reduce lives in package allreduce
+// and the node wires it in; tests use an in-memory one.
+
+// Worker errors, wrapped with the step or the field at fault.
+var (
+	// ErrJobDone: Step or ApplyReduced after the job's last step.
+	ErrJobDone = errors.New("train: job already done")
+	// ErrWrongStep: a gradient or part for another step than the worker's.
+	ErrWrongStep = errors.New("train: wrong step")
+	// ErrPartition: the workers' parts do not add up to the global batch.
+	ErrPartition = errors.New("train: parts do not make up the global batch")
+	// ErrDiverged: the reduced gradient or the loss is not finite.
+	ErrDiverged = errors.New("train: training diverged")
+	// ErrNoHeldout: Eval on a dataset without held-out sequences.
+	ErrNoHeldout = errors.New("train: dataset has no held-out sequences")
+	// ErrSnapshot: Restore refused a snapshot (malformed, corrupt, or of
+	// another model, job or dataset).
+	ErrSnapshot = errors.New("train: bad snapshot")
+)
+
+// Reducer sums buffers across the workers of a job. Every worker must make
+// the same calls, with buffers of the same lengths, in the same order; the
+// result must be bitwise the same on every worker. Calls do not overlap:
+// AllReduce is called only after the step's ReduceOp has finished.
+type Reducer interface {
+	// Start begins a bucketed all-reduce of step's gradient: buckets added
+	// to the op are summed in place across all workers, in Add order, in
+	// the background.
+	Start(ctx context.Context, step uint64) ReduceOp
+	// AllReduce sums buf in place across workers (used for the small loss
+	// buffer).
+	AllReduce(ctx context.Context, step uint64, buf []float32) error
+}
+
+// ReduceOp is one bucketed all-reduce in flight.
+type ReduceOp interface {
+	// Add queues bucket to be summed in place; it must not block for long
+	// (it is called from inside the backward pass). The worker does not
+	// touch bucket again until Wait returns.
+	Add(bucket []float32)
+	// Wait returns when every bucket added is reduced (or the op failed),
+	// with the first error. The worker calls it exactly once per op.
+	Wait() error
+}
+
+// JobConfig holds the settings of a distributed fine-tuning job that shape
+// its trajectory. Every worker of a job must use the same JobConfig.
+type JobConfig struct {
+	Steps int `json:"steps"` // optimizer updates (global batches)
+	// GlobalBatch is the sequences per step, summed over all workers (the
+	// last global batch of a data-epoch may be shorter: shard.GlobalBatch).
+	GlobalBatch int `json:"global_batch"`
+	// MicroBatch is the most sequences one forward/backward pass takes;
+	// a worker accumulates gradients over ceil(part/MicroBatch) passes.
+	MicroBatch  int     `json:"micro_batch"`
+	LR          float64 `json:"lr"`           // peak learning rate
+	MinLRFrac   float64 `json:"min_lr_frac"`  // the cosine schedule ends at LR·MinLRFrac
+	Warmup      int     `json:"warmup"`       // linear warmup steps
+	WeightDecay float64 `json:"weight_decay"` // AdamW decoupled weight decay on matrices
+	Clip        float64 `json:"clip"`         // global gradient-norm clip; 0 disables
+	Beta1       float64 `json:"beta1"`
+	Beta2       float64 `json:"beta2"`
+	Eps         float64 `json:"eps"`
+	// Seed is the sampler's seed (shard.GlobalBatch, shard.Assign): the
+	// node uses it to compute parts; the worker itself draws nothing.
+	Seed uint64 `json:"seed"`
+	// EvalSequences is how many held-out sequences Eval scores, the first
+	// ones of the split; 0 means all of them up to DefaultEvalSequences.
+	EvalSequences int `json:"eval_sequences,omitempty"`
+	// BucketBytes is the least gradient bytes per all-reduce bucket:
+	// consecutive layers whose gradients are smaller are merged into one
+	// bucket, so that tiny layers (ln_f) do not each pay an all-reduce's
+	// latency. 0 means DefaultBucketBytes. Every worker of a job must use
+	// the same value: it decides the buckets' lengths.
+	BucketBytes int `json:"bucket_bytes,omitempty"`
+}
+
+// Defaults and bounds of JobConfig.
+const (
+	// DefaultEvalSequences is what EvalSequences 0 stands for.
+	DefaultEvalSequences = 256
+	// DefaultBucketBytes is what BucketBytes 0 stands for: 1 MiB, one
+	// block of the small preset per bucket.
+	DefaultBucketBytes = 1 << 20
+	// MaxGlobalBatch bounds GlobalBatch: sequence counts are summed as
+	// float32 in the loss all-reduce, exact up to 2^24.
+	MaxGlobalBatch = 1 << 24
+)
+
+// DefaultJobConfig returns fine-tuning settings for the bundled base model
+// (models/base-en) and models of its size.
+func DefaultJobConfig() JobConfig {
+	return JobConfig{
+		Steps: 200, GlobalBatch: 32, MicroBatch: 8, LR: 1e-3, MinLRFrac: 0.1, Warmup: 20,
+		WeightDecay: 0.1, Clip: 1, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, Seed: 1,
+	}
+}
+
+// Validate checks each field and names the one at fault.
+func (c JobConfig) Validate() error {
+	switch {
+	case c.Steps < 1:
+		return fmt.Errorf("%w: steps = %d, want ≥ 1", ErrConfig, c.Steps)
+	case c.GlobalBatch < 1 || c.GlobalBatch > MaxGlobalBatch:
+		return fmt.Errorf("%w: global batch = %d, want 1..%d", ErrConfig, c.GlobalBatch, MaxGlobalBatch)
+	case c.MicroBatch < 1 || c.MicroBatch > 1<<16:
+		return fmt.Errorf("%w: micro batch = %d, want 1..65536", ErrConfig, c.MicroBatch)
+	case !(c.LR > 0 && c.LR < 10):
+		return fmt.Errorf("%w: lr = %g, want in (0, 10)", ErrConfig, c.LR)
+	case !(c.MinLRFrac >= 0 && c.MinLRFrac <= 1):
+		return fmt.Errorf("%w: min-lr fraction = %g, want 0..1", ErrConfig, c.MinLRFrac)
+	case c.Warmup < 0:
+		return fmt.Errorf("%w: warmup = %d, want ≥ 0", ErrConfig, c.Warmup)
+	case !(c.WeightDecay >= 0 && c.WeightDecay < 1):
+		return fmt.Errorf("%w: weight decay = %g, want 0 ≤ wd < 1", ErrConfig, c.WeightDecay)
+	case !(c.Clip >= 0) || math.IsInf(c.Clip, 0):
+		return fmt.Errorf("%w: clip = %g, want ≥ 0 (0 disables)", ErrConfig, c.Clip)
+	case !(c.Beta1 >= 0 && c.Beta1 < 1) || !(c.Beta2 >= 0 && c.Beta2 < 1):
+		return fmt.Errorf("%w: betas = (%g, %g), want each in [0, 1)", ErrConfig, c.Beta1, c.Beta2)
+	case !(c.Eps > 0 && c.Eps < 1):
+		return fmt.Errorf("%w: eps = %g, want in (0, 1)", ErrConfig, c.Eps)
+	case c.EvalSequences < 0:
+		return fmt.Errorf("%w: eval sequences = %d, want ≥ 0 (0: up to %d)", ErrConfig, c.EvalSequences, DefaultEvalSequences)
+	case c.BucketBytes < 0:
+		return fmt.Errorf("%w: bucket bytes = %d, want ≥ 0 (0: %d)", ErrConfig, c.BucketBytes, DefaultBucketBytes)
+	}
+	return nil
+}
+
+// hash identifies the settings that decide a job's trajectory, for
+// snapshots: all but EvalSequences (what Eval scores) and BucketBytes
+// (how the gradient travels).
+func (c JobConfig) hash() string {
+	c.EvalSequences, c.BucketBytes = 0, 0
+	b, _ := json.Marshal(c) // cannot fail: plain numbers
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// StepResult describes one applied step.
+type StepResult struct {
+	Step     int     // the step applied (0-based index of the global batch)
+	Loss     float64 // global mean loss of the step over all workers' sequences (after the loss all-reduce)
+	GradNorm float32 // global gradient norm before clipping
+	LR       float64
+	Tokens   int           // tokens this worker processed
+	Compute  time.Duration // forward/backward time of this worker
+	Wait     time.Duration // time blocked on the reducer after compute (communication not hidden by compute)
+}
+
+// Worker is one replica's training engine for a job: a model with its
+// optimizer, the job's dataset, and the number of steps applied. Workers of
+// a job that start from the same weights and are stepped with the parts of
+// the same global batches hold bitwise the same weights after every step.
+//
+// A Worker is not safe for concurrent use: one goroutine calls its methods
+// (the kernels spread each pass over the CPU's cores). It owns
+// Model.GradReady.
+type Worker struct {
+	Config JobConfig
+	Model  *model.Model
+	Opt    *Optimizer
+	Data   *shard.Dataset
+	Done   int // steps applied so far (== Opt.Step)
+
+	sched Schedule
+	T     int   // tokens per sequence: the dataset's seq_len
+	n     int64 // train sequences in the dataset
+
+	tokens, targets []int32 // (MicroBatch, T) inputs of one pass
+	seq             []int32 // (T+1) one sequence as the dataset returns it
+
+	// Gradient buckets: runs of consecutive model.GradRanges, in the order
+	// Backward reports them. buckets[i] ends with range bucketEnd[i]-1.
+	ranges    [][2]int
+	buckets   [][]float32
+	bucketEnd []int
+	ready     func(lo, hi int) // w.gradReady, made once so that Step does not allocate
+	op        ReduceOp         // the reduction the last backward feeds
+	nextRange int              // ranges reported so far in this backward
+	added     int              // buckets added to op so far
+
+	lossBuf [2]float32 // {this worker's share of the mean loss, its sequences}
+
+	reduced     []float32 // the reduced, unclipped gradient of step reducedStep
+	reducedStep int       // -1: none
+}
+
+// NewWorker returns a worker at step 0 that trains m on data's train split
+// with cfg (m holds the starting weights: Init or a base checkpoint). m must
+// be a training model (model.New) whose activations fit MicroBatch
+// sequences of the dataset's seq_len, and data's vocabulary must fit m's.
+func NewWorker(cfg JobConfig, m *model.Model, data *shard.Dataset) (*Worker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if m == nil || data == nil || data.Manifest == nil {
+		return nil, fmt.Errorf("train: NewWorker needs a model and an opened dataset")
+	}
+	if m.Grads == nil {
+		return nil, fmt.Errorf("train: the model has no gradients (made by NewInference?); a worker needs model.New")
+	}
+	man := data.Manifest
+	T := man.SeqLen
+	maxB, maxT := m.MaxBatch()
+	switch {
+	case man.Vocab > m.Config.Vocab:
+		return nil, fmt.Errorf("train: dataset %s has %d token ids (%s tokenizer), the model only %d", man.Name, man.Vocab, man.Tokenizer, m.Config.Vocab)
+	case T < 1 || T > m.Config.Context:
+		return nil, fmt.Errorf("train: dataset %s has sequences of %d tokens, longer than the model's context of %d", man.Name, T, m.Config.Context)
+	case T > maxT || cfg.MicroBatch*T > maxB*maxT:
+		return nil, fmt.Errorf("%w: micro batch %d×%d tokens does not fit the model's activations for %d×%d (allocate the model with model.New(c, %d, %d))",
+			ErrConfig, cfg.MicroBatch, T, maxB, maxT, cfg.MicroBatch, T)
+	}
+	n := data.NumSequences(shard.Train)
+	if n < 1 {
+		return nil, fmt.Errorf("%w: dataset %s has no train sequences", ErrTooSmall, man.Name)
+	}
+	w := &Worker{
+		Config: cfg, Model: m, Data: data, T: T, n: n,
+		Opt:         NewOptimizer(m.Config, float32(cfg.Beta1), float32(cfg.Beta2), float32(cfg.Eps), float32(cfg.WeightDecay)),
+		sched:       Schedule{LR: cfg.LR, MinLR: cfg.LR * cfg.MinLRFrac, Warmup: cfg.Warmup, Steps: cfg.Steps},
+		tokens:      make([]int32, cfg.MicroBatch*T),
+		targets:     make([]int32, cfg.MicroBatch*T),
+		seq:         make([]int32, 0, T+1),
+		ranges:      m.GradRanges(),
+		reduced:     make([]float32, len(m.Grads)),
+		reducedStep: -1,
+	}
+	w.makeBuckets()
+	w.ready = w.gradReady
+	return w, nil
+}
+
+// makeBuckets groups the gradient ranges into buckets of at least
+// BucketBytes: a bucket takes ranges, in report order, until it is that
+// large. Ranges come last layer first and each ends where the one before
+// it starts, so a bucket is one contiguous slice of Grads.
+func (w *Worker) makeBuckets() {
+	minElems := w.Config.BucketBytes / 4
+	if w.Config.BucketBytes == 0 {
+		minElems = DefaultBucketBytes / 4
+	}
+	g, rs := w.Model.Grads, w.ranges
+	first := 0 // the open bucket holds ranges first..i: Grads[rs[i][0]:rs[first][1]]
+	for i := range rs {
+		lo, hi := rs[i][0], rs[first][1]
+		last := i == len(rs)-1
+		if hi-lo >= minElems || last || rs[i+1][1] != lo { // large enough, or the next range is not adjacent
+			w.buckets = append(w.buckets, g[lo:hi])
+			w.bucketEnd = append(w.bucketEnd, i+1)
+			first = i + 1
+		}
+	}
+}
+
+// Buckets returns the lengths of the gradient buckets Step hands to the
+// reducer, in order: the same on every worker of a job.
+func (w *Worker) Buckets() []int {
+	out := make([]int, len(w.buckets))
+	for i, b := range w.buckets {
+		out[i] = len(b)
+	}
+	return out
+}
+
+// gradReady is Model.GradReady during the last backward of a step: it
+// counts the reported ranges and hands each bucket to the op once its last
+// range is final.
+func (w *Worker) gradReady(lo, hi int) {
+	i := w.nextRange
+	if i >= len(w.ranges) || w.ranges[i] != [2]int{lo, hi} {
+		panic(fmt.Sprintf("train: Model.GradReady reported [%d, %d) as range %d, want %v", lo, hi, i, w.ranges))
+	}
+	w.nextRange++
+	for w.added < len(w.buckets) && w.bucketEnd[w.added] <= w.nextRange {
+		w.op.Add(w.buckets[w.added])
+		w.added++
+	}
+}
+
+// batchSize is the number of sequences in global batch step: GlobalBatch,
+// or fewer for the last batch of a data-epoch.
+func (w *Worker) batchSize(step int) int {
+	G := w.Config.GlobalBatch
+	_, k := shard.EpochStep(int64(step), w.n, G)
+	return int(min((k+1)*int64(G), w.n) - k*int64(G))
+}
+
+// Step runs global batch number w.Done: part is this worker's sequence ids
+// (shard.Train split) from shard.Assign for that batch. It zeroes the
+// gradients and runs forward/backward over part in micro-batches of
+// MicroBatch, accumulating gradients with scale (micro-batch size)/(global
+// batch size), so that the sum over all workers is the gradient of the mean
+// loss over the global batch. During the last micro-batch's backward it
+// hands the gradient buckets to red.Start(ctx, Done) as they are final
+// (last layer first), so that communication overlaps compute; then it
+// waits, all-reduces the loss, keeps a copy of the reduced gradient
+// (LastReduced), clips it by global norm, applies AdamW at the schedule's
+// rate for the step and increments Done.
+//
+// An empty part (more workers than sequences) still takes part in every
+// reduction, with a zero gradient. If a data read or the reducer fails, the
+// weights, the optimizer and Done are untouched and the error names the
+// step; the gradient buffer is then garbage. (A failure before the
+// reduction starts, such as a shard that cannot be read, leaves this
+// worker out of it: its peers' reduction fails on the reducer's timeout.)
+// The reduced sequence count is checked against the global batch
+// (ErrPartition), and a non-finite loss or gradient is refused
+// (ErrDiverged), also before anything is applied. In steady state Step
+// allocates nothing (if the reducer does not).
+func (w *Worker) Step(ctx context.Context, part []int64, red Reducer) (StepResult, error) {
+	step := w.Done
+	if step >= w.Config.Steps {
+		return StepResult{}, fmt.Errorf("%w: step %d of a %d-step job", ErrJobDone, step, w.Config.Steps)
+	}
+	size := w.batchSize(step)
+	if len(part) > size {
+		return StepResult{}, fmt.Errorf("%w: step %d: a part of %d sequences, the global batch has %d", ErrPartition, step, len(part), size)
+	}
+	if err := ctx.Err(); err != nil {
+		return StepResult{}, fmt.Errorf("train: step %d: %w", step, err)
+	}
+	m, T, MB := w.Model, w.T, w.Config.MicroBatch
+	start := time.Now()
+	m.ZeroGrad()
+	w.op, w.nextRange, w.added = nil, 0, 0
+	var lossSum float64 // Σ micro-batch mean loss × sequences
+	for lo := 0; lo < len(part); lo += MB {
+		ids := part[lo:min(lo+MB, len(part))]
+		B := len(ids)
+		if err := w.load(shard.Train, ids); err != nil {
+			return StepResult{}, fmt.Errorf("train: step %d: %w", step, err)
+		}
+		loss, err := m.Forward(w.tokens[:B*T], w.targets[:B*T], B, T)
+		if err != nil {
+			return StepResult{}, fmt.Errorf("train: step %d: %w", step, err)
+		}
+		lossSum += float64(loss) * float64(B)
+		last := lo+MB >= len(part)
+		if last {
+			w.op = red.Start(ctx, uint64(step))
+			m.GradReady = w.ready
+		}
+		err = m.Backward(float32(float64(B) / float64(size)))
+		m.GradReady = nil
+		if err != nil {
+			if w.op != nil {
+				w.op.Wait()
+			}
+			return StepResult{}, fmt.Errorf("train: step %d: %w", step, err)
+		}
+	}
+	if w.op == nil { // empty part: nothing computed, every bucket is zero
+		w.op = red.Start(ctx, uint64(step))
+	}
+	for ; w.added < len(w.buckets); w.added++ { // buckets Backward did not report (none, normally)
+		w.op.Add(w.buckets[w.added])
+	}
+	computed := time.Now()
+	err := w.op.Wait()
+	w.op = nil
+	if err != nil {
+		return StepResult{}, fmt.Errorf("train: step %d: gradient all-reduce: %w", step, err)
+	}
+	w.lossBuf = [2]float32{float32(lossSum / float64(size)), float32(len(part))}
+	if err := red.AllReduce(ctx, uint64(step), w.lossBuf[:]); err != nil {
+		return StepResult{}, fmt.Errorf("train: step %d: loss all-reduce: %w", step, err)
+	}
+	waited := time.Since(computed)
+	if got := w.lossBuf[1]; got != float32(size) { // exact: counts are below 2^24
+		return StepResult{}, fmt.Errorf("%w: step %d: the workers' parts hold %v sequences, the global batch has %d", ErrPartition, step, got, size)
+	}
+	loss := float64(w.lossBuf[0])
+	if math.IsNaN(loss) || math.IsInf(loss, 0) {
+		return StepResult{}, fmt.Errorf("%w: step %d: loss %v; lower the learning rate", ErrDiverged, step, loss)
+	}
+	norm, lr, err := w.apply(step)
+	if err != nil {
+		return StepResult{}, err
+	}
+	return StepResult{Step: step, Loss: loss, GradNorm: norm, LR: lr, Tokens: len(part) * T,
+		Compute: computed.Sub(start), Wait: waited}, nil
+}
+
+// load fills the first len(ids) rows of w.tokens and w.targets with
+// sequences ids of split s: inputs are a sequence's first T tokens, targets
+// its last T.
+func (w *Worker) load(s shard.Split, ids []int64) error {
+	T := w.T
+	for b, id := range ids {
+		seq, err := w.Data.Sequence(s, id, w.seq[:0])
+		if err != nil {
+			return err
+		}
+		if len(seq) != T+1 {
+			return fmt.Errorf("train: %s sequence %d has %d tokens, want %d", s, id, len(seq), T+1)
+		}
+		copy(w.tokens[b*T:(b+1)*T], seq[:T])
+		copy(w.targets[b*T:(b+1)*T], seq[1:])
+	}
+	return nil
+}
+
+// apply finishes step with the reduced gradient in Model.Grads: it keeps a
+// copy (LastReduced), clips, applies AdamW at the step's rate and
+// increments Done. Step and ApplyReduced share it, so that both give the
+// same bytes from the same gradient.
+func (w *Worker) apply(step int) (norm float32, lr float64, err error) {
+	m := w.Model
+	copy(w.reduced, m.Grads)
+	w.reducedStep = -1 // until the update is applied
+	norm = kernels.ClipGradNorm(m.Grads, float32(w.Config.Clip))
+	if math.IsNaN(float64(norm)) || math.IsInf(float64(norm), 0) {
+		return 0, 0, fmt.Errorf("%w: step %d: gradient norm %v; lower the learning rate", ErrDiverged, step, norm)
+	}
+	lr = w.sched.At(step)
+	w.Opt.Apply(m.Params, m.Grads, float32(lr))
+	w.Done++
+	w.reducedStep = step
+	return norm, lr, nil
+}
+
+// LastReduced returns the reduced (unclipped) gradient of the last applied
+// step (Done-1): what a peer that failed during that step's all-reduce
+// needs to catch up with ApplyReduced. ok is false before the first step,
+// after Restore and after a step refused as diverged. grads is the worker's own buffer: it stays valid
+// until the next Step or ApplyReduced overwrites it; copy it to keep it,
+// and do not modify it.
+func (w *Worker) LastReduced() (step int, grads []float32, ok bool) {
+	if w.reducedStep < 0 {
+		return 0, nil, false
+	}
+	return w.reducedStep, w.reduced, true
+}
+
+// ApplyReduced applies a peer's reduced gradient for step w.Done (what the
+// peer's LastReduced returned) exactly as Step would after its reduction:
+// clip, AdamW at the same rate, Done++. From the same weights and optimizer
+// state, the result is bitwise what the peer computed. grads is not
+// retained.
+func (w *Worker) ApplyReduced(step int, grads []float32) error {
+	switch {
+	case step != w.Done:
+		return fmt.Errorf("%w: a reduced gradient of step %d, the worker is at step %d", ErrWrongStep, step, w.Done)
+	case w.Done >= w.Config.Steps:
+		return fmt.Errorf("%w: step %d of a %d-step job", ErrJobDone, step, w.Config.Steps)
+	case len(grads) != len(w.Model.Grads):
+		return fmt.Errorf("train: a reduced gradient of %d elements for a model of %d parameters", len(grads), len(w.Model.Grads))
+	}
+	copy(w.Model.Grads, grads)
+	_, _, err := w.apply(step)
+	return err
+}
+
+// WeightsHash is WeightsHash of the parameters: replicas at the same step
+// compare it.
+func (w *Worker) WeightsHash() string { return WeightsHash(w.Model.Params) }
+
+// Eval returns the mean loss over the first EvalSequences held-out
+// sequences (shard.Heldout), in micro-batches of MicroBatch. It uses the
+// model's activations, so call it between steps.
+func (w *Worker) Eval() (float64, error) {
+	n := w.Data.NumSequences(shard.Heldout)
+	if n == 0 {
+		return 0, fmt.Errorf("%w: %s", ErrNoHeldout, w.Data.Manifest.Name)
+	}
+	k := int64(w.Config.EvalSequences)
+	if k == 0 {
+		k = DefaultEvalSequences
+	}
+	k = min(k, n)
+	ids := make([]int64, 0, w.Config.MicroBatch)
+	var sum float64
+	for lo := int64(0); lo < k; lo += int64(len(ids)) {
+		ids = ids[:0]
+		for id := lo; id < min(lo+int64(w.Config.MicroBatch), k); id++ {
+			ids = append(ids, id)
+		}
+		if err := w.load(shard.Heldout, ids); err != nil {
+			return 0, fmt.Errorf("train: eval: %w", err)
+		}
+		B := len(ids)
+		loss, err := w.Model.Forward(w.tokens[:B*w.T], w.targets[:B*w.T], B, w.T)
+		if err != nil {
+			return 0, fmt.Errorf("train: eval: %w", err)
+		}
+		sum += float64(loss) * float64(B)
+	}
+	return sum / float64(k), nil
+}
+
+// Snapshot format: one safetensors file with three F32 tensors of shape
+// (NumParams), in model.Config.Layout order, and metadata:
+//
+//	format          "braid-worker-snapshot"
+//	version         "1"
+//	step            Done, decimal
+//	model_config    the model.Config as JSON
+//	job_sha256      JobConfig.hash: the settings that shape the trajectory
+//	dataset         the dataset's id (shard.Manifest.ID)
+//	weights_sha256  WeightsHash of the parameters
+//	state_sha256    SHA-256 of the three tensors' data, in the order below
+const (
+	snapshotFormat  = "braid-worker-snapshot"
+	snapshotVersion = "1"
+)
+
+// snapshotTensors are the tensor names, in state_sha256 order.
+var snapshotTensors = [3]string{"params", "adamw.m", "adamw.v"}
+
+// Snapshot encodes the worker's state — weights, AdamW moments and Done,
+// with the model config, the job's settings hash and the dataset id to
+// check them against — as one safetensors file. Restore on a worker of the
+// same model, job and dataset continues bitwise where this one is. Call it
+// between steps.
+func (w *Worker) Snapshot() ([]byte, error) {
+	n := len(w.Model.Params)
+	ts := []safetensors.Tensor{
+		safetensors.F32Tensor(snapshotTensors[0], []int{n}, w.Model.Params),
+		safetensors.F32Tensor(snapshotTensors[1], []int{n}, w.Opt.M),
+		safetensors.F32Tensor(snapshotTensors[2], []int{n}, w.Opt.V),
+	}
+	mc, err := json.Marshal(w.Model.Config)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	buf.Grow(3*4*n + 1024)
+	err = safetensors.Encode(&buf, ts, map[string]string{
+		"format":         snapshotFormat,
+		"version":        snapshotVersion,
+		"step":           strconv.Itoa(w.Done),
+		"model_config":   string(mc),
+		"job_sha256":     w.Config.hash(),
+		"dataset":        w.Data.Manifest.ID,
+		"weights_sha256": WeightsHash(w.Model.Params),
+		"state_sha256":   stateHash(ts[0].Data, ts[1].Data, ts[2].Data),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("train: snapshot: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+func stateHash(parts ...[]byte) string {
+	h := sha256.New()
+	for _, p := range parts {
+		h.Write(p)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// Restore loads a snapshot made by Snapshot. It first checks everything —
+// the file's structure, format and version, that the model config, the
+// job's settings and the dataset are this worker's, that the step is in
+// 0..Steps, that the tensors have the model's size and their checksum
+// matches, and that every value is finite (and the second moments
+// non-negative) — and changes nothing if any check fails: it returns an
+// error wrapping ErrSnapshot that says what is wrong. It never panics.
+// After Restore, LastReduced has nothing until the next step.
+func (w *Worker) Restore(b []byte) error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrSnapshot}, args...)...)
+	}
+	f, err := safetensors.Decode(b)
+	if err != nil {
+		return bad("%w", err)
+	}
+	md := f.Metadata
+	if md["format"] != snapshotFormat {
+		return bad("format %q, want %q (not a worker snapshot)", md["format"], snapshotFormat)
+	}
+	if md["version"] != snapshotVersion {
+		return bad("version %q, this build reads version %s", md["version"], snapshotVersion)
+	}
+	var mc model.Config
+	if err := json.Unmarshal([]byte(md["model_config"]), &mc); err != nil {
+		return bad("model_config: %v", err)
+	}
+	if mc != w.Model.Config {
+		return bad("it is of another model: %+v, this worker's is %+v", mc, w.Model.Config)
+	}
+	if md["job_sha256"] != w.Config.hash() {
+		return bad("it was made with other job settings (job_sha256 %.12s…, this job's %.12s…)", md["job_sha256"], w.Config.hash())
+	}
+	if md["dataset"] != w.Data.Manifest.ID {
+		return bad("it is of dataset %.12s…, this worker trains on %.12s…", md["dataset"], w.Data.Manifest.ID)
+	}
+	step, err := strconv.Atoi(md["step"])
+	if err != nil || step < 0 || step > w.Config.Steps {
+		return bad("step %q, want 0..%d", md["step"], w.Config.Steps)
+	}
+	n := len(w.Model.Params)
+	if len(f.Tensors) != len(snapshotTensors) {
+		return bad("%d tensors, want %d (%v)", len(f.Tensors), len(snapshotTensors), snapshotTensors)
+	}
+	var data [3][]byte
+	for i, name := range snapshotTensors {
+		t, ok := f.Tensor(name)
+		switch {
+		case !ok:
+			return bad("tensor %s is missing", name)
+		case t.Dtype != safetensors.F32 || len(t.Shape) != 1 || t.Shape[0] != n:
+			return bad("tensor %s is %s %v, want F32 [%d]", name, t.Dtype, t.Shape, n)
+		}
+		data[i] = t.Data
+	}
+	if got := stateHash(data[0], data[1], data[2]); got != md["state_sha256"] {
+		return bad("checksum mismatch: the tensors hash to %.12s…, state_sha256 says %.12s… (corrupt or truncated in transit?)", got, md["state_sha256"])
+	}
+	var vals [3][]float32
+	for i, name := range snapshotTensors {
+		t, _ := f.Tensor(name)
+		if vals[i], err = t.Float32s(); err != nil {
+			return bad("tensor %s: %v", name, err)
+		}
+		for j, v := range vals[i] {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) || (i == 2 && v < 0) {
+				return bad("tensor %s: element %d is %v", name, j, v)
+			}
+		}
+	}
+	if got := WeightsHash(vals[0]); got != md["weights_sha256"] {
+		return bad("weights_sha256 %.12s… does not match the weights (%.12s…)", md["weights_sha256"], got)
+	}
+	copy(w.Model.Params, vals[0])
+	copy(w.Opt.M, vals[1])
+	copy(w.Opt.V, vals[2])
+	w.Opt.Step, w.Done = step, step
+	w.reducedStep = -1
+	return nil
+}
