@@ -50,5 +50,16 @@ fuzz:
 demo: build
 	scripts/demo.sh
 
+## image: bin/braid, then the container image $(IMAGE) FROM scratch (Dockerfile; nothing is pulled)
+IMAGE ?= braid:dev
+.PHONY: image compose-test
+image: build
+	mkdir -p bin/rootfs/tmp && chmod 1777 bin/rootfs/tmp
+	docker build -t $(IMAGE) .
+
+## compose-test: 4 nodes in containers (docker-compose.yml): cluster, dataset, a job through node loss
+compose-test:
+	BRAID_IMAGE=$(IMAGE) scripts/compose-test.sh
+
 clean:
 	rm -rf bin out
