@@ -57,6 +57,7 @@ type jobRunner struct {
 
 	mu       sync.Mutex
 	prog     JobProgress
+	losses   []float64     // global loss of each step this worker ran, by step (NaN: not run here)
 	sumStep  time.Duration // over the timed steps (see JobProgress.MeanStepMS)
 	sumWait  time.Duration
 	frozen   map[uint64]syncStatus // epoch → status as this node entered it
@@ -374,6 +375,12 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 		elapsed := time.Since(start)
 		r.mu.Lock()
 		r.prog.Step, r.prog.Loss, r.prog.Error = r.w.Done, res.Loss, ""
+		if res.Step < maxLossHistory {
+			for len(r.losses) <= res.Step {
+				r.losses = append(r.losses, math.NaN())
+			}
+			r.losses[res.Step] = res.Loss
+		}
 		r.prog.StepMS, r.prog.WaitMS = float64(elapsed.Microseconds())/1e3, float64(res.Wait.Microseconds())/1e3
 		if elapsed > 0 {
 			r.prog.TokensPerSec = float64(res.Tokens) / elapsed.Seconds()
@@ -733,6 +740,22 @@ func (r *jobRunner) compareReplicas(ctx context.Context, e coordinator.Epoch, st
 			return
 		}
 	}
+}
+
+// maxLossHistory bounds the per-step losses a worker keeps (JobLosses).
+const maxLossHistory = 1 << 20
+
+// JobLosses returns the global loss of every step of job id that this
+// node's worker ran, indexed by step (NaN for steps it did not run: before
+// it joined, or restored from a peer). Nil when it does not run the job.
+func (n *Node) JobLosses(id string) []float64 {
+	r := n.currentRunner(id)
+	if r == nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.losses)
 }
 
 // memberAddr is name's transport address in the replicated state.

@@ -2,6 +2,7 @@ package nodetest
 
 import (
 	"context"
+	"math"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -194,5 +195,65 @@ func TestJobResumesAfterWholeClusterRestart(t *testing.T) {
 	}
 	if got.WeightsHash != want.WeightsHash {
 		t.Fatalf("resumed run ends with weights %s, the uninterrupted run with %s", got.WeightsHash, want.WeightsHash)
+	}
+}
+
+// The per-step loss of a job on 3 nodes matches the same job on 1 node
+// (the same global batches, summed in a different order) within 1e-4
+// relative: data-parallel training computes the single-process step.
+func TestThreeNodeLossMatchesOneNode(t *testing.T) {
+	req := node.JobRequest{Steps: 20, GlobalBatch: 12, MicroBatch: 4, LR: 3e-3, Warmup: 2}
+	losses := func(n int) []float64 {
+		c := NewCluster(t, n)
+		c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == n })
+		id := submit(t, c, "n1", req)
+		waitJob(c, "n1", id, func(js node.JobStatus) bool { return js.Step >= 20 })
+		l := c.Node("n1").JobLosses(id)
+		waitJob(c, "n1", id, final)
+		return l
+	}
+	one, three := losses(1), losses(3)
+	if len(one) != 20 || len(three) != 20 {
+		t.Fatalf("%d and %d losses, want 20", len(one), len(three))
+	}
+	for i := range one {
+		if d := math.Abs(one[i]-three[i]) / math.Abs(one[i]); d > 1e-4 || math.IsNaN(d) {
+			t.Errorf("step %d: loss %.7f on 1 node, %.7f on 3 (relative %.2g)", i, one[i], three[i], d)
+		}
+	}
+	t.Logf("step 0 loss %.6f / %.6f, step 19 %.6f / %.6f", one[0], three[0], one[19], three[19])
+}
+
+// A node that joins in the middle of a job fetches the state from a peer,
+// enters at the next epoch and trains: at the end all four replicas agree.
+func TestNodeJoinsARunningJob(t *testing.T) {
+	c := NewCluster(t, 3)
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
+	id := submit(t, c, "n1", node.JobRequest{Steps: 60, GlobalBatch: 12, MicroBatch: 4, HashEvery: 5})
+	waitJob(c, "n1", id, func(js node.JobStatus) bool { return js.Step >= 10 })
+	c.Start("n4")
+	js := waitJob(c, "n1", id, func(js node.JobStatus) bool {
+		for _, w := range js.Workers {
+			if w.Node == "n4" && w.Phase == "training" && w.Step > 10 {
+				return true
+			}
+		}
+		return js.State.Final()
+	})
+	if js.State.Final() {
+		t.Fatalf("the job ended (%s) before n4 joined it", js.State)
+	}
+	js = waitJob(c, "n1", id, final)
+	if js.State != coordinator.JobCompleted {
+		t.Fatalf("job %s: %s", js.State, js.Error)
+	}
+	hashes := replicaHashes(t, js)
+	if len(hashes) != 4 {
+		t.Fatalf("workers %v", hashes)
+	}
+	for name, h := range hashes {
+		if h != js.WeightsHash {
+			t.Errorf("%s's weights %s differ from %s", name, h, js.WeightsHash)
+		}
 	}
 }
