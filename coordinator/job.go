@@ -69,6 +69,32 @@ type JobSpec struct {
 	HashEvery int `json:"hash_every"`
 	// Replicas is how many members hold each checkpoint.
 	Replicas int `json:"replicas"`
+
+	// Wire is the all-reduce's element type on the wire: fp32 (the
+	// default, exact), bf16, fp16 or int8.
+	Wire string `json:"wire,omitempty"`
+
+	// LoRA, when LoRARank > 0, trains low-rank adapters on LoRATargets
+	// (c_attn, c_proj, c_fc) instead of the full model.
+	LoRARank    int      `json:"lora_rank,omitempty"`
+	LoRAAlpha   float64  `json:"lora_alpha,omitempty"`
+	LoRADropout float64  `json:"lora_dropout,omitempty"`
+	LoRATargets []string `json:"lora_targets,omitempty"`
+
+	// Federated jobs train each member only on the local datasets it
+	// registered (Datasets, one or more; Dataset is the first); no shard
+	// crosses the wire, and each member's share of the global batch is
+	// proportional to its training sequences.
+	Federated bool     `json:"federated,omitempty"`
+	Datasets  []string `json:"datasets,omitempty"`
+
+	// DiLoCo, when InnerSteps > 0: every member takes InnerSteps local
+	// AdamW steps on its own part, then the members all-reduce the
+	// pseudo-gradient (the change of the weights) and apply an outer
+	// Nesterov step with OuterLR and OuterMomentum.
+	InnerSteps    int     `json:"inner_steps,omitempty"`
+	OuterLR       float64 `json:"outer_lr,omitempty"`
+	OuterMomentum float64 `json:"outer_momentum,omitempty"`
 }
 
 // Checkpoint records a checkpoint of a job: the step it was taken after,
@@ -190,10 +216,38 @@ func (s JobSpec) validate() error {
 	case s.Replicas < 1 || s.Replicas > MaxReplicas:
 		return fmt.Errorf("replicas %d out of range 1..%d", s.Replicas, MaxReplicas)
 	}
+	switch s.Wire {
+	case "", "fp32", "bf16", "fp16", "int8":
+	default:
+		return fmt.Errorf("wire %q: want fp32, bf16, fp16 or int8", truncate(s.Wire, 20))
+	}
+	if s.LoRARank < 0 || s.LoRARank > 1024 || len(s.LoRATargets) > 8 {
+		return fmt.Errorf("lora rank %d (want 0..1024) with %d targets (at most 8)", s.LoRARank, len(s.LoRATargets))
+	}
+	for _, t := range s.LoRATargets {
+		if len(t) == 0 || len(t) > 32 {
+			return fmt.Errorf("lora target %q", truncate(t, 40))
+		}
+	}
+	if len(s.Datasets) > 64 {
+		return fmt.Errorf("%d datasets, at most 64", len(s.Datasets))
+	}
+	for _, d := range s.Datasets {
+		if err := validHash(d); err != nil {
+			return fmt.Errorf("datasets: %v", err)
+		}
+	}
+	if s.Federated && (len(s.Datasets) == 0 || s.Datasets[0] != s.Dataset) {
+		return fmt.Errorf("a federated job lists its datasets, the first being dataset")
+	}
+	if s.InnerSteps < 0 || s.InnerSteps > 100_000 {
+		return fmt.Errorf("inner_steps %d out of range 0..100000", s.InnerSteps)
+	}
 	for _, f := range []struct {
 		name      string
 		v, lo, hi float64
-	}{{"lr", s.LR, 0, 10}, {"min_lr_frac", s.MinLRFrac, 0, 1}, {"weight_decay", s.WeightDecay, 0, 10}, {"clip", s.Clip, 0, 1e6}} {
+	}{{"lr", s.LR, 0, 10}, {"min_lr_frac", s.MinLRFrac, 0, 1}, {"weight_decay", s.WeightDecay, 0, 10}, {"clip", s.Clip, 0, 1e6},
+		{"lora_alpha", s.LoRAAlpha, 0, 1e6}, {"lora_dropout", s.LoRADropout, 0, 0.99}, {"outer_lr", s.OuterLR, 0, 100}, {"outer_momentum", s.OuterMomentum, 0, 0.9999}} {
 		if err := finite(f.name, f.v, f.lo, f.hi); err != nil {
 			return err
 		}
@@ -266,8 +320,10 @@ func (c SubmitJob) apply(s *fsmState) error {
 	if _, ok := s.jobs[c.ID]; ok {
 		return fmt.Errorf("%w: %s: job %s exists", ErrConflict, c.Type(), c.ID)
 	}
-	if _, ok := s.datasets[c.Spec.Dataset]; !ok {
-		return fmt.Errorf("%w: %s %s: dataset %s", ErrUnknownDataset, c.Type(), c.ID, c.Spec.Dataset[:12])
+	for _, d := range append([]string{c.Spec.Dataset}, c.Spec.Datasets...) {
+		if _, ok := s.datasets[d]; !ok {
+			return fmt.Errorf("%w: %s %s: dataset %s", ErrUnknownDataset, c.Type(), c.ID, d[:12])
+		}
 	}
 	if len(s.jobs) >= MaxJobs {
 		return fmt.Errorf("%w: %s: %d jobs, limit %d", ErrLimit, c.Type(), len(s.jobs), MaxJobs)
