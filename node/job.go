@@ -53,6 +53,8 @@ type JobRequest struct {
 	EvalEvery       int     `json:"eval_every,omitempty"`
 	HashEvery       int     `json:"hash_every,omitempty"`
 	Replicas        int     `json:"replicas,omitempty"`
+	// Wire is the all-reduce's element type: fp32 (default), bf16, fp16, int8.
+	Wire string `json:"wire,omitempty"`
 }
 
 // DefaultHashEvery is how often (in steps) the workers' weights are
@@ -76,7 +78,7 @@ func (n *Node) SubmitJob(ctx context.Context, req JobRequest) (coordinator.Job, 
 		MicroBatch: or(req.MicroBatch, min(def.MicroBatch, max(req.GlobalBatch, 1))), LR: orF(req.LR, def.LR), MinLRFrac: def.MinLRFrac,
 		Warmup: or(req.Warmup, def.Warmup), WeightDecay: orF(req.WeightDecay, def.WeightDecay), Clip: orF(req.Clip, def.Clip),
 		Seed: req.Seed, CheckpointEvery: req.CheckpointEvery, EvalEvery: req.EvalEvery,
-		HashEvery: or(req.HashEvery, DefaultHashEvery), Replicas: or(req.Replicas, DefaultReplicas)}
+		HashEvery: or(req.HashEvery, DefaultHashEvery), Replicas: or(req.Replicas, DefaultReplicas), Wire: req.Wire}
 	if spec.Warmup >= spec.Steps {
 		spec.Warmup = spec.Steps / 10
 	}

@@ -341,6 +341,13 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 	n.ringMu.Lock()
 	defer n.ringMu.Unlock()
 	rcfg := allreduce.DefaultConfig()
+	if r.spec.Wire != "" {
+		dt, err := allreduce.ParseDtype(r.spec.Wire)
+		if err != nil {
+			return err
+		}
+		rcfg.Dtype = dt
+	}
 	ring, err := allreduce.NewRing(rcfg, n.tr, members)
 	if err != nil {
 		return err

@@ -257,3 +257,20 @@ func TestNodeJoinsARunningJob(t *testing.T) {
 		}
 	}
 }
+
+// bf16 on the wire: the replicas still agree bit for bit (every member
+// decodes the same bytes) and the job still learns.
+func TestJobWithBF16OnTheWire(t *testing.T) {
+	c := NewCluster(t, 3)
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
+	id := submit(t, c, "n1", node.JobRequest{Steps: 20, GlobalBatch: 12, MicroBatch: 4, LR: 3e-3, Warmup: 2, EvalEvery: 20, HashEvery: 5, Wire: "bf16"})
+	js := waitJob(c, "n1", id, final)
+	if js.State != coordinator.JobCompleted || !(js.HeldoutLoss < js.BaseHeldoutLoss) {
+		t.Fatalf("job %s (%s): held-out %v, base %v", js.State, js.Error, js.HeldoutLoss, js.BaseHeldoutLoss)
+	}
+	for name, h := range replicaHashes(t, js) {
+		if h != js.WeightsHash {
+			t.Errorf("%s's weights differ", name)
+		}
+	}
+}
