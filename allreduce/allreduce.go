@@ -238,6 +238,9 @@ func (o *op) send(lane int, s transport.Stream, q *queue, sent chan struct{}) {
 		}
 		s.SetWriteDeadline(time.Now().Add(r.cfg.HopTimeout))
 		err := transport.WriteFramed(s, frame)
+		if err == nil {
+			r.sent.Add(int64(len(frame)))
+		}
 		o.lanes[lane].Unlock()
 		if err != nil {
 			// A neighbour that closed on us is usually reporting a failure

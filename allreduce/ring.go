@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/braidml/braid/transport"
@@ -108,6 +109,8 @@ type Ring struct {
 
 	frames frameList // message buffers, reused across calls
 
+	sent atomic.Int64 // bytes written to the right neighbour (BytesSent)
+
 	mu      sync.Mutex
 	closed  bool
 	broken  error
@@ -178,6 +181,11 @@ func (r *Ring) Rank() int { return r.rank }
 
 // Size is the number of members.
 func (r *Ring) Size() int { return len(r.members) }
+
+// BytesSent is how many bytes this rank has written to its right
+// neighbour so far (frames: headers and payloads, as the transport took
+// them; the transport's own overhead is not counted).
+func (r *Ring) BytesSent() int64 { return r.sent.Load() }
 
 // Config is the configuration the ring was built with.
 func (r *Ring) Config() Config { return r.cfg }

@@ -578,3 +578,22 @@ func TestDrainThenCloseLosesNothing(t *testing.T) {
 		}
 	}
 }
+
+// BytesSent counts what a rank writes: 2(N−1)/N of the buffer per
+// all-reduce in the wire type, plus the frame headers.
+func TestRingBytesSent(t *testing.T) {
+	const n, elems = 4, 1 << 16
+	for _, d := range []Dtype{FP32, BF16} {
+		cfg := testConfig()
+		cfg.Dtype, cfg.ChunkBytes = d, 1<<14
+		c := newCluster(t, n, cfg)
+		c.allReduce(1, randomBufs(1, n, elems))
+		want := int64(2 * (n - 1) * d.EncodedLen(elems) / n)
+		for i, r := range c.rings {
+			got := r.BytesSent()
+			if got < want || got > want+want/20 {
+				t.Errorf("%v rank %d sent %d bytes, want %d plus headers", d, i, got, want)
+			}
+		}
+	}
+}

@@ -17,24 +17,26 @@ import (
 // JobStatus is a job as `braid job status --json` prints it: the committed
 // job merged with the progress its workers report.
 type JobStatus struct {
-	ID              string                   `json:"id"`
-	State           coordinator.JobState     `json:"state"`
-	Error           string                   `json:"error,omitempty"`
-	Step            int                      `json:"step"`
-	Steps           int                      `json:"steps"`
-	Loss            float64                  `json:"loss"`
-	HeldoutLoss     float64                  `json:"heldout_loss,omitempty"`
-	HeldoutStep     int                      `json:"heldout_step,omitempty"`
-	BaseHeldoutLoss float64                  `json:"base_heldout_loss,omitempty"`
-	TokensPerSec    float64                  `json:"tokens_per_sec"`
-	StepMS          float64                  `json:"step_ms"`
-	WaitMS          float64                  `json:"wait_ms"`
-	Epoch           uint64                   `json:"epoch"`
-	Members         []string                 `json:"members"`
-	WeightsHash     string                   `json:"weights_hash,omitempty"`
-	Checkpoints     []coordinator.Checkpoint `json:"checkpoints,omitempty"`
-	Spec            coordinator.JobSpec      `json:"spec"`
-	Workers         []JobProgress            `json:"workers,omitempty"`
+	ID              string               `json:"id"`
+	State           coordinator.JobState `json:"state"`
+	Error           string               `json:"error,omitempty"`
+	Step            int                  `json:"step"`
+	Steps           int                  `json:"steps"`
+	Loss            float64              `json:"loss"`
+	HeldoutLoss     float64              `json:"heldout_loss,omitempty"`
+	HeldoutStep     int                  `json:"heldout_step,omitempty"`
+	BaseHeldoutLoss float64              `json:"base_heldout_loss,omitempty"`
+	TokensPerSec    float64              `json:"tokens_per_sec"`
+	StepMS          float64              `json:"step_ms"`
+	WaitMS          float64              `json:"wait_ms"`
+	// WireBytesPerStep is the most any worker sent in its last step.
+	WireBytesPerStep int64                    `json:"wire_bytes_per_step"`
+	Epoch            uint64                   `json:"epoch"`
+	Members          []string                 `json:"members"`
+	WeightsHash      string                   `json:"weights_hash,omitempty"`
+	Checkpoints      []coordinator.Checkpoint `json:"checkpoints,omitempty"`
+	Spec             coordinator.JobSpec      `json:"spec"`
+	Workers          []JobProgress            `json:"workers,omitempty"`
 }
 
 // JobStatus merges the job's committed state with its workers' progress
@@ -92,6 +94,7 @@ func (n *Node) JobStatus(ctx context.Context, id string) (JobStatus, error) {
 		js.TokensPerSec += p.TokensPerSec
 		js.StepMS = max(js.StepMS, p.StepMS)
 		js.WaitMS = max(js.WaitMS, p.WaitMS)
+		js.WireBytesPerStep = max(js.WireBytesPerStep, p.WireBytesPerStep)
 	}
 	if j.State == coordinator.JobCompleted {
 		js.Step = j.Spec.Steps

@@ -83,11 +83,15 @@ type JobProgress struct {
 	WaitMS          float64  `json:"wait_ms"` // of StepMS, blocked on the all-reduce
 	// MeanStepMS and MeanWaitMS average StepMS and WaitMS over the steps
 	// this worker ran, the first two of each epoch left out (warm-up).
-	MeanStepMS  float64 `json:"mean_step_ms,omitempty"`
-	MeanWaitMS  float64 `json:"mean_wait_ms,omitempty"`
-	Steps       int     `json:"steps_timed,omitempty"`
-	WeightsHash string  `json:"weights_hash,omitempty"`
-	Error       string  `json:"error,omitempty"`
+	MeanStepMS float64 `json:"mean_step_ms,omitempty"`
+	MeanWaitMS float64 `json:"mean_wait_ms,omitempty"`
+	Steps      int     `json:"steps_timed,omitempty"`
+	// WireBytesPerStep is what this node sent to its ring neighbour in
+	// the last step (all-reduce frames); WireBytes in all of the job here.
+	WireBytesPerStep int64  `json:"wire_bytes_per_step"`
+	WireBytes        int64  `json:"wire_bytes"`
+	WeightsHash      string `json:"weights_hash,omitempty"`
+	Error            string `json:"error,omitempty"`
 }
 
 // syncStatus is a member's state when it entered an epoch.
@@ -371,8 +375,13 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 		if err := r.ensureShards(ctx, part); err != nil {
 			return err
 		}
-		start := time.Now()
+		start, sent0 := time.Now(), ring.BytesSent()
 		res, err := r.w.Step(ctx, part, red)
+		sent := ring.BytesSent() - sent0
+		n.wireBytes.Add(sent)
+		r.mu.Lock()
+		r.prog.WireBytes += sent
+		r.mu.Unlock()
 		if err != nil {
 			return err
 		}
@@ -382,6 +391,7 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 		elapsed := time.Since(start)
 		r.mu.Lock()
 		r.prog.Step, r.prog.Loss, r.prog.Error = r.w.Done, res.Loss, ""
+		r.prog.WireBytesPerStep = sent
 		if res.Step < maxLossHistory {
 			for len(r.losses) <= res.Step {
 				r.losses = append(r.losses, math.NaN())

@@ -104,8 +104,8 @@ func jobStatusCommand() *cli.Command {
 			if js.HeldoutLoss != 0 {
 				fmt.Fprintf(w, ", held-out loss %.4f (step %d; base %.4f)", js.HeldoutLoss, js.HeldoutStep, js.BaseHeldoutLoss)
 			}
-			fmt.Fprintf(w, "\nepoch %d, members %s, %.0f tokens/s, step %.0f ms (%.0f ms waiting on the all-reduce)\n",
-				js.Epoch, strings.Join(js.Members, ","), js.TokensPerSec, js.StepMS, js.WaitMS)
+			fmt.Fprintf(w, "\nepoch %d, members %s, %.0f tokens/s, step %.0f ms (%.0f ms waiting on the all-reduce), %.2f MB sent per node per step\n",
+				js.Epoch, strings.Join(js.Members, ","), js.TokensPerSec, js.StepMS, js.WaitMS, float64(js.WireBytesPerStep)/1e6)
 			if js.WeightsHash != "" {
 				fmt.Fprintf(w, "weights %s\n", js.WeightsHash[:16])
 			}

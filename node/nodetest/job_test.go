@@ -273,4 +273,10 @@ func TestJobWithBF16OnTheWire(t *testing.T) {
 			t.Errorf("%s's weights differ", name)
 		}
 	}
+	// Each node sends 2(N−1)/N of the gradient per step, 2 bytes an element.
+	c0 := model.Config{Context: 64, Dim: 32, Layers: 2, Heads: 2, Vocab: model.ByteTokenizer{}.Vocab()}
+	want := int64(2 * 2 * c0.NumParams() * 2 / 3)
+	if got := js.WireBytesPerStep; got < want || got > want+want/10 {
+		t.Errorf("%d bytes sent per node per step, want about %d", got, want)
+	}
 }
