@@ -55,6 +55,10 @@ type JobRequest struct {
 	Replicas        int     `json:"replicas,omitempty"`
 	// Wire is the all-reduce's element type: fp32 (default), bf16, fp16, int8.
 	Wire string `json:"wire,omitempty"`
+	// Federated trains each member only on the local dataset it
+	// registered, among Datasets (names or IDs; Dataset is then ignored).
+	Federated bool     `json:"federated,omitempty"`
+	Datasets  []string `json:"datasets,omitempty"`
 }
 
 // DefaultHashEvery is how often (in steps) the workers' weights are
@@ -65,6 +69,28 @@ const DefaultHashEvery = 10
 // and commits the job through the leader. It returns the job as committed.
 func (n *Node) SubmitJob(ctx context.Context, req JobRequest) (coordinator.Job, error) {
 	st := n.coord.State()
+	var fed []string
+	if req.Federated {
+		if len(req.Datasets) == 0 {
+			return coordinator.Job{}, fmt.Errorf("node: a federated job names the local datasets of its units")
+		}
+		units := map[string]string{}
+		for _, key := range req.Datasets {
+			d, ok := st.Dataset(key)
+			if !ok {
+				return coordinator.Job{}, fmt.Errorf("node: no dataset %q (each unit registers its own with `braid data register --local`)", key)
+			}
+			if !d.Local {
+				return coordinator.Job{}, fmt.Errorf("node: dataset %s is shared, not local to one unit: a federated job trains only on local datasets", d.Name)
+			}
+			if other, dup := units[d.Source]; dup {
+				return coordinator.Job{}, fmt.Errorf("node: %s holds two of the datasets (%s and %s); a federated job takes one per unit", d.Source, other, d.Name)
+			}
+			units[d.Source] = d.Name
+			fed = append(fed, d.ID)
+		}
+		req.Dataset = fed[0]
+	}
 	ds, ok := st.Dataset(req.Dataset)
 	if !ok {
 		return coordinator.Job{}, fmt.Errorf("node: no dataset %q (register it with `braid data push`)", req.Dataset)
@@ -78,7 +104,8 @@ func (n *Node) SubmitJob(ctx context.Context, req JobRequest) (coordinator.Job, 
 		MicroBatch: or(req.MicroBatch, min(def.MicroBatch, max(req.GlobalBatch, 1))), LR: orF(req.LR, def.LR), MinLRFrac: def.MinLRFrac,
 		Warmup: or(req.Warmup, def.Warmup), WeightDecay: orF(req.WeightDecay, def.WeightDecay), Clip: orF(req.Clip, def.Clip),
 		Seed: req.Seed, CheckpointEvery: req.CheckpointEvery, EvalEvery: req.EvalEvery,
-		HashEvery: or(req.HashEvery, DefaultHashEvery), Replicas: or(req.Replicas, DefaultReplicas), Wire: req.Wire}
+		HashEvery: or(req.HashEvery, DefaultHashEvery), Replicas: or(req.Replicas, DefaultReplicas), Wire: req.Wire,
+		Federated: req.Federated, Datasets: fed}
 	if spec.Warmup >= spec.Steps {
 		spec.Warmup = spec.Steps / 10
 	}
@@ -167,6 +194,15 @@ func (n *Node) jobLoop() {
 		if runner != nil {
 			runner.cancel()
 			<-done
+			n.jobMu.Lock()
+			n.finished[runner.id] = runner.progress() // still served after the job ends
+			if len(n.finished) > 64 {
+				for id := range n.finished {
+					delete(n.finished, id)
+					break
+				}
+			}
+			n.jobMu.Unlock()
 			runner, done = nil, nil
 		}
 	}
@@ -335,6 +371,15 @@ func (n *Node) handleJobControl(ctx context.Context, req controlRequest, resp *c
 		job = req.JobObject.Job
 	}
 	r := n.currentRunner(job)
+	if r == nil && req.Op == opJobProgress {
+		n.jobMu.Lock()
+		p, ok := n.finished[job]
+		n.jobMu.Unlock()
+		if ok {
+			resp.JobProgress = &p
+			return nil
+		}
+	}
 	if r == nil {
 		if req.Op == opJobSync {
 			resp.JobSync = &syncStatus{} // not ready: not running it (yet)

@@ -63,6 +63,12 @@ func (n *Node) JobStatus(ctx context.Context, id string) (JobStatus, error) {
 				if r := n.currentRunner(id); r != nil {
 					pr := r.progress()
 					p = &pr
+				} else {
+					n.jobMu.Lock()
+					if pr, ok := n.finished[id]; ok {
+						p = &pr
+					}
+					n.jobMu.Unlock()
 				}
 			} else {
 				cctx, cancel := context.WithTimeout(ctx, 2*time.Second)

@@ -48,6 +48,9 @@ type jobRunner struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	dir    string // DataDir/jobs/ID: links to the base model and the shards
+	// datasetID is the dataset this worker trains on: the job's, or in a
+	// federated job the one this node registered as local.
+	datasetID string
 
 	w        *train.Worker
 	data     *shard.Dataset
@@ -207,9 +210,22 @@ func (r *jobRunner) prepare() error {
 	n, spec := r.n, r.spec
 	st := n.coord.State()
 	j, _ := st.Job(r.id)
-	d, ok := st.Dataset(spec.Dataset)
+	r.datasetID = spec.Dataset
+	if spec.Federated {
+		r.datasetID = ""
+		for _, id := range spec.Datasets {
+			if d, ok := st.Dataset(id); ok && d.Local && d.Source == n.cfg.Name {
+				r.datasetID = id
+				break
+			}
+		}
+		if r.datasetID == "" {
+			return fmt.Errorf("this federated job trains every member on its own local dataset, and %s registered none of its datasets (`braid data register --local`)", n.cfg.Name)
+		}
+	}
+	d, ok := st.Dataset(r.datasetID)
 	if !ok {
-		return fmt.Errorf("dataset %s is not registered", spec.Dataset[:12])
+		return fmt.Errorf("dataset %s is not registered", r.datasetID[:12])
 	}
 	if err := os.MkdirAll(filepath.Join(r.dir, "base"), 0o755); err != nil {
 		return err
@@ -364,7 +380,10 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if rank == 0 && r.w.Done == 0 && r.spec.EvalEvery > 0 && r.progress().BaseHeldoutLoss == 0 {
+		// Rank 0 evaluates the job's held-out split; in a federated job every
+		// member evaluates its own unit's.
+		evaluates := rank == 0 || r.spec.Federated
+		if evaluates && r.w.Done == 0 && r.spec.EvalEvery > 0 && r.progress().BaseHeldoutLoss == 0 {
 			r.eval(true)
 		}
 		step := r.w.Done
@@ -416,15 +435,15 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 			delete(r.hashes, r.w.Done-10*max(r.spec.HashEvery, 1))
 		}
 		r.mu.Unlock()
+		if ee := r.spec.EvalEvery; ee > 0 && r.w.Done%ee == 0 && evaluates {
+			r.eval(false)
+		}
 		if rank != 0 {
 			continue
 		}
 		// Rank 0's duties: compare replicas, evaluate, checkpoint.
 		if he := r.spec.HashEvery; he > 0 && step > 0 && step%he == 0 {
 			go r.compareReplicas(ctx, e, step)
-		}
-		if ee := r.spec.EvalEvery; ee > 0 && r.w.Done%ee == 0 {
-			r.eval(false)
 		}
 		if ce := r.spec.CheckpointEvery; ce > 0 && r.w.Done%ce == 0 && r.w.Done < r.spec.Steps {
 			if err := r.checkpoint(ctx, e); err != nil {
@@ -442,12 +461,18 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 				return fmt.Errorf("final checkpoint: %w", err)
 			}
 		}
+		if r.spec.Federated && r.spec.EvalEvery > 0 {
+			r.awaitUnitEvals(ctx, e)
+		}
 		if err := n.applyAnywhere(ctx, coordinator.SetJobState{ID: r.id, State: coordinator.JobCompleted,
 			From: []coordinator.JobState{coordinator.JobRunning}}); err != nil && !errors.Is(err, coordinator.ErrJobFinal) {
 			return err
 		}
 		n.log.Info("job completed", "job", r.id, "steps", r.w.Done)
 		return errJobEnded
+	}
+	if r.spec.Federated && r.spec.EvalEvery > 0 && r.progress().HeldoutStep != r.w.Done {
+		r.eval(false) // this unit's held-out split, after the last step
 	}
 	r.setPhase("finished")
 	<-ctx.Done() // rank 0 completes the job (or a new epoch makes another rank 0)
@@ -466,8 +491,11 @@ func (r *jobRunner) part(step int, members []string, rank int) ([]int64, error) 
 	if nseq == 0 {
 		return nil, fmt.Errorf("dataset has no training sequences")
 	}
+	if r.spec.Federated {
+		return r.unitPart(step, members, rank, nseq)
+	}
 	dataEpoch, k := shard.EpochStep(int64(step), nseq, r.spec.GlobalBatch)
-	d, _ := r.n.coord.State().Dataset(r.spec.Dataset)
+	d, _ := r.n.coord.State().Dataset(r.datasetID)
 	parts, err := shard.Assign(shard.AssignParams{Seed: r.spec.Seed, DataEpoch: dataEpoch, Step: k,
 		GlobalBatch: r.spec.GlobalBatch, Members: members, Placement: shard.Placement(d.Placement),
 		Shards: r.manifest.SplitShards(shard.Train)})
@@ -477,11 +505,36 @@ func (r *jobRunner) part(step int, members []string, rank int) ([]int64, error) 
 	return parts[rank], nil
 }
 
+// unitPart is this member's share of global batch step in a federated
+// job: the batch is apportioned over the epoch's members by the training
+// sequences each one's local dataset holds, and each member draws its
+// share from its own data (shard.Apportion, shard.UnitBatch).
+func (r *jobRunner) unitPart(step int, members []string, rank int, mine int64) ([]int64, error) {
+	st := r.n.coord.State()
+	counts := make([]int64, len(members))
+	for i, m := range members {
+		for _, id := range r.spec.Datasets {
+			d, ok := st.Dataset(id)
+			if !ok || !d.Local || d.Source != m {
+				continue
+			}
+			for _, s := range d.Shards {
+				if s.Split == string(shard.Train) {
+					counts[i] += int64(s.Sequences)
+				}
+			}
+			break
+		}
+	}
+	shares := shard.Apportion(r.spec.GlobalBatch, counts)
+	return shard.UnitBatch(r.spec.Seed, int64(step), shares[rank], mine)
+}
+
 // ensureShards makes the shards of part's sequences local (fetched from
 // their holders when this node does not hold them) and visible to the
 // dataset.
 func (r *jobRunner) ensureShards(ctx context.Context, part []int64) error {
-	d, _ := r.n.coord.State().Dataset(r.spec.Dataset)
+	d, _ := r.n.coord.State().Dataset(r.datasetID)
 	seen := map[string]bool{}
 	for _, id := range part {
 		e, _, err := r.data.Locate(shard.Train, id)
@@ -504,7 +557,7 @@ func (r *jobRunner) ensureShards(ctx context.Context, part []int64) error {
 
 // ensureHeldout makes the held-out shards local.
 func (r *jobRunner) ensureHeldout(ctx context.Context) error {
-	d, _ := r.n.coord.State().Dataset(r.spec.Dataset)
+	d, _ := r.n.coord.State().Dataset(r.datasetID)
 	for _, e := range r.manifest.SplitShards(shard.Heldout) {
 		if err := r.n.ensureObject(ctx, e.Hash, e.Bytes, append(slices.Clone(d.Placement[e.Hash]), d.Source)...); err != nil {
 			return err
@@ -730,6 +783,25 @@ func (r *jobRunner) checkpoint(ctx context.Context, e coordinator.Epoch) error {
 	r.lastCkpt = r.w.Done
 	n.log.Info("checkpoint recorded", "job", r.id, "step", cp.Step, "holders", holders)
 	return nil
+}
+
+// awaitUnitEvals waits (a bounded time) until every member of a federated
+// job has scored its own held-out split after the last step, so that the
+// job ends with each unit's figure.
+func (r *jobRunner) awaitUnitEvals(ctx context.Context, e coordinator.Epoch) {
+	deadline := time.Now().Add(2 * time.Minute)
+	for _, name := range e.Members {
+		if name == r.n.cfg.Name {
+			continue
+		}
+		for time.Now().Before(deadline) && ctx.Err() == nil {
+			resp, err := r.n.callControl(ctx, name, r.n.memberAddr(name), controlRequest{Op: opJobProgress, JobObject: &jobObjectRequest{Job: r.id}})
+			if err == nil && resp.JobProgress != nil && resp.JobProgress.HeldoutStep == r.spec.Steps {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
 }
 
 // compareReplicas asks every member for its weights hash after step steps

@@ -122,7 +122,10 @@ type Node struct {
 	jobKick chan struct{}
 	jobMu   sync.Mutex
 	runner  *jobRunner
-	deps    Deps
+	// finished keeps the last progress of jobs this node's worker ran, so
+	// that their final figures are still served once they end.
+	finished map[string]JobProgress
+	deps     Deps
 
 	wireBytes atomic.Int64 // sent by this node's job rings (braid_allreduce_bytes_sent_total)
 
@@ -152,7 +155,7 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	logger = logger.With("node", cfg.Name)
 	n := &Node{cfg: cfg, log: logger, tr: deps.Transport, reg: deps.Registry, stop: make(chan struct{}),
 		admitted: map[string]bool{cfg.Name: true}, dataKick: make(chan struct{}, 1), fetchErr: map[string]string{},
-		jobKick: make(chan struct{}, 1), deps: deps}
+		jobKick: make(chan struct{}, 1), deps: deps, finished: map[string]JobProgress{}}
 	if n.reg == nil {
 		n.reg = prometheus.NewRegistry()
 	}

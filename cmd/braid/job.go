@@ -39,7 +39,7 @@ func jobSubmitCommand() *cli.Command {
 			"the other nodes fetch it from that node by hash. --dataset is a dataset registered with `braid data push`.",
 		Flags: append(apiFlags(),
 			&cli.StringFlag{Name: "base", Required: true, Usage: "base model `DIR`"},
-			&cli.StringFlag{Name: "dataset", Required: true, Usage: "dataset `NAME` or id"},
+			&cli.StringSliceFlag{Name: "dataset", Required: true, Usage: "dataset `NAME` or id (with --federated: each unit's local dataset)"},
 			&cli.IntFlag{Name: "steps", Required: true, Usage: "optimizer steps"},
 			&cli.IntFlag{Name: "global-batch", Required: true, Usage: "sequences per step, summed over all nodes (kept when nodes come and go)"},
 			&cli.IntFlag{Name: "micro-batch", Usage: "sequences per forward/backward on a node (default 8, at most --global-batch)"},
@@ -51,16 +51,24 @@ func jobSubmitCommand() *cli.Command {
 			&cli.IntFlag{Name: "checkpoint-every", Usage: "steps between checkpoints (0: only at the end)"},
 			&cli.IntFlag{Name: "eval-every", Usage: "steps between held-out evaluations (0: none)"},
 			&cli.IntFlag{Name: "replicas", Usage: "nodes holding each checkpoint (default 2)"},
+			&cli.StringFlag{Name: "wire", Value: "fp32", Usage: "all-reduce element type on the wire: fp32 (exact), bf16, fp16 or int8"},
+			&cli.BoolFlag{Name: "federated", Usage: "train each node only on its own local dataset (--dataset, repeated or comma-separated: one per unit); no shard crosses the wire"},
 			&cli.BoolFlag{Name: "json", Usage: "print the submitted job as JSON"}),
 		Action: func(c *cli.Context) error {
 			base, err := filepath.Abs(c.String("base"))
 			if err != nil {
 				return err
 			}
-			req := node.JobRequest{Base: base, Dataset: c.String("dataset"), Steps: c.Int("steps"), GlobalBatch: c.Int("global-batch"),
+			datasets := c.StringSlice("dataset")
+			req := node.JobRequest{Base: base, Dataset: datasets[0], Federated: c.Bool("federated"), Steps: c.Int("steps"), GlobalBatch: c.Int("global-batch"),
 				MicroBatch: c.Int("micro-batch"), LR: c.Float64("lr"), Warmup: c.Int("warmup"), WeightDecay: c.Float64("weight-decay"),
 				Clip: c.Float64("clip"), Seed: c.Uint64("seed"), CheckpointEvery: c.Int("checkpoint-every"), EvalEvery: c.Int("eval-every"),
-				Replicas: c.Int("replicas")}
+				Replicas: c.Int("replicas"), Wire: c.String("wire")}
+			if req.Federated {
+				req.Datasets = datasets
+			} else if len(datasets) > 1 {
+				return fmt.Errorf("--dataset: one dataset (several only with --federated)")
+			}
 			var j coordinator.Job
 			if err := callAPI(c.Context, c, http.MethodPost, "/v1/jobs", req, &j, time.Minute); err != nil {
 				return err

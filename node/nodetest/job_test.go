@@ -280,3 +280,56 @@ func TestJobWithBF16OnTheWire(t *testing.T) {
 		t.Errorf("%d bytes sent per node per step, want about %d", got, want)
 	}
 }
+
+// A federated job: each of 3 units registered its own local dataset; each
+// trains only on its own, no byte of any dataset crosses the wire (the
+// servers' counters), the replicas agree, and every unit's held-out loss
+// drops.
+func TestFederatedJobKeepsDataHome(t *testing.T) {
+	c := NewCluster(t, 3)
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
+	var names []string
+	var objects []string
+	for i, unit := range []string{"n1", "n2", "n3"} {
+		name := []string{"legal", "bio", "code"}[i]
+		dir, m := prepareDataset(t, name, 20+10*i)
+		d, err := c.Node(unit).AddDataset(context.Background(), dir, node.DatasetOptions{Local: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, name)
+		objects = append(objects, d.Manifest)
+		for _, s := range m.Shards {
+			objects = append(objects, s.Hash)
+		}
+	}
+	j, err := c.Node("n2").SubmitJob(context.Background(), node.JobRequest{Base: baseModel(t), Federated: true, Datasets: names,
+		Steps: 20, GlobalBatch: 12, MicroBatch: 4, LR: 3e-3, Warmup: 2, EvalEvery: 10, HashEvery: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := waitJob(c, "n2", j.ID, final)
+	if js.State != coordinator.JobCompleted {
+		t.Fatalf("job %s: %s", js.State, js.Error)
+	}
+	if len(js.Workers) != 3 {
+		t.Fatalf("workers %+v", js.Workers)
+	}
+	for _, w := range js.Workers {
+		if w.WeightsHash != js.WeightsHash {
+			t.Errorf("%s's weights differ", w.Node)
+		}
+		if !(w.HeldoutLoss > 0 && w.HeldoutLoss < w.BaseHeldoutLoss) {
+			t.Errorf("unit %s: held-out loss %v, base %v", w.Node, w.HeldoutLoss, w.BaseHeldoutLoss)
+		}
+		t.Logf("unit %s: held-out loss %.3f → %.3f", w.Node, w.BaseHeldoutLoss, w.HeldoutLoss)
+	}
+	for _, name := range []string{"n1", "n2", "n3"} {
+		srv := c.Node(name).ShardServer()
+		for _, h := range objects {
+			if b := srv.BytesServed(h); b != 0 {
+				t.Errorf("%s served %d bytes of %s", name, b, h[:12])
+			}
+		}
+	}
+}
