@@ -545,6 +545,11 @@ func (r *jobRunner) ensureShards(ctx context.Context, part []int64) error {
 			continue
 		}
 		seen[e.Hash] = true
+		if !r.n.store.Has(e.Hash) {
+			// Gone from the store (Scrub deleted a corrupt copy): the old
+			// link would keep the bad bytes alive; fetch afresh.
+			os.Remove(filepath.Join(r.data.Dir, e.Hash+shard.ShardExt))
+		}
 		if err := r.n.ensureObject(ctx, e.Hash, e.Bytes, append(slices.Clone(d.Placement[e.Hash]), d.Source)...); err != nil {
 			return fmt.Errorf("fetching shard %s: %w", e.Hash[:12], err)
 		}
