@@ -9,6 +9,14 @@
 // pass. Activations for the largest batch are allocated once by New;
 // Forward and Backward allocate nothing.
 //
+// LoRA adapters (lora.go, adapter.go) add a trainable low-rank update to
+// the blocks' projections of a frozen model, in a flat buffer of their own
+// (LoRA.Params, LoRA.Grads) with Hugging Face PEFT's tensor names, so that
+// an adapter trained by braid loads in PEFT and the other way round. With
+// an adapter attached (Model.AttachLoRA), Backward computes only what the
+// adapter's gradient needs, and GradRanges describe the adapter's gradient
+// buffer; MergeLoRA folds an adapter into a plain model.
+//
 // A Model is not safe for concurrent use: one goroutine drives it, and the
 // kernels spread each step over the CPU's cores.
 //

@@ -31,7 +31,7 @@ import (
 	"github.com/braidml/braid/model/safetensors"
 )
 
-var update = flag.Bool("update", false, "rewrite testdata/braid_tiny (then run scripts/gen_reference.py --check-braid model/testdata/braid_tiny)")
+var update = flag.Bool("update", false, "rewrite testdata/braid_tiny and testdata/braid_lora_tiny (then run scripts/gen_reference.py --check-braid model/testdata/braid_tiny and --check-adapter model/testdata/braid_lora_tiny)")
 
 // hfTol bounds |braid logits − PyTorch float64 logits| on the tiny models
 // (logits up to about 4 in magnitude, 48 or 40 channels): braid computes in

@@ -27,6 +27,11 @@ type Model struct {
 	// and together all of Grads. A Backward with no counted target adds
 	// nothing and reports every range at once.
 	//
+	// With a LoRA adapter attached (AttachLoRA) the trainable gradient is
+	// the adapter's, so the ranges are ranges of the adapter's gradient
+	// buffer (LoRA.Grads), not of Grads: one per block, h.L-1 .. h.0, each
+	// reported right after that block's backward (see GradRanges).
+	//
 	// It lets a data-parallel worker start reducing a range while backward
 	// computes the layers below it. It is called on the goroutine that runs
 	// Backward, between kernels: a callback may hand Grads[lo:hi] to another
@@ -37,8 +42,16 @@ type Model struct {
 
 	p, g views // named views into Params and Grads
 	// gradRanges are the ranges GradReady reports, in the order it reports
-	// them (see GradRanges).
+	// them (see GradRanges): of Grads, or of the adapter's Grads when one
+	// is attached.
 	gradRanges [][2]int
+
+	lora      *LoRA    // the attached adapter, or nil
+	la        loraActs // its activations and scratch
+	streams   []uint64 // (maxB) dropout stream per sequence (SetDropoutStreams)
+	dropoutOn bool     // SetDropoutStreams(non-nil) was the last call
+	fwdDrop   bool     // the last Forward applied dropout, with fwdStreams
+	fwdStream []uint64 // (maxB) the streams the last Forward used
 
 	maxB, maxT int         // the activation buffers fit B·T ≤ maxB·maxT, T ≤ maxT
 	act        activations // forward activations of the last Forward call
@@ -75,6 +88,25 @@ type blockActs struct {
 	fchGelu               []float32 // (BT, 4C)
 	fcproj                []float32 // (BT, C)
 	res3                  []float32 // (BT, C) block output
+}
+
+// loraActs are what the attached adapter's forward pass saves for the
+// backward pass, and the adapter's backward scratch (AttachLoRA allocates
+// them for maxB·maxT positions, BT below).
+type loraActs struct {
+	blocks [][numProjections]loraProjActs
+	g      []float32 // (BT, r) s·∂L/∂(x·Aᵀ): the gradient that reaches A, backward scratch
+	t      []float32 // (BT, 4C) the adapter's share of ∂L/∂x before dropout's mask, backward scratch
+	dlnw   []float32 // (C) LayerNorm weight gradients of the frozen base: computed, never read
+	dlnb   []float32 // (C) LayerNorm bias gradients of the frozen base: computed, never read
+	keys   []uint64  // (maxB) dropout row keys of one projection
+	task   dropoutTask
+}
+
+// loraProjActs are one adapted projection's saved activations.
+type loraProjActs struct {
+	u  []float32 // (BT, r) s·dropout(x)·Aᵀ
+	xd []float32 // (BT, in) dropout(x); nil when the adapter has no dropout
 }
 
 // backwardScratch holds activation gradients; every block reuses them.
@@ -131,7 +163,8 @@ func newModel(c Config, maxB, maxT int, inference bool) (*Model, error) {
 			ErrConfig, c.Layers, c.Dim, maxB, maxT, float64(need)/(1<<30), float64(MemoryLimit)/(1<<30))
 	}
 	n := c.NumParams()
-	m := &Model{Config: c, Params: make([]float32, n), maxB: maxB, maxT: maxT}
+	m := &Model{Config: c, Params: make([]float32, n), maxB: maxB, maxT: maxT,
+		streams: make([]uint64, maxB), fwdStream: make([]uint64, maxB)}
 	m.p = makeViews(c, m.Params)
 	m.gradRanges = gradRanges(c, m.p)
 	BT, C, V, NH := maxB*maxT, c.Dim, c.Vocab, c.Heads
@@ -209,8 +242,12 @@ func gradRanges(c Config, v views) [][2]int {
 
 // GradRanges returns the [lo, hi) ranges of the flat gradient buffer that
 // GradReady reports, in the order Backward reports them (Layers+2 of them:
-// ln_f, h.L-1 .. h.0, then wte and wpe). They depend only on the Config, so
-// every replica of a model gets the same list. The slice is a copy.
+// ln_f, h.L-1 .. h.0, then wte and wpe). With a LoRA adapter attached they
+// are ranges of the adapter's gradient buffer (LoRA.Grads) instead, Layers
+// of them: the adapter tensors of h.L-1, ..., of h.0; disjoint, each ending
+// where the one before it starts, together all of LoRA.Grads. They depend
+// only on the Config (and the adapter's), so every replica of a model gets
+// the same list. The slice is a copy.
 func (m *Model) GradRanges() [][2]int { return append([][2]int(nil), m.gradRanges...) }
 
 // gradReady reports range i of gradRanges to GradReady, if set.
@@ -221,8 +258,101 @@ func (m *Model) gradReady(i int) {
 	}
 }
 
-// ZeroGrad clears the gradient buffer.
-func (m *Model) ZeroGrad() { clear(m.Grads) }
+// ZeroGrad clears the gradient buffer, or, with an adapter attached, the
+// adapter's (Backward then leaves Grads alone).
+func (m *Model) ZeroGrad() {
+	if m.lora != nil {
+		m.lora.ZeroGrad()
+		return
+	}
+	clear(m.Grads)
+}
+
+// AttachLoRA attaches adapter a to the model: from now on Forward adds the
+// adapter's update to the projections it adapts, and Backward computes the
+// adapter's gradients (into a.Grads) and the gradients that flow through
+// the base weights, but not the base weights' own gradients: they are
+// frozen, and Grads stays as it is. GradRanges and GradReady then describe
+// a.Grads. It allocates the adapter's activations for the model's batch.
+// It fails if a is for another model config or attached elsewhere; an
+// adapter already attached here is detached first.
+func (m *Model) AttachLoRA(a *LoRA) error {
+	if a == nil {
+		return fmt.Errorf("model: AttachLoRA(nil); use DetachLoRA")
+	}
+	if a.Base != m.Config {
+		return fmt.Errorf("model: the adapter is for a model of %+v, this one is %+v", a.Base, m.Config)
+	}
+	if a.attached && a != m.lora {
+		return fmt.Errorf("model: the adapter is attached to another model")
+	}
+	m.DetachLoRA()
+	c, r := m.Config, a.Config.Rank
+	BT := m.maxB * m.maxT
+	la := loraActs{blocks: make([][numProjections]loraProjActs, c.Layers), keys: make([]uint64, m.maxB)}
+	for l := range c.Layers {
+		for p := range numProjections {
+			if !a.targets[p] {
+				continue
+			}
+			in, _ := p.shape(c)
+			la.blocks[l][p].u = make([]float32, BT*r)
+			if a.Config.Dropout > 0 {
+				la.blocks[l][p].xd = make([]float32, BT*in)
+			}
+		}
+	}
+	if m.Grads != nil {
+		la.g, la.dlnw, la.dlnb = make([]float32, BT*r), make([]float32, c.Dim), make([]float32, c.Dim)
+		if a.Config.Dropout > 0 {
+			la.t = make([]float32, BT*4*c.Dim)
+		}
+	}
+	m.lora, m.la, a.attached = a, la, true
+	m.gradRanges = a.gradRanges()
+	m.targets = nil // a Backward needs a Forward with the adapter
+	return nil
+}
+
+// DetachLoRA detaches the attached adapter, if any, and returns it: the
+// model computes and trains its base weights again.
+func (m *Model) DetachLoRA() *LoRA {
+	a := m.lora
+	if a == nil {
+		return nil
+	}
+	a.attached = false
+	m.lora, m.la = nil, loraActs{}
+	m.gradRanges = gradRanges(m.Config, m.p)
+	m.targets = nil
+	return a
+}
+
+// LoRA returns the attached adapter, or nil.
+func (m *Model) LoRA() *LoRA { return m.lora }
+
+// SetDropoutStreams turns the attached adapter's dropout on for the
+// following Forward calls, sequence b of a batch drawing its mask from
+// stream streams[b] (see DropoutStream), or off with nil: dropout is a
+// training-time thing, so evaluation and generation run with it off, as
+// PEFT's do in eval mode. The masks are a pure function of the stream ids
+// (no hidden state), which is what lets data-parallel workers and a resumed
+// run reproduce them exactly. streams is copied; it may hold up to the
+// model's maxB ids, and Forward fails if it holds fewer than the batch's B
+// sequences. Without an adapter with dropout, the streams are ignored.
+func (m *Model) SetDropoutStreams(streams []uint64) error {
+	if streams == nil {
+		m.dropoutOn = false
+		return nil
+	}
+	if len(streams) > m.maxB {
+		return fmt.Errorf("model: %d dropout streams for a model of at most %d sequences", len(streams), m.maxB)
+	}
+	m.streams = m.streams[:len(streams)]
+	copy(m.streams, streams)
+	m.dropoutOn = true
+	return nil
+}
 
 // Forward runs the model on tokens (B, T) and, when targets (B, T) is not
 // nil, returns the mean cross-entropy loss over the positions whose target
@@ -251,6 +381,14 @@ func (m *Model) Forward(tokens, targets []int32, B, T int) (float32, error) {
 			counted++
 		}
 	}
+	m.fwdDrop = false
+	if m.lora != nil && m.lora.Config.Dropout > 0 && m.dropoutOn {
+		if len(m.streams) < B {
+			return 0, fmt.Errorf("model: %d dropout streams set for a batch of %d sequences", len(m.streams), B)
+		}
+		copy(m.fwdStream[:B], m.streams[:B])
+		m.fwdDrop = true
+	}
 	m.tokens, m.targets, m.B, m.T, m.counted = tokens, targets, B, T, counted
 
 	BT, C, V, NH := B*T, c.Dim, c.Vocab, c.Heads
@@ -260,14 +398,14 @@ func (m *Model) Forward(tokens, targets []int32, B, T int) (float32, error) {
 	for l := range c.Layers {
 		p, s := &m.p.blocks[l], &a.blocks[l]
 		kernels.LayerNormForward(s.ln1, s.ln1Mean, s.ln1Rstd, x, p.ln1w, p.ln1b, BT, C)
-		kernels.LinearForward(s.qkv, s.ln1, p.qkvw, p.qkvb, BT, C, 3*C)
+		m.linearForward(l, projQKV, s.qkv, s.ln1, p.qkvw, p.qkvb, BT)
 		kernels.AttentionForward(s.atty, s.att, s.qkv, B, T, C, NH)
-		kernels.LinearForward(s.attproj, s.atty, p.attprojw, p.attprojb, BT, C, C)
+		m.linearForward(l, projAttnOut, s.attproj, s.atty, p.attprojw, p.attprojb, BT)
 		kernels.ResidualForward(s.res2[:BT*C], x[:BT*C], s.attproj)
 		kernels.LayerNormForward(s.ln2, s.ln2Mean, s.ln2Rstd, s.res2, p.ln2w, p.ln2b, BT, C)
-		kernels.LinearForward(s.fch, s.ln2, p.fcw, p.fcb, BT, C, 4*C)
+		m.linearForward(l, projFC, s.fch, s.ln2, p.fcw, p.fcb, BT)
 		kernels.GeluForward(s.fchGelu[:BT*4*C], s.fch[:BT*4*C])
-		kernels.LinearForward(s.fcproj, s.fchGelu, p.fcprojw, p.fcprojb, BT, 4*C, C)
+		m.linearForward(l, projMLPOut, s.fcproj, s.fchGelu, p.fcprojw, p.fcprojb, BT)
 		kernels.ResidualForward(s.res3[:BT*C], s.res2[:BT*C], s.fcproj)
 		x = s.res3
 	}
@@ -288,6 +426,11 @@ func (m *Model) Logits() []float32 { return m.act.logits[:m.B*m.T*m.Config.Vocab
 // over micro-batches pass each micro-batch's share of the global batch's
 // counted positions. It fails if the last Forward had no targets. While it
 // runs, it reports each range of Grads it has finished to GradReady.
+//
+// With a LoRA adapter attached, the base weights are frozen: Backward adds
+// the gradient into the adapter's Grads instead, and skips every gradient
+// that only the base weights would need (their own, and the embeddings'
+// input gradient below the first block), about a third of the work.
 func (m *Model) Backward(scale float32) error {
 	if m.targets == nil {
 		return fmt.Errorf("model: Backward needs a Forward call with targets")
@@ -305,50 +448,176 @@ func (m *Model) Backward(scale float32) error {
 		}
 		return nil
 	}
+	frozen := m.lora != nil
 	dlogits := d.dlogits[:BT*V]
 	clear(dlogits)
 	kernels.SoftmaxCrossEntropyBackward(dlogits, a.probs, m.targets, scale/float32(m.counted), BT, V)
 	dln := d.dln[:BT*C]
 	clear(dln)
-	kernels.LinearBackward(dln, m.g.wte, nil, dlogits, a.lnf, m.p.wte, BT, C, V)
+	if frozen {
+		kernels.Gemm(false, false, BT, C, V, dlogits, V, m.p.wte, C, dln, C, true) // dln += dlogits·wte
+	} else {
+		kernels.LinearBackward(dln, m.g.wte, nil, dlogits, a.lnf, m.p.wte, BT, C, V)
+	}
 	dres := d.dres[:BT*C]
 	clear(dres)
 	last := a.encoded
 	if c.Layers > 0 {
 		last = a.blocks[c.Layers-1].res3
 	}
-	kernels.LayerNormBackward(dres, m.g.lnfw, m.g.lnfb, dln, last, m.p.lnfw, a.lnfMean, a.lnfRstd, BT, C)
-	m.gradReady(0) // ln_f
+	lnw, lnb := m.lnGrads(m.g.lnfw, m.g.lnfb)
+	kernels.LayerNormBackward(dres, lnw, lnb, dln, last, m.p.lnfw, a.lnfMean, a.lnfRstd, BT, C)
+	if !frozen {
+		m.gradReady(0) // ln_f
+	}
 	for l := c.Layers - 1; l >= 0; l-- {
 		p, g, s := &m.p.blocks[l], &m.g.blocks[l], &a.blocks[l]
 		x := a.encoded
 		if l > 0 {
 			x = a.blocks[l-1].res3
 		}
+		// With frozen base weights, nothing below block 0's c_attn needs
+		// a gradient: the embeddings are frozen too.
+		needInput := !frozen || l > 0
 		// MLP branch: dres holds ∂L/∂res3, which is also ∂L/∂fcproj.
 		dfchG, dfch := d.dfchG[:BT*4*C], d.dfch[:BT*4*C]
 		clear(dfchG)
-		kernels.LinearBackward(dfchG, g.fcprojw, g.fcprojb, dres, s.fchGelu, p.fcprojw, BT, 4*C, C)
+		m.linearBackward(l, projMLPOut, dfchG, g.fcprojw, g.fcprojb, dres, s.fchGelu, p.fcprojw, BT)
 		clear(dfch)
 		kernels.GeluBackward(dfch, s.fch[:BT*4*C], dfchG)
 		clear(dln)
-		kernels.LinearBackward(dln, g.fcw, g.fcb, dfch, s.ln2, p.fcw, BT, C, 4*C)
+		m.linearBackward(l, projFC, dln, g.fcw, g.fcb, dfch, s.ln2, p.fcw, BT)
 		// dres becomes ∂L/∂res2.
-		kernels.LayerNormBackward(dres, g.ln2w, g.ln2b, dln, s.res2, p.ln2w, s.ln2Mean, s.ln2Rstd, BT, C)
+		ln2w, ln2b := m.lnGrads(g.ln2w, g.ln2b)
+		kernels.LayerNormBackward(dres, ln2w, ln2b, dln, s.res2, p.ln2w, s.ln2Mean, s.ln2Rstd, BT, C)
 		// Attention branch.
 		datty := d.datty[:BT*C]
 		clear(datty)
-		kernels.LinearBackward(datty, g.attprojw, g.attprojb, dres, s.atty, p.attprojw, BT, C, C)
+		m.linearBackward(l, projAttnOut, datty, g.attprojw, g.attprojb, dres, s.atty, p.attprojw, BT)
 		dqkv := d.dqkv[:BT*3*C]
 		clear(dqkv)
 		kernels.AttentionBackward(dqkv, d.datt, datty, s.qkv, s.att, B, T, C, NH)
-		clear(dln)
-		kernels.LinearBackward(dln, g.qkvw, g.qkvb, dqkv, s.ln1, p.qkvw, BT, C, 3*C)
-		// dres becomes ∂L/∂x, the block's input.
-		kernels.LayerNormBackward(dres, g.ln1w, g.ln1b, dln, x, p.ln1w, s.ln1Mean, s.ln1Rstd, BT, C)
-		m.gradReady(c.Layers - l) // block l
+		var dln1 []float32 // ∂L/∂ln1, if anything below needs it
+		if needInput {
+			clear(dln)
+			dln1 = dln
+		}
+		m.linearBackward(l, projQKV, dln1, g.qkvw, g.qkvb, dqkv, s.ln1, p.qkvw, BT)
+		if needInput {
+			// dres becomes ∂L/∂x, the block's input.
+			ln1w, ln1b := m.lnGrads(g.ln1w, g.ln1b)
+			kernels.LayerNormBackward(dres, ln1w, ln1b, dln, x, p.ln1w, s.ln1Mean, s.ln1Rstd, BT, C)
+		}
+		if frozen {
+			m.gradReady(c.Layers - 1 - l) // the adapter's block l
+		} else {
+			m.gradReady(c.Layers - l) // block l
+		}
 	}
-	kernels.EncoderBackward(m.g.wte, m.g.wpe, dres, m.tokens, B, T, C)
-	m.gradReady(c.Layers + 1) // wte and wpe
+	if !frozen {
+		kernels.EncoderBackward(m.g.wte, m.g.wpe, dres, m.tokens, B, T, C)
+		m.gradReady(c.Layers + 1) // wte and wpe
+	}
 	return nil
+}
+
+// lnGrads returns where LayerNormBackward adds the gradients of a
+// LayerNorm's weight and bias: their views dw, db into Grads, or, with the
+// base frozen, scratch vectors nobody reads (the kernel always computes
+// parameter gradients; they cost O(BT·C), next to a projection's O(BT·C²)).
+func (m *Model) lnGrads(dw, db []float32) ([]float32, []float32) {
+	if m.lora != nil {
+		return m.la.dlnw, m.la.dlnb
+	}
+	return dw, db
+}
+
+// linearForward is projection p of block l: out (BT, o) = inp (BT, in)·wᵀ
+// + b, plus the attached adapter's update if it adapts p:
+//
+//	xd  = dropout(inp)          (inp itself without dropout)
+//	u   = s·xd·Aᵀ               (BT, r), saved for backward
+//	out += u·Bᵀ
+func (m *Model) linearForward(l int, p projection, out, inp, w, b []float32, BT int) {
+	in, o := p.shape(m.Config)
+	kernels.LinearForward(out, inp, w, b, BT, in, o)
+	lr := m.lora
+	if lr == nil || !lr.targets[p] {
+		return
+	}
+	r, ab, s := lr.Config.Rank, lr.p[l][p], &m.la.blocks[l][p]
+	xd := inp[:BT*in]
+	if m.fwdDrop {
+		xd = s.xd[:BT*in]
+		m.dropout(xd, inp[:BT*in], l, p, in)
+	}
+	u := s.u[:BT*r]
+	kernels.Gemm(false, true, BT, r, in, xd, in, ab.a, in, u, r, false) // u = xd·Aᵀ
+	kernels.Scale(u, lr.scale)
+	kernels.Gemm(false, true, BT, o, r, u, r, ab.b, r, out, o, true) // out += u·Bᵀ
+}
+
+// dropout writes dst = dropout(src) for the input (B, T, in) of projection
+// p of block l, with the masks of the last Forward's streams.
+func (m *Model) dropout(dst, src []float32, l int, p projection, in int) {
+	keys := m.la.keys[:m.B]
+	for b := range keys {
+		keys[b] = dropoutRowKey(m.fwdStream[b], l, p)
+	}
+	q, scale := dropoutLanes(m.lora.Config.Dropout)
+	t := &m.la.task
+	*t = dropoutTask{dst: dst, src: src, keys: keys, T: m.T, in: in, thresh: q, scale: scale}
+	kernels.ParallelFor(m.B*m.T, max(1, 4096/in), t)
+	*t = dropoutTask{}
+}
+
+// linearBackward is the backward pass of linearForward: it adds
+//
+//	dinp += dout·w                     (skipped when dinp is nil)
+//
+// and, with the base trainable, dw += doutᵀ·inp and db += Σ dout
+// (kernels.LinearBackward); with an adapter attached the base is frozen and
+// instead, if the adapter adapts p (u = s·xd·Aᵀ saved by the forward pass):
+//
+//	dB   += doutᵀ·u                    (o, r)
+//	g     = s·dout·B                   (BT, r)
+//	dA   += gᵀ·xd                      (r, in)
+//	dinp += dropout'(g·A)              (the same mask as forward)
+func (m *Model) linearBackward(l int, p projection, dinp, dw, db, dout, inp, w []float32, BT int) {
+	in, o := p.shape(m.Config)
+	lr := m.lora
+	if lr == nil {
+		if dinp == nil { // cannot happen with trainable weights; keep the kernel's contract
+			panic("model: linearBackward without an input gradient")
+		}
+		kernels.LinearBackward(dinp, dw, db, dout, inp, w, BT, in, o)
+		return
+	}
+	if dinp != nil {
+		kernels.Gemm(false, false, BT, in, o, dout, o, w, in, dinp, in, true) // dinp += dout·w
+	}
+	if !lr.targets[p] {
+		return
+	}
+	r, ab, gab, s := lr.Config.Rank, lr.p[l][p], lr.g[l][p], &m.la.blocks[l][p]
+	xd := inp[:BT*in]
+	if m.fwdDrop {
+		xd = s.xd[:BT*in]
+	}
+	kernels.Gemm(true, false, o, r, BT, dout, o, s.u[:BT*r], r, gab.b, r, true) // dB += doutᵀ·u
+	g := m.la.g[:BT*r]
+	kernels.Gemm(false, false, BT, r, o, dout, o, ab.b, r, g, r, false) // g = dout·B
+	kernels.Scale(g, lr.scale)
+	kernels.Gemm(true, false, r, in, BT, g, r, xd, in, gab.a, in, true) // dA += gᵀ·xd
+	if dinp == nil {
+		return
+	}
+	if !m.fwdDrop {
+		kernels.Gemm(false, false, BT, in, r, g, r, ab.a, in, dinp, in, true) // dinp += g·A
+		return
+	}
+	t := m.la.t[:BT*in]
+	kernels.Gemm(false, false, BT, in, r, g, r, ab.a, in, t, in, false) // t = g·A
+	m.dropout(t, t, l, p, in)                                           // the mask and 1/(1−p) of forward
+	kernels.AddInto(dinp, t)
 }

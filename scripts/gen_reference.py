@@ -16,7 +16,17 @@ The first form writes
     model/testdata/hf_tiny_prefixed/        the same weights in float16 with
                                             "transformer." names, lm_head.weight and both
                                             mask buffers, and the logits of those weights
+    model/testdata/lora_tiny{,_subset}/     LoRA adapters for hf_tiny in PEFT's layout
+                                            (adapter_model.safetensors, adapter_config.json)
+                                            and the logits, loss and adapter gradients of
+                                            base + adapter, and the merged model's logits
 The tensors and hyper-parameters are listed in the README.md next to each file.
+
+    /usr/bin/python3 scripts/gen_reference.py --check-adapter model/testdata/braid_lora_tiny
+
+is the reverse check for adapters: it loads an adapter directory written by braid's
+SaveAdapter (`go test ./model -run LoRA -update`) the way PEFT would, onto the base its
+adapter_config.json names, and compares the logits braid stored next to it.
 
 The second form is the reverse check: it loads a braid checkpoint directory
 (written by `go test ./model -run HF -update`) into a PyTorch GPT-2 that uses
@@ -787,21 +797,234 @@ def check_braid(d):
     return 0
 
 
+# ----------------------------------------------------------------------------
+# LoRA adapters in PEFT's layout: model/testdata/lora_tiny*/ and --check-adapter
+#
+# peft is not installable here either, so PeftLoraConv1D below re-creates what
+# peft.tuners.lora.layer.Linear does around a transformers Conv1D
+# (fan_in_fan_out=True): it keeps the Conv1D as base_layer and adds
+#
+#   lora_A = nn.Linear(in_features, r, bias=False)    weight (r, in)
+#   lora_B = nn.Linear(r, out_features, bias=False)   weight (out, r)
+#   forward(x) = base_layer(x) + lora_B(lora_A(dropout(x))) * (lora_alpha / r)
+#
+# The shapes of lora_A and lora_B do not depend on fan_in_fan_out; only the
+# merged delta does: get_delta_weight is transpose(B @ A, fan_in_fan_out) *
+# scaling, so merging into a Conv1D weight (in, out) is
+#
+#   W_conv1d += (B @ A).T * (lora_alpha / r)
+#
+# A module is targeted as PEFT's check_target_module_exists decides for a
+# list of names: its full name (e.g. "transformer.h.0.mlp.c_proj") equals a
+# target or ends with "." + target. PeftModel.save_pretrained names the
+# adapter's tensors "base_model.model." + module name + ".lora_A.weight"
+# (the adapter name "default" removed), and writes adapter_config.json as
+# json.dumps(LoraConfig.to_dict(), indent=2, sort_keys=True).
+
+# (directory, target_modules, r, lora_alpha, lora_dropout) of the fixtures;
+# the base is model/testdata/hf_tiny.
+LORA_FIXTURES = [
+    ("lora_tiny", ["c_attn", "c_proj", "c_fc"], 4, 12, 0.05),
+    ("lora_tiny_subset", ["c_attn", "mlp.c_proj"], 3, 4.5, 0.0),
+]
+PEFT_VERSION = "0.14.0"  # the LoraConfig whose adapter_config.json keys are emulated
+
+
+class PeftLoraConv1D(torch.nn.Module):
+    """peft.tuners.lora.Linear wrapping a transformers Conv1D (fan_in_fan_out)."""
+
+    def __init__(self, base_layer, r, alpha):
+        super().__init__()
+        in_features, out_features = base_layer.weight.shape  # Conv1D: (in, out)
+        self.base_layer = base_layer
+        self.lora_A = torch.nn.Linear(in_features, r, bias=False).double()
+        self.lora_B = torch.nn.Linear(r, out_features, bias=False).double()
+        self.scaling = alpha / r
+
+    def forward(self, x):
+        return self.base_layer(x) + self.lora_B(self.lora_A(x)) * self.scaling  # eval: dropout is identity
+
+    def merge(self):
+        """PEFT's merge: base_layer.weight += transpose(B @ A, fan_in_fan_out=True) * scaling."""
+        with torch.no_grad():
+            self.base_layer.weight += (self.lora_B.weight @ self.lora_A.weight).T * self.scaling
+
+
+def peft_targeted(name, targets):
+    """check_target_module_exists for a list of target names."""
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def inject_lora(model, targets, r, alpha):
+    """Replace every targeted Conv1D of model by a PeftLoraConv1D; return
+    {adapter tensor name: parameter} in the names save_pretrained writes."""
+    names = [n for n, mod in model.named_modules() if isinstance(mod, HFConv1D) and peft_targeted(n, targets)]
+    if not names:
+        raise ValueError("target_modules %s match no Conv1D" % targets)
+    params = {}
+    for n in names:
+        parent_name, child = n.rsplit(".", 1)
+        parent = model.get_submodule(parent_name)
+        wrapped = PeftLoraConv1D(getattr(parent, child), r, alpha)
+        setattr(parent, child, wrapped)
+        params["base_model.model.%s.lora_A.weight" % n] = wrapped.lora_A.weight
+        params["base_model.model.%s.lora_B.weight" % n] = wrapped.lora_B.weight
+    return params
+
+
+def peft_adapter_config(targets, r, alpha, dropout, base):
+    """adapter_config.json text as PeftModel.save_pretrained writes it for a
+    LoraConfig(task_type="CAUSAL_LM", r, lora_alpha, lora_dropout,
+    target_modules) on a GPT-2 (fan_in_fan_out set to True for Conv1D)."""
+    d = {
+        "alpha_pattern": {}, "auto_mapping": None, "base_model_name_or_path": base, "bias": "none",
+        "eva_config": None, "exclude_modules": None, "fan_in_fan_out": True, "inference_mode": True,
+        "init_lora_weights": True, "layer_replication": None, "layers_pattern": None,
+        "layers_to_transform": None, "loftq_config": {}, "lora_alpha": alpha, "lora_bias": False,
+        "lora_dropout": dropout, "megatron_config": None, "megatron_core": "megatron.core",
+        "modules_to_save": None, "peft_type": "LORA", "r": r, "rank_pattern": {}, "revision": None,
+        "target_modules": sorted(targets), "task_type": "CAUSAL_LM", "use_dora": False, "use_rslora": False,
+    }
+    return json.dumps(d, indent=2, sort_keys=True)
+
+
+def hf_tiny_base():
+    """The GPT-2 of model/testdata/hf_tiny, loaded from its files."""
+    d = os.path.join(ROOT, "model", "testdata", "hf_tiny")
+    cfg, model = hf_model_from_config(os.path.join(d, "config.json"))
+    path = os.path.join(d, "model.safetensors")
+    tensors, _, _ = read_safetensors(path)
+    hf_load_strict(model, tensors, path)
+    return cfg, model
+
+
+def lora_fixtures():
+    """Write model/testdata/lora_tiny*/: adapter_model.safetensors and
+    adapter_config.json of a random adapter for hf_tiny in PEFT's layout, and
+    reference.safetensors: tokens, targets, the logits of base + adapter, the
+    mean loss and the gradient of every adapter tensor (float64, eval mode),
+    plus the logits of the merged model."""
+    V, B, T = HF["V"], HF["B"], HF["T"]
+    for k, (name, targets, r, alpha, dropout) in enumerate(LORA_FIXTURES):
+        cfg, model = hf_tiny_base()
+        params = inject_lora(model, targets, r, alpha)
+        g = torch.Generator().manual_seed(SEED + 300 + k)
+        with torch.no_grad():
+            for pname in sorted(params):
+                p = params[pname]
+                if ".lora_A." in pname:  # kaiming_uniform_(a=sqrt(5)): U(-1/sqrt(in), 1/sqrt(in))
+                    bound = 1.0 / math.sqrt(p.shape[1])
+                    p.copy_(uniform(g, -bound, bound, *p.shape))
+                else:  # PEFT starts B at zero; a trained one is not
+                    p.copy_(randn(g, *p.shape, scale=0.1))
+        tokens = torch.randint(0, V, (B, T), generator=g, dtype=torch.int64)
+        targets_ = torch.randint(0, V, (B, T), generator=g, dtype=torch.int64)
+        model.eval()
+        logits = model(tokens)  # (B, T, V)
+        loss = F.cross_entropy(logits.reshape(-1, V), targets_.reshape(-1))
+        loss.backward()
+        out = {"tokens": tokens.to(torch.int32), "targets": targets_.to(torch.int32),
+               "logits": logits.detach(), "loss": loss.detach().reshape(1)}
+        adapter = {n: p.detach().clone().to(torch.float32) for n, p in params.items()}
+        for pname, p in params.items():
+            out["grad." + pname] = p.grad.detach().clone()
+        # Merging must not change the function: W_conv1d += (B @ A).T * s,
+        # then the LoRA branch is switched off (B = 0) and the merged
+        # Conv1D weights alone must give the same logits.
+        for mod in model.modules():
+            if isinstance(mod, PeftLoraConv1D):
+                mod.merge()
+                with torch.no_grad():
+                    mod.lora_B.weight.zero_()
+        merged = hf_logits(model, tokens)
+        diff = (merged - logits.detach()).abs().max().item()
+        if diff > 1e-10:
+            raise SystemExit("%s: merged logits differ from base + adapter by %.3g" % (name, diff))
+        out["merged_logits"] = merged
+        d = os.path.join(ROOT, "model", "testdata", name)
+        write_safetensors_hf(os.path.join(d, "adapter_model.safetensors"),
+                             adapter, {"format": "pt"})
+        write_bytes(os.path.join(d, "adapter_config.json"),
+                    peft_adapter_config(targets, r, alpha, dropout, "model/testdata/hf_tiny").encode())
+        md = {"generator": "scripts/gen_reference.py", "precision": "float64 compute, stored as F32",
+              "torch": torch.__version__, "B": str(B), "T": str(T), "base": "model/testdata/hf_tiny",
+              "scaling": repr(alpha / r), "merge_check": "%.3g" % diff}
+        write_safetensors(os.path.join(d, "reference.safetensors"), out, md)
+        print("%s: %d adapter tensors (targets %s, r=%d, alpha=%s), loss %.6f, merged vs adapter %.2g" % (
+            name, len(params), targets, r, alpha, loss.item(), diff))
+
+
+def check_adapter(d):
+    """--check-adapter DIR: load a braid adapter directory (SaveAdapter) the
+    way PEFT would -- adapter_config.json read as a LoraConfig, LoRA layers
+    injected into the base named by base_model_name_or_path (relative to the
+    repository root) by PEFT's target matching, every tensor of
+    adapter_model.safetensors consumed and none missing -- and compare the
+    logits with the ones braid stored in DIR/reference.safetensors. Returns
+    the exit status."""
+    try:
+        with open(os.path.join(d, "adapter_config.json")) as f:
+            c = json.load(f)
+        for key, want in (("peft_type", "LORA"), ("task_type", "CAUSAL_LM"), ("bias", "none"),
+                          ("fan_in_fan_out", True), ("use_dora", False), ("use_rslora", False),
+                          ("modules_to_save", None), ("layers_to_transform", None)):
+            if c.get(key) != want:
+                raise ValueError("adapter_config.json: %s = %r, want %r" % (key, c.get(key), want))
+        base = os.path.join(ROOT, c["base_model_name_or_path"])
+        cfg, model = hf_model_from_config(os.path.join(base, "config.json"))
+        path = os.path.join(base, "model.safetensors")
+        tensors, _, _ = read_safetensors(path)
+        hf_load_strict(model, tensors, path)
+        params = inject_lora(model, c["target_modules"], c["r"], c["lora_alpha"])
+        path = os.path.join(d, "adapter_model.safetensors")
+        adapter, dtypes, metadata = read_safetensors(path)
+        missing = sorted(set(params) - set(adapter))
+        unexpected = sorted(set(adapter) - set(params))
+        if missing or unexpected:
+            raise ValueError("%s: missing tensors %s, unexpected tensors %s" % (path, missing, unexpected))
+        with torch.no_grad():
+            for n, p in params.items():
+                if tuple(adapter[n].shape) != tuple(p.shape):
+                    raise ValueError("%s: %s has shape %s, PEFT's layer %s" % (path, n, tuple(adapter[n].shape), tuple(p.shape)))
+                p.copy_(adapter[n])
+        ref, _, _ = read_safetensors(os.path.join(d, "reference.safetensors"))
+    except (OSError, KeyError, ValueError) as e:
+        print("FAIL: %s" % e)
+        return 1
+    model.eval()
+    got = hf_logits(model, ref["tokens"])
+    diff = (got - ref["logits"]).abs().max().item()
+    print("%s: r=%d lora_alpha=%s target_modules=%s on %s; %d tensors (%s), metadata %s" % (
+        d, c["r"], c["lora_alpha"], c["target_modules"], c["base_model_name_or_path"], len(adapter),
+        ",".join(sorted(set(dtypes.values()))), metadata))
+    print("braid logits %s vs PyTorch with PEFT-style LoRA layers (float64): max abs diff %.3g (tolerance %g)" % (
+        tuple(ref["logits"].shape), diff, HF_TOL))
+    if not diff <= HF_TOL:
+        print("FAIL: above tolerance")
+        return 1
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check-braid", metavar="DIR",
                     help="check a braid checkpoint directory against the HF-named PyTorch GPT-2 instead of writing fixtures")
+    ap.add_argument("--check-adapter", metavar="DIR",
+                    help="check a braid LoRA adapter directory against PEFT-style LoRA layers instead of writing fixtures")
     args = ap.parse_args()
     torch.manual_seed(SEED)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     if args.check_braid:
         return check_braid(args.check_braid)
+    if args.check_adapter:
+        return check_adapter(args.check_adapter)
     ts, md = kernel_fixtures()
     write_safetensors(os.path.join(ROOT, "kernels", "testdata", "reference.safetensors"), ts, md)
     ts, md = gpt2_fixtures()
     write_safetensors(os.path.join(ROOT, "model", "testdata", "gpt2_tiny.safetensors"), ts, md)
     hf_fixtures()
+    lora_fixtures()
     return 0
 
 

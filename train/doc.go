@@ -15,6 +15,12 @@
 //     of its last step and can snapshot and restore its whole state, which is
 //     how a worker that missed a step, or joined late, catches up.
 //
+// Both can train a LoRA adapter instead of the whole model: the Trainer
+// when the model it is given has one attached, the Worker in LoRA mode
+// (JobConfig.LoRARank). Then only the adapter's buffer is optimised,
+// reduced, checkpointed and snapshotted; the base weights stay frozen and
+// are named by their hash.
+//
 // What it does not do: networking, membership or process management: the
 // reducer is an interface, and the node decides who trains which part.
 package train

@@ -8,8 +8,9 @@ import (
 	"github.com/braidml/braid/model"
 )
 
-// Optimizer is AdamW over a model's flat parameter buffer, with weight decay
-// applied only to matrices (Param.Decay) as in GPT-2.
+// Optimizer is AdamW over a flat parameter buffer (a model's, or a LoRA
+// adapter's), with weight decay applied only where the layout says
+// (Param.Decay: a model's matrices, as in GPT-2; every adapter tensor).
 type Optimizer struct {
 	Beta1, Beta2, Eps, WeightDecay float32
 	// M and V are the first and second moments, in the parameter layout.
@@ -22,9 +23,24 @@ type Optimizer struct {
 
 // NewOptimizer returns an optimizer with zero moments for a model of config c.
 func NewOptimizer(c model.Config, beta1, beta2, eps, weightDecay float32) *Optimizer {
-	n := c.NumParams()
+	return NewLayoutOptimizer(c.Layout(), beta1, beta2, eps, weightDecay)
+}
+
+// NewLayoutOptimizer returns an optimizer with zero moments for the flat
+// buffer that layout describes: model.Config.Layout, or model.LoRA.Layout
+// for an adapter. The layout's parameters must tile the buffer in order.
+func NewLayoutOptimizer(layout []model.Param, beta1, beta2, eps, weightDecay float32) *Optimizer {
+	n := 0
+	if k := len(layout); k > 0 {
+		n = layout[k-1].Offset + layout[k-1].Size
+	}
 	return &Optimizer{Beta1: beta1, Beta2: beta2, Eps: eps, WeightDecay: weightDecay,
-		M: make([]float32, n), V: make([]float32, n), layout: c.Layout()}
+		M: make([]float32, n), V: make([]float32, n), layout: layout}
+}
+
+// fresh returns an optimizer with o's settings and layout and zero moments.
+func (o *Optimizer) fresh() *Optimizer {
+	return NewLayoutOptimizer(o.layout, o.Beta1, o.Beta2, o.Eps, o.WeightDecay)
 }
 
 // Apply performs one update of params with grads at learning rate lr.

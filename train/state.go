@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"path/filepath"
 	"strconv"
@@ -22,8 +23,26 @@ const StateFile = "training_state.safetensors"
 // state (StateFile) into dir, each file atomically. The state records the
 // hyper-parameters, a hash of the training tokens and a hash of the weights
 // it belongs with, so that Resume can refuse a state that does not match.
+//
+// When the trainer trains a LoRA adapter, dir gets the adapter in PEFT's
+// layout (model.SaveAdapter: adapter_model.safetensors,
+// adapter_config.json) instead of the model, and the state holds the
+// adapter's moments and also records the adapter's settings and a hash of
+// the frozen base weights (base_sha256), so that Resume refuses another
+// base. The base itself is not written: it is where the adapter's
+// base_model_name_or_path says.
 func (t *Trainer) SaveCheckpoint(dir string, tok model.Tokenizer) error {
-	if err := model.SaveCheckpoint(dir, t.Model.Config, tok, t.Model.Params); err != nil {
+	meta := map[string]string{}
+	if t.LoRA != nil {
+		if err := model.SaveAdapter(dir, t.LoRA); err != nil {
+			return err
+		}
+		lc, err := json.Marshal(loraSettings(t.LoRA.Config))
+		if err != nil {
+			return err
+		}
+		meta["lora"], meta["base_sha256"] = string(lc), t.baseHash()
+	} else if err := model.SaveCheckpoint(dir, t.Model.Config, tok, t.Model.Params); err != nil {
 		return err
 	}
 	cfg, err := json.Marshal(t.Config)
@@ -31,17 +50,33 @@ func (t *Trainer) SaveCheckpoint(dir string, tok model.Tokenizer) error {
 		return err
 	}
 	n := len(t.Opt.M)
-	return safetensors.WriteFile(filepath.Join(dir, StateFile), []safetensors.Tensor{
-		safetensors.F32Tensor("adamw.m", []int{n}, t.Opt.M),
-		safetensors.F32Tensor("adamw.v", []int{n}, t.Opt.V),
-	}, map[string]string{
+	maps.Copy(meta, map[string]string{
 		"step":           strconv.Itoa(t.Opt.Step),
 		"config":         string(cfg),
 		"seqlen":         strconv.Itoa(t.T),
 		"sampler":        hex.EncodeToString(t.sampler.State()),
 		"corpus_sha256":  t.corpusHash(),
-		"weights_sha256": WeightsHash(t.Model.Params),
+		"weights_sha256": WeightsHash(t.params),
 	})
+	return safetensors.WriteFile(filepath.Join(dir, StateFile), []safetensors.Tensor{
+		safetensors.F32Tensor("adamw.m", []int{n}, t.Opt.M),
+		safetensors.F32Tensor("adamw.v", []int{n}, t.Opt.V),
+	}, meta)
+}
+
+// loraSettings is what of an adapter's config shapes a training run (not
+// where its base lives), in canonical form.
+func loraSettings(c model.LoRAConfig) model.LoRAConfig {
+	c.BaseModel = ""
+	return c
+}
+
+// baseHash is WeightsHash of the frozen base weights, computed once.
+func (t *Trainer) baseHash() string {
+	if t.baseSum == "" {
+		t.baseSum = WeightsHash(t.Model.Params)
+	}
+	return t.baseSum
 }
 
 // WeightsHash is the SHA-256 of the parameters' float32 bits, little-endian.
@@ -84,13 +119,36 @@ func (t *Trainer) corpusHash() string {
 // wrote into dir, so that the next Step continues the run exactly as if it
 // had not stopped (provided Steps is the saved run's; a larger Steps
 // continues on a stretched schedule). Load the weights from dir into the
-// model first. Resume refuses a state whose hyper-parameters, sequence
-// length, training tokens or weights differ from this run's, or whose step
-// is not below Steps.
+// model first (for a LoRA run: load the base, then the adapter from dir
+// with model.LoadAdapter, attach it, and make the trainer with New).
+// Resume refuses a state whose hyper-parameters, sequence length, training
+// tokens or weights differ from this run's, or whose step is not below
+// Steps; for a LoRA run also one of another adapter shape or base model, or
+// of a full run (and the other way round).
 func (t *Trainer) Resume(dir string) error {
 	path := filepath.Join(dir, StateFile)
-	opt := NewOptimizer(t.Model.Config, t.Opt.Beta1, t.Opt.Beta2, t.Opt.Eps, t.Opt.WeightDecay)
-	meta, err := LoadOptimizerState(dir, opt)
+	opt := t.Opt.fresh()
+	// What was trained (the model or which adapter, on which base) is
+	// checked first: it also decides the moments' size.
+	meta, err := loadOptimizerState(dir, opt, func(meta map[string]string) error {
+		saved, ok := meta["lora"]
+		switch {
+		case t.LoRA == nil && ok:
+			return fmt.Errorf("train: training state %s is of a LoRA adapter run; resume it with its base model and the adapter in %s", path, dir)
+		case t.LoRA != nil && !ok:
+			return fmt.Errorf("train: training state %s is of a full fine-tuning run, not of a LoRA adapter", path)
+		case t.LoRA == nil:
+			return nil
+		}
+		now, _ := json.Marshal(loraSettings(t.LoRA.Config))
+		if saved != string(now) {
+			return fmt.Errorf("train: training state %s was saved for another adapter:\n  saved: %s\n  now:   %s", path, saved, now)
+		}
+		if meta["base_sha256"] != t.baseHash() {
+			return fmt.Errorf("train: training state %s was saved on other base weights (base_sha256 %.12s…, this base %.12s…); use the base the adapter was trained on", path, meta["base_sha256"], t.baseHash())
+		}
+		return nil
+	})
 	if err != nil {
 		return err
 	}
@@ -113,8 +171,12 @@ func (t *Trainer) Resume(dir string) error {
 	if meta["corpus_sha256"] != t.corpusHash() {
 		return fmt.Errorf("train: training state %s was saved for other training data (its sampler position would not mean anything here); use the same --input files", path)
 	}
-	if meta["weights_sha256"] != WeightsHash(t.Model.Params) {
-		return fmt.Errorf("train: training state %s does not belong with the weights in %s (a save was interrupted between the two files?)", path, model.WeightsFile)
+	if meta["weights_sha256"] != WeightsHash(t.params) {
+		file := model.WeightsFile
+		if t.LoRA != nil {
+			file = model.AdapterWeightsFile
+		}
+		return fmt.Errorf("train: training state %s does not belong with the weights in %s (a save was interrupted between the two files?)", path, file)
 	}
 	if opt.Step >= t.Config.Steps {
 		return fmt.Errorf("train: the run in %s is already at step %d of %d; raise --steps to continue it", dir, opt.Step, t.Config.Steps)
@@ -133,10 +195,22 @@ func (t *Trainer) Resume(dir string) error {
 // LoadOptimizerState reads StateFile from dir into opt and returns the file's
 // metadata. The moments must match the optimizer's parameter count.
 func LoadOptimizerState(dir string, opt *Optimizer) (map[string]string, error) {
+	return loadOptimizerState(dir, opt, nil)
+}
+
+// loadOptimizerState is LoadOptimizerState with a check of the metadata
+// that runs before the moments are read (so that its error, not a size
+// mismatch, tells what is wrong).
+func loadOptimizerState(dir string, opt *Optimizer, check func(meta map[string]string) error) (map[string]string, error) {
 	path := filepath.Join(dir, StateFile)
 	f, err := safetensors.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("train: training state: %w", err)
+	}
+	if check != nil {
+		if err := check(f.Metadata); err != nil {
+			return nil, err
+		}
 	}
 	for _, name := range []string{"adamw.m", "adamw.v"} {
 		t, ok := f.Tensor(name)
@@ -148,7 +222,7 @@ func LoadOptimizerState(dir string, opt *Optimizer) (map[string]string, error) {
 			return nil, fmt.Errorf("train: training state %s: tensor %s: %w", path, name, err)
 		}
 		if len(w) != len(opt.M) {
-			return nil, fmt.Errorf("train: training state %s: tensor %s has %d elements, the model has %d parameters", path, name, len(w), len(opt.M))
+			return nil, fmt.Errorf("train: training state %s: tensor %s has %d elements, this run trains %d parameters", path, name, len(w), len(opt.M))
 		}
 		if name == "adamw.m" {
 			copy(opt.M, w)

@@ -40,6 +40,21 @@ func DefaultConfig() Config {
 	}
 }
 
+// DefaultLoRAConfig returns settings for training a LoRA adapter on a base
+// like models/base-en: DefaultConfig with the higher learning rate a
+// low-rank update needs (B starts at zero and only rank-r directions move)
+// and no weight decay (the Hugging Face Trainer's default, which PEFT runs
+// use).
+func DefaultLoRAConfig() Config {
+	c := DefaultConfig()
+	c.LR, c.WeightDecay = DefaultLoRALR, 0
+	return c
+}
+
+// DefaultLoRALR is the peak learning rate of DefaultLoRAConfig and
+// DefaultLoRAJobConfig.
+const DefaultLoRALR = 5e-3
+
 // Validate checks each field and names the one at fault.
 func (c Config) Validate() error {
 	switch {
@@ -82,9 +97,17 @@ type StepStats struct {
 }
 
 // Trainer runs the training loop of one process.
+//
+// It trains the model's weights, or, when the model has a LoRA adapter
+// attached (model.Model.AttachLoRA) at New, the adapter only: the optimizer
+// then holds the adapter's moments, checkpoints hold the adapter (PEFT's
+// files) and the training state, and the base weights stay as they are.
 type Trainer struct {
-	Config  Config
-	Model   *model.Model
+	Config Config
+	Model  *model.Model
+	// LoRA is the adapter being trained, or nil when the model's own
+	// weights are.
+	LoRA    *model.LoRA
 	Opt     *Optimizer
 	Corpus  *Corpus
 	Tok     model.Tokenizer
@@ -93,14 +116,19 @@ type Trainer struct {
 	T       int
 	// SavedSteps is the Steps of the run Resume continued (0 before Resume).
 	SavedSteps int
-	corpusSum  string  // corpusHash, computed once
-	inputs     []int32 // (Batch, T)
-	targets    []int32 // (Batch, T)
+	corpusSum  string    // corpusHash, computed once
+	baseSum    string    // WeightsHash of the frozen base (LoRA), computed once
+	params     []float32 // what the optimizer updates: Model.Params or LoRA.Params
+	grads      []float32 // their gradients
+	inputs     []int32   // (Batch, T)
+	targets    []int32   // (Batch, T)
+	streams    []uint64  // (Batch) dropout streams of a step (LoRA with dropout)
 }
 
 // New prepares a trainer for m on corpus, tokenised with tok. The model's
 // activations must fit cfg.Batch × T where T is cfg.SeqLen or the model's
-// context.
+// context. If m has a LoRA adapter attached, the trainer trains it and
+// leaves the base weights alone.
 func New(cfg Config, m *model.Model, tok model.Tokenizer, corpus *Corpus) (*Trainer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -119,14 +147,26 @@ func New(cfg Config, m *model.Model, tok model.Tokenizer, corpus *Corpus) (*Trai
 	if cfg.EvalEvery > 0 && len(corpus.Heldout) < 2 {
 		return nil, fmt.Errorf("%w: the held-out split is empty (documents are held out whole, about 1 in --holdout-every); add files, or train without evaluation (--eval-every 0)", ErrTooSmall)
 	}
-	return &Trainer{
+	t := &Trainer{
 		Config: cfg, Model: m, Corpus: corpus, Tok: tok, sampler: s, T: T,
-		Opt:     NewOptimizer(m.Config, float32(cfg.Beta1), float32(cfg.Beta2), float32(cfg.Eps), float32(cfg.WeightDecay)),
 		sched:   Schedule{LR: cfg.LR, MinLR: cfg.LR * cfg.MinLRFrac, Warmup: cfg.Warmup, Steps: cfg.Steps},
+		params:  m.Params,
+		grads:   m.Grads,
 		inputs:  make([]int32, cfg.Batch*T),
 		targets: make([]int32, cfg.Batch*T),
-	}, nil
+		streams: make([]uint64, cfg.Batch),
+	}
+	layout := m.Config.Layout()
+	if a := m.LoRA(); a != nil {
+		t.LoRA, t.params, t.grads, layout = a, a.Params, a.Grads, a.Layout()
+	}
+	t.Opt = NewLayoutOptimizer(layout, float32(cfg.Beta1), float32(cfg.Beta2), float32(cfg.Eps), float32(cfg.WeightDecay))
+	return t, nil
 }
+
+// NumTrainable is the number of parameters the trainer optimises: the
+// model's, or the adapter's.
+func (t *Trainer) NumTrainable() int { return len(t.params) }
 
 // Step draws a batch, computes the gradient, clips it and applies one AdamW
 // update. It allocates nothing.
@@ -135,6 +175,16 @@ func (t *Trainer) Step() (StepStats, error) {
 	B, T := t.Config.Batch, t.T
 	t.sampler.Next(t.inputs, t.targets, B, T)
 	m := t.Model
+	if t.LoRA != nil && t.LoRA.Config.Dropout > 0 {
+		// Sequence b of step k draws the dropout mask of stream (seed, k,
+		// b): the same in a resumed run.
+		for b := range t.streams {
+			t.streams[b] = model.DropoutStream(t.Config.Seed, uint64(t.Opt.Step), uint64(b))
+		}
+		if err := m.SetDropoutStreams(t.streams); err != nil {
+			return StepStats{}, err
+		}
+	}
 	m.ZeroGrad()
 	loss, err := m.Forward(t.inputs, t.targets, B, T)
 	if err != nil {
@@ -143,18 +193,19 @@ func (t *Trainer) Step() (StepStats, error) {
 	if err := m.Backward(1); err != nil {
 		return StepStats{}, err
 	}
-	norm := kernels.ClipGradNorm(m.Grads, float32(t.Config.Clip))
+	norm := kernels.ClipGradNorm(t.grads, float32(t.Config.Clip))
 	if math.IsNaN(float64(loss)) || math.IsInf(float64(norm), 0) || math.IsNaN(float64(norm)) {
 		return StepStats{}, fmt.Errorf("train: step %d diverged (loss %v, gradient norm %v); lower the learning rate", t.Opt.Step+1, loss, norm)
 	}
 	lr := t.sched.At(t.Opt.Step)
-	t.Opt.Apply(m.Params, m.Grads, float32(lr))
+	t.Opt.Apply(t.params, t.grads, float32(lr))
 	return StepStats{Step: t.Opt.Step, Loss: loss, LR: lr, GradNorm: norm, Tokens: B * T, Duration: time.Since(start)}, nil
 }
 
 // Eval scores the first EvalBatches × Batch windows of the held-out split
 // (the same tokens every time; fewer if the split is shorter), each token
-// once. It fails if the split is empty.
+// once, with dropout off. It fails if the split is empty.
 func (t *Trainer) Eval() (EvalResult, error) {
+	t.Model.SetDropoutStreams(nil) // Step turns it on again
 	return Evaluate(t.Model, t.Tok, t.Corpus.Heldout, t.Config.Batch, t.T, t.Config.EvalBatches*t.Config.Batch*t.T)
 }

@@ -20,6 +20,7 @@ func evalCommand() *cli.Command {
 			"that training with the same --holdout-every held out.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "model", Aliases: []string{"m"}, Usage: "checkpoint `DIR`", Required: true},
+			&cli.StringFlag{Name: "adapter", Usage: "LoRA adapter `DIR` (PEFT layout, as braid train --lora-rank writes) to apply to --model"},
 			&cli.StringSliceFlag{Name: "input", Aliases: []string{"i"}, Usage: "text `PATH` (file or directory, repeatable)", Required: true},
 			&cli.StringFlag{Name: "split", Value: "all", Usage: "documents to score: all, heldout or train"},
 			&cli.IntFlag{Name: "holdout-every", Value: 20, Usage: "with --split: the held-out fraction used in training (1 in N)"},
@@ -74,6 +75,13 @@ func runEval(c *cli.Context) error {
 		return err
 	}
 	copy(m.Params, ck.Params)
+	name := c.String("model")
+	if dir := c.String("adapter"); dir != "" {
+		if err := attachAdapter(m, dir); err != nil {
+			return err
+		}
+		name += " + " + dir
+	}
 	r, err := train.Evaluate(m, ck.Tokenizer, tokens, B, T, c.Int("max-tokens"))
 	if err != nil {
 		return err
@@ -87,6 +95,16 @@ func runEval(c *cli.Context) error {
 		return nil
 	}
 	fmt.Fprintf(c.App.Writer, "%s on %d files (%s split, %d tokens, %.2f MB): loss %.4f | perplexity %.3f | %.4f bits/byte\n",
-		c.String("model"), corpus.Files, split, r.Tokens, float64(r.Bytes)/1e6, r.Loss, r.Perplexity, r.BitsPerByte)
+		name, corpus.Files, split, r.Tokens, float64(r.Bytes)/1e6, r.Loss, r.Perplexity, r.BitsPerByte)
 	return nil
+}
+
+// attachAdapter loads the LoRA adapter in dir for m's config and attaches
+// it to m (--adapter of eval and generate).
+func attachAdapter(m *model.Model, dir string) error {
+	a, err := model.LoadAdapter(dir, m.Config)
+	if err != nil {
+		return err
+	}
+	return m.AttachLoRA(a)
 }

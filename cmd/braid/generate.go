@@ -11,9 +11,10 @@ import (
 func generateCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "generate",
-		Usage: "sample text from a checkpoint",
+		Usage: "sample text from a checkpoint (optionally with a LoRA adapter)",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "model", Aliases: []string{"m"}, Usage: "checkpoint `DIR`", Required: true},
+			&cli.StringFlag{Name: "adapter", Usage: "LoRA adapter `DIR` (PEFT layout, as braid train --lora-rank writes) to apply to --model"},
 			&cli.StringFlag{Name: "prompt", Aliases: []string{"p"}, Usage: "text to continue (default: start of a document)"},
 			&cli.IntFlag{Name: "tokens", Aliases: []string{"n"}, Value: 200, Usage: "tokens to generate"},
 			&cli.Float64Flag{Name: "temperature", Value: 0.8, Usage: "sampling temperature (0: greedy)"},
@@ -40,6 +41,11 @@ func generateCommand() *cli.Command {
 				return err
 			}
 			copy(m.Params, ck.Params)
+			if dir := c.String("adapter"); dir != "" {
+				if err := attachAdapter(m, dir); err != nil {
+					return err
+				}
+			}
 			ids, err := model.Generate(m, tok, prompt, model.SampleOptions{
 				MaxTokens: c.Int("tokens"), Temperature: c.Float64("temperature"), TopK: c.Int("top-k"),
 				Seed: c.Uint64("seed"), StopAtEOT: true,

@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -14,14 +17,20 @@ import (
 )
 
 func trainCommand() *cli.Command {
-	d := train.DefaultConfig()
+	d, dl := train.DefaultConfig(), train.DefaultLoRAConfig()
 	return &cli.Command{
 		Name:  "train",
 		Usage: "train a model in this process on text files or directories",
 		Description: "Trains from scratch (--config, byte-level tokenizer) or from the checkpoint in --init\n" +
 			"(with its tokenizer), or continues the run saved in --resume, printing step, loss, learning rate and tokens/s, and held-out loss every\n" +
 			"--eval-every steps. The checkpoint in --out is rewritten atomically at every evaluation\n" +
-			"and at the end (model.safetensors, config.json, training_state.safetensors).",
+			"and at the end (model.safetensors, config.json, training_state.safetensors).\n\n" +
+			"With --lora-rank R it trains a LoRA adapter on the frozen base in --init instead: --out then\n" +
+			"holds the adapter in PEFT's layout (adapter_model.safetensors, adapter_config.json, loadable\n" +
+			"with peft.PeftModel.from_pretrained) and training_state.safetensors; --merged DIR also writes\n" +
+			"the base with the adapter merged in, a plain checkpoint. Unless given, the learning rate is\n" +
+			fmt.Sprintf("then %g and weight decay %g. --resume of an adapter directory continues it on the base its\n", dl.LR, dl.WeightDecay) +
+			"adapter_config.json names (base_model_name_or_path), or on --init if given.",
 		Flags: []cli.Flag{
 			&cli.StringSliceFlag{Name: "input", Aliases: []string{"i"}, Usage: "text `PATH` (file or directory, repeatable)", Required: true},
 			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Usage: "checkpoint `DIR` to write", Required: true},
@@ -31,9 +40,9 @@ func trainCommand() *cli.Command {
 			&cli.IntFlag{Name: "steps", Value: d.Steps, Usage: "optimizer steps"},
 			&cli.IntFlag{Name: "batch", Value: d.Batch, Usage: "sequences per step"},
 			&cli.IntFlag{Name: "seq-len", Usage: "tokens per sequence (default: the model's context)"},
-			&cli.Float64Flag{Name: "lr", Value: d.LR, Usage: "peak learning rate"},
+			&cli.Float64Flag{Name: "lr", Value: d.LR, Usage: fmt.Sprintf("peak learning rate (with --lora-rank: %g)", dl.LR)},
 			&cli.IntFlag{Name: "warmup", Value: d.Warmup, Usage: "linear warmup steps"},
-			&cli.Float64Flag{Name: "weight-decay", Value: d.WeightDecay, Usage: "AdamW weight decay on matrices"},
+			&cli.Float64Flag{Name: "weight-decay", Value: d.WeightDecay, Usage: fmt.Sprintf("AdamW weight decay on matrices (with --lora-rank: %g, on the adapter's)", dl.WeightDecay)},
 			&cli.Float64Flag{Name: "clip", Value: d.Clip, Usage: "global gradient-norm clip (0: off)"},
 			&cli.Uint64Flag{Name: "seed", Value: d.Seed, Usage: "seed of initialisation and sampling"},
 			&cli.IntFlag{Name: "eval-every", Value: d.EvalEvery, Usage: "evaluate held-out loss and save every N steps (0: only at the end)"},
@@ -43,6 +52,11 @@ func trainCommand() *cli.Command {
 			&cli.IntFlag{Name: "log-every", Value: 10, Usage: "print a progress line every N steps"},
 			&cli.IntFlag{Name: "threads", Usage: "compute threads (default: all cores)"},
 			&cli.StringFlag{Name: "kernel", Value: "auto", Usage: "matmul micro-kernel: auto, avx512, avx2 or generic"},
+			&cli.IntFlag{Name: "lora-rank", Usage: "train a LoRA adapter of rank `R` on the frozen --init model (0: train every weight)"},
+			&cli.Float64Flag{Name: "lora-alpha", Usage: "the adapter's update is scaled by alpha/R (0: 2R)"},
+			&cli.Float64Flag{Name: "lora-dropout", Usage: "dropout on the adapter's input, in [0, 1)"},
+			&cli.StringFlag{Name: "lora-targets", Value: strings.Join(model.DefaultLoRATargets, ","), Usage: "projections to adapt: c_attn, c_proj (both), attn.c_proj, mlp.c_proj, c_fc"},
+			&cli.StringFlag{Name: "merged", Usage: "with --lora-rank: also write the base with the adapter merged in to `DIR` at the end"},
 		},
 		Action: runTrain,
 	}
@@ -53,9 +67,23 @@ func runTrain(c *cli.Context) error {
 		return err
 	}
 	out := c.App.Writer
+	resume, initDir := c.String("resume"), c.String("init")
+	lora, err := loraMode(c)
+	if err != nil {
+		return err
+	}
 	cfg := train.DefaultConfig()
+	if lora != loraOff {
+		cfg = train.DefaultLoRAConfig()
+	}
 	cfg.Steps, cfg.Batch, cfg.SeqLen = c.Int("steps"), c.Int("batch"), c.Int("seq-len")
-	cfg.LR, cfg.Warmup, cfg.WeightDecay, cfg.Clip = c.Float64("lr"), c.Int("warmup"), c.Float64("weight-decay"), c.Float64("clip")
+	cfg.Warmup, cfg.Clip = c.Int("warmup"), c.Float64("clip")
+	if lora == loraOff || c.IsSet("lr") {
+		cfg.LR = c.Float64("lr")
+	}
+	if lora == loraOff || c.IsSet("weight-decay") {
+		cfg.WeightDecay = c.Float64("weight-decay")
+	}
 	cfg.Seed, cfg.EvalEvery, cfg.EvalBatches = c.Uint64("seed"), c.Int("eval-every"), c.Int("eval-batches")
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -67,15 +95,27 @@ func runTrain(c *cli.Context) error {
 		tok    model.Tokenizer = model.ByteTokenizer{}
 		params []float32
 	)
-	resume := c.String("resume")
-	if resume != "" && c.String("init") != "" {
-		return fmt.Errorf("--init and --resume exclude each other: --resume continues a run, --init starts a new one from its weights")
+	if resume != "" && initDir != "" && lora != loraResume {
+		return fmt.Errorf("--init and --resume exclude each other: --resume continues a run, --init starts a new one from its weights (or, resuming a LoRA adapter, names its base)")
 	}
-	if (resume != "" || c.String("init") != "") && c.IsSet("config") {
+	if (resume != "" || initDir != "") && c.IsSet("config") {
 		return fmt.Errorf("--config sets the shape of a new model; with --init or --resume the checkpoint's config.json does")
 	}
-	if dir := c.String("init") + resume; dir != "" {
-		ck, err := model.LoadCheckpoint(dir)
+	baseDir := initDir + resume
+	if lora == loraResume && initDir == "" {
+		ac, err := model.ReadAdapterConfig(resume)
+		if err != nil {
+			return err
+		}
+		if ac.BaseModel == "" {
+			return fmt.Errorf("%s/%s names no base model (base_model_name_or_path); give it with --init", resume, model.AdapterConfigFile)
+		}
+		baseDir = ac.BaseModel
+	} else if lora == loraResume {
+		baseDir = initDir
+	}
+	if baseDir != "" {
+		ck, err := model.LoadCheckpoint(baseDir)
 		if err != nil {
 			return err
 		}
@@ -100,6 +140,33 @@ func runTrain(c *cli.Context) error {
 	} else {
 		m.Init(cfg.Seed)
 	}
+	var adapter *model.LoRA
+	switch lora {
+	case loraNew:
+		lc := model.LoRAConfig{Rank: c.Int("lora-rank"), Alpha: c.Float64("lora-alpha"), Dropout: c.Float64("lora-dropout"), BaseModel: initDir}
+		if lc.Alpha == 0 {
+			lc.Alpha = 2 * float64(lc.Rank)
+		}
+		if lc.Targets, err = model.ParseLoRATargets(c.String("lora-targets")); err != nil {
+			return fmt.Errorf("--lora-targets: %w", err)
+		}
+		if adapter, err = model.NewLoRA(mc, lc); err != nil {
+			return err
+		}
+		adapter.Init(cfg.Seed)
+	case loraResume:
+		if adapter, err = model.LoadAdapter(resume, mc); err != nil {
+			return err
+		}
+		if initDir != "" {
+			adapter.Config.BaseModel = initDir
+		}
+	}
+	if adapter != nil {
+		if err := m.AttachLoRA(adapter); err != nil {
+			return err
+		}
+	}
 
 	start := time.Now()
 	corpus, err := train.LoadCorpus(c.StringSlice("input"), tok, train.CorpusOptions{
@@ -111,6 +178,12 @@ func runTrain(c *cli.Context) error {
 		corpus.Files, corpus.Skipped, float64(corpus.Bytes)/1e6, len(corpus.Train), len(corpus.Heldout), time.Since(start).Round(time.Millisecond))
 	fmt.Fprintf(out, "model: %d layers, %d channels, %d heads, context %d, vocab %d: %.2f M parameters; kernels %s on %d threads\n",
 		mc.Layers, mc.Dim, mc.Heads, mc.Context, mc.Vocab, float64(mc.NumParams())/1e6, kernels.ActiveImpl(), kernels.Threads())
+	if adapter != nil {
+		lc := adapter.Config
+		fmt.Fprintf(out, "LoRA: rank %d, alpha %g (scale %g), dropout %g, on %s: %d trainable parameters (%.2f%% of the model's); the base in %s stays frozen\n",
+			lc.Rank, lc.Alpha, lc.Scale(), lc.Dropout, strings.Join(lc.Targets, ","), adapter.NumParams(),
+			100*float64(adapter.NumParams())/float64(mc.NumParams()), baseDir)
+	}
 
 	tr, err := train.New(cfg, m, tok, corpus)
 	if err != nil {
@@ -183,7 +256,56 @@ func trainLoop(c *cli.Context, out io.Writer, tr *train.Trainer, tok model.Token
 		}
 	}
 	fmt.Fprintf(out, "saved %s\n", dir)
+	if merged := c.String("merged"); merged != "" {
+		params, err := model.MergeLoRA(tr.Model.Config, tr.Model.Params, tr.LoRA)
+		if err != nil {
+			return err
+		}
+		if err := model.SaveCheckpoint(merged, tr.Model.Config, tok, params); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "saved the merged model (base + adapter) to %s\n", merged)
+	}
 	return nil
+}
+
+// How braid train uses LoRA.
+type loraUse int
+
+const (
+	loraOff    loraUse = iota // train every weight
+	loraNew                   // --lora-rank: a new adapter on --init
+	loraResume                // --resume of an adapter directory
+)
+
+// loraMode reads and cross-checks the LoRA flags.
+func loraMode(c *cli.Context) (loraUse, error) {
+	rank, resume := c.Int("lora-rank"), c.String("resume")
+	adapterDir := false
+	if resume != "" {
+		_, err := os.Stat(filepath.Join(resume, model.AdapterConfigFile))
+		adapterDir = err == nil
+	}
+	others := c.IsSet("lora-alpha") || c.IsSet("lora-dropout") || c.IsSet("lora-targets")
+	switch {
+	case rank < 0:
+		return loraOff, fmt.Errorf("--lora-rank %d: want ≥ 1, or 0 to train every weight", rank)
+	case adapterDir && (rank > 0 || others):
+		return loraOff, fmt.Errorf("--resume %s continues a LoRA adapter whose settings are in its %s; drop the --lora-* flags", resume, model.AdapterConfigFile)
+	case adapterDir:
+		return loraResume, nil
+	case rank == 0 && others:
+		return loraOff, fmt.Errorf("--lora-alpha, --lora-dropout and --lora-targets need --lora-rank")
+	case rank == 0 && c.IsSet("merged"):
+		return loraOff, fmt.Errorf("--merged writes the base with a trained adapter merged in: it needs --lora-rank")
+	case rank == 0:
+		return loraOff, nil
+	case resume != "":
+		return loraOff, fmt.Errorf("--resume %s holds no %s: it is not a LoRA run (drop --lora-rank to continue it)", resume, model.AdapterConfigFile)
+	case c.String("init") == "":
+		return loraOff, fmt.Errorf("--lora-rank adapts a trained model: give its checkpoint with --init")
+	}
+	return loraNew, nil
 }
 
 // setCompute applies --threads and --kernel.
