@@ -59,7 +59,25 @@ type JobRequest struct {
 	// registered, among Datasets (names or IDs; Dataset is then ignored).
 	Federated bool     `json:"federated,omitempty"`
 	Datasets  []string `json:"datasets,omitempty"`
+	// InnerSteps > 0 selects DiLoCo: that many local steps between
+	// all-reduces of the pseudo-gradient, with an outer Nesterov step of
+	// OuterLR and OuterMomentum (defaults 0.7 and 0.9).
+	InnerSteps    int     `json:"inner_steps,omitempty"`
+	OuterLR       float64 `json:"outer_lr,omitempty"`
+	OuterMomentum float64 `json:"outer_momentum,omitempty"`
+	// LoRARank > 0 trains a LoRA adapter of that rank instead of the full
+	// model (LR then defaults to train.DefaultLoRALR, weight decay to 0).
+	LoRARank    int      `json:"lora_rank,omitempty"`
+	LoRAAlpha   float64  `json:"lora_alpha,omitempty"`
+	LoRADropout float64  `json:"lora_dropout,omitempty"`
+	LoRATargets []string `json:"lora_targets,omitempty"`
 }
+
+// DiLoCo's outer optimizer defaults (the paper's).
+const (
+	DefaultOuterLR       = 0.7
+	DefaultOuterMomentum = 0.9
+)
 
 // DefaultHashEvery is how often (in steps) the workers' weights are
 // compared when the request does not say.
@@ -100,12 +118,25 @@ func (n *Node) SubmitJob(ctx context.Context, req JobRequest) (coordinator.Job, 
 		return coordinator.Job{}, fmt.Errorf("node: base model: %w", err)
 	}
 	def := train.DefaultJobConfig()
+	if req.LoRARank > 0 {
+		def = train.DefaultLoRAJobConfig()
+		lc := model.DefaultLoRAConfig()
+		lc.Rank, lc.Alpha, lc.Dropout = req.LoRARank, orF(req.LoRAAlpha, float64(2*req.LoRARank)), req.LoRADropout
+		if len(req.LoRATargets) > 0 {
+			lc.Targets = req.LoRATargets
+		}
+		if err := lc.Validate(); err != nil {
+			return coordinator.Job{}, fmt.Errorf("node: %w", err)
+		}
+		req.LoRATargets = lc.Targets
+	}
 	spec := coordinator.JobSpec{Dataset: ds.ID, Steps: req.Steps, GlobalBatch: req.GlobalBatch,
 		MicroBatch: or(req.MicroBatch, min(def.MicroBatch, max(req.GlobalBatch, 1))), LR: orF(req.LR, def.LR), MinLRFrac: def.MinLRFrac,
 		Warmup: or(req.Warmup, def.Warmup), WeightDecay: orF(req.WeightDecay, def.WeightDecay), Clip: orF(req.Clip, def.Clip),
 		Seed: req.Seed, CheckpointEvery: req.CheckpointEvery, EvalEvery: req.EvalEvery,
 		HashEvery: or(req.HashEvery, DefaultHashEvery), Replicas: or(req.Replicas, DefaultReplicas), Wire: req.Wire,
-		Federated: req.Federated, Datasets: fed}
+		Federated: req.Federated, Datasets: fed, InnerSteps: req.InnerSteps, OuterLR: req.OuterLR, OuterMomentum: req.OuterMomentum,
+		LoRARank: req.LoRARank, LoRAAlpha: req.LoRAAlpha, LoRADropout: req.LoRADropout, LoRATargets: req.LoRATargets}
 	if spec.Warmup >= spec.Steps {
 		spec.Warmup = spec.Steps / 10
 	}
@@ -429,7 +460,7 @@ func (n *Node) handleJobControl(ctx context.Context, req controlRequest, resp *c
 		}
 		resp.Object = &objectRef{Hash: h, Size: size}
 	case opJobSnapshot:
-		b, err := r.w.Snapshot()
+		b, err := r.snapshot()
 		if err != nil {
 			return err
 		}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/braidml/braid/coordinator"
+	"github.com/braidml/braid/model"
 	"github.com/braidml/braid/node/blobstore"
 )
 
@@ -171,17 +172,25 @@ func (n *Node) jobRoutes(mux *http.ServeMux) {
 			http.Error(w, "braid: the job has no checkpoint yet", http.StatusNotFound)
 			return
 		}
+		// The checkpoint's two files (the model's, or a LoRA job's adapter
+		// files), and the job's base model under base/.
 		var h string
-		switch r.PathValue("name") {
-		case "config.json":
+		holders := cp.Holders
+		lora := j.Spec.LoRARank > 0
+		switch name := r.PathValue("name"); {
+		case !lora && name == "config.json", lora && name == model.AdapterConfigFile:
 			h = cp.Config
-		case "model.safetensors":
+		case !lora && name == "model.safetensors", lora && name == model.AdapterWeightsFile:
 			h = cp.Weights
+		case name == "base-config.json":
+			h, holders = j.Spec.Base.Config, nil
+		case name == "base-model.safetensors":
+			h, holders = j.Spec.Base.Weights, nil
 		default:
-			http.Error(w, "braid: files are config.json and model.safetensors", http.StatusNotFound)
+			http.Error(w, "braid: no such file of this job's checkpoint", http.StatusNotFound)
 			return
 		}
-		if err := n.ensureObject(r.Context(), h, blobstore.SizeUnknown, cp.Holders...); err != nil {
+		if err := n.ensureObject(r.Context(), h, blobstore.SizeUnknown, append(holders, j.SubmittedBy)...); err != nil {
 			http.Error(w, "braid: fetching the checkpoint: "+err.Error(), http.StatusBadGateway)
 			return
 		}

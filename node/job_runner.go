@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -53,6 +54,7 @@ type jobRunner struct {
 	datasetID string
 
 	w        *train.Worker
+	dl       *train.DiLoCo // the outer loop, in DiLoCo mode (spec.InnerSteps > 0)
 	data     *shard.Dataset
 	manifest *shard.Manifest
 	cfg      model.Config
@@ -269,12 +271,21 @@ func (r *jobRunner) prepare() error {
 	cfg := train.DefaultJobConfig()
 	cfg.Steps, cfg.GlobalBatch, cfg.MicroBatch = spec.Steps, spec.GlobalBatch, spec.MicroBatch
 	cfg.LR, cfg.MinLRFrac, cfg.Warmup, cfg.WeightDecay, cfg.Clip, cfg.Seed = spec.LR, spec.MinLRFrac, spec.Warmup, spec.WeightDecay, spec.Clip, spec.Seed
+	cfg.LoRARank, cfg.LoRAAlpha, cfg.LoRADropout, cfg.LoRATargets = spec.LoRARank, spec.LoRAAlpha, spec.LoRADropout, strings.Join(spec.LoRATargets, ",")
 	w, err := train.NewWorker(cfg, m, data)
 	if err != nil {
 		data.Close()
 		return err
 	}
 	r.w, r.data, r.manifest, r.cfg, r.tok = w, data, data.Manifest, ck.Config, ck.Tokenizer
+	w.FixedBatch = spec.Federated // each unit draws a fixed share from its own data
+	if spec.InnerSteps > 0 {
+		w.LocalBatch = true
+		if r.dl, err = train.NewDiLoCo(w, spec.InnerSteps, orF(spec.OuterLR, DefaultOuterLR), orF(spec.OuterMomentum, DefaultOuterMomentum)); err != nil {
+			data.Close()
+			return err
+		}
+	}
 	// A job that has a checkpoint resumes from it: after a restart of the
 	// whole cluster every member does, so they agree.
 	if cp, ok := j.LastCheckpoint(); ok {
@@ -287,7 +298,7 @@ func (r *jobRunner) prepare() error {
 			data.Close()
 			return err
 		}
-		if err := w.Restore(b); err != nil {
+		if err := r.restore(b); err != nil {
 			data.Close()
 			return fmt.Errorf("restoring the checkpoint of step %d: %w", cp.Step, err)
 		}
@@ -375,6 +386,9 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 	defer ring.Close()
 	red := ringReducer{ring}
 	r.setPhase("training")
+	if r.dl != nil {
+		return r.trainDiLoCo(ctx, e, rank, ring)
+	}
 	epochSteps := 0
 	for r.w.Done < r.spec.Steps {
 		if err := ctx.Err(); err != nil {
@@ -600,8 +614,12 @@ func (r *jobRunner) eval(base bool) {
 func (r *jobRunner) sync(ctx context.Context, e coordinator.Epoch) error {
 	n := r.n
 	r.mu.Lock()
+	if r.dl != nil {
+		// A DiLoCo round that did not finish is redone from its start.
+		r.dl.Rollback()
+	}
 	me := syncStatus{Ready: true, Done: r.w.Done, Reduced: -1, Hash: r.w.WeightsHash()}
-	if step, _, ok := r.w.LastReduced(); ok {
+	if step, _, ok := r.w.LastReduced(); ok && r.dl == nil {
 		me.Reduced = step
 	}
 	r.frozen[e.ID] = me
@@ -684,7 +702,7 @@ func (r *jobRunner) catchUpGrad(ctx context.Context, peer string, step int) erro
 	if err != nil {
 		return err
 	}
-	gstep, grads, err := decodeGrads(b, len(r.w.Model.Params))
+	gstep, grads, err := decodeGrads(b, r.w.NumTrainable())
 	if err != nil {
 		return err
 	}
@@ -706,6 +724,22 @@ func (r *jobRunner) catchUpSnapshot(ctx context.Context, peer string) error {
 	b, err := r.readObject(resp.Object.Hash)
 	if err != nil {
 		return err
+	}
+	return r.restore(b)
+}
+
+// snapshot and restore are the worker's, or in DiLoCo mode the outer
+// loop's (the state of the last outer step).
+func (r *jobRunner) snapshot() ([]byte, error) {
+	if r.dl != nil {
+		return r.dl.Snapshot()
+	}
+	return r.w.Snapshot()
+}
+
+func (r *jobRunner) restore(b []byte) error {
+	if r.dl != nil {
+		return r.dl.Restore(b)
 	}
 	return r.w.Restore(b)
 }
@@ -743,7 +777,7 @@ func decodeGrads(b []byte, n int) (int, []float32, error) {
 // copy them, and records the checkpoint through the leader.
 func (r *jobRunner) checkpoint(ctx context.Context, e coordinator.Epoch) error {
 	n := r.n
-	snap, err := r.w.Snapshot()
+	snap, err := r.snapshot()
 	if err != nil {
 		return err
 	}
@@ -756,14 +790,22 @@ func (r *jobRunner) checkpoint(ctx context.Context, e coordinator.Epoch) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	if err := model.SaveCheckpoint(tmp, r.cfg, r.tok, r.w.Model.Params); err != nil {
+	// The model's files in Hugging Face's layout, or in LoRA mode the
+	// adapter's in PEFT's (the frozen base is the job's).
+	cfgName, wName := "config.json", "model.safetensors"
+	if a := r.w.LoRA(); a != nil {
+		cfgName, wName = model.AdapterConfigFile, model.AdapterWeightsFile
+		if err := model.SaveAdapter(tmp, a); err != nil {
+			return err
+		}
+	} else if err := model.SaveCheckpoint(tmp, r.cfg, r.tok, r.w.Model.Params); err != nil {
 		return err
 	}
-	cfgHash, _, err := n.store.PutFile(filepath.Join(tmp, "config.json"))
+	cfgHash, _, err := n.store.PutFile(filepath.Join(tmp, cfgName))
 	if err != nil {
 		return err
 	}
-	wHash, _, err := n.store.PutFile(filepath.Join(tmp, "model.safetensors"))
+	wHash, _, err := n.store.PutFile(filepath.Join(tmp, wName))
 	if err != nil {
 		return err
 	}

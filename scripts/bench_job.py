@@ -9,11 +9,16 @@
             the next round.
   scaling:  the same job on N = 1, 2, 3, 4 nodes: mean step time and the part of it spent blocked
             on the all-reduce (what backward did not hide).
+  modes:    3 nodes fine-tune models/base-en on a corpus domain with the same token budget in each
+            mode: full (fp32 every step), LoRA r=8, DiLoCo H=20 (bf16); held-out loss of the base
+            and after, and bytes on the wire per node per step.
+  federated: 3 nodes each register a different domain as local data; one federated job; each
+            domain's held-out loss before and after; the shard servers' counters (no shard sent).
 
 Prints one JSON line per measurement. Usage:
   /usr/bin/python3 scripts/bench_job.py [--braid bin/braid] [--rounds 5] [--nodes 1,2,3,4] [--only failover|scaling]
 """
-import argparse, json, os, shutil, signal, socket, subprocess, sys, tempfile, time
+import argparse, json, math, os, shutil, signal, socket, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -151,14 +156,97 @@ def scaling(braid, nodes):
             c.stop(); shutil.rmtree(work, ignore_errors=True)
 
 
+def submit(c, braid, dataset, steps, extra):
+    return run([braid, "job", "submit", "--api", c.api, "--base", f"{ROOT}/models/base-en", "--dataset", dataset,
+                "--steps", str(steps), "--global-batch", "24", "--micro-batch", "8", "--warmup", "10", "--seed", "1",
+                "--eval-every", str(steps)] + extra).strip()
+
+
+def prepare(braid, corpus, out, name):
+    """A corpus folder is one document per file; a corpus that is one big file (bio, jargon) is
+    cut into documents of 50 lines (as JSONL records), so that some can be held out."""
+    args = ["--input", corpus]
+    if os.path.isfile(corpus):
+        jl = out + ".jsonl"
+        with open(corpus, encoding="utf-8", errors="replace") as f, open(jl, "w") as o:
+            lines = f.readlines()
+            for i in range(0, len(lines), 50):
+                o.write(json.dumps({"text": "".join(lines[i:i + 50])}) + "\n")
+        args = ["--input", jl, "--format", "jsonl", "--field", "text"]
+    run([braid, "data", "prepare", *args, "--out", out, "--name", name, "--seq-len", "128",
+         "--shard-mib", "1", "--holdout", "0.1", "--skip-bad"])
+
+
+def modes(braid, corpus, steps, only_modes):
+    work = tempfile.mkdtemp(prefix="braid-benchjob-")
+    c = Cluster(braid, 3, "local", work)
+    try:
+        wait("cluster", lambda: (s := c.status()) and s["leader"] and len(s["epoch"]["members"]) == 3)
+        prepare(braid, corpus, f"{work}/ds", "domain")
+        run([braid, "data", "push", "--api", c.api, "--replicas", "3", f"{work}/ds"])
+        wait("replicas", lambda: (d := c.api_json("data", "status", arg="domain")) and d["under_replicated"] == 0 and d.get("placement"))
+        for mode, extra in [("full", ["--lr", "1e-3"]), ("lora-r8", ["--lora-rank", "8"]),
+                            ("diloco-h20-bf16", ["--lr", "1e-3", "--diloco", "20", "--wire", "bf16"])]:
+            if only_modes and mode not in only_modes:
+                continue
+            jid = submit(c, braid, "domain", steps, extra)
+            t0 = time.time()
+            j = wait("completion", lambda: (j := c.job(jid)) and j["state"] in ("completed", "failed") and j, timeout=1800, every=0.5)
+            ws = j.get("workers") or []
+            print(json.dumps({"bench": "job-mode", "mode": mode, "corpus": os.path.basename(corpus.rstrip("/")), "nodes": 3,
+                              "steps": steps, "tokens": steps * 24 * 128, "state": j["state"], "error": j.get("error"),
+                              "base_heldout_loss": j.get("base_heldout_loss"), "heldout_loss": j.get("heldout_loss"),
+                              "base_ppl": round(math.exp(j["base_heldout_loss"]), 3) if j.get("base_heldout_loss") else None,
+                              "ppl": round(math.exp(j["heldout_loss"]), 3) if j.get("heldout_loss") else None,
+                              "wire_bytes_per_step": max((w.get("wire_bytes", 0) for w in ws), default=0) // steps,
+                              "seconds": round(time.time() - t0, 1)}), flush=True)
+    finally:
+        c.stop(); shutil.rmtree(work, ignore_errors=True)
+
+
+def federated(braid, corpora, steps):
+    work = tempfile.mkdtemp(prefix="braid-benchjob-")
+    c = Cluster(braid, 3, "local", work)
+    try:
+        wait("cluster", lambda: (s := c.status()) and s["leader"] and len(s["epoch"]["members"]) == 3)
+        names = []
+        for i, corpus in enumerate(corpora):
+            name = ["legal", "bio", "jargon"][i]
+            prepare(braid, corpus, f"{work}/{name}", name)
+            api = f"http://127.0.0.1:{c.ports[f'n{i + 1}'][2]}"
+            run([braid, "data", "register", "--local", "--api", api, f"{work}/{name}"])
+            names.append(name)
+        wait("placement", lambda: all((d := c.api_json("data", "status", arg=nm)) and d.get("placement") for nm in names))
+        jid = run([braid, "job", "submit", "--api", c.api, "--base", f"{ROOT}/models/base-en", "--federated",
+                   "--dataset", ",".join(names), "--steps", str(steps), "--global-batch", "24", "--micro-batch", "8",
+                   "--lr", "1e-3", "--warmup", "10", "--eval-every", str(steps), "--seed", "1"]).strip()
+        j = wait("completion", lambda: (j := c.job(jid)) and j["state"] in ("completed", "failed") and j, timeout=1800, every=0.5)
+        for w in j.get("workers") or []:
+            unit = names[int(w["node"][1:]) - 1]
+            print(json.dumps({"bench": "federated", "node": w["node"], "domain": unit, "steps": steps, "state": j["state"],
+                              "base_heldout_loss": w.get("base_heldout_loss"), "heldout_loss": w.get("heldout_loss"),
+                              "base_ppl": round(math.exp(w["base_heldout_loss"]), 3) if w.get("base_heldout_loss") else None,
+                              "ppl": round(math.exp(w["heldout_loss"]), 3) if w.get("heldout_loss") else None}), flush=True)
+    finally:
+        c.stop(); shutil.rmtree(work, ignore_errors=True)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--braid", default=f"{ROOT}/bin/braid")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--nodes", default="1,2,3,4")
     ap.add_argument("--only", default="")
+    ap.add_argument("--corpus", default=os.path.join(ROOT, "..", "shared", "corpora", "legal"))
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--modes", default="")
     a = ap.parse_args()
     if a.only in ("", "failover"):
         failover(a.braid, a.rounds)
     if a.only in ("", "scaling"):
         scaling(a.braid, [int(x) for x in a.nodes.split(",")])
+    if a.only == "modes":
+        modes(a.braid, a.corpus, a.steps, [m for m in a.modes.split(",") if m])
+    if a.only == "federated":
+        corp = os.path.join(ROOT, "..", "shared", "corpora")
+        federated(a.braid, [f"{corp}/legal", f"{corp}/bio/go-terms.txt", f"{corp}/jargon/jargon.txt"], a.steps)

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/braidml/braid/kernels"
@@ -34,6 +36,16 @@ import (
 // bitwise the same to every member), the step and the job's settings. The
 // reducer is an interface: the ring all-reduce lives in package allreduce
 // and the node wires it in; tests use an in-memory one.
+//
+// LoRA mode (JobConfig.LoRARank > 0): the worker attaches a LoRA adapter,
+// initialised from the job's seed (the same bytes on every worker), to the
+// base model and trains only the adapter. Everything above then applies to
+// the adapter's buffers instead of the model's: the gradient buckets are
+// ranges of the adapter's gradient (Model.GradRanges in LoRA mode), the
+// reduced gradient, AdamW's moments and snapshots are the adapter's size
+// (NumTrainable), and the base weights, frozen, never change. Dropout masks
+// are keyed by (seed, step, sequence id), so they do not depend on how a
+// global batch is split among workers.
 
 // Worker errors, wrapped with the step or the field at fault.
 var (
@@ -107,6 +119,22 @@ type JobConfig struct {
 	// latency. 0 means DefaultBucketBytes. Every worker of a job must use
 	// the same value: it decides the buckets' lengths.
 	BucketBytes int `json:"bucket_bytes,omitempty"`
+
+	// LoRARank > 0 selects LoRA mode: the job trains a LoRA adapter of
+	// that rank (model.LoRAConfig.Rank) on the frozen base weights, and
+	// WeightDecay applies to the adapter's tensors (use 0, as PEFT runs
+	// do, unless you mean it). 0 trains the full model, and the other LoRA
+	// fields must then be zero.
+	LoRARank int `json:"lora_rank,omitempty"`
+	// LoRAAlpha scales the adapter's update by LoRAAlpha/LoRARank; 0 means
+	// 2·LoRARank.
+	LoRAAlpha float64 `json:"lora_alpha,omitempty"`
+	// LoRADropout is the dropout on the adapter's input, in [0, 1).
+	LoRADropout float64 `json:"lora_dropout,omitempty"`
+	// LoRATargets are the projections to adapt, comma-separated PEFT
+	// target_modules ("c_attn,c_proj,c_fc"; see model.LoRAConfig.Targets);
+	// "" means model.DefaultLoRATargets.
+	LoRATargets string `json:"lora_targets,omitempty"`
 }
 
 // Defaults and bounds of JobConfig.
@@ -128,6 +156,35 @@ func DefaultJobConfig() JobConfig {
 		Steps: 200, GlobalBatch: 32, MicroBatch: 8, LR: 1e-3, MinLRFrac: 0.1, Warmup: 20,
 		WeightDecay: 0.1, Clip: 1, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, Seed: 1,
 	}
+}
+
+// DefaultLoRAJobConfig returns DefaultJobConfig in LoRA mode: a rank-8
+// adapter (alpha 16) on every projection, no dropout, the higher learning
+// rate of DefaultLoRALR and no weight decay.
+func DefaultLoRAJobConfig() JobConfig {
+	c := DefaultJobConfig()
+	c.LoRARank, c.LR, c.WeightDecay = 8, DefaultLoRALR, 0
+	return c
+}
+
+// LoRA returns the adapter settings of a job in LoRA mode (LoRAAlpha 0 and
+// LoRATargets "" replaced by their defaults, valid targets in canonical
+// form: model.CanonicalLoRATargets), and false for a full fine-tuning job.
+func (c JobConfig) LoRA() (model.LoRAConfig, bool) {
+	if c.LoRARank == 0 {
+		return model.LoRAConfig{}, false
+	}
+	lc := model.LoRAConfig{Rank: c.LoRARank, Alpha: c.LoRAAlpha, Dropout: c.LoRADropout, Targets: model.DefaultLoRATargets}
+	if lc.Alpha == 0 {
+		lc.Alpha = 2 * float64(c.LoRARank)
+	}
+	if c.LoRATargets != "" {
+		lc.Targets = strings.Split(c.LoRATargets, ",") // Validate reports bad names
+	}
+	if ts, err := model.CanonicalLoRATargets(lc.Targets); err == nil {
+		lc.Targets = ts
+	}
+	return lc, true
 }
 
 // Validate checks each field and names the one at fault.
@@ -157,15 +214,29 @@ func (c JobConfig) Validate() error {
 		return fmt.Errorf("%w: eval sequences = %d, want ≥ 0 (0: up to %d)", ErrConfig, c.EvalSequences, DefaultEvalSequences)
 	case c.BucketBytes < 0:
 		return fmt.Errorf("%w: bucket bytes = %d, want ≥ 0 (0: %d)", ErrConfig, c.BucketBytes, DefaultBucketBytes)
+	case c.LoRARank < 0 || c.LoRARank > model.MaxLoRARank:
+		return fmt.Errorf("%w: lora rank = %d, want 0 (full fine-tuning) or 1..%d", ErrConfig, c.LoRARank, model.MaxLoRARank)
+	case c.LoRARank == 0 && (c.LoRAAlpha != 0 || c.LoRADropout != 0 || c.LoRATargets != ""):
+		return fmt.Errorf("%w: lora alpha, dropout or targets set with lora rank = 0 (set the rank for LoRA mode)", ErrConfig)
+	}
+	if lc, ok := c.LoRA(); ok {
+		if err := lc.Validate(); err != nil {
+			return fmt.Errorf("%w: lora: %w", ErrConfig, err)
+		}
 	}
 	return nil
 }
 
 // hash identifies the settings that decide a job's trajectory, for
 // snapshots: all but EvalSequences (what Eval scores) and BucketBytes
-// (how the gradient travels).
+// (how the gradient travels). LoRA settings count in their canonical form
+// (alpha 0 and 2·rank are the same job); a full fine-tuning job hashes as
+// it did before LoRA mode existed.
 func (c JobConfig) hash() string {
 	c.EvalSequences, c.BucketBytes = 0, 0
+	if lc, ok := c.LoRA(); ok {
+		c.LoRAAlpha, c.LoRATargets = lc.Alpha, strings.Join(lc.Targets, ",")
+	}
 	b, _ := json.Marshal(c) // cannot fail: plain numbers
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
@@ -193,9 +264,23 @@ type StepResult struct {
 type Worker struct {
 	Config JobConfig
 	Model  *model.Model
-	Opt    *Optimizer
+	Opt    *Optimizer // over the model's parameters, or the adapter's in LoRA mode
 	Data   *shard.Dataset
 	Done   int // steps applied so far (== Opt.Step)
+
+	// LocalBatch makes Step train on its part alone, as the whole batch
+	// (DiLoCo's inner steps, with a reducer that does not communicate).
+	// FixedBatch makes every global batch exactly GlobalBatch sequences,
+	// with no short batch at the end of a data-epoch (federated jobs,
+	// whose units draw their shares from their own data). Set either
+	// before the first Step; every worker of a job must agree.
+	LocalBatch, FixedBatch bool
+
+	// What the worker trains: the model's buffers, or, in LoRA mode, the
+	// adapter's (Model.LoRA()).
+	params, grads []float32
+	baseHash      string   // LoRA mode: WeightsHash of the frozen base, taken by NewWorker
+	streams       []uint64 // (MicroBatch) dropout streams of one pass (LoRA mode with dropout)
 
 	sched Schedule
 	T     int   // tokens per sequence: the dataset's seq_len
@@ -204,8 +289,9 @@ type Worker struct {
 	tokens, targets []int32 // (MicroBatch, T) inputs of one pass
 	seq             []int32 // (T+1) one sequence as the dataset returns it
 
-	// Gradient buckets: runs of consecutive model.GradRanges, in the order
-	// Backward reports them. buckets[i] ends with range bucketEnd[i]-1.
+	// Gradient buckets: runs of consecutive model.GradRanges (of grads),
+	// in the order Backward reports them. buckets[i] ends with range
+	// bucketEnd[i]-1.
 	ranges    [][2]int
 	buckets   [][]float32
 	bucketEnd []int
@@ -224,6 +310,11 @@ type Worker struct {
 // with cfg (m holds the starting weights: Init or a base checkpoint). m must
 // be a training model (model.New) whose activations fit MicroBatch
 // sequences of the dataset's seq_len, and data's vocabulary must fit m's.
+//
+// In LoRA mode (cfg.LoRARank > 0) NewWorker attaches a new adapter to m,
+// initialised from cfg.Seed, and m's weights are the frozen base: they must
+// not change while the worker runs (it hashes them once, here). m must not
+// have an adapter attached already.
 func NewWorker(cfg JobConfig, m *model.Model, data *shard.Dataset) (*Worker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -250,17 +341,36 @@ func NewWorker(cfg JobConfig, m *model.Model, data *shard.Dataset) (*Worker, err
 	if n < 1 {
 		return nil, fmt.Errorf("%w: dataset %s has no train sequences", ErrTooSmall, man.Name)
 	}
+	if m.LoRA() != nil {
+		return nil, fmt.Errorf("train: the model already has a LoRA adapter attached; a worker makes its own from JobConfig.LoRARank")
+	}
 	w := &Worker{
 		Config: cfg, Model: m, Data: data, T: T, n: n,
-		Opt:         NewOptimizer(m.Config, float32(cfg.Beta1), float32(cfg.Beta2), float32(cfg.Eps), float32(cfg.WeightDecay)),
+		params:      m.Params,
+		grads:       m.Grads,
 		sched:       Schedule{LR: cfg.LR, MinLR: cfg.LR * cfg.MinLRFrac, Warmup: cfg.Warmup, Steps: cfg.Steps},
 		tokens:      make([]int32, cfg.MicroBatch*T),
 		targets:     make([]int32, cfg.MicroBatch*T),
+		streams:     make([]uint64, cfg.MicroBatch),
 		seq:         make([]int32, 0, T+1),
-		ranges:      m.GradRanges(),
-		reduced:     make([]float32, len(m.Grads)),
 		reducedStep: -1,
 	}
+	layout := m.Config.Layout()
+	if lc, ok := cfg.LoRA(); ok {
+		a, err := model.NewLoRA(m.Config, lc)
+		if err != nil {
+			return nil, err
+		}
+		a.Init(cfg.Seed)
+		if err := m.AttachLoRA(a); err != nil {
+			return nil, err
+		}
+		w.params, w.grads, layout = a.Params, a.Grads, a.Layout()
+		w.baseHash = WeightsHash(m.Params)
+	}
+	w.Opt = NewLayoutOptimizer(layout, float32(cfg.Beta1), float32(cfg.Beta2), float32(cfg.Eps), float32(cfg.WeightDecay))
+	w.ranges = m.GradRanges()
+	w.reduced = make([]float32, len(w.grads))
 	w.makeBuckets()
 	w.ready = w.gradReady
 	return w, nil
@@ -275,7 +385,7 @@ func (w *Worker) makeBuckets() {
 	if w.Config.BucketBytes == 0 {
 		minElems = DefaultBucketBytes / 4
 	}
-	g, rs := w.Model.Grads, w.ranges
+	g, rs := w.grads, w.ranges
 	first := 0 // the open bucket holds ranges first..i: Grads[rs[i][0]:rs[first][1]]
 	for i := range rs {
 		lo, hi := rs[i][0], rs[first][1]
@@ -287,6 +397,21 @@ func (w *Worker) makeBuckets() {
 		}
 	}
 }
+
+// NumTrainable is the number of parameters the worker trains: the model's,
+// or the adapter's in LoRA mode. It is the length of the gradient that
+// LastReduced returns and ApplyReduced takes, of the optimizer's moments
+// and of the tensors of a snapshot.
+func (w *Worker) NumTrainable() int { return len(w.params) }
+
+// Trainable returns the buffer the worker's optimizer updates: Model.Params,
+// or the adapter's parameters (LoRA().Params) in LoRA mode. Code that works
+// on "the weights" of a worker (an outer optimizer, a checksum) should use
+// it rather than Model.Params, which in LoRA mode is the frozen base.
+func (w *Worker) Trainable() []float32 { return w.params }
+
+// LoRA returns the adapter the worker trains in LoRA mode, or nil.
+func (w *Worker) LoRA() *model.LoRA { return w.Model.LoRA() }
 
 // Buckets returns the lengths of the gradient buckets Step hands to the
 // reducer, in order: the same on every worker of a job.
@@ -349,6 +474,12 @@ func (w *Worker) Step(ctx context.Context, part []int64, red Reducer) (StepResul
 		return StepResult{}, fmt.Errorf("%w: step %d of a %d-step job", ErrJobDone, step, w.Config.Steps)
 	}
 	size := w.batchSize(step)
+	switch {
+	case w.LocalBatch:
+		size = max(len(part), 1)
+	case w.FixedBatch:
+		size = w.Config.GlobalBatch
+	}
 	if len(part) > size {
 		return StepResult{}, fmt.Errorf("%w: step %d: a part of %d sequences, the global batch has %d", ErrPartition, step, len(part), size)
 	}
@@ -364,6 +495,9 @@ func (w *Worker) Step(ctx context.Context, part []int64, red Reducer) (StepResul
 		ids := part[lo:min(lo+MB, len(part))]
 		B := len(ids)
 		if err := w.load(shard.Train, ids); err != nil {
+			return StepResult{}, fmt.Errorf("train: step %d: %w", step, err)
+		}
+		if err := w.setDropout(step, ids); err != nil {
 			return StepResult{}, fmt.Errorf("train: step %d: %w", step, err)
 		}
 		loss, err := m.Forward(w.tokens[:B*T], w.targets[:B*T], B, T)
@@ -417,6 +551,21 @@ func (w *Worker) Step(ctx context.Context, part []int64, red Reducer) (StepResul
 		Compute: computed.Sub(start), Wait: waited}, nil
 }
 
+// setDropout sets the adapter's dropout streams for a pass over sequences
+// ids of step: sequence id of step k draws the mask of stream (Seed, k,
+// id), whichever worker and micro-batch computes it. Without LoRA dropout it
+// does nothing.
+func (w *Worker) setDropout(step int, ids []int64) error {
+	if a := w.Model.LoRA(); a == nil || a.Config.Dropout == 0 {
+		return nil
+	}
+	s := w.streams[:len(ids)]
+	for b, id := range ids {
+		s[b] = model.DropoutStream(w.Config.Seed, uint64(step), uint64(id))
+	}
+	return w.Model.SetDropoutStreams(s)
+}
+
 // load fills the first len(ids) rows of w.tokens and w.targets with
 // sequences ids of split s: inputs are a sequence's first T tokens, targets
 // its last T.
@@ -436,20 +585,19 @@ func (w *Worker) load(s shard.Split, ids []int64) error {
 	return nil
 }
 
-// apply finishes step with the reduced gradient in Model.Grads: it keeps a
-// copy (LastReduced), clips, applies AdamW at the step's rate and
-// increments Done. Step and ApplyReduced share it, so that both give the
-// same bytes from the same gradient.
+// apply finishes step with the reduced gradient in w.grads (Model.Grads,
+// or the adapter's): it keeps a copy (LastReduced), clips, applies AdamW at
+// the step's rate and increments Done. Step and ApplyReduced share it, so
+// that both give the same bytes from the same gradient.
 func (w *Worker) apply(step int) (norm float32, lr float64, err error) {
-	m := w.Model
-	copy(w.reduced, m.Grads)
+	copy(w.reduced, w.grads)
 	w.reducedStep = -1 // until the update is applied
-	norm = kernels.ClipGradNorm(m.Grads, float32(w.Config.Clip))
+	norm = kernels.ClipGradNorm(w.grads, float32(w.Config.Clip))
 	if math.IsNaN(float64(norm)) || math.IsInf(float64(norm), 0) {
 		return 0, 0, fmt.Errorf("%w: step %d: gradient norm %v; lower the learning rate", ErrDiverged, step, norm)
 	}
 	lr = w.sched.At(step)
-	w.Opt.Apply(m.Params, m.Grads, float32(lr))
+	w.Opt.Apply(w.params, w.grads, float32(lr))
 	w.Done++
 	w.reducedStep = step
 	return norm, lr, nil
@@ -457,7 +605,8 @@ func (w *Worker) apply(step int) (norm float32, lr float64, err error) {
 
 // LastReduced returns the reduced (unclipped) gradient of the last applied
 // step (Done-1): what a peer that failed during that step's all-reduce
-// needs to catch up with ApplyReduced. ok is false before the first step,
+// needs to catch up with ApplyReduced. It has NumTrainable elements (the
+// adapter's gradient in LoRA mode). ok is false before the first step,
 // after Restore and after a step refused as diverged. grads is the worker's own buffer: it stays valid
 // until the next Step or ApplyReduced overwrites it; copy it to keep it,
 // and do not modify it.
@@ -479,17 +628,42 @@ func (w *Worker) ApplyReduced(step int, grads []float32) error {
 		return fmt.Errorf("%w: a reduced gradient of step %d, the worker is at step %d", ErrWrongStep, step, w.Done)
 	case w.Done >= w.Config.Steps:
 		return fmt.Errorf("%w: step %d of a %d-step job", ErrJobDone, step, w.Config.Steps)
-	case len(grads) != len(w.Model.Grads):
-		return fmt.Errorf("train: a reduced gradient of %d elements for a model of %d parameters", len(grads), len(w.Model.Grads))
+	case len(grads) != len(w.grads):
+		return fmt.Errorf("train: a reduced gradient of %d elements for a worker that trains %d parameters", len(grads), len(w.grads))
 	}
-	copy(w.Model.Grads, grads)
+	copy(w.grads, grads)
 	_, _, err := w.apply(step)
 	return err
 }
 
-// WeightsHash is WeightsHash of the parameters: replicas at the same step
-// compare it.
-func (w *Worker) WeightsHash() string { return WeightsHash(w.Model.Params) }
+// WeightsHash identifies the weights: WeightsHash of the parameters, or, in
+// LoRA mode, a SHA-256 over the frozen base's WeightsHash and the adapter's
+// parameters (so it changes with the adapter and differs between bases).
+// Replicas at the same step compare it.
+func (w *Worker) WeightsHash() string {
+	if w.baseHash == "" {
+		return WeightsHash(w.params)
+	}
+	return loraWeightsHash(w.baseHash, w.params)
+}
+
+// loraWeightsHash is WeightsHash of a base (given by its hash) with an
+// adapter: SHA-256 of "braid-lora", the base's hash and the adapter's
+// float32 bits, little-endian.
+func loraWeightsHash(base string, adapter []float32) string {
+	h := sha256.New()
+	h.Write([]byte("braid-lora\x00" + base + "\x00"))
+	var buf [4096]byte
+	for len(adapter) > 0 {
+		n := min(len(adapter), len(buf)/4)
+		for i, p := range adapter[:n] {
+			binary.LittleEndian.PutUint32(buf[4*i:], math.Float32bits(p))
+		}
+		h.Write(buf[:4*n])
+		adapter = adapter[n:]
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
 
 // Eval returns the mean loss over the first EvalSequences held-out
 // sequences (shard.Heldout), in micro-batches of MicroBatch. It uses the
@@ -504,6 +678,7 @@ func (w *Worker) Eval() (float64, error) {
 		k = DefaultEvalSequences
 	}
 	k = min(k, n)
+	w.Model.SetDropoutStreams(nil) // evaluation runs without dropout; Step sets it again
 	ids := make([]int64, 0, w.Config.MicroBatch)
 	var sum float64
 	for lo := int64(0); lo < k; lo += int64(len(ids)) {
@@ -525,7 +700,8 @@ func (w *Worker) Eval() (float64, error) {
 }
 
 // Snapshot format: one safetensors file with three F32 tensors of shape
-// (NumParams), in model.Config.Layout order, and metadata:
+// (NumTrainable), in model.Config.Layout order (model.LoRA.Layout order in
+// LoRA mode), and metadata:
 //
 //	format          "braid-worker-snapshot"
 //	version         "1"
@@ -533,8 +709,10 @@ func (w *Worker) Eval() (float64, error) {
 //	model_config    the model.Config as JSON
 //	job_sha256      JobConfig.hash: the settings that shape the trajectory
 //	dataset         the dataset's id (shard.Manifest.ID)
-//	weights_sha256  WeightsHash of the parameters
+//	weights_sha256  WeightsHash of the params tensor
 //	state_sha256    SHA-256 of the three tensors' data, in the order below
+//	base_sha256     LoRA mode only: WeightsHash of the frozen base weights,
+//	                which the snapshot does not hold
 const (
 	snapshotFormat  = "braid-worker-snapshot"
 	snapshotVersion = "1"
@@ -546,12 +724,13 @@ var snapshotTensors = [3]string{"params", "adamw.m", "adamw.v"}
 // Snapshot encodes the worker's state — weights, AdamW moments and Done,
 // with the model config, the job's settings hash and the dataset id to
 // check them against — as one safetensors file. Restore on a worker of the
-// same model, job and dataset continues bitwise where this one is. Call it
-// between steps.
+// same model, job and dataset continues bitwise where this one is. In LoRA
+// mode the weights and moments are the adapter's, and the snapshot names
+// the base by its hash instead of holding it. Call it between steps.
 func (w *Worker) Snapshot() ([]byte, error) {
-	n := len(w.Model.Params)
+	n := len(w.params)
 	ts := []safetensors.Tensor{
-		safetensors.F32Tensor(snapshotTensors[0], []int{n}, w.Model.Params),
+		safetensors.F32Tensor(snapshotTensors[0], []int{n}, w.params),
 		safetensors.F32Tensor(snapshotTensors[1], []int{n}, w.Opt.M),
 		safetensors.F32Tensor(snapshotTensors[2], []int{n}, w.Opt.V),
 	}
@@ -559,18 +738,22 @@ func (w *Worker) Snapshot() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var buf bytes.Buffer
-	buf.Grow(3*4*n + 1024)
-	err = safetensors.Encode(&buf, ts, map[string]string{
+	md := map[string]string{
 		"format":         snapshotFormat,
 		"version":        snapshotVersion,
 		"step":           strconv.Itoa(w.Done),
 		"model_config":   string(mc),
 		"job_sha256":     w.Config.hash(),
 		"dataset":        w.Data.Manifest.ID,
-		"weights_sha256": WeightsHash(w.Model.Params),
+		"weights_sha256": WeightsHash(w.params),
 		"state_sha256":   stateHash(ts[0].Data, ts[1].Data, ts[2].Data),
-	})
+	}
+	if w.baseHash != "" {
+		md["base_sha256"] = w.baseHash
+	}
+	var buf bytes.Buffer
+	buf.Grow(3*4*n + 1024)
+	err = safetensors.Encode(&buf, ts, md)
 	if err != nil {
 		return nil, fmt.Errorf("train: snapshot: %w", err)
 	}
@@ -588,11 +771,13 @@ func stateHash(parts ...[]byte) string {
 // Restore loads a snapshot made by Snapshot. It first checks everything —
 // the file's structure, format and version, that the model config, the
 // job's settings and the dataset are this worker's, that the step is in
-// 0..Steps, that the tensors have the model's size and their checksum
-// matches, and that every value is finite (and the second moments
-// non-negative) — and changes nothing if any check fails: it returns an
-// error wrapping ErrSnapshot that says what is wrong. It never panics.
-// After Restore, LastReduced has nothing until the next step.
+// 0..Steps, that the tensors have the size of what the worker trains and
+// their checksum matches, and that every value is finite (and the second
+// moments non-negative); in LoRA mode also that the snapshot was made on
+// this worker's base weights (base_sha256) — and changes nothing if any
+// check fails: it returns an error wrapping ErrSnapshot that says what is
+// wrong. It never panics. After Restore, LastReduced has nothing until the
+// next step.
 func (w *Worker) Restore(b []byte) error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: "+format, append([]any{ErrSnapshot}, args...)...)
@@ -615,6 +800,14 @@ func (w *Worker) Restore(b []byte) error {
 	if mc != w.Model.Config {
 		return bad("it is of another model: %+v, this worker's is %+v", mc, w.Model.Config)
 	}
+	switch base, ok := md["base_sha256"]; {
+	case ok && w.baseHash == "":
+		return bad("it is of a LoRA job (it holds an adapter), this worker trains the full model")
+	case !ok && w.baseHash != "":
+		return bad("it is of a full fine-tuning job, this worker trains a LoRA adapter")
+	case ok && base != w.baseHash:
+		return bad("it was made on other base weights (base_sha256 %.12s…, this worker's base %.12s…)", base, w.baseHash)
+	}
 	if md["job_sha256"] != w.Config.hash() {
 		return bad("it was made with other job settings (job_sha256 %.12s…, this job's %.12s…)", md["job_sha256"], w.Config.hash())
 	}
@@ -625,7 +818,7 @@ func (w *Worker) Restore(b []byte) error {
 	if err != nil || step < 0 || step > w.Config.Steps {
 		return bad("step %q, want 0..%d", md["step"], w.Config.Steps)
 	}
-	n := len(w.Model.Params)
+	n := len(w.params)
 	if len(f.Tensors) != len(snapshotTensors) {
 		return bad("%d tensors, want %d (%v)", len(f.Tensors), len(snapshotTensors), snapshotTensors)
 	}
@@ -658,7 +851,7 @@ func (w *Worker) Restore(b []byte) error {
 	if got := WeightsHash(vals[0]); got != md["weights_sha256"] {
 		return bad("weights_sha256 %.12s… does not match the weights (%.12s…)", md["weights_sha256"], got)
 	}
-	copy(w.Model.Params, vals[0])
+	copy(w.params, vals[0])
 	copy(w.Opt.M, vals[1])
 	copy(w.Opt.V, vals[2])
 	w.Opt.Step, w.Done = step, step

@@ -17,6 +17,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/braidml/braid/coordinator"
+	"github.com/braidml/braid/model"
 	"github.com/braidml/braid/node"
 )
 
@@ -52,6 +53,13 @@ func jobSubmitCommand() *cli.Command {
 			&cli.IntFlag{Name: "eval-every", Usage: "steps between held-out evaluations (0: none)"},
 			&cli.IntFlag{Name: "replicas", Usage: "nodes holding each checkpoint (default 2)"},
 			&cli.StringFlag{Name: "wire", Value: "fp32", Usage: "all-reduce element type on the wire: fp32 (exact), bf16, fp16 or int8"},
+			&cli.IntFlag{Name: "lora-rank", Usage: "train a LoRA adapter of rank `R` instead of the full model (LR defaults to 5e-3, weight decay to 0)"},
+			&cli.Float64Flag{Name: "lora-alpha", Usage: "LoRA scale numerator (default 2R)"},
+			&cli.Float64Flag{Name: "lora-dropout", Usage: "dropout on the adapter's input"},
+			&cli.StringFlag{Name: "lora-targets", Usage: "projections to adapt: c_attn,c_proj,c_fc (default all)"},
+			&cli.IntFlag{Name: "diloco", Usage: "low-communication mode: `H` local steps between all-reduces of the pseudo-gradient (DiLoCo; 0: every step)"},
+			&cli.Float64Flag{Name: "outer-lr", Usage: "DiLoCo's outer learning rate (default 0.7)"},
+			&cli.Float64Flag{Name: "outer-momentum", Usage: "DiLoCo's outer Nesterov momentum (default 0.9)"},
 			&cli.BoolFlag{Name: "federated", Usage: "train each node only on its own local dataset (--dataset, repeated or comma-separated: one per unit); no shard crosses the wire"},
 			&cli.BoolFlag{Name: "json", Usage: "print the submitted job as JSON"}),
 		Action: func(c *cli.Context) error {
@@ -63,7 +71,16 @@ func jobSubmitCommand() *cli.Command {
 			req := node.JobRequest{Base: base, Dataset: datasets[0], Federated: c.Bool("federated"), Steps: c.Int("steps"), GlobalBatch: c.Int("global-batch"),
 				MicroBatch: c.Int("micro-batch"), LR: c.Float64("lr"), Warmup: c.Int("warmup"), WeightDecay: c.Float64("weight-decay"),
 				Clip: c.Float64("clip"), Seed: c.Uint64("seed"), CheckpointEvery: c.Int("checkpoint-every"), EvalEvery: c.Int("eval-every"),
-				Replicas: c.Int("replicas"), Wire: c.String("wire")}
+				Replicas: c.Int("replicas"), Wire: c.String("wire"),
+				InnerSteps: c.Int("diloco"), OuterLR: c.Float64("outer-lr"), OuterMomentum: c.Float64("outer-momentum"),
+				LoRARank: c.Int("lora-rank"), LoRAAlpha: c.Float64("lora-alpha"), LoRADropout: c.Float64("lora-dropout")}
+			if t := c.String("lora-targets"); t != "" {
+				targets, err := model.ParseLoRATargets(t)
+				if err != nil {
+					return err
+				}
+				req.LoRATargets = targets
+			}
 			if req.Federated {
 				req.Datasets = datasets
 			} else if len(datasets) > 1 {
@@ -240,24 +257,67 @@ func jobWatchCommand() *cli.Command {
 func jobExportCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "export",
-		Usage:     "write a job's model (its last checkpoint) as config.json + model.safetensors",
+		Usage:     "write a job's model (its last checkpoint): config.json + model.safetensors, or a LoRA job's PEFT adapter",
 		ArgsUsage: "ID",
-		Flags:     append(apiFlags(), &cli.StringFlag{Name: "out", Required: true, Usage: "output `DIR` (created)"}),
+		Description: "A full fine-tuning job's model is written in Hugging Face's GPT-2 layout. A LoRA job's adapter is\n" +
+			"written in PEFT's layout (adapter_config.json, adapter_model.safetensors); --merged DIR also writes\n" +
+			"the base model with the adapter merged in, as a plain model.",
+		Flags: append(apiFlags(), &cli.StringFlag{Name: "out", Required: true, Usage: "output `DIR` (created)"},
+			&cli.StringFlag{Name: "merged", Usage: "LoRA jobs: also write the merged full model to `DIR`"}),
 		Action: func(c *cli.Context) error {
 			id, err := jobArg(c)
 			if err != nil {
+				return err
+			}
+			var js node.JobStatus
+			if err := getJSON(c.Context, c, "/v1/jobs/"+id, &js); err != nil {
 				return err
 			}
 			out := c.String("out")
 			if err := os.MkdirAll(out, 0o755); err != nil {
 				return err
 			}
-			for _, name := range []string{"config.json", "model.safetensors"} {
+			files := []string{"config.json", "model.safetensors"}
+			lora := js.Spec.LoRARank > 0
+			if lora {
+				files = []string{model.AdapterConfigFile, model.AdapterWeightsFile}
+			} else if c.String("merged") != "" {
+				return fmt.Errorf("--merged: job %s trained the full model; its export is already a plain model", id)
+			}
+			for _, name := range files {
 				if err := downloadJobFile(c.Context, c, id, name, filepath.Join(out, name)); err != nil {
 					return err
 				}
 			}
-			fmt.Fprintf(c.App.Writer, "wrote %s (config.json, model.safetensors)\n", out)
+			fmt.Fprintf(c.App.Writer, "wrote %s (%s)\n", out, strings.Join(files, ", "))
+			if merged := c.String("merged"); merged != "" && lora {
+				base, err := os.MkdirTemp("", "braid-base-")
+				if err != nil {
+					return err
+				}
+				defer os.RemoveAll(base)
+				for _, f := range [][2]string{{"base-config.json", "config.json"}, {"base-model.safetensors", "model.safetensors"}} {
+					if err := downloadJobFile(c.Context, c, id, f[0], filepath.Join(base, f[1])); err != nil {
+						return err
+					}
+				}
+				ck, err := model.LoadCheckpoint(base)
+				if err != nil {
+					return err
+				}
+				a, err := model.LoadAdapter(out, ck.Config)
+				if err != nil {
+					return err
+				}
+				params, err := model.MergeLoRA(ck.Config, ck.Params, a)
+				if err != nil {
+					return err
+				}
+				if err := model.SaveCheckpoint(merged, ck.Config, ck.Tokenizer, params); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.App.Writer, "wrote %s (the base with the adapter merged in)\n", merged)
+			}
 			return nil
 		},
 	}

@@ -3,6 +3,7 @@ package nodetest
 import (
 	"context"
 	"math"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -332,4 +333,72 @@ func TestFederatedJobKeepsDataHome(t *testing.T) {
 			}
 		}
 	}
+}
+
+// DiLoCo: H local steps between all-reduces of the pseudo-gradient; the
+// replicas agree after every outer step, the job learns, and the bytes on
+// the wire per step are about 1/H of the every-step all-reduce's.
+func TestDiLoCoJob(t *testing.T) {
+	c := NewCluster(t, 3)
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
+	id := submit(t, c, "n1", node.JobRequest{Steps: 40, GlobalBatch: 12, MicroBatch: 4, LR: 3e-3, Warmup: 2,
+		EvalEvery: 20, CheckpointEvery: 20, InnerSteps: 10, Wire: "bf16"})
+	js := waitJob(c, "n1", id, final)
+	if js.State != coordinator.JobCompleted || !(js.HeldoutLoss < js.BaseHeldoutLoss) {
+		t.Fatalf("job %s (%s): held-out %v, base %v", js.State, js.Error, js.HeldoutLoss, js.BaseHeldoutLoss)
+	}
+	for name, h := range replicaHashes(t, js) {
+		if h != js.WeightsHash {
+			t.Errorf("%s's weights differ after the last outer step", name)
+		}
+	}
+	c0 := model.Config{Context: 64, Dim: 32, Layers: 2, Heads: 2, Vocab: model.ByteTokenizer{}.Vocab()}
+	every := int64(2 * 2 * c0.NumParams() * 2 / 3) // bf16, every step
+	if got := js.WireBytesPerStep; got < every/10 || got > every/10+every/50 {
+		t.Errorf("%d bytes per node per step, want about %d (1/10 of %d)", got, every/10, every)
+	}
+	t.Logf("held-out %.3f → %.3f, %d bytes/step on the wire", js.BaseHeldoutLoss, js.HeldoutLoss, js.WireBytesPerStep)
+}
+
+// A LoRA job trains, reduces and checkpoints only the adapter: the replicas
+// agree, the job learns, the checkpoint is a PEFT adapter that loads on the
+// base, and far fewer bytes cross the wire than for the full model.
+func TestLoRAJob(t *testing.T) {
+	c := NewCluster(t, 3)
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
+	id := submit(t, c, "n1", node.JobRequest{Steps: 20, GlobalBatch: 12, MicroBatch: 4, Warmup: 2, EvalEvery: 20, HashEvery: 5,
+		LoRARank: 4})
+	js := waitJob(c, "n1", id, final)
+	if js.State != coordinator.JobCompleted || !(js.HeldoutLoss < js.BaseHeldoutLoss) {
+		t.Fatalf("job %s (%s): held-out %v, base %v", js.State, js.Error, js.HeldoutLoss, js.BaseHeldoutLoss)
+	}
+	for name, h := range replicaHashes(t, js) {
+		if h != js.WeightsHash {
+			t.Errorf("%s's adapter differs", name)
+		}
+	}
+	cp := js.Checkpoints[len(js.Checkpoints)-1]
+	dir := t.TempDir()
+	st := c.Node(cp.Holders[0]).Store()
+	for _, f := range [][2]string{{cp.Config, model.AdapterConfigFile}, {cp.Weights, model.AdapterWeightsFile}} {
+		p, err := st.Path(f[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := os.ReadFile(p)
+		os.WriteFile(filepath.Join(dir, f[1]), b, 0o644)
+	}
+	base := model.Config{Context: 64, Dim: 32, Layers: 2, Heads: 2, Vocab: model.ByteTokenizer{}.Vocab()}
+	a, err := model.LoadAdapter(dir, base)
+	if err != nil {
+		t.Fatalf("the checkpoint is not a loadable adapter: %v", err)
+	}
+	if a.Config.Rank != 4 {
+		t.Errorf("adapter rank %d", a.Config.Rank)
+	}
+	full := int64(2 * 2 * base.NumParams() * 4 / 3)
+	if js.WireBytesPerStep >= full/4 {
+		t.Errorf("%d bytes per node per step, the full model would send %d", js.WireBytesPerStep, full)
+	}
+	t.Logf("held-out %.3f → %.3f, %d adapter parameters, %d bytes/step", js.BaseHeldoutLoss, js.HeldoutLoss, a.NumParams(), js.WireBytesPerStep)
 }

@@ -1,0 +1,118 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/braidml/braid/allreduce"
+	"github.com/braidml/braid/coordinator"
+)
+
+// trainDiLoCo is runEpoch's loop in DiLoCo mode (spec.InnerSteps = H > 0):
+// every member takes inner steps on its part of each global batch without
+// communicating, and every H steps (and after the last) the members
+// all-reduce the pseudo-gradient over the ring and apply the same outer
+// step (train.DiLoCo). The members' weights agree only at those outer
+// steps, so that is where they are compared, checkpointed and evaluated;
+// a round broken by a failure is redone from its start (sync rolls back).
+func (r *jobRunner) trainDiLoCo(ctx context.Context, e coordinator.Epoch, rank int, ring *allreduce.Ring) error {
+	n, spec, d := r.n, r.spec, r.dl
+	red := ringReducer{ring}
+	for d.Boundary() < spec.Steps {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if rank == 0 && d.Boundary() == 0 && spec.EvalEvery > 0 && r.progress().BaseHeldoutLoss == 0 {
+			r.eval(true)
+		}
+		if r.w.Done < spec.Steps && !d.Due() {
+			step := r.w.Done
+			part, err := r.part(step, e.Members, rank)
+			if err != nil {
+				return err
+			}
+			if err := r.ensureShards(ctx, part); err != nil {
+				return err
+			}
+			start := time.Now()
+			res, err := d.InnerStep(ctx, part)
+			if err != nil {
+				return err
+			}
+			elapsed := time.Since(start)
+			r.mu.Lock()
+			r.prog.Step, r.prog.Loss, r.prog.Error = r.w.Done, res.Loss, ""
+			r.prog.StepMS, r.prog.WaitMS = float64(elapsed.Microseconds())/1e3, 0
+			if elapsed > 0 {
+				r.prog.TokensPerSec = float64(res.Tokens) / elapsed.Seconds()
+			}
+			if res.Step < maxLossHistory {
+				for len(r.losses) <= res.Step {
+					r.losses = append(r.losses, nan())
+				}
+				r.losses[res.Step] = res.Loss // this member's own loss: inner steps are local
+			}
+			r.mu.Unlock()
+			continue
+		}
+		// The outer step: H inner steps done (or the job's last).
+		start, sent0 := time.Now(), ring.BytesSent()
+		err := d.OuterStep(ctx, red, len(e.Members))
+		sent := ring.BytesSent() - sent0
+		n.wireBytes.Add(sent)
+		if err != nil {
+			return err
+		}
+		if n.deps.PerturbWeights != nil && n.deps.PerturbWeights(r.w.Done) {
+			d.Base[0] += 1e-3 // a fault injected by a test: replicas diverge
+		}
+		boundary := d.Boundary()
+		h := d.WeightsHash()
+		r.mu.Lock()
+		r.prog.WireBytes += sent
+		r.prog.WireBytesPerStep = sent / int64(spec.InnerSteps) // averaged over the round's steps
+		r.prog.WaitMS = float64(time.Since(start).Microseconds()) / 1e3
+		r.prog.WeightsHash = h
+		r.hashes[boundary] = h
+		r.mu.Unlock()
+		if rank != 0 {
+			continue
+		}
+		go r.compareReplicas(ctx, e, boundary)
+		if ee := spec.EvalEvery; ee > 0 && (boundary-r.progress().HeldoutStep >= ee || boundary == spec.Steps) {
+			r.eval(false)
+		}
+		if ce := spec.CheckpointEvery; ce > 0 && boundary-r.lastCkpt >= ce && boundary < spec.Steps {
+			if err := r.checkpoint(ctx, e); err != nil {
+				n.log.Warn("checkpoint failed", "job", r.id, "step", boundary, "err", err)
+			}
+		}
+	}
+	if rank == 0 {
+		if r.lastCkpt != d.Boundary() {
+			if err := r.checkpoint(ctx, e); err != nil {
+				return fmt.Errorf("final checkpoint: %w", err)
+			}
+		}
+		if err := n.applyAnywhere(ctx, coordinator.SetJobState{ID: r.id, State: coordinator.JobCompleted,
+			From: []coordinator.JobState{coordinator.JobRunning}}); err != nil && !errors.Is(err, coordinator.ErrJobFinal) {
+			return err
+		}
+		n.log.Info("job completed", "job", r.id, "steps", d.Boundary(), "outer_steps", d.Outer)
+		return errJobEnded
+	}
+	r.setPhase("finished")
+	<-ctx.Done()
+	if r.ctx.Err() != nil {
+		return errJobEnded
+	}
+	if j, ok := n.coord.State().Job(r.id); !ok || j.State != coordinator.JobRunning {
+		return errJobEnded
+	}
+	return ctx.Err()
+}
+
+func nan() float64 { return math.NaN() }

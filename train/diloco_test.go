@@ -1,0 +1,135 @@
+package train_test
+
+import (
+	"context"
+	"math"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/braidml/braid/train"
+)
+
+// DiLoCo across 3 workers: after each outer step every worker holds the
+// same weights, and they are what the outer Nesterov step gives for the
+// mean pseudo-gradient, computed here by hand; Rollback returns a worker to
+// the last outer step bit for bit; Snapshot/Restore carries the state.
+func TestDiLoCoOuterStep(t *testing.T) {
+	const n, h = 3, 4
+	data := prepareDataset(t, 40, 1, 0.1)
+	cfg := testJob(3*h, 12, 4)
+	var ds []*train.DiLoCo
+	for _, w := range newWorkers(t, n, cfg, workerModel, data) {
+		w.LocalBatch = true
+		d, err := train.NewDiLoCo(w, h, 0.7, 0.9)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ds = append(ds, d)
+	}
+	reds := reducers(newMemGroup(n))
+	start := slices.Clone(ds[0].Base)
+	mom := make([]float32, len(start))
+	for round := range 3 {
+		for s := range h {
+			parts := partsFor(t, ds[0].W, round*h+s, n)
+			for i, d := range ds {
+				if _, err := d.InnerStep(context.Background(), parts[i]); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if !ds[0].Due() {
+			t.Fatal("not due after H inner steps")
+		}
+		// The expected outer step, by hand.
+		want := slices.Clone(start)
+		for j := range want {
+			var g float32
+			for _, d := range ds {
+				g += start[j] - d.W.Trainable()[j]
+			}
+			g /= n
+			mom[j] = 0.9*mom[j] + g
+			want[j] = start[j] - 0.7*(g+0.9*mom[j])
+		}
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for i, d := range ds {
+			wg.Go(func() { errs[i] = d.OuterStep(context.Background(), reds[i], n) })
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("worker %d: %v", i, err)
+			}
+		}
+		for i, d := range ds {
+			if k, ok := sameBits(d.W.Trainable(), ds[0].W.Trainable()); !ok {
+				t.Fatalf("round %d: worker %d differs from worker 0 at %d", round, i, k)
+			}
+			if d.Outer != round+1 || d.Boundary() != (round+1)*h {
+				t.Fatalf("round %d: outer %d, boundary %d", round, d.Outer, d.Boundary())
+			}
+		}
+		for j := range want {
+			if d := math.Abs(float64(want[j] - ds[0].Base[j])); d > 1e-6*(1+math.Abs(float64(want[j]))) {
+				t.Fatalf("round %d: element %d = %v, want %v", round, j, ds[0].Base[j], want[j])
+			}
+		}
+		start = slices.Clone(ds[0].Base)
+		copy(mom, ds[0].Mom)
+	}
+
+	// Rollback after some inner steps restores the last outer step.
+	d := ds[0]
+	snap, err := d.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := slices.Clone(d.W.Trainable())
+	m, v := slices.Clone(d.W.Opt.M), slices.Clone(d.W.Opt.V)
+	d.W.Config.Steps += h // room for more inner steps
+	if _, err := d.InnerStep(context.Background(), partsFor(t, d.W, d.W.Done, n)[0]); err != nil {
+		t.Fatal(err)
+	}
+	d.Rollback()
+	if _, ok := sameBits(d.W.Trainable(), before); !ok || !slices.Equal(d.W.Opt.M, m) || !slices.Equal(d.W.Opt.V, v) || d.W.Done != 3*h {
+		t.Fatal("Rollback did not restore the last outer step")
+	}
+	// A fresh worker restored from the snapshot holds the same state.
+	w2 := newWorker(t, cfg, workerModel, data)
+	w2.LocalBatch = true
+	d2, err := train.NewDiLoCo(w2, h, 0.7, 0.9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.Restore(snap); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := sameBits(d2.W.Trainable(), d.W.Trainable()); !ok || d2.Outer != 3 || d2.W.Done != 3*h || !slices.Equal(d2.Mom, d.Mom) {
+		t.Fatal("Restore did not reproduce the snapshot's state")
+	}
+	for _, bad := range [][]byte{nil, snap[:len(snap)/2], append(slices.Clone(snap[:40]), 0)} {
+		if err := d2.Restore(bad); err == nil {
+			t.Errorf("Restore accepted %d bad bytes", len(bad))
+		}
+	}
+}
+
+func TestNewDiLoCoRejects(t *testing.T) {
+	data := prepareDataset(t, 10, 1, 0.1)
+	w := newWorker(t, testJob(10, 4, 2), workerModel, data)
+	if _, err := train.NewDiLoCo(w, 4, 0.7, 0.9); err == nil {
+		t.Error("a worker without LocalBatch accepted")
+	}
+	w.LocalBatch = true
+	for _, c := range []struct {
+		h       int
+		lr, mom float64
+	}{{0, 0.7, 0.9}, {4, 0, 0.9}, {4, 0.7, 1}, {4, math.NaN(), 0.9}} {
+		if _, err := train.NewDiLoCo(w, c.h, c.lr, c.mom); err == nil {
+			t.Errorf("NewDiLoCo(H=%d, lr=%v, momentum=%v) accepted", c.h, c.lr, c.mom)
+		}
+	}
+}
