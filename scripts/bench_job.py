@@ -231,6 +231,39 @@ def federated(braid, corpora, steps):
         c.stop(); shutil.rmtree(work, ignore_errors=True)
 
 
+def rss_peak_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    return None
+
+
+def gpt2(braid, base, corpus, steps):
+    """GPT-2 124M's shapes with the GPT-2 BPE: a LoRA r=8 job on 3 local nodes; tokens/s and peak
+    memory per node."""
+    work = tempfile.mkdtemp(prefix="braid-benchjob-")
+    c = Cluster(braid, 3, "local", work)
+    try:
+        wait("cluster", lambda: (s := c.status()) and s["leader"] and len(s["epoch"]["members"]) == 3)
+        run([braid, "data", "prepare", "--input", corpus, "--out", f"{work}/ds", "--name", "legal-bpe", "--tokenizer", "gpt2",
+             "--seq-len", "128", "--shard-mib", "1", "--holdout", "0.1"])
+        run([braid, "data", "push", "--api", c.api, "--replicas", "2", f"{work}/ds"])
+        wait("replicas", lambda: (d := c.api_json("data", "status", arg="legal-bpe")) and d["under_replicated"] == 0 and d.get("placement"))
+        t0 = time.time()
+        jid = run([braid, "job", "submit", "--api", c.api, "--base", base, "--dataset", "legal-bpe", "--steps", str(steps),
+                   "--global-batch", "6", "--micro-batch", "2", "--lora-rank", "8", "--warmup", "2", "--seed", "1"]).strip()
+        j = wait("completion", lambda: (j := c.job(jid)) and j["state"] in ("completed", "failed") and j, timeout=1800, every=1)
+        for w in j.get("workers") or []:
+            print(json.dumps({"bench": "gpt2-124m-lora", "node": w["node"], "state": j["state"], "error": j.get("error"),
+                              "steps": steps, "global_batch": 6, "micro_batch": 2, "seq_len": 128, "lora_rank": 8,
+                              "mean_step_ms": w.get("mean_step_ms"), "tokens_per_s_node": w.get("tokens_per_sec"),
+                              "wire_bytes_per_step": w.get("wire_bytes_per_step"), "loss": w.get("loss"),
+                              "peak_rss_mb": rss_peak_mb(c.procs[w["node"]].pid), "seconds": round(time.time() - t0, 1)}), flush=True)
+    finally:
+        c.stop(); shutil.rmtree(work, ignore_errors=True)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--braid", default=f"{ROOT}/bin/braid")
@@ -240,6 +273,7 @@ if __name__ == "__main__":
     ap.add_argument("--corpus", default=os.path.join(ROOT, "..", "shared", "corpora", "legal"))
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--modes", default="")
+    ap.add_argument("--base", default="/tmp/gpt2-124m", help="gpt2: the GPT-2 124M checkpoint (scripts/gen_reference.py --gpt2-124m DIR)")
     a = ap.parse_args()
     if a.only in ("", "failover"):
         failover(a.braid, a.rounds)
@@ -247,6 +281,8 @@ if __name__ == "__main__":
         scaling(a.braid, [int(x) for x in a.nodes.split(",")])
     if a.only == "modes":
         modes(a.braid, a.corpus, a.steps, [m for m in a.modes.split(",") if m])
+    if a.only == "gpt2":
+        gpt2(a.braid, a.base, a.corpus, a.steps)
     if a.only == "federated":
         corp = os.path.join(ROOT, "..", "shared", "corpora")
         federated(a.braid, [f"{corp}/legal", f"{corp}/bio/go-terms.txt", f"{corp}/jargon/jargon.txt"], a.steps)

@@ -1005,12 +1005,45 @@ def check_adapter(d):
     return 0
 
 
+def gpt2_124m(out):
+    """--gpt2-124m DIR: a checkpoint of GPT-2 124M's shapes (50257 tokens, 1024
+    positions, 768 wide, 12 layers, 12 heads) with random weights initialised
+    as GPT-2 is (normal 0.02, residual projections 0.02/sqrt(2·layers),
+    LayerNorms 1 and 0), written in the hub's layout (GPT2Model names, F32,
+    config.json as save_pretrained writes it): the stand-in for
+    openai-community/gpt2, which a user who can reach the hub downloads and
+    braid loads the same way."""
+    cfg = gpt2_config()  # the defaults are GPT-2 124M's
+    model = HFGPT2LMHeadModel(cfg)
+    g = torch.Generator().manual_seed(SEED + 124)
+    std, proj = 0.02, 0.02 / math.sqrt(2 * cfg["n_layer"])
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".ln_" in name or name.startswith("transformer.ln_f"):
+                p.fill_(1.0 if name.endswith(".weight") else 0.0)
+            elif name.endswith(".bias"):
+                p.zero_()
+            else:
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32) * (proj if name.endswith("c_proj.weight") else std))
+    state = model.state_dict()
+    sd = {k[len("transformer."):]: v.to(torch.float32) for k, v in state.items() if k.startswith("transformer.")}
+    sd = {k: v for k, v in sd.items() if not k.endswith(".attn.masked_bias")}
+    os.makedirs(out, exist_ok=True)
+    write_safetensors_hf(os.path.join(out, "model.safetensors"), sd, {"format": "pt"})
+    write_bytes(os.path.join(out, "config.json"), save_pretrained_config(cfg, "float32").encode())
+    n = sum(v.numel() for k, v in sd.items() if not k.endswith(".attn.bias") or v.dim() == 1)
+    print("wrote %s: GPT-2 124M shapes, %d parameters, random weights" % (out, n))
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check-braid", metavar="DIR",
                     help="check a braid checkpoint directory against the HF-named PyTorch GPT-2 instead of writing fixtures")
     ap.add_argument("--check-adapter", metavar="DIR",
                     help="check a braid LoRA adapter directory against PEFT-style LoRA layers instead of writing fixtures")
+    ap.add_argument("--gpt2-124m", metavar="DIR",
+                    help="write a GPT-2 124M-shaped checkpoint with random weights (Hugging Face layout) instead of fixtures")
     args = ap.parse_args()
     torch.manual_seed(SEED)
     torch.set_num_threads(1)
@@ -1019,6 +1052,8 @@ def main():
         return check_braid(args.check_braid)
     if args.check_adapter:
         return check_adapter(args.check_adapter)
+    if args.gpt2_124m:
+        return gpt2_124m(args.gpt2_124m)
     ts, md = kernel_fixtures()
     write_safetensors(os.path.join(ROOT, "kernels", "testdata", "reference.safetensors"), ts, md)
     ts, md = gpt2_fixtures()
