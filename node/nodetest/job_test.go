@@ -402,3 +402,31 @@ func TestLoRAJob(t *testing.T) {
 	}
 	t.Logf("held-out %.3f → %.3f, %d adapter parameters, %d bytes/step", js.BaseHeldoutLoss, js.HeldoutLoss, a.NumParams(), js.WireBytesPerStep)
 }
+
+// A DiLoCo job survives a member's death: the broken round is redone from
+// its start on the new ring, and the survivors end identical.
+func TestDiLoCoJobSurvivesAKilledMember(t *testing.T) {
+	c := NewCluster(t, 4)
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 4 })
+	leader := c.WaitLeader()
+	id := submit(t, c, "n1", node.JobRequest{Steps: 60, GlobalBatch: 12, MicroBatch: 4, InnerSteps: 5, Wire: "int8"})
+	waitJob(c, "n1", id, func(js node.JobStatus) bool { return js.Step >= 12 })
+	victim := "n2"
+	if victim == leader {
+		victim = "n3"
+	}
+	c.Kill(victim)
+	js := waitJob(c, "n1", id, final)
+	if js.State != coordinator.JobCompleted || js.Step != 60 {
+		t.Fatalf("job %s at step %d: %s", js.State, js.Step, js.Error)
+	}
+	hashes := replicaHashes(t, js)
+	if len(hashes) != 3 {
+		t.Fatalf("workers %v", hashes)
+	}
+	for name, h := range hashes {
+		if h != js.WeightsHash {
+			t.Errorf("%s's weights differ", name)
+		}
+	}
+}
