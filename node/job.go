@@ -86,6 +86,22 @@ const DefaultHashEvery = 10
 // SubmitJob validates req, imports the base model into this node's store
 // and commits the job through the leader. It returns the job as committed.
 func (n *Node) SubmitJob(ctx context.Context, req JobRequest) (coordinator.Job, error) {
+	// A dataset registered a moment ago through another node may not have
+	// reached this node's copy of the state yet: give it a moment.
+	names := append([]string{req.Dataset}, req.Datasets...)
+	if req.Federated {
+		names = req.Datasets
+	}
+	wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	n.awaitState(wctx, func(st coordinator.State) bool {
+		for _, k := range names {
+			if _, ok := st.Dataset(k); !ok {
+				return false
+			}
+		}
+		return true
+	})
+	cancel()
 	st := n.coord.State()
 	var fed []string
 	if req.Federated {
