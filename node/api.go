@@ -139,6 +139,15 @@ func (a *API) Addr() string { return a.ln.Addr().String() }
 // Close stops the API.
 func (a *API) Close(ctx context.Context) error { return a.srv.Shutdown(ctx) }
 
+// writeJSON answers with v as indented JSON and status code.
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
 func requireToken(token string, next http.Handler) http.Handler {
 	want := []byte("Bearer " + token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -487,13 +487,6 @@ type AddDatasetRequest struct {
 //	POST /v1/datasets          register one (AddDatasetRequest) → the dataset
 //	GET  /v1/datasets/{name}   DatasetStatus (name or ID)
 func (n *Node) dataRoutes(mux *http.ServeMux) {
-	writeJSON := func(w http.ResponseWriter, code int, v any) {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(code)
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		enc.Encode(v)
-	}
 	mux.HandleFunc("GET /v1/datasets", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, n.Datasets())
 	})

@@ -118,13 +118,6 @@ func (n *Node) JobStatus(ctx context.Context, id string) (JobStatus, error) {
 //	GET  /v1/jobs/{id}/files/{name}      config.json or model.safetensors of
 //	                                     the job's last checkpoint
 func (n *Node) jobRoutes(mux *http.ServeMux) {
-	writeJSON := func(w http.ResponseWriter, code int, v any) {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(code)
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		enc.Encode(v)
-	}
 	mux.HandleFunc("GET /v1/jobs", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, n.coord.State().Jobs)
 	})

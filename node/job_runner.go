@@ -689,16 +689,27 @@ func (r *jobRunner) sync(ctx context.Context, e coordinator.Epoch) error {
 	return fmt.Errorf("sync of epoch %d: cannot reach step %d from step %d", e.ID, target, r.w.Done)
 }
 
-// catchUpGrad fetches peer's reduced gradient of step and applies it.
-func (r *jobRunner) catchUpGrad(ctx context.Context, peer string, step int) error {
-	resp, err := r.n.callControl(ctx, peer, r.n.memberAddr(peer), controlRequest{Op: opJobGrad, JobObject: &jobObjectRequest{Job: r.id, Step: step, Epoch: r.progress().Epoch}})
+// peerObject asks peer (a member of this epoch, syncing) to put its
+// reduced gradient of step (op job-grad) or its snapshot (job-snapshot)
+// into its store as an object, fetches that object and returns its bytes.
+func (r *jobRunner) peerObject(ctx context.Context, peer, op string, step int) ([]byte, error) {
+	resp, err := r.n.callControl(ctx, peer, r.n.memberAddr(peer), controlRequest{Op: op,
+		JobObject: &jobObjectRequest{Job: r.id, Step: step, Epoch: r.progress().Epoch}})
 	if err != nil {
-		return err
+		return nil, err
+	}
+	if resp.Object == nil {
+		return nil, fmt.Errorf("%s answered %s without an object", peer, op)
 	}
 	if err := r.n.ensureObject(ctx, resp.Object.Hash, resp.Object.Size, peer); err != nil {
-		return err
+		return nil, err
 	}
-	b, err := r.readObject(resp.Object.Hash)
+	return r.readObject(resp.Object.Hash)
+}
+
+// catchUpGrad fetches peer's reduced gradient of step and applies it.
+func (r *jobRunner) catchUpGrad(ctx context.Context, peer string, step int) error {
+	b, err := r.peerObject(ctx, peer, opJobGrad, step)
 	if err != nil {
 		return err
 	}
@@ -714,14 +725,7 @@ func (r *jobRunner) catchUpGrad(ctx context.Context, peer string, step int) erro
 
 // catchUpSnapshot restores peer's full snapshot.
 func (r *jobRunner) catchUpSnapshot(ctx context.Context, peer string) error {
-	resp, err := r.n.callControl(ctx, peer, r.n.memberAddr(peer), controlRequest{Op: opJobSnapshot, JobObject: &jobObjectRequest{Job: r.id, Epoch: r.progress().Epoch}})
-	if err != nil {
-		return err
-	}
-	if err := r.n.ensureObject(ctx, resp.Object.Hash, resp.Object.Size, peer); err != nil {
-		return err
-	}
-	b, err := r.readObject(resp.Object.Hash)
+	b, err := r.peerObject(ctx, peer, opJobSnapshot, 0)
 	if err != nil {
 		return err
 	}

@@ -106,6 +106,16 @@ func jobArg(c *cli.Context) (string, error) {
 	return c.Args().First(), nil
 }
 
+// jobStatusArg reads the job id argument and fetches the job's status.
+func jobStatusArg(c *cli.Context) (string, node.JobStatus, error) {
+	var js node.JobStatus
+	id, err := jobArg(c)
+	if err != nil {
+		return id, js, err
+	}
+	return id, js, getJSON(c.Context, c, "/v1/jobs/"+id, &js)
+}
+
 func jobStatusCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "status",
@@ -113,12 +123,8 @@ func jobStatusCommand() *cli.Command {
 		ArgsUsage: "ID",
 		Flags:     append(apiFlags(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
 		Action: func(c *cli.Context) error {
-			id, err := jobArg(c)
+			_, js, err := jobStatusArg(c)
 			if err != nil {
-				return err
-			}
-			var js node.JobStatus
-			if err := getJSON(c.Context, c, "/v1/jobs/"+id, &js); err != nil {
 				return err
 			}
 			if c.Bool("json") {
@@ -265,12 +271,8 @@ func jobExportCommand() *cli.Command {
 		Flags: append(apiFlags(), &cli.StringFlag{Name: "out", Required: true, Usage: "output `DIR` (created)"},
 			&cli.StringFlag{Name: "merged", Usage: "LoRA jobs: also write the merged full model to `DIR`"}),
 		Action: func(c *cli.Context) error {
-			id, err := jobArg(c)
+			id, js, err := jobStatusArg(c)
 			if err != nil {
-				return err
-			}
-			var js node.JobStatus
-			if err := getJSON(c.Context, c, "/v1/jobs/"+id, &js); err != nil {
 				return err
 			}
 			out := c.String("out")
