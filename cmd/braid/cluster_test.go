@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/braidml/braid/model"
 	"github.com/braidml/braid/node"
 )
 
@@ -173,7 +174,7 @@ func TestThreeProcessCluster(t *testing.T) {
 		os.WriteFile(filepath.Join(in, fmt.Sprintf("d%02d.txt", i)), []byte(strings.Repeat(fmt.Sprintf("document %d. ", i), 300)), 0o644)
 	}
 	ds := filepath.Join(t.TempDir(), "ds")
-	mustRun(t, "data", "prepare", "--input", in, "--out", ds, "--seq-len", "64", "--shard-mib", "1", "--name", "docs")
+	mustRun(t, "data", "prepare", "--input", in, "--out", ds, "--seq-len", "64", "--shard-mib", "1", "--name", "docs", "--holdout", "0.3")
 	mustRun(t, "data", "push", "--api", p3.api, ds)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -194,6 +195,42 @@ func TestThreeProcessCluster(t *testing.T) {
 	}
 	if out, err := run(t, "data", "ls", "--api", p2.api); err != nil || !strings.Contains(out, "docs") {
 		t.Fatalf("data ls: %v\n%s", err, out)
+	}
+
+	// A job through the CLI: submit on one node, watch it to the end,
+	// status, list, export the model and score it with braid eval.
+	base := filepath.Join(t.TempDir(), "base")
+	bc := model.Config{Context: 64, Dim: 32, Layers: 2, Heads: 2, Vocab: model.ByteTokenizer{}.Vocab()}
+	bm, err := model.NewInference(bc, 1, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bm.Init(3)
+	if err := model.SaveCheckpoint(base, bc, model.ByteTokenizer{}, bm.Params); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := exec.Command(bin, "job", "submit", "--api", p2.api, "--base", base, "--dataset", "docs", "--steps", "12",
+		"--global-batch", "6", "--micro-batch", "2", "--lr", "3e-3", "--eval-every", "12", "--checkpoint-every", "6").Output()
+	if err != nil {
+		t.Fatalf("job submit: %v", err)
+	}
+	id := strings.TrimSpace(string(sub))
+	if out, err := exec.Command(bin, "job", "watch", "--api", p1.api, id).CombinedOutput(); err != nil {
+		t.Fatalf("job watch: %v\n%s", err, out)
+	}
+	out, err = exec.Command(bin, "job", "status", "--json", "--api", p3.api, id).Output()
+	var js node.JobStatus
+	if err != nil || json.Unmarshal(out, &js) != nil || js.State != "completed" || js.Step != 12 || len(js.Members) != 3 || js.WeightsHash == "" ||
+		!(js.HeldoutLoss > 0 && js.HeldoutLoss < js.BaseHeldoutLoss) {
+		t.Fatalf("job %q status: %v\n%s", id, err, out)
+	}
+	if out, err := run(t, "job", "list", "--api", p1.api); err != nil || !strings.Contains(out, id) || !strings.Contains(out, "completed") {
+		t.Fatalf("job list: %v\n%s", err, out)
+	}
+	export := filepath.Join(t.TempDir(), "out")
+	mustRun(t, "job", "export", "--api", p1.api, "--out", export, id)
+	if out, err := run(t, "eval", "--model", export, "--input", in, "--json"); err != nil || !strings.Contains(out, "loss") {
+		t.Fatalf("eval of the exported model: %v\n%s", err, out)
 	}
 
 	// kill -9 of a node that is not the leader gives an epoch without it.
