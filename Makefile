@@ -40,11 +40,18 @@ lint:
 	$(GO) vet -tags purego ./...
 	GOARCH=arm64 $(GO) vet ./...
 
-## fuzz: run each fuzz target for a while (FUZZTIME=30s by default)
+## fuzz: run each fuzz target (every decoder of bytes from disk or network) for FUZZTIME (30s by default)
 FUZZTIME ?= 30s
+FUZZ_TARGETS := \
+	./model/safetensors:FuzzDecode ./model:FuzzLoadCheckpoint ./model:FuzzDecodeAdapter ./model:FuzzGPT2Tokenizer \
+	./transport:FuzzReadFrames ./transport/pki:FuzzLoad ./allreduce:FuzzDecode \
+	./coordinator:FuzzDecodeCommand ./coordinator:FuzzApply ./coordinator:FuzzRestore ./coordinator:FuzzDecodeLog \
+	./node:FuzzDecodeMeta ./node:FuzzDecodeControlRequest ./node/blobstore:FuzzDecodeRequest ./node/blobstore:FuzzDecodeHeader \
+	./shard:FuzzDecodeHeader ./shard:FuzzDecodeShard ./shard:FuzzDecodeManifest \
+	./train:FuzzRestore ./train:FuzzRestoreLoRA
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME) ./model/safetensors
-	$(GO) test -run '^$$' -fuzz FuzzLoadCheckpoint -fuzztime $(FUZZTIME) ./model
+	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "== $$pkg $$fn"; $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; done
 
 ## demo: train a small model on Go's own source for a minute, then sample from it
 demo: build
