@@ -48,7 +48,7 @@ FUZZ_TARGETS := \
 	./coordinator:FuzzDecodeCommand ./coordinator:FuzzApply ./coordinator:FuzzRestore ./coordinator:FuzzDecodeLog \
 	./node:FuzzDecodeMeta ./node:FuzzDecodeControlRequest ./node/blobstore:FuzzDecodeRequest ./node/blobstore:FuzzDecodeHeader \
 	./shard:FuzzDecodeHeader ./shard:FuzzDecodeShard ./shard:FuzzDecodeManifest \
-	./train:FuzzRestore ./train:FuzzRestoreLoRA
+	./train:FuzzRestore ./train:FuzzRestoreLoRA ./train:FuzzRestoreDiLoCo
 fuzz:
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
 		echo "== $$pkg $$fn"; $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; done

@@ -133,3 +133,30 @@ func TestNewDiLoCoRejects(t *testing.T) {
 		}
 	}
 }
+
+// FuzzRestoreDiLoCo: a DiLoCo snapshot comes from a peer: any bytes give a
+// restored state or an error, never a panic, and a refused snapshot leaves
+// the worker as it was.
+func FuzzRestoreDiLoCo(f *testing.F) {
+	data := prepareDataset(f, 10, 1, 0.1)
+	w := newWorker(f, testJob(4, 4, 2), workerModel, data)
+	w.LocalBatch = true
+	d, err := train.NewDiLoCo(w, 2, 0.7, 0.9)
+	if err != nil {
+		f.Fatal(err)
+	}
+	snap, err := d.Snapshot()
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(snap)
+	f.Add(snap[:100])
+	f.Fuzz(func(t *testing.T, b []byte) {
+		before := slices.Clone(d.W.Trainable())
+		if err := d.Restore(b); err != nil {
+			if _, ok := sameBits(d.W.Trainable(), before); !ok {
+				t.Fatal("a refused snapshot changed the weights")
+			}
+		}
+	})
+}
