@@ -146,6 +146,7 @@ func (r *jobRunner) run() {
 		return
 	}
 	defer r.data.Close()
+	failures := 0 // epochs in a row that ended in an error without a step done
 	for r.ctx.Err() == nil {
 		st, changed := r.n.coord.Watch()
 		if j, ok := st.Job(r.id); !ok || j.State != coordinator.JobRunning {
@@ -162,6 +163,7 @@ func (r *jobRunner) run() {
 			}
 			continue
 		}
+		doneBefore := r.w.Done
 		err := r.runEpoch(e)
 		switch {
 		case errors.Is(err, errJobEnded) || r.ctx.Err() != nil:
@@ -172,6 +174,16 @@ func (r *jobRunner) run() {
 			r.mu.Lock()
 			r.prog.Error = err.Error()
 			r.mu.Unlock()
+			// Membership changes and stalls are survived; an error that
+			// comes back epoch after epoch without a step getting done is
+			// not going away: fail the job, naming this node and the cause.
+			if r.w.Done > doneBefore {
+				failures = 0
+			} else if failures++; failures >= maxEpochFailures && r.n.coord.State().Epoch.ID == e.ID {
+				r.n.applyAnywhere(r.ctx, coordinator.SetJobState{ID: r.id, State: coordinator.JobFailed,
+					Error: jobError("node %s: no step done in %d attempts; last error: %v", r.n.cfg.Name, failures, err),
+					From:  []coordinator.JobState{coordinator.JobRunning}})
+			}
 			r.awaitNewEpoch(e.ID)
 		}
 	}
@@ -201,6 +213,10 @@ func (r *jobRunner) awaitNewEpoch(epoch uint64) {
 		}
 	}
 }
+
+// maxEpochFailures is how many epochs in a row may end in an error on a
+// node without any step getting done before the node fails the job.
+const maxEpochFailures = 8
 
 // renewAfter is how long a worker whose ring broke waits for membership to
 // produce a new epoch before it asks the leader for one (the ring may have
