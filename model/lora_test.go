@@ -978,3 +978,53 @@ func BenchmarkLoRATrainStep(b *testing.B) {
 		})
 	}
 }
+
+// DropBaseGrads frees the frozen base's gradient buffer: Backward still
+// computes the adapter's gradients, bit for bit as before, and refuses to
+// run once the adapter is detached.
+func TestDropBaseGrads(t *testing.T) {
+	ref := loadRef(t)
+	x, y := ref.i32("tokens"), ref.i32("targets")
+	grads := func(drop bool) []float32 {
+		m, err := model.New(tinyRef, 2, 12)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Init(1)
+		if err := m.DropBaseGrads(); err == nil {
+			t.Fatal("DropBaseGrads without an adapter succeeded")
+		}
+		a, _ := model.NewLoRA(tinyRef, model.DefaultLoRAConfig())
+		a.Init(9)
+		for i := range a.Params {
+			a.Params[i] += 0.01 * float32(i%7) // B non-zero, so every gradient flows
+		}
+		if err := m.AttachLoRA(a); err != nil {
+			t.Fatal(err)
+		}
+		if drop {
+			if err := m.DropBaseGrads(); err != nil || m.Grads != nil {
+				t.Fatalf("DropBaseGrads: %v, %d gradients left", err, len(m.Grads))
+			}
+		}
+		m.ZeroGrad()
+		if _, err := m.Forward(x, y, 2, 12); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Backward(1); err != nil {
+			t.Fatal(err)
+		}
+		g := slices.Clone(a.Grads)
+		if drop {
+			m.DetachLoRA()
+			m.Forward(x, y, 2, 12)
+			if err := m.Backward(1); err == nil {
+				t.Error("Backward without the base's gradients and without an adapter succeeded")
+			}
+		}
+		return g
+	}
+	if i, ok := sameBitsF32(grads(false), grads(true)); !ok {
+		t.Fatalf("adapter gradient %d differs once the base's gradients are dropped", i)
+	}
+}

@@ -328,6 +328,20 @@ func (m *Model) DetachLoRA() *LoRA {
 	return a
 }
 
+// DropBaseGrads releases the base model's gradient buffer, one model's
+// worth of memory (498 MB at GPT-2 124M). With a LoRA adapter attached the
+// base is frozen and Backward never touches that buffer, so a LoRA trainer
+// calls this once the adapter is attached; afterwards Grads is nil and
+// Backward works only while an adapter is attached.
+func (m *Model) DropBaseGrads() error {
+	if m.lora == nil {
+		return fmt.Errorf("model: DropBaseGrads without a LoRA adapter attached: the base's gradients are needed")
+	}
+	m.Grads = nil
+	m.g = views{blocks: make([]blockParams, len(m.g.blocks)), blockSpan: m.g.blockSpan}
+	return nil
+}
+
 // LoRA returns the attached adapter, or nil.
 func (m *Model) LoRA() *LoRA { return m.lora }
 
@@ -435,8 +449,11 @@ func (m *Model) Backward(scale float32) error {
 	if m.targets == nil {
 		return fmt.Errorf("model: Backward needs a Forward call with targets")
 	}
-	if m.Grads == nil {
+	if m.bw.dres == nil {
 		return fmt.Errorf("model: Backward on a model made by NewInference")
+	}
+	if m.Grads == nil && m.lora == nil {
+		return fmt.Errorf("model: Backward without the base's gradient buffer (DropBaseGrads) needs a LoRA adapter attached")
 	}
 	c := m.Config
 	B, T := m.B, m.T

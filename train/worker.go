@@ -322,7 +322,7 @@ func NewWorker(cfg JobConfig, m *model.Model, data *shard.Dataset) (*Worker, err
 	if m == nil || data == nil || data.Manifest == nil {
 		return nil, fmt.Errorf("train: NewWorker needs a model and an opened dataset")
 	}
-	if m.Grads == nil {
+	if m.Grads == nil && m.LoRA() == nil {
 		return nil, fmt.Errorf("train: the model has no gradients (made by NewInference?); a worker needs model.New")
 	}
 	man := data.Manifest
@@ -367,6 +367,10 @@ func NewWorker(cfg JobConfig, m *model.Model, data *shard.Dataset) (*Worker, err
 		}
 		w.params, w.grads, layout = a.Params, a.Grads, a.Layout()
 		w.baseHash = WeightsHash(m.Params)
+		// The frozen base's gradient buffer is never written in LoRA mode.
+		if err := m.DropBaseGrads(); err != nil {
+			return nil, err
+		}
 	}
 	w.Opt = NewLayoutOptimizer(layout, float32(cfg.Beta1), float32(cfg.Beta2), float32(cfg.Eps), float32(cfg.WeightDecay))
 	w.ranges = m.GradRanges()
