@@ -234,8 +234,9 @@ func (n *Node) jobLoop() {
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { <-n.stop; cancel() }()
 	var (
-		runner *jobRunner
-		done   chan struct{}
+		runner  *jobRunner
+		done    chan struct{}
+		started time.Time
 	)
 	stopRunner := func() {
 		if runner != nil {
@@ -243,6 +244,9 @@ func (n *Node) jobLoop() {
 			<-done
 			n.jobMu.Lock()
 			n.finished[runner.id] = runner.progress() // still served after the job ends
+			if n.runner == runner {
+				n.runner = nil // its model and optimizer are released
+			}
 			if len(n.finished) > 64 {
 				for id := range n.finished {
 					delete(n.finished, id)
@@ -269,7 +273,15 @@ func (n *Node) jobLoop() {
 		if runner != nil && (running == nil || running.ID != runner.id) {
 			stopRunner()
 		}
+		// A runner that gave up while its job still runs (its inputs could
+		// not be fetched, and failing the job did not go through either)
+		// is started again, at most every few seconds: a node that stays
+		// in the epoch without a runner would hold the others' sync up.
+		if runner != nil && running != nil && isClosed(done) && time.Since(started) > restartAfter {
+			stopRunner()
+		}
 		if runner == nil && running != nil {
+			started = time.Now()
 			runner = n.newJobRunner(ctx, *running)
 			done = make(chan struct{})
 			n.setRunner(runner)
@@ -285,6 +297,18 @@ func (n *Node) jobLoop() {
 		case <-n.jobKick:
 		case <-time.After(time.Second):
 		}
+	}
+}
+
+// restartAfter spaces the restarts of a job runner that gave up.
+const restartAfter = 3 * time.Second
+
+func isClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -470,7 +494,13 @@ func (n *Node) handleJobControl(ctx context.Context, req controlRequest, resp *c
 		if !ok || step != req.JobObject.Step {
 			return fmt.Errorf("no reduced gradient of step %d kept", req.JobObject.Step)
 		}
-		h, size, err := n.store.Put(bytesReader(encodeGrads(step, grads)))
+		b := encodeGrads(step, grads)
+		// Read while the runner could have moved to a newer epoch (and
+		// changed the worker): then the bytes may be torn; refuse them.
+		if !r.inEpoch(req.JobObject.Epoch) {
+			return fmt.Errorf("moved past epoch %d while reading", req.JobObject.Epoch)
+		}
+		h, size, err := n.store.Put(bytesReader(b))
 		if err != nil {
 			return err
 		}
@@ -479,6 +509,9 @@ func (n *Node) handleJobControl(ctx context.Context, req controlRequest, resp *c
 		b, err := r.snapshot()
 		if err != nil {
 			return err
+		}
+		if !r.inEpoch(req.JobObject.Epoch) {
+			return fmt.Errorf("moved past epoch %d while reading", req.JobObject.Epoch)
 		}
 		h, size, err := n.store.Put(bytesReader(b))
 		if err != nil {

@@ -86,14 +86,14 @@ func (r *jobRunner) trainDiLoCo(ctx context.Context, e coordinator.Epoch, rank i
 			r.eval(false)
 		}
 		if ce := spec.CheckpointEvery; ce > 0 && boundary-r.lastCkpt >= ce && boundary < spec.Steps {
-			if err := r.checkpoint(ctx, e); err != nil {
+			if err := r.checkpoint(r.ctx, e); err != nil {
 				n.log.Warn("checkpoint failed", "job", r.id, "step", boundary, "err", err)
 			}
 		}
 	}
 	if rank == 0 {
 		if r.lastCkpt != d.Boundary() {
-			if err := r.checkpoint(ctx, e); err != nil {
+			if err := r.checkpoint(r.ctx, e); err != nil {
 				return fmt.Errorf("final checkpoint: %w", err)
 			}
 		}

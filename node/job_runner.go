@@ -68,6 +68,9 @@ type jobRunner struct {
 	frozen   map[uint64]syncStatus // epoch → status as this node entered it
 	hashes   map[int]string        // steps applied → weights hash then
 	lastCkpt int                   // step of the last checkpoint this node recorded
+	// placement is the dataset's placement as frozen by sync for the
+	// epoch: every member splits the batches with the same one.
+	placement shard.Placement
 }
 
 // JobProgress is one worker's view of the running job.
@@ -105,6 +108,9 @@ type syncStatus struct {
 	Done    int    `json:"done"`
 	Reduced int    `json:"reduced"` // step of the reduced gradient kept, -1 if none
 	Hash    string `json:"hash"`
+	// Placement is the version of the dataset's placement this member
+	// froze for the epoch (the batch split depends on it).
+	Placement uint64 `json:"placement"`
 }
 
 func (n *Node) newJobRunner(parent context.Context, j coordinator.Job) *jobRunner {
@@ -177,9 +183,13 @@ func (r *jobRunner) run() {
 			// Membership changes and stalls are survived; an error that
 			// comes back epoch after epoch without a step getting done is
 			// not going away: fail the job, naming this node and the cause.
+			// An epoch that ended because membership moved on is not a
+			// failure of this node's.
 			if r.w.Done > doneBefore {
 				failures = 0
-			} else if failures++; failures >= maxEpochFailures && r.n.coord.State().Epoch.ID == e.ID {
+			} else if r.n.coord.State().Epoch.ID != e.ID {
+				// not counted
+			} else if failures++; failures >= maxEpochFailures {
 				r.n.applyAnywhere(r.ctx, coordinator.SetJobState{ID: r.id, State: coordinator.JobFailed,
 					Error: jobError("node %s: no step done in %d attempts; last error: %v", r.n.cfg.Name, failures, err),
 					From:  []coordinator.JobState{coordinator.JobRunning}})
@@ -476,7 +486,7 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 			go r.compareReplicas(ctx, e, step)
 		}
 		if ce := r.spec.CheckpointEvery; ce > 0 && r.w.Done%ce == 0 && r.w.Done < r.spec.Steps {
-			if err := r.checkpoint(ctx, e); err != nil {
+			if err := r.checkpoint(r.ctx, e); err != nil {
 				n.log.Warn("checkpoint failed", "job", r.id, "step", r.w.Done, "err", err)
 			}
 		}
@@ -487,7 +497,7 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 			r.eval(false)
 		}
 		if r.lastCkpt != r.w.Done {
-			if err := r.checkpoint(ctx, e); err != nil {
+			if err := r.checkpoint(r.ctx, e); err != nil {
 				return fmt.Errorf("final checkpoint: %w", err)
 			}
 		}
@@ -525,9 +535,8 @@ func (r *jobRunner) part(step int, members []string, rank int) ([]int64, error) 
 		return r.unitPart(step, members, rank, nseq)
 	}
 	dataEpoch, k := shard.EpochStep(int64(step), nseq, r.spec.GlobalBatch)
-	d, _ := r.n.coord.State().Dataset(r.datasetID)
 	parts, err := shard.Assign(shard.AssignParams{Seed: r.spec.Seed, DataEpoch: dataEpoch, Step: k,
-		GlobalBatch: r.spec.GlobalBatch, Members: members, Placement: shard.Placement(d.Placement),
+		GlobalBatch: r.spec.GlobalBatch, Members: members, Placement: r.placement,
 		Shards: r.manifest.SplitShards(shard.Train)})
 	if err != nil {
 		return nil, err
@@ -634,7 +643,12 @@ func (r *jobRunner) sync(ctx context.Context, e coordinator.Epoch) error {
 		// A DiLoCo round that did not finish is redone from its start.
 		r.dl.Rollback()
 	}
-	me := syncStatus{Ready: true, Done: r.w.Done, Reduced: -1, Hash: r.w.WeightsHash()}
+	d, _ := n.coord.State().Dataset(r.datasetID)
+	r.placement = shard.Placement(d.Placement)
+	me := syncStatus{Ready: true, Done: r.w.Done, Reduced: -1, Hash: r.w.WeightsHash(), Placement: d.PlacementVersion}
+	if r.spec.Federated {
+		me.Placement = 0 // each unit its own local dataset: no placement in the split
+	}
 	if step, _, ok := r.w.LastReduced(); ok && r.dl == nil {
 		me.Reduced = step
 	}
@@ -665,44 +679,75 @@ func (r *jobRunner) sync(ctx context.Context, e coordinator.Epoch) error {
 			}
 		}
 	}
-	target := 0
+	// Every member read the same frozen statuses, so all pick the same
+	// target step and the same reference: the first member in ring order
+	// that is at target. Being at target is not enough to be in sync: a
+	// member that completed a step on an older ring may hold other bytes
+	// than members that redid it on a newer one; the weights hash decides.
+	target, ref := 0, ""
 	for _, s := range statuses {
 		target = max(target, s.Done)
 	}
-	if r.w.Done == target {
+	for _, name := range e.Members {
+		if statuses[name].Done == target {
+			ref = name
+			break
+		}
+	}
+	refHash := statuses[ref].Hash
+	// The members must also agree on the dataset's placement, which the
+	// batch split depends on: a placement committed while members synced
+	// makes them resync on a fresh epoch.
+	for _, name := range e.Members {
+		if statuses[name].Placement != me.Placement {
+			return fmt.Errorf("sync of epoch %d: %s sees placement version %d, this node %d", e.ID, name, statuses[name].Placement, me.Placement)
+		}
+	}
+	if r.w.Done == target && me.Hash == refHash {
 		return nil
 	}
-	// Behind by one: apply the reduced gradient a member at target kept.
+	var errs []error
+	// Behind by one: apply the reduced gradient a member in step with the
+	// reference kept of that step.
 	if r.w.Done == target-1 {
 		for _, name := range e.Members {
 			s := statuses[name]
-			if s.Done != target || s.Reduced != target-1 {
+			if s.Done != target || s.Reduced != target-1 || s.Hash != refHash {
 				continue
 			}
 			if err := r.catchUpGrad(ctx, name, target-1); err != nil {
-				n.log.Warn("catching up with a peer's reduced gradient failed", "job", r.id, "peer", name, "err", err)
+				errs = append(errs, fmt.Errorf("reduced gradient from %s: %w", name, err))
 				continue
+			}
+			if h := r.w.WeightsHash(); h != refHash {
+				// Applied to other weights than the reference's: take the
+				// reference's state instead.
+				errs = append(errs, fmt.Errorf("the gradient from %s gave weights %s, the reference %s has %s", name, h[:12], ref, refHash[:12]))
+				break
 			}
 			n.log.Info("caught up with the step the ring completed elsewhere", "job", r.id, "step", target-1, "from", name)
 			return nil
 		}
 	}
-	// Further behind, or no gradient to be had: a full snapshot.
-	for _, name := range e.Members {
-		if statuses[name].Done != target {
+	// Further behind, out of step with the reference, or no gradient to be
+	// had: a full snapshot of a member in step with the reference.
+	for _, name := range append([]string{ref}, e.Members...) {
+		s := statuses[name]
+		if name == n.cfg.Name || s.Done != target || s.Hash != refHash {
 			continue
 		}
 		if err := r.catchUpSnapshot(ctx, name); err != nil {
-			n.log.Warn("fetching a peer's snapshot failed", "job", r.id, "peer", name, "err", err)
+			errs = append(errs, fmt.Errorf("snapshot from %s: %w", name, err))
 			continue
 		}
-		if r.w.Done != target {
-			return fmt.Errorf("the snapshot from %s is at step %d, want %d", name, r.w.Done, target)
+		if r.w.Done != target || r.w.WeightsHash() != refHash {
+			errs = append(errs, fmt.Errorf("the snapshot from %s is at step %d, want %d with weights %s", name, r.w.Done, target, refHash[:12]))
+			continue
 		}
 		n.log.Info("caught up from a peer's snapshot", "job", r.id, "step", target, "from", name)
 		return nil
 	}
-	return fmt.Errorf("sync of epoch %d: cannot reach step %d from step %d", e.ID, target, r.w.Done)
+	return fmt.Errorf("sync of epoch %d: cannot reach step %d (weights %s of %s) from step %d: %w", e.ID, target, refHash[:12], ref, r.w.Done, errors.Join(errs...))
 }
 
 // peerObject asks peer (a member of this epoch, syncing) to put its
@@ -792,6 +837,10 @@ func decodeGrads(b []byte, n int) (int, []float32, error) {
 	return int(step), g, nil
 }
 
+// checkpoint runs under the runner's context, not the epoch's: a new epoch
+// committed meanwhile must not abort the recording of a checkpoint already
+// written (a restart of the whole cluster resumes from the last recorded).
+//
 // checkpoint writes the weights (Hugging Face layout) and the worker's
 // snapshot into the store, has the next Replicas−1 members of the ring
 // copy them, and records the checkpoint through the leader.
@@ -896,6 +945,13 @@ func (r *jobRunner) compareReplicas(ctx context.Context, e coordinator.Epoch, st
 			return
 		}
 	}
+}
+
+// inEpoch reports whether the runner is still in epoch.
+func (r *jobRunner) inEpoch(epoch uint64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.prog.Epoch == epoch
 }
 
 // maxLossHistory bounds the per-step losses a worker keeps (JobLosses).
