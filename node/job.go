@@ -277,7 +277,7 @@ func (n *Node) jobLoop() {
 		// not be fetched, and failing the job did not go through either)
 		// is started again, at most every few seconds: a node that stays
 		// in the epoch without a runner would hold the others' sync up.
-		if runner != nil && running != nil && isClosed(done) && time.Since(started) > restartAfter {
+		if runner != nil && running != nil && isClosed(done) && runner.gaveUp.Load() && time.Since(started) > restartAfter {
 			stopRunner()
 		}
 		if runner == nil && running != nil {

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/braidml/braid/allreduce"
@@ -59,6 +60,10 @@ type jobRunner struct {
 	manifest *shard.Manifest
 	cfg      model.Config
 	tok      model.Tokenizer
+
+	// gaveUp is set when run returned without the job having ended (its
+	// inputs could not be prepared): the job loop starts a new runner.
+	gaveUp atomic.Bool
 
 	mu       sync.Mutex
 	prog     JobProgress
@@ -143,6 +148,7 @@ func (r *jobRunner) run() {
 			return
 		}
 		log.Error("job cannot start here", "err", err)
+		r.gaveUp.Store(true)
 		r.mu.Lock()
 		r.prog.Error = err.Error()
 		r.mu.Unlock()
