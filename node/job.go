@@ -244,12 +244,16 @@ func (n *Node) jobLoop() {
 			<-done
 			n.jobMu.Lock()
 			n.finished[runner.id] = runner.progress() // still served after the job ends
+			runner.mu.Lock()
+			n.finishedLosses[runner.id] = runner.losses
+			runner.mu.Unlock()
 			if n.runner == runner {
 				n.runner = nil // its model and optimizer are released
 			}
 			if len(n.finished) > 64 {
 				for id := range n.finished {
 					delete(n.finished, id)
+					delete(n.finishedLosses, id)
 					break
 				}
 			}

@@ -969,7 +969,9 @@ const maxLossHistory = 1 << 20
 func (n *Node) JobLosses(id string) []float64 {
 	r := n.currentRunner(id)
 	if r == nil {
-		return nil
+		n.jobMu.Lock()
+		defer n.jobMu.Unlock()
+		return slices.Clone(n.finishedLosses[id])
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()

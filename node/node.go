@@ -124,8 +124,9 @@ type Node struct {
 	runner  *jobRunner
 	// finished keeps the last progress of jobs this node's worker ran, so
 	// that their final figures are still served once they end.
-	finished map[string]JobProgress
-	deps     Deps
+	finished       map[string]JobProgress
+	finishedLosses map[string][]float64
+	deps           Deps
 
 	wireBytes atomic.Int64 // sent by this node's job rings (braid_allreduce_bytes_sent_total)
 
@@ -155,7 +156,7 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	logger = logger.With("node", cfg.Name)
 	n := &Node{cfg: cfg, log: logger, tr: deps.Transport, reg: deps.Registry, stop: make(chan struct{}),
 		admitted: map[string]bool{cfg.Name: true}, dataKick: make(chan struct{}, 1), fetchErr: map[string]string{},
-		jobKick: make(chan struct{}, 1), deps: deps, finished: map[string]JobProgress{}}
+		jobKick: make(chan struct{}, 1), deps: deps, finished: map[string]JobProgress{}, finishedLosses: map[string][]float64{}}
 	if n.reg == nil {
 		n.reg = prometheus.NewRegistry()
 	}

@@ -208,9 +208,12 @@ func TestThreeNodeLossMatchesOneNode(t *testing.T) {
 		c := NewCluster(t, n)
 		c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == n })
 		id := submit(t, c, "n1", req)
-		waitJob(c, "n1", id, func(js node.JobStatus) bool { return js.Step >= 20 })
-		l := c.Node("n1").JobLosses(id)
 		waitJob(c, "n1", id, final)
+		var l []float64
+		c.waitFor("n1's losses of all 20 steps", func() bool {
+			l = c.Node("n1").JobLosses(id)
+			return len(l) == 20
+		})
 		return l
 	}
 	one, three := losses(1), losses(3)
