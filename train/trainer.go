@@ -64,16 +64,11 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: batch = %d, want 1..65536", ErrConfig, c.Batch)
 	case c.SeqLen < 0:
 		return fmt.Errorf("%w: seq-len = %d, want ≥ 0", ErrConfig, c.SeqLen)
-	case !(c.LR > 0 && c.LR < 10):
-		return fmt.Errorf("%w: lr = %g, want in (0, 10)", ErrConfig, c.LR)
-	case !(c.MinLRFrac >= 0 && c.MinLRFrac <= 1):
-		return fmt.Errorf("%w: min-lr fraction = %g, want 0..1", ErrConfig, c.MinLRFrac)
-	case c.Warmup < 0:
-		return fmt.Errorf("%w: warmup = %d, want ≥ 0", ErrConfig, c.Warmup)
-	case !(c.WeightDecay >= 0 && c.WeightDecay < 1):
-		return fmt.Errorf("%w: weight-decay = %g, want 0 ≤ wd < 1", ErrConfig, c.WeightDecay)
-	case !(c.Beta1 >= 0 && c.Beta1 < 1) || !(c.Beta2 >= 0 && c.Beta2 < 1):
-		return fmt.Errorf("%w: betas = (%g, %g), want each in [0, 1)", ErrConfig, c.Beta1, c.Beta2)
+	}
+	if err := checkOptimizer(c.LR, c.MinLRFrac, c.Warmup, c.WeightDecay, c.Beta1, c.Beta2); err != nil {
+		return err
+	}
+	switch {
 	case !(c.Eps > 0):
 		return fmt.Errorf("%w: eps = %g, want > 0", ErrConfig, c.Eps)
 	case !(c.Clip >= 0):
@@ -82,6 +77,24 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: eval-every = %d, want ≥ 0", ErrConfig, c.EvalEvery)
 	case c.EvalBatches < 1:
 		return fmt.Errorf("%w: eval-batches = %d, want ≥ 1 (the end of a run is always evaluated)", ErrConfig, c.EvalBatches)
+	}
+	return nil
+}
+
+// checkOptimizer checks the learning-rate schedule and AdamW settings that
+// the single-process Config and the cluster JobConfig share.
+func checkOptimizer(lr, minLRFrac float64, warmup int, weightDecay, beta1, beta2 float64) error {
+	switch {
+	case !(lr > 0 && lr < 10):
+		return fmt.Errorf("%w: lr = %g, want in (0, 10)", ErrConfig, lr)
+	case !(minLRFrac >= 0 && minLRFrac <= 1):
+		return fmt.Errorf("%w: min-lr fraction = %g, want 0..1", ErrConfig, minLRFrac)
+	case warmup < 0:
+		return fmt.Errorf("%w: warmup = %d, want ≥ 0", ErrConfig, warmup)
+	case !(weightDecay >= 0 && weightDecay < 1):
+		return fmt.Errorf("%w: weight decay = %g, want 0 ≤ wd < 1", ErrConfig, weightDecay)
+	case !(beta1 >= 0 && beta1 < 1) || !(beta2 >= 0 && beta2 < 1):
+		return fmt.Errorf("%w: betas = (%g, %g), want each in [0, 1)", ErrConfig, beta1, beta2)
 	}
 	return nil
 }

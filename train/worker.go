@@ -196,18 +196,13 @@ func (c JobConfig) Validate() error {
 		return fmt.Errorf("%w: global batch = %d, want 1..%d", ErrConfig, c.GlobalBatch, MaxGlobalBatch)
 	case c.MicroBatch < 1 || c.MicroBatch > 1<<16:
 		return fmt.Errorf("%w: micro batch = %d, want 1..65536", ErrConfig, c.MicroBatch)
-	case !(c.LR > 0 && c.LR < 10):
-		return fmt.Errorf("%w: lr = %g, want in (0, 10)", ErrConfig, c.LR)
-	case !(c.MinLRFrac >= 0 && c.MinLRFrac <= 1):
-		return fmt.Errorf("%w: min-lr fraction = %g, want 0..1", ErrConfig, c.MinLRFrac)
-	case c.Warmup < 0:
-		return fmt.Errorf("%w: warmup = %d, want ≥ 0", ErrConfig, c.Warmup)
-	case !(c.WeightDecay >= 0 && c.WeightDecay < 1):
-		return fmt.Errorf("%w: weight decay = %g, want 0 ≤ wd < 1", ErrConfig, c.WeightDecay)
+	}
+	if err := checkOptimizer(c.LR, c.MinLRFrac, c.Warmup, c.WeightDecay, c.Beta1, c.Beta2); err != nil {
+		return err
+	}
+	switch {
 	case !(c.Clip >= 0) || math.IsInf(c.Clip, 0):
 		return fmt.Errorf("%w: clip = %g, want ≥ 0 (0 disables)", ErrConfig, c.Clip)
-	case !(c.Beta1 >= 0 && c.Beta1 < 1) || !(c.Beta2 >= 0 && c.Beta2 < 1):
-		return fmt.Errorf("%w: betas = (%g, %g), want each in [0, 1)", ErrConfig, c.Beta1, c.Beta2)
 	case !(c.Eps > 0 && c.Eps < 1):
 		return fmt.Errorf("%w: eps = %g, want in (0, 1)", ErrConfig, c.Eps)
 	case c.EvalSequences < 0:
