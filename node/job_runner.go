@@ -76,6 +76,10 @@ type jobRunner struct {
 	// placement is the dataset's placement as frozen by sync for the
 	// epoch: every member splits the batches with the same one.
 	placement shard.Placement
+	// shares are a federated job's per-member shares of the batch for the
+	// ring sharesKey (the members, joined).
+	shares    []int
+	sharesKey string
 }
 
 // JobProgress is one worker's view of the running job.
@@ -555,6 +559,17 @@ func (r *jobRunner) part(step int, members []string, rank int) ([]int64, error) 
 // sequences each one's local dataset holds, and each member draws its
 // share from its own data (shard.Apportion, shard.UnitBatch).
 func (r *jobRunner) unitPart(step int, members []string, rank int, mine int64) ([]int64, error) {
+	// The shares depend only on the members and their (immutable)
+	// datasets: computed once per ring, not every step.
+	if key := strings.Join(members, ","); key != r.sharesKey {
+		r.shares, r.sharesKey = r.unitShares(members), key
+	}
+	return shard.UnitBatch(r.spec.Seed, int64(step), r.shares[rank], mine)
+}
+
+// unitShares apportions the global batch over members by the training
+// sequences of each one's local dataset.
+func (r *jobRunner) unitShares(members []string) []int {
 	st := r.n.coord.State()
 	counts := make([]int64, len(members))
 	for i, m := range members {
@@ -571,15 +586,13 @@ func (r *jobRunner) unitPart(step int, members []string, rank int, mine int64) (
 			break
 		}
 	}
-	shares := shard.Apportion(r.spec.GlobalBatch, counts)
-	return shard.UnitBatch(r.spec.Seed, int64(step), shares[rank], mine)
+	return shard.Apportion(r.spec.GlobalBatch, counts)
 }
 
 // ensureShards makes the shards of part's sequences local (fetched from
 // their holders when this node does not hold them) and visible to the
 // dataset.
 func (r *jobRunner) ensureShards(ctx context.Context, part []int64) error {
-	d, _ := r.n.coord.State().Dataset(r.datasetID)
 	seen := map[string]bool{}
 	for _, id := range part {
 		e, _, err := r.data.Locate(shard.Train, id)
@@ -590,15 +603,7 @@ func (r *jobRunner) ensureShards(ctx context.Context, part []int64) error {
 			continue
 		}
 		seen[e.Hash] = true
-		if !r.n.store.Has(e.Hash) {
-			// Gone from the store (Scrub deleted a corrupt copy): the old
-			// link would keep the bad bytes alive; fetch afresh.
-			os.Remove(filepath.Join(r.data.Dir, e.Hash+shard.ShardExt))
-		}
-		if err := r.n.ensureObject(ctx, e.Hash, e.Bytes, append(slices.Clone(d.Placement[e.Hash]), d.Source)...); err != nil {
-			return fmt.Errorf("fetching shard %s: %w", e.Hash[:12], err)
-		}
-		if err := r.n.linkObject(e.Hash, r.data.Dir, e.Hash+shard.ShardExt); err != nil {
+		if err := r.ensureShard(ctx, e); err != nil {
 			return err
 		}
 	}
@@ -607,16 +612,29 @@ func (r *jobRunner) ensureShards(ctx context.Context, part []int64) error {
 
 // ensureHeldout makes the held-out shards local.
 func (r *jobRunner) ensureHeldout(ctx context.Context) error {
-	d, _ := r.n.coord.State().Dataset(r.datasetID)
 	for _, e := range r.manifest.SplitShards(shard.Heldout) {
-		if err := r.n.ensureObject(ctx, e.Hash, e.Bytes, append(slices.Clone(d.Placement[e.Hash]), d.Source)...); err != nil {
-			return err
-		}
-		if err := r.n.linkObject(e.Hash, r.data.Dir, e.Hash+shard.ShardExt); err != nil {
+		if err := r.ensureShard(ctx, e); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// ensureShard makes one shard local and visible to the dataset. The
+// replicated state is read (a copy of all of it) only when the shard must
+// be fetched, not on every step.
+func (r *jobRunner) ensureShard(ctx context.Context, e shard.ShardEntry) error {
+	link := filepath.Join(r.data.Dir, e.Hash+shard.ShardExt)
+	if !r.n.store.Has(e.Hash) {
+		// Gone from the store (Scrub deleted a corrupt copy): the old
+		// link would keep the bad bytes alive; fetch afresh.
+		os.Remove(link)
+		d, _ := r.n.coord.State().Dataset(r.datasetID)
+		if err := r.n.ensureObject(ctx, e.Hash, e.Bytes, append(slices.Clone(d.Placement[e.Hash]), d.Source)...); err != nil {
+			return fmt.Errorf("fetching shard %s: %w", e.Hash[:12], err)
+		}
+	}
+	return r.n.linkObject(e.Hash, r.data.Dir, e.Hash+shard.ShardExt)
 }
 
 // eval scores the held-out split (rank 0).
