@@ -11,7 +11,9 @@
 // those reports into committed FSM commands and Raft configuration changes:
 // it adds servers (voters up to Config.MaxVoters, non-voters beyond),
 // promotes non-voters when a voter goes, removes servers that left or died,
-// and commits a new epoch whenever the set of live members changes. When a
+// and commits a new epoch whenever the set of live members changes. While a
+// job runs, an epoch holds only the live members that compute on the job's
+// device (see State.EpochCandidates): a job runs on one device kind. When a
 // new leader is elected it reconciles again from its own reports, so a
 // report that reached the cluster while it had no leader is not lost.
 //

@@ -21,6 +21,9 @@ var (
 	// ErrStaleEpoch: an epoch's ID is not the current epoch's ID + 1, or its
 	// start step is before the current epoch's.
 	ErrStaleEpoch = errors.New("coordinator: stale epoch")
+	// ErrWrongDevice: an epoch names a member that does not compute on
+	// the running job's device.
+	ErrWrongDevice = errors.New("coordinator: member on another device than the job's")
 	// ErrLimit: applying the command would exceed a bound on the state
 	// (MaxMembers, MaxSettings).
 	ErrLimit = errors.New("coordinator: state limit reached")

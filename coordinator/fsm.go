@@ -98,6 +98,9 @@ func (c CommitEpoch) apply(s *fsmState) error {
 			return fmt.Errorf("%w: %s %d: %q is %s", ErrMemberNotAlive, c.Type(), c.ID, name, m.State)
 		}
 	}
+	if err := checkEpochDevices(s, c); err != nil {
+		return err
+	}
 	s.epoch = Epoch{ID: c.ID, Members: slices.Clone(c.Members), StartStep: c.StartStep}
 	return nil
 }

@@ -74,6 +74,11 @@ type JobSpec struct {
 	// default, exact), bf16, fp16 or int8.
 	Wire string `json:"wire,omitempty"`
 
+	// Device is the device kind the job runs on: DeviceCPU (also when
+	// empty) or DeviceCUDA. Only members that compute on it train (see
+	// State.EpochCandidates).
+	Device string `json:"device,omitempty"`
+
 	// LoRA, when LoRARank > 0, trains low-rank adapters on LoRATargets
 	// (c_attn, c_proj, c_fc) instead of the full model.
 	LoRARank    int      `json:"lora_rank,omitempty"`
@@ -220,6 +225,9 @@ func (s JobSpec) validate() error {
 	case "", "fp32", "bf16", "fp16", "int8":
 	default:
 		return fmt.Errorf("wire %q: want fp32, bf16, fp16 or int8", truncate(s.Wire, 20))
+	}
+	if err := ValidDevice(s.Device); err != nil {
+		return err
 	}
 	if s.LoRARank < 0 || s.LoRARank > 1024 || len(s.LoRATargets) > 8 {
 		return fmt.Errorf("lora rank %d (want 0..1024) with %d targets (at most 8)", s.LoRARank, len(s.LoRATargets))

@@ -28,8 +28,12 @@ func (c *Coordinator) loop() {
 			return
 		case <-changed:
 			// Only observe; the state changing does not call for a
-			// reconcile by itself.
-			continue
+			// reconcile by itself, unless it moved the epoch's candidates
+			// (a job started or ended on another device kind than its
+			// predecessor's).
+			if c.raft.State() != raft.Leader || !epochStale(c.fsm.state()) {
+				continue
+			}
 		case <-c.raft.LeaderCh():
 		case <-c.kick:
 		case <-tick.C:
@@ -132,11 +136,14 @@ func (c *Coordinator) reconcileMembers(ctx context.Context) error {
 	return nil
 }
 
-// commitEpoch commits a new epoch if the alive members differ from the
-// current epoch's ring.
+// commitEpoch commits a new epoch if the epoch's candidates (the alive
+// members, or with a job running those on its device: see
+// State.EpochCandidates) differ from the current epoch's ring. With no
+// candidate, the current epoch stays: a job whose device has no alive
+// member waits.
 func (c *Coordinator) commitEpoch(ctx context.Context) error {
 	st := c.fsm.state()
-	ring := nextRing(st.Epoch.Members, st.Alive())
+	ring := nextRing(st.Epoch.Members, st.EpochCandidates())
 	if len(ring) == 0 || slices.Equal(ring, st.Epoch.Members) {
 		return nil
 	}
@@ -150,6 +157,12 @@ func (c *Coordinator) commitEpoch(ctx context.Context) error {
 	}
 	c.log.Info("committed epoch", "epoch", cmd.ID, "members", ring, "start_step", step)
 	return nil
+}
+
+// epochStale reports whether commitEpoch would commit a new epoch on st.
+func epochStale(st State) bool {
+	ring := nextRing(st.Epoch.Members, st.EpochCandidates())
+	return len(ring) > 0 && !slices.Equal(ring, st.Epoch.Members)
 }
 
 // reconcileServers changes the Raft configuration to match the FSM's
@@ -270,8 +283,11 @@ func (c *Coordinator) RenewEpoch(ctx context.Context, epoch uint64) error {
 	if st.Epoch.ID != epoch {
 		return nil
 	}
-	ring := nextRing(st.Epoch.Members, st.Alive())
+	ring := nextRing(st.Epoch.Members, st.EpochCandidates())
 	if len(ring) == 0 {
+		if j, ok := st.RunningJob(); ok {
+			return fmt.Errorf("coordinator: no alive member computes on %s, job %s's device, to renew epoch %d with", j.Spec.DeviceKind(), j.ID, epoch)
+		}
 		return fmt.Errorf("coordinator: no alive members to renew epoch %d with", epoch)
 	}
 	cmd := CommitEpoch{ID: epoch + 1, Members: ring, StartStep: st.Epoch.StartStep}
