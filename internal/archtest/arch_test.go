@@ -62,7 +62,9 @@ func allowed(pkg, imp string) bool {
 		return true // within the same top-level package tree (model → model/safetensors, transport/quic → transport/pki)
 	case pkg == "kernels" && imp == "golang.org/x/sys/cpu":
 		return true
-	case strings.HasPrefix(pkg, "model") && (strings.HasPrefix(imp, "github.com/pkoukk/tiktoken-go") || rel == "kernels"):
+	case pkg == "kernels/cuda" && strings.HasPrefix(imp, "github.com/ebitengine/purego"):
+		return true // the GPU backend's loader (build tag cuda)
+	case strings.HasPrefix(pkg, "model") && (strings.HasPrefix(imp, "github.com/pkoukk/tiktoken-go") || rel == "kernels" || rel == "kernels/cuda"):
 		return true
 	case strings.HasPrefix(pkg, "transport/quic") && strings.HasPrefix(imp, "github.com/quic-go/"):
 		return true

@@ -1,0 +1,126 @@
+package cuda
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+func TestParseDevice(t *testing.T) {
+	for _, tc := range []struct {
+		in    string
+		kind  string
+		index int
+		ok    bool
+	}{
+		{"cpu", "cpu", 0, true}, {"auto", "auto", 0, true}, {"cuda", "cuda", 0, true}, {"cuda:3", "cuda", 3, true},
+		{"cuda:", "", 0, false}, {"cuda:-1", "", 0, false}, {"cuda:x", "", 0, false}, {"tpu", "", 0, false}, {"", "", 0, false},
+	} {
+		kind, index, err := ParseDevice(tc.in)
+		if (err == nil) != tc.ok || kind != tc.kind || index != tc.index {
+			t.Errorf("ParseDevice(%q) = %q, %d, %v; want %q, %d, ok %v", tc.in, kind, index, err, tc.kind, tc.index, tc.ok)
+		}
+	}
+}
+
+func TestParsePrecision(t *testing.T) {
+	for _, p := range []Precision{FP32, TF32, BF16} {
+		if got, err := ParsePrecision(p.String()); err != nil || got != p {
+			t.Errorf("ParsePrecision(%q) = %v, %v", p, got, err)
+		}
+	}
+	if _, err := ParsePrecision("fp16"); err == nil {
+		t.Error("fp16 accepted")
+	}
+}
+
+// TestCacheEntry checks that the kernel cache takes back what it wrote
+// and nothing altered: a flipped byte, a truncated file, another magic.
+func TestCacheEntry(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "k.cubin")
+	img := []byte("\x7fELF pretend cubin image")
+	writeCacheEntry(path, img)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, ok := checkCacheEntry(b)
+	if !ok || !bytes.Equal(got, img) {
+		t.Fatalf("cache entry read back as %q, %v", got, ok)
+	}
+	for name, bad := range map[string][]byte{
+		"flipped":   append(append([]byte{}, b[:len(b)-1]...), b[len(b)-1]^1),
+		"truncated": b[:len(b)-3],
+		"magic":     append([]byte("braid-cubin-0\n"), b[len(cacheMagic):]...),
+		"empty":     nil,
+	} {
+		if _, ok := checkCacheEntry(bad); ok {
+			t.Errorf("%s cache entry accepted", name)
+		}
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, ".cubin-*")); len(m) != 0 {
+		t.Errorf("temporary files left behind: %v", m)
+	}
+}
+
+// TestKernelSourceCompiles compiles kernels.cu for both precisions with
+// clang's CUDA front end (device code only, no CUDA toolkit needed) where
+// clang is installed, so that a syntax error shows before a GPU does.
+func TestKernelSourceCompiles(t *testing.T) {
+	clang := ""
+	for _, c := range []string{"clang++", "clang++-19", "clang++-16", "clang++-15", "clang++-14"} {
+		if p, err := exec.LookPath(c); err == nil {
+			clang = p
+			break
+		}
+	}
+	if clang == "" {
+		t.Skip("no clang++: cannot check kernels.cu without a GPU")
+	}
+	dir := t.TempDir()
+	prelude := filepath.Join(dir, "prelude.h")
+	// What NVRTC provides built in, declared for clang.
+	os.WriteFile(prelude, []byte(`#define __global__ __attribute__((global))
+#define __device__ __attribute__((device))
+#define __shared__ __attribute__((shared))
+#define __forceinline__ __attribute__((always_inline))
+#include "__clang_cuda_builtin_vars.h"
+extern "C" __device__ float expf(float); extern "C" __device__ float logf(float);
+extern "C" __device__ float sqrtf(float); extern "C" __device__ float rsqrtf(float);
+extern "C" __device__ float fmaxf(float, float);
+__device__ float __uint_as_float(unsigned int); __device__ unsigned int __float_as_uint(float);
+__device__ float __shfl_xor_sync(unsigned, float, int); __device__ void __syncthreads();
+`), 0o600)
+	for _, bf := range []string{"0", "1"} {
+		out, err := exec.Command(clang, "-x", "cuda", "--cuda-device-only", "--cuda-gpu-arch=sm_80", "-nocudainc", "-nocudalib",
+			"-std=c++17", "-Werror", "-Wno-unknown-cuda-version", "-DBRAID_BF16="+bf, "-include", prelude, "-S", "-o", filepath.Join(dir, "k.ptx"), "kernels.cu").CombinedOutput()
+		if err != nil {
+			t.Errorf("kernels.cu with BRAID_BF16=%s: %v\n%s", bf, err, out)
+		}
+	}
+}
+
+// TestDoctor runs the doctor; on a machine without a GPU it must say why,
+// on one with a GPU the test kernel must pass.
+func TestDoctor(t *testing.T) {
+	r := Doctor()
+	if !built {
+		if r.OK() || len(r.Problems) == 0 {
+			t.Fatalf("the CPU build's doctor says %+v", r)
+		}
+		return
+	}
+	if _, err := Devices(); err != nil {
+		if r.OK() || len(r.Problems) == 0 {
+			t.Fatalf("no GPU (%v) but the doctor says %+v", err, r)
+		}
+		t.Skipf("no GPU: %v", err)
+	}
+	if !r.OK() {
+		t.Fatalf("doctor: %+v", r)
+	}
+	t.Logf("doctor: %+v", r)
+}
