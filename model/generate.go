@@ -16,11 +16,35 @@ type SampleOptions struct {
 	StopAtEOT   bool    // stop when the model emits end-of-text
 }
 
+// A LanguageModel is what Generate needs: *Model on the CPU, or a model on
+// a GPU (package cudamodel).
+type LanguageModel interface {
+	// Forward runs the model on tokens (B, T); targets may be nil.
+	Forward(tokens, targets []int32, B, T int) (float32, error)
+	// LogitsAt copies the first len(dst) logits of sequence b, position t of
+	// the last Forward into dst.
+	LogitsAt(dst []float32, b, t int) error
+	// MaxBatch is the largest batch the model holds.
+	MaxBatch() (B, T int)
+}
+
+// LogitsAt copies the first len(dst) logits of sequence b, position t of
+// the last Forward call into dst.
+func (m *Model) LogitsAt(dst []float32, b, t int) error {
+	V := m.Config.Vocab
+	if len(dst) > V || b < 0 || b >= m.B || t < 0 || t >= m.T {
+		return fmt.Errorf("model: LogitsAt(%d floats, %d, %d) of a %d×%d batch with vocabulary %d", len(dst), b, t, m.B, m.T, V)
+	}
+	i := (b*m.T + t) * V
+	copy(dst, m.act.logits[i:i+len(dst)])
+	return nil
+}
+
 // Generate continues prompt with up to opt.MaxTokens tokens sampled from m
 // and returns the generated token ids (prompt excluded). The model needs
 // activations for one sequence (New(c, 1, T)); when the text outgrows T, the
 // model sees the last T tokens. An empty prompt starts from end-of-text.
-func Generate(m *Model, tok Tokenizer, prompt []int32, opt SampleOptions) ([]int32, error) {
+func Generate(m LanguageModel, tok Tokenizer, prompt []int32, opt SampleOptions) ([]int32, error) {
 	if opt.Temperature < 0 || math.IsNaN(opt.Temperature) {
 		return nil, fmt.Errorf("model: temperature %g, want ≥ 0", opt.Temperature)
 	}
@@ -33,9 +57,10 @@ func Generate(m *Model, tok Tokenizer, prompt []int32, opt SampleOptions) ([]int
 		ctx = append(ctx, tok.EOT())
 	}
 	rng := rand.New(rand.NewPCG(opt.Seed, 0x67656e))
-	V := m.Config.Vocab
+	V := tok.Vocab()
 	probs := make([]float64, V)
 	idx := make([]int, V)
+	logits := make([]float32, V)
 	var out []int32
 	for len(out) < opt.MaxTokens {
 		window := ctx
@@ -46,8 +71,10 @@ func Generate(m *Model, tok Tokenizer, prompt []int32, opt SampleOptions) ([]int
 		if _, err := m.Forward(window, nil, 1, T); err != nil {
 			return nil, err
 		}
-		logits := m.Logits()[(T-1)*V : T*V]
-		next := pick(logits[:tok.Vocab()], probs[:tok.Vocab()], idx[:tok.Vocab()], opt, rng)
+		if err := m.LogitsAt(logits, 0, T-1); err != nil {
+			return nil, err
+		}
+		next := pick(logits, probs, idx, opt, rng)
 		if next == tok.EOT() && opt.StopAtEOT {
 			break
 		}
