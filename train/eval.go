@@ -22,7 +22,7 @@ type EvalResult struct {
 // maxTokens of them (0: all). Bits per byte divide the total loss in bits by
 // the bytes the predicted tokens decode to (end-of-text decodes to none), so
 // it compares across tokenizers. m must have activations for B × T.
-func Evaluate(m *model.Model, tok model.Tokenizer, tokens []uint16, B, T, maxTokens int) (EvalResult, error) {
+func Evaluate(m Forwarder, tok model.Tokenizer, tokens []uint16, B, T, maxTokens int) (EvalResult, error) {
 	if len(tokens) < 2 {
 		return EvalResult{}, fmt.Errorf("%w: %d tokens, need at least 2 to evaluate", ErrTooSmall, len(tokens))
 	}

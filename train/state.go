@@ -32,6 +32,9 @@ const StateFile = "training_state.safetensors"
 // base. The base itself is not written: it is where the adapter's
 // base_model_name_or_path says.
 func (t *Trainer) SaveCheckpoint(dir string, tok model.Tokenizer) error {
+	if err := t.syncFromDevice(); err != nil {
+		return err
+	}
 	meta := map[string]string{}
 	if t.LoRA != nil {
 		if err := model.SaveAdapter(dir, t.LoRA); err != nil {
@@ -189,7 +192,7 @@ func (t *Trainer) Resume(dir string) error {
 		return fmt.Errorf("train: training state %s: %w", path, err)
 	}
 	t.Opt = opt
-	return nil
+	return t.uploadToDevice()
 }
 
 // LoadOptimizerState reads StateFile from dir into opt and returns the file's

@@ -8,6 +8,7 @@ import (
 
 	"github.com/braidml/braid/kernels"
 	"github.com/braidml/braid/model"
+	"github.com/braidml/braid/model/cudamodel"
 )
 
 // ErrConfig is wrapped by every Config validation error.
@@ -129,13 +130,14 @@ type Trainer struct {
 	T       int
 	// SavedSteps is the Steps of the run Resume continued (0 before Resume).
 	SavedSteps int
-	corpusSum  string    // corpusHash, computed once
-	baseSum    string    // WeightsHash of the frozen base (LoRA), computed once
-	params     []float32 // what the optimizer updates: Model.Params or LoRA.Params
-	grads      []float32 // their gradients
-	inputs     []int32   // (Batch, T)
-	targets    []int32   // (Batch, T)
-	streams    []uint64  // (Batch) dropout streams of a step (LoRA with dropout)
+	corpusSum  string           // corpusHash, computed once
+	baseSum    string           // WeightsHash of the frozen base (LoRA), computed once
+	params     []float32        // what the optimizer updates: Model.Params or LoRA.Params
+	grads      []float32        // their gradients
+	inputs     []int32          // (Batch, T)
+	targets    []int32          // (Batch, T)
+	streams    []uint64         // (Batch) dropout streams of a step (LoRA with dropout)
+	dev        *cudamodel.Model // the GPU model the step runs on (UseDevice), or nil
 }
 
 // New prepares a trainer for m on corpus, tokenised with tok. The model's
@@ -143,6 +145,13 @@ type Trainer struct {
 // context. If m has a LoRA adapter attached, the trainer trains it and
 // leaves the base weights alone.
 func New(cfg Config, m *model.Model, tok model.Tokenizer, corpus *Corpus) (*Trainer, error) {
+	mb, mt := m.MaxBatch()
+	return newTrainer(cfg, m, tok, corpus, mb, mt)
+}
+
+// newTrainer is New for a model whose step runs where activations for
+// mb × mt positions are allocated.
+func newTrainer(cfg Config, m *model.Model, tok model.Tokenizer, corpus *Corpus, mb, mt int) (*Trainer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -150,7 +159,7 @@ func New(cfg Config, m *model.Model, tok model.Tokenizer, corpus *Corpus) (*Trai
 	if T == 0 {
 		T = m.Config.Context
 	}
-	if mb, mt := m.MaxBatch(); cfg.Batch*T > mb*mt || T > mt {
+	if cfg.Batch*T > mb*mt || T > mt {
 		return nil, fmt.Errorf("%w: batch %d×%d exceeds the model's allocation %d×%d", ErrConfig, cfg.Batch, T, mb, mt)
 	}
 	s, err := NewSampler(corpus.Train, T, cfg.Seed)
@@ -198,20 +207,34 @@ func (t *Trainer) Step() (StepStats, error) {
 			return StepStats{}, err
 		}
 	}
-	m.ZeroGrad()
-	loss, err := m.Forward(t.inputs, t.targets, B, T)
-	if err != nil {
-		return StepStats{}, err
+	var loss, norm float32
+	if t.dev != nil {
+		var err error
+		if loss, norm, err = t.deviceStep(); err != nil {
+			return StepStats{}, err
+		}
+	} else {
+		m.ZeroGrad()
+		var err error
+		if loss, err = m.Forward(t.inputs, t.targets, B, T); err != nil {
+			return StepStats{}, err
+		}
+		if err := m.Backward(1); err != nil {
+			return StepStats{}, err
+		}
+		norm = kernels.ClipGradNorm(t.grads, float32(t.Config.Clip))
 	}
-	if err := m.Backward(1); err != nil {
-		return StepStats{}, err
-	}
-	norm := kernels.ClipGradNorm(t.grads, float32(t.Config.Clip))
 	if math.IsNaN(float64(loss)) || math.IsInf(float64(norm), 0) || math.IsNaN(float64(norm)) {
 		return StepStats{}, fmt.Errorf("train: step %d diverged (loss %v, gradient norm %v); lower the learning rate", t.Opt.Step+1, loss, norm)
 	}
 	lr := t.sched.At(t.Opt.Step)
-	t.Opt.Apply(t.params, t.grads, float32(lr))
+	if t.dev != nil {
+		if err := t.deviceUpdate(float32(lr)); err != nil {
+			return StepStats{}, err
+		}
+	} else {
+		t.Opt.Apply(t.params, t.grads, float32(lr))
+	}
 	return StepStats{Step: t.Opt.Step, Loss: loss, LR: lr, GradNorm: norm, Tokens: B * T, Duration: time.Since(start)}, nil
 }
 
@@ -220,5 +243,9 @@ func (t *Trainer) Step() (StepStats, error) {
 // once, with dropout off. It fails if the split is empty.
 func (t *Trainer) Eval() (EvalResult, error) {
 	t.Model.SetDropoutStreams(nil) // Step turns it on again
-	return Evaluate(t.Model, t.Tok, t.Corpus.Heldout, t.Config.Batch, t.T, t.Config.EvalBatches*t.Config.Batch*t.T)
+	var m Forwarder = t.Model
+	if t.dev != nil {
+		m = t.dev
+	}
+	return Evaluate(m, t.Tok, t.Corpus.Heldout, t.Config.Batch, t.T, t.Config.EvalBatches*t.Config.Batch*t.T)
 }
