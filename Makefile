@@ -6,13 +6,24 @@ VERSION   := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 GOROOT_SRC := $(shell $(GO) env GOROOT)/src
 
-.PHONY: all build test test-short bench bench-peers lint fuzz demo clean
+.PHONY: all build build-cuda gpu-test-bin test test-short bench bench-peers lint fuzz demo clean
 
 all: build
 
 ## build: static binary bin/braid (CGO_ENABLED=0)
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/braid
+
+## build-cuda: bin/braid-cuda, the same commands with GPU support: it loads the NVIDIA
+## driver, cuBLAS and NVRTC at run time (nothing CUDA is needed to build it), so it is
+## dynamically linked against the C library, unlike bin/braid
+build-cuda:
+	CGO_ENABLED=0 $(GO) build -tags cuda -trimpath -ldflags '$(LDFLAGS)' -o bin/braid-cuda ./cmd/braid
+
+## gpu-test-bin: the GPU tests as binaries to carry to a GPU machine (scripts/gpu-check.sh)
+gpu-test-bin:
+	CGO_ENABLED=0 $(GO) test -tags cuda -c -ldflags '-s -w' -o bin/cudamodel.test ./model/cudamodel
+	CGO_ENABLED=0 $(GO) test -tags cuda -c -ldflags '-s -w' -o bin/cuda.test ./kernels/cuda
 
 ## test: every test with the race detector, then the allocation tests without it
 ## (the race detector makes sync.Pool drop items, so those skip under -race)
@@ -38,6 +49,8 @@ lint:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needs to run on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags purego ./...
+	$(GO) vet -tags cuda ./...
+	CGO_ENABLED=0 $(GO) build -tags cuda -o /dev/null ./cmd/braid
 	GOARCH=arm64 $(GO) vet ./...
 
 ## fuzz: run each fuzz target (every decoder of bytes from disk or network) for FUZZTIME (30s by default)

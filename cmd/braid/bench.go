@@ -22,7 +22,7 @@ func benchCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "bench",
 		Usage: "measure kernels, links and collectives",
-		Subcommands: []*cli.Command{{
+		Subcommands: []*cli.Command{benchTrainCommand(), {
 			Name:  "kernels",
 			Usage: "sgemm GFLOPS and training tokens/s on this machine",
 			Flags: []cli.Flag{

@@ -18,7 +18,7 @@ func evalCommand() *cli.Command {
 			"directories skipped) with the checkpoint's tokenizer, and scores every token once, in\n" +
 			"consecutive windows of the model's context. --split heldout scores only the documents\n" +
 			"that training with the same --holdout-every held out.",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "model", Aliases: []string{"m"}, Usage: "checkpoint `DIR`", Required: true},
 			&cli.StringFlag{Name: "adapter", Usage: "LoRA adapter `DIR` (PEFT layout, as braid train --lora-rank writes) to apply to --model"},
 			&cli.StringSliceFlag{Name: "input", Aliases: []string{"i"}, Usage: "text `PATH` (file or directory, repeatable)", Required: true},
@@ -30,7 +30,7 @@ func evalCommand() *cli.Command {
 			&cli.Int64Flag{Name: "max-bytes", Usage: "read at most about this many bytes of text (0: all)"},
 			&cli.IntFlag{Name: "threads", Usage: "compute threads (default: all cores)"},
 			&cli.BoolFlag{Name: "json", Usage: `print {"loss":F,"perplexity":F,"bits_per_byte":F,"tokens":N}`},
-		},
+		}, deviceFlags()...),
 		Action: runEval,
 	}
 }
@@ -70,16 +70,13 @@ func runEval(c *cli.Context) error {
 	case "heldout":
 		tokens = corpus.Heldout
 	}
-	m, err := model.NewInference(ck.Config, B, T)
+	m, done, err := inferenceModel(c, ck, B, T)
 	if err != nil {
 		return err
 	}
-	copy(m.Params, ck.Params)
+	defer done()
 	name := c.String("model")
 	if dir := c.String("adapter"); dir != "" {
-		if err := attachAdapter(m, dir); err != nil {
-			return err
-		}
 		name += " + " + dir
 	}
 	r, err := train.Evaluate(m, ck.Tokenizer, tokens, B, T, c.Int("max-tokens"))

@@ -12,7 +12,7 @@ func generateCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "generate",
 		Usage: "sample text from a checkpoint (optionally with a LoRA adapter)",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "model", Aliases: []string{"m"}, Usage: "checkpoint `DIR`", Required: true},
 			&cli.StringFlag{Name: "adapter", Usage: "LoRA adapter `DIR` (PEFT layout, as braid train --lora-rank writes) to apply to --model"},
 			&cli.StringFlag{Name: "prompt", Aliases: []string{"p"}, Usage: "text to continue (default: start of a document)"},
@@ -21,7 +21,7 @@ func generateCommand() *cli.Command {
 			&cli.IntFlag{Name: "top-k", Value: 40, Usage: "sample among the K most likely tokens (0: all)"},
 			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "sampling seed"},
 			&cli.IntFlag{Name: "threads", Usage: "compute threads (default: all cores)"},
-		},
+		}, deviceFlags()...),
 		Action: func(c *cli.Context) error {
 			if err := setCompute(c.Int("threads"), "auto"); err != nil {
 				return err
@@ -36,16 +36,11 @@ func generateCommand() *cli.Command {
 			tok := ck.Tokenizer
 			prompt := tok.Encode(nil, []byte(c.String("prompt")))
 			// Activations for the longest window generation will use.
-			m, err := model.NewInference(ck.Config, 1, min(ck.Config.Context, len(prompt)+c.Int("tokens")+1))
+			m, done, err := inferenceModel(c, ck, 1, min(ck.Config.Context, len(prompt)+c.Int("tokens")+1))
 			if err != nil {
 				return err
 			}
-			copy(m.Params, ck.Params)
-			if dir := c.String("adapter"); dir != "" {
-				if err := attachAdapter(m, dir); err != nil {
-					return err
-				}
-			}
+			defer done()
 			ids, err := model.Generate(m, tok, prompt, model.SampleOptions{
 				MaxTokens: c.Int("tokens"), Temperature: c.Float64("temperature"), TopK: c.Int("top-k"),
 				Seed: c.Uint64("seed"), StopAtEOT: true,

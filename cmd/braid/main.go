@@ -53,6 +53,7 @@ func newApp() *cli.App {
 			caCommand(),
 			dataCommand(),
 			jobCommand(),
+			doctorCommand(),
 		},
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints errors once
 	}

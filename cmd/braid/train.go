@@ -13,6 +13,7 @@ import (
 
 	"github.com/braidml/braid/kernels"
 	"github.com/braidml/braid/model"
+	"github.com/braidml/braid/model/cudamodel"
 	"github.com/braidml/braid/train"
 )
 
@@ -31,7 +32,7 @@ func trainCommand() *cli.Command {
 			"the base with the adapter merged in, a plain checkpoint. Unless given, the learning rate is\n" +
 			fmt.Sprintf("then %g and weight decay %g. --resume of an adapter directory continues it on the base its\n", dl.LR, dl.WeightDecay) +
 			"adapter_config.json names (base_model_name_or_path), or on --init if given.",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringSliceFlag{Name: "input", Aliases: []string{"i"}, Usage: "text `PATH` (file or directory, repeatable)", Required: true},
 			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Usage: "checkpoint `DIR` to write", Required: true},
 			&cli.StringFlag{Name: "init", Usage: "start from the checkpoint in `DIR` instead of a fresh model"},
@@ -57,7 +58,7 @@ func trainCommand() *cli.Command {
 			&cli.Float64Flag{Name: "lora-dropout", Usage: "dropout on the adapter's input, in [0, 1)"},
 			&cli.StringFlag{Name: "lora-targets", Value: strings.Join(model.DefaultLoRATargets, ","), Usage: "projections to adapt: c_attn, c_proj (both), attn.c_proj, mlp.c_proj, c_fc"},
 			&cli.StringFlag{Name: "merged", Usage: "with --lora-rank: also write the base with the adapter merged in to `DIR` at the end"},
-		},
+		}, deviceFlags()...),
 		Action: runTrain,
 	}
 }
@@ -131,7 +132,22 @@ func runTrain(c *cli.Context) error {
 		T = mc.Context
 	}
 	cfg.SeqLen = T
-	m, err := model.New(mc, cfg.Batch, T)
+	dev, prec, err := openDevice(c, out)
+	if err != nil {
+		return err
+	}
+	if dev != nil {
+		defer dev.Close()
+		if lora != loraOff {
+			return fmt.Errorf("LoRA adapters train on the CPU for now: add --device cpu")
+		}
+	}
+	var m *model.Model
+	if dev != nil {
+		m, err = model.NewInference(mc, 1, 1) // the host copy of the weights; the GPU holds the activations
+	} else {
+		m, err = model.New(mc, cfg.Batch, T)
+	}
 	if err != nil {
 		return err
 	}
@@ -176,8 +192,12 @@ func runTrain(c *cli.Context) error {
 	}
 	fmt.Fprintf(out, "corpus: %d files (%d skipped as empty or binary), %.1f MB, %d training and %d held-out tokens, read in %s\n",
 		corpus.Files, corpus.Skipped, float64(corpus.Bytes)/1e6, len(corpus.Train), len(corpus.Heldout), time.Since(start).Round(time.Millisecond))
-	fmt.Fprintf(out, "model: %d layers, %d channels, %d heads, context %d, vocab %d: %.2f M parameters; kernels %s on %d threads\n",
-		mc.Layers, mc.Dim, mc.Heads, mc.Context, mc.Vocab, float64(mc.NumParams())/1e6, kernels.ActiveImpl(), kernels.Threads())
+	where := fmt.Sprintf("kernels %s on %d threads", kernels.ActiveImpl(), kernels.Threads())
+	if dev != nil {
+		where = fmt.Sprintf("on %s in %s", dev.Info, prec)
+	}
+	fmt.Fprintf(out, "model: %d layers, %d channels, %d heads, context %d, vocab %d: %.2f M parameters; %s\n",
+		mc.Layers, mc.Dim, mc.Heads, mc.Context, mc.Vocab, float64(mc.NumParams())/1e6, where)
 	if adapter != nil {
 		lc := adapter.Config
 		fmt.Fprintf(out, "LoRA: rank %d, alpha %g (scale %g), dropout %g, on %s: %d trainable parameters (%.2f%% of the model's); the base in %s stays frozen\n",
@@ -185,7 +205,17 @@ func runTrain(c *cli.Context) error {
 			100*float64(adapter.NumParams())/float64(mc.NumParams()), baseDir)
 	}
 
-	tr, err := train.New(cfg, m, tok, corpus)
+	var tr *train.Trainer
+	if dev != nil {
+		dm, err := cudamodel.New(dev, mc, cfg.Batch, T, prec)
+		if err != nil {
+			return err
+		}
+		defer dm.Close()
+		tr, err = train.NewOnDevice(cfg, m, dm, tok, corpus)
+	} else {
+		tr, err = train.New(cfg, m, tok, corpus)
+	}
 	if err != nil {
 		return err
 	}
