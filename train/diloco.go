@@ -136,6 +136,9 @@ func (d *DiLoCo) OuterStep(ctx context.Context, red Reducer, members int) error 
 		d.Base[i] -= lr * (g + mu*m) // Nesterov
 	}
 	copy(p, d.Base)
+	if err := d.W.PushTrainable(); err != nil {
+		return fmt.Errorf("train: DiLoCo outer step %d: %w", d.Outer, err)
+	}
 	d.Outer++
 	d.mark()
 	return nil
@@ -148,6 +151,7 @@ func (d *DiLoCo) Rollback() {
 	copy(d.W.Opt.M, d.baseM)
 	copy(d.W.Opt.V, d.baseV)
 	d.W.Done, d.W.Opt.Step = d.baseDone, d.baseInnerSteps
+	d.W.PushTrainable() // a GPU worker that cannot take it fails its next step
 }
 
 // WeightsHash is the hash of the weights of the last outer step: what every

@@ -299,6 +299,8 @@ type Worker struct {
 
 	reduced     []float32 // the reduced, unclipped gradient of step reducedStep
 	reducedStep int       // -1: none
+
+	dev *deviceWorker // the GPU side of a worker made by NewWorkerOnDevice, or nil
 }
 
 // NewWorker returns a worker at step 0 that trains m on data's train split
@@ -311,18 +313,28 @@ type Worker struct {
 // not change while the worker runs (it hashes them once, here). m must not
 // have an adapter attached already.
 func NewWorker(cfg JobConfig, m *model.Model, data *shard.Dataset) (*Worker, error) {
+	if m == nil {
+		return nil, fmt.Errorf("train: NewWorker needs a model and an opened dataset")
+	}
+	maxB, maxT := m.MaxBatch()
+	return newWorker(cfg, m, data, maxB, maxT, false)
+}
+
+// newWorker is NewWorker for a model whose passes run where activations
+// for maxB × maxT positions are allocated (on the GPU when onDevice: then
+// m is only the host copy of the weights).
+func newWorker(cfg JobConfig, m *model.Model, data *shard.Dataset, maxB, maxT int, onDevice bool) (*Worker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if m == nil || data == nil || data.Manifest == nil {
 		return nil, fmt.Errorf("train: NewWorker needs a model and an opened dataset")
 	}
-	if m.Grads == nil && m.LoRA() == nil {
+	if m.Grads == nil && m.LoRA() == nil && !onDevice {
 		return nil, fmt.Errorf("train: the model has no gradients (made by NewInference?); a worker needs model.New")
 	}
 	man := data.Manifest
 	T := man.SeqLen
-	maxB, maxT := m.MaxBatch()
 	switch {
 	case man.Vocab > m.Config.Vocab:
 		return nil, fmt.Errorf("train: dataset %s has %d token ids (%s tokenizer), the model only %d", man.Name, man.Vocab, man.Tokenizer, m.Config.Vocab)
@@ -407,7 +419,19 @@ func (w *Worker) NumTrainable() int { return len(w.params) }
 // or the adapter's parameters (LoRA().Params) in LoRA mode. Code that works
 // on "the weights" of a worker (an outer optimizer, a checksum) should use
 // it rather than Model.Params, which in LoRA mode is the frozen base.
-func (w *Worker) Trainable() []float32 { return w.params }
+//
+// On a GPU worker it first brings the host copy up to date (a failure to
+// read the device is left for the next step to report); whoever changes
+// the returned weights must call PushTrainable before the next step.
+func (w *Worker) Trainable() []float32 {
+	w.syncHost()
+	return w.params
+}
+
+// PushTrainable makes a GPU worker take the host copy of its weights and
+// AdamW moments (after a caller changed Trainable or Opt); a CPU worker
+// has nothing to do.
+func (w *Worker) PushTrainable() error { return w.pushHost() }
 
 // LoRA returns the adapter the worker trains in LoRA mode, or nil.
 func (w *Worker) LoRA() *model.LoRA { return w.Model.LoRA() }
@@ -485,9 +509,11 @@ func (w *Worker) Step(ctx context.Context, part []int64, red Reducer) (StepResul
 	if err := ctx.Err(); err != nil {
 		return StepResult{}, fmt.Errorf("train: step %d: %w", step, err)
 	}
-	m, T, MB := w.Model, w.T, w.Config.MicroBatch
+	T, MB := w.T, w.Config.MicroBatch
 	start := time.Now()
-	m.ZeroGrad()
+	if err := w.zeroGrad(); err != nil {
+		return StepResult{}, fmt.Errorf("train: step %d: %w", step, err)
+	}
 	w.op, w.nextRange, w.added = nil, 0, 0
 	var lossSum float64 // Σ micro-batch mean loss × sequences
 	for lo := 0; lo < len(part); lo += MB {
@@ -499,7 +525,7 @@ func (w *Worker) Step(ctx context.Context, part []int64, red Reducer) (StepResul
 		if err := w.setDropout(step, ids); err != nil {
 			return StepResult{}, fmt.Errorf("train: step %d: %w", step, err)
 		}
-		loss, err := m.Forward(w.tokens[:B*T], w.targets[:B*T], B, T)
+		loss, err := w.forward(B)
 		if err != nil {
 			return StepResult{}, fmt.Errorf("train: step %d: %w", step, err)
 		}
@@ -507,10 +533,8 @@ func (w *Worker) Step(ctx context.Context, part []int64, red Reducer) (StepResul
 		last := lo+MB >= len(part)
 		if last {
 			w.op = red.Start(ctx, uint64(step))
-			m.GradReady = w.ready
 		}
-		err = m.Backward(float32(float64(B) / float64(size)))
-		m.GradReady = nil
+		err = w.backward(float32(float64(B)/float64(size)), last)
 		if err != nil {
 			if w.op != nil {
 				w.op.Wait()
@@ -591,12 +615,18 @@ func (w *Worker) load(s shard.Split, ids []int64) error {
 func (w *Worker) apply(step int) (norm float32, lr float64, err error) {
 	copy(w.reduced, w.grads)
 	w.reducedStep = -1 // until the update is applied
-	norm = kernels.ClipGradNorm(w.grads, float32(w.Config.Clip))
-	if math.IsNaN(float64(norm)) || math.IsInf(float64(norm), 0) {
-		return 0, 0, fmt.Errorf("%w: step %d: gradient norm %v; lower the learning rate", ErrDiverged, step, norm)
+	if w.dev != nil {
+		if norm, lr, err = w.applyOnDevice(step); err != nil {
+			return 0, 0, err
+		}
+	} else {
+		norm = kernels.ClipGradNorm(w.grads, float32(w.Config.Clip))
+		if math.IsNaN(float64(norm)) || math.IsInf(float64(norm), 0) {
+			return 0, 0, fmt.Errorf("%w: step %d: gradient norm %v; lower the learning rate", ErrDiverged, step, norm)
+		}
+		lr = w.sched.At(step)
+		w.Opt.Apply(w.params, w.grads, float32(lr))
 	}
-	lr = w.sched.At(step)
-	w.Opt.Apply(w.params, w.grads, float32(lr))
 	w.Done++
 	w.reducedStep = step
 	return norm, lr, nil
@@ -640,6 +670,9 @@ func (w *Worker) ApplyReduced(step int, grads []float32) error {
 // parameters (so it changes with the adapter and differs between bases).
 // Replicas at the same step compare it.
 func (w *Worker) WeightsHash() string {
+	if err := w.syncHost(); err != nil {
+		return "unreadable: " + err.Error()
+	}
 	if w.baseHash == "" {
 		return WeightsHash(w.params)
 	}
@@ -689,7 +722,7 @@ func (w *Worker) Eval() (float64, error) {
 			return 0, fmt.Errorf("train: eval: %w", err)
 		}
 		B := len(ids)
-		loss, err := w.Model.Forward(w.tokens[:B*w.T], w.targets[:B*w.T], B, w.T)
+		loss, err := w.forward(B)
 		if err != nil {
 			return 0, fmt.Errorf("train: eval: %w", err)
 		}
@@ -727,6 +760,9 @@ var snapshotTensors = [3]string{"params", "adamw.m", "adamw.v"}
 // mode the weights and moments are the adapter's, and the snapshot names
 // the base by its hash instead of holding it. Call it between steps.
 func (w *Worker) Snapshot() ([]byte, error) {
+	if err := w.syncHost(); err != nil {
+		return nil, err
+	}
 	n := len(w.params)
 	ts := []safetensors.Tensor{
 		safetensors.F32Tensor(snapshotTensors[0], []int{n}, w.params),
@@ -855,5 +891,5 @@ func (w *Worker) Restore(b []byte) error {
 	copy(w.Opt.V, vals[2])
 	w.Opt.Step, w.Done = step, step
 	w.reducedStep = -1
-	return nil
+	return w.pushHost()
 }

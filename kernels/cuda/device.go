@@ -31,16 +31,17 @@ func KernelSource() string { return kernelSource }
 type Device struct {
 	Info DeviceInfo
 
-	dev       int32
-	ctx       uintptr
-	stream    uintptr
-	blas      uintptr
-	workspace Buffer
-	modules   map[Precision]*module
-	args      *launchArgs
-	consts    *[4]float32 // 1, 0: the GEMMs' alpha and beta, read by cuBLAS from host memory
-	allocated int64       // bytes allocated through Alloc and not freed
-	closed    bool
+	dev        int32
+	ctx        uintptr
+	stream     uintptr // every kernel, GEMM and synchronous copy, in order
+	copyStream uintptr // device-to-host copies that overlap compute (async.go), made on first use
+	blas       uintptr
+	workspace  Buffer
+	modules    map[Precision]*module
+	args       *launchArgs
+	consts     *[4]float32 // 1, 0: the GEMMs' alpha and beta, read by cuBLAS from host memory
+	allocated  int64       // bytes allocated through Alloc and not freed
+	closed     bool
 }
 
 // launchArgs is the kernel-parameter array cuLaunchKernel reads: ptrs[i]
@@ -176,6 +177,10 @@ func (d *Device) Close() {
 	}
 	d.Free(d.workspace)
 	ccall(sym.cublasDestroy, d.blas)
+	if d.copyStream != 0 {
+		ccall(sym.cuStreamSynchronize, d.copyStream)
+		ccall(sym.cuStreamDestroy, d.copyStream)
+	}
 	ccall(sym.cuStreamDestroy, d.stream)
 	unlock()
 	ccall(sym.cuDevicePrimaryCtxRelease, uintptr(d.dev))

@@ -64,6 +64,17 @@ type Model struct {
 	sortTmp  sortScratch
 
 	gradScale float32 // ClipGradNorm's factor, applied by AdamW
+
+	// GradReady, when set, is called during Backward each time a range
+	// [lo, hi) of the gradient buffer has had its last kernel queued: the
+	// ranges of model.Model.GradRanges, in the same order (ln_f, blocks
+	// L-1 .. 0, then wte and wpe). The work is queued, not done: a caller
+	// that copies the range out orders its copy after the compute stream's
+	// work so far (cuda.Device.CopyToHostAfter). It is called with the
+	// device locked, on the goroutine that runs Backward, and must not call
+	// the Model.
+	GradReady func(lo, hi int)
+	gradRanges [][2]int
 }
 
 type activations struct {
@@ -158,6 +169,7 @@ func newModel(dev *cuda.Device, c model.Config, maxB, maxT int, p cuda.Precision
 	}
 	m = &Model{Config: c, Prec: p, dev: dev, maxB: maxB, maxT: maxT, vp: roundUp(c.Vocab, 64), inference: inference,
 		layout: c.Layout(), n: c.NumParams(), gradScale: 1}
+	m.gradRanges = gradRanges(m.layout, c.Layers)
 	unlock := dev.Lock()
 	defer unlock()
 	if need := MemoryBytes(c, maxB, maxT, p, inference); need > 0 {
@@ -273,6 +285,25 @@ func (m *Model) Close() {
 	m.dev.Sync()
 	m.free()
 }
+
+// gradRanges are model.Model.GradRanges for a full model: ln_f, the
+// blocks last first, then wte and wpe.
+func gradRanges(layout []model.Param, layers int) [][2]int {
+	lnf := layout[len(layout)-2].Offset
+	end := layout[len(layout)-1].Offset + layout[len(layout)-1].Size
+	rs := [][2]int{{lnf, end}}
+	for l := layers - 1; l >= 0; l-- {
+		first, last := layout[2+l*perBlock], layout[2+(l+1)*perBlock-1]
+		rs = append(rs, [2]int{first.Offset, last.Offset + last.Size})
+	}
+	return append(rs, [2]int{0, layout[1].Offset + layout[1].Size})
+}
+
+// GradRanges returns the ranges GradReady reports, in order (a copy).
+func (m *Model) GradRanges() [][2]int { return append([][2]int(nil), m.gradRanges...) }
+
+// Grads is the device's float32 gradient buffer (for copies out of it).
+func (m *Model) Grads() cuda.Buffer { return m.grads }
 
 // Device is the GPU the model lives on.
 func (m *Model) Device() *cuda.Device { return m.dev }

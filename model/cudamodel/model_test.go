@@ -348,3 +348,74 @@ func contains(s, sub string) bool {
 	}
 	return false
 }
+
+// TestGradRangesMatchCPU checks that the device model reports the CPU
+// model's gradient ranges, in the same order, and that every range has its
+// final gradient once the copy ordered after it is done.
+func TestGradRangesMatchCPU(t *testing.T) {
+	c := testConfig()
+	cpu, _ := model.New(c, 1, 8)
+	want := cpu.GradRanges()
+	got := gradRanges(c.Layout(), c.Layers)
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("device ranges %v, CPU %v", got, want)
+	}
+	dev := device(t)
+	B, T := 2, 16
+	gpu, err := New(dev, c, B, T, cuda.FP32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gpu.Close()
+	cpu2, _ := model.New(c, B, T)
+	cpu2.Init(11)
+	gpu.WriteParams(cpu2.Params)
+	tokens, targets := randomBatch(rand.New(rand.NewPCG(3, 3)), c.Vocab, B*T)
+	unlock := dev.Lock()
+	host, err := dev.AllocHostF32(c.NumParams(), "test")
+	unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reported [][2]int
+	var events [][2]cuda.Event
+	gpu.GradReady = func(lo, hi int) {
+		reported = append(reported, [2]int{lo, hi})
+		b, _ := dev.NewEvent()
+		e, _ := dev.NewEvent()
+		events = append(events, [2]cuda.Event{b, e})
+		if err := dev.CopyToHostAfter(host.F32[lo:hi], gpu.Grads().Off(4*int64(lo)), hi-lo, b, e); err != nil {
+			t.Error(err)
+		}
+	}
+	gpu.ZeroGrad()
+	if _, err := gpu.Forward(tokens, targets, B, T); err != nil {
+		t.Fatal(err)
+	}
+	if err := gpu.Backward(1); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(reported) != fmt.Sprint(want) {
+		t.Fatalf("GradReady reported %v, want %v", reported, want)
+	}
+	unlock = dev.Lock()
+	for _, e := range events {
+		if err := dev.WaitEvent(e[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unlock()
+	cpu2.ZeroGrad()
+	cpu2.Forward(tokens, targets, B, T)
+	cpu2.Backward(1)
+	if e := relErr(host.F32, cpu2.Grads); !(e <= 1e-4) {
+		t.Errorf("gradients copied range by range: relative error %.2e", e)
+	}
+	unlock = dev.Lock()
+	dev.FreeHost(host)
+	for _, e := range events {
+		dev.DestroyEvent(e[0])
+		dev.DestroyEvent(e[1])
+	}
+	unlock()
+}

@@ -254,6 +254,13 @@ func (m *Model) backward(dloss float32) error {
 	}
 	lnf := m.lnf()
 	lnBack(w.dres, w.dln, last, m.p(lnf), a.lnfMean, a.lnfRstd, m.g(lnf), m.g(lnf+1))
+	ready := func(i int) {
+		if m.GradReady != nil && err == nil {
+			r := m.gradRanges[i]
+			m.GradReady(r[0], r[1])
+		}
+	}
+	ready(0) // ln_f
 	scale := float32(1 / math.Sqrt(float64(hs)))
 	tt, th := int64(T)*int64(T), int64(T)*int64(hs)
 	for l := c.Layers - 1; l >= 0; l-- {
@@ -282,12 +289,14 @@ func (m *Model) backward(dloss float32) error {
 		do(d.PermuteQKVBackward(p, w.dqkv, w.dq, w.dk, w.dv, B, T, NH, hs))
 		linearBack(w.dln, w.dqkv, s.ln1, blk(l, tQKVw), blk(l, tQKVb), C, 3*C)
 		lnBack(w.dres, w.dln, x, m.p(blk(l, tLn1w)), s.ln1Mean, s.ln1Rstd, m.g(blk(l, tLn1w)), m.g(blk(l, tLn1b)))
+		ready(c.Layers - l) // block l
 	}
 	// Embeddings: dres is ∂L/∂encoded.
 	do(d.EncoderBackwardWPE(m.g(1), w.dres, B, T, C))
 	distinct, uerr := m.uploadTokenOrder()
 	do(uerr)
 	do(d.EncoderBackwardWTE(m.g(0), w.dres, w.order, w.starts, w.utok, distinct, C))
+	ready(c.Layers + 1) // wte and wpe
 	return err
 }
 

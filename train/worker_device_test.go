@@ -1,0 +1,160 @@
+package train_test
+
+import (
+	"context"
+	"math"
+	"sync"
+	"testing"
+
+	"github.com/braidml/braid/kernels/cuda"
+	"github.com/braidml/braid/model"
+	"github.com/braidml/braid/model/cudamodel"
+	"github.com/braidml/braid/shard"
+	"github.com/braidml/braid/train"
+)
+
+// These tests run workers on whichever GPU is present (several workers
+// share it, as several nodes' processes can) and skip where there is none.
+
+var (
+	gpuOnce sync.Once
+	gpuDev  *cuda.Device
+	gpuErr  error
+)
+
+func gpu(t testing.TB) *cuda.Device {
+	t.Helper()
+	gpuOnce.Do(func() { gpuDev, gpuErr = cuda.Open(0) })
+	if gpuErr != nil {
+		t.Skipf("no GPU: %v", gpuErr)
+	}
+	return gpuDev
+}
+
+// newGPUWorker returns a GPU worker for mc with weights from model seed 1,
+// on a Device of its own (a Device is driven by one goroutine; workers
+// stepped at once share the GPU as separate processes would).
+func newGPUWorker(t testing.TB, cfg train.JobConfig, mc model.Config, data *shard.Dataset, p cuda.Precision) *train.Worker {
+	t.Helper()
+	gpu(t)
+	dev, err := cuda.Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, err := model.NewInference(mc, 1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host.Init(1)
+	dm, err := cudamodel.New(dev, mc, cfg.MicroBatch, data.Manifest.SeqLen, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := train.NewWorkerOnDevice(cfg, host, dm, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close(); dm.Close(); dev.Close() })
+	return w
+}
+
+// TestGPUWorkersMatchOneWorker is the 2-node GPU job of issue 13: two GPU
+// workers with a ring-like reducer finish every step with the loss of one
+// GPU worker that takes the whole global batch (≤ 1e-3), bitwise the same
+// weights as each other, and, in fp32, the CPU worker's losses (≤ 1e-3).
+func TestGPUWorkersMatchOneWorker(t *testing.T) {
+	gpu(t)
+	data := prepareDataset(t, 40, 1, 0.1)
+	const steps = 12
+	for _, tc := range []struct {
+		p      cuda.Precision
+		cpuTol float64
+	}{{cuda.FP32, 1e-3}, {cuda.BF16, 1e-2}} {
+		t.Run(tc.p.String(), func(t *testing.T) {
+			cfg := testJob(steps, 16, 4)
+			one := newGPUWorker(t, cfg, workerModel, data, tc.p)
+			two := []*train.Worker{newGPUWorker(t, cfg, workerModel, data, tc.p), newGPUWorker(t, cfg, workerModel, data, tc.p)}
+			cpu := newWorker(t, cfg, workerModel, data)
+			oneRed, twoRed, cpuRed := reducers(newMemGroup(1)), reducers(newMemGroup(2)), reducers(newMemGroup(1))
+			var worst, worstCPU float64
+			for step := range steps {
+				want, err := one.Step(context.Background(), partsFor(t, one, step, 1)[0], oneRed[0])
+				if err != nil {
+					t.Fatal(err)
+				}
+				ref, err := cpu.Step(context.Background(), partsFor(t, cpu, step, 1)[0], cpuRed[0])
+				if err != nil {
+					t.Fatal(err)
+				}
+				res, errs := stepAll(two, partsFor(t, two[0], step, 2), twoRed)
+				for i, err := range errs {
+					if err != nil {
+						t.Fatalf("worker %d: %v", i, err)
+					}
+				}
+				if res[0].Loss != res[1].Loss || two[0].WeightsHash() != two[1].WeightsHash() {
+					t.Fatalf("step %d: the two GPU replicas differ (loss %v / %v)", step, res[0].Loss, res[1].Loss)
+				}
+				rel := math.Abs(res[0].Loss-want.Loss) / want.Loss
+				relCPU := math.Abs(want.Loss-ref.Loss) / ref.Loss
+				if !(rel <= 1e-3) {
+					t.Errorf("step %d: loss %.6f with 2 GPU workers, %.6f with one", step, res[0].Loss, want.Loss)
+				}
+				if !(relCPU <= tc.cpuTol) {
+					t.Errorf("step %d: GPU loss %.6f, CPU %.6f", step, want.Loss, ref.Loss)
+				}
+				worst, worstCPU = max(worst, rel), max(worstCPU, relCPU)
+			}
+			t.Logf("%v: %d steps; largest relative loss difference 2 GPU workers vs 1: %.1e; GPU vs CPU: %.1e", tc.p, steps, worst, worstCPU)
+			if h1, h2 := one.WeightsHash(), two[0].WeightsHash(); h1 == "" || h2 == "" {
+				t.Fatal("no weights hash")
+			}
+		})
+	}
+}
+
+// TestGPUWorkerCatchUp: a GPU worker's snapshot restores into a fresh GPU
+// worker, and a peer's reduced gradient applied with ApplyReduced gives
+// bitwise the weights of the worker that reduced it.
+func TestGPUWorkerCatchUp(t *testing.T) {
+	gpu(t)
+	data := prepareDataset(t, 40, 1, 0.1)
+	cfg := testJob(6, 8, 4)
+	a := newGPUWorker(t, cfg, workerModel, data, cuda.BF16)
+	red := reducers(newMemGroup(1))
+	for step := range 3 {
+		if _, err := a.Step(context.Background(), partsFor(t, a, step, 1)[0], red[0]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	snap, err := a.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newGPUWorker(t, cfg, workerModel, data, cuda.BF16)
+	if err := b.Restore(snap); err != nil {
+		t.Fatal(err)
+	}
+	if a.WeightsHash() != b.WeightsHash() || b.Done != 3 {
+		t.Fatalf("restored worker at step %d with hash %.12s, want step 3 and %.12s", b.Done, b.WeightsHash(), a.WeightsHash())
+	}
+	if _, err := a.Step(context.Background(), partsFor(t, a, 3, 1)[0], red[0]); err != nil {
+		t.Fatal(err)
+	}
+	step, grads, ok := a.LastReduced()
+	if !ok || step != 3 {
+		t.Fatalf("LastReduced: step %d, ok %v", step, ok)
+	}
+	if err := b.ApplyReduced(step, grads); err != nil {
+		t.Fatal(err)
+	}
+	if a.WeightsHash() != b.WeightsHash() {
+		t.Fatal("ApplyReduced of the peer's gradient gave other weights")
+	}
+	requireSameState(t, "after catch-up", a, b)
+	// The snapshot also restores into a CPU worker: one format.
+	c := newWorker(t, cfg, workerModel, data)
+	if err := c.Restore(snap); err != nil {
+		t.Fatal(err)
+	}
+}
