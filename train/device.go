@@ -23,12 +23,10 @@ var (
 // host copy of the weights (its activations are not used, so it may be
 // allocated for a batch of one position), which SaveCheckpoint refreshes
 // from the device, together with Opt's moments, before writing. It uploads
-// m's weights; Resume uploads what it restores. LoRA adapters train on the
-// CPU for now.
+// m's weights; Resume uploads what it restores. With a LoRA adapter
+// attached to m, the adapter is attached on the device too and trained
+// there (without dropout).
 func NewOnDevice(cfg Config, m *model.Model, dm *cudamodel.Model, tok model.Tokenizer, corpus *Corpus) (*Trainer, error) {
-	if m.LoRA() != nil {
-		return nil, fmt.Errorf("train: LoRA adapters train on the CPU for now (use --device cpu)")
-	}
 	if dm.Config != m.Config {
 		return nil, fmt.Errorf("train: the device model is a %+v, the host model a %+v", dm.Config, m.Config)
 	}
@@ -37,6 +35,14 @@ func NewOnDevice(cfg Config, m *model.Model, dm *cudamodel.Model, tok model.Toke
 	if err != nil {
 		return nil, err
 	}
+	if err := dm.WriteParams(m.Params); err != nil { // the base, frozen in LoRA mode
+		return nil, err
+	}
+	if a := m.LoRA(); a != nil {
+		if err := dm.AttachLoRA(a); err != nil {
+			return nil, err
+		}
+	}
 	t.dev = dm
 	return t, t.uploadToDevice()
 }
@@ -44,12 +50,13 @@ func NewOnDevice(cfg Config, m *model.Model, dm *cudamodel.Model, tok model.Toke
 // Device returns the GPU model the trainer runs on, or nil.
 func (t *Trainer) Device() *cudamodel.Model { return t.dev }
 
-// uploadToDevice writes the host weights and moments to the GPU model.
+// uploadToDevice writes the host's trained weights (the model's, or the
+// adapter's) and moments to the GPU model.
 func (t *Trainer) uploadToDevice() error {
 	if t.dev == nil {
 		return nil
 	}
-	if err := t.dev.WriteParams(t.Model.Params); err != nil {
+	if err := t.dev.WriteTrainable(t.params); err != nil {
 		return err
 	}
 	return t.dev.WriteMoments(t.Opt.M, t.Opt.V)
@@ -84,7 +91,7 @@ func (t *Trainer) syncFromDevice() error {
 	if t.dev == nil {
 		return nil
 	}
-	if err := t.dev.ReadParams(t.Model.Params); err != nil {
+	if err := t.dev.ReadTrainable(t.params); err != nil {
 		return err
 	}
 	return t.dev.ReadMoments(t.Opt.M, t.Opt.V)

@@ -32,11 +32,9 @@ type deviceWorker struct {
 // a model of m's config on the device whose activations fit MicroBatch
 // sequences of the dataset's seq_len; m is the host copy of the starting
 // weights (model.NewInference(c, 1, 1) will do: its activations are not
-// used). LoRA mode is not available on a GPU yet.
+// used). In LoRA mode the adapter NewWorker makes is trained on the device
+// (without dropout: a job with LoRA dropout trains on the CPU).
 func NewWorkerOnDevice(cfg JobConfig, m *model.Model, dm *cudamodel.Model, data *shard.Dataset) (*Worker, error) {
-	if cfg.LoRARank > 0 {
-		return nil, fmt.Errorf("train: LoRA jobs train on the CPU for now (submit with --device cpu)")
-	}
 	if m == nil || dm == nil || dm.Config != m.Config {
 		return nil, fmt.Errorf("train: NewWorkerOnDevice needs a host model and a device model of the same config")
 	}
@@ -45,9 +43,17 @@ func NewWorkerOnDevice(cfg JobConfig, m *model.Model, dm *cudamodel.Model, data 
 	if err != nil {
 		return nil, err
 	}
+	if err := dm.WriteParams(m.Params); err != nil { // the base, frozen in LoRA mode
+		return nil, err
+	}
+	if a := m.LoRA(); a != nil {
+		if err := dm.AttachLoRA(a); err != nil {
+			return nil, err
+		}
+	}
 	dev := dm.Device()
 	unlock := dev.Lock()
-	pinned, err := dev.AllocHostF32(m.Config.NumParams(), "the gradient")
+	pinned, err := dev.AllocHostF32(dm.NumTrainable(), "the gradient")
 	unlock()
 	if err != nil {
 		return nil, err
@@ -116,7 +122,7 @@ func (w *Worker) syncHost() error {
 	if d == nil || !d.stale {
 		return nil
 	}
-	if err := d.dm.ReadParams(w.params); err != nil {
+	if err := d.dm.ReadTrainable(w.params); err != nil {
 		return err
 	}
 	if err := d.dm.ReadMoments(w.Opt.M, w.Opt.V); err != nil {
@@ -133,7 +139,7 @@ func (w *Worker) pushHost() error {
 	if d == nil {
 		return nil
 	}
-	if err := d.dm.WriteParams(w.params); err != nil {
+	if err := d.dm.WriteTrainable(w.params); err != nil {
 		return err
 	}
 	if err := d.dm.WriteMoments(w.Opt.M, w.Opt.V); err != nil {

@@ -158,3 +158,44 @@ func TestGPUWorkerCatchUp(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestGPULoRAWorkersMatchCPU: two GPU workers training a LoRA adapter stay
+// bitwise identical and follow the CPU worker's losses.
+func TestGPULoRAWorkersMatchCPU(t *testing.T) {
+	gpu(t)
+	data := prepareDataset(t, 40, 1, 0.1)
+	cfg := testJob(8, 16, 4)
+	cfg.LoRARank, cfg.LR, cfg.WeightDecay = 4, 1e-2, 0
+	two := []*train.Worker{newGPUWorker(t, cfg, workerModel, data, cuda.FP32), newGPUWorker(t, cfg, workerModel, data, cuda.FP32)}
+	cpu := newWorker(t, cfg, workerModel, data)
+	twoRed, cpuRed := reducers(newMemGroup(2)), reducers(newMemGroup(1))
+	var first, last float64
+	for step := range cfg.Steps {
+		ref, err := cpu.Step(context.Background(), partsFor(t, cpu, step, 1)[0], cpuRed[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, errs := stepAll(two, partsFor(t, two[0], step, 2), twoRed)
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("worker %d: %v", i, err)
+			}
+		}
+		if two[0].WeightsHash() != two[1].WeightsHash() {
+			t.Fatalf("step %d: the GPU replicas' adapters differ", step)
+		}
+		if d := math.Abs(res[0].Loss-ref.Loss) / ref.Loss; !(d <= 1e-3) {
+			t.Errorf("step %d: GPU LoRA loss %.6f, CPU %.6f", step, res[0].Loss, ref.Loss)
+		}
+		if step == 0 {
+			first = ref.Loss
+		}
+		last = ref.Loss
+	}
+	if !(last < first) {
+		t.Errorf("the adapter did not learn (%v → %v)", first, last)
+	}
+	if n := two[0].NumTrainable(); n != cpu.NumTrainable() || n >= workerModel.NumParams() {
+		t.Errorf("GPU LoRA worker trains %d parameters, CPU %d", n, cpu.NumTrainable())
+	}
+}

@@ -40,6 +40,7 @@ func benchTrainCommand() *cli.Command {
 			&cli.IntFlag{Name: "steps", Value: 10, Usage: "timed steps"},
 			&cli.IntFlag{Name: "warmup", Value: 3, Usage: "steps before timing"},
 			&cli.BoolFlag{Name: "json", Usage: "one JSON object"},
+			&cli.IntFlag{Name: "lora-rank", Usage: "train a LoRA adapter of rank `R` on c_attn, c_proj and c_fc (alpha 2R) instead of every weight, as the peer's bf16+lora8 row"},
 			&cli.BoolFlag{Name: "breakdown", Usage: "on a GPU: also time forward, backward, clip and AdamW apart (waiting for the GPU after each)"},
 		}, deviceFlags()...),
 		Action: runBenchTrain,
@@ -86,6 +87,13 @@ func runBenchTrain(c *cli.Context) error {
 		impl = "braid-cpu"
 		mode = "fp32"
 	)
+	var adapter *model.LoRA
+	if r := c.Int("lora-rank"); r > 0 {
+		if adapter, err = model.NewLoRA(bm.cfg, model.LoRAConfig{Rank: r, Alpha: 2 * float64(r), Targets: model.DefaultLoRATargets}); err != nil {
+			return err
+		}
+		adapter.Init(0)
+	}
 	adam := cudamodel.AdamWConfig{Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: 0.01} // torch.optim.AdamW's defaults
 	const lr = 1e-4
 	if dev != nil {
@@ -97,6 +105,11 @@ func runBenchTrain(c *cli.Context) error {
 		defer dm.Close()
 		if err := dm.WriteParams(host.Params); err != nil {
 			return err
+		}
+		if adapter != nil {
+			if err := dm.AttachLoRA(adapter); err != nil {
+				return err
+			}
 		}
 		n := 0
 		breakdown := c.Bool("breakdown")
@@ -149,6 +162,14 @@ func runBenchTrain(c *cli.Context) error {
 		}
 		copy(m.Params, host.Params)
 		opt := train.NewOptimizer(bm.cfg, adam.Beta1, adam.Beta2, adam.Eps, adam.WeightDecay)
+		params, grads := m.Params, m.Grads
+		if adapter != nil {
+			if err := m.AttachLoRA(adapter); err != nil {
+				return err
+			}
+			opt = train.NewLayoutOptimizer(adapter.Layout(), adam.Beta1, adam.Beta2, adam.Eps, adam.WeightDecay)
+			params, grads = adapter.Params, adapter.Grads
+		}
 		step = func() (float32, error) {
 			m.ZeroGrad()
 			loss, err := m.Forward(inputs, targets, B, T)
@@ -158,11 +179,14 @@ func runBenchTrain(c *cli.Context) error {
 			if err := m.Backward(1); err != nil {
 				return 0, err
 			}
-			kernels.ClipGradNorm(m.Grads, 1)
-			opt.Apply(m.Params, m.Grads, lr)
+			kernels.ClipGradNorm(grads, 1)
+			opt.Apply(params, grads, lr)
 			return loss, nil
 		}
 		peak = func() int64 { return model.MemoryBytes(bm.cfg, B, T, false) + 16*int64(bm.cfg.NumParams()) }
+	}
+	if adapter != nil {
+		mode += fmt.Sprintf("+lora%d", adapter.Config.Rank)
 	}
 	t0 := time.Now()
 	for i := 0; i < warm; i++ {

@@ -138,9 +138,6 @@ func runTrain(c *cli.Context) error {
 	}
 	if dev != nil {
 		defer dev.Close()
-		if lora != loraOff {
-			return fmt.Errorf("LoRA adapters train on the CPU for now: add --device cpu")
-		}
 	}
 	var m *model.Model
 	if dev != nil {

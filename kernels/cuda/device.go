@@ -39,7 +39,7 @@ type Device struct {
 	workspace  Buffer
 	modules    map[Precision]*module
 	args       *launchArgs
-	consts     *[4]float32 // 1, 0: the GEMMs' alpha and beta, read by cuBLAS from host memory
+	consts     *[4]float32 // 1, 0, alpha: the GEMMs' scalars, read by cuBLAS from host memory
 	allocated  int64       // bytes allocated through Alloc and not freed
 	closed     bool
 }

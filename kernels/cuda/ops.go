@@ -56,9 +56,21 @@ func (d *Device) Gemm(p Precision, m, n, k int, a, b, c Mat, accumulate bool) er
 // GemmBatched is batch GEMMs whose operands lie strideA, strideB, strideC
 // elements apart.
 func (d *Device) GemmBatched(p Precision, m, n, k int, a Mat, strideA int64, b Mat, strideB int64, c Mat, strideC int64, batch int, accumulate bool) error {
+	return d.gemm(p, m, n, k, a, strideA, b, strideB, c, strideC, batch, 1, accumulate)
+}
+
+// GemmScaled is Gemm with the product scaled by alpha: C = alpha·op(A)·op(B)
+// (+ C if accumulate).
+func (d *Device) GemmScaled(p Precision, m, n, k int, a, b, c Mat, alpha float32, accumulate bool) error {
+	return d.gemm(p, m, n, k, a, 0, b, 0, c, 0, 1, alpha, accumulate)
+}
+
+func (d *Device) gemm(p Precision, m, n, k int, a Mat, strideA int64, b Mat, strideB int64, c Mat, strideC int64, batch int, alpha float32, accumulate bool) error {
 	if m <= 0 || n <= 0 || k <= 0 || batch <= 0 {
 		return nil
 	}
+	// cuBLAS reads alpha and beta from host memory before the call returns.
+	d.consts[2] = alpha
 	beta := uintptr(unsafe.Pointer(&d.consts[1]))
 	if accumulate {
 		beta = uintptr(unsafe.Pointer(&d.consts[0]))
@@ -75,11 +87,11 @@ func (d *Device) GemmBatched(p Precision, m, n, k int, a Mat, strideA int64, b M
 	var r uintptr
 	if batch == 1 {
 		r = ccall(sym.cublasGemmEx, d.blas, op(b.Trans), op(a.Trans), uintptr(n), uintptr(m), uintptr(k),
-			uintptr(unsafe.Pointer(&d.consts[0])), b.Buf.Ptr, uintptr(b.Type), uintptr(b.LD), a.Buf.Ptr, uintptr(a.Type), uintptr(a.LD),
+			uintptr(unsafe.Pointer(&d.consts[2])), b.Buf.Ptr, uintptr(b.Type), uintptr(b.LD), a.Buf.Ptr, uintptr(a.Type), uintptr(a.LD),
 			beta, c.Buf.Ptr, uintptr(c.Type), uintptr(c.LD), p.compute(), blasGemmDefault)
 	} else {
 		r = ccall(sym.cublasGemmStridedBatchedEx, d.blas, op(b.Trans), op(a.Trans), uintptr(n), uintptr(m), uintptr(k),
-			uintptr(unsafe.Pointer(&d.consts[0])), b.Buf.Ptr, uintptr(b.Type), uintptr(b.LD), uintptr(strideB),
+			uintptr(unsafe.Pointer(&d.consts[2])), b.Buf.Ptr, uintptr(b.Type), uintptr(b.LD), uintptr(strideB),
 			a.Buf.Ptr, uintptr(a.Type), uintptr(a.LD), uintptr(strideA),
 			beta, c.Buf.Ptr, uintptr(c.Type), uintptr(c.LD), uintptr(strideC), uintptr(batch), p.compute(), blasGemmDefault)
 	}

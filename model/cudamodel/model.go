@@ -47,8 +47,14 @@ type Model struct {
 	layout     []model.Param
 	n          int // parameters
 
-	params, grads, mom, vel cuda.Buffer // float32, n each
-	pact                    cuda.Buffer // the parameters as activations (BF16), else params
+	params cuda.Buffer // float32 (n): the model's weights
+	pact   cuda.Buffer // the weights as activations (BF16), else params
+	// base is the full model as what is trained (its gradient and AdamW
+	// moments); tr is what the optimizer works on: &base, or the attached
+	// LoRA adapter's set (lora.go).
+	base trainSet
+	tr   *trainSet
+	ad   *adapter // the attached LoRA adapter, or nil
 
 	act  activations
 	bw   backwardScratch
@@ -74,7 +80,16 @@ type Model struct {
 	// device locked, on the goroutine that runs Backward, and must not call
 	// the Model.
 	GradReady func(lo, hi int)
-	gradRanges [][2]int
+}
+
+// trainSet is a flat buffer being trained: weights, their activation-typed
+// copy, gradient and AdamW moments, with the layout that names its
+// tensors (and says which decay), and the ranges GradReady reports.
+type trainSet struct {
+	params, pact, grads, mom, vel cuda.Buffer
+	layout                        []model.Param
+	n                             int
+	gradRanges                    [][2]int
 }
 
 type activations struct {
@@ -169,7 +184,8 @@ func newModel(dev *cuda.Device, c model.Config, maxB, maxT int, p cuda.Precision
 	}
 	m = &Model{Config: c, Prec: p, dev: dev, maxB: maxB, maxT: maxT, vp: roundUp(c.Vocab, 64), inference: inference,
 		layout: c.Layout(), n: c.NumParams(), gradScale: 1}
-	m.gradRanges = gradRanges(m.layout, c.Layers)
+	m.base = trainSet{layout: m.layout, n: m.n, gradRanges: gradRanges(m.layout, c.Layers)}
+	m.tr = &m.base
 	unlock := dev.Lock()
 	defer unlock()
 	if need := MemoryBytes(c, maxB, maxT, p, inference); need > 0 {
@@ -230,7 +246,8 @@ func newModel(dev *cuda.Device, c model.Config, maxB, maxT int, p cuda.Precision
 	if inference || err != nil {
 		return m, err
 	}
-	m.grads, m.mom, m.vel = alloc(4*n, "gradients"), alloc(4*n, "AdamW moments"), alloc(4*n, "AdamW moments")
+	m.base.grads, m.base.mom, m.base.vel = alloc(4*n, "gradients"), alloc(4*n, "AdamW moments"), alloc(4*n, "AdamW moments")
+	m.base.params, m.base.pact = m.params, m.pact
 	d := &m.bw
 	d.dres = alloc(4*BT*C, "backward scratch")
 	d.dresAct = d.dres
@@ -256,7 +273,7 @@ func newModel(dev *cuda.Device, c model.Config, maxB, maxT int, p cuda.Precision
 	if err = dev.Fill(p, d.onesAct, 1, int(BT)); err != nil {
 		return m, err
 	}
-	if err = m.zero(m.mom, m.vel, m.grads); err != nil {
+	if err = m.zero(m.base.mom, m.base.vel, m.base.grads); err != nil {
 		return m, err
 	}
 	return m, dev.Sync()
@@ -299,11 +316,17 @@ func gradRanges(layout []model.Param, layers int) [][2]int {
 	return append(rs, [2]int{0, layout[1].Offset + layout[1].Size})
 }
 
-// GradRanges returns the ranges GradReady reports, in order (a copy).
-func (m *Model) GradRanges() [][2]int { return append([][2]int(nil), m.gradRanges...) }
+// GradRanges returns the ranges GradReady reports, in order (a copy): of
+// the model's gradient, or of the attached adapter's.
+func (m *Model) GradRanges() [][2]int { return append([][2]int(nil), m.tr.gradRanges...) }
 
-// Grads is the device's float32 gradient buffer (for copies out of it).
-func (m *Model) Grads() cuda.Buffer { return m.grads }
+// Grads is the device's float32 gradient buffer of what is trained (the
+// model, or the attached adapter), for copies out of it.
+func (m *Model) Grads() cuda.Buffer { return m.tr.grads }
+
+// NumTrainable is the length of what is trained: the model's parameters,
+// or the attached adapter's.
+func (m *Model) NumTrainable() int { return m.tr.n }
 
 // Device is the GPU the model lives on.
 func (m *Model) Device() *cuda.Device { return m.dev }
@@ -343,52 +366,85 @@ func (m *Model) ReadParams(params []float32) error {
 	return m.dev.DownloadF32(params, m.params)
 }
 
-// ReadGrads downloads the gradient buffer (as Backward left it).
+// ReadGrads downloads the gradient of what is trained (as Backward left it).
 func (m *Model) ReadGrads(grads []float32) error {
-	if m.inference || len(grads) != m.n {
-		return fmt.Errorf("cudamodel: ReadGrads of %d on a model of %d (inference %v)", len(grads), m.n, m.inference)
+	if m.inference || len(grads) != m.tr.n {
+		return fmt.Errorf("cudamodel: ReadGrads of %d on a model of %d (inference %v)", len(grads), m.tr.n, m.inference)
 	}
 	unlock := m.dev.Lock()
 	defer unlock()
-	return m.dev.DownloadF32(grads, m.grads)
+	return m.dev.DownloadF32(grads, m.tr.grads)
 }
 
 // WriteGrads uploads a gradient (e.g. one reduced across workers) into the
 // gradient buffer, replacing it.
 func (m *Model) WriteGrads(grads []float32) error {
-	if m.inference || len(grads) != m.n {
-		return fmt.Errorf("cudamodel: WriteGrads of %d on a model of %d", len(grads), m.n)
+	if m.inference || len(grads) != m.tr.n {
+		return fmt.Errorf("cudamodel: WriteGrads of %d on a model of %d", len(grads), m.tr.n)
 	}
 	unlock := m.dev.Lock()
 	defer unlock()
-	return m.dev.UploadF32(m.grads, grads)
+	return m.dev.UploadF32(m.tr.grads, grads)
 }
 
 // ReadMoments downloads AdamW's first and second moments.
 func (m *Model) ReadMoments(mom, vel []float32) error {
-	if m.inference || len(mom) != m.n || len(vel) != m.n {
-		return fmt.Errorf("cudamodel: ReadMoments of %d, %d on a model of %d", len(mom), len(vel), m.n)
+	if m.inference || len(mom) != m.tr.n || len(vel) != m.tr.n {
+		return fmt.Errorf("cudamodel: ReadMoments of %d, %d on a model of %d", len(mom), len(vel), m.tr.n)
 	}
 	unlock := m.dev.Lock()
 	defer unlock()
-	if err := m.dev.DownloadF32(mom, m.mom); err != nil {
+	if err := m.dev.DownloadF32(mom, m.tr.mom); err != nil {
 		return err
 	}
-	return m.dev.DownloadF32(vel, m.vel)
+	return m.dev.DownloadF32(vel, m.tr.vel)
 }
 
 // WriteMoments uploads AdamW's moments (a resumed or caught-up run).
 func (m *Model) WriteMoments(mom, vel []float32) error {
-	if m.inference || len(mom) != m.n || len(vel) != m.n {
-		return fmt.Errorf("cudamodel: WriteMoments of %d, %d on a model of %d", len(mom), len(vel), m.n)
+	if m.inference || len(mom) != m.tr.n || len(vel) != m.tr.n {
+		return fmt.Errorf("cudamodel: WriteMoments of %d, %d on a model of %d", len(mom), len(vel), m.tr.n)
 	}
 	unlock := m.dev.Lock()
 	defer unlock()
-	if err := m.dev.UploadF32(m.mom, mom); err != nil {
+	if err := m.dev.UploadF32(m.tr.mom, mom); err != nil {
 		return err
 	}
-	if err := m.dev.UploadF32(m.vel, vel); err != nil {
+	if err := m.dev.UploadF32(m.tr.vel, vel); err != nil {
 		return err
+	}
+	return m.dev.Sync()
+}
+
+// ReadTrainable downloads the float32 weights of what is trained: the
+// model's (ReadParams), or the attached adapter's.
+func (m *Model) ReadTrainable(dst []float32) error {
+	if len(dst) != m.tr.n {
+		return fmt.Errorf("cudamodel: %d trainable parameters asked of %d", len(dst), m.tr.n)
+	}
+	unlock := m.dev.Lock()
+	defer unlock()
+	return m.dev.DownloadF32(dst, m.tr.params)
+}
+
+// WriteTrainable uploads the weights of what is trained: the model's
+// (WriteParams), or the attached adapter's.
+func (m *Model) WriteTrainable(src []float32) error {
+	if m.tr == &m.base {
+		return m.WriteParams(src)
+	}
+	if len(src) != m.tr.n {
+		return fmt.Errorf("cudamodel: %d trainable parameters given for %d", len(src), m.tr.n)
+	}
+	unlock := m.dev.Lock()
+	defer unlock()
+	if err := m.dev.UploadF32(m.tr.params, src); err != nil {
+		return err
+	}
+	if m.Prec == cuda.BF16 {
+		if err := m.dev.CastToAct(m.Prec, m.tr.pact, m.tr.params, m.tr.n); err != nil {
+			return err
+		}
 	}
 	return m.dev.Sync()
 }

@@ -30,7 +30,7 @@ func (m *Model) p(i int) cuda.Buffer { return m.params.Off(4 * int64(m.layout[i]
 func (m *Model) pa(i int) cuda.Buffer {
 	return m.pact.Off(m.Prec.ActBytes() * int64(m.layout[i].Offset))
 }
-func (m *Model) g(i int) cuda.Buffer { return m.grads.Off(4 * int64(m.layout[i].Offset)) }
+func (m *Model) g(i int) cuda.Buffer { return m.base.grads.Off(4 * int64(m.layout[i].Offset)) }
 
 // blk is the layout index of tensor t of block l.
 func blk(l, t int) int { return 2 + l*perBlock + t }
@@ -112,16 +112,20 @@ func (m *Model) forward(tokens, targets []int32) error {
 	}
 	do(d.EncoderForward(a.encoded, a.tokens, m.p(0), m.p(1), BT, T, C))
 	// linear: out (BT, o) = inp (BT, in) · Wᵀ + b
-	linear := func(out, inp cuda.Buffer, w, b, in, o int) {
+	// plus the attached adapter's update to projection proj of block l
+	linear := func(l, proj int, out, inp cuda.Buffer, w, b, in, o int) {
 		do(d.Gemm(p, BT, o, in, mat(inp, at, in, false), mat(m.pa(w), at, in, true), mat(out, at, o, false), false))
 		do(d.AddBias(p, out, m.p(b), BT, o))
+		if m.adapted(l, proj) {
+			do(m.loraForward(l, proj, out, inp, BT))
+		}
 	}
 	scale := float32(1 / math.Sqrt(float64(hs)))
 	x := a.encoded
 	for l := 0; l < c.Layers; l++ {
 		s := &a.blocks[l]
 		do(d.LayerNormForward(p, s.ln1, s.ln1Mean, s.ln1Rstd, x, m.p(blk(l, tLn1w)), m.p(blk(l, tLn1b)), BT, C))
-		linear(s.qkv, s.ln1, blk(l, tQKVw), blk(l, tQKVb), C, 3*C)
+		linear(l, projQKV, s.qkv, s.ln1, blk(l, tQKVw), blk(l, tQKVb), C, 3*C)
 		do(d.PermuteQKV(p, s.q, s.k, s.v, s.qkv, B, T, NH, hs))
 		tt, th := int64(T)*int64(T), int64(T)*int64(hs)
 		// preatt (T, T) = q · kᵀ per (b, h)
@@ -130,12 +134,12 @@ func (m *Model) forward(tokens, targets []int32) error {
 		// y (T, hs) = att · v
 		do(d.GemmBatched(p, T, hs, T, mat(s.att, at, T, false), tt, mat(s.v, at, hs, false), th, mat(a.y, at, hs, false), th, B*NH, false))
 		do(d.Unpermute(p, s.atty, a.y, B, T, NH, hs))
-		linear(s.attproj, s.atty, blk(l, tAttProjw), blk(l, tAttProjb), C, C)
+		linear(l, projAttnOut, s.attproj, s.atty, blk(l, tAttProjw), blk(l, tAttProjb), C, C)
 		do(d.ResidualForward(p, s.res2, x, s.attproj, BT*C))
 		do(d.LayerNormForward(p, s.ln2, s.ln2Mean, s.ln2Rstd, s.res2, m.p(blk(l, tLn2w)), m.p(blk(l, tLn2b)), BT, C))
-		linear(s.fch, s.ln2, blk(l, tFCw), blk(l, tFCb), C, 4*C)
+		linear(l, projFC, s.fch, s.ln2, blk(l, tFCw), blk(l, tFCb), C, 4*C)
 		do(d.GeluForward(p, s.fchGelu, s.fch, BT*4*C))
-		linear(s.fcproj, s.fchGelu, blk(l, tFCProjw), blk(l, tFCProjb), 4*C, C)
+		linear(l, projMLPOut, s.fcproj, s.fchGelu, blk(l, tFCProjw), blk(l, tFCProjb), 4*C, C)
 		do(d.ResidualForward(p, s.res3, s.res2, s.fcproj, BT*C))
 		x = s.res3
 	}
@@ -179,7 +183,7 @@ func (m *Model) ZeroGrad() error {
 	}
 	unlock := m.dev.Lock()
 	defer unlock()
-	return m.dev.Zero(m.grads, m.grads.Bytes)
+	return m.dev.Zero(m.tr.grads, 4*int64(m.tr.n))
 }
 
 // Backward adds the gradient of the last Forward's mean loss, times scale,
@@ -225,16 +229,29 @@ func (m *Model) backward(dloss float32) error {
 		}
 		do(d.Gemm(exact, 1, cols, BT, mat(ones, t, BT, false), mat(src, t, cols, false), mat(dst, cuda.F32, cols, false), true))
 	}
-	// linearBack: dinp (BT, in) = dout · W; dW += doutᵀ · inp; db += Σ dout.
-	linearBack := func(dinp, dout, inp cuda.Buffer, wi, bi, in, o int) {
-		do(d.Gemm(p, BT, in, o, mat(dout, at, o, false), mat(m.pa(wi), at, in, false), mat(dinp, at, in, false), false))
-		do(d.Gemm(p, o, in, BT, mat(dout, at, o, true), mat(inp, at, in, false), mat(m.g(wi), cuda.F32, in, false), true))
-		colsum(m.g(bi), dout, at, o)
+	// With an adapter attached the base is frozen: no base gradients, and
+	// nothing below block 0's c_attn (the embeddings are frozen too).
+	frozen := m.ad != nil
+	// linearBack, projection proj of block l: dinp (BT, in) = dout · W
+	// (skipped when dinp is the zero Buffer); dW += doutᵀ · inp and db +=
+	// Σ dout, or with an adapter the adapter's gradients.
+	linearBack := func(l, proj int, dinp, dout, inp cuda.Buffer, wi, bi, in, o int) {
+		if dinp.Ptr != 0 {
+			do(d.Gemm(p, BT, in, o, mat(dout, at, o, false), mat(m.pa(wi), at, in, false), mat(dinp, at, in, false), false))
+		}
+		if !frozen {
+			do(d.Gemm(p, o, in, BT, mat(dout, at, o, true), mat(inp, at, in, false), mat(m.g(wi), cuda.F32, in, false), true))
+			colsum(m.g(bi), dout, at, o)
+		} else if m.adapted(l, proj) {
+			do(m.loraBackward(l, proj, dinp, dout, inp, BT))
+		}
 	}
 	lnBack := func(dinp, dout, inp, wi, mean, rstd cuda.Buffer, gw, gb cuda.Buffer) {
 		do(d.LayerNormBackward(p, dinp, w.dwx, dout, inp, wi, mean, rstd, BT, C))
-		colsum(gw, w.dwx, cuda.F32, C)
-		colsum(gb, dout, at, C)
+		if !frozen {
+			colsum(gw, w.dwx, cuda.F32, C)
+			colsum(gb, dout, at, C)
+		}
 	}
 	toAct := func() {
 		if p == cuda.BF16 {
@@ -246,7 +263,9 @@ func (m *Model) backward(dloss float32) error {
 	do(d.CrossEntropyBackward(p, dlogits, a.logits, a.lse, a.targets, dloss, BT, V, m.vp))
 	// dln (BT, C) = dlogits · wte; dwte += dlogitsᵀ · lnf
 	do(d.Gemm(p, BT, C, V, mat(dlogits, at, m.vp, false), mat(m.pa(0), at, C, false), mat(w.dln, at, C, false), false))
-	do(d.Gemm(p, V, C, BT, mat(dlogits, at, m.vp, true), mat(a.lnf, at, C, false), mat(m.g(0), cuda.F32, C, false), true))
+	if !frozen {
+		do(d.Gemm(p, V, C, BT, mat(dlogits, at, m.vp, true), mat(a.lnf, at, C, false), mat(m.g(0), cuda.F32, C, false), true))
+	}
 	do(d.Zero(w.dres, 4*int64(BT*C)))
 	last := a.encoded
 	if c.Layers > 0 {
@@ -256,11 +275,13 @@ func (m *Model) backward(dloss float32) error {
 	lnBack(w.dres, w.dln, last, m.p(lnf), a.lnfMean, a.lnfRstd, m.g(lnf), m.g(lnf+1))
 	ready := func(i int) {
 		if m.GradReady != nil && err == nil {
-			r := m.gradRanges[i]
+			r := m.tr.gradRanges[i]
 			m.GradReady(r[0], r[1])
 		}
 	}
-	ready(0) // ln_f
+	if !frozen {
+		ready(0) // ln_f
+	}
 	scale := float32(1 / math.Sqrt(float64(hs)))
 	tt, th := int64(T)*int64(T), int64(T)*int64(hs)
 	for l := c.Layers - 1; l >= 0; l-- {
@@ -271,13 +292,13 @@ func (m *Model) backward(dloss float32) error {
 		}
 		// MLP branch: dres is ∂L/∂res3 = ∂L/∂fcproj.
 		toAct()
-		linearBack(w.dfchG, w.dresAct, s.fchGelu, blk(l, tFCProjw), blk(l, tFCProjb), 4*C, C)
+		linearBack(l, projMLPOut, w.dfchG, w.dresAct, s.fchGelu, blk(l, tFCProjw), blk(l, tFCProjb), 4*C, C)
 		do(d.GeluBackward(p, w.dfch, s.fch, w.dfchG, BT*4*C))
-		linearBack(w.dln, w.dfch, s.ln2, blk(l, tFCw), blk(l, tFCb), C, 4*C)
+		linearBack(l, projFC, w.dln, w.dfch, s.ln2, blk(l, tFCw), blk(l, tFCb), C, 4*C)
 		lnBack(w.dres, w.dln, s.res2, m.p(blk(l, tLn2w)), s.ln2Mean, s.ln2Rstd, m.g(blk(l, tLn2w)), m.g(blk(l, tLn2b)))
 		// Attention branch: dres is ∂L/∂res2.
 		toAct()
-		linearBack(w.datty, w.dresAct, s.atty, blk(l, tAttProjw), blk(l, tAttProjb), C, C)
+		linearBack(l, projAttnOut, w.datty, w.dresAct, s.atty, blk(l, tAttProjw), blk(l, tAttProjb), C, C)
 		do(d.UnpermuteBackward(p, w.dy, w.datty, B, T, NH, hs))
 		// datt = dy · vᵀ; dv = attᵀ · dy
 		do(d.GemmBatched(p, T, T, hs, mat(w.dy, at, hs, false), th, mat(s.v, at, hs, true), th, mat(w.datt, cuda.F32, T, false), tt, B*NH, false))
@@ -287,9 +308,23 @@ func (m *Model) backward(dloss float32) error {
 		do(d.GemmBatched(p, T, hs, T, mat(w.dpreatt, at, T, false), tt, mat(s.k, at, hs, false), th, mat(w.dq, at, hs, false), th, B*NH, false))
 		do(d.GemmBatched(p, T, hs, T, mat(w.dpreatt, at, T, true), tt, mat(s.q, at, hs, false), th, mat(w.dk, at, hs, false), th, B*NH, false))
 		do(d.PermuteQKVBackward(p, w.dqkv, w.dq, w.dk, w.dv, B, T, NH, hs))
-		linearBack(w.dln, w.dqkv, s.ln1, blk(l, tQKVw), blk(l, tQKVb), C, 3*C)
-		lnBack(w.dres, w.dln, x, m.p(blk(l, tLn1w)), s.ln1Mean, s.ln1Rstd, m.g(blk(l, tLn1w)), m.g(blk(l, tLn1b)))
-		ready(c.Layers - l) // block l
+		needInput := !frozen || l > 0
+		dln1 := w.dln
+		if !needInput {
+			dln1 = cuda.Buffer{}
+		}
+		linearBack(l, projQKV, dln1, w.dqkv, s.ln1, blk(l, tQKVw), blk(l, tQKVb), C, 3*C)
+		if needInput {
+			lnBack(w.dres, w.dln, x, m.p(blk(l, tLn1w)), s.ln1Mean, s.ln1Rstd, m.g(blk(l, tLn1w)), m.g(blk(l, tLn1b)))
+		}
+		if frozen {
+			ready(c.Layers - 1 - l) // the adapter's block l
+		} else {
+			ready(c.Layers - l) // block l
+		}
+	}
+	if frozen {
+		return err
 	}
 	// Embeddings: dres is ∂L/∂encoded.
 	do(d.EncoderBackwardWPE(m.g(1), w.dres, B, T, C))
@@ -359,7 +394,7 @@ func (m *Model) ClipGradNorm(maxNorm float32) (float32, error) {
 	}
 	unlock := m.dev.Lock()
 	defer unlock()
-	if err := m.dev.SumSqPartials(m.bw.partials, m.grads, m.n); err != nil {
+	if err := m.dev.SumSqPartials(m.bw.partials, m.tr.grads, m.tr.n); err != nil {
 		return 0, err
 	}
 	if err := m.dev.DownloadF64(m.partials, m.bw.partials); err != nil {
@@ -401,22 +436,23 @@ func (m *Model) AdamW(cfg AdamWConfig, lr float32, step int) error {
 	bc2 := 1 - math.Pow(float64(cfg.Beta2), float64(step))
 	args := cuda.AdamWArgs{Beta1: cfg.Beta1, Beta2: cfg.Beta2, Eps: cfg.Eps,
 		StepSize: float32(float64(lr) / bc1), BC2Sqrt: float32(math.Sqrt(bc2)), GradScale: m.gradScale}
+	t := m.tr
 	var pact cuda.Buffer
-	for i := 0; i < len(m.layout); {
+	for i := 0; i < len(t.layout); {
 		j := i
-		for j+1 < len(m.layout) && m.layout[j+1].Decay == m.layout[i].Decay {
+		for j+1 < len(t.layout) && t.layout[j+1].Decay == t.layout[i].Decay {
 			j++
 		}
-		lo, hi := m.layout[i].Offset, m.layout[j].Offset+m.layout[j].Size
+		lo, hi := t.layout[i].Offset, t.layout[j].Offset+t.layout[j].Size
 		args.Decay = 1
-		if m.layout[i].Decay {
+		if t.layout[i].Decay {
 			args.Decay = 1 - lr*cfg.WeightDecay
 		}
 		if m.Prec == cuda.BF16 {
-			pact = m.pact.Off(2 * int64(lo))
+			pact = t.pact.Off(2 * int64(lo))
 		}
 		off := 4 * int64(lo)
-		if err := m.dev.AdamW(m.Prec, m.params.Off(off), pact, m.grads.Off(off), m.mom.Off(off), m.vel.Off(off), hi-lo, args); err != nil {
+		if err := m.dev.AdamW(m.Prec, t.params.Off(off), pact, t.grads.Off(off), t.mom.Off(off), t.vel.Off(off), hi-lo, args); err != nil {
 			return err
 		}
 		i = j + 1
