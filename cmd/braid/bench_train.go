@@ -3,12 +3,14 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"math/rand/v2"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/braidml/braid/kernels"
+	"github.com/braidml/braid/kernels/cuda"
 	"github.com/braidml/braid/model"
 	"github.com/braidml/braid/model/cudamodel"
 	"github.com/braidml/braid/train"
@@ -41,6 +43,7 @@ func benchTrainCommand() *cli.Command {
 			&cli.IntFlag{Name: "warmup", Value: 3, Usage: "steps before timing"},
 			&cli.BoolFlag{Name: "json", Usage: "one JSON object"},
 			&cli.IntFlag{Name: "lora-rank", Usage: "train a LoRA adapter of rank `R` on c_attn, c_proj and c_fc (alpha 2R) instead of every weight, as the peer's bf16+lora8 row"},
+			&cli.IntFlag{Name: "profile", Usage: "on a GPU: after timing, run `N` more steps with per-kernel timing and print the device time per kernel on stderr"},
 			&cli.BoolFlag{Name: "breakdown", Usage: "on a GPU: also time forward, backward, clip and AdamW apart (waiting for the GPU after each)"},
 		}, deviceFlags()...),
 		Action: runBenchTrain,
@@ -61,6 +64,9 @@ func runBenchTrain(c *cli.Context) error {
 	}
 	steps, warm := max(1, c.Int("steps")), max(0, c.Int("warmup"))
 	info := c.App.ErrWriter
+	if info == nil {
+		info = os.Stderr
+	}
 	dev, prec, err := openDevice(c, info)
 	if err != nil {
 		return err
@@ -209,6 +215,23 @@ func runBenchTrain(c *cli.Context) error {
 		}
 	}
 	el := time.Since(t0)
+	if n := c.Int("profile"); n > 0 && dev != nil {
+		unlock := dev.Lock()
+		dev.StartProfile()
+		unlock()
+		for i := 0; i < n; i++ {
+			if _, err := step(); err != nil {
+				return err
+			}
+		}
+		unlock = dev.Lock()
+		lines, err := dev.StopProfile()
+		unlock()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(info, "# %s %s %s batch %d×%d: device time per kernel over %d steps\n%s", impl, c.String("model"), mode, B, T, n, cuda.FormatProfile(lines, n))
+	}
 	row := map[string]any{"impl": impl, "model": c.String("model"), "mode": mode, "batch": B, "seq": T,
 		"tokens_per_s": round(float64(B*T*steps)/el.Seconds(), 0), "step_ms": round(1000*el.Seconds()/float64(steps), 2),
 		"warmup_s": round(warmup.Seconds(), 1), "peak_gib": round(float64(peak())/(1<<30), 2), "loss": round(float64(loss), 3)}

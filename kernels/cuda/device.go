@@ -41,6 +41,7 @@ type Device struct {
 	args       *launchArgs
 	consts     *[4]float32 // 1, 0, alpha: the GEMMs' scalars, read by cuBLAS from host memory
 	allocated  int64       // bytes allocated through Alloc and not freed
+	prof       *profiler   // per-kernel timing (StartProfile), or nil
 	closed     bool
 }
 
@@ -530,6 +531,10 @@ func (d *Device) Launch(p Precision, name string, grid, block int, args ...Arg) 
 	}
 	for i, a := range args {
 		d.args.vals[i] = uint64(a)
+	}
+	if d.prof != nil {
+		d.profBegin(name)
+		defer d.profEnd()
 	}
 	r := ccall(sym.cuLaunchKernel, f, uintptr(grid), 1, 1, uintptr(block), 1, 1, 0, d.stream, uintptr(unsafe.Pointer(&d.args.ptrs[0])), 0)
 	if err := checkResult("cuLaunchKernel "+name, r); err != nil {

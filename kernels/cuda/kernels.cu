@@ -64,30 +64,32 @@ __device__ float block_max(float v, float* sh) {
     return warp_max(v);
 }
 
-#define GRID_LOOP(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)gridDim.x * blockDim.x)
+// Every buffer holds fewer than 2^31 elements (the host checks), so indices
+// are 32-bit: 64-bit division and remainder cost far more on a GPU.
+#define GRID_LOOP(i, n) for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += gridDim.x * blockDim.x)
 
 // ---- elementwise -------------------------------------------------------
 
 // axpy: out = a·x + y (the doctor's test kernel).
-extern "C" __global__ void axpy(float* out, const float* x, const float* y, float a, long n) {
+extern "C" __global__ void axpy(float* out, const float* x, const float* y, float a, int n) {
     GRID_LOOP(i, n) out[i] = a * x[i] + y[i];
 }
 
-extern "C" __global__ void fill_act(act_t* out, float v, long n) {
+extern "C" __global__ void fill_act(act_t* out, float v, int n) {
     GRID_LOOP(i, n) st(out, i, v);
 }
 
-extern "C" __global__ void cast_to_act(act_t* out, const float* in, long n) {
+extern "C" __global__ void cast_to_act(act_t* out, const float* in, int n) {
     GRID_LOOP(i, n) st(out, i, in[i]);
 }
 
 // residual_forward: out = a + b, the residual stream (float) plus a branch.
-extern "C" __global__ void residual_forward(float* out, const float* a, const act_t* b, long n) {
+extern "C" __global__ void residual_forward(float* out, const float* a, const act_t* b, int n) {
     GRID_LOOP(i, n) out[i] = a[i] + ld(b, i);
 }
 
 // add_bias: out (N, OC) += bias (OC).
-extern "C" __global__ void add_bias(act_t* out, const float* bias, long n, int OC) {
+extern "C" __global__ void add_bias(act_t* out, const float* bias, int n, int OC) {
     GRID_LOOP(i, n) st(out, i, ld(out, i) + bias[i % OC]);
 }
 
@@ -95,7 +97,7 @@ extern "C" __global__ void add_bias(act_t* out, const float* bias, long n, int O
 // as package kernels computes it.
 #define GELU_C 0.7978845608028654f
 #define GELU_K 0.044715f
-extern "C" __global__ void gelu_forward(act_t* out, const act_t* inp, long n) {
+extern "C" __global__ void gelu_forward(act_t* out, const act_t* inp, int n) {
     GRID_LOOP(i, n) {
         float x = ld(inp, i);
         float u = GELU_C * (x + GELU_K * x * x * x);
@@ -103,7 +105,7 @@ extern "C" __global__ void gelu_forward(act_t* out, const act_t* inp, long n) {
     }
 }
 // gelu_backward: dinp = GELU'(inp)·dout (overwrites dinp).
-extern "C" __global__ void gelu_backward(act_t* dinp, const act_t* inp, const act_t* dout, long n) {
+extern "C" __global__ void gelu_backward(act_t* dinp, const act_t* inp, const act_t* dout, int n) {
     GRID_LOOP(i, n) {
         float x = ld(inp, i);
         float u = GELU_C * (x + GELU_K * x * x * x);
@@ -117,8 +119,8 @@ extern "C" __global__ void gelu_backward(act_t* dinp, const act_t* inp, const ac
 
 // encoder_forward: out (BT, C) = wte[tokens] + wpe[t].
 extern "C" __global__ void encoder_forward(float* out, const int* tokens, const float* wte, const float* wpe, int BT, int T, int C) {
-    GRID_LOOP(i, (long)BT * C) {
-        int bt = (int)(i / C), c = (int)(i % C);
+    GRID_LOOP(i, BT * C) {
+        int bt = i / C, c = i % C;
         out[i] = wte[(long)tokens[bt] * C + c] + wpe[(long)(bt % T) * C + c];
     }
 }
@@ -126,7 +128,7 @@ extern "C" __global__ void encoder_forward(float* out, const int* tokens, const 
 // encoder_backward_wpe: dwpe (T, C) += Σ_b dout (B, T, C), summed over b
 // in order.
 extern "C" __global__ void encoder_backward_wpe(float* dwpe, const float* dout, int B, int T, int C) {
-    GRID_LOOP(i, (long)T * C) {
+    GRID_LOOP(i, T * C) {
         float s = 0.0f;
         for (int b = 0; b < B; b++) s += dout[(long)b * T * C + i];
         dwpe[i] += s;
@@ -198,12 +200,11 @@ extern "C" __global__ void layernorm_backward(float* dinp, float* dwx, const act
 // permute: qkv (B, T, 3, NH, hs) → q, k, v (B, NH, T, hs).
 extern "C" __global__ void permute_qkv(act_t* q, act_t* k, act_t* v, const act_t* qkv, int B, int T, int NH, int hs) {
     int C = NH * hs;
-    GRID_LOOP(i, (long)B * NH * T * hs) {
-        int d = (int)(i % hs);
-        long r = i / hs;
-        int t = (int)(r % T); r /= T;
-        int h = (int)(r % NH);
-        int b = (int)(r / NH);
+    GRID_LOOP(i, B * NH * T * hs) {
+        int d = i % hs, r = i / hs;
+        int t = r % T;
+        r /= T;
+        int h = r % NH, b = r / NH;
         long src = ((long)b * T + t) * 3 * C + h * hs + d;
         q[i] = qkv[src];
         k[i] = qkv[src + C];
@@ -213,12 +214,11 @@ extern "C" __global__ void permute_qkv(act_t* q, act_t* k, act_t* v, const act_t
 // permute_qkv_backward: the inverse, dq, dk, dv → dqkv (overwritten).
 extern "C" __global__ void permute_qkv_backward(act_t* dqkv, const act_t* dq, const act_t* dk, const act_t* dv, int B, int T, int NH, int hs) {
     int C = NH * hs;
-    GRID_LOOP(i, (long)B * NH * T * hs) {
-        int d = (int)(i % hs);
-        long r = i / hs;
-        int t = (int)(r % T); r /= T;
-        int h = (int)(r % NH);
-        int b = (int)(r / NH);
+    GRID_LOOP(i, B * NH * T * hs) {
+        int d = i % hs, r = i / hs;
+        int t = r % T;
+        r /= T;
+        int h = r % NH, b = r / NH;
         long dst = ((long)b * T + t) * 3 * C + h * hs + d;
         dqkv[dst] = dq[i];
         dqkv[dst + C] = dk[i];
@@ -227,23 +227,21 @@ extern "C" __global__ void permute_qkv_backward(act_t* dqkv, const act_t* dq, co
 }
 // unpermute: y (B, NH, T, hs) → out (B, T, NH·hs).
 extern "C" __global__ void unpermute(act_t* out, const act_t* y, int B, int T, int NH, int hs) {
-    GRID_LOOP(i, (long)B * NH * T * hs) {
-        int d = (int)(i % hs);
-        long r = i / hs;
-        int t = (int)(r % T); r /= T;
-        int h = (int)(r % NH);
-        int b = (int)(r / NH);
+    GRID_LOOP(i, B * NH * T * hs) {
+        int d = i % hs, r = i / hs;
+        int t = r % T;
+        r /= T;
+        int h = r % NH, b = r / NH;
         out[((long)b * T + t) * NH * hs + h * hs + d] = y[i];
     }
 }
 // unpermute_backward: dout (B, T, NH·hs) → dy (B, NH, T, hs).
 extern "C" __global__ void unpermute_backward(act_t* dy, const act_t* dout, int B, int T, int NH, int hs) {
-    GRID_LOOP(i, (long)B * NH * T * hs) {
-        int d = (int)(i % hs);
-        long r = i / hs;
-        int t = (int)(r % T); r /= T;
-        int h = (int)(r % NH);
-        int b = (int)(r / NH);
+    GRID_LOOP(i, B * NH * T * hs) {
+        int d = i % hs, r = i / hs;
+        int t = r % T;
+        r /= T;
+        int h = r % NH, b = r / NH;
         dy[i] = dout[((long)b * T + t) * NH * hs + h * hs + d];
     }
 }
@@ -257,12 +255,21 @@ extern "C" __global__ void softmax_forward(act_t* att, const float* preatt, floa
     int t = row % T;
     const float* x = preatt + (long)row * T;
     act_t* o = att + (long)row * T;
-    float mx = -3.402823466e38f;
-    for (int j = lane; j <= t; j += 32) mx = fmaxf(mx, x[j] * scale);
-    mx = warp_max(mx);
-    float s = 0.0f;
-    for (int j = lane; j <= t; j += 32) s += expf(x[j] * scale - mx);
-    float inv = 1.0f / warp_sum(s);
+    // One pass for the maximum and the sum (online: the sum is rescaled
+    // when the maximum grows), one to write.
+    float mx = -3.402823466e38f, s = 0.0f;
+    for (int j = lane; j <= t; j += 32) {
+        float v = x[j] * scale;
+        if (v > mx) { s = s * expf(mx - v) + 1.0f; mx = v; }
+        else s += expf(v - mx);
+    }
+    for (int off = 16; off > 0; off >>= 1) {
+        float om = __shfl_xor_sync(0xffffffffu, mx, off), os = __shfl_xor_sync(0xffffffffu, s, off);
+        float m2 = fmaxf(mx, om);
+        s = (s == 0.0f ? 0.0f : s * expf(mx - m2)) + (os == 0.0f ? 0.0f : os * expf(om - m2));
+        mx = m2;
+    }
+    float inv = 1.0f / s;
     for (int j = lane; j < T; j += 32) st(o, j, j <= t ? expf(x[j] * scale - mx) * inv : 0.0f);
 }
 
@@ -323,7 +330,7 @@ extern "C" __global__ void crossentropy_backward(act_t* dlogits, const act_t* lo
 
 // sumsq_partials: partials[block] = Σ g² over the block's grid-stride
 // share, in double. The host adds the partials in order.
-extern "C" __global__ void sumsq_partials(double* partials, const float* g, long n) {
+extern "C" __global__ void sumsq_partials(double* partials, const float* g, int n) {
     __shared__ double sh[1024];
     double s = 0.0;
     GRID_LOOP(i, n) { double x = g[i]; s += x * x; }
@@ -339,7 +346,7 @@ extern "C" __global__ void sumsq_partials(double* partials, const float* g, long
 // adamw: one AdamW update of p (n) with gradient gscale·g, in the form of
 // package kernels' AdamW; pact, if not null, receives the updated weights
 // as act_t for the next forward pass.
-extern "C" __global__ void adamw(float* p, act_t* pact, const float* g, float* m, float* v, long n,
+extern "C" __global__ void adamw(float* p, act_t* pact, const float* g, float* m, float* v, int n,
                                  float b1, float b2, float eps, float decay, float stepSize, float bc2Sqrt, float gscale) {
     GRID_LOOP(i, n) {
         float gi = g[i] * gscale;

@@ -8,6 +8,13 @@ import (
 // The element types of GEMM operands (cudaDataType).
 type DType int
 
+func (t DType) String() string {
+	if t == B16 {
+		return "bf16"
+	}
+	return "f32"
+}
+
 const (
 	F32 DType = 0  // CUDA_R_32F
 	B16 DType = 14 // CUDA_R_16BF
@@ -80,6 +87,16 @@ func (d *Device) gemm(p Precision, m, n, k int, a Mat, strideA int64, b Mat, str
 			return blasOpT
 		}
 		return blasOpN
+	}
+	if d.prof != nil {
+		tn := func(t bool) string {
+			if t {
+				return "T"
+			}
+			return "N"
+		}
+		d.profBegin(fmt.Sprintf("gemm %s%s %dx%dx%d batch %d %v->%v", tn(a.Trans), tn(b.Trans), m, n, k, batch, a.Type, c.Type))
+		defer d.profEnd()
 	}
 	// Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ, and a
 	// row-major matrix read column-major is its transpose: swap the
