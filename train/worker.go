@@ -380,10 +380,13 @@ func newWorker(cfg JobConfig, m *model.Model, data *shard.Dataset, maxB, maxT in
 		}
 	}
 	w.Opt = NewLayoutOptimizer(layout, float32(cfg.Beta1), float32(cfg.Beta2), float32(cfg.Eps), float32(cfg.WeightDecay))
+	w.ready = w.gradReady
+	if onDevice {
+		return w, nil // NewWorkerOnDevice makes the gradient buffer and its buckets
+	}
 	w.ranges = m.GradRanges()
 	w.reduced = make([]float32, len(w.grads))
 	w.makeBuckets()
-	w.ready = w.gradReady
 	return w, nil
 }
 

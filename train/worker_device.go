@@ -61,7 +61,7 @@ func NewWorkerOnDevice(cfg JobConfig, m *model.Model, dm *cudamodel.Model, data 
 	d := &deviceWorker{dm: dm, pinned: pinned}
 	w.dev, w.grads = d, pinned.F32
 	w.ranges = dm.GradRanges()
-	w.buckets, w.bucketEnd = nil, nil
+	w.reduced = make([]float32, len(w.grads))
 	w.makeBuckets()
 	unlock = dev.Lock()
 	for range w.ranges {

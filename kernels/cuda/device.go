@@ -352,7 +352,7 @@ type module struct {
 
 // Kernel names in kernels.cu.
 var kernelNames = []string{
-	"axpy", "fill_act", "cast_to_act", "residual_forward", "add_bias", "gelu_forward", "gelu_backward",
+	"axpy", "fill_act", "cast_to_act", "residual_forward", "gelu_forward", "gelu_backward",
 	"encoder_forward", "encoder_backward_wpe", "encoder_backward_wte", "layernorm_forward", "layernorm_backward",
 	"permute_qkv", "permute_qkv_backward", "unpermute", "unpermute_backward", "softmax_forward", "softmax_backward",
 	"crossentropy_forward", "crossentropy_backward", "sumsq_partials", "adamw",

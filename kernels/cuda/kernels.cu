@@ -83,22 +83,22 @@ extern "C" __global__ void cast_to_act(act_t* out, const float* in, int n) {
     GRID_LOOP(i, n) st(out, i, in[i]);
 }
 
-// residual_forward: out = a + b, the residual stream (float) plus a branch.
-extern "C" __global__ void residual_forward(float* out, const float* a, const act_t* b, int n) {
-    GRID_LOOP(i, n) out[i] = a[i] + ld(b, i);
-}
-
-// add_bias: out (N, OC) += bias (OC).
-extern "C" __global__ void add_bias(act_t* out, const float* bias, int n, int OC) {
-    GRID_LOOP(i, n) st(out, i, ld(out, i) + bias[i % OC]);
+// residual_forward: out (N, OC) = a + b + bias: the residual stream
+// (float) plus a projection's output and its bias (the projection's GEMM
+// leaves the bias to its consumer).
+extern "C" __global__ void residual_forward(float* out, const float* a, const act_t* b, const float* bias, int n, int OC) {
+    GRID_LOOP(i, n) out[i] = a[i] + (ld(b, i) + bias[i % OC]);
 }
 
 // GELU with GPT-2's tanh approximation, written as x·σ(2u), u = c(x + k x³),
 // as package kernels computes it.
 #define GELU_C 0.7978845608028654f
 #define GELU_K 0.044715f
-extern "C" __global__ void gelu_forward(act_t* out, const act_t* inp, int n) {
+extern "C" __global__ void gelu_forward(act_t* out, act_t* inp, const float* bias, int n, int OC) {
     GRID_LOOP(i, n) {
+        // The projection's bias is added here and the sum stored back: the
+        // backward pass needs the pre-activation as GELU saw it.
+        st(inp, i, ld(inp, i) + bias[i % OC]);
         float x = ld(inp, i);
         float u = GELU_C * (x + GELU_K * x * x * x);
         st(out, i, x / (1.0f + expf(-2.0f * u)));
@@ -197,8 +197,8 @@ extern "C" __global__ void layernorm_backward(float* dinp, float* dwx, const act
 
 // ---- attention ---------------------------------------------------------
 
-// permute: qkv (B, T, 3, NH, hs) → q, k, v (B, NH, T, hs).
-extern "C" __global__ void permute_qkv(act_t* q, act_t* k, act_t* v, const act_t* qkv, int B, int T, int NH, int hs) {
+// permute: qkv (B, T, 3, NH, hs) + bias (3C) → q, k, v (B, NH, T, hs).
+extern "C" __global__ void permute_qkv(act_t* q, act_t* k, act_t* v, const act_t* qkv, const float* bias, int B, int T, int NH, int hs) {
     int C = NH * hs;
     GRID_LOOP(i, B * NH * T * hs) {
         int d = i % hs, r = i / hs;
@@ -206,9 +206,10 @@ extern "C" __global__ void permute_qkv(act_t* q, act_t* k, act_t* v, const act_t
         r /= T;
         int h = r % NH, b = r / NH;
         long src = ((long)b * T + t) * 3 * C + h * hs + d;
-        q[i] = qkv[src];
-        k[i] = qkv[src + C];
-        v[i] = qkv[src + 2 * C];
+        int c = h * hs + d;
+        st(q, i, ld(qkv, src) + bias[c]);
+        st(k, i, ld(qkv, src + C) + bias[C + c]);
+        st(v, i, ld(qkv, src + 2 * C) + bias[2 * C + c]);
     }
 }
 // permute_qkv_backward: the inverse, dq, dk, dv → dqkv (overwritten).
@@ -312,16 +313,18 @@ extern "C" __global__ void crossentropy_forward(float* losses, float* lse, const
 }
 
 // crossentropy_backward: dlogits = (softmax(logits) − onehot(target))·dloss,
-// 0 for rows whose target is −1; dlogits may be logits (in place).
+// 0 for rows whose target is −1 and in the row's padding (columns V..ldv),
+// so that a GEMM may run over the padded width; dlogits may be logits (in
+// place).
 extern "C" __global__ void crossentropy_backward(act_t* dlogits, const act_t* logits, const float* lse, const int* targets, float dloss, int N, int V, int ldv) {
     int n = blockIdx.x;
     if (n >= N) return;
     long off = (long)n * ldv;
     int tg = targets[n];
     float l = lse[n];
-    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+    for (int j = threadIdx.x; j < ldv; j += blockDim.x) {
         float d = 0.0f;
-        if (tg >= 0) d = (expf(ld(logits, off + j) - l) - (j == tg ? 1.0f : 0.0f)) * dloss;
+        if (tg >= 0 && j < V) d = (expf(ld(logits, off + j) - l) - (j == tg ? 1.0f : 0.0f)) * dloss;
         st(dlogits, off + j, d);
     }
 }

@@ -152,20 +152,16 @@ func (d *Device) CastToAct(p Precision, out, in Buffer, n int) error {
 	return d.Launch(p, "cast_to_act", grid(int64(n), ewThreads), ewThreads, P(out), P(in), I(n))
 }
 
-// ResidualForward: out = a + b (n elements; a, out float, b activations).
-func (d *Device) ResidualForward(p Precision, out, a, b Buffer, n int) error {
-	return d.Launch(p, "residual_forward", grid(int64(n), ewThreads), ewThreads, P(out), P(a), P(b), I(n))
-}
-
-// AddBias: out (N, OC) += bias (OC).
-func (d *Device) AddBias(p Precision, out, bias Buffer, N, OC int) error {
+// ResidualForward: out (N, OC) = a + b + bias (a, out float, b activations).
+func (d *Device) ResidualForward(p Precision, out, a, b, bias Buffer, N, OC int) error {
 	n := N * OC
-	return d.Launch(p, "add_bias", grid(int64(n), ewThreads), ewThreads, P(out), P(bias), I(n), I(OC))
+	return d.Launch(p, "residual_forward", grid(int64(n), ewThreads), ewThreads, P(out), P(a), P(b), P(bias), I(n), I(OC))
 }
 
-// GeluForward: out = GELU(inp), n elements.
-func (d *Device) GeluForward(p Precision, out, inp Buffer, n int) error {
-	return d.Launch(p, "gelu_forward", grid(int64(n), ewThreads), ewThreads, P(out), P(inp), I(n))
+// GeluForward: inp (N, OC) += bias, then out = GELU(inp).
+func (d *Device) GeluForward(p Precision, out, inp, bias Buffer, N, OC int) error {
+	n := N * OC
+	return d.Launch(p, "gelu_forward", grid(int64(n), ewThreads), ewThreads, P(out), P(inp), P(bias), I(n), I(OC))
 }
 
 // GeluBackward: dinp = GELU'(inp)·dout (overwrites dinp).
@@ -199,9 +195,9 @@ func (d *Device) LayerNormBackward(p Precision, dinp, dwx, dout, inp, w, mean, r
 	return d.Launch(p, "layernorm_backward", rowBlocks(N), 32*rowsPerBlk, P(dinp), P(dwx), P(dout), P(inp), P(w), P(mean), P(rstd), I(N), I(C))
 }
 
-// PermuteQKV: qkv (B, T, 3C) → q, k, v (B, NH, T, hs).
-func (d *Device) PermuteQKV(p Precision, q, k, v, qkv Buffer, B, T, NH, hs int) error {
-	return d.Launch(p, "permute_qkv", grid(int64(B*T*NH*hs), ewThreads), ewThreads, P(q), P(k), P(v), P(qkv), I(B), I(T), I(NH), I(hs))
+// PermuteQKV: qkv (B, T, 3C) + bias (3C) → q, k, v (B, NH, T, hs).
+func (d *Device) PermuteQKV(p Precision, q, k, v, qkv, bias Buffer, B, T, NH, hs int) error {
+	return d.Launch(p, "permute_qkv", grid(int64(B*T*NH*hs), ewThreads), ewThreads, P(q), P(k), P(v), P(qkv), P(bias), I(B), I(T), I(NH), I(hs))
 }
 
 // PermuteQKVBackward: dq, dk, dv → dqkv (overwritten).
@@ -234,7 +230,8 @@ func (d *Device) CrossEntropyForward(p Precision, losses, lse, logits, targets B
 	return d.Launch(p, "crossentropy_forward", N, 512, P(losses), P(lse), P(logits), P(targets), I(N), I(V), I(ldv))
 }
 
-// CrossEntropyBackward: dlogits = (softmax − onehot)·dloss (may be logits).
+// CrossEntropyBackward: dlogits = (softmax − onehot)·dloss (may be logits),
+// 0 in each row's padding (columns V..ldv).
 func (d *Device) CrossEntropyBackward(p Precision, dlogits, logits, lse, targets Buffer, dloss float32, N, V, ldv int) error {
 	return d.Launch(p, "crossentropy_backward", N, 512, P(dlogits), P(logits), P(lse), P(targets), F(dloss), I(N), I(V), I(ldv))
 }

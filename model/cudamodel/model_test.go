@@ -1,6 +1,7 @@
 package cudamodel
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -323,10 +324,15 @@ func TestTrainingLossesMatchCPU(t *testing.T) {
 // checks the error says what was asked and which flag lowers it.
 func TestOutOfMemoryNamesTheFix(t *testing.T) {
 	dev := device(t)
-	c := model.Config{Vocab: 50257, Context: 1024, Dim: 768, Layers: 12, Heads: 12}
-	_, err := New(dev, c, 256, 1024, cuda.FP32)
+	// GPT-2 124M's shapes with 200 layers: about 200 GiB of activations
+	// at batch 16 × 1024, every buffer under 2³¹ elements.
+	c := model.Config{Vocab: 50257, Context: 1024, Dim: 768, Layers: 200, Heads: 12}
+	_, err := New(dev, c, 16, 1024, cuda.FP32)
 	if err == nil {
-		t.Fatal("a 256×1024 batch of GPT-2 124M fit")
+		t.Fatal("a 200-layer GPT-2 at batch 16×1024 fit")
+	}
+	if !errors.Is(err, cuda.ErrOutOfMemory) {
+		t.Errorf("error %v does not wrap cuda.ErrOutOfMemory", err)
 	}
 	msg := err.Error()
 	for _, want := range []string{"GiB", "--batch", "--seq-len"} {

@@ -111,11 +111,12 @@ func (m *Model) forward(tokens, targets []int32) error {
 		do(d.UploadI32(a.targets, targets))
 	}
 	do(d.EncoderForward(a.encoded, a.tokens, m.p(0), m.p(1), BT, T, C))
-	// linear: out (BT, o) = inp (BT, in) · Wᵀ + b
-	// plus the attached adapter's update to projection proj of block l
-	linear := func(l, proj int, out, inp cuda.Buffer, w, b, in, o int) {
+	// linear: out (BT, o) = inp (BT, in) · Wᵀ
+	// plus the attached adapter's update to projection proj of block l;
+	// the bias is left to the kernel that reads out next (permute, GELU,
+	// residual), which adds it on the way.
+	linear := func(l, proj int, out, inp cuda.Buffer, w, in, o int) {
 		do(d.Gemm(p, BT, o, in, mat(inp, at, in, false), mat(m.pa(w), at, in, true), mat(out, at, o, false), false))
-		do(d.AddBias(p, out, m.p(b), BT, o))
 		if m.adapted(l, proj) {
 			do(m.loraForward(l, proj, out, inp, BT))
 		}
@@ -125,8 +126,8 @@ func (m *Model) forward(tokens, targets []int32) error {
 	for l := 0; l < c.Layers; l++ {
 		s := &a.blocks[l]
 		do(d.LayerNormForward(p, s.ln1, s.ln1Mean, s.ln1Rstd, x, m.p(blk(l, tLn1w)), m.p(blk(l, tLn1b)), BT, C))
-		linear(l, projQKV, s.qkv, s.ln1, blk(l, tQKVw), blk(l, tQKVb), C, 3*C)
-		do(d.PermuteQKV(p, s.q, s.k, s.v, s.qkv, B, T, NH, hs))
+		linear(l, projQKV, s.qkv, s.ln1, blk(l, tQKVw), C, 3*C)
+		do(d.PermuteQKV(p, s.q, s.k, s.v, s.qkv, m.p(blk(l, tQKVb)), B, T, NH, hs))
 		tt, th := int64(T)*int64(T), int64(T)*int64(hs)
 		// preatt (T, T) = q · kᵀ per (b, h)
 		do(d.GemmBatched(p, T, T, hs, mat(s.q, at, hs, false), th, mat(s.k, at, hs, true), th, mat(a.preatt, cuda.F32, T, false), tt, B*NH, false))
@@ -134,19 +135,20 @@ func (m *Model) forward(tokens, targets []int32) error {
 		// y (T, hs) = att · v
 		do(d.GemmBatched(p, T, hs, T, mat(s.att, at, T, false), tt, mat(s.v, at, hs, false), th, mat(a.y, at, hs, false), th, B*NH, false))
 		do(d.Unpermute(p, s.atty, a.y, B, T, NH, hs))
-		linear(l, projAttnOut, s.attproj, s.atty, blk(l, tAttProjw), blk(l, tAttProjb), C, C)
-		do(d.ResidualForward(p, s.res2, x, s.attproj, BT*C))
+		linear(l, projAttnOut, s.attproj, s.atty, blk(l, tAttProjw), C, C)
+		do(d.ResidualForward(p, s.res2, x, s.attproj, m.p(blk(l, tAttProjb)), BT, C))
 		do(d.LayerNormForward(p, s.ln2, s.ln2Mean, s.ln2Rstd, s.res2, m.p(blk(l, tLn2w)), m.p(blk(l, tLn2b)), BT, C))
-		linear(l, projFC, s.fch, s.ln2, blk(l, tFCw), blk(l, tFCb), C, 4*C)
-		do(d.GeluForward(p, s.fchGelu, s.fch, BT*4*C))
-		linear(l, projMLPOut, s.fcproj, s.fchGelu, blk(l, tFCProjw), blk(l, tFCProjb), 4*C, C)
-		do(d.ResidualForward(p, s.res3, s.res2, s.fcproj, BT*C))
+		linear(l, projFC, s.fch, s.ln2, blk(l, tFCw), C, 4*C)
+		do(d.GeluForward(p, s.fchGelu, s.fch, m.p(blk(l, tFCb)), BT, 4*C))
+		linear(l, projMLPOut, s.fcproj, s.fchGelu, blk(l, tFCProjw), 4*C, C)
+		do(d.ResidualForward(p, s.res3, s.res2, s.fcproj, m.p(blk(l, tFCProjb)), BT, C))
 		x = s.res3
 	}
 	lnf := m.lnf()
 	do(d.LayerNormForward(p, a.lnf, a.lnfMean, a.lnfRstd, x, m.p(lnf), m.p(lnf+1), BT, C))
-	// logits (BT, V) = lnf · wteᵀ, rows Vp apart
-	do(d.Gemm(p, BT, V, C, mat(a.lnf, at, C, false), mat(m.pa(0), at, C, true), mat(a.logits, at, m.vp, false), false))
+	// logits (BT, V) = lnf · wteᵀ, rows Vp apart; computed over vg ≥ V
+	// columns (see vocabGEMM), the extra ones never read
+	do(d.Gemm(p, BT, m.vg, C, mat(a.lnf, at, C, false), mat(m.pa(0), at, C, true), mat(a.logits, at, m.vp, false), false))
 	if targets != nil {
 		do(d.CrossEntropyForward(p, a.losses, a.lse, a.logits, a.targets, BT, V, m.vp))
 	}
@@ -262,7 +264,8 @@ func (m *Model) backward(dloss float32) error {
 	dlogits := a.logits // in place
 	do(d.CrossEntropyBackward(p, dlogits, a.logits, a.lse, a.targets, dloss, BT, V, m.vp))
 	// dln (BT, C) = dlogits · wte; dwte += dlogitsᵀ · lnf
-	do(d.Gemm(p, BT, C, V, mat(dlogits, at, m.vp, false), mat(m.pa(0), at, C, false), mat(w.dln, at, C, false), false))
+	// (over vg rows of wte: dlogits is 0 in the padding columns)
+	do(d.Gemm(p, BT, C, m.vg, mat(dlogits, at, m.vp, false), mat(m.pa(0), at, C, false), mat(w.dln, at, C, false), false))
 	if !frozen {
 		do(d.Gemm(p, V, C, BT, mat(dlogits, at, m.vp, true), mat(a.lnf, at, C, false), mat(m.g(0), cuda.F32, C, false), true))
 	}
