@@ -3,8 +3,8 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 	"math/rand/v2"
+	"os"
 	"time"
 
 	"github.com/urfave/cli/v2"

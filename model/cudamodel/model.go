@@ -48,10 +48,10 @@ type Model struct {
 	// land only in padding columns that nothing reads (forward) or that are
 	// zero (backward); else Vocab. cuBLAS runs a width that is a multiple of
 	// 64 several times faster than GPT-2's 50257.
-	vg int
-	inference  bool
-	layout     []model.Param
-	n          int // parameters
+	vg        int
+	inference bool
+	layout    []model.Param
+	n         int // parameters
 
 	params cuda.Buffer // float32 (n): the model's weights
 	pact   cuda.Buffer // the weights as activations (BF16), else params
