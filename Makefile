@@ -24,6 +24,7 @@ build-cuda:
 gpu-test-bin:
 	CGO_ENABLED=0 $(GO) test -tags cuda -c -ldflags '-s -w' -o bin/cudamodel.test ./model/cudamodel
 	CGO_ENABLED=0 $(GO) test -tags cuda -c -ldflags '-s -w' -o bin/cuda.test ./kernels/cuda
+	CGO_ENABLED=0 $(GO) test -tags cuda -c -ldflags '-s -w' -o bin/train.test ./train
 
 ## test: every test with the race detector, then the allocation tests without it
 ## (the race detector makes sync.Pool drop items, so those skip under -race)

@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 13 in one run, for a lent GPU machine (or any machine
 # with an NVIDIA GPU). It builds nothing: build here first, then carry the
-# outputs (bin/braid-cuda, bin/cudamodel.test, bin/cuda.test from
-# `make build-cuda gpu-test-bin`) and, for the peer, a copy of
+# outputs (`make build-cuda gpu-test-bin`: bin/braid-cuda and the test binaries,
+# as they are or packed in .gpucarry/bins.tgz) and, for the peer, a copy of
 # ../shared/bench/torch_gpu.py in .gpucarry/ (PEER=path overrides).
-#   scripts/gpu-check.sh [quick]      # quick: no peer rows, no GPT-2 fp32 row
-# Prints one JSON object per line (doctor, each test, each benchmark row with
-# the peer's row for the same shape), then a short table; finishes in well
-# under 6 minutes on an H200. Logs go to $OUT (or /tmp/gpu-check) when set.
+#   scripts/gpu-check.sh [full|quick]   # quick: no peer rows
+# Prints one JSON object per line (doctor, each test binary, the CLI on the GPU,
+# each benchmark row and the peer's rows for the same shapes), then a short
+# table with the ratios; about 4 minutes on an H200 (full). Logs and the
+# per-kernel profile go to $OUT (or /tmp/gpu-check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUTDIR"
 PEER=${PEER:-.gpucarry/torch_gpu.py}
 MODE=${1:-full}
-BIN=bin/braid-cuda
+# The binaries may come as one archive (smaller to carry): .gpucarry/bins.tgz.
+[ -f .gpucarry/bins.tgz ] && tar xzf .gpucarry/bins.tgz
+BIN=$PWD/bin/braid-cuda
 export BRAID_CUDA_CACHE=${BRAID_CUDA_CACHE:-/tmp/braid-cuda-cache}
 rows=$OUTDIR/rows.jsonl
 : >"$rows"
 emit() { echo "$1" | tee -a "$rows"; }
+jstr() { python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()[-600:]))'; }
 t0=$(date +%s)
 
 echo "== machine"
@@ -29,24 +33,45 @@ echo "== doctor"
 emit "$(timeout 60 $BIN doctor --json 2>&1 | tail -1)"
 
 echo "== correctness (GPU against the CPU reference)"
-for t in "kernels/cuda bin/cuda.test" "model/cudamodel bin/cudamodel.test"; do
+for t in "kernels/cuda cuda.test" "model/cudamodel cudamodel.test" "train train.test GPU"; do
   set -- $t
-  (cd "$1" && timeout 240 "../../$2" -test.v -test.count=1 2>&1) | tee "$OUTDIR/test-$(basename "$2").log" |
-    grep -E '^(=== RUN|--- |\s+model_test|\s+cuda_test|PASS|FAIL|ok|panic)|relative|worst|loss' | head -60
-  status=$(grep -cE '^--- FAIL|^FAIL|panic' "$OUTDIR/test-$(basename "$2").log")
-  emit "{\"check\":\"test $1\",\"failures\":$status}"
+  run=${3:+-test.run $3}
+  log="$OUTDIR/test-$2.log"
+  (cd "$1" && timeout 240 "$OLDPWD/bin/$2" -test.v -test.count=1 $run 2>&1) >"$log"
+  grep -E '^(--- |PASS|FAIL|ok|panic)|relative|worst|loss .* →' "$log" | head -40
+  emit "{\"check\":\"test $1\",\"passed\":$(grep -c '^--- PASS' "$log"),\"failed\":$(grep -cE '^--- FAIL|^FAIL|^panic' "$log"),\"skipped\":$(grep -c '^--- SKIP' "$log")}"
 done
 
+echo "== the CLI on the GPU: fine-tune the bundled base on Go source, evaluate, sample"
+ft=/tmp/braid-ft
+rm -rf "$ft"
+if timeout 120 $BIN train --device cuda --init models/base-en --input kernels --input model --input train --input shard \
+    --out "$ft" --steps 60 --batch 16 --lr 1e-3 --eval-every 30 --log-every 20 >"$OUTDIR/cli-train.log" 2>&1; then
+  cat "$OUTDIR/cli-train.log" | grep -E 'device|model:|step +(1|20|40|60)/|held-out' | head -12
+  for dev in cuda cpu; do
+    r=$(timeout 120 $BIN eval --device $dev --model "$ft" --input node --json --max-tokens 200000 2>/dev/null | tail -1)
+    emit "{\"check\":\"eval --device $dev (fine-tuned, node/ source)\",\"result\":${r:-null}}"
+  done
+  base=$(timeout 60 $BIN eval --device cuda --model models/base-en --input node --json --max-tokens 200000 2>/dev/null | tail -1)
+  emit "{\"check\":\"eval --device cuda (base)\",\"result\":${base:-null}}"
+  echo "-- sample:"; timeout 60 $BIN generate --device cuda --model "$ft" --prompt "func (s *Server) " --tokens 120 --temperature 0.7 2>&1 | head -12
+else
+  emit "{\"check\":\"cli train --device cuda\",\"error\":$(jstr <"$OUTDIR/cli-train.log")}"
+fi
+
 echo "== training step: braid (bench train) and the peer (torch_gpu.py), same shapes"
-bench() { # model precision batch
-  timeout 120 $BIN bench train --device cuda --model "$1" --precision "$2" --batch "$3" --steps "${4:-10}" --warmup 3 --json --breakdown 2>"$OUTDIR/bench-$1-$2-$3.err" | tail -1
+bench() { # model precision batch steps [extra flags]
+  local m=$1 p=$2 b=$3 n=$4; shift 4
+  timeout 150 $BIN bench train --device cuda --model "$m" --precision "$p" --batch "$b" --steps "$n" --warmup 3 --json "$@" 2>>"$OUTDIR/bench.err" | tail -1
 }
-braid_rows=("small bf16 8 20" "small bf16 64 20" "gpt2-124m bf16 16 10")
-[ "$MODE" = full ] && braid_rows+=("gpt2-124m tf32 16 10" "gpt2-124m fp32 16 5")
-for r in "${braid_rows[@]}"; do
-  out=$(bench $r)
-  [ -n "$out" ] && emit "$out" || { set -- $r; emit "{\"impl\":\"braid-cuda\",\"model\":\"$1\",\"mode\":\"$2\",\"batch\":$3,\"error\":$(tail -c 400 "$OUTDIR/bench-$1-$2-$3.err" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))')}"; }
-done
+brow() { out=$(bench "$@"); [ -n "$out" ] && emit "$out" || emit "{\"impl\":\"braid-cuda\",\"model\":\"$1\",\"mode\":\"$2\",\"batch\":$3,\"error\":$(tail -c 600 "$OUTDIR/bench.err" | jstr)}"; }
+brow small bf16 8 20
+brow small bf16 64 20
+brow gpt2-124m bf16 16 10 --profile 3
+brow gpt2-124m bf16 16 10 --lora-rank 8
+brow gpt2-124m tf32 16 10
+brow gpt2-124m fp32 16 5
+grep -A40 '^# braid-cuda' "$OUTDIR/bench.err" | head -45
 if [ "$MODE" = full ] && [ -f "$PEER" ]; then
   PYTHONUNBUFFERED=1 timeout 300 python3 "$PEER" --rows small:bf16@8,small:bf16@64,gpt2-124m:fp32,gpt2-124m:bf16,gpt2-124m:bf16+lora8,gpt2-124m:bf16+compile 2>"$OUTDIR/peer.err" |
     while read -r line; do emit "$line"; done
@@ -57,19 +82,23 @@ fi
 echo "== summary ($(( $(date +%s) - t0 )) s)"
 python3 - "$rows" <<'PY'
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
-bench = [r for r in rows if "tokens_per_s" in r or "error" in r and "impl" in r]
+rows = []
+for l in open(sys.argv[1]):
+    try: rows.append(json.loads(l))
+    except Exception: pass
+bench = [r for r in rows if "impl" in r]
 for r in bench:
     print(f'{r.get("impl","?"):22} {r.get("model","?"):10} {r.get("mode","?"):14} {r.get("batch","?"):>3}x{r.get("seq","?"):<5} '
-          f'{r.get("tokens_per_s","-"):>9} tok/s {r.get("step_ms","-"):>8} ms {r.get("peak_gib","-"):>6} GiB  loss {r.get("loss","-")} {r.get("error","")[:120]}')
+          f'{r.get("tokens_per_s","-"):>9} tok/s {r.get("step_ms","-"):>8} ms {r.get("peak_gib","-"):>6} GiB  loss {r.get("loss","-")} {str(r.get("error",""))[:200]}')
 peer = {(r["model"], r["mode"], r["batch"]): r for r in bench if str(r.get("impl","")).startswith("pytorch") and "tokens_per_s" in r}
 for r in bench:
     if r.get("impl") == "braid-cuda" and "tokens_per_s" in r:
         mode = "fp32" if r["mode"] in ("tf32", "fp32") else r["mode"]
-        p = peer.get((r["model"], mode, r["batch"]))
-        if p:
-            print(f'ratio {r["model"]} {r["mode"]} batch {r["batch"]}: braid/pytorch = {r["tokens_per_s"]/p["tokens_per_s"]:.2f}x tokens/s, memory {r["peak_gib"]}/{p["peak_gib"]} GiB')
+        for m in [mode] + (["bf16+compile"] if mode == "bf16" and r["model"] == "gpt2-124m" else []):
+            p = peer.get((r["model"], m, r["batch"]))
+            if p:
+                print(f'ratio {r["model"]} {r["mode"]} batch {r["batch"]} vs pytorch {m}: {r["tokens_per_s"]/p["tokens_per_s"]:.2f}x tokens/s, memory {r["peak_gib"]}/{p["peak_gib"]} GiB')
 for r in rows:
     if "check" in r or "built" in r:
-        print(json.dumps(r)[:300])
+        print(json.dumps(r)[:400])
 PY
