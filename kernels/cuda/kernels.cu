@@ -298,12 +298,16 @@ extern "C" __global__ void crossentropy_forward(float* losses, float* lse, const
     int n = blockIdx.x;
     if (n >= N) return;
     long off = (long)n * ldv;
-    float mx = -3.402823466e38f;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, ld(logits, off + j));
-    mx = block_max(mx, sh);
-    float s = 0.0f;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) s += expf(ld(logits, off + j) - mx);
-    s = block_sum(s, sh);
+    // One pass: each thread keeps a running maximum and a sum rescaled when
+    // the maximum grows; the block then combines them.
+    float m0 = -3.402823466e38f, s0 = 0.0f;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        float v = ld(logits, off + j);
+        if (v > m0) { s0 = s0 * expf(m0 - v) + 1.0f; m0 = v; }
+        else s0 += expf(v - m0);
+    }
+    float mx = block_max(m0, sh);
+    float s = block_sum(s0 == 0.0f ? 0.0f : s0 * expf(m0 - mx), sh);
     if (threadIdx.x == 0) {
         float l = mx + logf(s);
         int tg = targets[n];
