@@ -13,8 +13,8 @@ import (
 )
 
 // loop runs on every server; while this server is the leader it
-// reconciles on every report, on gaining leadership and every
-// ReconcileInterval.
+// reconciles on every report, on gaining leadership, every
+// ReconcileInterval, and when the committed state calls for another epoch.
 func (c *Coordinator) loop() {
 	defer close(c.loopDone)
 	tick := time.NewTicker(c.cfg.ReconcileInterval)
@@ -23,20 +23,26 @@ func (c *Coordinator) loop() {
 	for {
 		st, changed := c.fsm.watch()
 		c.observe(st)
+		// The state may have moved the epoch's candidates (a job started
+		// or ended) while the last reconcile ran, unseen by changed:
+		// reconcile again soon.
+		var stale <-chan time.Time
+		if c.raft.State() == raft.Leader && epochStale(st) {
+			stale = time.After(staleEpochRetry)
+		}
 		select {
 		case <-c.stop:
 			return
 		case <-changed:
 			// Only observe; the state changing does not call for a
-			// reconcile by itself, unless it moved the epoch's candidates
-			// (a job started or ended on another device kind than its
-			// predecessor's).
+			// reconcile by itself, unless it moved the epoch's candidates.
 			if c.raft.State() != raft.Leader || !epochStale(c.fsm.state()) {
 				continue
 			}
 		case <-c.raft.LeaderCh():
 		case <-c.kick:
 		case <-tick.C:
+		case <-stale:
 		}
 		if c.raft.State() != raft.Leader {
 			continue
@@ -142,22 +148,36 @@ func (c *Coordinator) reconcileMembers(ctx context.Context) error {
 // candidate, the current epoch stays: a job whose device has no alive
 // member waits.
 func (c *Coordinator) commitEpoch(ctx context.Context) error {
-	st := c.fsm.state()
-	ring := nextRing(st.Epoch.Members, st.EpochCandidates())
-	if len(ring) == 0 || slices.Equal(ring, st.Epoch.Members) {
+	for attempt := 1; ; attempt++ {
+		st := c.fsm.state()
+		ring := nextRing(st.Epoch.Members, st.EpochCandidates())
+		if len(ring) == 0 || slices.Equal(ring, st.Epoch.Members) {
+			return nil
+		}
+		step := st.Epoch.StartStep
+		if c.deps.StartStep != nil {
+			step = max(step, c.deps.StartStep())
+		}
+		cmd := CommitEpoch{ID: st.Epoch.ID + 1, Members: ring, StartStep: step}
+		err := c.propose(ctx, cmd)
+		if errors.Is(err, ErrWrongDevice) && attempt < 3 {
+			// A job started between reading the state and committing
+			// (the leader's node layer starts jobs concurrently): read
+			// the candidates again.
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("%s %d: %w", cmd.Type(), cmd.ID, err)
+		}
+		c.log.Info("committed epoch", "epoch", cmd.ID, "members", ring, "start_step", step)
 		return nil
 	}
-	step := st.Epoch.StartStep
-	if c.deps.StartStep != nil {
-		step = max(step, c.deps.StartStep())
-	}
-	cmd := CommitEpoch{ID: st.Epoch.ID + 1, Members: ring, StartStep: step}
-	if err := c.propose(ctx, cmd); err != nil {
-		return fmt.Errorf("%s %d: %w", cmd.Type(), cmd.ID, err)
-	}
-	c.log.Info("committed epoch", "epoch", cmd.ID, "members", ring, "start_step", step)
-	return nil
 }
+
+// staleEpochRetry is how soon the leader reconciles again when the
+// committed state calls for a new epoch that the last reconcile did not
+// commit.
+const staleEpochRetry = 100 * time.Millisecond
 
 // epochStale reports whether commitEpoch would commit a new epoch on st.
 func epochStale(st State) bool {
@@ -276,8 +296,9 @@ func (c *Coordinator) reconcileServers(ctx context.Context) error {
 // current epoch is still epoch: the workers' way to rebuild a ring that
 // broke although nobody left (a stall, a transient network error), and to
 // make everyone resynchronise on a fresh epoch ID. Members that are no
-// longer alive are left out as usual. Leader only; a stale epoch is not an
-// error (someone else renewed it, or membership moved on).
+// longer alive are left out as usual, and so are, while a job runs, members
+// on another device than the job's. Leader only; a stale epoch is not an
+// error (someone else renewed it, membership moved on, a job started).
 func (c *Coordinator) RenewEpoch(ctx context.Context, epoch uint64) error {
 	st := c.fsm.state()
 	if st.Epoch.ID != epoch {
@@ -292,7 +313,7 @@ func (c *Coordinator) RenewEpoch(ctx context.Context, epoch uint64) error {
 	}
 	cmd := CommitEpoch{ID: epoch + 1, Members: ring, StartStep: st.Epoch.StartStep}
 	if err := c.propose(ctx, cmd); err != nil {
-		if errors.Is(err, ErrStaleEpoch) {
+		if errors.Is(err, ErrStaleEpoch) || errors.Is(err, ErrWrongDevice) {
 			return nil
 		}
 		return fmt.Errorf("%s %d: %w", cmd.Type(), cmd.ID, err)
