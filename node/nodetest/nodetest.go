@@ -17,6 +17,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"sort"
 	"sync"
@@ -40,6 +41,7 @@ type Cluster struct {
 	Net     *memnet.Network
 	Gossip  *node.MemGossip
 	expect  int
+	root    string // the nodes' data directories live below
 	mu      sync.Mutex
 	nodes   map[string]*node.Node
 	dirs    map[string]string
@@ -69,7 +71,10 @@ func (c *Cluster) Restart(name string) *node.Node {
 // (bootstrap-expect n) and registers cleanup with t.
 func NewCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
-	c := &Cluster{t: t, Net: memnet.New(1), Gossip: node.NewMemGossip(), expect: n,
+	// The root directory is removed after closeAll (cleanups run last
+	// first): a node started later in the test still writes to its data
+	// directory until closeAll stops it.
+	c := &Cluster{t: t, Net: memnet.New(1), Gossip: node.NewMemGossip(), expect: n, root: t.TempDir(),
 		nodes: map[string]*node.Node{}, dirs: map[string]string{}}
 	t.Cleanup(c.closeAll)
 	for i := 1; i <= n; i++ {
@@ -97,7 +102,11 @@ func (c *Cluster) Start(name string) *node.Node {
 	c.mu.Lock()
 	dir, ok := c.dirs[name]
 	if !ok {
-		dir = c.t.TempDir()
+		var err error
+		if dir, err = os.MkdirTemp(c.root, name+"-"); err != nil {
+			c.mu.Unlock()
+			c.t.Fatalf("nodetest: data directory for %s: %v", name, err)
+		}
 		c.dirs[name] = dir
 		c.members = append(c.members, name)
 	}
