@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/braidml/braid/allreduce"
+	"github.com/braidml/braid/kernels/cuda"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -43,6 +44,10 @@ type MemberStatus struct {
 	Memory   int64  `json:"memory_bytes,omitempty"`
 	Version  string `json:"version,omitempty"`
 	Voter    bool   `json:"voter,omitempty"`
+	// Device is the device kind the member computes on (cpu, cuda), and
+	// GPU the GPU it uses (nil on a CPU node or where not described).
+	Device string           `json:"device,omitempty"`
+	GPU    *cuda.DeviceInfo `json:"gpu,omitempty"`
 }
 
 // APIConfig configures the HTTP API.

@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/braidml/braid/coordinator"
+	"github.com/braidml/braid/kernels/cuda"
 	"github.com/braidml/braid/node/blobstore"
 	"github.com/braidml/braid/transport"
 	"github.com/braidml/braid/transport/pki"
@@ -56,6 +57,13 @@ type Config struct {
 	Profile     string
 	Coordinator coordinator.Config
 	Build       string // version reported in metadata
+	// Device is the device kind this node computes on: "cpu" (also when
+	// empty) or "cuda" (coordinator.DeviceCPU, DeviceCUDA). Jobs run on
+	// the members of their own device kind only.
+	Device string
+	// GPU is the GPU a cuda node computes on (`braid node --device`
+	// chooses it among cuda.Devices()); nil on a CPU node.
+	GPU *cuda.DeviceInfo
 }
 
 // DefaultConfig is a LAN node with the usual ports.
@@ -79,6 +87,9 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.GossipAddr); err != nil {
 		return fmt.Errorf("node: --gossip-addr %q: %w", c.GossipAddr, err)
 	}
+	if err := c.validDevice(); err != nil {
+		return err
+	}
 	return c.Coordinator.Validate()
 }
 
@@ -99,6 +110,11 @@ type Deps struct {
 	// weights: a fault injected by tests to check that diverged replicas
 	// stop the job.
 	PerturbWeights func(step int) bool
+	// DeviceLabel, when set ("cpu" or "cuda"), is the device kind this
+	// node advertises and jobs place it by, in place of Config.Device; it
+	// does not change where the node computes (Config.Device). Tests label
+	// CPU nodes "cuda" to check placement on machines without a GPU.
+	DeviceLabel string
 }
 
 // Node is one running braid server.
@@ -147,6 +163,9 @@ type Node struct {
 // and electing a leader go on in the background.
 func New(cfg Config, deps Deps) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := validDeviceLabel(deps.DeviceLabel); err != nil {
 		return nil, err
 	}
 	logger := deps.Logger
@@ -260,8 +279,13 @@ func (n *Node) startQUIC() (transport.Transport, error) {
 
 // meta is what this node gossips about itself.
 func (n *Node) meta(raftState bool) Meta {
-	return Meta{Version: MetaVersion, QUICAddr: n.tr.Addr(), Cores: runtime.NumCPU(), GPUs: nvidiaGPUs(),
-		MemoryBytes: physicalMemory(), DiskBytes: freeDisk(n.cfg.DataDir), Build: n.cfg.Build, RaftState: raftState}
+	m := Meta{Version: MetaVersion, QUICAddr: n.tr.Addr(), Cores: runtime.NumCPU(), GPUs: nvidiaGPUs(),
+		MemoryBytes: physicalMemory(), DiskBytes: freeDisk(n.cfg.DataDir), Build: n.cfg.Build, RaftState: raftState,
+		Device: n.placementDevice()}
+	if kind, gpu := n.computeDevice(); kind == coordinator.DeviceCUDA && m.Device == coordinator.DeviceCUDA {
+		m.GPU = gpuMeta(*gpu)
+	}
+	return m
 }
 
 // run turns membership events into coordinator reports and bootstraps the
@@ -416,9 +440,16 @@ func (n *Node) maybeBootstrap() {
 	}
 }
 
+// metaMap is m as the coordinator records it; the device is what jobs are
+// placed by (coordinator.MetaDevice).
 func metaMap(m Meta) map[string]string {
-	return map[string]string{"cores": strconv.Itoa(m.Cores), "gpus": strconv.Itoa(m.GPUs),
-		"memory": strconv.FormatInt(m.MemoryBytes, 10), "disk": strconv.FormatInt(m.DiskBytes, 10), "build": m.Build}
+	out := map[string]string{"cores": strconv.Itoa(m.Cores), "gpus": strconv.Itoa(m.GPUs),
+		"memory": strconv.FormatInt(m.MemoryBytes, 10), "disk": strconv.FormatInt(m.DiskBytes, 10), "build": m.Build,
+		coordinator.MetaDevice: m.DeviceKind()}
+	if m.GPU != (GPUMeta{}) {
+		out["gpu"] = m.GPU.Name
+	}
+	return out
 }
 
 // Name is this node's name.
@@ -450,8 +481,14 @@ func (n *Node) Status() Status {
 		voter[sv.Name] = sv.Voter
 	}
 	for _, m := range n.ml.Members() {
-		s.Members = append(s.Members, MemberStatus{Name: m.Name, State: m.State, Addr: m.GossipAddr, QUICAddr: m.Meta.QUICAddr,
-			Cores: m.Meta.Cores, GPUs: m.Meta.GPUs, Memory: m.Meta.MemoryBytes, Version: m.Meta.Build, Voter: voter[m.Name]})
+		ms := MemberStatus{Name: m.Name, State: m.State, Addr: m.GossipAddr, QUICAddr: m.Meta.QUICAddr,
+			Cores: m.Meta.Cores, GPUs: m.Meta.GPUs, Memory: m.Meta.MemoryBytes, Version: m.Meta.Build, Voter: voter[m.Name],
+			Device: m.Meta.DeviceKind()}
+		if m.Meta.GPU != (GPUMeta{}) {
+			g := m.Meta.GPU.Info()
+			ms.GPU = &g
+		}
+		s.Members = append(s.Members, ms)
 	}
 	return s
 }
