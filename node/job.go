@@ -55,6 +55,10 @@ type JobRequest struct {
 	Replicas        int     `json:"replicas,omitempty"`
 	// Wire is the all-reduce's element type: fp32 (default), bf16, fp16, int8.
 	Wire string `json:"wire,omitempty"`
+	// Device is the device kind the job runs on: cpu (default) or cuda.
+	// Only members that compute on it train; the job waits while none is
+	// alive.
+	Device string `json:"device,omitempty"`
 	// Federated trains each member only on the local dataset it
 	// registered, among Datasets (names or IDs; Dataset is then ignored).
 	Federated bool     `json:"federated,omitempty"`
@@ -86,6 +90,9 @@ const DefaultHashEvery = 10
 // SubmitJob validates req, imports the base model into this node's store
 // and commits the job through the leader. It returns the job as committed.
 func (n *Node) SubmitJob(ctx context.Context, req JobRequest) (coordinator.Job, error) {
+	if err := coordinator.ValidDevice(req.Device); err != nil {
+		return coordinator.Job{}, fmt.Errorf("node: %v", err)
+	}
 	// A dataset registered a moment ago through another node may not have
 	// reached this node's copy of the state yet: give it a moment.
 	names := append([]string{req.Dataset}, req.Datasets...)
@@ -151,7 +158,8 @@ func (n *Node) SubmitJob(ctx context.Context, req JobRequest) (coordinator.Job, 
 		Warmup: or(req.Warmup, def.Warmup), WeightDecay: orF(req.WeightDecay, def.WeightDecay), Clip: orF(req.Clip, def.Clip),
 		Seed: req.Seed, CheckpointEvery: req.CheckpointEvery, EvalEvery: req.EvalEvery,
 		HashEvery: or(req.HashEvery, DefaultHashEvery), Replicas: or(req.Replicas, DefaultReplicas), Wire: req.Wire,
-		Federated: req.Federated, Datasets: fed, InnerSteps: req.InnerSteps, OuterLR: req.OuterLR, OuterMomentum: req.OuterMomentum,
+		Device: coordinator.JobSpec{Device: req.Device}.DeviceKind(), Federated: req.Federated, Datasets: fed,
+		InnerSteps: req.InnerSteps, OuterLR: req.OuterLR, OuterMomentum: req.OuterMomentum,
 		LoRARank: req.LoRARank, LoRAAlpha: req.LoRAAlpha, LoRADropout: req.LoRADropout, LoRATargets: req.LoRATargets}
 	if spec.Warmup >= spec.Steps {
 		spec.Warmup = spec.Steps / 10
@@ -284,7 +292,8 @@ func (n *Node) jobLoop() {
 		if runner != nil && running != nil && isClosed(done) && runner.gaveUp.Load() && time.Since(started) > restartAfter {
 			stopRunner()
 		}
-		if runner == nil && running != nil {
+		// Only members on the job's device run it.
+		if runner == nil && running != nil && n.runsOn(running.Spec.DeviceKind()) {
 			started = time.Now()
 			runner = n.newJobRunner(ctx, *running)
 			done = make(chan struct{})
@@ -316,8 +325,10 @@ func isClosed(c chan struct{}) bool {
 	}
 }
 
-// startJobs moves the oldest submitted job to running when no job runs and
-// its dataset is placed. Leader only.
+// startJobs moves the oldest submitted job to running when no job runs, its
+// dataset is placed and a member that computes on its device is alive. A
+// job whose device has no alive member waits without holding up the jobs
+// submitted after it. Leader only.
 func (n *Node) startJobs(ctx context.Context, st coordinator.State) {
 	for _, j := range st.Jobs {
 		if j.State == coordinator.JobRunning {
@@ -337,11 +348,14 @@ func (n *Node) startJobs(ctx context.Context, st coordinator.State) {
 		if len(d.Placement) == 0 {
 			return // wait for the placement
 		}
+		if len(st.AliveOn(j.Spec.DeviceKind())) == 0 {
+			continue // see JobStatus.Waiting
+		}
 		if err := n.coord.Apply(ctx, coordinator.SetJobState{ID: j.ID, State: coordinator.JobRunning,
 			From: []coordinator.JobState{coordinator.JobSubmitted}}); err != nil {
 			n.log.Warn("cannot start job", "job", j.ID, "err", err)
 		} else {
-			n.log.Info("job started", "job", j.ID, "dataset", d.Name, "steps", j.Spec.Steps)
+			n.log.Info("job started", "job", j.ID, "dataset", d.Name, "steps", j.Spec.Steps, "device", j.Spec.DeviceKind())
 		}
 		return
 	}

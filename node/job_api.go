@@ -21,6 +21,7 @@ type JobStatus struct {
 	ID              string               `json:"id"`
 	State           coordinator.JobState `json:"state"`
 	Error           string               `json:"error,omitempty"`
+	Waiting         string               `json:"waiting,omitempty"` // why a job that has not ended cannot train now, when known
 	Step            int                  `json:"step"`
 	Steps           int                  `json:"steps"`
 	Loss            float64              `json:"loss"`
@@ -52,6 +53,16 @@ func (n *Node) JobStatus(ctx context.Context, id string) (JobStatus, error) {
 		Checkpoints: j.Checkpoints, Epoch: st.Epoch.ID, Members: slices.Clone(st.Epoch.Members)}
 	if cp, ok := j.LastCheckpoint(); ok {
 		js.Step, js.WeightsHash = cp.Step, cp.Hash
+	}
+	if dev := j.Spec.DeviceKind(); !j.State.Final() && len(st.AliveOn(dev)) == 0 {
+		js.Waiting = fmt.Sprintf("no alive member computes on %s: start one with `braid node --device %s`", dev, dev)
+		if alive := len(st.Alive()); alive > 0 {
+			other := coordinator.DeviceCUDA
+			if dev == coordinator.DeviceCUDA {
+				other = coordinator.DeviceCPU
+			}
+			js.Waiting += fmt.Sprintf(", or submit the job with --device %s, where the %d alive members compute", other, alive)
+		}
 	}
 	var (
 		wg sync.WaitGroup

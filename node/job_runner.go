@@ -86,7 +86,8 @@ type jobRunner struct {
 type JobProgress struct {
 	Job             string   `json:"job"`
 	Node            string   `json:"node"`
-	Phase           string   `json:"phase"` // preparing, waiting, syncing, training, finished
+	Phase           string   `json:"phase"`            // preparing, waiting, syncing, training, finished
+	Device          string   `json:"device,omitempty"` // where this worker computes: "cpu" or "cuda:N NAME"
 	Epoch           uint64   `json:"epoch"`
 	Rank            int      `json:"rank"`
 	Members         []string `json:"members"`
@@ -126,7 +127,7 @@ func (n *Node) newJobRunner(parent context.Context, j coordinator.Job) *jobRunne
 	ctx, cancel := context.WithCancel(parent)
 	r := &jobRunner{n: n, id: j.ID, spec: j.Spec, ctx: ctx, cancel: cancel,
 		dir: filepath.Join(n.cfg.DataDir, "jobs", j.ID), frozen: map[uint64]syncStatus{}, hashes: map[int]string{}}
-	r.prog = JobProgress{Job: j.ID, Node: n.cfg.Name, Phase: "preparing", Rank: -1}
+	r.prog = JobProgress{Job: j.ID, Node: n.cfg.Name, Phase: "preparing", Rank: -1, Device: r.deviceName()}
 	return r
 }
 
@@ -170,7 +171,7 @@ func (r *jobRunner) run() {
 			return
 		}
 		e := st.Epoch
-		if !e.Has(r.n.cfg.Name) {
+		if !e.Has(r.n.cfg.Name) || !epochOnDevice(st, e, r.spec.DeviceKind()) {
 			r.setPhase("waiting")
 			select {
 			case <-r.ctx.Done():

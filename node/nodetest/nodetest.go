@@ -47,6 +47,33 @@ type Cluster struct {
 	dirs    map[string]string
 	members []string // every name ever started, in order
 	perturb map[string]func(step int) bool
+	labels  map[string]string // node.Deps.DeviceLabel by name
+}
+
+// Option configures a Cluster before its first nodes start.
+type Option func(*Cluster)
+
+// WithDeviceLabels labels the nodes n1, n2, ... in order with the device
+// kinds given ("cpu" or "cuda"; node.Deps.DeviceLabel): jobs place them by
+// that kind, and they compute on the CPU all the same. Nodes beyond the
+// list are not labelled (cpu).
+func WithDeviceLabels(labels ...string) Option {
+	return func(c *Cluster) {
+		for i, l := range labels {
+			c.SetDeviceLabel(fmt.Sprintf("n%d", i+1), l)
+		}
+	}
+}
+
+// SetDeviceLabel makes name's node, when it is next started, advertise the
+// device kind label (node.Deps.DeviceLabel) while computing on the CPU.
+func (c *Cluster) SetDeviceLabel(name, label string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.labels == nil {
+		c.labels = map[string]string{}
+	}
+	c.labels[name] = label
 }
 
 // SetPerturb makes name's node, when it is next started, nudge its weights
@@ -69,13 +96,16 @@ func (c *Cluster) Restart(name string) *node.Node {
 
 // NewCluster starts n nodes named n1..nN that bootstrap as one cluster
 // (bootstrap-expect n) and registers cleanup with t.
-func NewCluster(t testing.TB, n int) *Cluster {
+func NewCluster(t testing.TB, n int, opts ...Option) *Cluster {
 	t.Helper()
 	// The root directory is removed after closeAll (cleanups run last
 	// first): a node started later in the test still writes to its data
 	// directory until closeAll stops it.
 	c := &Cluster{t: t, Net: memnet.New(1), Gossip: node.NewMemGossip(), expect: n, root: t.TempDir(),
 		nodes: map[string]*node.Node{}, dirs: map[string]string{}}
+	for _, o := range opts {
+		o(c)
+	}
 	t.Cleanup(c.closeAll)
 	for i := 1; i <= n; i++ {
 		c.Start(fmt.Sprintf("n%d", i))
@@ -126,10 +156,10 @@ func (c *Cluster) Start(name string) *node.Node {
 	cfg.Coordinator = coordinator.LocalConfig()
 	logger := slog.New(slog.NewTextHandler(testWriter{c.t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	c.mu.Lock()
-	perturb := c.perturb[name]
+	perturb, label := c.perturb[name], c.labels[name]
 	c.mu.Unlock()
 	n, err := node.New(cfg, node.Deps{Transport: tr, GossipTransport: c.Gossip.Transport(name),
-		InsecureGossip: true, GossipTune: fastGossip, Logger: logger, PerturbWeights: perturb})
+		InsecureGossip: true, GossipTune: fastGossip, Logger: logger, PerturbWeights: perturb, DeviceLabel: label})
 	if err != nil {
 		tr.Close()
 		c.t.Fatalf("nodetest: starting %s: %v", name, err)
