@@ -53,6 +53,7 @@ func jobSubmitCommand() *cli.Command {
 			&cli.IntFlag{Name: "eval-every", Usage: "steps between held-out evaluations (0: none)"},
 			&cli.IntFlag{Name: "replicas", Usage: "nodes holding each checkpoint (default 2)"},
 			&cli.StringFlag{Name: "wire", Value: "fp32", Usage: "all-reduce element type on the wire: fp32 (exact), bf16, fp16 or int8"},
+			&cli.StringFlag{Name: "device", Value: "cpu", Usage: "where the job runs: cpu or cuda; only the nodes started with that --device train it"},
 			&cli.IntFlag{Name: "lora-rank", Usage: "train a LoRA adapter of rank `R` instead of the full model (LR defaults to 5e-3, weight decay to 0)"},
 			&cli.Float64Flag{Name: "lora-alpha", Usage: "LoRA scale numerator (default 2R)"},
 			&cli.Float64Flag{Name: "lora-dropout", Usage: "dropout on the adapter's input"},
@@ -68,10 +69,13 @@ func jobSubmitCommand() *cli.Command {
 				return err
 			}
 			datasets := c.StringSlice("dataset")
+			if err := coordinator.ValidDevice(c.String("device")); err != nil {
+				return fmt.Errorf("--device: %v", err)
+			}
 			req := node.JobRequest{Base: base, Dataset: datasets[0], Federated: c.Bool("federated"), Steps: c.Int("steps"), GlobalBatch: c.Int("global-batch"),
 				MicroBatch: c.Int("micro-batch"), LR: c.Float64("lr"), Warmup: c.Int("warmup"), WeightDecay: c.Float64("weight-decay"),
 				Clip: c.Float64("clip"), Seed: c.Uint64("seed"), CheckpointEvery: c.Int("checkpoint-every"), EvalEvery: c.Int("eval-every"),
-				Replicas: c.Int("replicas"), Wire: c.String("wire"),
+				Replicas: c.Int("replicas"), Wire: c.String("wire"), Device: c.String("device"),
 				InnerSteps: c.Int("diloco"), OuterLR: c.Float64("outer-lr"), OuterMomentum: c.Float64("outer-momentum"),
 				LoRARank: c.Int("lora-rank"), LoRAAlpha: c.Float64("lora-alpha"), LoRADropout: c.Float64("lora-dropout")}
 			if t := c.String("lora-targets"); t != "" {
@@ -131,7 +135,7 @@ func jobStatusCommand() *cli.Command {
 				return printJSON(c, js)
 			}
 			w := c.App.Writer
-			fmt.Fprintf(w, "job %s: %s, step %d/%d, loss %.4f", js.ID, js.State, js.Step, js.Steps, js.Loss)
+			fmt.Fprintf(w, "job %s: %s on %s, step %d/%d, loss %.4f", js.ID, js.State, js.Spec.DeviceKind(), js.Step, js.Steps, js.Loss)
 			if js.HeldoutLoss != 0 {
 				fmt.Fprintf(w, ", held-out loss %.4f (step %d; base %.4f)", js.HeldoutLoss, js.HeldoutStep, js.BaseHeldoutLoss)
 			}
@@ -143,6 +147,9 @@ func jobStatusCommand() *cli.Command {
 			if cp := len(js.Checkpoints); cp > 0 {
 				last := js.Checkpoints[cp-1]
 				fmt.Fprintf(w, "last checkpoint: step %d on %s\n", last.Step, strings.Join(last.Holders, ","))
+			}
+			if js.Waiting != "" {
+				fmt.Fprintf(w, "waiting: %s\n", js.Waiting)
 			}
 			if js.Error != "" {
 				fmt.Fprintf(w, "error: %s\n", js.Error)
@@ -166,13 +173,13 @@ func jobListCommand() *cli.Command {
 				return printJSON(c, jobs)
 			}
 			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tSTATE\tSTEPS\tGLOBAL BATCH\tCHECKPOINT\tSUBMITTED BY")
+			fmt.Fprintln(tw, "ID\tSTATE\tDEVICE\tSTEPS\tGLOBAL BATCH\tCHECKPOINT\tSUBMITTED BY")
 			for _, j := range jobs {
 				ck := "-"
 				if cp, ok := j.LastCheckpoint(); ok {
 					ck = fmt.Sprint(cp.Step)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", j.ID, j.State, j.Spec.Steps, j.Spec.GlobalBatch, ck, j.SubmittedBy)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\n", j.ID, j.State, j.Spec.DeviceKind(), j.Spec.Steps, j.Spec.GlobalBatch, ck, j.SubmittedBy)
 			}
 			return tw.Flush()
 		},
@@ -227,6 +234,9 @@ func jobWatchCommand() *cli.Command {
 				}
 				members := strings.Join(js.Members, ",")
 				desc += fmt.Sprintf(" %.0f tok/s [%s]", js.TokensPerSec, members)
+				if js.Waiting != "" {
+					desc += " waiting: " + js.Waiting
+				}
 				if tty {
 					if bar == nil {
 						bar = progressbar.NewOptions(js.Steps, progressbar.OptionSetWriter(c.App.ErrWriter),

@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/braidml/braid/coordinator"
+	"github.com/braidml/braid/kernels/cuda"
 	"github.com/braidml/braid/node"
 )
 
@@ -40,6 +41,7 @@ func nodeCommand() *cli.Command {
 			&cli.StringFlag{Name: "http", Value: d.HTTPAddr, EnvVars: env("http"), Usage: "HTTP API `HOST:PORT` (empty: off)"},
 			&cli.StringFlag{Name: "http-token", EnvVars: env("http-token"), Usage: "bearer token the API requires (needed off localhost)"},
 			&cli.StringFlag{Name: "profile", Value: "lan", EnvVars: env("profile"), Usage: "timing: lan, local (one machine) or wan"},
+			&cli.StringFlag{Name: "device", Value: "auto", EnvVars: env("device"), Usage: "where this node computes: cpu, cuda (GPU 0), cuda:N, or auto (GPU 0 if there is a usable GPU, else the CPU); jobs run on the nodes of their --device"},
 			&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: env("log-format"), Usage: "text or json"},
 			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("log-level"), Usage: "debug, info, warn or error"},
 		},
@@ -127,7 +129,18 @@ func runNode(c *cli.Context) error {
 	if cfg.TLSDir == "" {
 		return fmt.Errorf("--tls-dir is required: nodes only talk over mutual TLS (create one with `braid ca init` and `braid ca issue`)")
 	}
-	n, err := node.New(cfg, node.Deps{Logger: slog.New(h)})
+	logger := slog.New(h)
+	kind, gpu, why, err := chooseDevice(c.String("device"), cuda.Devices)
+	if err != nil {
+		return err
+	}
+	cfg.Device, cfg.GPU = kind, gpu
+	if gpu != nil {
+		logger.Info("computing on the GPU", "node", cfg.Name, "device", gpu.String(), "why", why)
+	} else {
+		logger.Info("computing on the CPU", "node", cfg.Name, "why", why)
+	}
+	n, err := node.New(cfg, node.Deps{Logger: logger})
 	if err != nil {
 		return err
 	}
@@ -138,4 +151,43 @@ func runNode(c *cli.Context) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	return n.Shutdown(ctx)
+}
+
+// chooseDevice reads `braid node --device` (cpu, cuda, cuda:N or auto) and
+// picks the device the node computes on among the GPUs devices lists
+// (cuda.Devices): the kind, the GPU for cuda, and in words why. auto takes
+// GPU 0 when there is one and otherwise the CPU; an explicit cuda that
+// cannot be had is an error naming why.
+func chooseDevice(flag string, devices func() ([]cuda.DeviceInfo, error)) (kind string, gpu *cuda.DeviceInfo, why string, err error) {
+	kind, index, err := cuda.ParseDevice(flag)
+	if err != nil {
+		return "", nil, "", fmt.Errorf("--device: %w", err)
+	}
+	if kind == coordinator.DeviceCPU {
+		return kind, nil, "--device cpu", nil
+	}
+	devs, err := devices()
+	if err == nil && len(devs) == 0 {
+		err = cuda.ErrNoDevice
+	}
+	if err != nil {
+		if kind == "auto" {
+			return coordinator.DeviceCPU, nil, fmt.Sprintf("--device auto: %v", err), nil
+		}
+		return "", nil, "", fmt.Errorf("--device %s: %w", flag, err)
+	}
+	for i := range devs {
+		if devs[i].Index == index {
+			return coordinator.DeviceCUDA, &devs[i], fmt.Sprintf("--device %s: %d GPU(s) found", flag, len(devs)), nil
+		}
+	}
+	return "", nil, "", fmt.Errorf("--device %s: no GPU cuda:%d among the %d found (%s)", flag, index, len(devs), gpuList(devs))
+}
+
+func gpuList(devs []cuda.DeviceInfo) string {
+	var parts []string
+	for _, d := range devs {
+		parts = append(parts, fmt.Sprintf("cuda:%d %s", d.Index, d.Name))
+	}
+	return strings.Join(parts, ", ")
 }

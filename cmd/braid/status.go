@@ -13,6 +13,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/node"
 )
 
@@ -94,7 +95,7 @@ func statusCommand() *cli.Command {
 			}
 			fmt.Fprintf(out, "self %s   leader %s   term %d   epoch %d: %s\n\n", st.Self, leader, st.Term, st.Epoch.ID, strings.Join(st.Epoch.Members, " → "))
 			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tGOSSIP\tQUIC\tCORES\tGPUS\tMEMORY\tVERSION\tROLE")
+			fmt.Fprintln(tw, "NAME\tSTATE\tGOSSIP\tQUIC\tDEVICE\tCORES\tGPUS\tMEMORY\tVERSION\tROLE")
 			for _, m := range st.Members {
 				role := ""
 				switch {
@@ -103,9 +104,31 @@ func statusCommand() *cli.Command {
 				case m.Voter:
 					role = "voter"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%.1f GiB\t%s\t%s\n", m.Name, m.State, m.Addr, m.QUICAddr, m.Cores, m.GPUs, float64(m.Memory)/(1<<30), m.Version, role)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%.1f GiB\t%s\t%s\n", m.Name, m.State, m.Addr, m.QUICAddr, deviceColumn(m), m.Cores,
+					gpusColumn(m), float64(m.Memory)/(1<<30), m.Version, role)
 			}
 			return tw.Flush()
 		},
 	}
+}
+
+// deviceColumn is the device kind a member computes on (cpu for members
+// that do not say).
+func deviceColumn(m node.MemberStatus) string {
+	if m.Device == "" {
+		return coordinator.DeviceCPU
+	}
+	return m.Device
+}
+
+// gpusColumn is a member's GPUs: how many its machine has and, on a cuda
+// member, the one it computes on, e.g. "8 H200 (cuda:3)"; "-" for none.
+func gpusColumn(m node.MemberStatus) string {
+	switch {
+	case m.GPU != nil:
+		return fmt.Sprintf("%d %s (cuda:%d)", max(m.GPUs, 1), strings.TrimPrefix(m.GPU.Name, "NVIDIA "), m.GPU.Index)
+	case m.GPUs > 0:
+		return fmt.Sprint(m.GPUs)
+	}
+	return "-"
 }
