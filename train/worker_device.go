@@ -3,6 +3,7 @@ package train
 import (
 	"fmt"
 	"math"
+	"sync"
 
 	"github.com/braidml/braid/kernels/cuda"
 	"github.com/braidml/braid/model"
@@ -21,6 +22,10 @@ import (
 // refreshed only when something reads them: WeightsHash, Snapshot,
 // Trainable, Weights.
 type deviceWorker struct {
+	// mu orders refreshing the host copy (syncHost, which a node's control
+	// handler may call to serve a snapshot while the worker waits in the
+	// all-reduce) with the update that makes it stale.
+	mu     sync.Mutex
 	dm     *cudamodel.Model
 	pinned *cuda.HostBuffer // the gradient on the host: Worker.grads
 	events [][2]cuda.Event  // per gradient range: compute done, copy done
@@ -119,7 +124,12 @@ func (w *Worker) Weights() ([]float32, error) {
 // when they are newer.
 func (w *Worker) syncHost() error {
 	d := w.dev
-	if d == nil || !d.stale {
+	if d == nil {
+		return nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.stale {
 		return nil
 	}
 	if err := d.dm.ReadTrainable(w.params); err != nil {
@@ -145,7 +155,9 @@ func (w *Worker) pushHost() error {
 	if err := d.dm.WriteMoments(w.Opt.M, w.Opt.V); err != nil {
 		return err
 	}
+	d.mu.Lock()
 	d.stale = false
+	d.mu.Unlock()
 	return nil
 }
 
@@ -245,7 +257,9 @@ func (w *Worker) applyOnDevice(step int) (norm float32, lr float64, err error) {
 	if err := d.dm.AdamW(adam, float32(lr), w.Opt.Step+1); err != nil {
 		return 0, 0, fmt.Errorf("train: step %d: %w", step, err)
 	}
+	d.mu.Lock()
 	w.Opt.Step++
 	d.stale = true
+	d.mu.Unlock()
 	return norm, lr, nil
 }

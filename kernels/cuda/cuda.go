@@ -43,6 +43,10 @@ var (
 	ErrNoDevice = errors.New("cuda: no CUDA device found")
 	// ErrOutOfMemory wraps every allocation that the device refused.
 	ErrOutOfMemory = errors.New("cuda: out of GPU memory")
+	// ErrDeviceFault is wrapped by the errors after which the GPU's context
+	// cannot be used again (an illegal address, a failed kernel, an
+	// uncorrectable ECC error, ...): the process must let go of the GPU.
+	ErrDeviceFault = errors.New("cuda: GPU fault")
 )
 
 // DeviceInfo describes one GPU as the driver reports it.

@@ -2,6 +2,7 @@ package cuda
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -123,4 +124,18 @@ func TestDoctor(t *testing.T) {
 		t.Fatalf("doctor: %+v", r)
 	}
 	t.Logf("doctor: %+v", r)
+}
+
+// TestFaultErrors: the codes after which a context is dead wrap
+// ErrDeviceFault, an allocation failure ErrOutOfMemory, others neither.
+func TestFaultErrors(t *testing.T) {
+	for code, fault := range map[uintptr]bool{700: true, 719: true, 214: true, 999: true, 1: false, 2: false, 201: false} {
+		err := error(&resultError{call: "cuStreamSynchronize", code: code})
+		if errors.Is(err, ErrDeviceFault) != fault {
+			t.Errorf("code %d: errors.Is(ErrDeviceFault) = %v, want %v", code, !fault, fault)
+		}
+		if errors.Is(err, ErrOutOfMemory) != (code == 2) {
+			t.Errorf("code %d: errors.Is(ErrOutOfMemory) wrong", code)
+		}
+	}
 }

@@ -248,10 +248,22 @@ const (
 	cudaErrorLaunchFailed = 719
 )
 
+// faultCodes are the CUresults after which the context is unusable (the
+// GPU faulted: illegal address or instruction, a kernel that failed or
+// timed out, an uncorrectable ECC error, an unknown error): every later
+// call fails too, so they wrap ErrDeviceFault.
+var faultCodes = map[uintptr]bool{214: true, 700: true, 702: true, 714: true, 715: true, 716: true, 717: true, 718: true, 719: true, 999: true}
+
 // resultError is a failed CUDA driver call.
 type resultError struct {
 	call string
 	code uintptr
+}
+
+// Is makes a fault's error match ErrDeviceFault (and an allocation's
+// ErrOutOfMemory).
+func (e *resultError) Is(target error) bool {
+	return (target == ErrDeviceFault && faultCodes[e.code]) || (target == ErrOutOfMemory && e.code == cudaErrorOutOfMemory)
 }
 
 func (e *resultError) Error() string {
