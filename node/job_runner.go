@@ -16,7 +16,9 @@ import (
 
 	"github.com/braidml/braid/allreduce"
 	"github.com/braidml/braid/coordinator"
+	"github.com/braidml/braid/kernels/cuda"
 	"github.com/braidml/braid/model"
+	"github.com/braidml/braid/model/cudamodel"
 	"github.com/braidml/braid/node/blobstore"
 	"github.com/braidml/braid/shard"
 	"github.com/braidml/braid/train"
@@ -56,6 +58,9 @@ type jobRunner struct {
 
 	w        *train.Worker
 	dl       *train.DiLoCo // the outer loop, in DiLoCo mode (spec.InnerSteps > 0)
+	// closeGPU releases the worker's GPU (its device model and device) when
+	// the worker computes on one (jobRunner.gpu); nil otherwise.
+	closeGPU func()
 	data     *shard.Dataset
 	manifest *shard.Manifest
 	cfg      model.Config
@@ -149,6 +154,9 @@ func (r *jobRunner) progress() JobProgress {
 func (r *jobRunner) run() {
 	log := r.n.log.With("job", r.id)
 	if err := r.prepare(); err != nil {
+		if r.closeGPU != nil {
+			r.closeGPU()
+		}
 		if r.ctx.Err() != nil {
 			return
 		}
@@ -163,6 +171,9 @@ func (r *jobRunner) run() {
 		return
 	}
 	defer r.data.Close()
+	if r.closeGPU != nil {
+		defer r.closeGPU()
+	}
 	failures := 0 // epochs in a row that ended in an error without a step done
 	for r.ctx.Err() == nil {
 		st, changed := r.n.coord.Watch()
@@ -185,6 +196,12 @@ func (r *jobRunner) run() {
 		switch {
 		case errors.Is(err, errJobEnded) || r.ctx.Err() != nil:
 			r.setPhase("finished")
+			return
+		case errors.Is(err, cuda.ErrDeviceFault):
+			r.mu.Lock()
+			r.prog.Error = err.Error()
+			r.mu.Unlock()
+			go r.n.leaveAfterFault(fmt.Errorf("job %s: %w", r.id, err))
 			return
 		case err != nil:
 			log.Warn("training on this epoch's ring stopped; resynchronising", "epoch", e.ID, "err", err)
@@ -299,17 +316,11 @@ func (r *jobRunner) prepare() error {
 		data.Close()
 		return fmt.Errorf("dataset %s has a vocabulary of %d, the base model %d", d.Name, data.Manifest.Vocab, ck.Config.Vocab)
 	}
-	m, err := model.New(ck.Config, spec.MicroBatch, data.Manifest.SeqLen)
-	if err != nil {
-		data.Close()
-		return err
-	}
-	copy(m.Params, ck.Params)
 	cfg := train.DefaultJobConfig()
 	cfg.Steps, cfg.GlobalBatch, cfg.MicroBatch = spec.Steps, spec.GlobalBatch, spec.MicroBatch
 	cfg.LR, cfg.MinLRFrac, cfg.Warmup, cfg.WeightDecay, cfg.Clip, cfg.Seed = spec.LR, spec.MinLRFrac, spec.Warmup, spec.WeightDecay, spec.Clip, spec.Seed
 	cfg.LoRARank, cfg.LoRAAlpha, cfg.LoRADropout, cfg.LoRATargets = spec.LoRARank, spec.LoRAAlpha, spec.LoRADropout, strings.Join(spec.LoRATargets, ",")
-	w, err := train.NewWorker(cfg, m, data)
+	w, err := r.newWorker(cfg, ck, data)
 	if err != nil {
 		data.Close()
 		return err
@@ -347,6 +358,45 @@ func (r *jobRunner) prepare() error {
 	r.prog.WeightsHash = w.WeightsHash()
 	r.mu.Unlock()
 	return nil
+}
+
+// newWorker builds the job's worker from the base checkpoint: on this
+// node's GPU when the job runs on GPUs (jobRunner.gpu, in bf16 mixed
+// precision; r.closeGPU then releases it), else on the CPU.
+func (r *jobRunner) newWorker(cfg train.JobConfig, ck *model.Checkpoint, data *shard.Dataset) (*train.Worker, error) {
+	g := r.gpu()
+	if g == nil {
+		m, err := model.New(ck.Config, cfg.MicroBatch, data.Manifest.SeqLen)
+		if err != nil {
+			return nil, err
+		}
+		copy(m.Params, ck.Params)
+		return train.NewWorker(cfg, m, data)
+	}
+	dev, err := cuda.Open(g.Index)
+	if err != nil {
+		return nil, err
+	}
+	host, err := model.NewInference(ck.Config, 1, 1) // the host copy of the weights
+	if err != nil {
+		dev.Close()
+		return nil, err
+	}
+	copy(host.Params, ck.Params)
+	dm, err := cudamodel.New(dev, ck.Config, cfg.MicroBatch, data.Manifest.SeqLen, cuda.BF16)
+	if err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("%w (a job's --micro-batch sets the batch on each GPU)", err)
+	}
+	w, err := train.NewWorkerOnDevice(cfg, host, dm, data)
+	if err != nil {
+		dm.Close()
+		dev.Close()
+		return nil, err
+	}
+	r.closeGPU = func() { w.Close(); dm.Close(); dev.Close() }
+	r.n.log.Info("job trains on the GPU", "job", r.id, "gpu", dev.Info.String(), "precision", cuda.BF16.String())
+	return w, nil
 }
 
 func (r *jobRunner) readObject(h string) ([]byte, error) {
@@ -444,6 +494,9 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 		}
 		if err := r.ensureShards(ctx, part); err != nil {
 			return err
+		}
+		if n.deps.DeviceFault != nil && n.deps.DeviceFault(r.w.Done) {
+			return fmt.Errorf("step %d: %w (injected by a test)", r.w.Done, cuda.ErrDeviceFault)
 		}
 		start, sent0 := time.Now(), ring.BytesSent()
 		res, err := r.w.Step(ctx, part, red)
@@ -892,8 +945,14 @@ func (r *jobRunner) checkpoint(ctx context.Context, e coordinator.Epoch) error {
 		if err := model.SaveAdapter(tmp, a); err != nil {
 			return err
 		}
-	} else if err := model.SaveCheckpoint(tmp, r.cfg, r.tok, r.w.Model.Params); err != nil {
-		return err
+	} else {
+		params, err := r.w.Weights() // from the GPU, when the worker trains there
+		if err != nil {
+			return err
+		}
+		if err := model.SaveCheckpoint(tmp, r.cfg, r.tok, params); err != nil {
+			return err
+		}
 	}
 	cfgHash, _, err := n.store.PutFile(filepath.Join(tmp, cfgName))
 	if err != nil {

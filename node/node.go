@@ -115,6 +115,10 @@ type Deps struct {
 	// does not change where the node computes (Config.Device). Tests label
 	// CPU nodes "cuda" to check placement on machines without a GPU.
 	DeviceLabel string
+	// DeviceFault, when set, is asked before every training step (with the
+	// steps applied) and, when it returns true, makes the step fail as a
+	// GPU fault does (cuda.ErrDeviceFault): a fault injected by tests.
+	DeviceFault func(step int) bool
 }
 
 // Node is one running braid server.
@@ -547,6 +551,16 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		n.closeAll()
 	})
 	return errors.Join(errs...)
+}
+
+// leaveAfterFault takes a node whose GPU faulted out of the cluster: its
+// context is unusable, so it can compute nothing more, and the jobs go on
+// without it as they would after a crash, only sooner (it says goodbye).
+func (n *Node) leaveAfterFault(err error) {
+	n.log.Error("GPU fault: leaving the cluster; the jobs go on without this node", "err", err)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	n.Shutdown(ctx)
 }
 
 // Kill stops the node abruptly, as a crash would (no leadership transfer,

@@ -27,6 +27,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/braidml/braid/coordinator"
+	"github.com/braidml/braid/kernels/cuda"
 	"github.com/braidml/braid/node"
 	"github.com/braidml/braid/transport"
 	"github.com/braidml/braid/transport/memnet"
@@ -48,6 +49,8 @@ type Cluster struct {
 	members []string // every name ever started, in order
 	perturb map[string]func(step int) bool
 	labels  map[string]string // node.Deps.DeviceLabel by name
+	gpu     *cuda.DeviceInfo  // every node computes on this GPU (WithGPU), or nil
+	faults  map[string]func(step int) bool
 }
 
 // Option configures a Cluster before its first nodes start.
@@ -63,6 +66,13 @@ func WithDeviceLabels(labels ...string) Option {
 			c.SetDeviceLabel(fmt.Sprintf("n%d", i+1), l)
 		}
 	}
+}
+
+// WithGPU makes every node compute on gpu (node.Config.Device "cuda"):
+// several nodes of one process share it, each with a device of its own, as
+// several processes would.
+func WithGPU(gpu cuda.DeviceInfo) Option {
+	return func(c *Cluster) { c.gpu = &gpu }
 }
 
 // SetDeviceLabel makes name's node, when it is next started, advertise the
@@ -85,6 +95,18 @@ func (c *Cluster) SetPerturb(name string, fn func(step int) bool) {
 		c.perturb = map[string]func(int) bool{}
 	}
 	c.perturb[name] = fn
+}
+
+// SetDeviceFault makes name's node, when it is next started, fail the
+// training steps for which fn returns true as a GPU fault does
+// (node.Deps.DeviceFault).
+func (c *Cluster) SetDeviceFault(name string, fn func(step int) bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.faults == nil {
+		c.faults = map[string]func(int) bool{}
+	}
+	c.faults[name] = fn
 }
 
 // Restart crashes name's node and starts it again on its data directory.
@@ -154,12 +176,15 @@ func (c *Cluster) Start(name string) *node.Node {
 	cfg.Name, cfg.DataDir, cfg.GossipAddr, cfg.HTTPAddr = name, dir, "127.0.0.1:0", ""
 	cfg.Join, cfg.BootstrapExpect = seeds, c.expect
 	cfg.Coordinator = coordinator.LocalConfig()
+	if c.gpu != nil {
+		cfg.Device, cfg.GPU = coordinator.DeviceCUDA, c.gpu
+	}
 	logger := slog.New(slog.NewTextHandler(testWriter{c.t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	c.mu.Lock()
-	perturb, label := c.perturb[name], c.labels[name]
+	perturb, label, fault := c.perturb[name], c.labels[name], c.faults[name]
 	c.mu.Unlock()
 	n, err := node.New(cfg, node.Deps{Transport: tr, GossipTransport: c.Gossip.Transport(name),
-		InsecureGossip: true, GossipTune: fastGossip, Logger: logger, PerturbWeights: perturb, DeviceLabel: label})
+		InsecureGossip: true, GossipTune: fastGossip, Logger: logger, PerturbWeights: perturb, DeviceLabel: label, DeviceFault: fault})
 	if err != nil {
 		tr.Close()
 		c.t.Fatalf("nodetest: starting %s: %v", name, err)
