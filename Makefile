@@ -25,6 +25,7 @@ gpu-test-bin:
 	CGO_ENABLED=0 $(GO) test -tags cuda -c -ldflags '-s -w' -o bin/cudamodel.test ./model/cudamodel
 	CGO_ENABLED=0 $(GO) test -tags cuda -c -ldflags '-s -w' -o bin/cuda.test ./kernels/cuda
 	CGO_ENABLED=0 $(GO) test -tags cuda -c -ldflags '-s -w' -o bin/train.test ./train
+	CGO_ENABLED=0 $(GO) test -tags cuda -c -ldflags '-s -w' -o bin/nodetest.test ./node/nodetest
 
 ## test: every test with the race detector, then the allocation tests without it
 ## (the race detector makes sync.Pool drop items, so those skip under -race)

@@ -33,7 +33,7 @@ echo "== doctor"
 emit "$(timeout 60 $BIN doctor --json 2>&1 | tail -1)"
 
 echo "== correctness (GPU against the CPU reference)"
-for t in "kernels/cuda cuda.test" "model/cudamodel cudamodel.test" "train train.test GPU"; do
+for t in "kernels/cuda cuda.test" "model/cudamodel cudamodel.test" "train train.test GPU" "node/nodetest nodetest.test GPU"; do
   set -- $t
   run=${3:+-test.run $3}
   log="$OUTDIR/test-$2.log"
