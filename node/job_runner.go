@@ -56,8 +56,8 @@ type jobRunner struct {
 	// federated job the one this node registered as local.
 	datasetID string
 
-	w        *train.Worker
-	dl       *train.DiLoCo // the outer loop, in DiLoCo mode (spec.InnerSteps > 0)
+	w  *train.Worker
+	dl *train.DiLoCo // the outer loop, in DiLoCo mode (spec.InnerSteps > 0)
 	// closeGPU releases the worker's GPU (its device model and device) when
 	// the worker computes on one (jobRunner.gpu); nil otherwise.
 	closeGPU func()
