@@ -6,13 +6,20 @@
 # machine that builds braid has. It shows the job's progress, held-out
 # perplexity before and after, and a sample from each model, then tears
 # everything down. About 3 minutes on 2 cores.
+#
+# On a GPU machine: BRAID=bin/braid-cuda DEVICE=cuda NODES=2 scripts/demo.sh
+# runs the nodes with --device cuda (they may share one GPU) and the job on
+# them. NODES sets the number of nodes; INPUTS (space-separated paths) the
+# text to fine-tune on where Go's source is not installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BRAID=${BRAID:-bin/braid}
 BASE=${BASE:-models/base-en}
 OUT=${OUT:-out/demo-go}
-SRC=$(go env GOROOT)/src
+SRC=$( (go env GOROOT 2>/dev/null) || true)/src
 STEPS=${STEPS:-150}
+NODES=${NODES:-3}
+DEVICE=${DEVICE:-cpu}
 WORK=$(mktemp -d /tmp/braid-demo.XXXXXX)
 PIDS=()
 
@@ -24,10 +31,10 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 # Three free port triples (gossip, QUIC, HTTP) on loopback.
-ports=$(python3 - <<'EOF'
-import socket
+ports=$(python3 - "$NODES" <<'EOF'
+import socket, sys
 out = []
-while len(out) < 9:
+while len(out) < 3 * int(sys.argv[1]):
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close()
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -40,19 +47,19 @@ EOF
 )
 read -r -a P <<<"$ports"
 
-echo "== 1. a cluster of three nodes on this machine (QUIC + mutual TLS, CA made now)"
+echo "== 1. a cluster of $NODES nodes on this machine (QUIC + mutual TLS, CA made now), computing on: $DEVICE"
 "$BRAID" ca init --dir "$WORK/tls" >/dev/null
-for i in 1 2 3; do "$BRAID" ca issue --dir "$WORK/tls" --name "n$i" --host 127.0.0.1 >/dev/null; done
-for i in 0 1 2; do
+for i in $(seq 1 "$NODES"); do "$BRAID" ca issue --dir "$WORK/tls" --name "n$i" --host 127.0.0.1 >/dev/null; done
+for i in $(seq 0 $((NODES - 1))); do
 	n=$((i + 1))
 	"$BRAID" node --name "n$n" --data-dir "$WORK/n$n" --tls-dir "$WORK/tls" --profile local \
 		--gossip-addr "127.0.0.1:${P[3*i]}" --quic-addr "127.0.0.1:${P[3*i+1]}" --http "127.0.0.1:${P[3*i+2]}" \
-		--join "127.0.0.1:${P[0]}" --bootstrap-expect 3 --log-level warn >"$WORK/n$n.log" 2>&1 &
+		--join "127.0.0.1:${P[0]}" --bootstrap-expect "$NODES" --device "$DEVICE" --log-level warn >"$WORK/n$n.log" 2>&1 &
 	PIDS+=($!)
 done
 export BRAID_API="http://127.0.0.1:${P[2]}"
 for _ in $(seq 1 150); do
-	if "$BRAID" status --json 2>/dev/null | python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s["leader"] and len(s["epoch"]["members"])==3 else 1)' 2>/dev/null; then break; fi
+	if "$BRAID" status --json 2>/dev/null | python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s["leader"] and len(s["epoch"]["members"])==int(sys.argv[1]) else 1)' "$NODES" 2>/dev/null; then break; fi
 	sleep 0.2
 done
 "$BRAID" status
@@ -60,7 +67,11 @@ done
 echo
 echo "== 2. the domain data: Go source (net/http, strings, bytes, bufio, sort, strconv, io, os), tokenised into shards"
 inputs=()
-for p in net/http strings bytes bufio sort strconv io os; do inputs+=(--input "$SRC/$p"); done
+if [ -n "${INPUTS:-}" ]; then
+	for p in $INPUTS; do inputs+=(--input "$p"); done
+else
+	for p in net/http strings bytes bufio sort strconv io os; do inputs+=(--input "$SRC/$p"); done
+fi
 "$BRAID" data prepare "${inputs[@]}" --out "$WORK/go-src" --name go-src --seq-len 128 --shard-mib 1 --holdout 0.05 --skip-bad 2>&1 | tail -1
 "$BRAID" data push --replicas 2 "$WORK/go-src"
 for _ in $(seq 1 150); do
@@ -71,7 +82,7 @@ done
 
 echo
 echo "== 3. fine-tuning $BASE on it across the three nodes ($STEPS steps, 24 sequences of 128 bytes per step)"
-ID=$("$BRAID" job submit --base "$BASE" --dataset go-src --steps "$STEPS" --global-batch 24 --micro-batch 8 \
+ID=$("$BRAID" job submit --device "$DEVICE" --base "$BASE" --dataset go-src --steps "$STEPS" --global-batch 24 --micro-batch 8 \
 	--lr 1e-3 --warmup 10 --eval-every 50 --checkpoint-every 50 --seed 1)
 echo "job $ID"
 "$BRAID" job watch "$ID"

@@ -79,6 +79,16 @@ elif [ "$MODE" = full ]; then
   echo "peer script $PEER not found: no peer rows"
 fi
 
+echo "== a 2-node cluster on the GPU: two braid-cuda node processes sharing it (scripts/demo.sh)"
+if BRAID=$BIN DEVICE=cuda NODES=2 STEPS=${DEMO_STEPS:-80} OUT=/tmp/braid-demo-gpu \
+    INPUTS="kernels model train shard node allreduce transport coordinator" timeout 200 scripts/demo.sh >"$OUTDIR/demo-gpu.log" 2>&1; then
+  grep -E "DEVICE|cuda|job-|step .*/|held-out|base model|after fine-tune|perplexity" "$OUTDIR/demo-gpu.log" | head -24
+  emit "{\"check\":\"2-node GPU job (scripts/demo.sh, 2 processes on one GPU)\",\"ok\":true}"
+else
+  tail -30 "$OUTDIR/demo-gpu.log"
+  emit "{\"check\":\"2-node GPU job (scripts/demo.sh, 2 processes on one GPU)\",\"ok\":false}"
+fi
+
 echo "== summary ($(( $(date +%s) - t0 )) s)"
 python3 - "$rows" <<'PY'
 import json, sys

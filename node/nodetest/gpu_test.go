@@ -40,8 +40,8 @@ func TestTwoGPUNodesMatchOneGPUNode(t *testing.T) {
 			if !strings.HasPrefix(w.Device, "cuda:") {
 				t.Errorf("%s computed on %q, want the GPU", w.Node, w.Device)
 			}
-			if w.WeightsHash != js.WeightsHash {
-				t.Errorf("%s's weights %s differ from the job's %s", w.Node, w.WeightsHash, js.WeightsHash)
+			if w.WeightsHash == "" || w.WeightsHash != js.Workers[0].WeightsHash {
+				t.Errorf("%s's weights %q differ from %s's %q", w.Node, w.WeightsHash, js.Workers[0].Node, js.Workers[0].WeightsHash)
 			}
 		}
 		return l, js
