@@ -139,3 +139,33 @@ func TestFaultErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestKernelsOnTheEmulator runs every kernel of kernels.cu on the CPU
+// (testdata/emu: each block as threads, barriers for __syncthreads and the
+// warp shuffles) against a plain reference, in fp32 and bf16, so that the
+// kernels' arithmetic is checked on machines without a GPU. It needs a
+// C++20 compiler (g++ or clang++) and skips without one.
+func TestKernelsOnTheEmulator(t *testing.T) {
+	cxx := ""
+	for _, c := range []string{"g++", "clang++", "clang++-14"} {
+		if p, err := exec.LookPath(c); err == nil {
+			cxx = p
+			break
+		}
+	}
+	if cxx == "" {
+		t.Skip("no C++ compiler: the kernels are checked only on a GPU")
+	}
+	dir := t.TempDir()
+	for _, bf := range []string{"0", "1"} {
+		bin := filepath.Join(dir, "emu"+bf)
+		if out, err := exec.Command(cxx, "-std=c++20", "-O1", "-pthread", "-DBRAID_BF16="+bf, "-o", bin, "testdata/emu/kernels_test.cc").CombinedOutput(); err != nil {
+			t.Fatalf("building the emulator (BRAID_BF16=%s): %v\n%s", bf, err, out)
+		}
+		out, err := exec.Command(bin).CombinedOutput()
+		t.Logf("BRAID_BF16=%s:\n%s", bf, out)
+		if err != nil {
+			t.Errorf("kernels off on the emulator (BRAID_BF16=%s): %v", bf, err)
+		}
+	}
+}
