@@ -6,7 +6,7 @@ VERSION   := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 GOROOT_SRC := $(shell $(GO) env GOROOT)/src
 
-.PHONY: all build build-cuda gpu-test-bin test test-short bench bench-peers lint fuzz demo clean
+.PHONY: all build build-cuda gpu-test-bin test test-cuda-emu test-short bench bench-peers lint fuzz demo clean
 
 all: build
 
@@ -32,6 +32,15 @@ gpu-test-bin:
 test:
 	$(GO) test -race -count=1 ./...
 	$(GO) test -count=1 -run 'Alloc' ./...
+	$(MAKE) test-cuda-emu
+
+## test-cuda-emu: the GPU tests (bindings, kernels, cudamodel, GPU workers and jobs) with the
+## cuda tag on a CPU stand-in for the CUDA libraries (kernels/cuda/cudaemu); needs a C++ compiler
+test-cuda-emu:
+	@if command -v g++ >/dev/null || command -v clang++ >/dev/null; then \
+		BRAID_CUDA_EMULATE=1 $(GO) test -tags cuda -count=1 ./kernels/cuda/... ./model/cudamodel && \
+		BRAID_CUDA_EMULATE=1 $(GO) test -tags cuda -count=1 -run 'GPU' ./train ./node/nodetest; \
+	else echo "test-cuda-emu skipped: no C++ compiler for the CUDA stand-in"; fi
 
 ## test-short: the tests without the race detector (faster)
 test-short:

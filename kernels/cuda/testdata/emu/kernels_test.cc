@@ -8,6 +8,7 @@
 #include <algorithm>
 #include "emu.h"
 #include "../../kernels.cu"
+#include "reference.h"
 
 static std::mt19937 rng(7);
 static int failures = 0;
@@ -245,6 +246,41 @@ int main() {
         }
         check("adamw", p, wp, 1e-6);
         check("adamw (activation copy)", fromact(pact), wp);
+    }
+    // The sequential references fakecuda.cc runs in place of the kernels
+    // that synchronise threads compute what those kernels compute.
+    {
+        const int N = 24, CC = 40, rows = 30, TT = 10, V = 70, ldv = 80;
+        auto x = randf(N * CC, 2.0f), w = randf(CC), b = randf(CC), d = randf(N * CC);
+        auto dout = toact(d);
+        std::vector<act_t> o1(N * CC), o2(N * CC);
+        std::vector<float> m1(N), r1(N), m2(N), r2(N), di1(N * CC, 0.f), di2(N * CC, 0.f), dw1(N * CC), dw2(N * CC);
+        emu_launch((N + 7) / 8, 256, layernorm_forward, o1.data(), m1.data(), r1.data(), x.data(), w.data(), b.data(), N, CC);
+        ref_layernorm_forward(o2.data(), m2.data(), r2.data(), x.data(), w.data(), b.data(), N, CC);
+        check("ref_layernorm_forward", fromact(o2), fromact(o1));
+        emu_launch((N + 7) / 8, 256, layernorm_backward, di1.data(), dw1.data(), (const act_t*)dout.data(), x.data(), w.data(), m1.data(), r1.data(), N, CC);
+        ref_layernorm_backward(di2.data(), dw2.data(), dout.data(), x.data(), w.data(), m1.data(), r1.data(), N, CC);
+        check("ref_layernorm_backward", di2, di1, std::max(TOL, 1e-5));
+        auto pre = randf(rows * TT, 3.0f), datt = randf(rows * TT);
+        std::vector<act_t> a1(rows * TT), a2(rows * TT), p1(rows * TT), p2(rows * TT);
+        emu_launch((rows + 7) / 8, 256, softmax_forward, a1.data(), pre.data(), 0.5f, rows, TT);
+        ref_softmax_forward(a2.data(), pre.data(), 0.5f, rows, TT);
+        check("ref_softmax_forward", fromact(a2), fromact(a1));
+        emu_launch((rows + 7) / 8, 256, softmax_backward, p1.data(), (const act_t*)a1.data(), datt.data(), 0.5f, rows, TT);
+        ref_softmax_backward(p2.data(), a1.data(), datt.data(), 0.5f, rows, TT);
+        check("ref_softmax_backward", fromact(p2), fromact(p1));
+        auto lg = toact(randf(N * ldv, 2.0f));
+        std::vector<int> tg(N);
+        for (int i = 0; i < N; i++) tg[i] = i % 5 == 0 ? -1 : (int)(rng() % V);
+        std::vector<float> l1(N), s1(N), l2(N), s2(N);
+        emu_launch(N, 512, crossentropy_forward, l1.data(), s1.data(), (const act_t*)lg.data(), (const int*)tg.data(), N, V, ldv);
+        ref_crossentropy_forward(l2.data(), s2.data(), lg.data(), tg.data(), N, V, ldv);
+        check("ref_crossentropy_forward", l2, l1, 1e-5);
+        auto g = randf(3000);
+        std::vector<double> q1(3), q2(3);
+        emu_launch(3, 128, sumsq_partials, q1.data(), (const float*)g.data(), 3000);
+        ref_sumsq_partials(q2.data(), g.data(), 3000); // gridDim and blockDim still those of the launch
+        check("ref_sumsq_partials", {(float)q2[0], (float)q2[1], (float)q2[2]}, {(float)q1[0], (float)q1[1], (float)q1[2]}, 1e-6);
     }
     std::printf("%s: %d kernel check(s) failed\n", BRAID_BF16 ? "bf16" : "fp32", failures);
     return failures ? 1 : 0;
