@@ -3,11 +3,11 @@ package cudamodel
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
