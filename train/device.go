@@ -35,16 +35,23 @@ func NewOnDevice(cfg Config, m *model.Model, dm *cudamodel.Model, tok model.Toke
 	if err != nil {
 		return nil, err
 	}
-	if err := dm.WriteParams(m.Params); err != nil { // the base, frozen in LoRA mode
+	if err := mirror(m, dm); err != nil {
 		return nil, err
-	}
-	if a := m.LoRA(); a != nil {
-		if err := dm.AttachLoRA(a); err != nil {
-			return nil, err
-		}
 	}
 	t.dev = dm
 	return t, t.uploadToDevice()
+}
+
+// mirror gives the device model the host model's weights and, when one is
+// attached, its LoRA adapter (the base is then frozen on both).
+func mirror(m *model.Model, dm *cudamodel.Model) error {
+	if err := dm.WriteParams(m.Params); err != nil {
+		return err
+	}
+	if a := m.LoRA(); a != nil {
+		return dm.AttachLoRA(a)
+	}
+	return nil
 }
 
 // Device returns the GPU model the trainer runs on, or nil.

@@ -48,13 +48,8 @@ func NewWorkerOnDevice(cfg JobConfig, m *model.Model, dm *cudamodel.Model, data 
 	if err != nil {
 		return nil, err
 	}
-	if err := dm.WriteParams(m.Params); err != nil { // the base, frozen in LoRA mode
+	if err := mirror(m, dm); err != nil {
 		return nil, err
-	}
-	if a := m.LoRA(); a != nil {
-		if err := dm.AttachLoRA(a); err != nil {
-			return nil, err
-		}
 	}
 	dev := dm.Device()
 	unlock := dev.Lock()

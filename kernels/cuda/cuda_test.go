@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/braidml/braid/kernels/cuda/cudaemu"
 )
 
 func TestParseDevice(t *testing.T) {
@@ -146,13 +148,7 @@ func TestFaultErrors(t *testing.T) {
 // kernels' arithmetic is checked on machines without a GPU. It needs a
 // C++20 compiler (g++ or clang++) and skips without one.
 func TestKernelsOnTheEmulator(t *testing.T) {
-	cxx := ""
-	for _, c := range []string{"g++", "clang++", "clang++-14"} {
-		if p, err := exec.LookPath(c); err == nil {
-			cxx = p
-			break
-		}
-	}
+	cxx := cudaemu.Compiler()
 	if cxx == "" {
 		t.Skip("no C++ compiler: the kernels are checked only on a GPU")
 	}

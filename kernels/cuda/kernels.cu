@@ -197,14 +197,22 @@ extern "C" __global__ void layernorm_backward(float* dinp, float* dwx, const act
 
 // ---- attention ---------------------------------------------------------
 
+// bhtd splits i, an index into a (B, NH, T, hs) tensor, into its coordinates.
+__device__ __forceinline__ void bhtd(int i, int T, int NH, int hs, int* b, int* h, int* t, int* d) {
+    *d = i % hs;
+    i /= hs;
+    *t = i % T;
+    i /= T;
+    *h = i % NH;
+    *b = i / NH;
+}
+
 // permute: qkv (B, T, 3, NH, hs) + bias (3C) → q, k, v (B, NH, T, hs).
 extern "C" __global__ void permute_qkv(act_t* q, act_t* k, act_t* v, const act_t* qkv, const float* bias, int B, int T, int NH, int hs) {
     int C = NH * hs;
     GRID_LOOP(i, B * NH * T * hs) {
-        int d = i % hs, r = i / hs;
-        int t = r % T;
-        r /= T;
-        int h = r % NH, b = r / NH;
+        int b, h, t, d;
+        bhtd(i, T, NH, hs, &b, &h, &t, &d);
         long src = ((long)b * T + t) * 3 * C + h * hs + d;
         int c = h * hs + d;
         st(q, i, ld(qkv, src) + bias[c]);
@@ -216,10 +224,8 @@ extern "C" __global__ void permute_qkv(act_t* q, act_t* k, act_t* v, const act_t
 extern "C" __global__ void permute_qkv_backward(act_t* dqkv, const act_t* dq, const act_t* dk, const act_t* dv, int B, int T, int NH, int hs) {
     int C = NH * hs;
     GRID_LOOP(i, B * NH * T * hs) {
-        int d = i % hs, r = i / hs;
-        int t = r % T;
-        r /= T;
-        int h = r % NH, b = r / NH;
+        int b, h, t, d;
+        bhtd(i, T, NH, hs, &b, &h, &t, &d);
         long dst = ((long)b * T + t) * 3 * C + h * hs + d;
         dqkv[dst] = dq[i];
         dqkv[dst + C] = dk[i];
@@ -229,20 +235,16 @@ extern "C" __global__ void permute_qkv_backward(act_t* dqkv, const act_t* dq, co
 // unpermute: y (B, NH, T, hs) → out (B, T, NH·hs).
 extern "C" __global__ void unpermute(act_t* out, const act_t* y, int B, int T, int NH, int hs) {
     GRID_LOOP(i, B * NH * T * hs) {
-        int d = i % hs, r = i / hs;
-        int t = r % T;
-        r /= T;
-        int h = r % NH, b = r / NH;
+        int b, h, t, d;
+        bhtd(i, T, NH, hs, &b, &h, &t, &d);
         out[((long)b * T + t) * NH * hs + h * hs + d] = y[i];
     }
 }
 // unpermute_backward: dout (B, T, NH·hs) → dy (B, NH, T, hs).
 extern "C" __global__ void unpermute_backward(act_t* dy, const act_t* dout, int B, int T, int NH, int hs) {
     GRID_LOOP(i, B * NH * T * hs) {
-        int d = i % hs, r = i / hs;
-        int t = r % T;
-        r /= T;
-        int h = r % NH, b = r / NH;
+        int b, h, t, d;
+        bhtd(i, T, NH, hs, &b, &h, &t, &d);
         dy[i] = dout[((long)b * T + t) * NH * hs + h * hs + d];
     }
 }

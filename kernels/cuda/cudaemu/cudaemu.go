@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"testing"
 )
 
 // EnvVar selects the stand-in when set to 1.
@@ -43,6 +44,27 @@ func Use() (string, error) {
 	os.Setenv("BRAID_CUDA_LIB_PATH", dir)
 	os.Setenv("BRAID_CUDA_CACHE", filepath.Join(dir, "kernel-cache"))
 	return dir, nil
+}
+
+// Main is a test package's TestMain for the GPU tests: it calls Use, then
+// runs the tests.
+func Main(m *testing.M) {
+	if _, err := Use(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	os.Exit(m.Run())
+}
+
+// Compiler returns the C++20 compiler the stand-in (and the kernels'
+// emulator test) is built with: g++ or clang++, "" if there is none.
+func Compiler() string {
+	for _, c := range []string{"g++", "clang++", "clang++-14"} {
+		if p, err := exec.LookPath(c); err == nil {
+			return p
+		}
+	}
+	return ""
 }
 
 // Build compiles the stand-in (if this version is not built yet) into the
@@ -76,13 +98,7 @@ func Build() (string, error) {
 	if _, err := os.Stat(filepath.Join(dir, names[len(names)-1])); err == nil {
 		return dir, nil
 	}
-	cxx := ""
-	for _, c := range []string{"g++", "clang++", "clang++-14"} {
-		if p, err := exec.LookPath(c); err == nil {
-			cxx = p
-			break
-		}
-	}
+	cxx := Compiler()
 	if cxx == "" {
 		return "", fmt.Errorf("cudaemu: %s=1 needs a C++20 compiler (g++ or clang++) to build the stand-in", EnvVar)
 	}
