@@ -199,3 +199,76 @@ func TestGPULoRAWorkersMatchCPU(t *testing.T) {
 		t.Errorf("GPU LoRA worker trains %d parameters, CPU %d", n, cpu.NumTrainable())
 	}
 }
+
+// TestGPUDiLoCoMatchesCPU: DiLoCo rounds (local inner steps, all-reduced
+// pseudo-gradient, outer Nesterov step, and a rollback) on two GPU workers
+// leave them with the CPU workers' weights (fp32, to float rounding) and
+// with each other's bitwise.
+func TestGPUDiLoCoMatchesCPU(t *testing.T) {
+	gpu(t)
+	const n, h = 2, 3
+	data := prepareDataset(t, 40, 1, 0.1)
+	cfg := testJob(3*h, 8, 4)
+	mk := func(w *train.Worker) *train.DiLoCo {
+		w.LocalBatch = true
+		d, err := train.NewDiLoCo(w, h, 0.7, 0.9)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	gpus := []*train.DiLoCo{mk(newGPUWorker(t, cfg, workerModel, data, cuda.FP32)), mk(newGPUWorker(t, cfg, workerModel, data, cuda.FP32))}
+	cpus := []*train.DiLoCo{mk(newWorker(t, cfg, workerModel, data)), mk(newWorker(t, cfg, workerModel, data))}
+	gred, cred := reducers(newMemGroup(n)), reducers(newMemGroup(n))
+	round := func(ds []*train.DiLoCo, reds []train.Reducer, r int) {
+		for s := range h {
+			parts := partsFor(t, ds[0].W, r*h+s, n)
+			for i, d := range ds {
+				if _, err := d.InnerStep(context.Background(), parts[i]); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for i, d := range ds {
+			wg.Go(func() { errs[i] = d.OuterStep(context.Background(), reds[i], n) })
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for r := range 2 {
+		round(gpus, gred, r)
+		round(cpus, cred, r)
+	}
+	// A broken round: inner steps, then a rollback to the last outer step.
+	for i, d := range gpus {
+		if _, err := d.InnerStep(context.Background(), partsFor(t, d.W, 2*h, n)[i]); err != nil {
+			t.Fatal(err)
+		}
+		d.Rollback()
+	}
+	if gpus[0].WeightsHash() != gpus[1].WeightsHash() || gpus[0].W.WeightsHash() != gpus[1].W.WeightsHash() {
+		t.Fatal("the GPU DiLoCo replicas differ")
+	}
+	if e := relErr64(gpus[0].W.Trainable(), cpus[0].W.Trainable()); !(e <= 1e-4) {
+		t.Errorf("GPU DiLoCo weights after 2 rounds: relative error %.2e to the CPU's", e)
+	}
+	if gpus[0].W.Done != 2*h {
+		t.Errorf("after the rollback the worker is at step %d, want %d", gpus[0].W.Done, 2*h)
+	}
+}
+
+func relErr64(got, want []float32) float64 {
+	var num, den float64
+	for i := range want {
+		d := float64(got[i]) - float64(want[i])
+		num += d * d
+		den += float64(want[i]) * float64(want[i])
+	}
+	return math.Sqrt(num / den)
+}
