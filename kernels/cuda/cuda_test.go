@@ -43,6 +43,10 @@ func TestParsePrecision(t *testing.T) {
 // and nothing altered: a flipped byte, a truncated file, another magic.
 func TestCacheEntry(t *testing.T) {
 	dir := t.TempDir()
+	os.Chmod(dir, 0o700)
+	if !ensurePrivateDir(dir) {
+		t.Fatalf("%s is not private", dir)
+	}
 	path := filepath.Join(dir, "k.cubin")
 	img := []byte("\x7fELF pretend cubin image")
 	writeCacheEntry(path, img)
@@ -66,6 +70,25 @@ func TestCacheEntry(t *testing.T) {
 	}
 	if m, _ := filepath.Glob(filepath.Join(dir, ".cubin-*")); len(m) != 0 {
 		t.Errorf("temporary files left behind: %v", m)
+	}
+	// Entries that others could have written are not trusted.
+	if !privateFile(path) {
+		t.Errorf("the entry just written is not private")
+	}
+	os.Chmod(path, 0o666)
+	if privateFile(path) {
+		t.Error("a world-writable entry is trusted")
+	}
+	link := filepath.Join(dir, "link.cubin")
+	os.Symlink(path, link)
+	if privateFile(link) {
+		t.Error("a symbolic link is trusted")
+	}
+	open := filepath.Join(t.TempDir(), "open")
+	os.Mkdir(open, 0o777)
+	os.Chmod(open, 0o777)
+	if ensurePrivateDir(open) {
+		t.Error("a world-writable cache directory is trusted")
 	}
 }
 

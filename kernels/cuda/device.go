@@ -104,7 +104,7 @@ func (p Precision) ActBytes() int64 {
 
 // Open makes device index usable: it retains its primary context, creates
 // a stream and a cuBLAS handle. Close releases them.
-func Open(index int) (*Device, error) {
+func Open(index int) (_ *Device, err error) {
 	if err := load(); err != nil {
 		return nil, err
 	}
@@ -134,6 +134,20 @@ func Open(index int) (*Device, error) {
 	d.ctx = *ctx
 	unlock := d.Lock()
 	defer unlock()
+	defer func() {
+		if err != nil { // release what was made so far
+			if d.workspace.Ptr != 0 {
+				d.Free(d.workspace)
+			}
+			if d.blas != 0 {
+				ccall(sym.cublasDestroy, d.blas)
+			}
+			if d.stream != 0 {
+				ccall(sym.cuStreamDestroy, d.stream)
+			}
+			ccall(sym.cuDevicePrimaryCtxRelease, uintptr(d.dev))
+		}
+	}()
 	s := new(uintptr)
 	if err := checkResult("cuStreamCreate", ccall(sym.cuStreamCreate, uintptr(unsafe.Pointer(s)), 0)); err != nil {
 		return nil, d.named(err)
@@ -145,7 +159,7 @@ func Open(index int) (*Device, error) {
 	}
 	d.blas = *h
 	if r := ccall(sym.cublasSetStream, d.blas, d.stream); uint32(r) != 0 {
-		return nil, fmt.Errorf("cuda: cublasSetStream: status %d", uint32(r))
+		return nil, fmt.Errorf("cuda: %s: cublasSetStream: status %d", d.Info, uint32(r))
 	}
 	// cuBLAS on Hopper wants a workspace of its own; 32 MiB as NVIDIA
 	// recommends, given explicitly so that it is allocated once.
@@ -153,7 +167,7 @@ func Open(index int) (*Device, error) {
 		return nil, err
 	}
 	if r := ccall(sym.cublasSetWorkspace, d.blas, d.workspace.Ptr, uintptr(d.workspace.Bytes)); uint32(r) != 0 {
-		return nil, fmt.Errorf("cuda: cublasSetWorkspace: status %d", uint32(r))
+		return nil, fmt.Errorf("cuda: %s: cublasSetWorkspace: status %d", d.Info, uint32(r))
 	}
 	return d, nil
 }
@@ -372,20 +386,32 @@ func (d *Device) module(p Precision) (*module, error) {
 		bf = 1
 	}
 	opts := []string{"--gpu-architecture=" + d.Info.Arch(), "--std=c++17", fmt.Sprintf("-DBRAID_BF16=%d", bf)}
-	image, err := d.compile(kernelSource, opts)
+	image, path, err := d.compile(kernelSource, opts)
 	if err != nil {
 		return nil, err
 	}
 	h := new(uintptr)
-	if err := checkResult("cuModuleLoadData", ccall(sym.cuModuleLoadData, uintptr(unsafe.Pointer(h)), uintptr(unsafe.Pointer(&image[0])))); err != nil {
+	err = checkResult("cuModuleLoadData", ccall(sym.cuModuleLoadData, uintptr(unsafe.Pointer(h)), uintptr(unsafe.Pointer(&image[0]))))
+	runtime.KeepAlive(image)
+	if err != nil && path != "" {
+		// A cached image the driver refuses (written by another driver
+		// version under the same key, or damaged): drop it, compile again.
+		os.Remove(path)
+		if image, _, err = d.compile(kernelSource, opts); err != nil {
+			return nil, err
+		}
+		err = checkResult("cuModuleLoadData", ccall(sym.cuModuleLoadData, uintptr(unsafe.Pointer(h)), uintptr(unsafe.Pointer(&image[0]))))
+		runtime.KeepAlive(image)
+	}
+	if err != nil {
 		return nil, d.named(err)
 	}
-	runtime.KeepAlive(image)
 	m := &module{handle: *h, fns: map[string]uintptr{}}
 	for _, name := range kernelNames {
 		f := new(uintptr)
 		cname := cStr(name)
 		if err := checkResult("cuModuleGetFunction "+name, ccall(sym.cuModuleGetFunction, uintptr(unsafe.Pointer(f)), m.handle, uintptr(unsafe.Pointer(&cname[0])))); err != nil {
+			ccall(sym.cuModuleUnload, m.handle)
 			return nil, d.named(err)
 		}
 		m.fns[name] = *f
@@ -395,14 +421,18 @@ func (d *Device) module(p Precision) (*module, error) {
 }
 
 // CacheDir is where compiled kernels are kept: BRAID_CUDA_CACHE, else the
-// user cache directory's braid/cuda.
+// user cache directory's braid/cuda; "" (no disk cache: kernels are
+// compiled at every start) where there is no user cache directory. A
+// cached kernel runs with the process's access to the GPU and its pinned
+// memory, so the cache is used only where nobody else can write: see
+// privateDir and privateFile.
 func CacheDir() string {
 	if dir := os.Getenv("BRAID_CUDA_CACHE"); dir != "" {
 		return dir
 	}
 	base, err := os.UserCacheDir()
 	if err != nil {
-		base = os.TempDir()
+		return ""
 	}
 	return filepath.Join(base, "braid", "cuda")
 }
@@ -411,24 +441,49 @@ func CacheDir() string {
 const cacheMagic = "braid-cubin-1\n"
 
 // compile returns the device image (cubin) of src compiled with opts for
-// this device, from the disk cache when a valid entry is there. A cache
-// entry that does not check out (truncated, altered) is ignored and
+// this device, from the disk cache when a valid entry is there (and the
+// entry's path, "" when compiled now). A cache entry that does not check
+// out (truncated, altered, not private to this user) is ignored and
 // rewritten; a cache that cannot be written only costs a compile next time.
-func (d *Device) compile(src string, opts []string) ([]byte, error) {
+func (d *Device) compile(src string, opts []string) ([]byte, string, error) {
 	nv := loaded[1].Version
 	key := sha256.Sum256([]byte(strings.Join(append([]string{src, d.Info.Arch(), nv, loaded[0].Version}, opts...), "\x00")))
-	path := filepath.Join(CacheDir(), hex.EncodeToString(key[:16])+".cubin")
-	if b, err := os.ReadFile(path); err == nil {
-		if img, ok := checkCacheEntry(b); ok {
-			return img, nil
+	dir := CacheDir()
+	private := dir != "" && ensurePrivateDir(dir)
+	path := filepath.Join(dir, hex.EncodeToString(key[:16])+".cubin")
+	if private && privateFile(path) {
+		if b, err := os.ReadFile(path); err == nil {
+			if img, ok := checkCacheEntry(b); ok {
+				return img, path, nil
+			}
 		}
 	}
 	img, err := nvrtcCompile(src, opts)
 	if err != nil {
-		return nil, d.named(err)
+		return nil, "", d.named(err)
 	}
-	writeCacheEntry(path, img)
-	return img, nil
+	if private {
+		writeCacheEntry(path, img)
+	}
+	return img, "", nil
+}
+
+// ensurePrivateDir makes dir (mode 0700) if it is missing and says whether
+// it is a directory of this user's that nobody else may write to (not a
+// symbolic link, not group- or world-writable).
+func ensurePrivateDir(dir string) bool {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return false
+	}
+	fi, err := os.Lstat(dir)
+	return err == nil && fi.IsDir() && ownedPrivately(fi)
+}
+
+// privateFile says whether path is a regular file of this user's that
+// nobody else may write to (a missing file is not).
+func privateFile(path string) bool {
+	fi, err := os.Lstat(path)
+	return err == nil && fi.Mode().IsRegular() && ownedPrivately(fi)
 }
 
 func checkCacheEntry(b []byte) ([]byte, bool) {
@@ -445,9 +500,6 @@ func checkCacheEntry(b []byte) ([]byte, bool) {
 
 // writeCacheEntry writes img to path atomically (temporary file, rename).
 func writeCacheEntry(path string, img []byte) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return
-	}
 	sum := sha256.Sum256(img)
 	f, err := os.CreateTemp(filepath.Dir(path), ".cubin-*")
 	if err != nil {
@@ -469,8 +521,8 @@ func writeCacheEntry(path string, img []byte) {
 func nvrtcCompile(src string, opts []string) ([]byte, error) {
 	prog := new(uintptr)
 	csrc, cname := cStr(src), cStr("kernels.cu")
-	if r := ccall(sym.nvrtcCreateProgram, uintptr(unsafe.Pointer(prog)), uintptr(unsafe.Pointer(&csrc[0])), uintptr(unsafe.Pointer(&cname[0])), 0, 0, 0); r != 0 {
-		return nil, fmt.Errorf("cuda: nvrtcCreateProgram: %s", cString(ccall(sym.nvrtcGetErrorString, r)))
+	if r := uint32(ccall(sym.nvrtcCreateProgram, uintptr(unsafe.Pointer(prog)), uintptr(unsafe.Pointer(&csrc[0])), uintptr(unsafe.Pointer(&cname[0])), 0, 0, 0)); r != 0 {
+		return nil, fmt.Errorf("cuda: nvrtcCreateProgram: %s", cString(ccall(sym.nvrtcGetErrorString, uintptr(r))))
 	}
 	defer ccall(sym.nvrtcDestroyProgram, uintptr(unsafe.Pointer(prog)))
 	copts := make([][]byte, len(opts))
@@ -479,22 +531,22 @@ func nvrtcCompile(src string, opts []string) ([]byte, error) {
 		copts[i] = cStr(o)
 		ptrs[i] = uintptr(unsafe.Pointer(&copts[i][0]))
 	}
-	r := ccall(sym.nvrtcCompileProgram, *prog, uintptr(len(opts)), uintptr(unsafe.Pointer(&ptrs[0])))
+	r := uint32(ccall(sym.nvrtcCompileProgram, *prog, uintptr(len(opts)), uintptr(unsafe.Pointer(&ptrs[0]))))
 	runtime.KeepAlive(copts)
 	if r != 0 {
 		n := new(uintptr)
 		ccall(sym.nvrtcGetProgramLogSize, *prog, uintptr(unsafe.Pointer(n)))
 		log := make([]byte, *n+1)
 		ccall(sym.nvrtcGetProgramLog, *prog, uintptr(unsafe.Pointer(&log[0])))
-		return nil, fmt.Errorf("cuda: NVRTC could not compile braid's kernels (%s) with %v: %s", cString(ccall(sym.nvrtcGetErrorString, r)), opts, strings.TrimRight(string(log), "\x00\n"))
+		return nil, fmt.Errorf("cuda: NVRTC could not compile braid's kernels (%s) with %v: %s", cString(ccall(sym.nvrtcGetErrorString, uintptr(r))), opts, strings.TrimRight(string(log), "\x00\n"))
 	}
 	n := new(uintptr)
-	if r := ccall(sym.nvrtcGetCUBINSize, *prog, uintptr(unsafe.Pointer(n))); r != 0 || *n == 0 {
-		return nil, fmt.Errorf("cuda: nvrtcGetCUBINSize: %s", cString(ccall(sym.nvrtcGetErrorString, r)))
+	if r := uint32(ccall(sym.nvrtcGetCUBINSize, *prog, uintptr(unsafe.Pointer(n)))); r != 0 || *n == 0 {
+		return nil, fmt.Errorf("cuda: nvrtcGetCUBINSize: %s", cString(ccall(sym.nvrtcGetErrorString, uintptr(r))))
 	}
 	img := make([]byte, *n)
-	if r := ccall(sym.nvrtcGetCUBIN, *prog, uintptr(unsafe.Pointer(&img[0]))); r != 0 {
-		return nil, fmt.Errorf("cuda: nvrtcGetCUBIN: %s", cString(ccall(sym.nvrtcGetErrorString, r)))
+	if r := uint32(ccall(sym.nvrtcGetCUBIN, *prog, uintptr(unsafe.Pointer(&img[0])))); r != 0 {
+		return nil, fmt.Errorf("cuda: nvrtcGetCUBIN: %s", cString(ccall(sym.nvrtcGetErrorString, uintptr(r))))
 	}
 	return img, nil
 }

@@ -94,26 +94,20 @@ var (
 
 // load finds and loads the driver, NVRTC and cuBLAS, and fills sym. It
 // fails, naming each library that is missing or too old, unless all three
-// are usable.
+// are usable. NVRTC and cuBLAS must not be of a newer major CUDA version
+// than the driver supports (a CUDA 13 cuBLAS needs a CUDA 13 driver); where
+// several are installed, the newest that fits is taken.
 func load() error {
 	loadOnce.Do(func() {
 		if !built {
 			loadErr = ErrNotBuilt
 			return
 		}
-		var problems []string
-		for i, lib := range sym.libraries() {
-			l, err := openLibrary(lib)
-			loaded = append(loaded, l)
-			if err != nil {
-				problems = append(problems, err.Error())
-				if i == 0 {
-					break // without the driver, the rest does not matter
-				}
-			}
-		}
-		if len(problems) > 0 {
-			loadErr = fmt.Errorf("cuda: %s", strings.Join(problems, "; "))
+		libs := sym.libraries()
+		drv, err := openLibrary(libs[0], nil)
+		loaded = append(loaded, drv)
+		if err != nil {
+			loadErr = fmt.Errorf("cuda: %w", err)
 			return
 		}
 		if err := checkResult("cuInit", ccall(sym.cuInit, 0)); err != nil {
@@ -125,33 +119,57 @@ func load() error {
 			loadErr = err
 			return
 		}
+		driverMajor := int(*v) / 1000
 		loaded[0].Version = fmt.Sprintf("CUDA %d.%d", *v/1000, *v%1000/10)
 		if *v < 12000 {
 			loadErr = fmt.Errorf("cuda: the driver in %s supports CUDA %d.%d; braid needs 12.0 or newer: update the NVIDIA driver", loaded[0].Path, *v/1000, *v%1000/10)
 			return
 		}
-		major, minor := new(int32), new(int32)
-		if ccall(sym.nvrtcVersion, uintptr(unsafe.Pointer(major)), uintptr(unsafe.Pointer(minor))) == 0 {
-			loaded[1].Version = fmt.Sprintf("%d.%d", *major, *minor)
-			if int(*major)*1000+int(*minor)*10 > int(*v) {
-				loadErr = fmt.Errorf("cuda: NVRTC %d.%d in %s is newer than the driver (CUDA %d.%d): its kernels would not load; update the driver or point BRAID_CUDA_LIB_PATH at an NVRTC ≤ %d.%d",
-					*major, *minor, loaded[1].Path, *v/1000, *v%1000/10, *v/1000, *v%1000/10)
-				return
+		fits := func(what string, major int, version string) error {
+			if major > driverMajor {
+				return fmt.Errorf("%s %s is newer than the driver (CUDA %d.%d) supports", what, version, *v/1000, *v%1000/10)
 			}
+			return nil
 		}
-		var bv [3]int32
-		for i := range bv {
-			ccall(sym.cublasGetProperty, uintptr(i), uintptr(unsafe.Pointer(&bv[i])))
+		var problems []string
+		nvrtc, err := openLibrary(libs[1], func(l *Library) error {
+			major, minor := new(int32), new(int32)
+			if uint32(ccall(sym.nvrtcVersion, uintptr(unsafe.Pointer(major)), uintptr(unsafe.Pointer(minor)))) != 0 {
+				return fmt.Errorf("nvrtcVersion failed")
+			}
+			l.Version = fmt.Sprintf("%d.%d", *major, *minor)
+			return fits("NVRTC", int(*major), l.Version)
+		})
+		loaded = append(loaded, nvrtc)
+		if err != nil {
+			problems = append(problems, err.Error())
 		}
-		loaded[2].Version = fmt.Sprintf("%d.%d.%d", bv[0], bv[1], bv[2])
+		blas, err := openLibrary(libs[2], func(l *Library) error {
+			var bv [3]int32
+			for i := range bv {
+				ccall(sym.cublasGetProperty, uintptr(i), uintptr(unsafe.Pointer(&bv[i])))
+			}
+			l.Version = fmt.Sprintf("%d.%d.%d", bv[0], bv[1], bv[2])
+			return fits("cuBLAS", int(bv[0]), l.Version)
+		})
+		loaded = append(loaded, blas)
+		if err != nil {
+			problems = append(problems, err.Error())
+		}
+		if len(problems) > 0 {
+			loadErr = fmt.Errorf("cuda: %s", strings.Join(problems, "; "))
+		}
 	})
 	return loadErr
 }
 
 // openLibrary tries lib's names in every search directory and takes every
-// symbol it needs from the first file that loads.
-func openLibrary(lib library) (Library, error) {
+// symbol it needs from the first file that loads and that accept (if not
+// nil) takes; a file accept refuses is passed over, and its reason is the
+// error if no other file does.
+func openLibrary(lib library, accept func(*Library) error) (Library, error) {
 	l := Library{Name: lib.what}
+	var refused []string
 	var candidates []string
 	for _, dir := range filepath.SplitList(os.Getenv("BRAID_CUDA_LIB_PATH")) {
 		for _, n := range lib.names {
@@ -177,15 +195,29 @@ func openLibrary(lib library) (Library, error) {
 		if err != nil {
 			continue
 		}
+		missing := ""
 		for name, p := range lib.syms {
 			if *p, err = dlsym(h, name); err != nil {
-				l.Path = mappedPath(c)
-				l.Error = fmt.Sprintf("%s has no %s: too old (braid needs CUDA 12 or newer)", l.Path, name)
-				return l, fmt.Errorf("%s", l.Error)
+				missing = name
+				break
 			}
 		}
 		l.Path = mappedPath(c)
+		if missing != "" {
+			refused = append(refused, fmt.Sprintf("%s has no %s: too old (braid needs CUDA 12 or newer)", l.Path, missing))
+			continue
+		}
+		if accept != nil {
+			if err := accept(&l); err != nil {
+				refused = append(refused, fmt.Sprintf("%s: %v", l.Path, err))
+				continue
+			}
+		}
 		return l, nil
+	}
+	if len(refused) > 0 {
+		l.Error = strings.Join(refused, "; ") + " (set BRAID_CUDA_LIB_PATH to the directory of one that fits)"
+		return l, fmt.Errorf("%s", l.Error)
 	}
 	l.Error = fmt.Sprintf("%s not found (searched BRAID_CUDA_LIB_PATH, the loader's path, /usr/local/cuda*/lib64, /usr/lib/*-linux-gnu and pip's nvidia/*/lib; install the CUDA toolkit's %s or set BRAID_CUDA_LIB_PATH to the directory that holds it)", strings.Join(lib.names[:len(lib.names)-1], " or "), lib.what)
 	if lib.what == "driver" {

@@ -118,12 +118,20 @@ func (d *Device) gemm(p Precision, m, n, k int, a Mat, strideA int64, b Mat, str
 	return nil
 }
 
+// maxGrid caps the blocks of a grid-stride launch.
+const maxGrid = 65536
+
+// MaxGridStride is the largest step of a grid-stride loop (blocks × threads
+// of any launch): the kernels' 32-bit indices need buffers at least this
+// far below 2³¹.
+const MaxGridStride = maxGrid * 1024
+
 // grid returns the blocks of threads for n elements of grid-stride work,
 // capped so that each thread does a few.
 func grid(n int64, threads int) int {
 	g := (n + int64(threads) - 1) / int64(threads)
-	if g > 65536 {
-		g = 65536
+	if g > maxGrid {
+		g = maxGrid
 	}
 	return int(g)
 }

@@ -95,7 +95,8 @@ func (d *Device) profBegin(name string) {
 	if p.used+2 > len(p.pool) {
 		for range 2 {
 			e := new(uintptr)
-			if ccall(sym.cuEventCreate, uintptr(unsafe.Pointer(e)), 0) != 0 {
+			if uint32(ccall(sym.cuEventCreate, uintptr(unsafe.Pointer(e)), 0)) != 0 {
+				d.prof = nil // no events: stop profiling rather than mis-attribute
 				return
 			}
 			p.pool = append(p.pool, Event{h: *e})
