@@ -89,8 +89,11 @@ func (t *Trainer) deviceStep() (loss, norm float32, err error) {
 
 // deviceUpdate applies the next AdamW update on the GPU.
 func (t *Trainer) deviceUpdate(lr float32) error {
+	if err := t.dev.AdamW(cudamodel.AdamWConfig{Beta1: t.Opt.Beta1, Beta2: t.Opt.Beta2, Eps: t.Opt.Eps, WeightDecay: t.Opt.WeightDecay}, lr, t.Opt.Step+1); err != nil {
+		return err
+	}
 	t.Opt.Step++
-	return t.dev.AdamW(cudamodel.AdamWConfig{Beta1: t.Opt.Beta1, Beta2: t.Opt.Beta2, Eps: t.Opt.Eps, WeightDecay: t.Opt.WeightDecay}, lr, t.Opt.Step)
+	return nil
 }
 
 // syncFromDevice brings the GPU's weights and moments into the host copy.

@@ -546,6 +546,9 @@ func (w *Worker) Step(ctx context.Context, part []int64, red Reducer) (StepResul
 		}
 	}
 	if w.op == nil { // empty part: nothing computed, every bucket is zero
+		if w.dev != nil {
+			clear(w.grads) // the host side of a GPU worker's gradient still holds the last reduced one
+		}
 		w.op = red.Start(ctx, uint64(step))
 	}
 	for ; w.added < len(w.buckets); w.added++ { // buckets Backward did not report (none, normally)
@@ -672,10 +675,24 @@ func (w *Worker) ApplyReduced(step int, grads []float32) error {
 // LoRA mode, a SHA-256 over the frozen base's WeightsHash and the adapter's
 // parameters (so it changes with the adapter and differs between bases).
 // Replicas at the same step compare it.
+//
+// On a GPU worker that cannot read its weights back (a GPU fault) it
+// returns ""; WeightsHashErr says why.
 func (w *Worker) WeightsHash() string {
+	h, _ := w.WeightsHashErr()
+	return h
+}
+
+// WeightsHashErr is WeightsHash with the error of a GPU worker that cannot
+// read its weights back.
+func (w *Worker) WeightsHashErr() (string, error) {
 	if err := w.syncHost(); err != nil {
-		return "unreadable: " + err.Error()
+		return "", err
 	}
+	return w.weightsHash(), nil
+}
+
+func (w *Worker) weightsHash() string {
 	if w.baseHash == "" {
 		return WeightsHash(w.params)
 	}
@@ -889,6 +906,7 @@ func (w *Worker) Restore(b []byte) error {
 	if got := WeightsHash(vals[0]); got != md["weights_sha256"] {
 		return bad("weights_sha256 %.12s… does not match the weights (%.12s…)", md["weights_sha256"], got)
 	}
+	w.hostCurrent() // the host copy is what counts now: no refresh from the GPU may overwrite it
 	copy(w.params, vals[0])
 	copy(w.Opt.M, vals[1])
 	copy(w.Opt.V, vals[2])

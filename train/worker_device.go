@@ -1,6 +1,7 @@
 package train
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"sync"
@@ -67,12 +68,12 @@ func NewWorkerOnDevice(cfg JobConfig, m *model.Model, dm *cudamodel.Model, data 
 	for range w.ranges {
 		b, err1 := dev.NewEvent()
 		e, err2 := dev.NewEvent()
-		if err1 != nil || err2 != nil {
+		d.events = append(d.events, [2]cuda.Event{b, e}) // Close destroys them (a zero Event is skipped)
+		if err := errors.Join(err1, err2); err != nil {
 			unlock()
 			w.Close()
-			return nil, fmt.Errorf("train: %v %v", err1, err2)
+			return nil, fmt.Errorf("train: events for the gradient copies: %w", err)
 		}
-		d.events = append(d.events, [2]cuda.Event{b, e})
 	}
 	unlock()
 	if err := w.pushHost(); err != nil {
@@ -135,6 +136,17 @@ func (w *Worker) syncHost() error {
 	}
 	d.stale = false
 	return nil
+}
+
+// hostCurrent marks a GPU worker's host copy as the current state (before
+// the host overwrites it, for pushHost to send to the device), so that a
+// concurrent syncHost leaves it alone.
+func (w *Worker) hostCurrent() {
+	if d := w.dev; d != nil {
+		d.mu.Lock()
+		d.stale = false
+		d.mu.Unlock()
+	}
 }
 
 // pushHost writes the host weights and moments to the device (after

@@ -2,6 +2,7 @@ package train_test
 
 import (
 	"context"
+	"errors"
 	"math"
 	"sync"
 	"testing"
@@ -271,4 +272,34 @@ func relErr64(got, want []float32) float64 {
 		den += float64(want[i]) * float64(want[i])
 	}
 	return math.Sqrt(num / den)
+}
+
+// TestGPUWorkerEmptyPart: a GPU worker whose part of a step is empty adds
+// zeros to the all-reduce, not what its gradient buffer held from the step
+// before.
+func TestGPUWorkerEmptyPart(t *testing.T) {
+	gpu(t)
+	data := prepareDataset(t, 40, 1, 0.1)
+	cfg := testJob(2, 8, 4)
+	one := newGPUWorker(t, cfg, workerModel, data, cuda.FP32)
+	two := []*train.Worker{newGPUWorker(t, cfg, workerModel, data, cuda.FP32), newGPUWorker(t, cfg, workerModel, data, cuda.FP32)}
+	oneRed, twoRed := reducers(newMemGroup(1)), reducers(newMemGroup(2))
+	for step := range 2 {
+		all := partsFor(t, one, step, 1)[0]
+		if _, err := one.Step(context.Background(), all, oneRed[0]); err != nil {
+			t.Fatal(err)
+		}
+		parts := partsFor(t, two[0], step, 2)
+		if step == 1 {
+			parts = [][]int64{all, nil} // the second worker has nothing to do
+		}
+		if _, errs := stepAll(two, parts, twoRed); errors.Join(errs...) != nil {
+			t.Fatal(errors.Join(errs...))
+		}
+	}
+	_, want, _ := one.LastReduced()
+	_, got, _ := two[1].LastReduced()
+	if e := relErr64(got, want); !(e <= 1e-5) {
+		t.Errorf("reduced gradient with an empty part: relative error %.2e to one worker's", e)
+	}
 }

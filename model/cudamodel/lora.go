@@ -134,7 +134,6 @@ func (m *Model) AttachLoRA(a *model.LoRA) (err error) {
 	if err != nil {
 		return err
 	}
-	m.bufs = append(m.bufs, bufs...)
 	if err = m.zero(s.grads, s.mom, s.vel); err != nil {
 		return err
 	}
@@ -146,8 +145,12 @@ func (m *Model) AttachLoRA(a *model.LoRA) (err error) {
 			return err
 		}
 	}
+	if err = m.dev.Sync(); err != nil {
+		return err
+	}
+	m.bufs = append(m.bufs, bufs...) // the model frees them from now on
 	m.ad, m.tr = ad, &ad.set
-	return m.dev.Sync()
+	return nil
 }
 
 // projShape is a projection's (in, out) features.

@@ -185,10 +185,12 @@ func newModel(dev *cuda.Device, c model.Config, maxB, maxT int, p cuda.Precision
 	if maxB < 1 || maxT < 1 || maxT > c.Context {
 		return nil, fmt.Errorf("%w: batch %d×%d does not fit (want ≥ 1 sequences of 1..%d tokens)", model.ErrConfig, maxB, maxT, c.Context)
 	}
-	// The kernels index every buffer with 32-bit integers.
+	// The kernels index every buffer with 32-bit integers, which must not
+	// overflow when a grid-stride loop steps past the end (by at most
+	// cuda.MaxGridStride).
 	BT64 := int64(maxB) * int64(maxT)
 	for _, n := range []int64{BT64 * int64(roundUp(c.Vocab, 64)), BT64 * 4 * int64(c.Dim), int64(maxB) * int64(c.Heads) * int64(maxT) * int64(maxT), int64(c.NumParams())} {
-		if n > math.MaxInt32 {
+		if n > math.MaxInt32-cuda.MaxGridStride {
 			return nil, fmt.Errorf("%w: a batch of %d×%d needs buffers of more than 2³¹ elements (%d) on the GPU; lower the batch (--batch, --micro-batch) or the sequence length (--seq-len)", model.ErrConfig, maxB, maxT, n)
 		}
 	}

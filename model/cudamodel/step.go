@@ -199,11 +199,16 @@ func (m *Model) Backward(scale float32) error {
 	if !m.targets {
 		return fmt.Errorf("cudamodel: Backward needs a Forward call with targets")
 	}
-	if m.counted == 0 {
-		return nil
-	}
 	unlock := m.dev.Lock()
 	defer unlock()
+	if m.counted == 0 { // nothing to add: every range is final as it is
+		if m.GradReady != nil {
+			for _, r := range m.tr.gradRanges {
+				m.GradReady(r[0], r[1])
+			}
+		}
+		return nil
+	}
 	return m.backward(scale / float32(m.counted))
 }
 
