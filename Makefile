@@ -39,7 +39,7 @@ test:
 test-cuda-emu:
 	@if command -v g++ >/dev/null || command -v clang++ >/dev/null; then \
 		BRAID_CUDA_EMULATE=1 $(GO) test -tags cuda -count=1 ./kernels/cuda/... ./model/cudamodel && \
-		BRAID_CUDA_EMULATE=1 $(GO) test -tags cuda -count=1 -run 'GPU' ./train ./node/nodetest; \
+		BRAID_CUDA_EMULATE=1 $(GO) test -tags cuda -count=1 -run 'GPU' ./train ./node/nodetest ./cmd/braid; \
 	else echo "test-cuda-emu skipped: no C++ compiler for the CUDA stand-in"; fi
 
 ## test-short: the tests without the race detector (faster)

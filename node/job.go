@@ -151,6 +151,9 @@ func (n *Node) SubmitJob(ctx context.Context, req JobRequest) (coordinator.Job, 
 		if err := lc.Validate(); err != nil {
 			return coordinator.Job{}, fmt.Errorf("node: %w", err)
 		}
+		if lc.Dropout > 0 && req.Device == coordinator.DeviceCUDA {
+			return coordinator.Job{}, fmt.Errorf("node: LoRA dropout (%g) is not available on GPUs yet: submit with --lora-dropout 0, or --device cpu", lc.Dropout)
+		}
 		req.LoRATargets = lc.Targets
 	}
 	spec := coordinator.JobSpec{Dataset: ds.ID, Steps: req.Steps, GlobalBatch: req.GlobalBatch,

@@ -532,13 +532,19 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 			r.prog.MeanStepMS = float64(r.sumStep.Microseconds()) / 1e3 / float64(r.prog.Steps)
 			r.prog.MeanWaitMS = float64(r.sumWait.Microseconds()) / 1e3 / float64(r.prog.Steps)
 		}
+		r.mu.Unlock()
 		if r.spec.HashEvery > 0 && r.w.Done%r.spec.HashEvery == 0 || r.w.Done == r.spec.Steps {
-			h := r.w.WeightsHash()
+			// Read outside the lock: on a GPU it waits for the device.
+			h, err := r.w.WeightsHashErr()
+			if err != nil {
+				return err // a GPU fault: run leaves the cluster
+			}
+			r.mu.Lock()
 			r.hashes[r.w.Done] = h
 			r.prog.WeightsHash = h
 			delete(r.hashes, r.w.Done-10*max(r.spec.HashEvery, 1))
+			r.mu.Unlock()
 		}
-		r.mu.Unlock()
 		if ee := r.spec.EvalEvery; ee > 0 && r.w.Done%ee == 0 && evaluates {
 			r.eval(false)
 		}

@@ -210,7 +210,10 @@ func runBenchTrain(c *cli.Context) error {
 		}
 	}
 	if dev != nil {
-		if err := dev.Sync(); err != nil {
+		unlock := dev.Lock()
+		err := dev.Sync()
+		unlock()
+		if err != nil {
 			return err
 		}
 	}

@@ -51,6 +51,10 @@ func openDevice(c *cli.Context, w io.Writer) (*cuda.Device, cuda.Precision, erro
 		}
 	}
 	dev, err := cuda.Open(index)
+	if err != nil && kind == "auto" {
+		fmt.Fprintf(w, "device: cpu (the GPU could not be opened: %v)\n", err)
+		return nil, prec, nil
+	}
 	if err != nil {
 		return nil, 0, err
 	}

@@ -204,8 +204,8 @@ func runTrain(c *cli.Context) error {
 
 	var tr *train.Trainer
 	if dev != nil {
-		dm, err := cudamodel.New(dev, mc, cfg.Batch, T, prec)
-		if err != nil {
+		var dm *cudamodel.Model
+		if dm, err = cudamodel.New(dev, mc, cfg.Batch, T, prec); err != nil {
 			return err
 		}
 		defer dm.Close()
