@@ -160,6 +160,10 @@ func (r *jobRunner) run() {
 		if r.ctx.Err() != nil {
 			return
 		}
+		if errors.Is(err, cuda.ErrDeviceFault) { // this node's GPU, not the job, is at fault
+			go r.n.leaveAfterFault(fmt.Errorf("job %s: %w", r.id, err))
+			return
+		}
 		log.Error("job cannot start here", "err", err)
 		r.gaveUp.Store(true)
 		r.mu.Lock()
