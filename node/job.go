@@ -428,7 +428,7 @@ func (n *Node) linkObject(h, dir, name string) error {
 	if err != nil {
 		return err
 	}
-	return model.WriteFileAtomic(dst, b, 0o644)
+	return model.WriteFileAtomic(dst, b, dataFilePerm)
 }
 
 // jobError is the text a failed job records: short and naming the node.

@@ -287,10 +287,10 @@ func (r *jobRunner) prepare() error {
 	if !ok {
 		return fmt.Errorf("dataset %s is not registered", r.datasetID[:12])
 	}
-	if err := os.MkdirAll(filepath.Join(r.dir, "base"), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(r.dir, "base"), dataDirPerm); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Join(r.dir, "data"), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(r.dir, "data"), dataDirPerm); err != nil {
 		return err
 	}
 	for _, f := range []struct{ hash, name string }{{spec.Base.Config, "config.json"}, {spec.Base.Weights, "model.safetensors"}} {

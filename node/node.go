@@ -32,8 +32,11 @@ import (
 
 // Config is a node's configuration (`braid node` flags).
 type Config struct {
-	Name    string // this node's name; must match its certificate's
-	DataDir string // Raft state lives in DataDir/raft
+	Name string // this node's name; must match its certificate's
+	// DataDir holds Raft state (DataDir/raft), the object store
+	// (DataDir/store) and jobs' working files (DataDir/jobs), all private
+	// to the node's user: New narrows it to 0700 and its files to 0600.
+	DataDir string
 	// GossipAddr is host:port for memberlist (TCP and UDP).
 	GossipAddr string
 	// QUICAddr is host:port of the node's one QUIC (UDP) socket.
@@ -214,6 +217,11 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	n.wg.Add(1)
 	go n.serveControl(ctl)
 	if n.store, err = blobstore.Open(filepath.Join(cfg.DataDir, "store")); err != nil {
+		return fail(err)
+	}
+	// Once Raft and the store have made their directories, and before
+	// anything is served: see dataDirPerm.
+	if err := makePrivateDir(cfg.DataDir); err != nil {
 		return fail(err)
 	}
 	scfg := blobstore.DefaultServerConfig()

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/kernels/cuda"
@@ -112,6 +113,10 @@ func runNode(c *cli.Context) error {
 	default:
 		return fmt.Errorf("--log-format %q: want text or json", c.String("log-format"))
 	}
+	// Everything the node writes is for its own user only: the node's own
+	// files have explicit private modes, and the umask covers what the
+	// libraries it uses create (Raft's snapshots, model files).
+	unix.Umask(0o077)
 	cfg := node.DefaultConfig()
 	cfg.Name, cfg.DataDir, cfg.GossipAddr, cfg.QUICAddr = c.String("name"), c.String("data-dir"), c.String("gossip-addr"), c.String("quic-addr")
 	cfg.Advertise, cfg.BootstrapExpect, cfg.TLSDir = c.String("advertise"), c.Int("bootstrap-expect"), c.String("tls-dir")

@@ -12,6 +12,12 @@
 //	private/<hash>           marker: the object is private (never served)
 //	tmp/                     Put and Import write here before the rename
 //
+// Everything a store writes is private to the user the process runs as:
+// directories 0700, objects 0400, partial downloads and markers 0600. Open
+// narrows the store's directories to 0700 when they exist wider; narrowing
+// files left wider by other software is the caller's (node does it for its
+// whole data directory at start).
+//
 // An object becomes visible (Has, Open, List, the Server) only by a rename
 // into objects/ after its bytes were written to a temporary file, fsynced
 // and found to match the name, so a reader or a crash sees all of an

@@ -317,7 +317,7 @@ func (f *fetch) openPartial() (*os.File, hash.Hash, int64, error) {
 		f.buf = make([]byte, fetchChunk)
 	}
 	path := f.store.partialPath(f.hash)
-	part, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o644)
+	part, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, partialPerm)
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("open partial download: %w", err)
 	}

@@ -85,6 +85,9 @@ func TestFetchResumesAfterSourceKilled(t *testing.T) {
 	if !ok || kept < size/3 || kept >= size {
 		t.Fatalf("partial download %d bytes (%v), want [%d, %d)", kept, ok, size/3, size)
 	}
+	if st, err := os.Stat(filepath.Join(b.dir, "partial", h+".partial")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("partial download: %v, %v; want mode 0600", st.Mode(), err)
+	}
 	killedSrv := a.srv
 	n.restart(a) // waits for the killed server's streams to end
 	firstServed := killedSrv.BytesServed(h)

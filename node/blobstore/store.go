@@ -29,9 +29,16 @@ const (
 	partialSuffix = ".partial"
 )
 
-// objectPerm is the mode of a stored object: read-only, since its name is
-// its content.
-const objectPerm = 0o444
+// The modes of what a store writes: private to the user the process runs
+// as (the shards of a federated member's local dataset and checkpoints must
+// not be readable by other local users), and objects read-only besides,
+// since an object's name is its content.
+const (
+	dirPerm     = 0o700
+	objectPerm  = 0o400
+	partialPerm = 0o600
+	markerPerm  = 0o600
+)
 
 // ValidHash reports whether h names an object: exactly 64 lowercase hex
 // digits (a SHA-256). Only such names are ever joined into a path.
@@ -89,12 +96,13 @@ type Store struct {
 }
 
 // Open opens the store in dir, creating the directory and its
-// subdirectories if needed. It removes what an interrupted Put or Import
+// subdirectories if needed (mode 0700; existing ones wider than that are
+// narrowed to it, see the package comment). It removes what an interrupted Put or Import
 // left in tmp/ (partial downloads are kept, to be resumed) and loads the
 // set of private objects.
 func Open(dir string) (*Store, error) {
-	for _, sub := range []string{objectsDir, partialDir, privateDir, tmpDir} {
-		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
+	for _, sub := range []string{"", objectsDir, partialDir, privateDir, tmpDir} {
+		if err := mkdirPrivate(filepath.Join(dir, sub)); err != nil {
 			return nil, fmt.Errorf("blobstore: open %s: %w", dir, err)
 		}
 	}
@@ -220,6 +228,26 @@ func (s *Store) publish(f *os.File, h string) error {
 	// Some file systems refuse to sync a directory; the object is in
 	// place either way, so that is not worth failing the Put for.
 	syncDir(filepath.Join(s.dir, objectsDir))
+	return nil
+}
+
+// mkdirPrivate creates dir (and its parents) with mode 0700, and narrows dir
+// to 0700 if it exists with group or other permission bits. A dir that is a
+// symbolic link is refused rather than followed.
+func mkdirPrivate(dir string) error {
+	if err := os.MkdirAll(dir, dirPerm); err != nil {
+		return err
+	}
+	st, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("%s: not a directory (%v)", dir, st.Mode().Type())
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return os.Chmod(dir, st.Mode().Perm()&dirPerm)
+	}
 	return nil
 }
 
@@ -358,7 +386,7 @@ func (s *Store) MarkPrivate(h string) error {
 	s.mu.Lock()
 	s.private[h] = true
 	s.mu.Unlock()
-	if err := atomicfile.WriteBytes(s.markerPath(h), []byte("private\n"), 0o644); err != nil && !errors.Is(err, atomicfile.ErrSyncDir) {
+	if err := atomicfile.WriteBytes(s.markerPath(h), []byte("private\n"), markerPerm); err != nil && !errors.Is(err, atomicfile.ErrSyncDir) {
 		return fmt.Errorf("blobstore: mark %s private: %w (it is private until this process ends, but the mark is not on disk)", short(h), err)
 	}
 	return nil

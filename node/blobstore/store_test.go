@@ -273,3 +273,55 @@ func TestStoreListIgnoresStrays(t *testing.T) {
 		t.Fatalf("List = %v, %v; want just %.12s", list, err, h)
 	}
 }
+
+// A store opened on directories other software created wide (a data dir
+// made 0755 by systemd or a Docker volume) narrows them, and writes nothing
+// another local user could read.
+func TestStorePrivateOnDisk(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "store")
+	for _, sub := range []string{"", "objects", "private"} {
+		if err := os.Mkdir(filepath.Join(dir, sub), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(filepath.Join(dir, sub), 0o755); err != nil { // whatever the umask
+			t.Fatal(err)
+		}
+	}
+	s, err := blobstore.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, _, err := s.Put(strings.NewReader("federated shard"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.MarkPrivate(h); err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	err = filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		st, err := d.Info()
+		if err != nil {
+			return err
+		}
+		seen++
+		if st.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s: mode %v, want no group or other permission", path, st.Mode())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The store's directory, its four subdirectories, the object, the marker.
+	if seen != 7 {
+		t.Errorf("walked %d entries, want 7", seen)
+	}
+	p, _ := s.Path(h)
+	if st, _ := os.Stat(p); st.Mode().Perm() != 0o400 {
+		t.Errorf("object mode %v, want 0400", st.Mode())
+	}
+}

@@ -195,6 +195,14 @@ func (c *Cluster) Start(name string) *node.Node {
 	return n
 }
 
+// DataDir is the data directory of the node called name ("" if it was
+// never started); it outlives Kill, for Start to reuse.
+func (c *Cluster) DataDir(name string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.dirs[name]
+}
+
 // Node returns the running node called name (nil if stopped).
 func (c *Cluster) Node(name string) *node.Node {
 	c.mu.Lock()
