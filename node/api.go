@@ -1,20 +1,24 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/braidml/braid/allreduce"
 	"github.com/braidml/braid/kernels/cuda"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 )
 
 // Status is the JSON of GET /v1/status and of `braid status --json`.
@@ -57,6 +61,9 @@ type APIConfig struct {
 	Addr string
 	// Token, when set, is required as "Authorization: Bearer TOKEN".
 	Token string
+	// Limits bound what one client can hold of the server; the zero value
+	// is DefaultAPILimits().
+	Limits APILimits
 	// Bench, when set, serves POST /v1/bench/allreduce (a BenchPlan in the
 	// body; the response is one JSON BenchRow per line as each size
 	// completes, and a last line {"error": "..."} if the run failed).
@@ -65,14 +72,69 @@ type APIConfig struct {
 	Routes func(mux *http.ServeMux)
 }
 
+// APILimits bound the time and connections a client can hold, so that slow
+// or idle clients (slowloris) can neither exhaust the server nor keep it
+// from shutting down.
+//
+// A request, headers and body, must arrive within ReadTimeout; the API
+// reads every body (at most MaxBodyBytes) before its handler runs, and the
+// handler may then take minutes (registering a dataset, a benchmark). A
+// response is never cut off for its length: WriteTimeout bounds each write
+// (a client that stops reading), so downloads and streamed rows go on for
+// as long as the client keeps reading.
+type APILimits struct {
+	ReadHeaderTimeout time.Duration // the request line and headers
+	ReadTimeout       time.Duration // the whole request, body included
+	WriteTimeout      time.Duration // each write of a response
+	IdleTimeout       time.Duration // a keep-alive connection between requests
+	MaxHeaderBytes    int           // request line and headers
+	MaxBodyBytes      int64         // a request body
+	MaxConns          int           // connections open at once; more wait to be accepted
+	// ShutdownGrace is how long Close lets requests in progress finish
+	// before it closes their connections.
+	ShutdownGrace time.Duration
+}
+
+// DefaultAPILimits are the limits of `braid node`'s API: generous for the
+// CLI on a slow link, small enough that SIGTERM ends the node within 10 s
+// whatever its clients do.
+func DefaultAPILimits() APILimits {
+	return APILimits{ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second,
+		IdleTimeout: 60 * time.Second, MaxHeaderBytes: 64 << 10, MaxBodyBytes: 1 << 20, MaxConns: 256,
+		ShutdownGrace: 5 * time.Second}
+}
+
+// Validate checks every limit is positive and names the one that is not.
+func (l APILimits) Validate() error {
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{{"ReadHeaderTimeout", int64(l.ReadHeaderTimeout)}, {"ReadTimeout", int64(l.ReadTimeout)},
+		{"WriteTimeout", int64(l.WriteTimeout)}, {"IdleTimeout", int64(l.IdleTimeout)},
+		{"MaxHeaderBytes", int64(l.MaxHeaderBytes)}, {"MaxBodyBytes", l.MaxBodyBytes}, {"MaxConns", int64(l.MaxConns)},
+		{"ShutdownGrace", int64(l.ShutdownGrace)}} {
+		if f.v <= 0 {
+			return fmt.Errorf("node: API limit %s is %d, want > 0", f.name, f.v)
+		}
+	}
+	if l.ReadHeaderTimeout > l.ReadTimeout {
+		return fmt.Errorf("node: API limit ReadHeaderTimeout %v exceeds ReadTimeout %v", l.ReadHeaderTimeout, l.ReadTimeout)
+	}
+	return nil
+}
+
 // ErrAPIToken is returned when the API would listen off localhost without a
 // bearer token.
 var ErrAPIToken = errors.New("node: an HTTP API off localhost needs a bearer token")
 
 // API serves /v1/status, /metrics and POST /v1/bench/allreduce.
 type API struct {
-	srv *http.Server
-	ln  net.Listener
+	srv   *http.Server
+	ln    net.Listener
+	grace time.Duration
+
+	closeOnce sync.Once
+	closeErr  error // what the first Close returned
 }
 
 // StartAPI listens on cfg.Addr and serves status (from status()) and the
@@ -84,6 +146,13 @@ func StartAPI(cfg APIConfig, status func() Status, reg *prometheus.Registry) (*A
 	}
 	if !isLoopback(host) && cfg.Token == "" {
 		return nil, fmt.Errorf("%w (listening on %s)", ErrAPIToken, cfg.Addr)
+	}
+	lim := cfg.Limits
+	if lim == (APILimits{}) {
+		lim = DefaultAPILimits()
+	}
+	if err := lim.Validate(); err != nil {
+		return nil, err
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
@@ -129,20 +198,92 @@ func StartAPI(cfg APIConfig, status func() Status, reg *prometheus.Registry) (*A
 	if cfg.Token != "" {
 		h = requireToken(cfg.Token, mux)
 	}
+	h = withDeadlines(lim, h)
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("node: HTTP API: %w", err)
 	}
-	a := &API{srv: &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}, ln: ln}
-	go a.srv.Serve(ln)
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: lim.ReadHeaderTimeout, ReadTimeout: lim.ReadTimeout,
+		WriteTimeout: lim.WriteTimeout, IdleTimeout: lim.IdleTimeout, MaxHeaderBytes: lim.MaxHeaderBytes}
+	a := &API{srv: srv, ln: ln, grace: lim.ShutdownGrace}
+	go a.srv.Serve(netutil.LimitListener(ln, lim.MaxConns))
 	return a, nil
 }
 
 // Addr is the address the API listens on.
 func (a *API) Addr() string { return a.ln.Addr().String() }
 
-// Close stops the API.
-func (a *API) Close(ctx context.Context) error { return a.srv.Shutdown(ctx) }
+// Close stops the API: it stops accepting, closes idle connections, lets
+// the requests in progress finish for the limits' ShutdownGrace (or until
+// ctx ends, if sooner) and then closes their connections, which cancels
+// their handlers' contexts. It returns within that time whatever the
+// clients do; the error says when connections had to be cut. Later calls
+// return the first one's error at once.
+func (a *API) Close(ctx context.Context) error {
+	a.closeOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(ctx, a.grace)
+		defer cancel()
+		if err := a.srv.Shutdown(ctx); err != nil {
+			a.srv.Close()
+			a.closeErr = fmt.Errorf("node: HTTP API: requests still in progress after %v were cut off: %w", a.grace, err)
+		}
+	})
+	return a.closeErr
+}
+
+// withDeadlines applies lim per request: the body is read whole (under the
+// server's ReadTimeout, which net/http lifts once the body is read) and
+// refused beyond MaxBodyBytes, and every write of the response gets
+// WriteTimeout from the moment it starts, in place of the server's deadline
+// counted from the request.
+func withDeadlines(lim APILimits, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rc := http.NewResponseController(w)
+		if r.Body != nil && r.Body != http.NoBody {
+			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, lim.MaxBodyBytes))
+			if err != nil {
+				code := http.StatusBadRequest
+				if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+					code = http.StatusRequestEntityTooLarge
+				}
+				http.Error(w, "braid: reading the request: "+err.Error(), code)
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
+		}
+		next.ServeHTTP(&deadlineWriter{ResponseWriter: w, rc: rc, timeout: lim.WriteTimeout}, r)
+	})
+}
+
+// deadlineWriter sets the connection's write deadline before each write,
+// so that a response is bounded by how long one write stalls, not by its
+// length.
+type deadlineWriter struct {
+	http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (d *deadlineWriter) arm() { d.rc.SetWriteDeadline(time.Now().Add(d.timeout)) }
+
+func (d *deadlineWriter) WriteHeader(code int) {
+	d.arm()
+	d.ResponseWriter.WriteHeader(code)
+}
+
+func (d *deadlineWriter) Write(b []byte) (int, error) {
+	d.arm()
+	return d.ResponseWriter.Write(b)
+}
+
+// Flush makes the writer an http.Flusher, as the bench stream wants.
+func (d *deadlineWriter) Flush() {
+	d.arm()
+	d.rc.Flush()
+}
+
+// Unwrap lets http.ResponseController reach the server's writer.
+func (d *deadlineWriter) Unwrap() http.ResponseWriter { return d.ResponseWriter }
 
 // writeJSON answers with v as indented JSON and status code.
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -548,6 +548,14 @@ func (n *Node) registerMetrics() {
 func (n *Node) Shutdown(ctx context.Context) error {
 	var errs []error
 	n.once.Do(func() {
+		// The API stops first, while the node leaves: it takes no new
+		// requests, and its clients hold the shutdown up for its grace at
+		// most (APILimits.ShutdownGrace), whatever they do.
+		apiClosed := make(chan struct{})
+		go func() {
+			defer close(apiClosed)
+			n.closeAPI(ctx)
+		}()
 		// Leave gossip first, so that the leader hears of it and removes
 		// this node; a leader's coordinator then hands leadership over.
 		if err := n.ml.Leave(2 * time.Second); err != nil {
@@ -556,6 +564,7 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		if err := n.coord.Shutdown(ctx); err != nil {
 			errs = append(errs, err)
 		}
+		<-apiClosed
 		n.closeAll()
 	})
 	return errors.Join(errs...)
@@ -590,11 +599,19 @@ func (n *Node) closeAll() {
 	if n.coord != nil {
 		n.coord.Close() // no leave: Shutdown has done it when it should
 	}
-	if n.api != nil {
-		n.api.Close(context.Background())
-	}
+	n.closeAPI(context.Background())
 	if n.ownTr && n.tr != nil {
 		n.tr.Close()
+	}
+}
+
+// closeAPI stops the HTTP API (if any), within its shutdown grace.
+func (n *Node) closeAPI(ctx context.Context) {
+	if n.api == nil {
+		return
+	}
+	if err := n.api.Close(ctx); err != nil {
+		n.log.Warn("stopping the HTTP API", "err", err)
 	}
 }
 
