@@ -192,8 +192,10 @@ func (n *Node) handleControl(ctx context.Context, s transport.Stream) {
 		resp.Error = fmt.Sprintf("node %s: reading the control request from %s: %v", n.cfg.Name, s.Peer(), err)
 	} else if req, err := decodeControlRequest(b); err != nil {
 		resp.Error = fmt.Sprintf("node %s: %v", n.cfg.Name, err)
+	} else if err := n.authorizeFrom(&req, s.Peer()); err != nil {
+		n.log.Warn("control request refused", "peer", req.Peer, "op", req.Op, "err", err)
+		resp.Error = fmt.Sprintf("node %s: %v", n.cfg.Name, err)
 	} else {
-		req.Peer = string(s.Peer())
 		// Close the stream when the node stops, so a long operation's
 		// caller hears of it.
 		stop := context.AfterFunc(ctx, func() { s.Close() })

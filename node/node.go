@@ -152,6 +152,9 @@ type Node struct {
 	deps           Deps
 
 	wireBytes atomic.Int64 // sent by this node's job rings (braid_allreduce_bytes_sent_total)
+	// controlRefused counts control requests refused for their sender
+	// (braid_control_refused_total; control_auth.go).
+	controlRefused atomic.Uint64
 
 	// The dataset plane (data.go).
 	store    *blobstore.Store
@@ -540,6 +543,8 @@ func (n *Node) registerMetrics() {
 	gauge("job_wire_bytes_per_step", "Bytes this node sent to its ring neighbour in the last step.", job(func(p JobProgress) float64 { return float64(p.WireBytesPerStep) }))
 	n.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "braid", Name: "allreduce_bytes_sent_total",
 		Help: "Bytes this node's job rings have sent to their right neighbours."}, func() float64 { return float64(n.wireBytes.Load()) }))
+	n.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "braid", Name: "control_refused_total",
+		Help: "Control requests refused because their sender may not send them (not a member, not in the job's ring, ...)."}, func() float64 { return float64(n.controlRefused.Load()) }))
 }
 
 // Shutdown leaves gracefully: the coordinator hands leadership over and

@@ -1,0 +1,124 @@
+package node
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/braidml/braid/coordinator"
+	"github.com/braidml/braid/transport"
+)
+
+// Who may send each control operation. A peer's name is its verified
+// certificate's (controlRequest.Peer): a valid certificate proves only that
+// the CA issued it, not that its holder belongs to the cluster, so every
+// operation also needs a role in the committed state. A certificate of a
+// node that was never admitted, or that has left, gets nothing.
+
+// controlRole is what a peer must be to send an operation.
+type controlRole int
+
+const (
+	// roleMember: a member of the cluster in the committed state, alive or
+	// suspected failed but not left (an API node forwarding a user's
+	// request, a holder asking about objects).
+	roleMember controlRole = iota
+	// roleEpochMember: a member of the committed epoch, the ring of the
+	// running job, or a member syncing in a newer epoch this node has not
+	// applied yet (job state, gradients and weights go only to them).
+	roleEpochMember
+)
+
+func (r controlRole) String() string {
+	return [...]string{"a member of the cluster", "a member of the job's ring (the committed epoch)"}[r]
+}
+
+// controlRoles declares, for every operation, who may send it.
+var controlRoles = map[string]controlRole{
+	opBenchAllreduce: roleMember,
+	opApply:          roleMember, // and per command: authorizeApply
+	opInventory:      roleMember,
+	opFetch:          roleMember,
+	opRenewEpoch:     roleEpochMember,
+	opJobSync:        roleEpochMember,
+	opJobGrad:        roleEpochMember,
+	opJobSnapshot:    roleEpochMember,
+	opJobProgress:    roleMember, // progress and hashes, no data: the API node of a job status asks
+}
+
+// maxBenchHopTimeout bounds the hop timeout a peer may ask a benchmark ring for.
+const maxBenchHopTimeout = time.Minute
+
+// authorizeFrom names req's sender as its certificate does (never as the
+// request says) and checks it may send req.
+func (n *Node) authorizeFrom(req *controlRequest, peer transport.PeerID) error {
+	req.Peer = string(peer)
+	return n.authorizeControl(*req)
+}
+
+// authorizeControl checks that req's sender may send it, and the limits of
+// what it asks; the error names the peer and what it lacks.
+func (n *Node) authorizeControl(req controlRequest) error {
+	role, ok := controlRoles[req.Op]
+	if !ok {
+		return fmt.Errorf("%s: operation %q has no declared sender", req.Peer, req.Op)
+	}
+	st := n.coord.State()
+	if m, ok := st.Member(req.Peer); !ok || m.State == coordinator.MemberLeft {
+		n.controlRefused.Add(1)
+		return fmt.Errorf("refused %s from %s: not a member of this cluster (a valid certificate is not enough; a node that left must join again)", req.Op, req.Peer)
+	}
+	if role == roleEpochMember && !st.Epoch.Has(req.Peer) && !(req.epoch() > st.Epoch.ID) {
+		n.controlRefused.Add(1)
+		return fmt.Errorf("refused %s from %s: it must come from %s", req.Op, req.Peer, role)
+	}
+	switch req.Op {
+	case opApply:
+		cmd, err := coordinator.DecodeCommand(req.Apply)
+		if err != nil {
+			return err
+		}
+		if err := authorizeApply(st, req.Peer, cmd); err != nil {
+			n.controlRefused.Add(1)
+			return err
+		}
+	case opBenchAllreduce:
+		if t := req.Bench.Plan.HopTimeout; t > maxBenchHopTimeout {
+			return fmt.Errorf("refused a benchmark from %s: hop timeout %s, at most %s", req.Peer, t, maxBenchHopTimeout)
+		}
+		if j, ok := st.RunningJob(); ok {
+			return fmt.Errorf("refused a benchmark from %s: job %s is running, and a benchmark ring would slow its ring down; run it when the job has ended", req.Peer, j.ID)
+		}
+	}
+	return nil
+}
+
+// epoch is the epoch a job request says its sender is in (0 if none).
+func (req controlRequest) epoch() uint64 {
+	switch {
+	case req.JobSync != nil:
+		return req.JobSync.Epoch
+	case req.JobObject != nil:
+		return req.JobObject.Epoch
+	case req.Renew != nil:
+		return req.Renew.Epoch
+	}
+	return 0
+}
+
+// authorizeApply checks the commands a member may have applied on its
+// behalf beyond being a member: a checkpoint is recorded by a member of the
+// job's ring, and a local (federated) dataset is deleted only by the node
+// that registered it.
+func authorizeApply(st coordinator.State, peer string, cmd coordinator.Command) error {
+	switch c := cmd.(type) {
+	case coordinator.RecordCheckpoint:
+		if !st.Epoch.Has(peer) {
+			return fmt.Errorf("refused %s from %s: checkpoints are recorded by a member of the job's ring", cmd.Type(), peer)
+		}
+	case coordinator.DeleteDataset:
+		if d, ok := st.Dataset(c.ID); ok && d.Local && d.Source != peer {
+			return fmt.Errorf("refused %s of %s from %s: a local dataset is deleted only by %s, which holds it", cmd.Type(), d.Name, peer, d.Source)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,86 @@
+package nodetest
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/braidml/braid/coordinator"
+	"github.com/braidml/braid/node"
+	"github.com/braidml/braid/transport"
+)
+
+// control sends one raw control request from an endpoint of the network
+// named as (its certificate's name, in memnet) to node to, and returns the
+// error the node answers with ("" if none).
+func control(t *testing.T, c *Cluster, as, to string, req map[string]any) string {
+	t.Helper()
+	tr, err := c.Net.Node(transport.PeerID(as))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := tr.Dial(ctx, transport.PeerID(to), "mem:"+to, transport.ProtoControl, transport.DialOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	b, _ := json.Marshal(req)
+	if err := transport.WriteFrame(s, b); err != nil {
+		t.Fatal(err)
+	}
+	b, err = transport.ReadFrame(s, nil, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var resp struct {
+		Error string `json:"error"`
+	}
+	json.Unmarshal(b, &resp)
+	return resp.Error
+}
+
+// A peer whose certificate the CA issued but who was never admitted to the
+// cluster gets nothing from the control protocol: it cannot have a
+// dataset deleted or a job failed through a node, nor read a job's
+// progress; the state is unchanged and the refusals are counted.
+func TestControlRefusesNonMembers(t *testing.T) {
+	c := NewCluster(t, 2)
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 2 })
+	dir, _ := prepareDataset(t, "legal", 20)
+	ds, err := c.Node("n1").AddDataset(context.Background(), dir, node.DatasetOptions{Local: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	del, err := coordinator.EncodeCommand(coordinator.DeleteDataset{ID: ds.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, req := range []map[string]any{
+		{"op": "apply", "apply": del},
+		{"op": "job-progress", "job_object": map[string]any{"job": "job-x"}},
+		{"op": "inventory", "inventory": map[string]any{"dataset": "legal", "hashes": []string{}}},
+	} {
+		got := control(t, c, "mallory", "n1", req)
+		if !strings.Contains(got, "not a member") || !strings.Contains(got, "mallory") {
+			t.Errorf("%v from a non-member: %q, want a refusal naming mallory", req["op"], got)
+		}
+	}
+	if _, ok := c.Node("n1").Coordinator().State().Dataset(ds.ID); !ok {
+		t.Fatal("the non-member had the dataset deleted")
+	}
+	// A member may not delete another node's local (federated) dataset
+	// either: only n1, which registered it.
+	c.Kill("n2")
+	got := control(t, c, "n2", "n1", map[string]any{"op": "apply", "apply": del})
+	if !strings.Contains(got, "local dataset is deleted only by n1") {
+		t.Errorf("n2 deleting n1's local dataset: %q", got)
+	}
+	if _, ok := c.Node("n1").Coordinator().State().Dataset(ds.ID); !ok {
+		t.Fatal("n2 had n1's local dataset deleted")
+	}
+}
