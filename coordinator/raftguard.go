@@ -251,7 +251,10 @@ func (l *refusalLog) record(peer string, err error) {
 //     bootstrap servers are among; a certificate alone does not make one.
 //   - While New is still starting raft: no one (peers retry).
 //
-// This server itself never speaks Raft to itself and is refused.
+// This server itself never speaks Raft to itself and is refused. A server
+// whose latest configuration names none of the current servers refuses
+// them all, so that a stale log cannot be used to admit anyone; such a
+// server has to be reset and join afresh.
 func (c *Coordinator) raftPeer(name string) (raft.ServerAddress, bool) {
 	r := c.started.Load()
 	if r == nil || name == c.self {
