@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net"
 	"net/http"
 	"strings"
@@ -56,11 +57,17 @@ type MemberStatus struct {
 
 // APIConfig configures the HTTP API.
 type APIConfig struct {
-	// Addr is host:port to listen on. The default host is 127.0.0.1; off
-	// localhost a Token is required.
+	// Addr is host:port to listen on (node's default host is 127.0.0.1).
 	Addr string
-	// Token, when set, is required as "Authorization: Bearer TOKEN".
+	// Token is required, on loopback too, as "Authorization: Bearer TOKEN"
+	// on every request but GET /v1/health. Without TLS it travels in clear
+	// text: off loopback, use the API on a network you trust.
 	Token string
+	// Hosts are names, besides the listen address, loopback and "localhost",
+	// that requests may carry in their Host header (the node's name and
+	// advertised host). Any other Host is refused, so that a web page whose
+	// name resolves to this machine (DNS rebinding) cannot use the API.
+	Hosts []string
 	// Limits bound what one client can hold of the server; the zero value
 	// is DefaultAPILimits().
 	Limits APILimits
@@ -123,11 +130,15 @@ func (l APILimits) Validate() error {
 	return nil
 }
 
-// ErrAPIToken is returned when the API would listen off localhost without a
-// bearer token.
-var ErrAPIToken = errors.New("node: an HTTP API off localhost needs a bearer token")
+// ErrAPIToken is returned when the API would start without a bearer token.
+var ErrAPIToken = errors.New("node: the HTTP API needs a bearer token")
 
-// API serves /v1/status, /metrics and POST /v1/bench/allreduce.
+// API serves /v1/health, /v1/status, /metrics and POST /v1/bench/allreduce,
+// and the routes APIConfig.Routes adds. Every request but GET /v1/health
+// must carry the token and a Host naming this API; every request that
+// writes (POST, PUT, PATCH, DELETE) must have Content-Type
+// application/json, which a web page cannot send to another origin
+// without the browser asking first (a CORS preflight this API never grants).
 type API struct {
 	srv   *http.Server
 	ln    net.Listener
@@ -140,11 +151,10 @@ type API struct {
 // StartAPI listens on cfg.Addr and serves status (from status()) and the
 // registry's metrics until Close.
 func StartAPI(cfg APIConfig, status func() Status, reg *prometheus.Registry) (*API, error) {
-	host, _, err := net.SplitHostPort(cfg.Addr)
-	if err != nil {
+	if _, _, err := net.SplitHostPort(cfg.Addr); err != nil {
 		return nil, fmt.Errorf("node: HTTP address %q: %w", cfg.Addr, err)
 	}
-	if !isLoopback(host) && cfg.Token == "" {
+	if cfg.Token == "" {
 		return nil, fmt.Errorf("%w (listening on %s)", ErrAPIToken, cfg.Addr)
 	}
 	lim := cfg.Limits
@@ -155,6 +165,9 @@ func StartAPI(cfg APIConfig, status func() Status, reg *prometheus.Registry) (*A
 		return nil, err
 	}
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
@@ -194,15 +207,16 @@ func StartAPI(cfg APIConfig, status func() Status, reg *prometheus.Registry) (*A
 	if cfg.Routes != nil {
 		cfg.Routes(mux)
 	}
-	var h http.Handler = mux
-	if cfg.Token != "" {
-		h = requireToken(cfg.Token, mux)
-	}
-	h = withDeadlines(lim, h)
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("node: HTTP API: %w", err)
 	}
+	hosts, err := allowedHosts(ln.Addr().(*net.TCPAddr).IP, cfg.Hosts)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	h := withDeadlines(lim, checkHost(hosts, requireToken(cfg.Token, requireJSONWrites(mux))))
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: lim.ReadHeaderTimeout, ReadTimeout: lim.ReadTimeout,
 		WriteTimeout: lim.WriteTimeout, IdleTimeout: lim.IdleTimeout, MaxHeaderBytes: lim.MaxHeaderBytes}
 	a := &API{srv: srv, ln: ln, grace: lim.ShutdownGrace}
@@ -294,21 +308,79 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc.Encode(v)
 }
 
+// requireToken refuses (401) a request without "Authorization: Bearer
+// token", but GET /v1/health.
 func requireToken(token string, next http.Handler) http.Handler {
 	want := []byte("Bearer " + token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
-			http.Error(w, "braid: missing or wrong bearer token", http.StatusUnauthorized)
+		health := (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.URL.Path == "/v1/health"
+		if !health && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="braid"`)
+			http.Error(w, "braid: missing or wrong bearer token (the node's is in its data directory's "+APITokenFile+
+				" unless set with --token; braid finds it for the node's user, or give --token or --token-file)", http.StatusUnauthorized)
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
 }
 
-func isLoopback(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
+// requireJSONWrites refuses (415) a request that may change state but does
+// not declare a JSON body: an HTML form or a "simple" cross-origin request
+// from a web page cannot declare one.
+func requireJSONWrites(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.Method {
+		case http.MethodGet, http.MethodHead, http.MethodOptions:
+		default:
+			if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+				http.Error(w, "braid: a "+r.Method+" request needs Content-Type: application/json", http.StatusUnsupportedMediaType)
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// checkHost refuses (421) a request whose Host header, port aside, is not
+// one of hosts (lower case).
+func checkHost(hosts map[string]bool, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := r.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		host = strings.ToLower(strings.TrimSuffix(strings.Trim(host, "[]"), "."))
+		if !hosts[host] {
+			http.Error(w, "braid: this API does not answer to the host name "+fmt.Sprintf("%.100q", r.Host), http.StatusMisdirectedRequest)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// allowedHosts is what a request's Host may name: loopback and localhost,
+// the listen IP (every address of the machine's interfaces when it is a
+// wildcard), and extra.
+func allowedHosts(listen net.IP, extra []string) (map[string]bool, error) {
+	hosts := map[string]bool{"localhost": true, "127.0.0.1": true, "::1": true}
+	add := func(ip net.IP) { hosts[ip.String()] = true }
+	if listen.IsUnspecified() {
+		addrs, err := net.InterfaceAddrs()
+		if err != nil {
+			return nil, fmt.Errorf("node: HTTP API: the machine's addresses: %w", err)
+		}
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok {
+				add(n.IP)
+			}
+		}
+	} else {
+		add(listen)
 	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	for _, h := range extra {
+		if h != "" {
+			hosts[strings.ToLower(strings.Trim(h, "[]"))] = true
+		}
+	}
+	return hosts, nil
 }

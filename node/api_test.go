@@ -3,6 +3,7 @@ package node
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,16 +15,46 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// testToken is the token of the APIs these tests start.
+const testToken = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
 // startTestAPI starts an API on loopback with lim and the extra routes.
 func startTestAPI(t *testing.T, lim APILimits, routes func(*http.ServeMux)) *API {
 	t.Helper()
-	a, err := StartAPI(APIConfig{Addr: "127.0.0.1:0", Limits: lim, Routes: routes},
+	a, err := StartAPI(APIConfig{Addr: "127.0.0.1:0", Token: testToken, Limits: lim, Routes: routes},
 		func() Status { return Status{Self: "n1"} }, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.Close(context.Background()) })
 	return a
+}
+
+// do sends one request to a with the token, a JSON body if body is not
+// empty, and the extra headers (which replace those; a "Host" one sets the
+// request's Host), and returns the response with its body read.
+func do(a *API, method, path, body string, hdr http.Header) (*http.Response, string, error) {
+	req, err := http.NewRequest(method, "http://"+a.Addr()+path, strings.NewReader(body))
+	if err != nil {
+		return nil, "", err
+	}
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	if h := req.Header.Get("Host"); h != "" {
+		req.Host = h
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp, string(b), err
 }
 
 // dial opens a raw connection to the API.
@@ -87,14 +118,14 @@ func TestAPIShutdownBoundedWhateverClientsDo(t *testing.T) {
 	go dribble(body, strings.Repeat("{", 1000), time.Second, stop)
 	// A keep-alive connection left idle after one request.
 	idle := dial(t, a)
-	fmt.Fprintf(idle, "GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+	fmt.Fprintf(idle, "GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
 	resp, err := http.ReadResponse(bufio.NewReader(idle), nil)
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("status on the idle connection: %v, %v", resp, err)
 	}
 	// A response streamed to a client that never reads it.
 	reader := dial(t, a)
-	fmt.Fprintf(reader, "GET /v1/forever HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+	fmt.Fprintf(reader, "GET /v1/forever HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n\r\n", testToken)
 	<-streaming
 	time.Sleep(1500 * time.Millisecond) // all of them well under way
 
@@ -146,23 +177,15 @@ func TestAPILongHandlersAndStreams(t *testing.T) {
 			}
 		})
 	})
-	resp, err := http.Post("http://"+a.Addr()+"/v1/slow", "application/json", strings.NewReader(`{"a":1}`))
+	resp, b, err := do(a, "POST", "/v1/slow", `{"a":1}`, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || string(b) != `done {"a":1}` {
+	if resp.StatusCode != http.StatusOK || b != `done {"a":1}` {
 		t.Errorf("handler slower than the timeouts: %s %q", resp.Status, b)
 	}
-	resp, err = http.Get("http://" + a.Addr() + "/v1/stream")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err = io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil || strings.Count(string(b), "\n") != 10 {
-		t.Errorf("1 s stream with a 300 ms write timeout: %d lines, %v", strings.Count(string(b), "\n"), err)
+	if _, b, err = do(a, "GET", "/v1/stream", "", nil); err != nil || strings.Count(b, "\n") != 10 {
+		t.Errorf("1 s stream with a 300 ms write timeout: %d lines, %v", strings.Count(b, "\n"), err)
 	}
 }
 
@@ -174,14 +197,13 @@ func TestAPIRequestLimits(t *testing.T) {
 	a := startTestAPI(t, lim, func(mux *http.ServeMux) {
 		mux.HandleFunc("POST /v1/echo", func(w http.ResponseWriter, r *http.Request) { io.Copy(w, r.Body) })
 	})
-	url := "http://" + a.Addr()
-	req, _ := http.NewRequest("GET", url+"/v1/status", nil)
-	req.Header.Set("X-Big", strings.Repeat("a", 8<<10))
-	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+	// (The server closes the connection as it answers: reading the body
+	// may fail.)
+	if resp, _, err := do(a, "GET", "/v1/status", "", http.Header{"X-Big": {strings.Repeat("a", 8<<10)}}); resp == nil || resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 		t.Errorf("8 KiB of headers: %v, %v; want 431", resp, err)
 	}
-	resp, err := http.Post(url+"/v1/echo", "application/json", strings.NewReader(strings.Repeat("a", 2<<10)))
-	if err != nil || resp.StatusCode != http.StatusRequestEntityTooLarge {
+	resp, _, err := do(a, "POST", "/v1/echo", strings.Repeat("a", 2<<10), nil)
+	if resp == nil || resp.StatusCode != http.StatusRequestEntityTooLarge {
 		t.Errorf("2 KiB body: %v, %v; want 413", resp, err)
 	}
 	// Headers never finished: the connection is closed after
@@ -208,7 +230,7 @@ func TestAPIConnectionCap(t *testing.T) {
 	lim.MaxConns = 2
 	a := startTestAPI(t, lim, nil)
 	get := func(c net.Conn) error {
-		fmt.Fprintf(c, "GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+		fmt.Fprintf(c, "GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
 		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
 		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 		if err == nil {
@@ -229,7 +251,7 @@ func TestAPIConnectionCap(t *testing.T) {
 		t.Fatal("a third connection was served while two are open")
 	}
 	held[0].Close()
-	fmt.Fprintf(third, "GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+	fmt.Fprintf(third, "GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
 	third.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := http.ReadResponse(bufio.NewReader(third), nil); err != nil {
 		t.Errorf("the third connection once one closed: %v", err)
@@ -244,5 +266,77 @@ func TestAPILimitsValidate(t *testing.T) {
 	l.WriteTimeout = 0
 	if err := l.Validate(); err == nil || !strings.Contains(err.Error(), "WriteTimeout") {
 		t.Errorf("zero WriteTimeout: %v", err)
+	}
+}
+
+// Every request but the health check needs the token, on loopback too; the
+// Host must name this API; a write must be JSON (issue 12: "a local user
+// without the token", DNS rebinding, text/plain bodies).
+func TestAPIAuthentication(t *testing.T) {
+	a := startTestAPI(t, APILimits{}, func(mux *http.ServeMux) {
+		mux.HandleFunc("POST /v1/echo", func(w http.ResponseWriter, r *http.Request) { io.Copy(w, r.Body) })
+	})
+	port := a.ln.Addr().(*net.TCPAddr).Port
+	for _, tc := range []struct {
+		name         string
+		method, path string
+		body         string
+		hdr          http.Header
+		want         int
+	}{
+		// The token.
+		{"no token", "GET", "/v1/status", "", http.Header{"Authorization": nil}, http.StatusUnauthorized},
+		{"wrong token", "GET", "/v1/status", "", http.Header{"Authorization": {"Bearer " + strings.Repeat("0", 64)}}, http.StatusUnauthorized},
+		{"token as basic auth", "GET", "/v1/status", "", http.Header{"Authorization": {"Basic " + testToken}}, http.StatusUnauthorized},
+		{"no token, metrics", "GET", "/metrics", "", http.Header{"Authorization": nil}, http.StatusUnauthorized},
+		{"no token, write", "POST", "/v1/echo", "{}", http.Header{"Authorization": nil}, http.StatusUnauthorized},
+		{"token", "GET", "/v1/status", "", nil, http.StatusOK},
+		{"health needs none", "GET", "/v1/health", "", http.Header{"Authorization": nil}, http.StatusOK},
+		// The Host.
+		{"foreign host", "GET", "/v1/status", "", http.Header{"Host": {fmt.Sprintf("attacker.example:%d", port)}}, http.StatusMisdirectedRequest},
+		{"foreign host, health", "GET", "/v1/health", "", http.Header{"Host": {"attacker.example"}}, http.StatusMisdirectedRequest},
+		{"localhost", "GET", "/v1/status", "", http.Header{"Host": {fmt.Sprintf("localhost:%d", port)}}, http.StatusOK},
+		{"LOCALHOST.", "GET", "/v1/status", "", http.Header{"Host": {"LOCALHOST."}}, http.StatusOK},
+		{"::1", "GET", "/v1/status", "", http.Header{"Host": {fmt.Sprintf("[::1]:%d", port)}}, http.StatusOK},
+		// The content type of writes.
+		{"JSON write", "POST", "/v1/echo", "{}", nil, http.StatusOK},
+		{"JSON write, charset", "POST", "/v1/echo", "{}", http.Header{"Content-Type": {"application/json; charset=utf-8"}}, http.StatusOK},
+		{"text/plain write", "POST", "/v1/echo", "{}", http.Header{"Content-Type": {"text/plain"}}, http.StatusUnsupportedMediaType},
+		{"form write", "POST", "/v1/echo", "a=1", http.Header{"Content-Type": {"application/x-www-form-urlencoded"}}, http.StatusUnsupportedMediaType},
+		{"untyped write", "POST", "/v1/echo", "", nil, http.StatusUnsupportedMediaType},
+	} {
+		resp, body, err := do(a, tc.method, tc.path, tc.body, tc.hdr)
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		if resp.StatusCode != tc.want {
+			t.Errorf("%s: %s %q, want %d", tc.name, resp.Status, body, tc.want)
+		}
+	}
+	if _, err := StartAPI(APIConfig{Addr: "127.0.0.1:0"}, func() Status { return Status{} }, prometheus.NewRegistry()); !errors.Is(err, ErrAPIToken) {
+		t.Errorf("an API without a token started: %v", err)
+	}
+}
+
+// On a wildcard address the API answers to the machine's own addresses.
+func TestAPIHostsOnWildcard(t *testing.T) {
+	hosts, err := allowedHosts(net.IPv4zero, []string{"n1", "Node-1.example"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && !hosts[n.IP.String()] {
+			t.Errorf("interface address %s not allowed", n.IP)
+		}
+	}
+	for _, h := range []string{"localhost", "127.0.0.1", "::1", "n1", "node-1.example"} {
+		if !hosts[h] {
+			t.Errorf("%s not allowed", h)
+		}
+	}
+	if hosts["attacker.example"] || hosts["0.0.0.0"] {
+		t.Errorf("allowed hosts %v", hosts)
 	}
 }

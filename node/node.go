@@ -54,7 +54,9 @@ type Config struct {
 	// written by `braid ca`.
 	TLSDir string
 	// HTTPAddr is the API's host:port; empty disables it.
-	HTTPAddr  string
+	HTTPAddr string
+	// HTTPToken is the bearer token the API requires; empty: the one in
+	// DataDir/api-token (APITokenFile), generated at the first start.
 	HTTPToken string
 	// Profile is memberlist's timing: "lan" (default), "local" or "wan".
 	Profile     string
@@ -133,7 +135,9 @@ type Node struct {
 	coord *coordinator.Coordinator
 	ml    *Membership
 	api   *API
-	reg   *prometheus.Registry
+	// apiTokenFile holds the API's token ("" when configured).
+	apiTokenFile string
+	reg          *prometheus.Registry
 
 	bootMu       sync.Mutex
 	bootstrapped bool
@@ -264,8 +268,17 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	}
 	n.registerMetrics()
 	if cfg.HTTPAddr != "" {
-		if n.api, err = StartAPI(APIConfig{Addr: cfg.HTTPAddr, Token: cfg.HTTPToken, Bench: n.BenchAllreduce, Routes: n.routes}, n.Status, n.reg); err != nil {
+		token, tokenFile, created, err := cfg.apiToken()
+		if err != nil {
 			return fail(err)
+		}
+		if n.api, err = StartAPI(APIConfig{Addr: cfg.HTTPAddr, Token: token, Hosts: []string{cfg.Name, cfg.Advertise},
+			Bench: n.BenchAllreduce, Routes: n.routes}, n.Status, n.reg); err != nil {
+			return fail(err)
+		}
+		n.apiTokenFile = tokenFile
+		if tokenFile != "" {
+			logger.Info("the HTTP API requires the token in this file", "file", tokenFile, "created", created)
 		}
 	}
 	n.wg.Add(1)
@@ -483,6 +496,10 @@ func (n *Node) APIAddr() string {
 	}
 	return n.api.Addr()
 }
+
+// APITokenFile is the file that holds the API's token: DataDir/api-token,
+// or "" when the token was configured (Config.HTTPToken) or the API is off.
+func (n *Node) APITokenFile() string { return n.apiTokenFile }
 
 // Status is this node's view of the cluster, as GET /v1/status serves it.
 func (n *Node) Status() Status {

@@ -14,7 +14,7 @@ trap 'pkill -f "braid node --name bf-" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 "$BRAID" ca init --dir "$WORK/tls" > /dev/null
 for i in 1 2 3; do "$BRAID" ca issue --dir "$WORK/tls" --name bf-$i --host 127.0.0.1 > /dev/null; done
 now() { date +%s.%N; }
-status() { "$BRAID" status --api http://127.0.0.1:27961 --json 2>/dev/null || true; }
+status() { "$BRAID" status --api http://127.0.0.1:27961 --token-file "$WORK/d1/api-token" --json 2>/dev/null || true; }
 for r in $(seq "$ROUNDS"); do
   rm -rf "$WORK"/d*
   t0=$(now)

@@ -81,7 +81,7 @@ cleanup() {
     fi
     if [ "${KEEP:-0}" = 1 ]; then
       log "KEEP=1: leaving project $PROJECT up; take it down with:"
-      echo "  BRAID_CERTS=$BRAID_CERTS BRAID_DATASETS=$BRAID_DATASETS BRAID_API_TOKEN=$BRAID_API_TOKEN BRAID_SUBNET_PREFIX=$BRAID_SUBNET_PREFIX ${DC_BIN[*]} -p $PROJECT down -v && rm -rf $WORK"
+      echo "  BRAID_CERTS=$BRAID_CERTS BRAID_DATASETS=$BRAID_DATASETS BRAID_TOKEN=$BRAID_TOKEN BRAID_SUBNET_PREFIX=$BRAID_SUBNET_PREFIX ${DC_BIN[*]} -p $PROJECT down -v && rm -rf $WORK"
       exit "$rc"
     fi
     log "taking down project $PROJECT (containers, network, volumes)"
@@ -156,8 +156,8 @@ for x in range(77, 127):
 fi
 export BRAID_SUBNET_PREFIX BRAID_IMAGE
 export BRAID_CERTS=$WORK/certs BRAID_DATASETS=$WORK/datasets
-BRAID_API_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
-export BRAID_API_TOKEN
+BRAID_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+export BRAID_TOKEN
 
 log "making a CA and 4 node certificates in $WORK (subnet $BRAID_SUBNET_PREFIX.0/24)"
 bin/braid ca init --dir "$WORK/ca" >/dev/null

@@ -58,6 +58,9 @@ for i in $(seq 0 $((NODES - 1))); do
 	PIDS+=($!)
 done
 export BRAID_API="http://127.0.0.1:${P[2]}"
+# n1 writes its API token there at its first start (braid would also find it
+# by itself: this shell runs as the nodes' user).
+export BRAID_TOKEN_FILE="$WORK/n1/api-token"
 for _ in $(seq 1 150); do
 	if "$BRAID" status --json 2>/dev/null | python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s["leader"] and len(s["epoch"]["members"])==int(sys.argv[1]) else 1)' "$NODES" 2>/dev/null; then break; fi
 	sleep 0.2

@@ -59,7 +59,8 @@ func benchAllreduceCommand() *cli.Command {
 			&cli.StringFlag{Name: "tls-dir", Usage: "PKI directory with ca.pem and this rank's certificate (with --rank)"},
 			&cli.DurationFlag{Name: "hop-timeout", Value: time.Minute, Usage: "per-hop deadline"},
 			&cli.StringFlag{Name: "api", EnvVars: []string{"BRAID_API"}, Usage: "run across the members of the cluster behind this node API URL"},
-			&cli.StringFlag{Name: "token", EnvVars: []string{"BRAID_TOKEN"}, Usage: "bearer token for --api"},
+			&cli.StringFlag{Name: "token", EnvVars: []string{"BRAID_TOKEN"}, Usage: "bearer token for --api (default: the node's, if it runs on this machine as this user)"},
+			&cli.StringFlag{Name: "token-file", EnvVars: []string{"BRAID_TOKEN_FILE"}, Usage: "read the bearer token for --api from `FILE`"},
 		},
 		Action: runBenchAllreduce,
 	}
@@ -316,14 +317,9 @@ func benchAllreduceRank(c *cli.Context, plan benchPlan) error {
 func benchAllreduceAPI(c *cli.Context, plan benchPlan) error {
 	body, _ := json.Marshal(node.BenchPlan{Sizes: plan.sizes, Dtype: plan.cfg.Dtype.String(), Iters: plan.iters,
 		Streams: plan.cfg.Streams, ChunkBytes: plan.cfg.ChunkBytes, HopTimeout: plan.cfg.HopTimeout})
-	url := strings.TrimRight(c.String("api"), "/") + "/v1/bench/allreduce"
-	req, err := http.NewRequestWithContext(c.Context, http.MethodPost, url, bytes.NewReader(body))
+	req, err := newAPIRequest(c.Context, c, http.MethodPost, "/v1/bench/allreduce", bytes.NewReader(body))
 	if err != nil {
-		return fmt.Errorf("--api %q: %w", c.String("api"), err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	if tok := c.String("token"); tok != "" {
-		req.Header.Set("Authorization", "Bearer "+tok)
+		return err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -332,7 +328,7 @@ func benchAllreduceAPI(c *cli.Context, plan benchPlan) error {
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("node API at %s: %s: %s", c.String("api"), resp.Status, strings.TrimSpace(string(msg)))
+		return apiError(c, req, resp, msg)
 	}
 	p := newRowPrinter(c, "the cluster behind "+c.String("api"), plan)
 	sc := bufio.NewScanner(resp.Body)

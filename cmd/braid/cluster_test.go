@@ -73,11 +73,12 @@ func freePorts(t *testing.T, n int) []int {
 }
 
 type proc struct {
-	name   string
-	cmd    *exec.Cmd
-	api    string
-	gossip string
-	log    string
+	name    string
+	cmd     *exec.Cmd
+	api     string
+	gossip  string
+	log     string
+	dataDir string
 }
 
 func startNode(t *testing.T, bin, tlsDir, name string, join []string, expect int) *proc {
@@ -85,8 +86,8 @@ func startNode(t *testing.T, bin, tlsDir, name string, join []string, expect int
 	ports := freePorts(t, 3)
 	dir := t.TempDir()
 	p := &proc{name: name, api: fmt.Sprintf("http://127.0.0.1:%d", ports[2]), gossip: fmt.Sprintf("127.0.0.1:%d", ports[0]),
-		log: filepath.Join(dir, "node.log")}
-	args := []string{"node", "--name", name, "--data-dir", filepath.Join(dir, "data"), "--tls-dir", tlsDir,
+		log: filepath.Join(dir, "node.log"), dataDir: filepath.Join(dir, "data")}
+	args := []string{"node", "--name", name, "--data-dir", p.dataDir, "--tls-dir", tlsDir,
 		"--gossip-addr", p.gossip, "--quic-addr", fmt.Sprintf("127.0.0.1:%d", ports[1]),
 		"--http", fmt.Sprintf("127.0.0.1:%d", ports[2]), "--bootstrap-expect", fmt.Sprint(expect), "--profile", "local"}
 	if len(join) > 0 {
@@ -113,14 +114,32 @@ func startNode(t *testing.T, bin, tlsDir, name string, join []string, expect int
 	return p
 }
 
+// status asks p's API for its status with the token p generated (which
+// exists once its API is up).
 func (p *proc) status() (node.Status, error) {
 	var st node.Status
-	resp, err := http.Get(p.api + "/v1/status")
+	token, err := node.ReadTokenFile(filepath.Join(p.dataDir, node.APITokenFile))
+	if err != nil {
+		return st, err
+	}
+	req, _ := http.NewRequest("GET", p.api+"/v1/status", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return st, err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("status: %s", resp.Status)
+	}
 	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// ownRuntimeDir gives the test's node processes and CLI runs a runtime
+// directory of their own, where the nodes leave the records by which the
+// CLI finds their tokens (apitoken.go).
+func ownRuntimeDir(t *testing.T) {
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
 }
 
 // waitStatus polls p's status until cond holds; processes give no event to
@@ -145,6 +164,7 @@ func TestThreeProcessCluster(t *testing.T) {
 		t.Skip("starts processes")
 	}
 	bin := braidBinary(t)
+	ownRuntimeDir(t) // every CLI command below finds the token of the node it talks to
 	tlsDir := filepath.Join(t.TempDir(), "tls")
 	mustRun(t, "ca", "init", "--dir", tlsDir)
 	for _, n := range []string{"a1", "a2", "a3", "a4", "spy"} {

@@ -338,14 +338,11 @@ func jobExportCommand() *cli.Command {
 // downloadJobFile streams one file of a job's last checkpoint into path,
 // checking its SHA-256, through a temporary file renamed into place.
 func downloadJobFile(ctx context.Context, c *cli.Context, id, name, path string) error {
-	url := strings.TrimRight(c.String("api"), "/") + "/v1/jobs/" + id + "/files/" + name
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	req, err := newAPIRequest(ctx, c, http.MethodGet, "/v1/jobs/"+id+"/files/"+name, nil)
 	if err != nil {
 		return err
 	}
-	if tok := c.String("token"); tok != "" {
-		req.Header.Set("Authorization", "Bearer "+tok)
-	}
+	url := req.URL.String()
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return fmt.Errorf("cannot reach the node API at %s: %w", c.String("api"), err)
@@ -353,7 +350,7 @@ func downloadJobFile(ctx context.Context, c *cli.Context, id, name, path string)
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("%s: %s: %s", url, resp.Status, strings.TrimSpace(string(b)))
+		return apiError(c, req, resp, b)
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+name+".tmp-")
 	if err != nil {

@@ -40,7 +40,9 @@ func nodeCommand() *cli.Command {
 			&cli.IntFlag{Name: "bootstrap-expect", EnvVars: env("bootstrap-expect"), Usage: "servers to wait for before forming a new cluster (0: join an existing one)"},
 			&cli.StringFlag{Name: "tls-dir", EnvVars: env("tls-dir"), Usage: "`DIR` from braid ca: ca.pem, NAME.pem, NAME-key.pem, gossip.key"},
 			&cli.StringFlag{Name: "http", Value: d.HTTPAddr, EnvVars: env("http"), Usage: "HTTP API `HOST:PORT` (empty: off)"},
-			&cli.StringFlag{Name: "http-token", EnvVars: env("http-token"), Usage: "bearer token the API requires (needed off localhost)"},
+			&cli.StringFlag{Name: "token", EnvVars: []string{"BRAID_TOKEN", "BRAID_HTTP_TOKEN"}, Usage: "bearer token the API requires (default: DATA_DIR/api-token, generated at the first start)"},
+			&cli.StringFlag{Name: "token-file", EnvVars: env("token-file"), Usage: "read the API's bearer token from `FILE`"},
+			&cli.StringFlag{Name: "http-token", Hidden: true, Usage: "old name of --token"},
 			&cli.StringFlag{Name: "profile", Value: "lan", EnvVars: env("profile"), Usage: "timing: lan, local (one machine) or wan"},
 			&cli.StringFlag{Name: "device", Value: "auto", EnvVars: env("device"), Usage: "where this node computes: cpu, cuda (GPU 0), cuda:N, or auto (GPU 0 if there is a usable GPU, else the CPU); jobs run on the nodes of their --device"},
 			&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: env("log-format"), Usage: "text or json"},
@@ -120,7 +122,12 @@ func runNode(c *cli.Context) error {
 	cfg := node.DefaultConfig()
 	cfg.Name, cfg.DataDir, cfg.GossipAddr, cfg.QUICAddr = c.String("name"), c.String("data-dir"), c.String("gossip-addr"), c.String("quic-addr")
 	cfg.Advertise, cfg.BootstrapExpect, cfg.TLSDir = c.String("advertise"), c.Int("bootstrap-expect"), c.String("tls-dir")
-	cfg.HTTPAddr, cfg.HTTPToken, cfg.Profile, cfg.Build = c.String("http"), c.String("http-token"), c.String("profile"), version
+	cfg.HTTPAddr, cfg.Profile, cfg.Build = c.String("http"), c.String("profile"), version
+	tok, err := nodeToken(c)
+	if err != nil {
+		return err
+	}
+	cfg.HTTPToken = tok
 	for _, j := range c.StringSlice("join") {
 		for _, p := range strings.Split(j, ",") {
 			if p = strings.TrimSpace(p); p != "" {
@@ -151,11 +158,39 @@ func runNode(c *cli.Context) error {
 	}
 	if a := n.APIAddr(); a != "" {
 		fmt.Fprintf(c.App.Writer, "braid node %s: API http://%s\n", cfg.Name, a)
+		if f := n.APITokenFile(); f != "" {
+			// For the CLI of this user on this machine (apitoken.go).
+			if remove, err := writeAPIRecord(a, f); err != nil {
+				logger.Warn("the CLI will not find the API token by itself (give it --token-file)", "file", f, "err", err)
+			} else {
+				defer remove()
+			}
+		}
 	}
 	<-c.Context.Done()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	return n.Shutdown(ctx)
+}
+
+// nodeToken is the API token `braid node` was given: --token (or its old
+// name --http-token), or the content of --token-file; "" for the node's
+// own, generated one.
+func nodeToken(c *cli.Context) (string, error) {
+	tok := c.String("token")
+	if tok == "" {
+		tok = c.String("http-token")
+	}
+	if path := c.String("token-file"); path != "" {
+		if tok != "" {
+			return "", fmt.Errorf("--token and --token-file: give one")
+		}
+		var err error
+		if tok, err = node.ReadTokenFile(path); err != nil {
+			return "", fmt.Errorf("--token-file: %w", err)
+		}
+	}
+	return tok, nil
 }
 
 // chooseDevice reads `braid node --device` (cpu, cuda, cuda:N or auto) and

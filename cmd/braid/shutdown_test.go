@@ -21,6 +21,7 @@ func TestSIGTERMWithSlowClients(t *testing.T) {
 		t.Skip("starts processes")
 	}
 	bin := braidBinary(t)
+	ownRuntimeDir(t)
 	tlsDir := filepath.Join(t.TempDir(), "tls")
 	mustRun(t, "ca", "init", "--dir", tlsDir)
 	mustRun(t, "ca", "issue", "--dir", tlsDir, "--name", "s1", "--host", "127.0.0.1")

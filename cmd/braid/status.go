@@ -17,14 +17,6 @@ import (
 	"github.com/braidml/braid/node"
 )
 
-// apiFlags are the flags of every command that talks to a node's HTTP API.
-func apiFlags() []cli.Flag {
-	return []cli.Flag{
-		&cli.StringFlag{Name: "api", Value: "http://127.0.0.1:7950", EnvVars: []string{"BRAID_API"}, Usage: "a node's HTTP API `URL`"},
-		&cli.StringFlag{Name: "token", EnvVars: []string{"BRAID_TOKEN"}, Usage: "bearer token for an API off localhost"},
-	}
-}
-
 // getJSON fetches path from the API into v, with errors that say which
 // node and what went wrong.
 func getJSON(ctx context.Context, c *cli.Context, path string, v any) error {
@@ -34,7 +26,6 @@ func getJSON(ctx context.Context, c *cli.Context, path string, v any) error {
 // callAPI sends body (JSON, nil for none) to the API and decodes the answer
 // into v.
 func callAPI(ctx context.Context, c *cli.Context, method, path string, body, v any, timeout time.Duration) error {
-	url := strings.TrimRight(c.String("api"), "/") + path
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var rd io.Reader
@@ -45,16 +36,11 @@ func callAPI(ctx context.Context, c *cli.Context, method, path string, body, v a
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, url, rd)
+	req, err := newAPIRequest(ctx, c, method, path, rd)
 	if err != nil {
-		return fmt.Errorf("--api %q: %w", c.String("api"), err)
+		return err
 	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if tok := c.String("token"); tok != "" {
-		req.Header.Set("Authorization", "Bearer "+tok)
-	}
+	url := req.URL.String()
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return fmt.Errorf("cannot reach the node API at %s (is `braid node` running there? set --api or BRAID_API): %w", c.String("api"), err)
@@ -65,7 +51,7 @@ func callAPI(ctx context.Context, c *cli.Context, method, path string, body, v a
 		return fmt.Errorf("reading %s: %w", url, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s %s: %s: %s", method, url, resp.Status, strings.TrimSpace(string(b)))
+		return apiError(c, req, resp, b)
 	}
 	if err := json.Unmarshal(b, v); err != nil {
 		return fmt.Errorf("%s: unexpected response: %w", url, err)

@@ -18,11 +18,13 @@ func TestStatusCommand(t *testing.T) {
 			{Name: "g1", State: "alive", Addr: "10.0.0.9:7946", Device: "cuda", GPUs: 8,
 				GPU: &cuda.DeviceInfo{Index: 3, Name: "NVIDIA H200", MemoryBytes: 150754820096, Major: 9, SMs: 132}},
 			{Name: "c1", State: "alive", Addr: "10.0.0.8:7946", Device: "cpu", GPUs: 2}}}
-	api, err := node.StartAPI(node.APIConfig{Addr: "127.0.0.1:0"}, func() node.Status { return st }, prometheus.NewRegistry())
+	const token = "status-test-token"
+	api, err := node.StartAPI(node.APIConfig{Addr: "127.0.0.1:0", Token: token}, func() node.Status { return st }, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer api.Close(context.Background())
+	t.Setenv("BRAID_TOKEN", token)
 	out, err := run(t, "status", "--api", "http://"+api.Addr(), "--json")
 	if err != nil {
 		t.Fatal(err)
@@ -62,8 +64,8 @@ func TestStatusCommand(t *testing.T) {
 	if _, err := run(t, "status", "--api", "http://127.0.0.1:1"); err == nil || !strings.Contains(err.Error(), "127.0.0.1:1") {
 		t.Errorf("unreachable API: %v, want an error naming it", err)
 	}
-	// Off localhost the API refuses to start without a token.
-	if _, err := node.StartAPI(node.APIConfig{Addr: "0.0.0.0:0"}, func() node.Status { return st }, prometheus.NewRegistry()); err == nil {
-		t.Error("API on 0.0.0.0 without a token: no error")
+	// The API refuses to start without a token.
+	if _, err := node.StartAPI(node.APIConfig{Addr: "127.0.0.1:0"}, func() node.Status { return st }, prometheus.NewRegistry()); err == nil {
+		t.Error("API without a token: no error")
 	}
 }
