@@ -62,8 +62,24 @@ func waitEvent(t *testing.T, m *Membership, kind EventKind, name string, within 
 func TestMembershipJoinMetaAndFailure(t *testing.T) {
 	key := make([]byte, 32)
 	ms := startMembers(t, NewMemGossip(), key, "n1", "n2", "n3")
-	waitEvent(t, ms[0], MemberJoined, "n2", 5*time.Second) // n2 joins first
-	ev := waitEvent(t, ms[0], MemberJoined, "n3", 5*time.Second)
+	// n2 and n3 join in either order.
+	var ev MemberEvent
+	joined := map[string]bool{}
+	deadline := time.After(5 * time.Second)
+	for !joined["n2"] || !joined["n3"] {
+		select {
+		case e := <-ms[0].Events():
+			t.Logf("event: %s %s %s", e.Kind, e.Name, e.State)
+			if e.Kind == MemberJoined {
+				joined[e.Name] = true
+				if e.Name == "n3" {
+					ev = e
+				}
+			}
+		case <-deadline:
+			t.Fatalf("n1 saw joins of %v within 5s, want n2 and n3", joined)
+		}
+	}
 	if ev.Meta.QUICAddr != "127.0.0.1:7002" || ev.Meta.Cores != 2 {
 		t.Errorf("n3's metadata as n1 sees it: %+v", ev.Meta)
 	}
