@@ -266,7 +266,14 @@ func (c *Coordinator) raftPeer(name string) (raft.ServerAddress, bool) {
 				return s.Address, true
 			}
 		}
-		return "", false
+		// A log that holds nothing but this node's own bootstrap entry
+		// has not heard from a leader yet: nodes that bootstrapped at the
+		// same time may have picked different sets of servers (each from
+		// the members it had seen), and the leader's log replaces the
+		// losers' entry. Until then the pre-configuration rule applies.
+		if r.LastIndex() > 1 {
+			return "", false
+		}
 	}
 	c.mu.Lock()
 	m, ok := c.view[name]
