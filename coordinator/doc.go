@@ -23,15 +23,6 @@
 // server list. A node that joins an existing cluster never bootstraps; it
 // runs New and waits for the leader to add it.
 //
-// Raft is admitted by identity: a server hands raft a stream only from a
-// peer whose verified certificate name is a server of its latest Raft
-// configuration (before it has one: a member the node layer reported), and
-// only RPCs whose header ID and address are that name and its configured
-// address. Refusals are logged and counted (RefusedRaftStreams). See
-// StreamLayer and RaftPeers. A server whose configuration lacks every
-// current server (it missed all the changes that added them) therefore
-// hears none of them; it must be reset and join afresh.
-//
 // Commands are versioned JSON envelopes (see EncodeCommand, DecodeCommand).
 // The decoder bounds sizes and validates every field; a malformed or
 // inapplicable command makes Apply return an error value, never panic, and
