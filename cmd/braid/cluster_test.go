@@ -81,7 +81,45 @@ type proc struct {
 	dataDir string
 }
 
+// startNode starts a node process on ports that were free a moment ago;
+// when another process took one of them meanwhile (the node exits with
+// "address already in use"), it tries again on new ones.
 func startNode(t *testing.T, bin, tlsDir, name string, join []string, expect int) *proc {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		p := startNodeOnce(t, bin, tlsDir, name, join, expect)
+		if attempt == 3 || !p.lostAPort() {
+			return p
+		}
+		t.Logf("%s lost a port to another process; starting it again", name)
+	}
+}
+
+// lostAPort waits until p's API answers its health check or p exits, and
+// says whether it exited because a port was taken.
+func (p *proc) lostAPort() bool {
+	exited := make(chan struct{})
+	go func() { p.cmd.Process.Wait(); close(exited) }()
+	deadline := time.After(15 * time.Second)
+	for {
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(p.log)
+			return strings.Contains(string(b), "address already in use")
+		case <-deadline:
+			return false
+		case <-time.After(50 * time.Millisecond):
+			if resp, err := http.Get(p.api + "/v1/health"); err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					return false
+				}
+			}
+		}
+	}
+}
+
+func startNodeOnce(t *testing.T, bin, tlsDir, name string, join []string, expect int) *proc {
 	t.Helper()
 	ports := freePorts(t, 3)
 	dir := t.TempDir()
