@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	_ "embed"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -259,7 +258,9 @@ func (d *Device) Sync() error {
 }
 
 // upload copies n bytes from host memory at src to dst, in stream order.
-// It returns once src may be reused.
+// From pageable (Go) memory it returns once src may be reused; from pinned
+// memory (AllocHostF32) the copy may still be running: the caller must not
+// change src before the stream has passed it (a Sync, or a download).
 func (d *Device) upload(dst Buffer, src unsafe.Pointer, n int64) error {
 	if n > dst.Bytes {
 		panic(fmt.Sprintf("cuda: upload of %d bytes into a buffer of %d", n, dst.Bytes))
@@ -594,6 +595,3 @@ func (d *Device) Launch(p Precision, name string, grid, block int, args ...Arg) 
 	}
 	return nil
 }
-
-// errClosed is returned by a Device used after Close.
-var errClosed = errors.New("cuda: device closed")
