@@ -132,6 +132,12 @@ const (
 // buffer order.
 var projNames = [numProjections]string{"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}
 
+// LoRAProjectionShape returns the (in, out) features of a block's
+// projection number p, in adapter buffer order (attn.c_attn, attn.c_proj,
+// mlp.c_fc, mlp.c_proj), for model config c: what a device backend needs
+// to lay an adapter out as this package does.
+func LoRAProjectionShape(c Config, p int) (in, out int) { return projection(p).shape(c) }
+
 // shape returns a projection's (in, out) features for model config c.
 func (p projection) shape(c Config) (in, out int) {
 	C := c.Dim

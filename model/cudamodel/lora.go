@@ -14,7 +14,8 @@ import (
 // ZeroGrad, ClipGradNorm, AdamW, the gradient and moment transfers and
 // GradRanges are the adapter's.
 
-// Projections of a block, in the adapter's buffer order (as package model).
+// Projections of a block, in the adapter's buffer order
+// (model.LoRAProjectionShape's numbering).
 const (
 	projQKV = iota
 	projAttnOut
@@ -153,20 +154,6 @@ func (m *Model) AttachLoRA(a *model.LoRA) (err error) {
 	return nil
 }
 
-// projShape is a projection's (in, out) features.
-func projShape(c model.Config, p int) (in, out int) {
-	C := c.Dim
-	switch p {
-	case projQKV:
-		return C, 3 * C
-	case projAttnOut:
-		return C, C
-	case projFC:
-		return C, 4 * C
-	}
-	return 4 * C, C
-}
-
 // adapted says whether projection p of block l has an adapter.
 func (m *Model) adapted(l, p int) bool { return m.ad != nil && m.ad.a[l][p] >= 0 }
 
@@ -179,7 +166,7 @@ func (m *Model) adapterMat(off, ld int, trans bool) cuda.Mat {
 // loraForward adds the adapter's update to out (BT, o), the output of
 // projection p of block l on inp (BT, in): u = s·inp·Aᵀ, out += u·Bᵀ.
 func (m *Model) loraForward(l, p int, out, inp cuda.Buffer, BT int) error {
-	in, o := projShape(m.Config, p)
+	in, o := model.LoRAProjectionShape(m.Config, p)
 	ad, d, at := m.ad, m.dev, m.Prec.Act()
 	r := ad.rank
 	if err := d.GemmScaled(m.Prec, BT, r, in, mat(inp, at, in, false), m.adapterMat(ad.a[l][p], in, true), mat(ad.u[l][p], at, r, false), ad.scale, false); err != nil {
@@ -194,7 +181,7 @@ func (m *Model) loraForward(l, p int, out, inp cuda.Buffer, BT int) error {
 //
 //	dB += doutᵀ·u;  g = s·dout·B;  dA += gᵀ·inp;  dinp += g·A
 func (m *Model) loraBackward(l, p int, dinp, dout, inp cuda.Buffer, BT int) error {
-	in, o := projShape(m.Config, p)
+	in, o := model.LoRAProjectionShape(m.Config, p)
 	ad, d, at, pr := m.ad, m.dev, m.Prec.Act(), m.Prec
 	r := ad.rank
 	gA, gB := ad.set.grads.Off(4*int64(ad.a[l][p])), ad.set.grads.Off(4*int64(ad.b[l][p]))
