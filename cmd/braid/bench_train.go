@@ -51,6 +51,9 @@ func benchTrainCommand() *cli.Command {
 }
 
 func runBenchTrain(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return fmt.Errorf("bench train takes no arguments, got %q (flags go before any argument)", c.Args().Slice())
+	}
 	bm, ok := benchModels[c.String("model")]
 	if !ok {
 		return fmt.Errorf("--model %q: want gpt2-124m or small", c.String("model"))

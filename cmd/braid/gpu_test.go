@@ -57,3 +57,13 @@ func TestGPUTrainEvalGenerate(t *testing.T) {
 // TestMain points the GPU tests at the CPU stand-in for the CUDA libraries
 // when BRAID_CUDA_EMULATE=1 (package cudaemu).
 func TestMain(m *testing.M) { cudaemu.Main(m) }
+
+// The GPU commands refuse stray arguments instead of dropping what follows
+// them (a flag typed after an argument).
+func TestGPUCommandsRefuseStrayArguments(t *testing.T) {
+	for _, args := range [][]string{{"bench", "train", "--model", "small", "stray", "--steps", "1"}, {"doctor", "extra"}} {
+		if _, err := run(t, args...); err == nil || !strings.Contains(err.Error(), "takes no arguments") {
+			t.Errorf("%v: %v, want a refusal", args, err)
+		}
+	}
+}
