@@ -69,7 +69,7 @@ FUZZTIME ?= 30s
 FUZZ_TARGETS := \
 	./model/safetensors:FuzzDecode ./model:FuzzLoadCheckpoint ./model:FuzzDecodeAdapter ./model:FuzzGPT2Tokenizer \
 	./transport:FuzzReadFrames ./transport/pki:FuzzLoad ./allreduce:FuzzDecode \
-	./coordinator:FuzzDecodeCommand ./coordinator:FuzzApply ./coordinator:FuzzRestore ./coordinator:FuzzDecodeLog \
+	./coordinator:FuzzDecodeCommand ./coordinator:FuzzApply ./coordinator:FuzzRestore ./coordinator:FuzzDecodeLog ./coordinator:FuzzGuardedConn \
 	./node:FuzzDecodeMeta ./node:FuzzDecodeControlRequest ./node/blobstore:FuzzDecodeRequest ./node/blobstore:FuzzDecodeHeader \
 	./shard:FuzzDecodeHeader ./shard:FuzzDecodeShard ./shard:FuzzDecodeManifest \
 	./train:FuzzRestore ./train:FuzzRestoreLoRA ./train:FuzzRestoreDiLoCo

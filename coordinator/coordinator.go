@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -32,6 +33,9 @@ type Coordinator struct {
 	snaps *raft.FileSnapshotStore
 	layer *StreamLayer
 	raft  *raft.Raft
+	// started is raft once NewRaft has returned: the stream layer accepts
+	// streams before that and reads it from its own goroutines.
+	started atomic.Pointer[raft.Raft]
 
 	mu      sync.Mutex
 	view    map[string]Member // the node layer's latest report per member
@@ -110,7 +114,7 @@ func New(cfg Config, deps Deps) (*Coordinator, error) {
 	if c.snaps, err = raft.NewFileSnapshotStoreWithLogger(deps.DataDir, cfg.SnapshotRetain, hlog.Named("snapshots")); err != nil {
 		return fail(fmt.Errorf("coordinator: snapshot store: %w", err))
 	}
-	if c.layer, err = NewStreamLayer(deps.Transport); err != nil {
+	if c.layer, err = NewStreamLayer(deps.Transport, c.raftPeer, c.log); err != nil {
 		return fail(err)
 	}
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
@@ -133,6 +137,7 @@ func New(cfg Config, deps Deps) (*Coordinator, error) {
 		_ = trans.Close()
 		return fail(fmt.Errorf("coordinator: start raft: %w", err))
 	}
+	c.started.Store(c.raft)
 	go c.loop()
 	return c, nil
 }

@@ -23,6 +23,14 @@
 // server list. A node that joins an existing cluster never bootstraps; it
 // runs New and waits for the leader to add it.
 //
+// Raft is admitted by identity: a server hands raft a stream only from a
+// peer whose verified certificate name was admitted to the cluster (a
+// server of its latest Raft configuration, a member of its committed state
+// that has not left, or a member gossip reports alive), and only RPCs whose
+// header ID is that name and whose header address is a ServerAddress of
+// it. A certificate of the CA alone does not make a Raft peer. Refusals are
+// logged and counted (RefusedRaftStreams). See StreamLayer and RaftPeers.
+//
 // Commands are versioned JSON envelopes (see EncodeCommand, DecodeCommand).
 // The decoder bounds sizes and validates every field; a malformed or
 // inapplicable command makes Apply return an error value, never panic, and

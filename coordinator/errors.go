@@ -51,6 +51,10 @@ var (
 	// ErrInvalidAddress: a raft server address is not of the form
 	// "name@addr" (see ServerAddress).
 	ErrInvalidAddress = errors.New("coordinator: invalid raft server address")
+	// ErrRaftPeerRefused: a peer opened a raft stream or sent a Raft RPC
+	// without the right: its name is not a server of the Raft
+	// configuration, or the RPC's header names another server or address.
+	ErrRaftPeerRefused = errors.New("coordinator: raft peer refused")
 	// ErrCorruptLog: a log entry or stable value on disk failed to decode.
 	ErrCorruptLog = errors.New("coordinator: corrupt log store")
 	// ErrClosed: the Coordinator has been shut down.

@@ -174,6 +174,15 @@ func (f *fsm) state() State {
 	return f.s.export()
 }
 
+// member returns the committed member called name, without copying the
+// rest of the state (the Raft guard asks for every RPC).
+func (f *fsm) member(name string) (Member, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	m, ok := f.s.members[name]
+	return m, ok
+}
+
 // watch returns a copy of the current state and a channel that is closed
 // when the state next changes.
 func (f *fsm) watch() (State, <-chan struct{}) {

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/braidml/braid/transport"
@@ -38,12 +40,30 @@ func ParseServerAddress(a raft.ServerAddress) (name, addr string, err error) {
 // accepting and closes every stream it dialed or accepted that is still
 // open, so that raft's connection handlers end. It is safe for concurrent
 // use. It does not close the Transport, which its owner does.
+//
+// It admits Raft RPCs by identity. Accept hands raft a stream only from a
+// peer its RaftPeers allows, and raft reads from that stream only RPCs whose
+// header names the peer: the header's ID must be the peer's verified name,
+// and its Addr (and the legacy sender field of older RPCs) a ServerAddress
+// of that name. Both are checked again on every RPC, so that a peer that
+// stops being allowed is refused on the streams it already has (see
+// guardedConn). The address part of Addr is not compared with the
+// configuration's: a node restarted on another port is still itself, and
+// raft dials the configured address, not the header's. A refused stream is
+// closed before raft reads a byte of the refused RPC; every refusal is
+// counted (Refused) and logged with the peer's name. Streams this layer
+// dials are not checked: the transport verified that the peer at the other
+// end is the one named in the address, and raft only reads responses on
+// them.
 type StreamLayer struct {
-	t      transport.Transport
-	ln     transport.Listener
-	addr   raftAddr
-	ctx    context.Context // ends on Close: unblocks Accept
-	cancel context.CancelFunc
+	t       transport.Transport
+	ln      transport.Listener
+	addr    raftAddr
+	peers   RaftPeers
+	ctx     context.Context // ends on Close: unblocks Accept
+	cancel  context.CancelFunc
+	refusal refusalLog
+	refuses atomic.Uint64
 
 	mu      sync.Mutex
 	streams map[*trackedStream]struct{}
@@ -52,8 +72,16 @@ type StreamLayer struct {
 
 var _ raft.StreamLayer = (*StreamLayer)(nil)
 
-// NewStreamLayer registers t's listener for transport.ProtoRaft.
-func NewStreamLayer(t transport.Transport) (*StreamLayer, error) {
+// NewStreamLayer registers t's listener for transport.ProtoRaft. Peers
+// decides who may send Raft RPCs (required); refusals are logged to logger
+// (nil discards them).
+func NewStreamLayer(t transport.Transport, peers RaftPeers, logger *slog.Logger) (*StreamLayer, error) {
+	if peers == nil {
+		return nil, fmt.Errorf("%w: raft stream layer without RaftPeers", ErrInvalidConfig)
+	}
+	if logger == nil {
+		logger = discardLogger
+	}
 	ln, err := t.Listen(transport.ProtoRaft)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: listen for raft: %w", err)
@@ -63,24 +91,76 @@ func NewStreamLayer(t transport.Transport) (*StreamLayer, error) {
 		t:       t,
 		ln:      ln,
 		addr:    raftAddr(ServerAddress(string(t.Self()), t.Addr())),
+		peers:   peers,
 		ctx:     ctx,
 		cancel:  cancel,
+		refusal: refusalLog{log: logger},
 		streams: make(map[*trackedStream]struct{}),
 	}, nil
 }
 
-// Accept waits for the next raft stream a peer opens. After Close it
-// returns an error wrapping transport.ErrClosed.
+// Accept waits for the next raft stream that a peer allowed by RaftPeers
+// opens; streams of other peers are refused (closed, counted and logged)
+// and Accept waits on. After Close it returns an error wrapping
+// transport.ErrClosed.
 func (s *StreamLayer) Accept() (net.Conn, error) {
-	st, err := s.ln.Accept(s.ctx)
-	if err != nil {
-		if s.ctx.Err() != nil {
-			return nil, fmt.Errorf("coordinator: raft stream layer: %w", transport.ErrClosed)
+	for {
+		st, err := s.ln.Accept(s.ctx)
+		if err != nil {
+			if s.ctx.Err() != nil {
+				return nil, fmt.Errorf("coordinator: raft stream layer: %w", transport.ErrClosed)
+			}
+			return nil, err
 		}
-		return nil, err
+		peer := string(st.Peer())
+		if !s.peers(peer) {
+			s.refused(peer, fmt.Errorf("%w: not admitted to the cluster (not a server of the raft configuration nor a member)", ErrRaftPeerRefused))
+			_ = st.Close()
+			continue
+		}
+		ts, err := s.track(st)
+		if err != nil {
+			return nil, err
+		}
+		return newGuardedConn(ts, peer), nil
 	}
-	return s.track(st)
 }
+
+// Refused is the number of raft streams refused so far: streams from peers
+// RaftPeers does not allow, and streams closed on an RPC whose header does
+// not name their peer.
+func (s *StreamLayer) Refused() uint64 { return s.refuses.Load() }
+
+// checkRPC returns nil if peer may send an RPC with header hdr and legacy
+// sender field legacy (AppendEntries' and InstallSnapshot's Leader,
+// RequestVote's Candidate; empty when absent), or an error wrapping
+// ErrRaftPeerRefused that says why not.
+func (s *StreamLayer) checkRPC(peer string, hdr raft.RPCHeader, legacy []byte) error {
+	switch {
+	case !s.peers(peer):
+		return fmt.Errorf("%w: not admitted to the cluster (not a server of the raft configuration nor a member)", ErrRaftPeerRefused)
+	case string(hdr.ID) != peer:
+		return fmt.Errorf("%w: RPC header ID %q", ErrRaftPeerRefused, truncate(string(hdr.ID), 80))
+	case !namesPeer(hdr.Addr, peer):
+		return fmt.Errorf("%w: RPC header address %q is not %s's", ErrRaftPeerRefused, truncate(string(hdr.Addr), 80), peer)
+	case len(legacy) > 0 && !namesPeer(legacy, peer):
+		return fmt.Errorf("%w: RPC sender address %q is not %s's", ErrRaftPeerRefused, truncate(string(legacy), 80), peer)
+	}
+	return nil
+}
+
+// namesPeer reports whether addr is a ServerAddress of the server peer.
+func namesPeer(addr []byte, peer string) bool {
+	name, _, err := ParseServerAddress(raft.ServerAddress(addr))
+	return err == nil && name == peer
+}
+
+func (s *StreamLayer) refused(peer string, err error) {
+	s.refuses.Add(1)
+	s.refusal.record(peer, err)
+}
+
+// track registers st so that Close closes it.
 
 // Dial opens a raft stream to the server at address ("name@addr"), giving
 // up after timeout.
@@ -95,7 +175,11 @@ func (s *StreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 	if err != nil {
 		return nil, err
 	}
-	return s.track(st)
+	ts, err := s.track(st)
+	if err != nil {
+		return nil, err
+	}
+	return ts, nil
 }
 
 // Addr returns this node's ServerAddress as a net.Addr (network "braid").
@@ -120,7 +204,7 @@ func (s *StreamLayer) Close() error {
 	return err
 }
 
-func (s *StreamLayer) track(st transport.Stream) (net.Conn, error) {
+func (s *StreamLayer) track(st transport.Stream) (*trackedStream, error) {
 	ts := &trackedStream{Stream: st, owner: s}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"log/slog"
@@ -39,23 +40,27 @@ func TestServerAddress(t *testing.T) {
 	}
 }
 
-// TestStreamLayer: Dial reaches the named peer's Accept over the transport;
-// Close unblocks Accept and closes the streams still open.
+// TestStreamLayer: Dial reaches the named peer's Accept over the transport
+// and the RPCs written arrive unchanged; Close unblocks Accept and closes
+// the streams still open.
 func TestStreamLayer(t *testing.T) {
 	n := memnet.New(1)
 	defer n.Close()
 	ta, _ := n.Node("a")
 	tb, _ := n.Node("b")
-	la, err := NewStreamLayer(ta)
+	la, err := NewStreamLayer(ta, allowPeers(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	lb, err := NewStreamLayer(tb)
+	lb, err := NewStreamLayer(tb, allowPeers("a"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := NewStreamLayer(tb); !errors.Is(err, transport.ErrAlreadyListens) {
+	if _, err := NewStreamLayer(tb, allowPeers(), nil); !errors.Is(err, transport.ErrAlreadyListens) {
 		t.Fatalf("second layer on one transport: %v", err)
+	}
+	if _, err := NewStreamLayer(tb, nil, nil); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("layer without RaftPeers: %v", err)
 	}
 	if got := lb.Addr().String(); got != "b@mem:b" {
 		t.Fatalf("Addr = %q", got)
@@ -72,15 +77,16 @@ func TestStreamLayer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := client.Write([]byte("ping")); err != nil {
+	ping := encodeRPC(t, rpcTimeoutNow, &raft.TimeoutNowRequest{RPCHeader: header("a")})
+	if _, err := client.Write(ping); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-accepted; err != nil {
 		t.Fatal(err)
 	}
-	buf := make([]byte, 4)
-	if _, err := io.ReadFull(server, buf); err != nil || string(buf) != "ping" {
-		t.Fatalf("read %q, %v", buf, err)
+	buf := make([]byte, len(ping))
+	if _, err := io.ReadFull(server, buf); err != nil || !bytes.Equal(buf, ping) {
+		t.Fatalf("read %q, %v, want %q", buf, err, ping)
 	}
 	if st, ok := server.(transport.Stream); !ok || st.Peer() != "a" {
 		t.Fatalf("accepted %T, want a transport.Stream from a", server)

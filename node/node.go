@@ -562,6 +562,13 @@ func (n *Node) registerMetrics() {
 		Help: "Bytes this node's job rings have sent to their right neighbours."}, func() float64 { return float64(n.wireBytes.Load()) }))
 	n.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "braid", Name: "control_refused_total",
 		Help: "Control requests refused because their sender may not send them (not a member, not in the job's ring, ...)."}, func() float64 { return float64(n.controlRefused.Load()) }))
+	n.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "braid", Name: "raft_refused_total",
+		Help: "Raft streams and RPCs refused because their sender is not a server of the Raft configuration or named another in its header."}, func() float64 {
+		if n.coord == nil {
+			return 0
+		}
+		return float64(n.coord.RefusedRaftStreams())
+	}))
 }
 
 // Shutdown leaves gracefully: the coordinator hands leadership over and
