@@ -563,7 +563,7 @@ func (n *Node) registerMetrics() {
 	n.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "braid", Name: "control_refused_total",
 		Help: "Control requests refused because their sender may not send them (not a member, not in the job's ring, ...)."}, func() float64 { return float64(n.controlRefused.Load()) }))
 	n.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "braid", Name: "raft_refused_total",
-		Help: "Raft streams and RPCs refused because their sender is not a server of the Raft configuration or named another in its header."}, func() float64 {
+		Help: "Raft streams and RPCs refused because their sender was not admitted to the cluster or its RPC header named another server."}, func() float64 {
 		if n.coord == nil {
 			return 0
 		}
