@@ -430,10 +430,10 @@ func TestWorkersMatchOneWorker(t *testing.T) {
 				last = want.Loss
 				rel := math.Abs(res[0].Loss-want.Loss) / math.Abs(want.Loss)
 				worst = max(worst, rel)
-				if rel > 1e-4 {
+				if !(rel <= 1e-4) {
 					t.Errorf("step %d: loss %.7f with %d workers, %.7f with one", step, res[0].Loss, c.workers, want.Loss)
 				}
-				if math.Abs(float64(res[0].GradNorm-want.GradNorm)) > 1e-3*float64(want.GradNorm) {
+				if far(float64(res[0].GradNorm), float64(want.GradNorm), 1e-3*float64(want.GradNorm)) {
 					t.Errorf("step %d: gradient norm %v with %d workers, %v with one", step, res[0].GradNorm, c.workers, want.GradNorm)
 				}
 			}
@@ -492,7 +492,7 @@ func TestWorkerGradientIsBatchMean(t *testing.T) {
 		}
 		rel := math.Sqrt(diff / norm)
 		t.Logf("step %d: %d sequences, loss %.5f (one pass %.5f), gradient relative difference %.1e", step, len(batch), res[0].Loss, loss, rel)
-		if rel > 1e-5 || math.Abs(res[0].Loss-float64(loss)) > 1e-5*float64(loss) {
+		if !(rel <= 1e-5) || far(res[0].Loss, float64(loss), 1e-5*float64(loss)) {
 			t.Errorf("step %d: loss %v and gradient %.1e off the one-pass mean over the batch (loss %v)", step, res[0].Loss, rel, loss)
 		}
 	}
@@ -694,7 +694,7 @@ func TestWorkerOverRing(t *testing.T) {
 		for i := range ws {
 			requireSameState(t, fmt.Sprintf("step %d, worker %d vs worker 0", step, i), ws[0], ws[i])
 		}
-		if rel := math.Abs(res[0].Loss-want.Loss) / want.Loss; rel > 1e-4 {
+		if far(res[0].Loss, want.Loss, 1e-4*want.Loss) {
 			t.Errorf("step %d: loss %v over the ring, %v with one worker", step, res[0].Loss, want.Loss)
 		}
 		t.Logf("step %d: loss %.5f, compute %v, wait %v", step, res[0].Loss, res[0].Compute, res[0].Wait)
@@ -1023,7 +1023,7 @@ func TestWorkerEval(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if math.Abs(got-want) > 1e-5*want {
+		if far(got, want, 1e-5*want) {
 			t.Errorf("micro batch %d: eval loss %v, want %v", B, got, want)
 		}
 	}
