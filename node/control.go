@@ -97,7 +97,10 @@ type objectRef struct {
 
 // controlResponse answers a controlRequest: Error, or the result of Op.
 type controlResponse struct {
-	Error       string          `json:"error,omitempty"`
+	Error string `json:"error,omitempty"`
+	// NotLeader: an opApply was refused because the node is not (or no
+	// longer) the leader; nothing was applied and the caller may retry.
+	NotLeader   bool            `json:"not_leader,omitempty"`
 	Bench       *benchReply     `json:"bench,omitempty"`
 	Inventory   *inventoryReply `json:"inventory,omitempty"`
 	JobSync     *syncStatus     `json:"job_sync,omitempty"`
@@ -212,6 +215,7 @@ func (n *Node) handleControl(ctx context.Context, s transport.Stream) {
 			cmd, _ := coordinator.DecodeCommand(req.Apply) // validated above
 			if err := n.coord.Apply(ctx, cmd); err != nil {
 				resp.Error = fmt.Sprintf("node %s: %v", n.cfg.Name, err)
+				resp.NotLeader = errors.Is(err, coordinator.ErrNotLeader)
 			}
 		case opInventory:
 			inv := n.inventory(*req.Inventory)
@@ -234,7 +238,7 @@ func (n *Node) callControl(ctx context.Context, peer, addr string, req controlRe
 	var resp controlResponse
 	s, err := n.tr.Dial(ctx, transport.PeerID(peer), addr, transport.ProtoControl, transport.DialOptions{})
 	if err != nil {
-		return resp, fmt.Errorf("node: control %s to %s: %w", req.Op, peer, err)
+		return resp, fmt.Errorf("node: control %s to %s: %w: %w", req.Op, peer, errNotSent, err)
 	}
 	defer s.Close()
 	stop := context.AfterFunc(ctx, func() { s.Close() })
@@ -258,8 +262,16 @@ func (n *Node) callControl(ctx context.Context, peer, addr string, req controlRe
 	if err := json.Unmarshal(b, &resp); err != nil {
 		return resp, fmt.Errorf("node: control %s to %s: response: %w", req.Op, peer, err)
 	}
+	if resp.NotLeader {
+		return resp, fmt.Errorf("node: %s failed %s: %s: %w", peer, req.Op, resp.Error, coordinator.ErrNotLeader)
+	}
 	if resp.Error != "" {
 		return resp, fmt.Errorf("node: %s failed %s: %s", peer, req.Op, resp.Error)
 	}
 	return resp, nil
 }
+
+// errNotSent marks a control call that failed before its request left this
+// node (the peer could not be reached): retrying it cannot do anything
+// twice.
+var errNotSent = errors.New("request not sent")

@@ -39,6 +39,9 @@ type JobStatus struct {
 	Checkpoints      []coordinator.Checkpoint `json:"checkpoints,omitempty"`
 	Spec             coordinator.JobSpec      `json:"spec"`
 	Workers          []JobProgress            `json:"workers,omitempty"`
+	// Unreachable names the members of the epoch whose progress could not
+	// be read (and why): their figures are missing from the rest.
+	Unreachable map[string]string `json:"unreachable,omitempty"`
 }
 
 // JobStatus merges the job's committed state with its workers' progress
@@ -86,6 +89,14 @@ func (n *Node) JobStatus(ctx context.Context, id string) (JobStatus, error) {
 				cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 				resp, err := n.callControl(cctx, name, n.memberAddr(name), controlRequest{Op: opJobProgress, JobObject: &jobObjectRequest{Job: id}})
 				cancel()
+				if err != nil {
+					mu.Lock()
+					if js.Unreachable == nil {
+						js.Unreachable = map[string]string{}
+					}
+					js.Unreachable[name] = err.Error()
+					mu.Unlock()
+				}
 				if err == nil {
 					p = resp.JobProgress
 				}
@@ -113,9 +124,6 @@ func (n *Node) JobStatus(ctx context.Context, id string) (JobStatus, error) {
 		js.StepMS = max(js.StepMS, p.StepMS)
 		js.WaitMS = max(js.WaitMS, p.WaitMS)
 		js.WireBytesPerStep = max(js.WireBytesPerStep, p.WireBytesPerStep)
-	}
-	if j.State == coordinator.JobCompleted {
-		js.Step = j.Spec.Steps
 	}
 	return js, nil
 }

@@ -115,6 +115,15 @@ type JobProgress struct {
 	WireBytes        int64  `json:"wire_bytes"`
 	WeightsHash      string `json:"weights_hash,omitempty"`
 	Error            string `json:"error,omitempty"`
+	// ResumedFrom is the step of the checkpoint this worker restored when
+	// it started the job (0: it started from the base model).
+	ResumedFrom int `json:"resumed_from,omitempty"`
+	// Restores counts the times this worker replaced its whole state: from
+	// the job's checkpoint at start, or from a peer's snapshot when their
+	// weights differed at an epoch change. GradCatchUps counts the steps it
+	// caught up by applying a peer's reduced gradient instead.
+	Restores     int `json:"restores,omitempty"`
+	GradCatchUps int `json:"grad_catch_ups,omitempty"`
 }
 
 // syncStatus is a member's state when it entered an epoch.
@@ -358,6 +367,9 @@ func (r *jobRunner) prepare() error {
 		n.log.Info("job resumes from its checkpoint", "job", r.id, "step", cp.Step)
 	}
 	r.mu.Lock()
+	if _, ok := j.LastCheckpoint(); ok {
+		r.prog.ResumedFrom = w.Done // where the restored state is, not where the checkpoint says it is
+	}
 	r.prog.Step = w.Done
 	r.prog.WeightsHash = w.WeightsHash()
 	r.mu.Unlock()
@@ -869,7 +881,13 @@ func (r *jobRunner) catchUpGrad(ctx context.Context, peer string, step int) erro
 	if gstep != step {
 		return fmt.Errorf("%s sent the gradient of step %d, want %d", peer, gstep, step)
 	}
-	return r.w.ApplyReduced(step, grads)
+	if err := r.w.ApplyReduced(step, grads); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.prog.GradCatchUps++
+	r.mu.Unlock()
+	return nil
 }
 
 // catchUpSnapshot restores peer's full snapshot.
@@ -891,10 +909,18 @@ func (r *jobRunner) snapshot() ([]byte, error) {
 }
 
 func (r *jobRunner) restore(b []byte) error {
+	var err error
 	if r.dl != nil {
-		return r.dl.Restore(b)
+		err = r.dl.Restore(b)
+	} else {
+		err = r.w.Restore(b)
 	}
-	return r.w.Restore(b)
+	if err == nil {
+		r.mu.Lock()
+		r.prog.Restores++
+		r.mu.Unlock()
+	}
+	return err
 }
 
 // The reduced-gradient object: "BRDG" | step u64 | n u32 | n float32, all

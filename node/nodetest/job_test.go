@@ -2,12 +2,13 @@ package nodetest
 
 import (
 	"context"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/model"
@@ -64,11 +65,19 @@ func submit(t *testing.T, c *Cluster, name string, req node.JobRequest) string {
 }
 
 // replicaHashes returns every live worker's weights hash for job id.
-func replicaHashes(t *testing.T, js node.JobStatus) map[string]string {
+func replicaHashes(t *testing.T, js node.JobStatus, workers int) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	for _, w := range js.Workers {
+		if w.WeightsHash == "" {
+			t.Fatalf("%s reports no weights hash", w.Node)
+		}
 		out[w.Node] = w.WeightsHash
+	}
+	// Checks of agreement over the replicas mean nothing over fewer
+	// replicas than ran: JobStatus leaves out a worker it cannot reach.
+	if len(out) != workers {
+		t.Fatalf("weights hashes of %d workers (%v), want %d; unreachable: %v", len(out), slices.Sorted(maps.Keys(out)), workers, js.Unreachable)
 	}
 	return out
 }
@@ -96,10 +105,7 @@ func TestJobTrainsOnEveryMember(t *testing.T) {
 	if !(js.HeldoutLoss > 0 && js.HeldoutLoss < js.BaseHeldoutLoss) {
 		t.Errorf("held-out loss %v, base %v", js.HeldoutLoss, js.BaseHeldoutLoss)
 	}
-	hashes := replicaHashes(t, js)
-	if len(hashes) != 3 {
-		t.Fatalf("workers %v", hashes)
-	}
+	hashes := replicaHashes(t, js, 3)
 	for name, h := range hashes {
 		if h != js.Checkpoints[2].Hash {
 			t.Errorf("%s's weights %s differ from the final checkpoint's %s", name, h, js.Checkpoints[2].Hash)
@@ -140,13 +146,20 @@ func TestJobSurvivesKilledMembersAndLeader(t *testing.T) {
 	if js.State != coordinator.JobCompleted || js.Step != 60 {
 		t.Fatalf("job %s at step %d: %s", js.State, js.Step, js.Error)
 	}
-	hashes := replicaHashes(t, js)
-	if len(hashes) != 2 {
-		t.Fatalf("workers %v", hashes)
-	}
+	hashes := replicaHashes(t, js, 2)
 	for name, h := range hashes {
 		if h != js.WeightsHash {
 			t.Errorf("%s's weights %s differ from %s", name, h, js.WeightsHash)
+		}
+	}
+	// The survivors went on with the state they had: no checkpoint
+	// restored, no snapshot copied from a peer.
+	if len(js.Workers) != 2 {
+		t.Fatalf("progress of %d workers, want the 2 survivors: %+v", len(js.Workers), js.Workers)
+	}
+	for _, w := range js.Workers {
+		if w.Restores != 0 || w.ResumedFrom != 0 {
+			t.Errorf("survivor %s restored its state %d times (resumed from step %d)", w.Node, w.Restores, w.ResumedFrom)
 		}
 	}
 }
@@ -182,21 +195,39 @@ func TestJobResumesAfterWholeClusterRestart(t *testing.T) {
 	c := NewCluster(t, 3)
 	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
 	id := submit(t, c, "n1", req)
-	waitJob(c, "n1", id, func(js node.JobStatus) bool { return len(js.Checkpoints) >= 1 && js.Step >= 10 })
+	before := waitJob(c, "n1", id, func(js node.JobStatus) bool { return len(js.Checkpoints) >= 1 && js.Step >= 10 })
 	for _, n := range []string{"n1", "n2", "n3"} {
 		c.Kill(n)
 	}
-	time.Sleep(0) // nothing to wait for: Kill returns with the node stopped
+	// The nodes were killed in the middle of the job, after a checkpoint:
+	// what the restarted nodes do is resume, not finish or start over.
+	if before.State.Final() || before.Step >= req.Steps {
+		t.Fatalf("the job was %s at step %d when the nodes were killed: nothing to resume", before.State, before.Step)
+	}
+	lastBefore := before.Checkpoints[len(before.Checkpoints)-1].Step
 	for _, n := range []string{"n1", "n2", "n3"} {
 		c.Start(n)
 	}
 	got := waitJob(c, "n1", id, final)
-	if got.State != coordinator.JobCompleted {
-		t.Fatalf("resumed job %s: %s", got.State, got.Error)
+	if got.State != coordinator.JobCompleted || got.Step != req.Steps {
+		t.Fatalf("resumed job %s at step %d: %s", got.State, got.Step, got.Error)
+	}
+	// Every worker restored a checkpoint at least as late as the last one
+	// seen before the kill (one more may have been committed in between)
+	// and not the last of the job: training from step 0 again would end
+	// with the same weights, as training is deterministic.
+	if len(got.Workers) != 3 {
+		t.Fatalf("progress of %d workers, want 3: %+v", len(got.Workers), got.Workers)
+	}
+	for _, w := range got.Workers {
+		if w.ResumedFrom < lastBefore || w.ResumedFrom >= req.Steps || w.ResumedFrom%req.CheckpointEvery != 0 {
+			t.Errorf("%s resumed from step %d; the last checkpoint before the kill was step %d", w.Node, w.ResumedFrom, lastBefore)
+		}
 	}
 	if got.WeightsHash != want.WeightsHash {
 		t.Fatalf("resumed run ends with weights %s, the uninterrupted run with %s", got.WeightsHash, want.WeightsHash)
 	}
+	t.Logf("killed at step %d (checkpoint %d), resumed from %d", before.Step, lastBefore, got.Workers[0].ResumedFrom)
 }
 
 // The per-step loss of a job on 3 nodes matches the same job on 1 node
@@ -251,10 +282,7 @@ func TestNodeJoinsARunningJob(t *testing.T) {
 	if js.State != coordinator.JobCompleted {
 		t.Fatalf("job %s: %s", js.State, js.Error)
 	}
-	hashes := replicaHashes(t, js)
-	if len(hashes) != 4 {
-		t.Fatalf("workers %v", hashes)
-	}
+	hashes := replicaHashes(t, js, 4)
 	for name, h := range hashes {
 		if h != js.WeightsHash {
 			t.Errorf("%s's weights %s differ from %s", name, h, js.WeightsHash)
@@ -272,7 +300,7 @@ func TestJobWithBF16OnTheWire(t *testing.T) {
 	if js.State != coordinator.JobCompleted || !(js.HeldoutLoss < js.BaseHeldoutLoss) {
 		t.Fatalf("job %s (%s): held-out %v, base %v", js.State, js.Error, js.HeldoutLoss, js.BaseHeldoutLoss)
 	}
-	for name, h := range replicaHashes(t, js) {
+	for name, h := range replicaHashes(t, js, 3) {
 		if h != js.WeightsHash {
 			t.Errorf("%s's weights differ", name)
 		}
@@ -350,7 +378,7 @@ func TestDiLoCoJob(t *testing.T) {
 	if js.State != coordinator.JobCompleted || !(js.HeldoutLoss < js.BaseHeldoutLoss) {
 		t.Fatalf("job %s (%s): held-out %v, base %v", js.State, js.Error, js.HeldoutLoss, js.BaseHeldoutLoss)
 	}
-	for name, h := range replicaHashes(t, js) {
+	for name, h := range replicaHashes(t, js, 3) {
 		if h != js.WeightsHash {
 			t.Errorf("%s's weights differ after the last outer step", name)
 		}
@@ -375,7 +403,7 @@ func TestLoRAJob(t *testing.T) {
 	if js.State != coordinator.JobCompleted || !(js.HeldoutLoss < js.BaseHeldoutLoss) {
 		t.Fatalf("job %s (%s): held-out %v, base %v", js.State, js.Error, js.HeldoutLoss, js.BaseHeldoutLoss)
 	}
-	for name, h := range replicaHashes(t, js) {
+	for name, h := range replicaHashes(t, js, 3) {
 		if h != js.WeightsHash {
 			t.Errorf("%s's adapter differs", name)
 		}
@@ -423,10 +451,7 @@ func TestDiLoCoJobSurvivesAKilledMember(t *testing.T) {
 	if js.State != coordinator.JobCompleted || js.Step != 60 {
 		t.Fatalf("job %s at step %d: %s", js.State, js.Step, js.Error)
 	}
-	hashes := replicaHashes(t, js)
-	if len(hashes) != 3 {
-		t.Fatalf("workers %v", hashes)
-	}
+	hashes := replicaHashes(t, js, 3)
 	for name, h := range hashes {
 		if h != js.WeightsHash {
 			t.Errorf("%s's weights differ", name)
