@@ -285,4 +285,3 @@ func FuzzParseGossipKeys(f *testing.F) {
 		}
 	})
 }
-
