@@ -204,3 +204,7 @@ func (r *Reloader) ClientConfig(expect transport.PeerID) *tls.Config {
 func (r *Reloader) PeerIdentity(cs tls.ConnectionState) (transport.PeerID, error) {
 	return r.verify(cs.PeerCertificates, x509.ExtKeyUsageAny)
 }
+
+// ReadCertificate reads the first certificate of a PEM file (a node's
+// NAME.pem: `braid ca revoke` takes the serial to revoke from it).
+func ReadCertificate(path string) (*x509.Certificate, error) { return readCert(path) }
