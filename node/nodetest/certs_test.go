@@ -247,3 +247,29 @@ func TestCARotationKeepsJobRunning(t *testing.T) {
 	}
 	t.Logf("rotated the CA at step %d of %d; epochs during the job: %d; job %s", rotatedAt.Step, steps, len(epochs), js.State)
 }
+
+// The gossip key rotation of docs/SECURITY.md (add, promote, drop, each
+// stage on every node followed by a reload): the cluster stays whole, and
+// at the end a new node that knows only the new key joins it, which it
+// could not if the members still spoke the old one.
+func TestGossipKeyRotation(t *testing.T) {
+	c := NewCluster(t, 3, WithTLS())
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
+	names := c.Live()
+	for _, stage := range []func(string) error{pki.AddGossipKey, pki.PromoteGossipKey, pki.DropGossipKeys} {
+		if err := stage(c.PKIDir()); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range names {
+			c.CopyTLSFile(n, pki.GossipKeyFile)
+			c.Reload(n)
+		}
+	}
+	c.Start("n4") // its directory gets the gossip.key of now: the new key only
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 4 })
+	for _, name := range names {
+		if m, _ := c.Node("n4").Coordinator().State().Member(name); m.State != coordinator.MemberAlive {
+			t.Errorf("%s is %s after the rotation", name, m.State)
+		}
+	}
+}
