@@ -14,15 +14,23 @@
 //
 // Files, all in one directory:
 //
-//	ca.pem          cluster CA certificate (every node needs it)
+//	ca.pem          cluster CA certificate(s): every node needs it; during a
+//	                rotation a bundle of the new CA and the old, both trusted
 //	ca-key.pem      cluster CA private key, 0600 (keep it off the nodes)
-//	gossip.key      32-byte memberlist key, base64, 0600 (every node needs it)
+//	ca-key.old.pem  the previous CA's key during a rotation (RotateCA)
+//	gossip.key      memberlist keys, base64, one per line, 0600 (every node
+//	                needs it); the first is used, all are accepted
 //	NAME.pem        node certificate
 //	NAME-key.pem    node private key, 0600
 //
-// What this package does not do: revocation (no CRL or OCSP; a compromised
-// node is shut out by rotating the CA), key storage other than PEM files, or
-// anything with the network.
+// Lifecycle: a Reloader re-reads a node's files while it runs and checks
+// every handshake against the CA bundle and the revoked serials of the
+// moment; RotateCA / DropOldCAs and AddGossipKey / PromoteGossipKey /
+// DropGossipKeys are the stages of a rotation (rotate.go).
+//
+// What this package does not do: decide what is revoked (the serials come
+// from the cluster's replicated state, package coordinator; there is no CRL
+// or OCSP), key storage other than PEM files, or anything with the network.
 package pki
 
 import (
