@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -175,5 +178,81 @@ func TestCARotateCommands(t *testing.T) {
 	}
 	if _, err := run(t, "ca", "gossip-key", "--dir", dir, "rotate"); err == nil {
 		t.Error("unknown stage accepted")
+	}
+}
+
+// certs asks p's API for GET /v1/certs.
+func (p *proc) certs() (node.CertsStatus, error) {
+	var cs node.CertsStatus
+	token, err := node.ReadTokenFile(filepath.Join(p.dataDir, node.APITokenFile))
+	if err != nil {
+		return cs, err
+	}
+	req, _ := http.NewRequest(http.MethodGet, p.api+"/v1/certs", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return cs, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return cs, fmt.Errorf("certs: %s", resp.Status)
+	}
+	return cs, json.NewDecoder(resp.Body).Decode(&cs)
+}
+
+// SIGHUP makes `braid node` reload its certificate: a node started with
+// one about to end warns of it, and after a renewal and a SIGHUP presents
+// the new one without the warning, still running.
+func TestSIGHUPReloadsCredentials(t *testing.T) {
+	ownRuntimeDir(t)
+	bin := braidBinary(t)
+	dir := filepath.Join(t.TempDir(), "pki")
+	if err := pki.InitCA(dir); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	if err := pki.IssueBetween(dir, "n1", []string{"127.0.0.1"}, now.Add(-time.Hour), now.Add(5*24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	p := startNode(t, bin, dir, "n1", nil, 1)
+	var before node.CertsStatus
+	waitFor(t, "the node's certificates", func() bool {
+		var err error
+		before, err = p.certs()
+		return err == nil && before.Node != nil
+	})
+	if len(before.Warnings) != 1 {
+		t.Fatalf("warnings %q, want one for a certificate that ends in 5 days", before.Warnings)
+	}
+	if err := pki.Issue(dir, "n1", []string{"127.0.0.1"}, 365*24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	var after node.CertsStatus
+	waitFor(t, "the renewed certificate", func() bool {
+		var err error
+		after, err = p.certs()
+		return err == nil && after.Node != nil && after.Node.Serial != before.Node.Serial
+	})
+	if len(after.Warnings) != 0 {
+		t.Errorf("warnings after the renewal: %q", after.Warnings)
+	}
+	if b, _ := os.ReadFile(p.log); !strings.Contains(string(b), "SIGHUP: reloaded") {
+		t.Errorf("the log does not say the node reloaded:\n%s", b)
+	}
+}
+
+// waitFor polls cond (a process gives no event to wait on) for up to 30 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within 30s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
