@@ -63,8 +63,8 @@ const (
 // Command is one change to the replicated state. The concrete types are the
 // ones in this file (JoinMember, LeaveMember, FailMember, CommitEpoch,
 // SetSetting, DeleteSetting), in dataset.go (RegisterDataset,
-// PlaceDataset, DeleteDataset) and in job.go (SubmitJob, SetJobState,
-// RecordCheckpoint); the interface is sealed so that every command
+// PlaceDataset, DeleteDataset), in job.go (SubmitJob, SetJobState,
+// RecordCheckpoint) and in revoke.go (RevokeCert); the interface is sealed so that every command
 // has a decoder, a validator and a deterministic apply.
 type Command interface {
 	// Type is the command's name in the envelope.
@@ -140,6 +140,8 @@ var decoders = map[CommandType]func([]byte) (Command, error){
 	TypeSubmitJob:        decodePayload[SubmitJob],
 	TypeSetJobState:      decodePayload[SetJobState],
 	TypeRecordCheckpoint: decodePayload[RecordCheckpoint],
+
+	TypeRevokeCert: decodePayload[RevokeCert],
 }
 
 // envelope is the wire form of a command.

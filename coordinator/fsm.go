@@ -25,13 +25,15 @@ type fsmState struct {
 	members  map[string]Member
 	epoch    Epoch
 	settings map[string]string
-	datasets map[string]Dataset // by ID
-	jobs     map[string]Job     // by ID
-	jobSeq   uint64             // jobs submitted so far
+	datasets map[string]Dataset    // by ID
+	jobs     map[string]Job        // by ID
+	jobSeq   uint64                // jobs submitted so far
+	revoked  map[string]Revocation // by serial
 }
 
 func newFSMState() *fsmState {
-	return &fsmState{members: map[string]Member{}, settings: map[string]string{}, datasets: map[string]Dataset{}, jobs: map[string]Job{}}
+	return &fsmState{members: map[string]Member{}, settings: map[string]string{}, datasets: map[string]Dataset{}, jobs: map[string]Job{},
+		revoked: map[string]Revocation{}}
 }
 
 // export returns a deep copy in the public form, members sorted by name.
@@ -43,6 +45,7 @@ func (s *fsmState) export() State {
 		Datasets: s.exportDatasets(),
 		Jobs:     s.exportJobs(),
 		JobSeq:   s.jobSeq,
+		Revoked:  s.exportRevoked(),
 	}
 	for _, name := range slices.Sorted(maps.Keys(s.members)) {
 		st.Members = append(st.Members, s.members[name].Clone())
@@ -350,6 +353,9 @@ func decodeState(b []byte) (*fsmState, error) {
 		s.jobs[j.ID] = j.Clone()
 	}
 	s.jobSeq = st.JobSeq
+	if err := restoreRevoked(s, st.Revoked); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 

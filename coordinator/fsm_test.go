@@ -62,6 +62,7 @@ func validCommands() []Command {
 		SubmitJob{ID: "job-1", Spec: testJobSpec(), SubmittedBy: "n1"},
 		SetJobState{ID: "job-1", State: JobFailed, Error: "n3's weights differ", From: []JobState{JobRunning}},
 		RecordCheckpoint{ID: "job-1", Checkpoint: testCheckpoint(20)},
+		RevokeCert{Serial: "5a1f00c3", Name: "n2", At: 1767225600},
 	}
 }
 
@@ -285,7 +286,7 @@ func randomCommands(seed uint64, n int) [][]byte {
 	var epoch uint64
 	for range n {
 		var cmd Command
-		switch rng.IntN(7) {
+		switch rng.IntN(8) {
 		case 0, 1:
 			cmd = JoinMember{Name: name(), Addr: fmt.Sprint("h:", rng.IntN(3)), Meta: map[string]string{"r": fmt.Sprint(rng.IntN(2))}}
 		case 2:
@@ -303,6 +304,8 @@ func randomCommands(seed uint64, n int) [][]byte {
 			cmd = SetSetting{Key: fmt.Sprint("k", rng.IntN(4)), Value: fmt.Sprint(rng.IntN(100))}
 		case 6:
 			cmd = DeleteSetting{Key: fmt.Sprint("k", rng.IntN(4))}
+		case 7:
+			cmd = RevokeCert{Serial: fmt.Sprintf("%x", 1+rng.IntN(6)), Name: name(), At: 1 + int64(rng.IntN(1000))}
 		}
 		b, err := EncodeCommand(cmd)
 		if err != nil {

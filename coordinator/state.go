@@ -66,6 +66,9 @@ type State struct {
 	// Jobs are the submitted jobs, in submission order; JobSeq counts them.
 	Jobs   []Job  `json:"jobs"`
 	JobSeq uint64 `json:"job_seq"`
+	// Revoked are the revoked certificates, sorted by serial (omitted
+	// from snapshots while there are none).
+	Revoked []Revocation `json:"revoked,omitempty"`
 }
 
 // Member returns the member called name.

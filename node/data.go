@@ -494,6 +494,7 @@ var forwardable = map[coordinator.CommandType]bool{
 	coordinator.TypeSubmitJob:        true,
 	coordinator.TypeSetJobState:      true,
 	coordinator.TypeRecordCheckpoint: true,
+	coordinator.TypeRevokeCert:       true,
 }
 
 // Transport is the node's transport (tests, tools).

@@ -1,12 +1,14 @@
 package node
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"log"
 	"log/slog"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -30,6 +32,9 @@ type MembershipConfig struct {
 	// SecretKey encrypts and authenticates all gossip (memberlist's keyring);
 	// a node with another key cannot join. Required unless Insecure is set.
 	SecretKey []byte
+	// ExtraKeys are further keys gossip from peers may be encrypted with
+	// (this node sends under SecretKey only): the keys of a rotation.
+	ExtraKeys [][]byte
 	Insecure  bool // only for in-process tests on an in-memory network
 	// Profile picks memberlist's timing: "lan" (default; memberlist's LAN
 	// profile with faster failure detection, about 2 s), "local"
@@ -79,6 +84,7 @@ type Member struct {
 type Membership struct {
 	cfg       MembershipConfig
 	ml        *memberlist.Memberlist
+	keyring   *memberlist.Keyring // nil when Insecure
 	log       *slog.Logger
 	events    chan MemberEvent
 	localAddr string
@@ -148,7 +154,11 @@ func NewMembership(cfg MembershipConfig, meta Meta, logger *slog.Logger) (*Membe
 	mc.BindAddr, mc.BindPort = cfg.BindAddr, cfg.BindPort
 	mc.AdvertiseAddr, mc.AdvertisePort = cfg.AdvertiseAddr, cfg.AdvertisePort
 	if cfg.SecretKey != nil {
-		mc.SecretKey = cfg.SecretKey
+		kr, err := memberlist.NewKeyring(cfg.ExtraKeys, cfg.SecretKey)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrGossipKey, err)
+		}
+		mc.Keyring, m.keyring = kr, kr
 		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
 	}
 	mc.Transport = cfg.Transport
@@ -217,6 +227,40 @@ func (m *Membership) SetMeta(meta Meta) error {
 	m.meta = meta
 	m.mu.Unlock()
 	return m.ml.UpdateNode(5 * time.Second)
+}
+
+// SetKeys replaces the gossip keys: keys[0] becomes the key this node
+// sends under, and exactly keys are accepted from peers (keys no longer
+// listed are removed). It fails without changing anything on a node
+// without encryption, or when a key is not 16, 24 or 32 bytes.
+func (m *Membership) SetKeys(keys [][]byte) error {
+	if m.keyring == nil {
+		return errors.New("node: gossip is not encrypted, no keys to set")
+	}
+	if len(keys) == 0 {
+		return fmt.Errorf("%w (no key)", ErrGossipKey)
+	}
+	for _, k := range keys {
+		if n := len(k); n != 16 && n != 24 && n != 32 {
+			return fmt.Errorf("%w (got %d)", ErrGossipKey, n)
+		}
+	}
+	for _, k := range keys {
+		if err := m.keyring.AddKey(k); err != nil {
+			return fmt.Errorf("node: gossip key: %w", err)
+		}
+	}
+	if err := m.keyring.UseKey(keys[0]); err != nil {
+		return fmt.Errorf("node: gossip key: %w", err)
+	}
+	for _, old := range m.keyring.GetKeys() {
+		if !slices.ContainsFunc(keys, func(k []byte) bool { return bytes.Equal(k, old) }) {
+			if err := m.keyring.RemoveKey(old); err != nil {
+				return fmt.Errorf("node: gossip key: %w", err)
+			}
+		}
+	}
+	return nil
 }
 
 // Leave announces a graceful departure, waiting up to timeout: it first

@@ -10,6 +10,7 @@ import (
 
 	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/kernels/cuda"
+	"github.com/braidml/braid/transport/pki"
 )
 
 // ErrBadMeta is wrapped by every error about gossiped node metadata.
@@ -40,6 +41,12 @@ type Meta struct {
 	// GPU is the GPU a cuda node computes on; zero on a CPU node, and on
 	// a node labelled cuda for tests (Deps.DeviceLabel).
 	GPU GPUMeta `json:"gpu,omitzero"`
+	// Cert is the serial number of the certificate the node presents
+	// (pki.Serial), empty without TLS. Peers drop a member whose serial
+	// the cluster revoked; the claim itself proves nothing, the TLS
+	// handshake does (a revoked certificate is refused there whatever
+	// the member gossips).
+	Cert string `json:"cert,omitempty"`
 }
 
 // GPUMeta is the gossiped form of a cuda.DeviceInfo, with short keys.
@@ -127,6 +134,9 @@ func DecodeMeta(b []byte) (Meta, error) {
 	}
 	if err := m.checkDevice(); err != nil {
 		return Meta{}, fmt.Errorf("%w: %v", ErrBadMeta, err)
+	}
+	if m.Cert != "" && !pki.ValidSerial(m.Cert) {
+		return Meta{}, fmt.Errorf("%w: certificate serial %q is not lower-case hexadecimal of 1..40 digits", ErrBadMeta, truncateBytes(m.Cert, 44))
 	}
 	return m, nil
 }

@@ -92,6 +92,8 @@ func FuzzDecodeMeta(f *testing.F) {
 	f.Add([]byte(`{"v":1,"quic":"mem:n1","dev":"cuda"}`))
 	f.Add([]byte(`{"v":1,"quic":"mem:n1","dev":"cpu","gpu":{}}`))
 	f.Add([]byte(`{"v":1,"quic":"mem:n1","dev":"cuda","gpu":{"name":"\u00e9\u2028"}}`))
+	f.Add([]byte(`{"v":1,"quic":"10.0.0.7:7947","cert":"5a1f00c3d2"}`))
+	f.Add([]byte(`{"v":1,"quic":"10.0.0.7:7947","cert":"0A"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := DecodeMeta(b)
 		if err != nil {

@@ -138,6 +138,9 @@ type Node struct {
 	// apiTokenFile holds the API's token ("" when configured).
 	apiTokenFile string
 	reg          *prometheus.Registry
+	// certs is the certificate lifecycle: reload, revocation, expiry
+	// (certs.go).
+	certs certLifecycle
 
 	bootMu       sync.Mutex
 	bootstrapped bool
@@ -249,15 +252,18 @@ func New(cfg Config, deps Deps) (*Node, error) {
 		n.shardSrv.Serve(ctx, shardLn)
 	}()
 	key := deps.GossipKey
+	var extraKeys [][]byte
 	if key == nil && !deps.InsecureGossip {
-		if key, err = pki.LoadGossipKey(cfg.TLSDir); err != nil {
+		keys, err := pki.LoadGossipKeys(cfg.TLSDir)
+		if err != nil {
 			return fail(err)
 		}
+		key, extraKeys = keys[0], keys[1:]
 	}
 	host, port, _ := net.SplitHostPort(cfg.GossipAddr)
 	p, _ := strconv.Atoi(port)
 	mcfg := MembershipConfig{Name: cfg.Name, BindAddr: host, BindPort: p, AdvertiseAddr: cfg.Advertise, AdvertisePort: p,
-		Seeds: cfg.Join, SecretKey: key, Insecure: deps.InsecureGossip, Profile: cfg.Profile,
+		Seeds: cfg.Join, SecretKey: key, ExtraKeys: extraKeys, Insecure: deps.InsecureGossip, Profile: cfg.Profile,
 		Transport: deps.GossipTransport, Tune: deps.GossipTune}
 	if cfg.Advertise == "" {
 		mcfg.AdvertisePort = 0
@@ -267,6 +273,7 @@ func New(cfg Config, deps Deps) (*Node, error) {
 		return fail(err)
 	}
 	n.registerMetrics()
+	n.registerCertMetrics()
 	if cfg.HTTPAddr != "" {
 		token, tokenFile, created, err := cfg.apiToken()
 		if err != nil {
@@ -287,15 +294,18 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	go n.dataLoop()
 	n.wg.Add(1)
 	go n.jobLoop()
+	n.wg.Add(1)
+	go n.watchCerts()
 	logger.Info("node started", "quic", n.tr.Addr(), "gossip", n.ml.LocalAddr(), "raft_state", hasState, "bootstrap_expect", cfg.BootstrapExpect)
 	return n, nil
 }
 
 func (n *Node) startQUIC() (transport.Transport, error) {
-	creds, err := pki.LoadNode(n.cfg.TLSDir, n.cfg.Name)
+	creds, err := pki.NewReloader(n.cfg.TLSDir, n.cfg.Name)
 	if err != nil {
 		return nil, err
 	}
+	n.certs.creds = creds
 	qc := quic.DefaultConfig()
 	qc.ListenAddr, qc.Creds, qc.Logger = n.cfg.QUICAddr, creds, n.log
 	if n.cfg.Advertise != "" {
@@ -309,7 +319,7 @@ func (n *Node) startQUIC() (transport.Transport, error) {
 func (n *Node) meta(raftState bool) Meta {
 	m := Meta{Version: MetaVersion, QUICAddr: n.tr.Addr(), Cores: runtime.NumCPU(), GPUs: nvidiaGPUs(),
 		MemoryBytes: physicalMemory(), DiskBytes: freeDisk(n.cfg.DataDir), Build: n.cfg.Build, RaftState: raftState,
-		Device: n.placementDevice()}
+		Device: n.placementDevice(), Cert: n.certSerial()}
 	if kind, gpu := n.computeDevice(); kind == coordinator.DeviceCUDA && m.Device == coordinator.DeviceCUDA {
 		m.GPU = gpuMeta(*gpu)
 	}
@@ -661,6 +671,7 @@ func physicalMemory() int64 {
 func (n *Node) routes(mux *http.ServeMux) {
 	n.dataRoutes(mux)
 	n.jobRoutes(mux)
+	n.certRoutes(mux)
 }
 
 // freeDisk is the space available to an unprivileged user in dir's file

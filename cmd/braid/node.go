@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -28,7 +30,8 @@ func nodeCommand() *cli.Command {
 		Description: "Every flag can also come from a BRAID_* environment variable (BRAID_NAME, BRAID_JOIN, ...)\n" +
 			"or from a JSON file given with --config-file whose keys are the flag names; the command\n" +
 			"line wins over the environment, which wins over the file. SIGTERM or Ctrl-C leaves the\n" +
-			"cluster gracefully (leadership is handed over first).",
+			"cluster gracefully (leadership is handed over first). SIGHUP reloads the node's certificate,\n" +
+			"key, CA bundle (ca.pem) and gossip keys from --tls-dir without a restart.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config-file", EnvVars: env("config-file"), Usage: "JSON `FILE` of flag values"},
 			&cli.StringFlag{Name: "name", EnvVars: env("name"), Usage: "this node's name (its certificate's)"},
@@ -167,10 +170,41 @@ func runNode(c *cli.Context) error {
 			}
 		}
 	}
+	stopReload := reloadOnSIGHUP(n, logger)
+	defer stopReload()
 	<-c.Context.Done()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	return n.Shutdown(ctx)
+}
+
+// reloadOnSIGHUP makes every SIGHUP reload n's credentials and gossip
+// keys (node.Node.Reload) until the returned function is called.
+func reloadOnSIGHUP(n *node.Node, logger *slog.Logger) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		for {
+			select {
+			case <-hup:
+				if err := n.Reload(); err != nil {
+					logger.Error("SIGHUP: reload failed; the node keeps the credentials it had", "err", err)
+				} else {
+					logger.Info("SIGHUP: reloaded the TLS credentials and gossip keys")
+				}
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(hup)
+		close(done)
+		<-finished
+	}
 }
 
 // nodeToken is the API token `braid node` was given: --token (or its old

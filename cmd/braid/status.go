@@ -70,10 +70,24 @@ func statusCommand() *cli.Command {
 				return err
 			}
 			out := c.App.Writer
+			// Certificates near their end: a node whose certificate
+			// expires is refused by its peers, which partitions the
+			// cluster without another sign.
+			var certs node.CertsStatus
+			certErr := getJSON(c.Context, c, "/v1/certs", &certs)
 			if c.Bool("json") {
 				b, _ := json.MarshalIndent(st, "", "  ")
 				fmt.Fprintln(out, string(b))
+				for _, w := range certs.Warnings {
+					fmt.Fprintln(c.App.ErrWriter, "warning:", w)
+				}
 				return nil
+			}
+			for _, w := range certs.Warnings {
+				fmt.Fprintln(out, "WARNING:", w)
+			}
+			if certErr != nil {
+				fmt.Fprintln(c.App.ErrWriter, "(certificates not shown:", certErr.Error()+")")
 			}
 			leader := st.Leader
 			if leader == "" {

@@ -51,6 +51,7 @@ type Cluster struct {
 	labels  map[string]string // node.Deps.DeviceLabel by name
 	gpu     *cuda.DeviceInfo  // every node computes on this GPU (WithGPU), or nil
 	faults  map[string]func(step int) bool
+	tls     *tlsCluster // WithTLS, or nil: memnet streams, no certificates
 }
 
 // Option configures a Cluster before its first nodes start.
@@ -168,12 +169,21 @@ func (c *Cluster) Start(name string) *node.Node {
 	}
 	c.mu.Unlock()
 	sort.Strings(seeds)
-	tr, err := c.Net.Node(transport.PeerID(name))
-	if err != nil {
-		c.t.Fatalf("nodetest: transport for %s: %v", name, err)
-	}
 	cfg := node.DefaultConfig()
 	cfg.Name, cfg.DataDir, cfg.GossipAddr, cfg.HTTPAddr = name, dir, "127.0.0.1:0", ""
+	var tr transport.Transport
+	insecureGossip := true
+	if c.tls != nil {
+		// Real QUIC on loopback with this node's certificates; the node
+		// builds the transport (and owns it).
+		cfg.TLSDir, cfg.QUICAddr, insecureGossip = c.tls.nodeDir(name), "127.0.0.1:0", false
+	} else {
+		mt, err := c.Net.Node(transport.PeerID(name))
+		if err != nil {
+			c.t.Fatalf("nodetest: transport for %s: %v", name, err)
+		}
+		tr = mt
+	}
 	cfg.Join, cfg.BootstrapExpect = seeds, c.expect
 	cfg.Coordinator = coordinator.LocalConfig()
 	if c.gpu != nil {
@@ -184,9 +194,11 @@ func (c *Cluster) Start(name string) *node.Node {
 	perturb, label, fault := c.perturb[name], c.labels[name], c.faults[name]
 	c.mu.Unlock()
 	n, err := node.New(cfg, node.Deps{Transport: tr, GossipTransport: c.Gossip.Transport(name),
-		InsecureGossip: true, GossipTune: fastGossip, Logger: logger, PerturbWeights: perturb, DeviceLabel: label, DeviceFault: fault})
+		InsecureGossip: insecureGossip, GossipTune: fastGossip, Logger: logger, PerturbWeights: perturb, DeviceLabel: label, DeviceFault: fault})
 	if err != nil {
-		tr.Close()
+		if tr != nil {
+			tr.Close()
+		}
 		c.t.Fatalf("nodetest: starting %s: %v", name, err)
 	}
 	c.mu.Lock()

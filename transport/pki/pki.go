@@ -14,15 +14,23 @@
 //
 // Files, all in one directory:
 //
-//	ca.pem          cluster CA certificate (every node needs it)
+//	ca.pem          cluster CA certificate(s): every node needs it; during a
+//	                rotation a bundle of the new CA and the old, both trusted
 //	ca-key.pem      cluster CA private key, 0600 (keep it off the nodes)
-//	gossip.key      32-byte memberlist key, base64, 0600 (every node needs it)
+//	ca-key.old.pem  the previous CA's key during a rotation (RotateCA)
+//	gossip.key      memberlist keys, base64, one per line, 0600 (every node
+//	                needs it); the first is used, all are accepted
 //	NAME.pem        node certificate
 //	NAME-key.pem    node private key, 0600
 //
-// What this package does not do: revocation (no CRL or OCSP; a compromised
-// node is shut out by rotating the CA), key storage other than PEM files, or
-// anything with the network.
+// Lifecycle: a Reloader re-reads a node's files while it runs and checks
+// every handshake against the CA bundle and the revoked serials of the
+// moment; RotateCA / DropOldCAs and AddGossipKey / PromoteGossipKey /
+// DropGossipKeys are the stages of a rotation (rotate.go).
+//
+// What this package does not do: decide what is revoked (the serials come
+// from the cluster's replicated state, package coordinator; there is no CRL
+// or OCSP), key storage other than PEM files, or anything with the network.
 package pki
 
 import (
@@ -117,30 +125,7 @@ func InitCA(dir string) error {
 			return fmt.Errorf("pki: %w", err)
 		}
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return fmt.Errorf("pki: generate CA key: %w", err)
-	}
-	serial, err := randSerial()
-	if err != nil {
-		return err
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: "braid cluster CA", Organization: []string{"braid"}},
-		NotBefore:             now.Add(-clockSkew),
-		NotAfter:              now.Add(CAValidity),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		MaxPathLenZero:        true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return fmt.Errorf("pki: create CA certificate: %w", err)
-	}
-	keyPEM, err := encodeKey(key)
+	keyPEM, certPEM, err := makeCA("braid cluster CA")
 	if err != nil {
 		return err
 	}
@@ -157,7 +142,7 @@ func InitCA(dir string) error {
 		perm os.FileMode
 	}{
 		{CAKeyFile, keyPEM, 0o600},
-		{CAFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644},
+		{CAFile, certPEM, 0o644},
 		{GossipKeyFile, []byte(base64.StdEncoding.EncodeToString(gossip) + "\n"), 0o600},
 	}
 	for _, f := range files {
@@ -166,6 +151,38 @@ func InitCA(dir string) error {
 		}
 	}
 	return nil
+}
+
+// makeCA makes a self-signed ECDSA P-256 CA certificate valid for
+// CAValidity, and returns its key and certificate in PEM.
+func makeCA(commonName string) (keyPEM, certPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pki: generate CA key: %w", err)
+	}
+	serial, err := randSerial()
+	if err != nil {
+		return nil, nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: commonName, Organization: []string{"braid"}},
+		NotBefore:             now.Add(-clockSkew),
+		NotAfter:              now.Add(CAValidity),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		MaxPathLenZero:        true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pki: create CA certificate: %w", err)
+	}
+	if keyPEM, err = encodeKey(key); err != nil {
+		return nil, nil, err
+	}
+	return keyPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
 }
 
 // Issue writes a certificate for node name, signed by the CA in dir and
@@ -261,6 +278,34 @@ func loadCA(dir string) (*x509.Certificate, crypto.Signer, error) {
 		return nil, nil, fmt.Errorf("%w: %s does not match %s", ErrKeyMismatch, keyPath, certPath)
 	}
 	return ca, key, nil
+}
+
+// readCerts reads every CERTIFICATE block of a PEM file (at least one).
+func readCerts(path string) ([]*x509.Certificate, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("pki: %w", err)
+	}
+	var out []*x509.Certificate
+	for rest := raw; ; {
+		var blk *pem.Block
+		blk, rest = pem.Decode(rest)
+		if blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("pki: %s: certificate %d: %w", path, len(out)+1, err)
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w: %s has no CERTIFICATE block", ErrNotPEM, path)
+	}
+	return out, nil
 }
 
 // readCert reads the first CERTIFICATE block of a PEM file.

@@ -236,9 +236,14 @@ func TestLoadGossipKeyErrors(t *testing.T) {
 	}
 }
 
+// identifier is *NodeCreds or *Reloader.
+type identifier interface {
+	PeerIdentity(tls.ConnectionState) (transport.PeerID, error)
+}
+
 // handshake runs a TLS handshake over an in-memory pipe and returns both
 // sides' errors and the identities each side extracted.
-func handshake(t *testing.T, server, client *NodeCreds, srvConf, cliConf *tls.Config) (srvErr, cliErr error, srvSaw, cliSaw transport.PeerID) {
+func handshake(t *testing.T, server, client identifier, srvConf, cliConf *tls.Config) (srvErr, cliErr error, srvSaw, cliSaw transport.PeerID) {
 	t.Helper()
 	a, b := net.Pipe()
 	defer a.Close()

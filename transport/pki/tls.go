@@ -96,6 +96,12 @@ func (c *NodeCreds) PeerIdentity(cs tls.ConnectionState) (transport.PeerID, erro
 // verifyChain verifies a presented chain (leaf first) against the cluster
 // CA and returns the leaf's node name.
 func (c *NodeCreds) verifyChain(chain []*x509.Certificate, usage x509.ExtKeyUsage, now time.Time) (transport.PeerID, error) {
+	return verifyChain(c.Pool, chain, usage, now)
+}
+
+// verifyChain verifies a presented chain (leaf first) against pool and
+// returns the leaf's node name.
+func verifyChain(pool *x509.CertPool, chain []*x509.Certificate, usage x509.ExtKeyUsage, now time.Time) (transport.PeerID, error) {
 	if len(chain) == 0 {
 		return "", errNoCert
 	}
@@ -105,7 +111,7 @@ func (c *NodeCreds) verifyChain(chain []*x509.Certificate, usage x509.ExtKeyUsag
 		inter.AddCert(ic)
 	}
 	if _, err := leaf.Verify(x509.VerifyOptions{
-		Roots:         c.Pool,
+		Roots:         pool,
 		Intermediates: inter,
 		CurrentTime:   now,
 		KeyUsages:     []x509.ExtKeyUsage{usage},

@@ -1,12 +1,15 @@
 package quic
 
 import (
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
+	"reflect"
 	"strconv"
 	"time"
 
+	"github.com/braidml/braid/transport"
 	"github.com/braidml/braid/transport/pki"
 )
 
@@ -18,9 +21,10 @@ type Config struct {
 	// AdvertiseAddr, when set, is what Transport.Addr reports: the address
 	// peers dial, for a node that binds a wildcard or sits behind NAT.
 	AdvertiseAddr string
-	// Creds are this node's certificate, key and cluster CA (pki.LoadNode).
-	// The node's PeerID is the certificate's CommonName.
-	Creds *pki.NodeCreds
+	// Creds are this node's certificate, key and cluster CA: fixed
+	// (*pki.NodeCreds from pki.LoadNode) or reloadable, with revocation
+	// (*pki.Reloader). The node's PeerID is the certificate's CommonName.
+	Creds Credentials
 	// Lanes is how many connections a node keeps to each peer address;
 	// DialOptions.Lane picks one (mod Lanes). 1..64.
 	Lanes int
@@ -44,6 +48,28 @@ type Config struct {
 	// means slog.Default().
 	Logger *slog.Logger
 }
+
+// Credentials are what a Transport authenticates with and checks peers
+// against: *pki.NodeCreds or *pki.Reloader. The TLS configurations are
+// asked for once (ServerConfig, when the Transport starts) or per dial
+// (ClientConfig); PeerIdentity is asked after every handshake and again by
+// Transport.Revalidate, so credentials that change (a reloaded CA bundle,
+// a revoked certificate) apply to connections already up when it runs.
+type Credentials interface {
+	// Self is this node's PeerID.
+	Self() transport.PeerID
+	// Certificate is the certificate and key presented; the Transport
+	// derives its stateless-reset key from the key it has when it starts.
+	Certificate() tls.Certificate
+	ServerConfig() *tls.Config
+	ClientConfig(expect transport.PeerID) *tls.Config
+	PeerIdentity(tls.ConnectionState) (transport.PeerID, error)
+}
+
+var (
+	_ Credentials = (*pki.NodeCreds)(nil)
+	_ Credentials = (*pki.Reloader)(nil)
+)
 
 // DefaultConfig listens on UDP port 7400 of every interface with 4 lanes,
 // a 5 s keep-alive, a 30 s idle timeout and a 10 s handshake timeout.
@@ -77,7 +103,7 @@ func (c Config) Validate() error {
 			return fmt.Errorf("quic: Config.AdvertiseAddr %q: %v", c.AdvertiseAddr, err)
 		}
 	}
-	if c.Creds == nil {
+	if c.Creds == nil || reflect.ValueOf(c.Creds).IsNil() {
 		return fmt.Errorf("quic: Config.Creds is nil (load them with pki.LoadNode)")
 	}
 	if c.Lanes < 1 || c.Lanes > MaxLanes {

@@ -76,7 +76,7 @@ type Transport struct {
 	closed    bool
 	listeners map[transport.Protocol]*listener
 	dialed    map[laneKey]*dialing
-	accepted  map[*quicgo.Conn]struct{}
+	accepted  map[*quicgo.Conn]transport.PeerID
 }
 
 var _ transport.Transport = (*Transport)(nil)
@@ -111,13 +111,13 @@ func New(cfg Config) (*Transport, error) {
 	}
 	t := &Transport{
 		cfg:       cfg,
-		self:      cfg.Creds.ID,
+		self:      cfg.Creds.Self(),
 		addr:      cfg.AdvertiseAddr,
 		log:       cfg.Logger,
 		udp:       udp,
 		listeners: make(map[transport.Protocol]*listener),
 		dialed:    make(map[laneKey]*dialing),
-		accepted:  make(map[*quicgo.Conn]struct{}),
+		accepted:  make(map[*quicgo.Conn]transport.PeerID),
 	}
 	if t.addr == "" {
 		t.addr = udp.LocalAddr().String()
@@ -126,7 +126,7 @@ func New(cfg Config) (*Transport, error) {
 		t.log = slog.Default()
 	}
 	t.log = t.log.With("node", string(t.self))
-	t.qt = &quicgo.Transport{Conn: udp, StatelessResetKey: resetKey(cfg.Creds.Cert)}
+	t.qt = &quicgo.Transport{Conn: udp, StatelessResetKey: resetKey(cfg.Creds.Certificate())}
 	base := quicgo.Config{
 		HandshakeIdleTimeout:  cfg.HandshakeTimeout,
 		MaxIdleTimeout:        cfg.IdleTimeout,
@@ -406,7 +406,7 @@ func (t *Transport) acceptConns() {
 			conn.CloseWithError(connShutdown, "node closing")
 			return
 		}
-		t.accepted[conn] = struct{}{}
+		t.accepted[conn] = peer
 		t.mu.Unlock()
 		t.wg.Go(func() { t.serveConn(conn, peer) })
 	}
@@ -469,6 +469,57 @@ func (t *Transport) serveStream(conn *quicgo.Conn, peer transport.PeerID, qs *qu
 	case <-conn.Context().Done():
 	case <-t.ctx.Done():
 	}
+}
+
+// Revalidate checks the peer of every connection up, dialled or accepted,
+// against the credentials as they are now (Credentials.PeerIdentity) and
+// closes each one whose certificate no longer passes: revoked, of a CA no
+// longer trusted, expired, or naming another node. Their streams fail at
+// once on both ends; a dial that reaches the peer again goes through a new
+// handshake. Call it after the credentials change (a reload, a new
+// revocation set). It returns the peers cut off, with repeats for several
+// connections, in no particular order.
+func (t *Transport) Revalidate() []transport.PeerID {
+	type held struct {
+		conn *quicgo.Conn
+		peer transport.PeerID
+		key  *laneKey // dialled; nil for accepted
+		d    *dialing
+	}
+	t.mu.Lock()
+	var conns []held
+	for k, d := range t.dialed {
+		select {
+		case <-d.ready:
+			if d.err == nil {
+				conns = append(conns, held{d.conn, d.peer, &k, d})
+			}
+		default: // a handshake under way uses the credentials of the moment
+		}
+	}
+	for c, p := range t.accepted {
+		conns = append(conns, held{conn: c, peer: p})
+	}
+	t.mu.Unlock()
+	var cut []transport.PeerID
+	for _, h := range conns {
+		got, err := t.cfg.Creds.PeerIdentity(h.conn.ConnectionState().TLS)
+		if err == nil && got == h.peer {
+			continue
+		}
+		t.log.Warn("quic: closing a connection whose peer's certificate is no longer accepted", "peer", string(h.peer),
+			"remote", h.conn.RemoteAddr().String(), "err", err)
+		cut = append(cut, h.peer)
+		if h.key != nil {
+			t.mu.Lock()
+			if t.dialed[*h.key] == h.d {
+				delete(t.dialed, *h.key)
+			}
+			t.mu.Unlock()
+		}
+		h.conn.CloseWithError(connRefused, "certificate no longer accepted")
+	}
+	return cut
 }
 
 // Listen registers the listener for p.

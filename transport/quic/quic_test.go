@@ -103,7 +103,7 @@ func (l *testLogger) contains(s string) bool {
 }
 
 // start runs a node on a loopback port with creds; it closes with the test.
-func start(t *testing.T, creds *pki.NodeCreds, tune ...func(*Config)) (*Transport, *testLogger) {
+func start(t *testing.T, creds Credentials, tune ...func(*Config)) (*Transport, *testLogger) {
 	t.Helper()
 	log := &testLogger{t: t}
 	cfg := DefaultConfig()
