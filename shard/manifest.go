@@ -13,6 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/braidml/braid/internal/atomicfile"
+	"github.com/braidml/braid/internal/safefile"
 )
 
 // ManifestName is the manifest's file name inside a dataset directory.
@@ -156,12 +157,14 @@ func WriteManifest(dir string, m *Manifest) error {
 }
 
 // ReadManifest reads and checks dir/manifest.json (or the file itself when
-// path names one). Errors name the file.
+// path names one). Errors name the file. The manifest is opened once, and
+// must be a regular file (not a symbolic link) of at most maxManifestBytes
+// (internal/safefile).
 func ReadManifest(path string) (*Manifest, error) {
 	if st, err := os.Stat(path); err == nil && st.IsDir() {
 		path = filepath.Join(path, ManifestName)
 	}
-	b, err := os.ReadFile(path)
+	b, err := safefile.ReadFileNoFollow(path, maxManifestBytes)
 	if err != nil {
 		return nil, fmt.Errorf("shard: manifest: %w", err)
 	}
