@@ -100,35 +100,45 @@ func kind(m fs.FileMode) string {
 
 // ReadAll reads f from its current offset to its end, refusing
 // (ErrTooLarge) a file that yields more than maxBytes: one that grew since
-// it was opened is not read past the limit.
-func ReadAll(f *os.File, maxBytes int64) ([]byte, error) {
-	b, err := io.ReadAll(io.LimitReader(f, maxBytes+1))
-	if err != nil {
-		return nil, fmt.Errorf("safefile: reading %s: %w", f.Name(), err)
+// it was opened is not read past the limit. size is the size Open
+// returned: the buffer is allocated once for a file that did not change.
+func ReadAll(f *os.File, size, maxBytes int64) ([]byte, error) {
+	b := make([]byte, 0, min(size, maxBytes)+1) // +1: to see the end, or growth
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := f.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if int64(len(b)) > maxBytes {
+			return nil, fmt.Errorf("%w: %s grew past the %d bytes allowed while it was read", ErrTooLarge, f.Name(), maxBytes)
+		}
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("safefile: reading %s: %w", f.Name(), err)
+		}
 	}
-	if int64(len(b)) > maxBytes {
-		return nil, fmt.Errorf("%w: %s grew past the %d bytes allowed while it was read", ErrTooLarge, f.Name(), maxBytes)
-	}
-	return b, nil
 }
 
 // ReadFile opens path as Open does and reads all of it from that one
 // descriptor.
 func ReadFile(path string, maxBytes int64) ([]byte, error) {
-	f, _, err := Open(path, maxBytes)
+	f, size, err := Open(path, maxBytes)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	return ReadAll(f, maxBytes)
+	return ReadAll(f, size, maxBytes)
 }
 
 // ReadFileNoFollow is ReadFile through OpenNoFollow.
 func ReadFileNoFollow(path string, maxBytes int64) ([]byte, error) {
-	f, _, err := OpenNoFollow(path, maxBytes)
+	f, size, err := OpenNoFollow(path, maxBytes)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	return ReadAll(f, maxBytes)
+	return ReadAll(f, size, maxBytes)
 }

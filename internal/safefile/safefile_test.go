@@ -25,7 +25,7 @@ func TestOpenReadsARegularFileOnce(t *testing.T) {
 	// checked.
 	os.Remove(path)
 	os.WriteFile(path, []byte("something else entirely"), 0o600)
-	b, err := safefile.ReadAll(f, size)
+	b, err := safefile.ReadAll(f, size, size)
 	if err != nil || string(b) != "hello" || size != 5 {
 		t.Fatalf("read %q (size %d), %v", b, size, err)
 	}
@@ -105,7 +105,7 @@ func TestReadAllStopsAtTheLimit(t *testing.T) {
 	w, _ := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
 	w.Write([]byte("6789"))
 	w.Close()
-	if _, err := safefile.ReadAll(f, size); !errors.Is(err, safefile.ErrTooLarge) {
+	if _, err := safefile.ReadAll(f, size, size); !errors.Is(err, safefile.ErrTooLarge) {
 		t.Fatalf("a file that grew: %v", err)
 	}
 }
