@@ -373,14 +373,14 @@ func ReadShard(path string) (*Shard, error) {
 	return readShard(path, want)
 }
 
-// maxFileBytes bounds a shard file (Manifest.Validate allows no larger).
-const maxFileBytes = 3 * MaxPayloadBytes
+// MaxFileBytes bounds a shard file (Manifest.Validate allows no larger).
+const MaxFileBytes = 3 * MaxPayloadBytes
 
 // readFile reads a shard file: opened once, and refused unless it is a
 // regular file (not a symbolic link: a dataset directory holds none) of at
-// most maxFileBytes (internal/safefile).
+// most MaxFileBytes (internal/safefile).
 func readFile(path string) ([]byte, error) {
-	return safefile.ReadFileNoFollow(path, maxFileBytes)
+	return safefile.ReadFileNoFollow(path, MaxFileBytes)
 }
 
 // readShard reads and verifies the shard file at path against hash.
