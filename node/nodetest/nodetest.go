@@ -51,6 +51,8 @@ type Cluster struct {
 	labels  map[string]string // node.Deps.DeviceLabel by name
 	gpu     *cuda.DeviceInfo  // every node computes on this GPU (WithGPU), or nil
 	faults  map[string]func(step int) bool
+	api     bool  // nodes serve the HTTP API (WithAPI)
+	upload  int64 // node.Config.MaxUploadBytes (WithMaxUploadBytes)
 }
 
 // Option configures a Cluster before its first nodes start.
@@ -175,6 +177,10 @@ func (c *Cluster) Start(name string) *node.Node {
 	cfg := node.DefaultConfig()
 	cfg.Name, cfg.DataDir, cfg.GossipAddr, cfg.HTTPAddr = name, dir, "127.0.0.1:0", ""
 	cfg.Join, cfg.BootstrapExpect = seeds, c.expect
+	if c.api {
+		cfg.HTTPAddr = "127.0.0.1:0"
+	}
+	cfg.MaxUploadBytes = c.upload
 	cfg.Coordinator = coordinator.LocalConfig()
 	if c.gpu != nil {
 		cfg.Device, cfg.GPU = coordinator.DeviceCUDA, c.gpu
