@@ -67,10 +67,10 @@ lint:
 ## fuzz: run each fuzz target (every decoder of bytes from disk or network) for FUZZTIME (30s by default)
 FUZZTIME ?= 30s
 FUZZ_TARGETS := \
-	./model/safetensors:FuzzDecode ./model:FuzzLoadCheckpoint ./model:FuzzDecodeAdapter ./model:FuzzGPT2Tokenizer \
+	./model/safetensors:FuzzDecode ./model:FuzzLoadCheckpoint ./model:FuzzDecodeConfig ./model:FuzzDecodeAdapter ./model:FuzzGPT2Tokenizer \
 	./transport:FuzzReadFrames ./transport/pki:FuzzLoad ./allreduce:FuzzDecode \
 	./coordinator:FuzzDecodeCommand ./coordinator:FuzzApply ./coordinator:FuzzRestore ./coordinator:FuzzDecodeLog ./coordinator:FuzzGuardedConn \
-	./node:FuzzDecodeMeta ./node:FuzzDecodeControlRequest ./node/blobstore:FuzzDecodeRequest ./node/blobstore:FuzzDecodeHeader \
+	./node:FuzzDecodeMeta ./node:FuzzDecodeControlRequest ./node/blobstore:FuzzDecodeRequest ./node/blobstore:FuzzDecodeHeader ./node/blobstore:FuzzReceive \
 	./shard:FuzzDecodeHeader ./shard:FuzzDecodeShard ./shard:FuzzDecodeManifest \
 	./train:FuzzRestore ./train:FuzzRestoreLoRA ./train:FuzzRestoreDiLoCo
 fuzz:

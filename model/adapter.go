@@ -3,14 +3,13 @@ package model
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
 	"math"
 	"os"
 	"path/filepath"
 	"regexp"
 
+	"github.com/braidml/braid/internal/safefile"
 	"github.com/braidml/braid/model/safetensors"
 )
 
@@ -158,16 +157,11 @@ func encodeAdapterConfig(c LoRAConfig) ([]byte, error) {
 // GPT-2) for a base model of config base. See DecodeAdapter for what is
 // checked. The adapter is not attached.
 func LoadAdapter(dir string, base Config) (*LoRA, error) {
-	cpath := filepath.Join(dir, AdapterConfigFile)
-	if st, err := os.Stat(cpath); err == nil && (!st.Mode().IsRegular() || st.Size() > maxAdapterConfigBytes) {
-		return nil, fmt.Errorf("%w: %s: not a regular file of at most %d bytes", ErrAdapter, cpath, maxAdapterConfigBytes)
-	}
-	cfg, err := os.ReadFile(cpath)
+	cfg, err := safefile.ReadFile(filepath.Join(dir, AdapterConfigFile), maxAdapterConfigBytes)
 	if err != nil {
 		return nil, fmt.Errorf("model: adapter config: %w", err)
 	}
-	wpath := filepath.Join(dir, AdapterWeightsFile)
-	w, err := os.ReadFile(wpath)
+	w, err := safefile.ReadFile(filepath.Join(dir, AdapterWeightsFile), MaxWeightsBytes)
 	if err != nil {
 		return nil, fmt.Errorf("model: adapter weights: %w", err)
 	}
@@ -183,15 +177,9 @@ func LoadAdapter(dir string, base Config) (*LoRA, error) {
 // before loading the base.
 func ReadAdapterConfig(dir string) (LoRAConfig, error) {
 	path := filepath.Join(dir, AdapterConfigFile)
-	if st, err := os.Stat(path); err == nil && (!st.Mode().IsRegular() || st.Size() > maxAdapterConfigBytes) {
-		return LoRAConfig{}, fmt.Errorf("%w: %s: not a regular file of at most %d bytes", ErrAdapter, path, maxAdapterConfigBytes)
-	}
-	b, err := os.ReadFile(path)
+	b, err := safefile.ReadFile(path, maxAdapterConfigBytes)
 	if err != nil {
-		if _, ok := errors.AsType[*fs.PathError](err); ok {
-			return LoRAConfig{}, fmt.Errorf("model: adapter config: %w", err)
-		}
-		return LoRAConfig{}, err
+		return LoRAConfig{}, fmt.Errorf("model: adapter config: %w", err)
 	}
 	c, err := decodeAdapterConfig(b)
 	if err != nil {

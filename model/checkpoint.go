@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/braidml/braid/internal/atomicfile"
+	"github.com/braidml/braid/internal/safefile"
 	"github.com/braidml/braid/kernels"
 	"github.com/braidml/braid/model/safetensors"
 )
@@ -63,8 +65,27 @@ func defaultTokenizer(vocab int) string {
 	return "byte"
 }
 
-// maxConfigBytes bounds config.json; real ones are under 2 kB.
-const maxConfigBytes = 1 << 20
+// MaxConfigBytes bounds config.json; real ones are under 2 kB.
+const MaxConfigBytes = 1 << 20
+
+// MaxWeightsBytes bounds model.safetensors (GPT-2 XL in float32 is 6 GB).
+const MaxWeightsBytes = 64 << 30
+
+// jsonProblem says what is wrong with JSON that did not decode, without
+// quoting it: the byte offset of a syntax error, the key of a value of the
+// wrong type.
+func jsonProblem(err error) string {
+	if se, ok := errors.AsType[*json.SyntaxError](err); ok {
+		return fmt.Sprintf("a JSON syntax error at byte %d", se.Offset)
+	}
+	if te, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
+		return fmt.Sprintf("key %s holds a JSON %s, want %v", te.Field, te.Value, te.Type)
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return "the JSON ends too early"
+	}
+	return "not one JSON object"
+}
 
 // Checkpoint is a model's config, tokenizer and flat parameters as read from
 // (or written to) a directory.
@@ -122,18 +143,31 @@ func SaveCheckpoint(dir string, c Config, tok Tokenizer, params []float32) error
 // embeddings, unscaled or layer-scaled attention, cross-attention) are errors
 // naming the key. Without a braid_tokenizer key the tokenizer is "gpt2" for
 // vocab_size 50257 and "byte" otherwise.
+//
+// The file is opened once and must be a regular file of at most
+// MaxConfigBytes (internal/safefile): a device, FIFO or directory is
+// refused before it is read.
 func ReadConfig(dir string) (Config, Tokenizer, error) {
 	path := filepath.Join(dir, ConfigFile)
-	if st, err := os.Stat(path); err == nil && (!st.Mode().IsRegular() || st.Size() > maxConfigBytes) {
-		return Config{}, nil, fmt.Errorf("%w: %s: not a regular file of at most %d bytes", ErrCheckpoint, path, maxConfigBytes)
-	}
-	b, err := os.ReadFile(path)
+	b, err := safefile.ReadFile(path, MaxConfigBytes)
 	if err != nil {
 		return Config{}, nil, fmt.Errorf("model: checkpoint config: %w", err)
 	}
+	return DecodeConfig(b, path)
+}
+
+// DecodeConfig decodes and validates config.json's bytes as ReadConfig
+// does; name labels the errors (a path, or an object's hash). Errors name
+// the key at fault but quote none of the bytes that are not JSON, so that
+// decoding a file someone else chose tells them nothing of its content. It
+// never panics.
+func DecodeConfig(b []byte, path string) (Config, Tokenizer, error) {
+	if len(b) > MaxConfigBytes {
+		return Config{}, nil, fmt.Errorf("%w: %s: %d bytes, more than the %d a config may have", ErrCheckpoint, path, len(b), MaxConfigBytes)
+	}
 	var hc hfConfig
 	if err := json.Unmarshal(b, &hc); err != nil {
-		return Config{}, nil, fmt.Errorf("%w: %s: not a JSON config: %v", ErrCheckpoint, path, err)
+		return Config{}, nil, fmt.Errorf("%w: %s: not a JSON config: %s", ErrCheckpoint, path, jsonProblem(err))
 	}
 	if hc.ModelType != "" && hc.ModelType != "gpt2" {
 		return Config{}, nil, fmt.Errorf("%w: %s: model_type %q, braid reads gpt2", ErrCheckpoint, path, hc.ModelType)
@@ -189,18 +223,42 @@ func ReadConfig(dir string) (Config, Tokenizer, error) {
 // offsets, dtype), a parameter missing, present twice, of a non-float dtype
 // or of a shape config.json does not imply, an unexpected tensor, or an
 // untied lm_head.weight.
+//
+// Each file is opened once and must be a regular file within
+// MaxConfigBytes and MaxWeightsBytes (internal/safefile).
 func LoadCheckpoint(dir string) (*Checkpoint, error) {
 	c, tok, err := ReadConfig(dir)
 	if err != nil {
 		return nil, err
 	}
 	path := filepath.Join(dir, WeightsFile)
-	f, err := safetensors.ReadFile(path)
+	b, err := safefile.ReadFile(path, MaxWeightsBytes)
 	if err != nil {
 		if _, ok := errors.AsType[*fs.PathError](err); ok {
 			return nil, fmt.Errorf("model: checkpoint weights: %w", err)
 		}
-		return nil, fmt.Errorf("%w: %w", ErrCheckpoint, err) // names path and tensor
+		return nil, fmt.Errorf("%w: %w", ErrCheckpoint, err)
+	}
+	return decodeWeights(c, tok, b, path)
+}
+
+// DecodeCheckpoint decodes a checkpoint from the bytes of its two files,
+// checked as LoadCheckpoint checks them; configName and weightsName label
+// the errors (paths, or objects' hashes). It never panics.
+func DecodeCheckpoint(configJSON []byte, configName string, weights []byte, weightsName string) (*Checkpoint, error) {
+	c, tok, err := DecodeConfig(configJSON, configName)
+	if err != nil {
+		return nil, err
+	}
+	return decodeWeights(c, tok, weights, weightsName)
+}
+
+// decodeWeights decodes model.safetensors' bytes b (named path in errors)
+// for config c.
+func decodeWeights(c Config, tok Tokenizer, b []byte, path string) (*Checkpoint, error) {
+	f, err := safetensors.Decode(b)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrCheckpoint, path, err) // names the tensor
 	}
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s: "+format, append([]any{ErrCheckpoint, path}, args...)...)

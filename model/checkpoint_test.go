@@ -204,3 +204,29 @@ func TestHugeConfigIsAnErrorNotAnOOM(t *testing.T) {
 		t.Errorf("a 256-token window of it needs %d bytes, want well under 1 GiB", got)
 	}
 }
+
+// DecodeConfig never panics, and what it accepts is a valid config; its
+// errors quote no byte of input that is not JSON.
+func FuzzDecodeConfig(f *testing.F) {
+	m, _ := model.New(model.Config{Vocab: 300, Context: 4, Dim: 8, Layers: 1, Heads: 2}, 1, 4)
+	seed := f.TempDir()
+	if err := model.SaveCheckpoint(seed, m.Config, model.ByteTokenizer{}, m.Params); err != nil {
+		f.Fatal(err)
+	}
+	config, _ := os.ReadFile(filepath.Join(seed, model.ConfigFile))
+	f.Add(config)
+	f.Add([]byte("{}"))
+	f.Add([]byte("root:x:0:0:root:/root:/bin/bash\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, tok, err := model.DecodeConfig(b, "config")
+		if err != nil {
+			if !errors.Is(err, model.ErrCheckpoint) && !errors.Is(err, model.ErrConfig) && !strings.Contains(err.Error(), "tokenizer") {
+				t.Fatalf("error %v wraps neither ErrCheckpoint nor ErrConfig", err)
+			}
+			return
+		}
+		if c.Validate() != nil || tok == nil {
+			t.Fatalf("accepted an invalid config %+v", c)
+		}
+	})
+}

@@ -138,7 +138,8 @@ var ErrAPIToken = errors.New("node: the HTTP API needs a bearer token")
 // must carry the token and a Host naming this API; every request that
 // writes (POST, PUT, PATCH, DELETE) must have Content-Type
 // application/json, which a web page cannot send to another origin
-// without the browser asking first (a CORS preflight this API never grants).
+// without the browser asking first (a CORS preflight this API never grants);
+// uploads (PUT /v1/blobs, blob_api.go) stream their bodies instead.
 type API struct {
 	srv   *http.Server
 	ln    net.Listener
@@ -253,7 +254,7 @@ func (a *API) Close(ctx context.Context) error {
 func withDeadlines(lim APILimits, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rc := http.NewResponseController(w)
-		if r.Body != nil && r.Body != http.NoBody {
+		if r.Body != nil && r.Body != http.NoBody && !streamedBody(r) { // an upload streams its own (blob_api.go)
 			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, lim.MaxBodyBytes))
 			if err != nil {
 				code := http.StatusBadRequest
@@ -332,7 +333,7 @@ func requireJSONWrites(next http.Handler) http.Handler {
 		switch r.Method {
 		case http.MethodGet, http.MethodHead, http.MethodOptions:
 		default:
-			if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+			if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); (err != nil || mt != "application/json") && !streamedBody(r) {
 				http.Error(w, "braid: a "+r.Method+" request needs Content-Type: application/json", http.StatusUnsupportedMediaType)
 				return
 			}

@@ -2,18 +2,20 @@ package node
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/braidml/braid/coordinator"
+	"github.com/braidml/braid/internal/safefile"
 	"github.com/braidml/braid/node/blobstore"
 	"github.com/braidml/braid/shard"
 	"github.com/braidml/braid/transport"
@@ -21,9 +23,10 @@ import (
 
 // The dataset plane of a node (ARCHITECTURE.md, "Place"):
 //
-//   - AddDataset imports a prepared dataset directory (verified shard by
-//     shard) into this node's content-addressed store and registers it with
-//     the coordinator; a local (federated) dataset's objects are marked
+//   - AddDataset registers a prepared dataset whose manifest and shards a
+//     client uploaded into this node's content-addressed store (blob_api.go;
+//     the node never reads a client's path), after verifying them there
+//     shard by shard; a local (federated) dataset's objects are marked
 //     private first, so the store's server refuses them to every peer.
 //   - The leader's placeLoop computes every dataset's placement with
 //     shard.Place (rendezvous hashing over the alive members, capacity-aware,
@@ -47,34 +50,38 @@ type DatasetOptions struct {
 // DefaultReplicas is the replication factor when none is given.
 const DefaultReplicas = 2
 
-// AddDataset verifies the dataset prepared in dir (`braid data prepare`),
-// imports its shards and manifest into this node's store and registers it
-// with the coordinator (through the leader). It returns the registered
-// dataset.
-func (n *Node) AddDataset(ctx context.Context, dir string, opt DatasetOptions) (coordinator.Dataset, error) {
+// AddDataset registers the dataset whose manifest is object manifest of
+// this node's store, with every shard it lists also in the store (a client
+// uploads them first: node/push, PUT /v1/blobs). It reads the manifest and
+// each shard once from the store and verifies them (the manifest decodes
+// and its id matches its content; each shard is present, as long as the
+// manifest says, hashes to its name, has a good header and payload that
+// agree with the manifest), then registers the dataset with the
+// coordinator (through the leader). Errors name the object and what is
+// wrong. It returns the registered dataset.
+func (n *Node) AddDataset(ctx context.Context, manifest string, opt DatasetOptions) (coordinator.Dataset, error) {
 	if opt.Replicas == 0 {
 		opt.Replicas = DefaultReplicas
 	}
 	if opt.Replicas < 1 || opt.Replicas > coordinator.MaxReplicas {
 		return coordinator.Dataset{}, fmt.Errorf("node: replicas %d, want 1..%d", opt.Replicas, coordinator.MaxReplicas)
 	}
-	rep, err := shard.Verify(dir)
+	if !blobstore.ValidHash(manifest) {
+		return coordinator.Dataset{}, fmt.Errorf("node: dataset manifest %.80q: %w", manifest, blobstore.ErrBadHash)
+	}
+	b, err := n.readObject(manifest, shard.MaxManifestBytes)
 	if err != nil {
-		return coordinator.Dataset{}, err
+		return coordinator.Dataset{}, fmt.Errorf("node: dataset manifest %s: %w", manifest[:12], err)
 	}
-	if !rep.OK() {
-		var errs []error
-		for _, p := range rep.Problems {
-			errs = append(errs, p.Err)
-		}
-		return coordinator.Dataset{}, fmt.Errorf("node: dataset %s has %d bad shards (run `braid data verify %s`): %w", dir, len(rep.Problems), dir, errors.Join(errs...))
+	m, err := shard.DecodeManifest(b)
+	if err != nil {
+		return coordinator.Dataset{}, fmt.Errorf("node: dataset manifest %s: %w", manifest[:12], err)
 	}
-	m := rep.Manifest
 	name := m.Name
 	if opt.Name != "" {
 		name = opt.Name
 	}
-	d := coordinator.Dataset{ID: m.ID, Name: name, Source: n.cfg.Name, Local: opt.Local, Replicas: opt.Replicas}
+	d := coordinator.Dataset{ID: m.ID, Name: name, Source: n.cfg.Name, Local: opt.Local, Replicas: opt.Replicas, Manifest: manifest}
 	if opt.Local {
 		d.Replicas = 1
 	}
@@ -88,27 +95,32 @@ func (n *Node) AddDataset(ctx context.Context, dir string, opt DatasetOptions) (
 		d.Shards = append(d.Shards, coordinator.DatasetShard{Hash: e.Hash, Bytes: e.Bytes, Split: string(e.Split), Sequences: int(e.Sequences)})
 		hashes = append(hashes, e.Hash)
 	}
-	// Private before imported: a local dataset's bytes are never servable,
-	// not even for a moment.
-	mh, err := fileHash(filepath.Join(dir, shard.ManifestName))
-	if err != nil {
-		return d, err
-	}
-	d.Manifest = mh
+	// Private before anything else: a local dataset's bytes are never
+	// servable, not even for a moment (an upload with private=1 marked
+	// them before they were stored; this covers one without).
 	if opt.Local {
-		for _, h := range append(hashes, mh) {
+		for _, h := range append(hashes, manifest) {
 			if err := n.store.MarkPrivate(h); err != nil {
 				return d, err
 			}
 		}
 	}
-	for _, h := range hashes {
-		if _, err := n.store.Import(shard.ShardPath(dir, h), h); err != nil {
-			return d, fmt.Errorf("node: importing shard %s of %s: %w", h[:12], dir, err)
+	var problems []error
+	seen = map[string]bool{}
+	for i, e := range m.Shards {
+		if seen[e.Hash] {
+			continue
+		}
+		seen[e.Hash] = true
+		if err := n.verifyShardObject(m, e); err != nil {
+			problems = append(problems, fmt.Errorf("shard %d (%s): %w", i, e.Hash[:12], err))
+		}
+		if ctx.Err() != nil {
+			return d, ctx.Err()
 		}
 	}
-	if _, err := n.store.Import(filepath.Join(dir, shard.ManifestName), mh); err != nil {
-		return d, fmt.Errorf("node: importing the manifest of %s: %w", dir, err)
+	if len(problems) > 0 {
+		return d, fmt.Errorf("node: dataset %s (manifest %s) has %d bad or missing shards: %w", name, manifest[:12], len(problems), errors.Join(problems...))
 	}
 	if err := n.applyAnywhere(ctx, coordinator.RegisterDataset{Dataset: d}); err != nil {
 		return d, err
@@ -123,13 +135,57 @@ func (n *Node) AddDataset(ctx context.Context, dir string, opt DatasetOptions) (
 	return d, nil
 }
 
-// fileHash is the hex SHA-256 of a file's bytes.
-func fileHash(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("node: %w", err)
+// verifyShardObject reads the shard of entry e from the store, once, and
+// checks it against the manifest.
+func (n *Node) verifyShardObject(m *shard.Manifest, e shard.ShardEntry) error {
+	if !n.store.Has(e.Hash) {
+		return fmt.Errorf("not on this node: upload it first (`braid data push` does; PUT /v1/blobs/%s)", e.Hash)
 	}
-	return blobstore.Sum(b), nil
+	b, err := n.readObject(e.Hash, e.Bytes)
+	if err != nil {
+		return err
+	}
+	return shard.VerifyEntry(m, e, b, "object "+e.Hash[:12])
+}
+
+// readObject reads object h of the store, once, refusing one of more than
+// max bytes, and checks that its bytes still hash to h (a disk that
+// flipped bits since it was stored).
+func (n *Node) readObject(h string, max int64) ([]byte, error) {
+	f, size, err := n.store.Open(h)
+	if err != nil {
+		if errors.Is(err, blobstore.ErrNotFound) {
+			return nil, fmt.Errorf("not on this node: upload it first (PUT /v1/blobs/%s)", h)
+		}
+		return nil, err
+	}
+	defer f.Close()
+	if size > max {
+		return nil, fmt.Errorf("%d bytes, more than the %d allowed", size, max)
+	}
+	b, err := safefile.ReadAll(f, size, max)
+	if err != nil {
+		return nil, err
+	}
+	if got := blobstore.Sum(b); got != h {
+		return nil, fmt.Errorf("%w: the stored bytes hash to %s", blobstore.ErrHashMismatch, got[:12])
+	}
+	return b, nil
+}
+
+// objectHash is the hex SHA-256 of object h's bytes as stored now, read
+// in a stream.
+func (n *Node) objectHash(h string) (string, error) {
+	f, _, err := n.store.Open(h)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	hh := sha256.New()
+	if _, err := io.Copy(hh, f); err != nil {
+		return "", fmt.Errorf("node: hashing object %s: %w", h[:12], err)
+	}
+	return hex.EncodeToString(hh.Sum(nil)), nil
 }
 
 // Store is this node's content-addressed store (dataset shards, manifests).
@@ -500,10 +556,12 @@ var forwardable = map[coordinator.CommandType]bool{
 // Transport is the node's transport (tests, tools).
 func (n *Node) Transport() transport.Transport { return n.tr }
 
-// AddDatasetRequest is the body of POST /v1/datasets.
+// AddDatasetRequest is the body of POST /v1/datasets: a prepared dataset
+// whose manifest and shards the client uploaded (PUT /v1/blobs), named by
+// the manifest's hash. Nothing in it names a path: the node reads only its
+// own store.
 type AddDatasetRequest struct {
-	// Dir is the prepared dataset's directory on this node's machine.
-	Dir      string `json:"dir"`
+	Manifest string `json:"manifest"`
 	Name     string `json:"name,omitempty"`
 	Replicas int    `json:"replicas,omitempty"`
 	Local    bool   `json:"local,omitempty"`
@@ -512,7 +570,7 @@ type AddDatasetRequest struct {
 // dataRoutes serves the dataset endpoints of the HTTP API:
 //
 //	GET  /v1/datasets          the registered datasets (JSON array)
-//	POST /v1/datasets          register one (AddDatasetRequest) → the dataset
+//	POST /v1/datasets          register one uploaded (AddDatasetRequest) → the dataset
 //	GET  /v1/datasets/{name}   DatasetStatus (name or ID)
 func (n *Node) dataRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/datasets", func(w http.ResponseWriter, r *http.Request) {
@@ -522,11 +580,11 @@ func (n *Node) dataRoutes(mux *http.ServeMux) {
 		var req AddDatasetRequest
 		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
 		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil || req.Dir == "" {
-			http.Error(w, fmt.Sprintf("braid: dataset request: want {\"dir\": ...}: %v", err), http.StatusBadRequest)
+		if err := dec.Decode(&req); err != nil || req.Manifest == "" {
+			http.Error(w, fmt.Sprintf("braid: dataset request: want {\"manifest\": SHA256 of an uploaded manifest.json, \"name\", \"replicas\", \"local\"}: %v", err), http.StatusBadRequest)
 			return
 		}
-		d, err := n.AddDataset(r.Context(), req.Dir, DatasetOptions{Name: req.Name, Replicas: req.Replicas, Local: req.Local})
+		d, err := n.AddDataset(r.Context(), req.Manifest, DatasetOptions{Name: req.Name, Replicas: req.Replicas, Local: req.Local})
 		if err != nil {
 			http.Error(w, "braid: "+err.Error(), http.StatusUnprocessableEntity)
 			return
@@ -567,11 +625,7 @@ func (n *Node) Scrub(ctx context.Context) ([]string, error) {
 			if !n.store.Has(h) {
 				continue
 			}
-			path, err := n.store.Path(h)
-			if err != nil {
-				return bad, err
-			}
-			got, err := fileHash(path)
+			got, err := n.objectHash(h)
 			if err != nil {
 				return bad, err
 			}
@@ -581,7 +635,7 @@ func (n *Node) Scrub(ctx context.Context) ([]string, error) {
 			if d.Local && d.Source == n.cfg.Name {
 				// The only copy: keep it for the operator to inspect;
 				// training reads verify every shard and refuse it.
-				n.log.Error("a shard of a local dataset is corrupt and has no replica", "dataset", d.Name, "shard", h[:12], "path", path)
+				n.log.Error("a shard of a local dataset is corrupt and has no replica", "dataset", d.Name, "shard", h[:12])
 				continue
 			}
 			n.log.Warn("corrupt shard deleted; it will be fetched again from a replica", "dataset", d.Name, "shard", h[:12], "hash_now", got[:12])

@@ -22,9 +22,9 @@ import (
 
 // Jobs (ARCHITECTURE.md, "The data flow of one fine-tuning job", steps 3-8).
 //
-// A job is submitted to any node (SubmitJob): the node imports the base
-// model's two files into its store, and the job is committed through the
-// leader. The leader starts submitted jobs one at a time (jobLoop). Every
+// A job is submitted to any node (SubmitJob) once the client has uploaded
+// the base model's two files into that node's store; the node checks them
+// there, and the job is committed through the leader. The leader starts submitted jobs one at a time (jobLoop). Every
 // member of the committed epoch then runs the job (jobRunner, in
 // job_runner.go): it fetches what it lacks by hash, agrees with the other
 // members on where to start (sync), trains on its part of every global
@@ -36,10 +36,12 @@ import (
 // JobRequest is the body of POST /v1/jobs: a job as `braid job submit`
 // asks for it. Zero fields take train.DefaultJobConfig's values.
 type JobRequest struct {
-	// Base is the base model's directory (config.json and
-	// model.safetensors) on the machine of the node receiving the request.
-	Base    string `json:"base"`
-	Dataset string `json:"dataset"` // name or ID
+	// Base names the base model's two files, config.json and
+	// model.safetensors, by the hashes of the objects the client uploaded
+	// (PUT /v1/blobs; node/push.Model reads a model directory and does it).
+	// Nothing names a path: the node reads only its own store.
+	Base    coordinator.ModelRef `json:"base"`
+	Dataset string               `json:"dataset"` // name or ID
 
 	Steps           int     `json:"steps"`
 	GlobalBatch     int     `json:"global_batch"`
@@ -87,8 +89,10 @@ const (
 // compared when the request does not say.
 const DefaultHashEvery = 10
 
-// SubmitJob validates req, imports the base model into this node's store
-// and commits the job through the leader. It returns the job as committed.
+// SubmitJob validates req — its base model is read from this node's store,
+// where the client uploaded it, and must decode as a checkpoint whose
+// config.json and safetensors agree — and commits the job through the
+// leader. It returns the job as committed.
 func (n *Node) SubmitJob(ctx context.Context, req JobRequest) (coordinator.Job, error) {
 	if err := coordinator.ValidDevice(req.Device); err != nil {
 		return coordinator.Job{}, fmt.Errorf("node: %v", err)
@@ -136,9 +140,9 @@ func (n *Node) SubmitJob(ctx context.Context, req JobRequest) (coordinator.Job, 
 	if !ok {
 		return coordinator.Job{}, fmt.Errorf("node: no dataset %q (register it with `braid data push`)", req.Dataset)
 	}
-	ck, err := model.LoadCheckpoint(req.Base)
+	ck, err := n.readBaseModel(req.Base)
 	if err != nil {
-		return coordinator.Job{}, fmt.Errorf("node: base model: %w", err)
+		return coordinator.Job{}, err
 	}
 	def := train.DefaultJobConfig()
 	if req.LoRARank > 0 {
@@ -168,19 +172,9 @@ func (n *Node) SubmitJob(ctx context.Context, req JobRequest) (coordinator.Job, 
 		spec.Warmup = spec.Steps / 10
 	}
 	if ck.Config.Context < 1 {
-		return coordinator.Job{}, fmt.Errorf("node: base model %s has no context", req.Base)
+		return coordinator.Job{}, fmt.Errorf("node: base model (config %s) has no context", req.Base.Config[:12])
 	}
-	for _, f := range []string{"config.json", "model.safetensors"} {
-		h, _, err := n.store.PutFile(filepath.Join(req.Base, f))
-		if err != nil {
-			return coordinator.Job{}, fmt.Errorf("node: importing the base model: %w", err)
-		}
-		if f == "config.json" {
-			spec.Base.Config = h
-		} else {
-			spec.Base.Weights = h
-		}
-	}
+	spec.Base = req.Base
 	var id [5]byte
 	rand.Read(id[:])
 	cmd := coordinator.SubmitJob{ID: "job-" + hex.EncodeToString(id[:]), Spec: spec, SubmittedBy: n.cfg.Name}
@@ -205,6 +199,30 @@ func (n *Node) SubmitJob(ctx context.Context, req JobRequest) (coordinator.Job, 
 		case <-changed:
 		}
 	}
+}
+
+// readBaseModel reads and decodes the base model's two objects from the
+// store, each read once and size-limited; errors name the object and what
+// is wrong.
+func (n *Node) readBaseModel(ref coordinator.ModelRef) (*model.Checkpoint, error) {
+	for _, f := range []struct{ name, hash string }{{"config.json", ref.Config}, {"model.safetensors", ref.Weights}} {
+		if !blobstore.ValidHash(f.hash) {
+			return nil, fmt.Errorf("node: base model: %s %.80q: %w", f.name, f.hash, blobstore.ErrBadHash)
+		}
+	}
+	cfg, err := n.readObject(ref.Config, model.MaxConfigBytes)
+	if err != nil {
+		return nil, fmt.Errorf("node: base model: config.json (object %s): %w", ref.Config[:12], err)
+	}
+	w, err := n.readObject(ref.Weights, model.MaxWeightsBytes)
+	if err != nil {
+		return nil, fmt.Errorf("node: base model: model.safetensors (object %s): %w", ref.Weights[:12], err)
+	}
+	ck, err := model.DecodeCheckpoint(cfg, "config.json (object "+ref.Config[:12]+")", w, "model.safetensors (object "+ref.Weights[:12]+")")
+	if err != nil {
+		return nil, fmt.Errorf("node: base model: %w", err)
+	}
+	return ck, nil
 }
 
 func or(v, def int) int {

@@ -50,7 +50,15 @@ func (n *Node) JobStatus(ctx context.Context, id string) (JobStatus, error) {
 	st := n.coord.State()
 	j, ok := st.Job(id)
 	if !ok {
-		return JobStatus{}, fmt.Errorf("node: no job %q (see `braid job list`)", id)
+		// A job submitted a moment ago through another node may not have
+		// reached this node's copy of the state yet: give it a moment.
+		wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		n.awaitState(wctx, func(st coordinator.State) bool { _, ok := st.Job(id); return ok })
+		cancel()
+		st = n.coord.State()
+		if j, ok = st.Job(id); !ok {
+			return JobStatus{}, fmt.Errorf("node: no job %q (see `braid job list`)", id)
+		}
 	}
 	js := JobStatus{ID: j.ID, State: j.State, Error: j.Error, Steps: j.Spec.Steps, Spec: j.Spec,
 		Checkpoints: j.Checkpoints, Epoch: st.Epoch.ID, Members: slices.Clone(st.Epoch.Members)}

@@ -69,6 +69,9 @@ type Config struct {
 	// GPU is the GPU a cuda node computes on (`braid node --device`
 	// chooses it among cuda.Devices()); nil on a CPU node.
 	GPU *cuda.DeviceInfo
+	// MaxUploadBytes is the largest object a client may upload through
+	// the API (PUT /v1/blobs); 0: DefaultMaxUploadBytes.
+	MaxUploadBytes int64
 }
 
 // DefaultConfig is a LAN node with the usual ports.
@@ -88,6 +91,8 @@ func (c Config) Validate() error {
 		return errors.New("node: --data-dir is required")
 	case c.BootstrapExpect < 0:
 		return fmt.Errorf("node: --bootstrap-expect %d, want ≥ 0", c.BootstrapExpect)
+	case c.MaxUploadBytes < 0:
+		return fmt.Errorf("node: MaxUploadBytes %d, want ≥ 0 (0: %d)", c.MaxUploadBytes, int64(DefaultMaxUploadBytes))
 	}
 	if _, _, err := net.SplitHostPort(c.GossipAddr); err != nil {
 		return fmt.Errorf("node: --gossip-addr %q: %w", c.GossipAddr, err)
@@ -669,6 +674,7 @@ func physicalMemory() int64 {
 
 // routes adds the dataset and job endpoints to the HTTP API.
 func (n *Node) routes(mux *http.ServeMux) {
+	n.blobRoutes(mux)
 	n.dataRoutes(mux)
 	n.jobRoutes(mux)
 	n.certRoutes(mux)

@@ -14,6 +14,8 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/braidml/braid/internal/safefile"
 )
 
 // Format constants; the byte layout is in the package comment.
@@ -371,9 +373,19 @@ func ReadShard(path string) (*Shard, error) {
 	return readShard(path, want)
 }
 
+// MaxFileBytes bounds a shard file (Manifest.Validate allows no larger).
+const MaxFileBytes = 3 * MaxPayloadBytes
+
+// readFile reads a shard file: opened once, and refused unless it is a
+// regular file (not a symbolic link: a dataset directory holds none) of at
+// most MaxFileBytes (internal/safefile).
+func readFile(path string) ([]byte, error) {
+	return safefile.ReadFileNoFollow(path, MaxFileBytes)
+}
+
 // readShard reads and verifies the shard file at path against hash.
 func readShard(path, hash string) (*Shard, error) {
-	file, err := os.ReadFile(path)
+	file, err := readFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("%s: %w", path, ErrMissing)
 	}
@@ -403,6 +415,21 @@ func checkShard(path string, file []byte, hash string) (*Shard, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return s, nil
+}
+
+// VerifyEntry checks file, the bytes of the shard that entry e of manifest
+// m names, as Verify checks a shard file: its SHA-256 is e.Hash, its
+// header, length and payload checksum are good, and the header agrees with
+// the manifest. name labels the errors (a path, or an object in a store).
+func VerifyEntry(m *Manifest, e ShardEntry, file []byte, name string) error {
+	s, err := checkShard(name, file, e.Hash)
+	if err != nil {
+		return err
+	}
+	if err := checkAgainstManifest(m, e, s.Header); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
 }
 
 // validHash reports whether s is a hex SHA-256 as this package writes it:

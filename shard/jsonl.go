@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
+	"math"
 	"unicode/utf8"
+
+	"github.com/braidml/braid/internal/safefile"
 )
 
 // jsonlFile reads a JSONL file line by line, each line a unit, streaming:
@@ -16,7 +18,7 @@ import (
 // whitespace are ignored; a line longer than MaxRecordBytes is a bad
 // record (too_large), skipped without being held in memory.
 func (r *reader) jsonlFile(f inputFile) bool {
-	file, err := os.Open(f.path)
+	file, _, err := safefile.Open(f.path, math.MaxInt64) // read in bounded memory, line by line
 	if err != nil {
 		return r.add(unit{err: fmt.Errorf("shard: input %w", err)})
 	}

@@ -10,9 +10,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/braidml/braid/internal/atomicfile"
+	"github.com/braidml/braid/internal/safefile"
 )
 
 // ManifestName is the manifest's file name inside a dataset directory.
@@ -156,12 +158,14 @@ func WriteManifest(dir string, m *Manifest) error {
 }
 
 // ReadManifest reads and checks dir/manifest.json (or the file itself when
-// path names one). Errors name the file.
+// path names one). Errors name the file. The manifest is opened once, and
+// must be a regular file (not a symbolic link) of at most MaxManifestBytes
+// (internal/safefile).
 func ReadManifest(path string) (*Manifest, error) {
 	if st, err := os.Stat(path); err == nil && st.IsDir() {
 		path = filepath.Join(path, ManifestName)
 	}
-	b, err := os.ReadFile(path)
+	b, err := safefile.ReadFileNoFollow(path, MaxManifestBytes)
 	if err != nil {
 		return nil, fmt.Errorf("shard: manifest: %w", err)
 	}
@@ -172,16 +176,16 @@ func ReadManifest(path string) (*Manifest, error) {
 	return m, nil
 }
 
-// maxManifestBytes bounds what DecodeManifest accepts (a million shards
+// MaxManifestBytes bounds what DecodeManifest accepts (a million shards
 // take about 200 MB).
-const maxManifestBytes = 256 << 20
+const MaxManifestBytes = 256 << 20
 
 // DecodeManifest decodes a manifest and checks it: known fields only, every
 // field in range, totals that add up, an id that matches the content. It
 // never panics; errors wrap ErrBadManifest and name the field.
 func DecodeManifest(b []byte) (*Manifest, error) {
-	if len(b) > maxManifestBytes {
-		return nil, fmt.Errorf("%w: %d bytes, more than the %d allowed", ErrBadManifest, len(b), maxManifestBytes)
+	if len(b) > MaxManifestBytes {
+		return nil, fmt.Errorf("%w: %d bytes, more than the %d allowed", ErrBadManifest, len(b), MaxManifestBytes)
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
@@ -190,7 +194,7 @@ func DecodeManifest(b []byte) (*Manifest, error) {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return nil, fmt.Errorf("%w: truncated: the JSON ends after %d bytes", ErrBadManifest, len(b))
 		}
-		return nil, fmt.Errorf("%w: %v", ErrBadManifest, err)
+		return nil, fmt.Errorf("%w: %s", ErrBadManifest, jsonProblem(err))
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, fmt.Errorf("%w: data after the JSON object at byte %d", ErrBadManifest, dec.InputOffset())
@@ -199,6 +203,24 @@ func DecodeManifest(b []byte) (*Manifest, error) {
 		return nil, err
 	}
 	return &m, nil
+}
+
+// jsonProblem says what is wrong with JSON that did not decode without
+// quoting bytes that are not JSON (a node decodes objects by hash; the
+// answer must not show the content of a file that is not a manifest): the
+// offset of a syntax error, the key of a value of the wrong type, the name
+// of an unknown field (at most 64 bytes of it).
+func jsonProblem(err error) string {
+	if se, ok := errors.AsType[*json.SyntaxError](err); ok {
+		return fmt.Sprintf("not JSON: a syntax error at byte %d", se.Offset)
+	}
+	if te, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
+		return fmt.Sprintf("field %s holds a JSON %s, want %v", te.Field, te.Value, te.Type)
+	}
+	if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		return "unknown field " + fmt.Sprintf("%.64s", f)
+	}
+	return "not one JSON object"
 }
 
 // Validate checks every field of m, that the totals add up and that the id

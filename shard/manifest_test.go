@@ -80,7 +80,7 @@ func TestReadManifestErrors(t *testing.T) {
 	}{
 		{"truncated", s[:len(s)/2], "truncated"},
 		{"empty", "", "truncated"},
-		{"not JSON", "hello", "invalid character"},
+		{"not JSON", "hello", "syntax error at byte"},
 		{"unknown field", strings.Replace(s, `"name"`, `"colour": "red", "name"`, 1), `unknown field "colour"`},
 		{"edited content", strings.Replace(s, `"holdout": 0.2`, `"holdout": 0.3`, 1), "does not match the content"},
 		{"bad totals", strings.Replace(s, `"shards": `+strconv.Itoa(res.Manifest.Totals.Train.Shards), `"shards": 99`, 1), "totals.train"},

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -16,6 +17,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/braidml/braid/internal/atomicfile"
+	"github.com/braidml/braid/internal/safefile"
 	"github.com/braidml/braid/model"
 )
 
@@ -719,7 +721,7 @@ func (r *reader) textFile(f inputFile) bool {
 		r.bytes += f.size
 		return tooLarge(f.size)
 	}
-	file, err := os.Open(f.path)
+	file, _, err := safefile.Open(f.path, math.MaxInt64) // the size is checked as it is read
 	if err != nil {
 		return r.add(unit{err: fmt.Errorf("shard: input %w", err)})
 	}

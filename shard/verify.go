@@ -52,19 +52,12 @@ func Verify(dir string) (*Report, error) {
 }
 
 func verifyShard(m *Manifest, e ShardEntry, path string) error {
-	file, err := os.ReadFile(path)
+	file, err := readFile(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return fmt.Errorf("%s: %w", path, ErrMissing)
 	case err != nil:
 		return fmt.Errorf("shard: %w", err)
 	}
-	s, err := checkShard(path, file, e.Hash)
-	if err != nil {
-		return err
-	}
-	if err := checkAgainstManifest(m, e, s.Header); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	return nil
+	return VerifyEntry(m, e, file, path)
 }

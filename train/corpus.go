@@ -13,6 +13,7 @@ import (
 	"sort"
 	"unicode/utf8"
 
+	"github.com/braidml/braid/internal/safefile"
 	"github.com/braidml/braid/model"
 )
 
@@ -142,22 +143,12 @@ func HeldOut(doc []byte, every int) bool {
 // holds and would only exhaust memory.
 const maxFileBytes = 256 << 20
 
-// readText reads a file and checks that it is non-empty UTF-8 text without
+// readText reads a regular file of at most maxFileBytes and checks that it is non-empty UTF-8 text without
 // NUL bytes.
 func readText(path string) ([]byte, error) {
-	st, err := os.Stat(path)
+	b, err := safefile.ReadFile(path, maxFileBytes) // one open; a device or FIFO is refused before a read
 	if err != nil {
-		return nil, fmt.Errorf("train: corpus file %s: %w", path, err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("train: corpus file %s is not a regular file", path)
-	}
-	if st.Size() > maxFileBytes {
-		return nil, fmt.Errorf("train: corpus file %s: %d bytes, more than the %d a document may have", path, st.Size(), maxFileBytes)
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("train: corpus file %s: %w", path, err)
+		return nil, fmt.Errorf("train: corpus file: %w", err)
 	}
 	if len(b) == 0 {
 		return nil, fmt.Errorf("%w: %s", ErrEmptyFile, path)

@@ -234,6 +234,11 @@ func TestThreeProcessCluster(t *testing.T) {
 	ds := filepath.Join(t.TempDir(), "ds")
 	mustRun(t, "data", "prepare", "--input", in, "--out", ds, "--seq-len", "64", "--shard-mib", "1", "--name", "docs", "--holdout", "0.3")
 	mustRun(t, "data", "push", "--api", p3.api, ds)
+	// The client's copy is gone once pushed, as on another machine: the
+	// nodes hold what was uploaded and never read the client's path.
+	if err := os.RemoveAll(ds); err != nil {
+		t.Fatal(err)
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		out, err := exec.Command(bin, "data", "status", "--json", "--api", p1.api, "docs").CombinedOutput()
@@ -273,6 +278,9 @@ func TestThreeProcessCluster(t *testing.T) {
 		t.Fatalf("job submit: %v", err)
 	}
 	id := strings.TrimSpace(string(sub))
+	if err := os.RemoveAll(base); err != nil { // uploaded: the job needs it no more here
+		t.Fatal(err)
+	}
 	if out, err := exec.Command(bin, "job", "watch", "--api", p1.api, id).CombinedOutput(); err != nil {
 		t.Fatalf("job watch: %v\n%s", err, out)
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/node"
+	"github.com/braidml/braid/node/push"
 )
 
 // The `braid data` commands that talk to a running node: push, register,
@@ -22,9 +22,10 @@ func dataPushCommand() *cli.Command {
 		Name:      "push",
 		Usage:     "register a prepared dataset with the cluster and spread its shards over the members",
 		ArgsUsage: "DIR",
-		Description: "DIR (made by `braid data prepare`) must be readable by the node behind --api, which verifies every\n" +
-			"shard, keeps a copy and registers the dataset; the leader places each shard on --replicas members,\n" +
-			"which pull it over QUIC. `braid data status NAME` shows the replicas.",
+		Description: "DIR (made by `braid data prepare`) is read here, where braid runs, and each of its files is uploaded\n" +
+			"to the node behind --api (only those it lacks: run the command again to resume a push that failed);\n" +
+			"the node verifies every shard and registers the dataset; the leader places each shard on --replicas\n" +
+			"members, which pull it over QUIC. `braid data status NAME` shows the replicas.",
 		Flags: append(apiFlags(),
 			&cli.IntFlag{Name: "replicas", Value: node.DefaultReplicas, Usage: "copies of each shard (r)"},
 			&cli.StringFlag{Name: "name", Usage: "register under this name instead of the manifest's"},
@@ -58,11 +59,11 @@ func pushDataset(c *cli.Context, local bool) error {
 		}
 		return fmt.Errorf("want one dataset directory, got %d arguments", c.NArg())
 	}
-	dir, err := filepath.Abs(c.Args().First())
+	pushed, err := push.Dataset(c.Context, apiTarget{c}, c.Args().First(), local)
 	if err != nil {
 		return err
 	}
-	req := node.AddDatasetRequest{Dir: dir, Name: c.String("name"), Local: local}
+	req := node.AddDatasetRequest{Manifest: pushed.Manifest, Name: c.String("name"), Local: local}
 	if !local {
 		req.Replicas = c.Int("replicas")
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/model"
 	"github.com/braidml/braid/node"
+	"github.com/braidml/braid/node/push"
 )
 
 // jobCommand is `braid job`: submit, watch, status, list, cancel, export.
@@ -36,8 +37,9 @@ func jobSubmitCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "submit",
 		Usage: "submit a fine-tuning job; prints its id",
-		Description: "--base is a model directory (config.json, model.safetensors) on the machine of the node behind --api;\n" +
-			"the other nodes fetch it from that node by hash. --dataset is a dataset registered with `braid data push`.",
+		Description: "--base is a model directory (config.json, model.safetensors), read here and uploaded to the node behind\n" +
+			"--api (unless it holds it already); the other nodes fetch it from that node by hash. --dataset is a\n" +
+			"dataset registered with `braid data push`.",
 		Flags: append(apiFlags(),
 			&cli.StringFlag{Name: "base", Required: true, Usage: "base model `DIR`"},
 			&cli.StringSliceFlag{Name: "dataset", Required: true, Usage: "dataset `NAME` or id (with --federated: each unit's local dataset)"},
@@ -64,13 +66,16 @@ func jobSubmitCommand() *cli.Command {
 			&cli.BoolFlag{Name: "federated", Usage: "train each node only on its own local dataset (--dataset, repeated or comma-separated: one per unit); no shard crosses the wire"},
 			&cli.BoolFlag{Name: "json", Usage: "print the submitted job as JSON"}),
 		Action: func(c *cli.Context) error {
-			base, err := filepath.Abs(c.String("base"))
-			if err != nil {
-				return err
-			}
 			datasets := c.StringSlice("dataset")
 			if err := coordinator.ValidDevice(c.String("device")); err != nil {
 				return fmt.Errorf("--device: %v", err)
+			}
+			if len(datasets) > 1 && !c.Bool("federated") {
+				return fmt.Errorf("--dataset: one dataset (several only with --federated)")
+			}
+			base, _, err := push.Model(c.Context, apiTarget{c}, c.String("base"))
+			if err != nil {
+				return fmt.Errorf("--base: %w", err)
 			}
 			req := node.JobRequest{Base: base, Dataset: datasets[0], Federated: c.Bool("federated"), Steps: c.Int("steps"), GlobalBatch: c.Int("global-batch"),
 				MicroBatch: c.Int("micro-batch"), LR: c.Float64("lr"), Warmup: c.Int("warmup"), WeightDecay: c.Float64("weight-decay"),
@@ -87,8 +92,6 @@ func jobSubmitCommand() *cli.Command {
 			}
 			if req.Federated {
 				req.Datasets = datasets
-			} else if len(datasets) > 1 {
-				return fmt.Errorf("--dataset: one dataset (several only with --federated)")
 			}
 			var j coordinator.Job
 			if err := callAPI(c.Context, c, http.MethodPost, "/v1/jobs", req, &j, time.Minute); err != nil {

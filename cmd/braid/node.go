@@ -50,6 +50,7 @@ func nodeCommand() *cli.Command {
 			&cli.StringFlag{Name: "device", Value: "auto", EnvVars: env("device"), Usage: "where this node computes: cpu, cuda (GPU 0), cuda:N, or auto (GPU 0 if there is a usable GPU, else the CPU); jobs run on the nodes of their --device"},
 			&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: env("log-format"), Usage: "text or json"},
 			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("log-level"), Usage: "debug, info, warn or error"},
+			&cli.Int64Flag{Name: "max-upload", EnvVars: env("max-upload"), Usage: "largest object (a shard, a model's weights) a client may upload through the API, in `BYTES` (0: 64 GiB)"},
 		},
 		Before: loadConfigFile,
 		Action: runNode,
@@ -126,6 +127,7 @@ func runNode(c *cli.Context) error {
 	cfg.Name, cfg.DataDir, cfg.GossipAddr, cfg.QUICAddr = c.String("name"), c.String("data-dir"), c.String("gossip-addr"), c.String("quic-addr")
 	cfg.Advertise, cfg.BootstrapExpect, cfg.TLSDir = c.String("advertise"), c.Int("bootstrap-expect"), c.String("tls-dir")
 	cfg.HTTPAddr, cfg.Profile, cfg.Build = c.String("http"), c.String("profile"), version
+	cfg.MaxUploadBytes = c.Int64("max-upload")
 	tok, err := nodeToken(c)
 	if err != nil {
 		return err

@@ -4,25 +4,22 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/braidml/braid/internal/atomicfile"
+	"github.com/braidml/braid/internal/safefile"
 )
 
-// ReadFile reads and decodes the safetensors file at path. Errors name the
-// path and wrap the underlying I/O error or the Decode sentinel. The returned
-// tensors own their data.
+// MaxFileBytes bounds what ReadFile reads.
+const MaxFileBytes = 64 << 30
+
+// ReadFile reads and decodes the safetensors file at path, which must be a
+// regular file of at most MaxFileBytes, opened once (internal/safefile).
+// Errors name the path and wrap the underlying I/O error, a safefile
+// sentinel or the Decode sentinel. The returned tensors own their data.
 func ReadFile(path string) (*File, error) {
-	st, err := os.Stat(path)
+	b, err := safefile.ReadFile(path, MaxFileBytes)
 	if err != nil {
-		return nil, err // *fs.PathError already names the path
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("safetensors: %s is not a regular file", path)
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err // *fs.PathError already names the path
+		return nil, err // names the path
 	}
 	f, err := Decode(b)
 	if err != nil {

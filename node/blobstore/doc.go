@@ -10,7 +10,7 @@
 //	objects/<hash>           complete, verified objects (read-only files)
 //	partial/<hash>.partial   downloads in progress, resumed by the next Fetch
 //	private/<hash>           marker: the object is private (never served)
-//	tmp/                     Put and Import write here before the rename
+//	tmp/                     Put and Receive write here before the rename
 //
 // Everything a store writes is private to the user the process runs as:
 // directories 0700, objects 0400, partial downloads and markers 0600. Open

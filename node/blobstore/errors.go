@@ -15,6 +15,8 @@ var (
 	// ErrSizeMismatch: an object whose size is not the size the caller
 	// expected.
 	ErrSizeMismatch = errors.New("blobstore: size mismatch")
+	// ErrTooLarge: more bytes than the receiver accepts for one object.
+	ErrTooLarge = errors.New("blobstore: object too large")
 	// ErrRefused: the peer refused the object because it is private there.
 	ErrRefused = errors.New("blobstore: refused: object is private")
 	// ErrBadRequest: the peer could not decode our request (or a request

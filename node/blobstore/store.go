@@ -97,7 +97,7 @@ type Store struct {
 
 // Open opens the store in dir, creating the directory and its
 // subdirectories if needed (mode 0700; existing ones wider than that are
-// narrowed to it, see the package comment). It removes what an interrupted Put or Import
+// narrowed to it, see the package comment). It removes what an interrupted Put or Receive
 // left in tmp/ (partial downloads are kept, to be resumed) and loads the
 // set of private objects.
 func Open(dir string) (*Store, error) {
@@ -174,33 +174,39 @@ func (s *Store) PutFile(path string) (hash string, size int64, err error) {
 	return hash, size, nil
 }
 
-// Import stores a copy of the file at path, which must hash to want
-// (ErrHashMismatch otherwise, and nothing is stored). It returns the size.
-func (s *Store) Import(path, want string) (size int64, err error) {
+// Receive stores what r yields as object want and returns its size. It
+// is how bytes from outside the cluster (an upload) enter the store: they
+// are written to a temporary file in tmp/ and hashed as they arrive, at
+// most maxBytes of them (ErrTooLarge beyond), and the object is installed
+// only when they hash to want (ErrHashMismatch otherwise). On any failure —
+// a read error, too many bytes, a mismatch — the temporary file is removed
+// and nothing is stored. Storing bytes that are already stored is harmless
+// (callers that want to skip the transfer check Has first). Errors name the
+// object, never its bytes.
+func (s *Store) Receive(r io.Reader, want string, maxBytes int64) (size int64, err error) {
 	if err := checkHash(want); err != nil {
-		return 0, fmt.Errorf("blobstore: import %s: %w", path, err)
+		return 0, fmt.Errorf("blobstore: receive: %w", err)
 	}
-	src, err := os.Open(path)
+	f, err := os.CreateTemp(filepath.Join(s.dir, tmpDir), "receive-*")
 	if err != nil {
-		return 0, fmt.Errorf("blobstore: import %s: %w", short(want), err)
-	}
-	defer src.Close()
-	f, err := os.CreateTemp(filepath.Join(s.dir, tmpDir), "import-*")
-	if err != nil {
-		return 0, fmt.Errorf("blobstore: import %s: %w", short(want), err)
+		return 0, fmt.Errorf("blobstore: receive %s: %w", short(want), err)
 	}
 	hh := sha256.New()
-	size, err = io.Copy(io.MultiWriter(f, hh), src)
-	if err != nil {
+	size, err = io.Copy(io.MultiWriter(f, hh), io.LimitReader(r, maxBytes+1))
+	switch {
+	case err != nil:
 		discard(f)
-		return 0, fmt.Errorf("blobstore: import %s from %s: %w", short(want), path, err)
+		return 0, fmt.Errorf("blobstore: receive %s: after %d bytes: %w", short(want), size, err)
+	case size > maxBytes:
+		discard(f)
+		return 0, fmt.Errorf("blobstore: receive %s: %w: more than the %d bytes allowed", short(want), ErrTooLarge, maxBytes)
 	}
 	if got := hex.EncodeToString(hh.Sum(nil)); got != want {
 		discard(f)
-		return 0, fmt.Errorf("blobstore: import %s from %s: %w: the file hashes to %s", short(want), path, ErrHashMismatch, short(got))
+		return 0, fmt.Errorf("blobstore: receive %s: %w: the %d bytes received hash to %s", short(want), ErrHashMismatch, size, short(got))
 	}
 	if err := s.publish(f, want); err != nil {
-		return 0, fmt.Errorf("blobstore: import %s from %s: %w", short(want), path, err)
+		return 0, fmt.Errorf("blobstore: receive %s: %w", short(want), err)
 	}
 	return size, nil
 }

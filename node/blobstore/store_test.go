@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/braidml/braid/node/blobstore"
 )
@@ -77,36 +78,76 @@ func TestStorePutAndRead(t *testing.T) {
 	}
 }
 
-// Import stores a file only if it hashes to the name given; PutFile names
-// it by its hash.
-func TestStoreImport(t *testing.T) {
+// Receive installs bytes only when they hash to the name given and fit
+// the limit; a mismatch, an oversized body or a read that fails midway
+// leaves nothing behind, in objects/ or tmp/. PutFile names a file by its
+// hash.
+func TestStoreReceive(t *testing.T) {
 	s, dir := openStore(t)
 	obj := randomBytes(1, 5000)
+	h := blobstore.Sum(obj)
+	wrong := blobstore.Sum([]byte("something else"))
+	for _, tc := range []struct {
+		name string
+		r    io.Reader
+		hash string
+		max  int64
+		want error
+	}{
+		{"bytes that do not match the name", bytes.NewReader(obj), wrong, 1 << 20, blobstore.ErrHashMismatch},
+		{"one byte over the limit", bytes.NewReader(obj), h, int64(len(obj)) - 1, blobstore.ErrTooLarge},
+		{"a body that fails midway", io.MultiReader(bytes.NewReader(obj[:100]), iotest.ErrReader(io.ErrUnexpectedEOF)), h, 1 << 20, io.ErrUnexpectedEOF},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := s.Receive(tc.r, tc.hash, tc.max)
+			if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.hash[:12]) {
+				t.Fatalf("Receive: %v, want %v naming %.12s", err, tc.want, tc.hash)
+			}
+			if s.Has(tc.hash) {
+				t.Fatal("a refused object became visible")
+			}
+			requireEmpty(t, filepath.Join(dir, "tmp"))
+			requireEmpty(t, filepath.Join(dir, "objects"))
+		})
+	}
+	n, err := s.Receive(bytes.NewReader(obj), h, int64(len(obj)))
+	if err != nil || n != int64(len(obj)) || !s.Has(h) {
+		t.Fatalf("Receive at exactly the limit = %d, %v", n, err)
+	}
+	requireEmpty(t, filepath.Join(dir, "tmp"))
 	src := filepath.Join(t.TempDir(), "shard.bin")
 	if err := os.WriteFile(src, obj, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	wrong := blobstore.Sum([]byte("something else"))
-	_, err := s.Import(src, wrong)
-	if !errors.Is(err, blobstore.ErrHashMismatch) || !strings.Contains(err.Error(), wrong[:12]) || !strings.Contains(err.Error(), src) {
-		t.Fatalf("Import under the wrong hash: %v, want ErrHashMismatch naming the hash and the file", err)
-	}
-	if s.Has(wrong) {
-		t.Fatal("a mismatching import became visible")
-	}
-	requireEmpty(t, filepath.Join(dir, "tmp"))
-
-	n, err := s.Import(src, blobstore.Sum(obj))
-	if err != nil || n != int64(len(obj)) || !s.Has(blobstore.Sum(obj)) {
-		t.Fatalf("Import = %d, %v", n, err)
-	}
-	h, n, err := s.PutFile(src)
-	if err != nil || h != blobstore.Sum(obj) || n != int64(len(obj)) {
-		t.Fatalf("PutFile = %s, %d, %v", h, n, err)
+	ph, n, err := s.PutFile(src)
+	if err != nil || ph != h || n != int64(len(obj)) {
+		t.Fatalf("PutFile = %s, %d, %v", ph, n, err)
 	}
 	if _, _, err := s.PutFile(filepath.Join(dir, "no such file")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("PutFile of a missing file: %v", err)
 	}
+}
+
+// Whatever the bytes, name and limit, Receive stores an object exactly
+// when the bytes hash to the name and fit, and leaves tmp/ empty.
+func FuzzReceive(f *testing.F) {
+	f.Add([]byte("hello"), true, uint16(5))
+	f.Add([]byte("hello"), true, uint16(4))
+	f.Add([]byte("hello"), false, uint16(100))
+	f.Add([]byte{}, true, uint16(0))
+	f.Fuzz(func(t *testing.T, body []byte, named bool, limit uint16) {
+		s, dir := openStore(t)
+		h := blobstore.Sum(body)
+		if !named {
+			h = blobstore.Sum(append(body, 'x'))
+		}
+		_, err := s.Receive(bytes.NewReader(body), h, int64(limit))
+		ok := named && len(body) <= int(limit)
+		if (err == nil) != ok || s.Has(h) != ok {
+			t.Fatalf("%d bytes, named %v, limit %d: err %v, stored %v", len(body), named, limit, err, s.Has(h))
+		}
+		requireEmpty(t, filepath.Join(dir, "tmp"))
+	})
 }
 
 func requireEmpty(t *testing.T, dir string) {
@@ -217,8 +258,6 @@ func TestStorePrivatePersists(t *testing.T) {
 func TestStoreRejectsBadHashes(t *testing.T) {
 	s, dir := openStore(t)
 	good := blobstore.Sum([]byte("x"))
-	src := filepath.Join(dir, "src")
-	os.WriteFile(src, []byte("x"), 0o644)
 	for _, bad := range []string{
 		"",
 		good[:63],
@@ -245,7 +284,7 @@ func TestStoreRejectsBadHashes(t *testing.T) {
 			"Stat":        func() error { _, err := s.Stat(bad); return err }(),
 			"Delete":      s.Delete(bad),
 			"MarkPrivate": s.MarkPrivate(bad),
-			"Import":      func() error { _, err := s.Import(src, bad); return err }(),
+			"Receive":     func() error { _, err := s.Receive(strings.NewReader("x"), bad, 10); return err }(),
 			"Fetch":       s.Fetch(t.Context(), nil, "shard", []blobstore.Source{{Peer: "a", Addr: "mem:a"}}, bad, 1, blobstore.FetchOptions{}),
 		} {
 			if !errors.Is(err, blobstore.ErrBadHash) {

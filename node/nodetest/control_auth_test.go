@@ -52,7 +52,7 @@ func TestControlRefusesNonMembers(t *testing.T) {
 	c := NewCluster(t, 2)
 	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 2 })
 	dir, _ := prepareDataset(t, "legal", 20)
-	ds, err := c.Node("n1").AddDataset(context.Background(), dir, node.DatasetOptions{Local: true})
+	ds, err := c.PushDataset("n1", dir, node.DatasetOptions{Local: true})
 	if err != nil {
 		t.Fatal(err)
 	}

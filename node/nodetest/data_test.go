@@ -80,7 +80,7 @@ func TestDatasetPlacedReplicatedAndRepaired(t *testing.T) {
 	if leader == pusher {
 		pusher = "n2"
 	}
-	d, err := c.Node(pusher).AddDataset(context.Background(), dir, node.DatasetOptions{})
+	d, err := c.PushDataset(pusher, dir, node.DatasetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,11 +114,11 @@ func TestDatasetPlacedReplicatedAndRepaired(t *testing.T) {
 	t.Logf("after %s died: placement version %d, %d shards healthy", victim, st.PlacementVersion, st.Healthy)
 	// Re-registering the same directory is a no-op; a different dataset
 	// under the same name is refused.
-	if _, err := c.Node(pusher).AddDataset(context.Background(), dir, node.DatasetOptions{}); err != nil {
+	if _, err := c.PushDataset(pusher, dir, node.DatasetOptions{}); err != nil {
 		t.Errorf("registering the same dataset again: %v", err)
 	}
 	other, _ := prepareDataset(t, "other", 5)
-	if _, err := c.Node(pusher).AddDataset(context.Background(), other, node.DatasetOptions{Name: "legal"}); err == nil || !strings.Contains(err.Error(), "taken") {
+	if _, err := c.PushDataset(pusher, other, node.DatasetOptions{Name: "legal"}); err == nil || !strings.Contains(err.Error(), "taken") {
 		t.Errorf("a second dataset named legal: %v", err)
 	}
 }
@@ -131,7 +131,7 @@ func TestLocalDatasetNeverLeavesItsNode(t *testing.T) {
 	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
 	dir, m := prepareDataset(t, "bio", 30)
 	owner := c.Node("n2")
-	d, err := owner.AddDataset(context.Background(), dir, node.DatasetOptions{Local: true})
+	d, err := c.PushDataset("n2", dir, node.DatasetOptions{Local: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +140,7 @@ func TestLocalDatasetNeverLeavesItsNode(t *testing.T) {
 	}
 	// A shared dataset at the same time, so that the nodes do fetch.
 	sharedDir, shared := prepareDataset(t, "legal", 20)
-	if _, err := c.Node("n1").AddDataset(context.Background(), sharedDir, node.DatasetOptions{Replicas: 3}); err != nil {
+	if _, err := c.PushDataset("n1", sharedDir, node.DatasetOptions{Replicas: 3}); err != nil {
 		t.Fatal(err)
 	}
 	waitHealthy(c, "n3", "legal", heldAsPlaced)
@@ -188,7 +188,7 @@ func TestCorruptShardIsRefetchedFromAReplica(t *testing.T) {
 	c := NewCluster(t, 3)
 	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
 	dir, _ := prepareDataset(t, "jargon", 20)
-	if _, err := c.Node("n1").AddDataset(context.Background(), dir, node.DatasetOptions{}); err != nil {
+	if _, err := c.PushDataset("n1", dir, node.DatasetOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	st := waitHealthy(c, "n1", "jargon", heldAsPlaced)

@@ -14,7 +14,7 @@ import (
 func registerDataset(t *testing.T, c *Cluster, name string) {
 	t.Helper()
 	dir, _ := prepareDataset(t, "legal", 40)
-	if _, err := c.Node(name).AddDataset(context.Background(), dir, node.DatasetOptions{}); err != nil {
+	if _, err := c.PushDataset(name, dir, node.DatasetOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -22,8 +22,8 @@ func registerDataset(t *testing.T, c *Cluster, name string) {
 func submitJob(t *testing.T, c *Cluster, name string, req node.JobRequest) string {
 	t.Helper()
 	req.Dataset = "legal"
-	if req.Base == "" {
-		req.Base = baseModel(t)
+	if req.Base == (coordinator.ModelRef{}) {
+		req.Base = pushBase(t, c, name)
 	}
 	j, err := c.Node(name).SubmitJob(context.Background(), req)
 	if err != nil {
@@ -79,8 +79,7 @@ func TestJobsRunOnTheirDeviceOnly(t *testing.T) {
 		return true
 	})
 	registerDataset(t, c, "n1")
-	base := baseModel(t)
-	req := node.JobRequest{Base: base, Steps: 12, GlobalBatch: 8, MicroBatch: 4, LR: 3e-3, Warmup: 2, HashEvery: 4, CheckpointEvery: 12}
+	req := node.JobRequest{Steps: 12, GlobalBatch: 8, MicroBatch: 4, LR: 3e-3, Warmup: 2, HashEvery: 4, CheckpointEvery: 12}
 
 	// Submitted to a cpu node, the cuda job runs on n2 and n4.
 	req.Device = "cuda"
@@ -111,7 +110,7 @@ func TestJobsRunOnTheirDeviceOnly(t *testing.T) {
 	// With no job running, the epoch holds every member again.
 	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 4 })
 
-	if _, err := c.Node("n1").SubmitJob(context.Background(), node.JobRequest{Base: base, Dataset: "legal", Steps: 1, GlobalBatch: 1, Device: "tpu"}); err == nil || !strings.Contains(err.Error(), `"tpu"`) {
+	if _, err := c.Node("n1").SubmitJob(context.Background(), node.JobRequest{Dataset: "legal", Steps: 1, GlobalBatch: 1, Device: "tpu"}); err == nil || !strings.Contains(err.Error(), `"tpu"`) {
 		t.Errorf("a tpu job: %v, want an error naming the device", err)
 	}
 }
@@ -123,8 +122,7 @@ func TestJobWaitsForAMemberOnItsDevice(t *testing.T) {
 	c := NewCluster(t, 2)
 	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 2 })
 	registerDataset(t, c, "n1")
-	base := baseModel(t)
-	req := node.JobRequest{Base: base, Steps: 8, GlobalBatch: 4, MicroBatch: 2, HashEvery: 4, Device: "cuda"}
+	req := node.JobRequest{Steps: 8, GlobalBatch: 4, MicroBatch: 2, HashEvery: 4, Device: "cuda"}
 	gpuJob := submitJob(t, c, "n1", req)
 	req.Device = "cpu"
 	cpuJob := submitJob(t, c, "n2", req)

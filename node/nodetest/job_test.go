@@ -31,6 +31,17 @@ func baseModel(t *testing.T) string {
 	return dir
 }
 
+// pushBase pushes baseModel's model to name's node, as `braid job submit
+// --base` does, for a JobRequest's Base.
+func pushBase(t *testing.T, c *Cluster, name string) coordinator.ModelRef {
+	t.Helper()
+	ref, err := c.PushModel(name, baseModel(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ref
+}
+
 // waitJob waits until the job reaches a final state (or cond holds) and
 // returns its status as name reports it.
 func waitJob(c *Cluster, name, id string, cond func(node.JobStatus) bool) node.JobStatus {
@@ -53,10 +64,10 @@ func final(js node.JobStatus) bool { return js.State.Final() }
 func submit(t *testing.T, c *Cluster, name string, req node.JobRequest) string {
 	t.Helper()
 	dir, _ := prepareDataset(t, "legal", 40)
-	if _, err := c.Node(name).AddDataset(context.Background(), dir, node.DatasetOptions{}); err != nil {
+	if _, err := c.PushDataset(name, dir, node.DatasetOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	req.Base, req.Dataset = baseModel(t), "legal"
+	req.Base, req.Dataset = pushBase(t, c, name), "legal"
 	j, err := c.Node(name).SubmitJob(context.Background(), req)
 	if err != nil {
 		t.Fatal(err)
@@ -325,7 +336,7 @@ func TestFederatedJobKeepsDataHome(t *testing.T) {
 	for i, unit := range []string{"n1", "n2", "n3"} {
 		name := []string{"legal", "bio", "code"}[i]
 		dir, m := prepareDataset(t, name, 20+10*i)
-		d, err := c.Node(unit).AddDataset(context.Background(), dir, node.DatasetOptions{Local: true})
+		d, err := c.PushDataset(unit, dir, node.DatasetOptions{Local: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -335,7 +346,7 @@ func TestFederatedJobKeepsDataHome(t *testing.T) {
 			objects = append(objects, s.Hash)
 		}
 	}
-	j, err := c.Node("n2").SubmitJob(context.Background(), node.JobRequest{Base: baseModel(t), Federated: true, Datasets: names,
+	j, err := c.Node("n2").SubmitJob(context.Background(), node.JobRequest{Base: pushBase(t, c, "n2"), Federated: true, Datasets: names,
 		Steps: 20, GlobalBatch: 12, MicroBatch: 4, LR: 3e-3, Warmup: 2, EvalEvery: 10, HashEvery: 5})
 	if err != nil {
 		t.Fatal(err)

@@ -52,6 +52,8 @@ type Cluster struct {
 	gpu     *cuda.DeviceInfo  // every node computes on this GPU (WithGPU), or nil
 	faults  map[string]func(step int) bool
 	tls     *tlsCluster // WithTLS, or nil: memnet streams, no certificates
+	api     bool  // nodes serve the HTTP API (WithAPI)
+	upload  int64 // node.Config.MaxUploadBytes (WithMaxUploadBytes)
 }
 
 // Option configures a Cluster before its first nodes start.
@@ -185,6 +187,10 @@ func (c *Cluster) Start(name string) *node.Node {
 		tr = mt
 	}
 	cfg.Join, cfg.BootstrapExpect = seeds, c.expect
+	if c.api {
+		cfg.HTTPAddr = "127.0.0.1:0"
+	}
+	cfg.MaxUploadBytes = c.upload
 	cfg.Coordinator = coordinator.LocalConfig()
 	if c.gpu != nil {
 		cfg.Device, cfg.GPU = coordinator.DeviceCUDA, c.gpu
