@@ -450,12 +450,19 @@ func TestServerThatFellBehindHearsANewLeader(t *testing.T) {
 	tc.waitEpoch("n1", "n2", "n4", "n5")
 	// Down to n4 and n5 one server at a time, each removal committed
 	// before the next kill, so that a quorum remains.
+	// Every server, not only the leader, must hold the smaller
+	// configuration before the next kill: a follower still on the larger
+	// one cannot make a quorum of it.
 	tc.kill("n1")
 	tc.gossipFailed("n1")
-	tc.waitServers(tc.leader(), []string{"n2", "n4", "n5"}, nil)
+	for _, n := range tc.up() {
+		tc.waitServers(n, []string{"n2", "n4", "n5"}, nil)
+	}
 	tc.kill("n2")
 	tc.gossipFailed("n2")
-	tc.waitServers(tc.leader(), []string{"n4", "n5"}, nil)
+	for _, n := range tc.up() {
+		tc.waitServers(n, []string{"n4", "n5"}, nil)
+	}
 	tc.waitEpoch("n4", "n5")
 	l := tc.leader()
 	if err := l.c.Apply(ctxTimeout(t, waitFor), SetSetting{Key: "after", Value: "n3 left"}); err != nil {

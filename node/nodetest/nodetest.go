@@ -52,8 +52,8 @@ type Cluster struct {
 	gpu     *cuda.DeviceInfo  // every node computes on this GPU (WithGPU), or nil
 	faults  map[string]func(step int) bool
 	tls     *tlsCluster // WithTLS, or nil: memnet streams, no certificates
-	api     bool  // nodes serve the HTTP API (WithAPI)
-	upload  int64 // node.Config.MaxUploadBytes (WithMaxUploadBytes)
+	api     bool        // nodes serve the HTTP API (WithAPI)
+	upload  int64       // node.Config.MaxUploadBytes (WithMaxUploadBytes)
 }
 
 // Option configures a Cluster before its first nodes start.
