@@ -1,6 +1,12 @@
 # braid: the two commands a new user needs are `make demo` and `make test`.
 
 GO        ?= go
+# The Go toolchain is the one go.mod's toolchain line names (it has the standard library's
+# security fixes; `make vuln` checks). A Go whose go.env says GOTOOLCHAIN=local ignores that line,
+# so make exports it: the go command fetches it from the module proxy once and keeps it in the
+# module cache. `make GOTOOLCHAIN=local ...` builds with the Go on PATH instead.
+GOTOOLCHAIN ?= $(shell sed -n 's/^toolchain //p' go.mod)
+export GOTOOLCHAIN
 BIN       := bin/braid
 VERSION   := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
