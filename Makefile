@@ -1,12 +1,18 @@
 # braid: the two commands a new user needs are `make demo` and `make test`.
 
 GO        ?= go
+# The Go toolchain is the one go.mod's toolchain line names (it has the standard library's
+# security fixes; `make vuln` checks). A Go whose go.env says GOTOOLCHAIN=local ignores that line,
+# so make exports it: the go command fetches it from the module proxy once and keeps it in the
+# module cache. `make GOTOOLCHAIN=local ...` builds with the Go on PATH instead.
+GOTOOLCHAIN ?= $(shell sed -n 's/^toolchain //p' go.mod)
+export GOTOOLCHAIN
 BIN       := bin/braid
 VERSION   := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 GOROOT_SRC := $(shell $(GO) env GOROOT)/src
 
-.PHONY: all build build-cuda gpu-test-bin test test-cuda-emu test-short bench bench-peers lint fuzz demo clean
+.PHONY: all build build-cuda gpu-test-bin test test-cuda-emu test-short bench bench-peers lint vuln fuzz demo clean
 
 all: build
 
@@ -63,6 +69,25 @@ lint:
 	$(GO) vet -tags cuda ./...
 	CGO_ENABLED=0 $(GO) build -tags cuda -o /dev/null ./cmd/braid
 	GOARCH=arm64 $(GO) vet ./...
+
+## vuln: govulncheck (golang.org/x/vuln) on every package, also with -tags cuda, against the Go
+## vulnerability database of golang.org/x/vulndb at VULNDB_VERSION, fetched from the module proxy
+## and laid out by internal/tools/vulndb in VULNDB_DIR (outside the repo; no other network use).
+## Fails on a vulnerability that the code can reach. Raise VULNDB_VERSION to learn newer ones.
+VULN_VERSION   := v1.9.0
+VULNDB_VERSION := v0.0.0-20261105234957-e22db6528018
+VULNDB_DIR     ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/braid/vulndb-$(VULNDB_VERSION)
+GOVULNCHECK    := $(GO) run golang.org/x/vuln/cmd/govulncheck@$(VULN_VERSION) -db file://$(VULNDB_DIR)
+vuln:
+	@test -f $(VULNDB_DIR)/index/modules.json || { \
+		$(GO) mod download golang.org/x/vulndb@$(VULNDB_VERSION) && mkdir -p $(dir $(VULNDB_DIR)) && \
+		$(GO) run ./internal/tools/vulndb -out $(VULNDB_DIR) \
+			-osv $$($(GO) env GOMODCACHE)/golang.org/x/vulndb@$(VULNDB_VERSION)/data/osv; }
+	@# A database that knew nothing would pass every scan: it must know an older Go's flaws.
+	@$(GOVULNCHECK) -mode query -format json stdlib@v1.26.8 | grep -q '"GO-2026-6809"' || \
+		{ echo "vuln: the database in $(VULNDB_DIR) does not know GO-2026-6809 (go1.26.8)"; exit 1; }
+	$(GOVULNCHECK) ./...
+	$(GOVULNCHECK) -tags cuda ./...
 
 ## fuzz: run each fuzz target (every decoder of bytes from disk or network) for FUZZTIME (30s by default)
 FUZZTIME ?= 30s

@@ -2,6 +2,8 @@ module github.com/braidml/braid
 
 go 1.26.0
 
+toolchain go1.27.3
+
 require (
 	github.com/ebitengine/purego v0.11.3
 	github.com/hashicorp/go-hclog v1.6.3

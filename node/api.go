@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -63,6 +64,9 @@ type APIConfig struct {
 	// on every request but GET /v1/health. Without TLS it travels in clear
 	// text: off loopback, use the API on a network you trust.
 	Token string
+	// TLS, when set, makes the API serve HTTPS only (APIServerTLS); nil
+	// serves plain HTTP.
+	TLS *tls.Config
 	// Hosts are names, besides the listen address, loopback and "localhost",
 	// that requests may carry in their Host header (the node's name and
 	// advertised host). Any other Host is refused, so that a web page whose
@@ -221,7 +225,13 @@ func StartAPI(cfg APIConfig, status func() Status, reg *prometheus.Registry) (*A
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: lim.ReadHeaderTimeout, ReadTimeout: lim.ReadTimeout,
 		WriteTimeout: lim.WriteTimeout, IdleTimeout: lim.IdleTimeout, MaxHeaderBytes: lim.MaxHeaderBytes}
 	a := &API{srv: srv, ln: ln, grace: lim.ShutdownGrace}
-	go a.srv.Serve(netutil.LimitListener(ln, lim.MaxConns))
+	l := netutil.LimitListener(ln, lim.MaxConns)
+	if cfg.TLS != nil {
+		// Outermost, so that the server sees *tls.Conn: it bounds the
+		// handshake by its timeouts and answers plain HTTP with a 400.
+		l = tls.NewListener(l, cfg.TLS)
+	}
+	go a.srv.Serve(l)
 	return a, nil
 }
 

@@ -55,6 +55,9 @@ type Config struct {
 	TLSDir string
 	// HTTPAddr is the API's host:port; empty disables it.
 	HTTPAddr string
+	// HTTPTLS makes the API serve HTTPS with the node's certificate from
+	// TLSDir (apitls.go).
+	HTTPTLS bool
 	// HTTPToken is the bearer token the API requires; empty: the one in
 	// DataDir/api-token (APITokenFile), generated at the first start.
 	HTTPToken string
@@ -93,6 +96,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("node: --bootstrap-expect %d, want ≥ 0", c.BootstrapExpect)
 	case c.MaxUploadBytes < 0:
 		return fmt.Errorf("node: MaxUploadBytes %d, want ≥ 0 (0: %d)", c.MaxUploadBytes, int64(DefaultMaxUploadBytes))
+	case c.HTTPTLS && c.HTTPAddr == "":
+		return ErrAPITLSWithoutAPI
 	}
 	if _, _, err := net.SplitHostPort(c.GossipAddr); err != nil {
 		return fmt.Errorf("node: --gossip-addr %q: %w", c.GossipAddr, err)
@@ -284,10 +289,16 @@ func New(cfg Config, deps Deps) (*Node, error) {
 		if err != nil {
 			return fail(err)
 		}
-		if n.api, err = StartAPI(APIConfig{Addr: cfg.HTTPAddr, Token: token, Hosts: []string{cfg.Name, cfg.Advertise},
+		tlsConf, certHosts, err := cfg.apiTLS(n.certs.creds)
+		if err != nil {
+			return fail(err)
+		}
+		if n.api, err = StartAPI(APIConfig{Addr: cfg.HTTPAddr, Token: token, TLS: tlsConf,
+			Hosts: append([]string{cfg.Name, cfg.Advertise}, certHosts...),
 			Bench: n.BenchAllreduce, Routes: n.routes}, n.Status, n.reg); err != nil {
 			return fail(err)
 		}
+		warnCleartextAPI(logger, n.api.Addr(), tlsConf != nil)
 		n.apiTokenFile = tokenFile
 		if tokenFile != "" {
 			logger.Info("the HTTP API requires the token in this file", "file", tokenFile, "created", created)

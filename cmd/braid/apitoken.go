@@ -32,6 +32,7 @@ func apiFlags() []cli.Flag {
 		&cli.StringFlag{Name: "api", Value: "http://127.0.0.1:7950", EnvVars: []string{"BRAID_API"}, Usage: "a node's HTTP API `URL`"},
 		&cli.StringFlag{Name: "token", EnvVars: []string{"BRAID_TOKEN"}, Usage: "the API's bearer token (default: the token of the node behind --api, if it runs on this machine as this user)"},
 		&cli.StringFlag{Name: "token-file", EnvVars: []string{"BRAID_TOKEN_FILE"}, Usage: "read the bearer token from `FILE` (a node writes its own to DATA_DIR/api-token)"},
+		&cli.StringFlag{Name: "ca", EnvVars: []string{"BRAID_CA"}, Usage: "for an https --api: the cluster CA certificate `FILE` (ca.pem) to verify the node with (default: the CA of the node behind --api, if it runs on this machine as this user)"},
 	}
 }
 
@@ -52,8 +53,13 @@ func apiToken(c *cli.Context) (string, error) {
 }
 
 // newAPIRequest builds a request to path of the API behind --api with the
-// token, and a JSON body when body is not nil.
+// token, and a JSON body when body is not nil; send it with apiDo.
 func newAPIRequest(ctx context.Context, c *cli.Context, method, path string, body io.Reader) (*http.Request, error) {
+	// The URL's scheme and the CA, checked here so that their errors are
+	// not taken for an unreachable node (apiDo builds the client again).
+	if _, err := apiClient(c.String("api"), c.String("ca")); err != nil {
+		return nil, err
+	}
 	u := strings.TrimRight(c.String("api"), "/") + path
 	req, err := http.NewRequestWithContext(ctx, method, u, body)
 	if err != nil {
@@ -88,10 +94,13 @@ func apiError(c *cli.Context, req *http.Request, resp *http.Response, body []byt
 }
 
 // apiRecord is what `braid node` leaves in the user's runtime directory while
-// it runs, for the CLI to find the token of the API at API.
+// it runs, for the CLI to find the token of the API at API and, for an
+// HTTPS API, the CA to verify it with.
 type apiRecord struct {
-	API       string `json:"api"`        // http://HOST:PORT
-	TokenFile string `json:"token_file"` // absolute
+	API       string `json:"api"`                  // http://HOST:PORT or https://HOST:PORT
+	TokenFile string `json:"token_file,omitempty"` // absolute; "" when the node was given its token
+	CAFile    string `json:"ca_file,omitempty"`    // absolute; the cluster CA (https only)
+	Node      string `json:"node,omitempty"`       // the node's name, its certificate's (https only)
 	PID       int    `json:"pid"`
 }
 
@@ -113,10 +122,14 @@ func recordPath(dir, hostport string) string {
 	return filepath.Join(dir, "api-"+strings.NewReplacer(":", "_", "[", "", "]", "", "/", "_").Replace(hostport)+".json")
 }
 
-// writeAPIRecord records that the API at addr (host:port, as it listens)
-// requires the token in tokenFile; remove deletes the record unless a later
-// node has replaced it.
-func writeAPIRecord(addr, tokenFile string) (remove func(), err error) {
+// writeAPIRecord records rec, the API at rec.API (its URL as it listens),
+// with its file names made absolute and this process's PID; remove deletes
+// the record unless a later node has replaced it.
+func writeAPIRecord(rec apiRecord) (remove func(), err error) {
+	u, err := url.Parse(rec.API)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("API record: URL %q", rec.API)
+	}
 	dir, err := runtimeDir()
 	if err != nil {
 		return nil, err
@@ -124,13 +137,16 @@ func writeAPIRecord(addr, tokenFile string) (remove func(), err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	abs, err := filepath.Abs(tokenFile)
-	if err != nil {
-		return nil, err
+	for _, f := range []*string{&rec.TokenFile, &rec.CAFile} {
+		if *f != "" {
+			if *f, err = filepath.Abs(*f); err != nil {
+				return nil, err
+			}
+		}
 	}
-	rec := apiRecord{API: "http://" + addr, TokenFile: abs, PID: os.Getpid()}
+	rec.PID = os.Getpid()
 	b, _ := json.Marshal(rec)
-	path := recordPath(dir, addr)
+	path := recordPath(dir, u.Host)
 	if err := atomicfile.WriteBytes(path, append(b, '\n'), 0o600); err != nil && !errors.Is(err, atomicfile.ErrSyncDir) {
 		return nil, err
 	}
@@ -153,22 +169,35 @@ func readAPIRecord(path string) (apiRecord, error) {
 }
 
 // discoverToken reads the token of the node whose API is at apiURL from the
-// file its record names, trying the URL's host:port and, for a loopback
-// host, the other loopback and wildcard spellings of the port. It returns
-// "" when there is no record or the file cannot be read (another user's
-// node).
+// file its record names. It returns "" when there is no record or the file
+// cannot be read (another user's node).
 func discoverToken(apiURL string) string {
+	for _, r := range discoverRecords(apiURL) {
+		if tok, err := node.ReadTokenFile(r.TokenFile); err == nil {
+			return tok
+		}
+	}
+	return ""
+}
+
+// discoverRecords returns the records of this user's nodes whose API may be
+// the one at apiURL: the URL's host:port's and, for a loopback host, those
+// of the other loopback and wildcard spellings of the port, in that order.
+func discoverRecords(apiURL string) []apiRecord {
 	u, err := url.Parse(apiURL)
 	if err != nil || u.Host == "" {
-		return ""
+		return nil
 	}
 	dir, err := runtimeDir()
 	if err != nil {
-		return ""
+		return nil
 	}
 	host, port := u.Hostname(), u.Port()
 	if port == "" {
 		port = "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
 	}
 	hosts := []string{host}
 	if ip := net.ParseIP(host); host == "localhost" || ip != nil && ip.IsLoopback() {
@@ -176,14 +205,11 @@ func discoverToken(apiURL string) string {
 	} else if ip != nil {
 		hosts = append(hosts, "0.0.0.0", "::")
 	}
+	var recs []apiRecord
 	for _, h := range hosts {
-		r, err := readAPIRecord(recordPath(dir, net.JoinHostPort(h, port)))
-		if err != nil {
-			continue
-		}
-		if tok, err := node.ReadTokenFile(r.TokenFile); err == nil {
-			return tok
+		if r, err := readAPIRecord(recordPath(dir, net.JoinHostPort(h, port))); err == nil {
+			recs = append(recs, r)
 		}
 	}
-	return ""
+	return recs
 }

@@ -45,7 +45,7 @@ func TestCLIFindsTheNodeToken(t *testing.T) {
 		t.Errorf("--token-file: %v\n%s", err, out)
 	}
 
-	remove, err := writeAPIRecord(api.Addr(), tokenFile)
+	remove, err := writeAPIRecord(apiRecord{API: "http://" + api.Addr(), TokenFile: tokenFile})
 	if err != nil {
 		t.Fatal(err)
 	}

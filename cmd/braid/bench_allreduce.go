@@ -321,7 +321,7 @@ func benchAllreduceAPI(c *cli.Context, plan benchPlan) error {
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := apiDo(c, req)
 	if err != nil {
 		return fmt.Errorf("cannot reach the node API at %s (is `braid node` running there?): %w", c.String("api"), err)
 	}

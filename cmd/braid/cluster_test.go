@@ -119,7 +119,8 @@ func (p *proc) lostAPort() bool {
 	}
 }
 
-func startNodeOnce(t *testing.T, bin, tlsDir, name string, join []string, expect int) *proc {
+// startNodeOnce starts a node process, with extra flags after the usual ones.
+func startNodeOnce(t *testing.T, bin, tlsDir, name string, join []string, expect int, extra ...string) *proc {
 	t.Helper()
 	ports := freePorts(t, 3)
 	dir := t.TempDir()
@@ -131,6 +132,7 @@ func startNodeOnce(t *testing.T, bin, tlsDir, name string, join []string, expect
 	if len(join) > 0 {
 		args = append(args, "--join", strings.Join(join, ","))
 	}
+	args = append(args, extra...)
 	logf, err := os.Create(p.log)
 	if err != nil {
 		t.Fatal(err)

@@ -346,7 +346,7 @@ func downloadJobFile(ctx context.Context, c *cli.Context, id, name, path string)
 		return err
 	}
 	url := req.URL.String()
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := apiDo(c, req)
 	if err != nil {
 		return fmt.Errorf("cannot reach the node API at %s: %w", c.String("api"), err)
 	}

@@ -43,6 +43,7 @@ func nodeCommand() *cli.Command {
 			&cli.IntFlag{Name: "bootstrap-expect", EnvVars: env("bootstrap-expect"), Usage: "servers to wait for before forming a new cluster (0: join an existing one)"},
 			&cli.StringFlag{Name: "tls-dir", EnvVars: env("tls-dir"), Usage: "`DIR` from braid ca: ca.pem, NAME.pem, NAME-key.pem, gossip.key"},
 			&cli.StringFlag{Name: "http", Value: d.HTTPAddr, EnvVars: env("http"), Usage: "HTTP API `HOST:PORT` (empty: off)"},
+			&cli.BoolFlag{Name: "http-tls", EnvVars: env("http-tls"), Usage: "serve the API over HTTPS with this node's certificate (clients verify it with the cluster's ca.pem: --ca)"},
 			&cli.StringFlag{Name: "token", EnvVars: []string{"BRAID_TOKEN", "BRAID_HTTP_TOKEN"}, Usage: "bearer token the API requires (default: DATA_DIR/api-token, generated at the first start)"},
 			&cli.StringFlag{Name: "token-file", EnvVars: env("token-file"), Usage: "read the API's bearer token from `FILE`"},
 			&cli.StringFlag{Name: "http-token", Hidden: true, Usage: "old name of --token"},
@@ -126,7 +127,7 @@ func runNode(c *cli.Context) error {
 	cfg := node.DefaultConfig()
 	cfg.Name, cfg.DataDir, cfg.GossipAddr, cfg.QUICAddr = c.String("name"), c.String("data-dir"), c.String("gossip-addr"), c.String("quic-addr")
 	cfg.Advertise, cfg.BootstrapExpect, cfg.TLSDir = c.String("advertise"), c.Int("bootstrap-expect"), c.String("tls-dir")
-	cfg.HTTPAddr, cfg.Profile, cfg.Build = c.String("http"), c.String("profile"), version
+	cfg.HTTPAddr, cfg.HTTPTLS, cfg.Profile, cfg.Build = c.String("http"), c.Bool("http-tls"), c.String("profile"), version
 	cfg.MaxUploadBytes = c.Int64("max-upload")
 	tok, err := nodeToken(c)
 	if err != nil {
@@ -161,16 +162,10 @@ func runNode(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if a := n.APIAddr(); a != "" {
-		fmt.Fprintf(c.App.Writer, "braid node %s: API http://%s\n", cfg.Name, a)
-		if f := n.APITokenFile(); f != "" {
-			// For the CLI of this user on this machine (apitoken.go).
-			if remove, err := writeAPIRecord(a, f); err != nil {
-				logger.Warn("the CLI will not find the API token by itself (give it --token-file)", "file", f, "err", err)
-			} else {
-				defer remove()
-			}
-		}
+	if u := n.APIURL(); u != "" {
+		fmt.Fprintf(c.App.Writer, "braid node %s: API %s\n", cfg.Name, u)
+		// For the CLI of this user on this machine (apitoken.go).
+		defer recordAPI(n, cfg.Name, logger)()
 	}
 	stopReload := reloadOnSIGHUP(n, logger)
 	defer stopReload()

@@ -41,7 +41,7 @@ func callAPI(ctx context.Context, c *cli.Context, method, path string, body, v a
 		return err
 	}
 	url := req.URL.String()
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := apiDo(c, req)
 	if err != nil {
 		return fmt.Errorf("cannot reach the node API at %s (is `braid node` running there? set --api or BRAID_API): %w", c.String("api"), err)
 	}
