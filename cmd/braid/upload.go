@@ -25,7 +25,7 @@ func (a apiTarget) Has(ctx context.Context, hash string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := apiDo(a.c, req)
 	if err != nil {
 		return false, fmt.Errorf("cannot reach the node API at %s (is `braid node` running there? set --api or BRAID_API): %w", a.c.String("api"), err)
 	}
@@ -51,7 +51,7 @@ func (a apiTarget) Put(ctx context.Context, hash string, size int64, r io.Reader
 	}
 	req.ContentLength = size
 	req.Header.Set("Content-Type", "application/octet-stream")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := apiDo(a.c, req)
 	if err != nil {
 		return fmt.Errorf("uploading %.12s to %s: %w", hash, a.c.String("api"), err)
 	}
