@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -168,6 +169,17 @@ func TestNodeServesTLS(t *testing.T) {
 	}
 	if logHas(p.log, "clear text") {
 		t.Error("a node with --http-tls warned of clear text")
+	}
+	// Uploads take the same verified client: a dataset pushed over TLS.
+	in := filepath.Join(t.TempDir(), "docs")
+	os.MkdirAll(in, 0o755)
+	for i := range 4 {
+		os.WriteFile(filepath.Join(in, fmt.Sprintf("d%d.txt", i)), []byte(strings.Repeat(fmt.Sprintf("document %d. ", i), 200)), 0o644)
+	}
+	ds := filepath.Join(t.TempDir(), "ds")
+	mustRun(t, "data", "prepare", "--input", in, "--out", ds, "--seq-len", "32", "--shard-mib", "1", "--name", "tlsdocs")
+	if out, err := run(t, "data", "push", "--api", api, ds); err != nil {
+		t.Errorf("data push over TLS: %v\n%s", err, out)
 	}
 }
 
