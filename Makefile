@@ -95,7 +95,7 @@ FUZZ_TARGETS := \
 	./model/safetensors:FuzzDecode ./model:FuzzLoadCheckpoint ./model:FuzzDecodeConfig ./model:FuzzDecodeAdapter ./model:FuzzGPT2Tokenizer \
 	./transport:FuzzReadFrames ./transport/pki:FuzzLoad ./allreduce:FuzzDecode \
 	./coordinator:FuzzDecodeCommand ./coordinator:FuzzApply ./coordinator:FuzzRestore ./coordinator:FuzzDecodeLog ./coordinator:FuzzGuardedConn \
-	./node:FuzzDecodeMeta ./node:FuzzDecodeControlRequest ./node/blobstore:FuzzDecodeRequest ./node/blobstore:FuzzDecodeHeader ./node/blobstore:FuzzReceive \
+	./node:FuzzDecodeMeta ./node:FuzzDecodeControlRequest ./node:FuzzDecodeGrads ./node/blobstore:FuzzDecodeRequest ./node/blobstore:FuzzDecodeHeader ./node/blobstore:FuzzReceive \
 	./shard:FuzzDecodeHeader ./shard:FuzzDecodeShard ./shard:FuzzDecodeManifest \
 	./train:FuzzRestore ./train:FuzzRestoreLoRA ./train:FuzzRestoreDiLoCo
 fuzz:

@@ -779,75 +779,160 @@ func (r *jobRunner) sync(ctx context.Context, e coordinator.Epoch) error {
 			}
 		}
 	}
-	// Every member read the same frozen statuses, so all pick the same
-	// target step and the same reference: the first member in ring order
-	// that is at target. Being at target is not enough to be in sync: a
-	// member that completed a step on an older ring may hold other bytes
-	// than members that redid it on a newer one; the weights hash decides.
-	target, ref := 0, ""
-	for _, s := range statuses {
-		target = max(target, s.Done)
+	plan, err := planSync(n.cfg.Name, e.Members, statuses)
+	if err != nil {
+		return fmt.Errorf("sync of epoch %d: %w", e.ID, err)
 	}
-	for _, name := range e.Members {
-		if statuses[name].Done == target {
-			ref = name
+	return r.catchUp(ctx, e.ID, plan, runnerCatchUp{r})
+}
+
+// syncPlan is how a member enters an epoch, decided from the statuses every
+// member froze for it (planSync).
+type syncPlan struct {
+	Target  int    // the step every member must have done
+	Ref     string // the reference: the first member in ring order at Target
+	RefHash string // its weights hash, which every member must end with
+	InStep  bool   // this member is at Target with RefHash: nothing to do
+	// GradFrom are the members, in ring order, that kept the reduced
+	// gradient of step Target−1 and are in step with the reference: when
+	// this member is exactly one step behind, applying that gradient
+	// catches it up (a step the ring completed while it was cut off).
+	GradFrom []string
+	// SnapshotFrom are the members in step with the reference, the
+	// reference first, whose full snapshot this member can take instead.
+	SnapshotFrom []string
+}
+
+// planSync decides how member self enters an epoch with members (in ring
+// order), given every member's frozen status. Every member reads the same
+// statuses, so all pick the same target step and the same reference. Being
+// at the target is not enough to be in sync: a member that completed a step
+// on an older ring may hold other bytes than members that redid it on a
+// newer one; the weights hash decides. The members must also agree on the
+// dataset's placement, which the batch split depends on: a placement
+// committed while members synced is an error, and they resync on a fresh
+// epoch.
+func planSync(self string, members []string, statuses map[string]syncStatus) (syncPlan, error) {
+	me, ok := statuses[self]
+	if !ok {
+		return syncPlan{}, fmt.Errorf("no status of this node (%s)", self)
+	}
+	for _, name := range members {
+		s, ok := statuses[name]
+		if !ok {
+			return syncPlan{}, fmt.Errorf("no status of member %s", name)
+		}
+		if s.Placement != me.Placement {
+			return syncPlan{}, fmt.Errorf("%s sees placement version %d, this node %d", name, s.Placement, me.Placement)
+		}
+	}
+	var p syncPlan
+	for _, name := range members {
+		p.Target = max(p.Target, statuses[name].Done)
+	}
+	for _, name := range members {
+		if statuses[name].Done == p.Target {
+			p.Ref = name
 			break
 		}
 	}
-	refHash := statuses[ref].Hash
-	// The members must also agree on the dataset's placement, which the
-	// batch split depends on: a placement committed while members synced
-	// makes them resync on a fresh epoch.
-	for _, name := range e.Members {
-		if statuses[name].Placement != me.Placement {
-			return fmt.Errorf("sync of epoch %d: %s sees placement version %d, this node %d", e.ID, name, statuses[name].Placement, me.Placement)
+	p.RefHash = statuses[p.Ref].Hash
+	if me.Done == p.Target && me.Hash == p.RefHash {
+		p.InStep = true
+		return p, nil
+	}
+	inStep := func(name string) bool {
+		s := statuses[name]
+		return name != self && s.Done == p.Target && s.Hash == p.RefHash
+	}
+	if me.Done == p.Target-1 {
+		for _, name := range members {
+			if inStep(name) && statuses[name].Reduced == p.Target-1 {
+				p.GradFrom = append(p.GradFrom, name)
+			}
 		}
 	}
-	if r.w.Done == target && me.Hash == refHash {
+	if inStep(p.Ref) {
+		p.SnapshotFrom = append(p.SnapshotFrom, p.Ref)
+	}
+	for _, name := range members {
+		if name != p.Ref && inStep(name) {
+			p.SnapshotFrom = append(p.SnapshotFrom, name)
+		}
+	}
+	return p, nil
+}
+
+// catchUpper is what catchUp needs of a worker: its position, and the two
+// ways to catch up with a peer. The job runner is one (runnerCatchUp);
+// tests inject others.
+type catchUpper interface {
+	Done() int
+	Hash() string
+	Grad(ctx context.Context, peer string, step int) error // apply peer's reduced gradient of step
+	Snapshot(ctx context.Context, peer string) error       // restore peer's snapshot
+}
+
+// catchUp carries out plan: the reduced gradient from the first member of
+// GradFrom that gives the reference's weights, else the snapshot of the
+// first member of SnapshotFrom that does. A source that fails, or leaves
+// the weights anywhere but the reference's, is recorded and the next one
+// tried; when none is left the error names each.
+func (r *jobRunner) catchUp(ctx context.Context, epoch uint64, plan syncPlan, w catchUpper) error {
+	if plan.InStep {
 		return nil
 	}
 	var errs []error
-	// Behind by one: apply the reduced gradient a member in step with the
-	// reference kept of that step.
-	if r.w.Done == target-1 {
-		for _, name := range e.Members {
-			s := statuses[name]
-			if s.Done != target || s.Reduced != target-1 || s.Hash != refHash {
-				continue
-			}
-			if err := r.catchUpGrad(ctx, name, target-1); err != nil {
-				errs = append(errs, fmt.Errorf("reduced gradient from %s: %w", name, err))
-				continue
-			}
-			if h := r.w.WeightsHash(); h != refHash {
-				// Applied to other weights than the reference's: take the
-				// reference's state instead.
-				errs = append(errs, fmt.Errorf("the gradient from %s gave weights %s, the reference %s has %s", name, h[:12], ref, refHash[:12]))
-				break
-			}
-			n.log.Info("caught up with the step the ring completed elsewhere", "job", r.id, "step", target-1, "from", name)
-			return nil
-		}
-	}
-	// Further behind, out of step with the reference, or no gradient to be
-	// had: a full snapshot of a member in step with the reference.
-	for _, name := range append([]string{ref}, e.Members...) {
-		s := statuses[name]
-		if name == n.cfg.Name || s.Done != target || s.Hash != refHash {
+	for _, name := range plan.GradFrom {
+		if err := w.Grad(ctx, name, plan.Target-1); err != nil {
+			errs = append(errs, fmt.Errorf("reduced gradient from %s: %w", name, err))
 			continue
 		}
-		if err := r.catchUpSnapshot(ctx, name); err != nil {
+		if h := w.Hash(); h != plan.RefHash {
+			// Applied to other weights than the reference's: take the
+			// reference's state instead.
+			errs = append(errs, fmt.Errorf("the gradient from %s gave weights %s, the reference %s has %s", name, short(h), plan.Ref, short(plan.RefHash)))
+			break
+		}
+		r.n.log.Info("caught up with the step the ring completed elsewhere", "job", r.id, "step", plan.Target-1, "from", name)
+		return nil
+	}
+	for _, name := range plan.SnapshotFrom {
+		if err := w.Snapshot(ctx, name); err != nil {
 			errs = append(errs, fmt.Errorf("snapshot from %s: %w", name, err))
 			continue
 		}
-		if r.w.Done != target || r.w.WeightsHash() != refHash {
-			errs = append(errs, fmt.Errorf("the snapshot from %s is at step %d, want %d with weights %s", name, r.w.Done, target, refHash[:12]))
+		if w.Done() != plan.Target || w.Hash() != plan.RefHash {
+			errs = append(errs, fmt.Errorf("the snapshot from %s is at step %d, want %d with weights %s", name, w.Done(), plan.Target, short(plan.RefHash)))
 			continue
 		}
-		n.log.Info("caught up from a peer's snapshot", "job", r.id, "step", target, "from", name)
+		r.n.log.Info("caught up from a peer's snapshot", "job", r.id, "step", plan.Target, "from", name)
 		return nil
 	}
-	return fmt.Errorf("sync of epoch %d: cannot reach step %d (weights %s of %s) from step %d: %w", e.ID, target, refHash[:12], ref, r.w.Done, errors.Join(errs...))
+	if len(errs) == 0 {
+		errs = append(errs, errors.New("no member in step with the reference to copy from"))
+	}
+	return fmt.Errorf("sync of epoch %d: cannot reach step %d (weights %s of %s) from step %d: %w", epoch, plan.Target, short(plan.RefHash), plan.Ref, w.Done(), errors.Join(errs...))
+}
+
+// short is a hash as logs and errors show it.
+func short(h string) string {
+	if len(h) > 12 {
+		return h[:12]
+	}
+	return h
+}
+
+// runnerCatchUp is the job runner's own worker as a catchUpper.
+type runnerCatchUp struct{ r *jobRunner }
+
+func (c runnerCatchUp) Done() int    { return c.r.w.Done }
+func (c runnerCatchUp) Hash() string { return c.r.w.WeightsHash() }
+func (c runnerCatchUp) Grad(ctx context.Context, peer string, step int) error {
+	return c.r.catchUpGrad(ctx, peer, step)
+}
+func (c runnerCatchUp) Snapshot(ctx context.Context, peer string) error {
+	return c.r.catchUpSnapshot(ctx, peer)
 }
 
 // peerObject asks peer (a member of this epoch, syncing) to put its
