@@ -93,6 +93,12 @@ type Store struct {
 	mu       sync.RWMutex
 	private  map[string]bool          // marked private (mirrors private/)
 	fetching map[string]chan struct{} // hashes a Fetch is downloading; closed when it ends
+
+	// installMu orders what names or dates an entry of objects/ (publish's
+	// rename, Touch) against Collect's check-then-remove of that entry:
+	// held shared by the former, exclusively by Collect, so that Collect
+	// never removes an object installed or touched after it looked.
+	installMu sync.RWMutex
 }
 
 // Open opens the store in dir, creating the directory and its
@@ -227,7 +233,10 @@ func (s *Store) publish(f *os.File, h string) error {
 		os.Remove(f.Name())
 		return err
 	}
-	if err := os.Rename(f.Name(), s.objectPath(h)); err != nil {
+	s.installMu.RLock()
+	err := os.Rename(f.Name(), s.objectPath(h))
+	s.installMu.RUnlock()
+	if err != nil {
 		os.Remove(f.Name())
 		return err
 	}
