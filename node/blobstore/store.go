@@ -89,6 +89,7 @@ type Info struct {
 // the package comment).
 type Store struct {
 	dir string
+	now func() time.Time // dates installed objects; nil: the file system does
 
 	mu       sync.RWMutex
 	private  map[string]bool          // marked private (mirrors private/)
@@ -106,13 +107,18 @@ type Store struct {
 // narrowed to it, see the package comment). It removes what an interrupted Put or Receive
 // left in tmp/ (partial downloads are kept, to be resumed) and loads the
 // set of private objects.
-func Open(dir string) (*Store, error) {
+func Open(dir string) (*Store, error) { return OpenWithClock(dir, nil) }
+
+// OpenWithClock is Open with a clock that dates every object the store
+// installs (its modification time, which Collect ages objects by); nil
+// leaves that to the file system. Tests pass a clock they move forward.
+func OpenWithClock(dir string, now func() time.Time) (*Store, error) {
 	for _, sub := range []string{"", objectsDir, partialDir, privateDir, tmpDir} {
 		if err := mkdirPrivate(filepath.Join(dir, sub)); err != nil {
 			return nil, fmt.Errorf("blobstore: open %s: %w", dir, err)
 		}
 	}
-	s := &Store{dir: dir, private: map[string]bool{}, fetching: map[string]chan struct{}{}}
+	s := &Store{dir: dir, now: now, private: map[string]bool{}, fetching: map[string]chan struct{}{}}
 	leftovers, err := os.ReadDir(filepath.Join(dir, tmpDir))
 	if err != nil {
 		return nil, fmt.Errorf("blobstore: open %s: %w", dir, err)
@@ -232,6 +238,13 @@ func (s *Store) publish(f *os.File, h string) error {
 	if err := f.Close(); err != nil {
 		os.Remove(f.Name())
 		return err
+	}
+	if s.now != nil {
+		t := s.now()
+		if err := os.Chtimes(f.Name(), t, t); err != nil {
+			os.Remove(f.Name())
+			return err
+		}
 	}
 	s.installMu.RLock()
 	err := os.Rename(f.Name(), s.objectPath(h))
