@@ -564,3 +564,38 @@ func TestLeaveAndRejoin(t *testing.T) {
 	l = tc.leader()
 	tc.waitServers(l, []string{"n1", "n2", "n3"}, nil)
 }
+
+// TestCurrentState: the leader and a follower in touch with it answer with
+// a state that holds what was committed (the follower once the leader's
+// next message tells it the commit); a server cut off from the
+// majority, leader or not, refuses to vouch for its state.
+func TestCurrentState(t *testing.T) {
+	tc := newTestCluster(t, testConfig())
+	tc.bootstrap("n1", "n2", "n3")
+	l := tc.leader()
+	if err := l.c.Apply(ctxTimeout(t, waitFor), SetSetting{Key: "k", Value: "v"}); err != nil {
+		t.Fatal(err)
+	}
+	// A follower hears of a commit with the leader's next message.
+	for _, n := range tc.up() {
+		eventually(t, waitFor, n.name+" vouches for a state with the setting", func() bool {
+			st, err := n.c.CurrentState(ctxTimeout(t, time.Second))
+			return err == nil && st.Settings["k"] == "v"
+		})
+	}
+	var follower *testNode
+	for _, n := range tc.up() {
+		if n != l {
+			follower = n
+			break
+		}
+	}
+	tc.net.Partition([]transport.PeerID{transport.PeerID(l.name)}, []transport.PeerID{transport.PeerID(follower.name)})
+	for _, n := range []*testNode{l, follower} {
+		eventually(t, waitFor, n.name+" cut off refuses to vouch", func() bool {
+			_, err := n.c.CurrentState(ctxTimeout(t, time.Second))
+			t.Logf("%s: %v", n.name, err)
+			return errors.Is(err, ErrStateNotCurrent)
+		})
+	}
+}

@@ -381,6 +381,50 @@ func (c *Coordinator) IsLeader() bool { return c.raft.State() == raft.Leader }
 // it (a follower may lag the leader by a few entries).
 func (c *Coordinator) State() State { return c.fsm.state() }
 
+// CurrentState returns a copy of the state that holds every command
+// committed before CurrentState was called, give or take what the leader
+// committed in the last HeartbeatTimeout; otherwise it returns
+// ErrStateNotCurrent (wrapped with the reason) and no state. It is for
+// callers that act on what the state does not name (deleting objects
+// nobody references): a server that is partitioned, restarting, or
+// catching up must not take its old state for the cluster's.
+//
+// On the leader it commits a barrier (bounded by ctx and ApplyTimeout),
+// which also proves it still leads. On a follower it asks for a leader
+// known to this server, a message from it within HeartbeatTimeout (the
+// leader sends its commit index at least that often), and every entry
+// known to be committed handed to the FSM and applied; entries the leader
+// committed since its last message are not seen.
+func (c *Coordinator) CurrentState(ctx context.Context) (State, error) {
+	if c.IsLeader() {
+		timeout := c.cfg.ApplyTimeout
+		if d, ok := ctx.Deadline(); ok {
+			timeout = min(timeout, time.Until(d))
+		}
+		if err := c.raft.Barrier(timeout).Error(); err != nil {
+			return State{}, fmt.Errorf("%w: barrier: %v", ErrStateNotCurrent, err)
+		}
+		return c.fsm.state(), nil
+	}
+	if leader, _ := c.Leader(); leader == "" {
+		return State{}, fmt.Errorf("%w: no leader known", ErrStateNotCurrent)
+	}
+	if since := time.Since(c.raft.LastContact()); since > c.cfg.HeartbeatTimeout {
+		return State{}, fmt.Errorf("%w: last heard from the leader %v ago", ErrStateNotCurrent, since.Round(time.Millisecond))
+	}
+	commit := c.raft.CommitIndex()
+	// AppliedIndex counts entries handed to the FSM; fsm_pending those
+	// handed and not yet taken. Reading the state after both say "all"
+	// leaves at most the batch the FSM is applying this instant.
+	if applied := c.raft.AppliedIndex(); applied < commit {
+		return State{}, fmt.Errorf("%w: applied %d of %d committed entries", ErrStateNotCurrent, applied, commit)
+	}
+	if p := c.raft.Stats()["fsm_pending"]; p != "0" {
+		return State{}, fmt.Errorf("%w: %s batches of entries not yet applied", ErrStateNotCurrent, p)
+	}
+	return c.fsm.state(), nil
+}
+
 // Watch returns a copy of the state and a channel that is closed when it
 // next changes: read the state, act, wait on the channel, repeat.
 func (c *Coordinator) Watch() (State, <-chan struct{}) { return c.fsm.watch() }

@@ -57,6 +57,10 @@ var (
 	ErrRaftPeerRefused = errors.New("coordinator: raft peer refused")
 	// ErrCorruptLog: a log entry or stable value on disk failed to decode.
 	ErrCorruptLog = errors.New("coordinator: corrupt log store")
+	// ErrStateNotCurrent: this server cannot tell that its copy of the
+	// state holds every command committed until a moment ago (no leader
+	// known, no word from it lately, or committed entries not yet applied).
+	ErrStateNotCurrent = errors.New("coordinator: state not known to be current")
 	// ErrClosed: the Coordinator has been shut down.
 	ErrClosed = errors.New("coordinator: closed")
 )

@@ -28,7 +28,11 @@ import (
 // Content-Length says so), and installed only when it hashes to the name
 // (422 otherwise); on any failure nothing is left behind. An object already
 // held is answered at once without reading the body, so a client that
-// retries resends only what is missing. private=1 marks the object private
+// retries resends only what is missing, and the object counts as young
+// again for the collector (gc.go). Objects that no dataset or job names yet
+// are capped together at Config.MaxPendingUploadBytes: an upload that would
+// pass the cap is refused before its body is read (507 Insufficient
+// Storage), naming the cap. private=1 marks the object private
 // before a byte of it is stored (a local dataset's shards: see
 // blobstore.Store.MarkPrivate).
 
@@ -76,9 +80,11 @@ func (n *Node) ReceiveObject(h string, private bool, r io.Reader) (int64, error)
 	return n.store.Receive(r, h, n.maxUpload())
 }
 
-func (n *Node) maxUpload() int64 {
-	if n.cfg.MaxUploadBytes > 0 {
-		return n.cfg.MaxUploadBytes
+func (n *Node) maxUpload() int64 { return n.cfg.maxUpload() }
+
+func (c Config) maxUpload() int64 {
+	if c.MaxUploadBytes > 0 {
+		return c.MaxUploadBytes
 	}
 	return DefaultMaxUploadBytes
 }
@@ -111,6 +117,8 @@ func (n *Node) blobRoutes(mux *http.ServeMux) {
 		}
 		private := r.URL.Query().Get("private") == "1"
 		if info, err := n.store.Stat(h); err == nil {
+			// Young again: the client is about to name it (gc.go).
+			n.touch(h)
 			if private {
 				if err := n.store.MarkPrivate(h); err != nil {
 					http.Error(w, "braid: upload: "+err.Error(), http.StatusInternalServerError)
@@ -125,6 +133,20 @@ func (n *Node) blobRoutes(mux *http.ServeMux) {
 			http.Error(w, fmt.Sprintf("braid: upload %.12s: %d bytes, more than the %d this node accepts for one object (node --max-upload)", h, r.ContentLength, max), http.StatusRequestEntityTooLarge)
 			return
 		}
+		reserve := r.ContentLength
+		if reserve < 0 {
+			reserve = max // chunked: at most the limit
+		}
+		release, err := n.reserveUpload(h, reserve)
+		if err != nil {
+			code := http.StatusInternalServerError
+			if errors.Is(err, ErrUploadBacklog) {
+				code = http.StatusInsufficientStorage
+			}
+			http.Error(w, fmt.Sprintf("braid: upload %.12s: %v", h, err), code)
+			return
+		}
+		defer release()
 		body := &idleDeadlineReader{r: r.Body, rc: http.NewResponseController(w), timeout: uploadReadTimeout}
 		size, err := n.ReceiveObject(h, private, body)
 		if err != nil {

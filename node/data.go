@@ -95,6 +95,9 @@ func (n *Node) AddDataset(ctx context.Context, manifest string, opt DatasetOptio
 		d.Shards = append(d.Shards, coordinator.DatasetShard{Hash: e.Hash, Bytes: e.Bytes, Split: string(e.Split), Sequences: int(e.Sequences)})
 		hashes = append(hashes, e.Hash)
 	}
+	// About to be named: not collected while they are verified and the
+	// registration commits (gc.go).
+	n.touch(append(hashes, manifest)...)
 	// Private before anything else: a local dataset's bytes are never
 	// servable, not even for a moment (an upload with private=1 marked
 	// them before they were stored; this covers one without).

@@ -210,6 +210,7 @@ func (n *Node) readBaseModel(ref coordinator.ModelRef) (*model.Checkpoint, error
 			return nil, fmt.Errorf("node: base model: %s %.80q: %w", f.name, f.hash, blobstore.ErrBadHash)
 		}
 	}
+	n.touch(ref.Config, ref.Weights) // about to be named by a job: not collected meanwhile
 	cfg, err := n.readObject(ref.Config, model.MaxConfigBytes)
 	if err != nil {
 		return nil, fmt.Errorf("node: base model: config.json (object %s): %w", ref.Config[:12], err)
@@ -423,6 +424,7 @@ func (n *Node) memberSources(prefer ...string) []blobstore.Source {
 // store unless it is there, from the preferred members first.
 func (n *Node) ensureObject(ctx context.Context, h string, size int64, prefer ...string) error {
 	if n.store.Has(h) {
+		n.touch(h) // about to be used, perhaps named: not collected meanwhile
 		return nil
 	}
 	return n.store.Fetch(ctx, n.tr, transport.ProtoShard, n.memberSources(prefer...), h, size, blobstore.FetchOptions{Logger: n.log})

@@ -75,6 +75,19 @@ type Config struct {
 	// MaxUploadBytes is the largest object a client may upload through
 	// the API (PUT /v1/blobs); 0: DefaultMaxUploadBytes.
 	MaxUploadBytes int64
+	// MaxPendingUploadBytes caps the bytes of objects in the store that
+	// nothing in the replicated state names (uploads not yet registered,
+	// and what awaits collection): an upload that would pass it is
+	// refused (507). 0: DefaultPendingUploads × the upload limit. It must
+	// be at least MaxUploadBytes, and at least the largest dataset or model
+	// a client pushes here before registering it.
+	MaxPendingUploadBytes int64
+	// GCGrace is how old an object that nothing names must be before the
+	// collector deletes it (gc.go): long enough for a client to upload all
+	// of a dataset and register it. 0: DefaultGCGrace; at least MinGCGrace.
+	GCGrace time.Duration
+	// GCInterval is how often the collector runs; 0: DefaultGCInterval.
+	GCInterval time.Duration
 }
 
 // DefaultConfig is a LAN node with the usual ports.
@@ -98,6 +111,14 @@ func (c Config) Validate() error {
 		return fmt.Errorf("node: MaxUploadBytes %d, want ≥ 0 (0: %d)", c.MaxUploadBytes, int64(DefaultMaxUploadBytes))
 	case c.HTTPTLS && c.HTTPAddr == "":
 		return ErrAPITLSWithoutAPI
+	case c.MaxPendingUploadBytes < 0:
+		return fmt.Errorf("node: --max-pending-upload %d, want ≥ 0 (0: %d × --max-upload)", c.MaxPendingUploadBytes, DefaultPendingUploads)
+	case c.MaxPendingUploadBytes > 0 && c.MaxPendingUploadBytes < c.maxUpload():
+		return fmt.Errorf("node: --max-pending-upload %d is less than --max-upload %d: no object of the largest size could be uploaded", c.MaxPendingUploadBytes, c.maxUpload())
+	case c.GCGrace != 0 && c.GCGrace < MinGCGrace:
+		return fmt.Errorf("node: --gc-grace %v, want 0 (%v) or at least %v", c.GCGrace, DefaultGCGrace, MinGCGrace)
+	case c.GCInterval < 0:
+		return fmt.Errorf("node: GCInterval %v, want ≥ 0 (0: %v)", c.GCInterval, DefaultGCInterval)
 	}
 	if _, _, err := net.SplitHostPort(c.GossipAddr); err != nil {
 		return fmt.Errorf("node: --gossip-addr %q: %w", c.GossipAddr, err)
@@ -134,6 +155,10 @@ type Deps struct {
 	// steps applied) and, when it returns true, makes the step fail as a
 	// GPU fault does (cuda.ErrDeviceFault): a fault injected by tests.
 	DeviceFault func(step int) bool
+	// Now, when set, is the clock the collector (gc.go) ages objects by
+	// and dates the objects it touches with; nil: time.Now. Tests move it
+	// forward instead of waiting out Config.GCGrace.
+	Now func() time.Time
 }
 
 // Node is one running braid server.
@@ -172,6 +197,9 @@ type Node struct {
 	// controlRefused counts control requests refused for their sender
 	// (braid_control_refused_total; control_auth.go).
 	controlRefused atomic.Uint64
+
+	// The collector and the upload backlog (gc.go).
+	gc gcState
 
 	// The dataset plane (data.go).
 	store    *blobstore.Store
@@ -236,7 +264,7 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	}
 	n.wg.Add(1)
 	go n.serveControl(ctl)
-	if n.store, err = blobstore.Open(filepath.Join(cfg.DataDir, "store")); err != nil {
+	if n.store, err = blobstore.OpenWithClock(filepath.Join(cfg.DataDir, "store"), deps.Now); err != nil {
 		return fail(err)
 	}
 	// Once Raft and the store have made their directories, and before
@@ -312,6 +340,8 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	go n.jobLoop()
 	n.wg.Add(1)
 	go n.watchCerts()
+	n.wg.Add(1)
+	go n.gcLoop()
 	logger.Info("node started", "quic", n.tr.Addr(), "gossip", n.ml.LocalAddr(), "raft_state", hasState, "bootstrap_expect", cfg.BootstrapExpect)
 	return n, nil
 }
@@ -588,6 +618,7 @@ func (n *Node) registerMetrics() {
 		Help: "Bytes this node's job rings have sent to their right neighbours."}, func() float64 { return float64(n.wireBytes.Load()) }))
 	n.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "braid", Name: "control_refused_total",
 		Help: "Control requests refused because their sender may not send them (not a member, not in the job's ring, ...)."}, func() float64 { return float64(n.controlRefused.Load()) }))
+	n.registerGCMetrics()
 	n.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "braid", Name: "raft_refused_total",
 		Help: "Raft streams and RPCs refused because their sender was not admitted to the cluster or its RPC header named another server."}, func() float64 {
 		if n.coord == nil {

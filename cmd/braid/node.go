@@ -52,6 +52,8 @@ func nodeCommand() *cli.Command {
 			&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: env("log-format"), Usage: "text or json"},
 			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: env("log-level"), Usage: "debug, info, warn or error"},
 			&cli.Int64Flag{Name: "max-upload", EnvVars: env("max-upload"), Usage: "largest object (a shard, a model's weights) a client may upload through the API, in `BYTES` (0: 64 GiB)"},
+			&cli.Int64Flag{Name: "max-pending-upload", EnvVars: env("max-pending-upload"), Usage: "most `BYTES` of uploaded objects that no dataset or job names yet (awaiting registration or collection); an upload beyond it is refused with 507. At least --max-upload, and at least the largest dataset or model pushed here (0: 4 × --max-upload)"},
+			&cli.DurationFlag{Name: "gc-grace", EnvVars: env("gc-grace"), Usage: "objects that no dataset or job names are deleted once older than `DURATION`: long enough to upload a whole dataset and register it (0: 1h; at least 1m)"},
 		},
 		Before: loadConfigFile,
 		Action: runNode,
@@ -128,7 +130,7 @@ func runNode(c *cli.Context) error {
 	cfg.Name, cfg.DataDir, cfg.GossipAddr, cfg.QUICAddr = c.String("name"), c.String("data-dir"), c.String("gossip-addr"), c.String("quic-addr")
 	cfg.Advertise, cfg.BootstrapExpect, cfg.TLSDir = c.String("advertise"), c.Int("bootstrap-expect"), c.String("tls-dir")
 	cfg.HTTPAddr, cfg.HTTPTLS, cfg.Profile, cfg.Build = c.String("http"), c.Bool("http-tls"), c.String("profile"), version
-	cfg.MaxUploadBytes = c.Int64("max-upload")
+	cfg.MaxUploadBytes, cfg.MaxPendingUploadBytes, cfg.GCGrace = c.Int64("max-upload"), c.Int64("max-pending-upload"), c.Duration("gc-grace")
 	tok, err := nodeToken(c)
 	if err != nil {
 		return err

@@ -77,3 +77,21 @@ func TestJobSubmitDeviceFlag(t *testing.T) {
 		t.Errorf("--device tpu: %v\n%s", err, out)
 	}
 }
+
+// `braid node` refuses a grace period too short to upload and register a
+// dataset in, and an upload backlog smaller than one upload, naming the
+// flags.
+func TestNodeCollectorFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		says string
+	}{
+		{[]string{"--gc-grace", "5s"}, "--gc-grace 5s, want 0 (1h0m0s) or at least 1m0s"},
+		{[]string{"--max-upload", "1000", "--max-pending-upload", "999"}, "--max-pending-upload 999 is less than --max-upload 1000"},
+	} {
+		args := append([]string{"node", "--name", "n1", "--data-dir", t.TempDir(), "--tls-dir", t.TempDir(), "--device", "cpu"}, tc.args...)
+		if out, err := run(t, args...); err == nil || !strings.Contains(err.Error(), tc.says) {
+			t.Errorf("%v: %v, want an error saying %q\n%s", tc.args, err, tc.says, out)
+		}
+	}
+}

@@ -80,10 +80,19 @@
 // bounding every read by a deadline, and verifying the hash before the
 // object becomes visible.
 //
+// # Collection
+//
+// Store.Collect removes the objects (and abandoned partial downloads) that
+// the caller does not keep and that are older than a cutoff: an object's
+// modification time is when it was installed, or last touched
+// (Store.Touch). It never removes an object that a Fetch is downloading or
+// that was installed or touched after Collect looked at it.
+//
 // What this package does not do: decide which peers hold what (placement
 // is the coordinator's), retry forever (Fetch tries each source once, or
 // twice when a resumed download proved wrong; the caller decides when to
-// try again), garbage-collect objects, or share a directory between
-// processes (one Store per directory per process: the per-hash download
-// lock and the private set live in memory).
+// try again), decide which objects are still needed (Collect asks its
+// caller), or share a directory between processes (one Store per directory
+// per process: the per-hash download lock and the private set live in
+// memory).
 package blobstore

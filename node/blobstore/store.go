@@ -89,10 +89,17 @@ type Info struct {
 // the package comment).
 type Store struct {
 	dir string
+	now func() time.Time // dates installed objects; nil: the file system does
 
 	mu       sync.RWMutex
 	private  map[string]bool          // marked private (mirrors private/)
 	fetching map[string]chan struct{} // hashes a Fetch is downloading; closed when it ends
+
+	// installMu orders what names or dates an entry of objects/ (publish's
+	// rename, Touch) against Collect's check-then-remove of that entry:
+	// held shared by the former, exclusively by Collect, so that Collect
+	// never removes an object installed or touched after it looked.
+	installMu sync.RWMutex
 }
 
 // Open opens the store in dir, creating the directory and its
@@ -100,13 +107,18 @@ type Store struct {
 // narrowed to it, see the package comment). It removes what an interrupted Put or Receive
 // left in tmp/ (partial downloads are kept, to be resumed) and loads the
 // set of private objects.
-func Open(dir string) (*Store, error) {
+func Open(dir string) (*Store, error) { return OpenWithClock(dir, nil) }
+
+// OpenWithClock is Open with a clock that dates every object the store
+// installs (its modification time, which Collect ages objects by); nil
+// leaves that to the file system. Tests pass a clock they move forward.
+func OpenWithClock(dir string, now func() time.Time) (*Store, error) {
 	for _, sub := range []string{"", objectsDir, partialDir, privateDir, tmpDir} {
 		if err := mkdirPrivate(filepath.Join(dir, sub)); err != nil {
 			return nil, fmt.Errorf("blobstore: open %s: %w", dir, err)
 		}
 	}
-	s := &Store{dir: dir, private: map[string]bool{}, fetching: map[string]chan struct{}{}}
+	s := &Store{dir: dir, now: now, private: map[string]bool{}, fetching: map[string]chan struct{}{}}
 	leftovers, err := os.ReadDir(filepath.Join(dir, tmpDir))
 	if err != nil {
 		return nil, fmt.Errorf("blobstore: open %s: %w", dir, err)
@@ -227,7 +239,17 @@ func (s *Store) publish(f *os.File, h string) error {
 		os.Remove(f.Name())
 		return err
 	}
-	if err := os.Rename(f.Name(), s.objectPath(h)); err != nil {
+	if s.now != nil {
+		t := s.now()
+		if err := os.Chtimes(f.Name(), t, t); err != nil {
+			os.Remove(f.Name())
+			return err
+		}
+	}
+	s.installMu.RLock()
+	err := os.Rename(f.Name(), s.objectPath(h))
+	s.installMu.RUnlock()
+	if err != nil {
 		os.Remove(f.Name())
 		return err
 	}

@@ -51,9 +51,11 @@ type Cluster struct {
 	labels  map[string]string // node.Deps.DeviceLabel by name
 	gpu     *cuda.DeviceInfo  // every node computes on this GPU (WithGPU), or nil
 	faults  map[string]func(step int) bool
-	tls     *tlsCluster // WithTLS, or nil: memnet streams, no certificates
-	api     bool        // nodes serve the HTTP API (WithAPI)
-	upload  int64       // node.Config.MaxUploadBytes (WithMaxUploadBytes)
+	tls     *tlsCluster  // WithTLS, or nil: memnet streams, no certificates
+	api     bool         // nodes serve the HTTP API (WithAPI)
+	upload  int64        // node.Config.MaxUploadBytes (WithMaxUploadBytes)
+	pending int64        // node.Config.MaxPendingUploadBytes (WithMaxPendingUploadBytes)
+	clock   *ManualClock // node.Deps.Now (WithClock), or nil: time.Now
 }
 
 // Option configures a Cluster before its first nodes start.
@@ -190,7 +192,11 @@ func (c *Cluster) Start(name string) *node.Node {
 	if c.api {
 		cfg.HTTPAddr = "127.0.0.1:0"
 	}
-	cfg.MaxUploadBytes = c.upload
+	cfg.MaxUploadBytes, cfg.MaxPendingUploadBytes = c.upload, c.pending
+	var now func() time.Time
+	if c.clock != nil {
+		now = c.clock.Now
+	}
 	cfg.Coordinator = coordinator.LocalConfig()
 	if c.gpu != nil {
 		cfg.Device, cfg.GPU = coordinator.DeviceCUDA, c.gpu
@@ -200,7 +206,7 @@ func (c *Cluster) Start(name string) *node.Node {
 	perturb, label, fault := c.perturb[name], c.labels[name], c.faults[name]
 	c.mu.Unlock()
 	n, err := node.New(cfg, node.Deps{Transport: tr, GossipTransport: c.Gossip.Transport(name),
-		InsecureGossip: insecureGossip, GossipTune: fastGossip, Logger: logger, PerturbWeights: perturb, DeviceLabel: label, DeviceFault: fault})
+		InsecureGossip: insecureGossip, GossipTune: fastGossip, Logger: logger, PerturbWeights: perturb, DeviceLabel: label, DeviceFault: fault, Now: now})
 	if err != nil {
 		if tr != nil {
 			tr.Close()
