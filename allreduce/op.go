@@ -89,43 +89,40 @@ func (op *Op) loop() {
 
 // Bench runs iters all-reduces of bytes/4 elements on ring (after one
 // warm-up) and returns the mean time per all-reduce and the count of
-// elements that came out wrong over all iterations. Every member of the
-// ring must call it with the same arguments at about the same time. The
-// inputs are small rank-dependent integers whose sum is exact in fp32, bf16
-// and fp16, so any wrong element is a bug (INT8 is lossy and will show
-// rounding). Bus bandwidth is bytes/timePerOp × 2(N−1)/N.
+// elements that came out wrong over all iterations, on this rank. Every
+// member of the ring must call it with the same arguments at about the same
+// time. Each element of each rank's input is a small integer drawn from a
+// hash of (element, rank, iteration), so no two chunks, ranks or iterations
+// look alike (a chunk sent to the wrong offset or a stale buffer shows), and
+// every element's expected sum is computed from the same formula; the sums
+// stay exact in fp32, bf16 and fp16, so any wrong element is a bug (INT8 is
+// lossy and is allowed its documented bound). Bus bandwidth is
+// bytes/timePerOp × 2(N−1)/N.
 func Bench(ctx context.Context, ring *Ring, bytes int, iters int) (timePerOp time.Duration, wrong int, err error) {
 	n := bytes / 4
 	size := ring.Size()
 	buf := make([]float32, n)
-	fill := func() {
-		for i := range buf {
-			buf[i] = float32((i + ring.Rank()) % 8)
-		}
-	}
-	var want [8]float32 // the sum depends on i only through i mod 8
-	for i := range want {
-		for r := range size {
-			want[i] += float32((i + r) % 8)
-		}
-	}
+	// Sums up to 256 are exact in bf16 (8 significant bits).
+	m := uint64(max(1, 256/size))
 	var total time.Duration
 	for it := 0; it <= iters; it++ {
-		fill()
+		for i := range buf {
+			buf[i] = BenchInput(i, ring.Rank(), it, m)
+		}
 		t0 := time.Now()
 		if err := ring.AllReduce(ctx, uint64(it), buf); err != nil {
 			return 0, wrong, fmt.Errorf("allreduce: bench iteration %d: %w", it, err)
 		}
-		if it == 0 {
-			continue // warm-up: dials and handshakes
+		elapsed := time.Since(t0)
+		if it > 0 { // iteration 0 warms up: dials and handshakes
+			total += elapsed
 		}
-		total += time.Since(t0)
-		// Inputs are small integers, exact in fp32, bf16 and fp16; int8's
-		// blockwise quantisation is lossy by design, so there a value is
-		// wrong only beyond N times the codec's documented bound.
-		absmax := float32(7 * size)
+		absmax := float32((m - 1) * uint64(size))
 		for i, v := range buf {
-			w := want[i%8]
+			var w float32
+			for r := range size {
+				w += BenchInput(i, r, it, m)
+			}
 			if v != w && (ring.cfg.Dtype != INT8 || float32(math.Abs(float64(v-w))) > float32(size)*INT8.ErrorBound(w, absmax)) {
 				wrong++
 			}
@@ -135,6 +132,18 @@ func Bench(ctx context.Context, ring *Ring, bytes int, iters int) (timePerOp tim
 		timePerOp = total / time.Duration(iters)
 	}
 	return timePerOp, wrong, nil
+}
+
+// BenchInput is rank's input at element i of Bench's iteration it: an
+// integer in [0, m) from a hash of the three (SplitMix64's finaliser).
+func BenchInput(i, rank, it int, m uint64) float32 {
+	x := uint64(i)*0x9e3779b97f4a7c15 ^ uint64(rank+1)*0xbf58476d1ce4e5b9 ^ uint64(it+1)*0x94d049bb133111eb
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return float32(x % m)
 }
 
 // BenchRow is one measurement in the manner of nccl-tests, as `braid bench

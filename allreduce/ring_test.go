@@ -409,21 +409,52 @@ func TestNewRingMembers(t *testing.T) {
 	}
 }
 
+// TestBench: the benchmark's check finds every element right on every rank,
+// for every wire type and a world size whose bf16 bound differs.
 func TestBench(t *testing.T) {
-	const n = 3
-	c := newCluster(t, n, testConfig())
-	errs := c.all(func(r int) error {
-		d, wrong, err := Bench(context.Background(), c.rings[r], 1<<20, 3)
-		if err == nil && wrong != 0 {
-			err = fmt.Errorf("%d wrong elements", wrong)
+	for _, n := range []int{3, 5} {
+		for _, dt := range []Dtype{FP32, BF16, FP16, INT8} {
+			t.Run(fmt.Sprintf("%d ranks %s", n, dt), func(t *testing.T) {
+				cfg := testConfig()
+				cfg.Dtype = dt
+				c := newCluster(t, n, cfg)
+				errs := c.all(func(r int) error {
+					_, wrong, err := Bench(context.Background(), c.rings[r], 1<<18, 2)
+					if err == nil && wrong != 0 {
+						err = fmt.Errorf("%d wrong elements", wrong)
+					}
+					return err
+				})
+				for r, err := range errs {
+					if err != nil {
+						t.Errorf("rank %d: %v", r, err)
+					}
+				}
+			})
 		}
-		t.Logf("rank %d: %v per op", r, d)
-		return err
-	})
-	for r, err := range errs {
-		if err != nil {
-			t.Errorf("rank %d: %v", r, err)
+	}
+}
+
+// BenchInput does not repeat with a short period in any of its arguments
+// and stays below m.
+func TestBenchInput(t *testing.T) {
+	const m = 64
+	seen := map[[8]float32]bool{}
+	for start := 0; start < 4096; start += 8 {
+		var w [8]float32
+		for j := range w {
+			w[j] = BenchInput(start+j, 0, 0, m)
+			if w[j] < 0 || w[j] >= m || w[j] != float32(int(w[j])) {
+				t.Fatalf("BenchInput = %v, want an integer in [0, %d)", w[j], m)
+			}
 		}
+		seen[w] = true
+	}
+	if len(seen) < 500 {
+		t.Errorf("only %d distinct windows of 8 in 512", len(seen))
+	}
+	if BenchInput(5, 0, 0, m) == BenchInput(5, 1, 0, m) && BenchInput(6, 0, 0, m) == BenchInput(6, 1, 0, m) && BenchInput(7, 0, 0, m) == BenchInput(7, 1, 0, m) {
+		t.Error("ranks 0 and 1 get the same inputs")
 	}
 }
 

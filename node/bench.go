@@ -128,12 +128,25 @@ func (n *Node) BenchAllreduce(ctx context.Context, plan BenchPlan, emit func(all
 	)
 	for _, m := range ring[1:] {
 		wg.Go(func() {
-			_, err := n.callControl(ctx, string(m.ID), m.Addr, controlRequest{Op: opBenchAllreduce, Bench: &req})
+			resp, err := n.callControl(ctx, string(m.ID), m.Addr, controlRequest{Op: opBenchAllreduce, Bench: &req})
 			if err != nil {
 				mu.Lock()
 				errs = append(errs, err)
 				mu.Unlock()
 				cancel() // the ring is broken: stop our rank too
+				return
+			}
+			// The rows printed are this rank's; every other rank checked
+			// its own result too, and a wrong element anywhere fails the
+			// run, naming the rank.
+			if resp.Bench != nil {
+				for _, row := range resp.Bench.Rows {
+					if row.Wrong != 0 {
+						mu.Lock()
+						errs = append(errs, fmt.Errorf("node %s: %d wrong elements in the %d-byte all-reduces", m.ID, row.Wrong, row.Bytes))
+						mu.Unlock()
+					}
+				}
 			}
 		})
 	}

@@ -13,6 +13,8 @@ import (
 	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/model"
 	"github.com/braidml/braid/node"
+	"github.com/braidml/braid/transport"
+	"github.com/braidml/braid/transport/memnet"
 )
 
 // baseModel writes a small randomly initialised byte-level model.
@@ -398,6 +400,15 @@ func TestDiLoCoJob(t *testing.T) {
 	every := int64(2 * 2 * c0.NumParams() * 2 / 3) // bf16, every step
 	if got := js.WireBytesPerStep; got < every/10 || got > every/10+every/50 {
 		t.Errorf("%d bytes per node per step, want about %d (1/10 of %d)", got, every/10, every)
+	}
+	// The same, counted by the network instead of by the job: all the ring
+	// traffic each node sent over the job is 4 outer all-reduces, so the
+	// inner steps sent nothing.
+	for _, name := range []string{"n1", "n2", "n3"} {
+		sent := c.Node(name).Transport().(*memnet.Transport).BytesSent(transport.ProtoRing)
+		if want := 4 * every; sent < want || sent > want+want/20 {
+			t.Errorf("%s sent %d bytes of ring traffic over the job, want about %d (4 outer steps of %d)", name, sent, want, every)
+		}
 	}
 	t.Logf("held-out %.3f → %.3f, %d bytes/step on the wire", js.BaseHeldoutLoss, js.HeldoutLoss, js.WireBytesPerStep)
 }

@@ -1,6 +1,7 @@
 package memnet_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -536,4 +537,26 @@ func TestFaultsUnderLoad(t *testing.T) {
 	c.net.Kill("b")
 	close(done)
 	wg.Wait()
+}
+
+// BytesSent counts the payload each end writes, by protocol: what a test
+// can hold the code under test to without trusting its own counters.
+func TestBytesSent(t *testing.T) {
+	c := newCluster(t, 1, "a", "b")
+	ds, as := c.open("a", "b")
+	proto := ds.Protocol()
+	payload := bytes.Repeat([]byte("x"), 3*70_000+11) // several chunks
+	go ds.Write(payload)
+	readWithin(t, as, len(payload), 10*time.Second)
+	as.Write([]byte("ok"))
+	readWithin(t, ds, 2, 10*time.Second)
+	if got := c.nodes["a"].BytesSent(proto); got != int64(len(payload)) {
+		t.Errorf("a sent %d bytes of %s, want %d", got, proto, len(payload))
+	}
+	if got := c.nodes["b"].BytesSent(proto); got != 2 {
+		t.Errorf("b sent %d bytes, want 2", got)
+	}
+	if got := c.nodes["a"].BytesSent("other"); got != 0 {
+		t.Errorf("a sent %d bytes of another protocol", got)
+	}
 }

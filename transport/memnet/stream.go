@@ -297,6 +297,7 @@ func (s *stream) Write(b []byte) (int, error) {
 		if err := s.send(nil, frame.Bytes(), &s.wdl, false); err != nil {
 			return n, err
 		}
+		s.t.countSent(s.proto, m)
 		n += m
 	}
 	return n, nil

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/braidml/braid/transport"
 )
@@ -22,6 +23,26 @@ type Transport struct {
 	closed    bool
 	listeners map[transport.Protocol]*listener
 	streams   map[*stream]struct{} // open streams of this end, to close with it
+
+	sent sync.Map // transport.Protocol → *atomic.Int64: payload bytes written by this end's streams
+}
+
+// BytesSent is the payload bytes this endpoint's streams of protocol p have
+// written so far (what the peers were sent, counted by the network rather
+// than by the code under test).
+func (t *Transport) BytesSent(p transport.Protocol) int64 {
+	if c, ok := t.sent.Load(p); ok {
+		return c.(*atomic.Int64).Load()
+	}
+	return 0
+}
+
+func (t *Transport) countSent(p transport.Protocol, n int) {
+	c, ok := t.sent.Load(p)
+	if !ok {
+		c, _ = t.sent.LoadOrStore(p, new(atomic.Int64))
+	}
+	c.(*atomic.Int64).Add(int64(n))
 }
 
 var _ transport.Transport = (*Transport)(nil)
