@@ -140,6 +140,12 @@ func (n *Node) SubmitJob(ctx context.Context, req JobRequest) (coordinator.Job, 
 	if !ok {
 		return coordinator.Job{}, fmt.Errorf("node: no dataset %q (register it with `braid data push`)", req.Dataset)
 	}
+	if ds.Local && !req.Federated {
+		// Its shards never leave its unit: every other member would fail to
+		// fetch them. Only a federated job, which trains each unit on its
+		// own data, may name it.
+		return coordinator.Job{}, fmt.Errorf("node: dataset %s is local to %s and never leaves it: name it in a federated job (--federated --dataset %s,...) with the other units' local datasets", ds.Name, ds.Source, ds.Name)
+	}
 	ck, err := n.readBaseModel(req.Base)
 	if err != nil {
 		return coordinator.Job{}, err

@@ -348,7 +348,39 @@ func TestFederatedJobKeepsDataHome(t *testing.T) {
 			objects = append(objects, s.Hash)
 		}
 	}
-	j, err := c.Node("n2").SubmitJob(context.Background(), node.JobRequest{Base: pushBase(t, c, "n2"), Federated: true, Datasets: names,
+	base := pushBase(t, c, "n2")
+	// What a federated run must refuse at submission, before anything is
+	// committed: a local dataset in an ordinary job (its shards never
+	// leave its unit, so every other member would fail to fetch them), a
+	// shared dataset in a federated job, two datasets of one unit, none.
+	sharedDir, _ := prepareDataset(t, "shared", 20)
+	if _, err := c.PushDataset("n1", sharedDir, node.DatasetOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	extraDir, _ := prepareDataset(t, "legal2", 20)
+	if _, err := c.PushDataset("n1", extraDir, node.DatasetOptions{Local: true}); err != nil {
+		t.Fatal(err)
+	}
+	jobs := len(c.Node("n2").Coordinator().State().Jobs)
+	for _, bad := range []struct {
+		name string
+		req  node.JobRequest
+		want string
+	}{
+		{"a local dataset in an ordinary job", node.JobRequest{Dataset: "legal"}, "local to n1"},
+		{"a shared dataset in a federated job", node.JobRequest{Federated: true, Datasets: []string{"legal", "shared"}}, "shared, not local"},
+		{"two datasets of one unit", node.JobRequest{Federated: true, Datasets: []string{"legal", "legal2", "bio"}}, "n1 holds two"},
+		{"no dataset", node.JobRequest{Federated: true}, "names the local datasets"},
+	} {
+		bad.req.Base, bad.req.Steps, bad.req.GlobalBatch, bad.req.MicroBatch = base, 20, 12, 4
+		if _, err := c.Node("n2").SubmitJob(context.Background(), bad.req); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%s: %v, want an error saying %q", bad.name, err, bad.want)
+		}
+	}
+	if got := len(c.Node("n2").Coordinator().State().Jobs); got != jobs {
+		t.Fatalf("%d jobs committed by refused submissions", got-jobs)
+	}
+	j, err := c.Node("n2").SubmitJob(context.Background(), node.JobRequest{Base: base, Federated: true, Datasets: names,
 		Steps: 20, GlobalBatch: 12, MicroBatch: 4, LR: 3e-3, Warmup: 2, EvalEvery: 10, HashEvery: 5})
 	if err != nil {
 		t.Fatal(err)
