@@ -584,7 +584,16 @@ func (c *Coordinator) stopLoop() {
 
 func (c *Coordinator) release() error {
 	err := c.raft.Shutdown().Error() // also closes the NetworkTransport and so the StreamLayer
-	err = errors.Join(err, c.layer.Close(), c.store.Close())
+	err = errors.Join(err, c.layer.Close())
+	// A connection handler may still be applying a heartbeat, which writes
+	// the term to the store: close the store once none can (bounded: a
+	// handler stuck elsewhere must not keep the node from stopping).
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	if werr := c.layer.WaitHandlers(ctx); werr != nil {
+		c.log.Warn("closing the raft store with connection handlers still running", "err", werr)
+	}
+	cancel()
+	err = errors.Join(err, c.store.Close())
 	close(c.done)
 	return err
 }

@@ -65,6 +65,8 @@ type StreamLayer struct {
 	refusal refusalLog
 	refuses atomic.Uint64
 
+	handlers sync.WaitGroup // accepted streams their handlers have not closed yet
+
 	mu      sync.Mutex
 	streams map[*trackedStream]struct{}
 	closed  bool
@@ -118,7 +120,7 @@ func (s *StreamLayer) Accept() (net.Conn, error) {
 			_ = st.Close()
 			continue
 		}
-		ts, err := s.track(st)
+		ts, err := s.track(st, true)
 		if err != nil {
 			return nil, err
 		}
@@ -175,7 +177,7 @@ func (s *StreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 	if err != nil {
 		return nil, err
 	}
-	ts, err := s.track(st)
+	ts, err := s.track(st, false)
 	if err != nil {
 		return nil, err
 	}
@@ -204,8 +206,10 @@ func (s *StreamLayer) Close() error {
 	return err
 }
 
-func (s *StreamLayer) track(st transport.Stream) (*trackedStream, error) {
-	ts := &trackedStream{Stream: st, owner: s}
+// track registers st so that Close closes it. An accepted stream is also
+// counted until its connection handler closes it (WaitHandlers).
+func (s *StreamLayer) track(st transport.Stream, accepted bool) (*trackedStream, error) {
+	ts := &trackedStream{Stream: st, owner: s, accepted: accepted}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -213,14 +217,34 @@ func (s *StreamLayer) track(st transport.Stream) (*trackedStream, error) {
 		return nil, fmt.Errorf("coordinator: raft stream layer: %w", transport.ErrClosed)
 	}
 	s.streams[ts] = struct{}{}
+	if accepted {
+		s.handlers.Add(1)
+	}
 	return ts, nil
+}
+
+// WaitHandlers waits, after Close, until raft's handler of every accepted
+// stream has closed it (and so will not call into raft again), or ctx
+// ends. raft handles a heartbeat on the handler's goroutine, writing the
+// term to the stable store: the store may be closed only once no handler
+// can still be in the middle of one (raft panics when the write fails).
+func (s *StreamLayer) WaitHandlers(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { s.handlers.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("coordinator: raft connection handlers still running: %w", ctx.Err())
+	}
 }
 
 // trackedStream forgets itself in its StreamLayer when closed.
 type trackedStream struct {
 	transport.Stream
-	owner *StreamLayer
-	once  sync.Once
+	owner    *StreamLayer
+	accepted bool // counted in owner.handlers until closed
+	once     sync.Once
 }
 
 // Read reports io.EOF, not the transport's error, once the layer is
@@ -239,6 +263,9 @@ func (t *trackedStream) Close() error {
 		t.owner.mu.Lock()
 		delete(t.owner.streams, t)
 		t.owner.mu.Unlock()
+		if t.accepted {
+			t.owner.handlers.Done()
+		}
 	})
 	return err
 }

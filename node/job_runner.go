@@ -118,6 +118,9 @@ type JobProgress struct {
 	// ResumedFrom is the step of the checkpoint this worker restored when
 	// it started the job (0: it started from the base model).
 	ResumedFrom int `json:"resumed_from,omitempty"`
+	// ResumedHash is the weights hash of the state restored then (DiLoCo:
+	// of the outer weights), to compare with the checkpoint's.
+	ResumedHash string `json:"resumed_hash,omitempty"`
 	// Restores counts the times this worker replaced its whole state: from
 	// the job's checkpoint at start, or from a peer's snapshot when their
 	// weights differed at an epoch change. GradCatchUps counts the steps it
@@ -369,6 +372,7 @@ func (r *jobRunner) prepare() error {
 	r.mu.Lock()
 	if _, ok := j.LastCheckpoint(); ok {
 		r.prog.ResumedFrom = w.Done // where the restored state is, not where the checkpoint says it is
+		r.prog.ResumedHash = w.WeightsHash()
 	}
 	r.prog.Step = w.Done
 	r.prog.WeightsHash = w.WeightsHash()

@@ -109,8 +109,25 @@ func TestDiLoCoOuterStep(t *testing.T) {
 	if err := d2.Restore(snap); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := sameBits(d2.W.Trainable(), d.W.Trainable()); !ok || d2.Outer != 3 || d2.W.Done != 3*h || !slices.Equal(d2.Mom, d.Mom) {
+	if _, ok := sameBits(d2.W.Trainable(), d.W.Trainable()); !ok || d2.Outer != 3 || d2.W.Done != 3*h || !slices.Equal(d2.Mom, d.Mom) ||
+		!slices.Equal(d2.W.Opt.M, d.W.Opt.M) || !slices.Equal(d2.W.Opt.V, d.W.Opt.V) || d2.W.Opt.Step != d.W.Opt.Step {
 		t.Fatal("Restore did not reproduce the snapshot's state")
+	}
+	// And it trains on as the original does: one more round on each, alone
+	// (a ring of one), ends with the same weights and momentum.
+	d2.W.Config.Steps = d.W.Config.Steps
+	for _, dd := range []*train.DiLoCo{d, d2} {
+		for s := range h {
+			if _, err := dd.InnerStep(context.Background(), partsFor(t, dd.W, 3*h+s, n)[0]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := dd.OuterStep(context.Background(), reducers(newMemGroup(1))[0], 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if k, ok := sameBits(d2.Base, d.Base); !ok || !slices.Equal(d2.Mom, d.Mom) {
+		t.Fatalf("a round after Restore differs from the same round on the original (element %d)", k)
 	}
 	for _, bad := range [][]byte{nil, snap[:len(snap)/2], append(slices.Clone(snap[:40]), 0)} {
 		if err := d2.Restore(bad); err == nil {
