@@ -12,7 +12,7 @@ VERSION   := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 GOROOT_SRC := $(shell $(GO) env GOROOT)/src
 
-.PHONY: all build build-cuda gpu-test-bin test test-cuda-emu test-short bench bench-peers lint vuln fuzz demo clean
+.PHONY: all build build-cuda gpu-test-bin test test-cuda-emu test-short test-pytorch bench bench-peers lint vuln fuzz fuzz-ci demo clean
 
 all: build
 
@@ -33,11 +33,12 @@ gpu-test-bin:
 	CGO_ENABLED=0 $(GO) test -tags cuda -c -ldflags '-s -w' -o bin/train.test ./train
 	CGO_ENABLED=0 $(GO) test -tags cuda -c -ldflags '-s -w' -o bin/nodetest.test ./node/nodetest
 
-## test: every test with the race detector, then the allocation tests without it
+## test: every test with the race detector, then without it the tests the race detector skips or
+## shortens (allocation counts, the LoRA speed check, the full corpora round trip)
 ## (the race detector makes sync.Pool drop items, so those skip under -race)
 test:
 	$(GO) test -race -count=1 ./...
-	$(GO) test -count=1 -run 'Alloc' ./...
+	$(GO) test -count=1 -run 'Alloc|SkipsFrozenWork|RoundTripCorpora' ./kernels ./model ./train
 	$(MAKE) test-cuda-emu
 
 ## test-cuda-emu: the GPU tests (bindings, kernels, cudamodel, GPU workers and jobs) with the
@@ -89,11 +90,24 @@ vuln:
 	$(GOVULNCHECK) ./...
 	$(GOVULNCHECK) -tags cuda ./...
 
+## test-pytorch: PyTorch checks what braid writes (a checkpoint loaded strictly into the Hugging Face
+## module names, a LoRA adapter into PEFT-style layers); needs Debian's python3-torch
+test-pytorch:
+	@if /usr/bin/python3 -c 'import torch' 2>/dev/null; then \
+		/usr/bin/python3 scripts/gen_reference.py --check-braid model/testdata/braid_tiny && \
+		/usr/bin/python3 scripts/gen_reference.py --check-adapter model/testdata/braid_lora_tiny; \
+	else echo "test-pytorch skipped: no python3-torch (apt-get install python3-torch python3-numpy libopenblas0-pthread)"; fi
+
+## fuzz-ci: each fuzz target briefly (FUZZTIME_CI each), on the corpora committed in testdata/fuzz
+FUZZTIME_CI ?= 2s
+fuzz-ci:
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_CI)
+
 ## fuzz: run each fuzz target (every decoder of bytes from disk or network) for FUZZTIME (30s by default)
 FUZZTIME ?= 30s
 FUZZ_TARGETS := \
 	./model/safetensors:FuzzDecode ./model:FuzzLoadCheckpoint ./model:FuzzDecodeConfig ./model:FuzzDecodeAdapter ./model:FuzzGPT2Tokenizer \
-	./transport:FuzzReadFrames ./transport/pki:FuzzLoad ./allreduce:FuzzDecode \
+	./transport:FuzzReadFrames ./transport/pki:FuzzLoad ./transport/pki:FuzzParseGossipKeys ./allreduce:FuzzDecode \
 	./coordinator:FuzzDecodeCommand ./coordinator:FuzzApply ./coordinator:FuzzRestore ./coordinator:FuzzDecodeLog ./coordinator:FuzzGuardedConn \
 	./node:FuzzDecodeMeta ./node:FuzzDecodeControlRequest ./node:FuzzDecodeGrads ./node/blobstore:FuzzDecodeRequest ./node/blobstore:FuzzDecodeHeader ./node/blobstore:FuzzReceive \
 	./shard:FuzzDecodeHeader ./shard:FuzzDecodeShard ./shard:FuzzDecodeManifest \
