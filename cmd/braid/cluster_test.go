@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -299,6 +300,37 @@ func TestThreeProcessCluster(t *testing.T) {
 	mustRun(t, "job", "export", "--api", p1.api, "--out", export, id)
 	if out, err := run(t, "eval", "--model", export, "--input", in, "--json"); err != nil || !strings.Contains(out, "loss") {
 		t.Fatalf("eval of the exported model: %v\n%s", err, out)
+	}
+
+	// A LoRA job exported with --merged: the merged model scores what the
+	// base with the exported adapter applied scores.
+	base2 := filepath.Join(t.TempDir(), "base2")
+	if err := model.SaveCheckpoint(base2, bc, model.ByteTokenizer{}, bm.Params); err != nil {
+		t.Fatal(err)
+	}
+	sub, err = exec.Command(bin, "job", "submit", "--api", p1.api, "--base", base2, "--dataset", "docs", "--steps", "6",
+		"--global-batch", "6", "--micro-batch", "2", "--lora-rank", "4", "--checkpoint-every", "6").Output()
+	if err != nil {
+		t.Fatalf("LoRA job submit: %v", err)
+	}
+	loraID := strings.TrimSpace(string(sub))
+	if out, err := exec.Command(bin, "job", "watch", "--api", p1.api, loraID).CombinedOutput(); err != nil {
+		t.Fatalf("LoRA job watch: %v\n%s", err, out)
+	}
+	adapter, merged := filepath.Join(t.TempDir(), "adapter"), filepath.Join(t.TempDir(), "merged")
+	mustRun(t, "job", "export", "--api", p3.api, "--out", adapter, "--merged", merged, loraID)
+	score := func(args ...string) float64 {
+		t.Helper()
+		out, err := run(t, append([]string{"eval", "--input", in, "--json"}, args...)...)
+		var r struct{ Loss float64 }
+		if err != nil || json.Unmarshal([]byte(out[strings.LastIndex(out, "{"):]), &r) != nil || !(r.Loss > 0) {
+			t.Fatalf("eval %v: %v\n%s", args, err, out)
+		}
+		return r.Loss
+	}
+	withAdapter, mergedLoss, baseLoss := score("--model", base2, "--adapter", adapter), score("--model", merged), score("--model", base2)
+	if math.Abs(withAdapter-mergedLoss) > 1e-4*withAdapter || withAdapter == baseLoss {
+		t.Fatalf("eval: base %.6f, base+adapter %.6f, merged %.6f: the merged model should score as base+adapter, and differ from the base", baseLoss, withAdapter, mergedLoss)
 	}
 
 	// kill -9 of a node that is not the leader gives an epoch without it.
