@@ -19,10 +19,14 @@ import (
 // a loaded machine.
 const waitFor = 15 * time.Second
 
-// testConfig is LocalConfig with a short reconcile interval.
+// testConfig is LocalConfig with a short reconcile interval, its Raft timers
+// stretched under the race detector (timerScale).
 func testConfig() Config {
 	c := LocalConfig()
 	c.ReconcileInterval = 100 * time.Millisecond
+	c.HeartbeatTimeout *= timerScale
+	c.ElectionTimeout *= timerScale
+	c.LeaderLeaseTimeout *= timerScale
 	return c
 }
 

@@ -143,13 +143,21 @@ func NewCluster(t testing.TB, n int, opts ...Option) *Cluster {
 // fastGossip shortens memberlist's timers so failures are noticed in well
 // under a second.
 func fastGossip(m *memberlist.Config) {
-	m.ProbeInterval = 100 * time.Millisecond
-	m.ProbeTimeout = 50 * time.Millisecond
-	m.GossipInterval = 20 * time.Millisecond
-	m.PushPullInterval = 500 * time.Millisecond
+	m.ProbeInterval = timerScale * 100 * time.Millisecond
+	m.ProbeTimeout = timerScale * 50 * time.Millisecond
+	m.GossipInterval = timerScale * 20 * time.Millisecond
+	m.PushPullInterval = timerScale * 500 * time.Millisecond
 	m.SuspicionMult = 2
 	m.SuspicionMaxTimeoutMult = 2
-	m.TCPTimeout = 500 * time.Millisecond
+	m.TCPTimeout = timerScale * 500 * time.Millisecond
+}
+
+// scaledRaft is c with its Raft timers stretched by timerScale.
+func scaledRaft(c coordinator.Config) coordinator.Config {
+	c.HeartbeatTimeout *= timerScale
+	c.ElectionTimeout *= timerScale
+	c.LeaderLeaseTimeout *= timerScale
+	return c
 }
 
 // Start starts (or restarts, on its old data directory) the node called
@@ -197,7 +205,7 @@ func (c *Cluster) Start(name string) *node.Node {
 	if c.clock != nil {
 		now = c.clock.Now
 	}
-	cfg.Coordinator = coordinator.LocalConfig()
+	cfg.Coordinator = scaledRaft(coordinator.LocalConfig())
 	if c.gpu != nil {
 		cfg.Device, cfg.GPU = coordinator.DeviceCUDA, c.gpu
 	}
