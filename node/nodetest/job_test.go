@@ -543,3 +543,29 @@ func TestDiLoCoJobSurvivesAKilledMember(t *testing.T) {
 		}
 	}
 }
+
+// A federated job that a member cannot serve (it registered no local
+// dataset) fails at that member's preparation, with an error naming it,
+// and the unit's data still never leaves its node.
+func TestFederatedJobRefusedByAMemberWithoutData(t *testing.T) {
+	c := NewCluster(t, 2)
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 2 })
+	dir, _ := prepareDataset(t, "legal", 20)
+	if _, err := c.PushDataset("n1", dir, node.DatasetOptions{Local: true}); err != nil {
+		t.Fatal(err)
+	}
+	j, err := c.Node("n1").SubmitJob(context.Background(), node.JobRequest{Base: pushBase(t, c, "n1"), Federated: true,
+		Datasets: []string{"legal"}, Steps: 10, GlobalBatch: 4, MicroBatch: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := waitJob(c, "n1", j.ID, final)
+	if js.State != coordinator.JobFailed || !strings.Contains(js.Error, "n2") || !strings.Contains(js.Error, "registered none") {
+		t.Fatalf("job %s: %q; want failed, naming n2 and its missing local dataset", js.State, js.Error)
+	}
+	for _, name := range []string{"n1", "n2"} {
+		if b := c.Node(name).ShardServer().Stats().BytesServed; b != 0 {
+			t.Errorf("%s served %d bytes of shards", name, b)
+		}
+	}
+}
