@@ -254,7 +254,7 @@ func (s JobSpec) validate() error {
 	for _, f := range []struct {
 		name      string
 		v, lo, hi float64
-	}{{"lr", s.LR, 0, 10}, {"min_lr_frac", s.MinLRFrac, 0, 1}, {"weight_decay", s.WeightDecay, 0, 10}, {"clip", s.Clip, 0, 1e6},
+	}{{"lr", s.LR, 0, 10}, {"min_lr_frac", s.MinLRFrac, 0, 1}, {"weight_decay", s.WeightDecay, 0, 0.9999}, {"clip", s.Clip, 0, 1e6},
 		{"lora_alpha", s.LoRAAlpha, 0, 1e6}, {"lora_dropout", s.LoRADropout, 0, 0.99}, {"outer_lr", s.OuterLR, 0, 100}, {"outer_momentum", s.OuterMomentum, 0, 0.9999}} {
 		if err := finite(f.name, f.v, f.lo, f.hi); err != nil {
 			return err

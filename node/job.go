@@ -181,6 +181,9 @@ func (n *Node) SubmitJob(ctx context.Context, req JobRequest) (coordinator.Job, 
 		return coordinator.Job{}, fmt.Errorf("node: base model (config %s) has no context", req.Base.Config[:12])
 	}
 	spec.Base = req.Base
+	if err := trainConfig(spec).Validate(); err != nil {
+		return coordinator.Job{}, fmt.Errorf("node: job settings: %w", err)
+	}
 	var id [5]byte
 	rand.Read(id[:])
 	cmd := coordinator.SubmitJob{ID: "job-" + hex.EncodeToString(id[:]), Spec: spec, SubmittedBy: n.cfg.Name}

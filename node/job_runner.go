@@ -332,11 +332,7 @@ func (r *jobRunner) prepare() error {
 		data.Close()
 		return fmt.Errorf("dataset %s has a vocabulary of %d, the base model %d", d.Name, data.Manifest.Vocab, ck.Config.Vocab)
 	}
-	cfg := train.DefaultJobConfig()
-	cfg.Steps, cfg.GlobalBatch, cfg.MicroBatch = spec.Steps, spec.GlobalBatch, spec.MicroBatch
-	cfg.LR, cfg.MinLRFrac, cfg.Warmup, cfg.WeightDecay, cfg.Clip, cfg.Seed = spec.LR, spec.MinLRFrac, spec.Warmup, spec.WeightDecay, spec.Clip, spec.Seed
-	cfg.LoRARank, cfg.LoRAAlpha, cfg.LoRADropout, cfg.LoRATargets = spec.LoRARank, spec.LoRAAlpha, spec.LoRADropout, strings.Join(spec.LoRATargets, ",")
-	w, err := r.newWorker(cfg, ck, data)
+	w, err := r.newWorker(trainConfig(spec), ck, data)
 	if err != nil {
 		data.Close()
 		return err

@@ -569,3 +569,32 @@ func TestFederatedJobRefusedByAMemberWithoutData(t *testing.T) {
 		}
 	}
 }
+
+// Settings the trainer refuses are refused at submission, naming the
+// setting, before anything is committed: not committed and then failed on
+// every member.
+func TestSubmitRefusesWhatTheTrainerRefuses(t *testing.T) {
+	c := NewCluster(t, 1)
+	c.WaitLeader()
+	dir, _ := prepareDataset(t, "legal", 20)
+	if _, err := c.PushDataset("n1", dir, node.DatasetOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	base := pushBase(t, c, "n1")
+	for _, bad := range []struct {
+		req  node.JobRequest
+		want string
+	}{
+		{node.JobRequest{WeightDecay: 2}, "weight decay"},
+		{node.JobRequest{WeightDecay: 1}, "weight decay"},
+		{node.JobRequest{Clip: math.Inf(1)}, "clip"},
+	} {
+		bad.req.Base, bad.req.Dataset, bad.req.Steps, bad.req.GlobalBatch = base, "legal", 10, 4
+		if _, err := c.Node("n1").SubmitJob(context.Background(), bad.req); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%+v: %v, want an error naming %q", bad.req, err, bad.want)
+		}
+	}
+	if jobs := c.Node("n1").Coordinator().State().Jobs; len(jobs) != 0 {
+		t.Fatalf("refused submissions committed %d jobs", len(jobs))
+	}
+}
