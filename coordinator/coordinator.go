@@ -425,6 +425,14 @@ func (c *Coordinator) CurrentState(ctx context.Context) (State, error) {
 	return c.fsm.state(), nil
 }
 
+// Member returns the committed member called name, without copying the
+// rest of the state (State does): for lookups on every request.
+func (c *Coordinator) Member(name string) (Member, bool) {
+	m, ok := c.fsm.member(name)
+	m.Meta = maps.Clone(m.Meta)
+	return m, ok
+}
+
 // Watch returns a copy of the state and a channel that is closed when it
 // next changes: read the state, act, wait on the channel, repeat.
 func (c *Coordinator) Watch() (State, <-chan struct{}) { return c.fsm.watch() }

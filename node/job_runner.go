@@ -1179,6 +1179,6 @@ func (n *Node) JobLosses(id string) []float64 {
 
 // memberAddr is name's transport address in the replicated state.
 func (n *Node) memberAddr(name string) string {
-	m, _ := n.coord.State().Member(name)
+	m, _ := n.coord.Member(name)
 	return m.Addr
 }
