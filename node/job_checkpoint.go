@@ -1,0 +1,131 @@
+package node
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/braidml/braid/coordinator"
+	"github.com/braidml/braid/model"
+)
+
+// A running job's checkpoints (written, replicated, recorded through the
+// leader) and the checks that its replicas agree.
+
+// checkpoint runs under the runner's context, not the epoch's: a new epoch
+// committed meanwhile must not abort the recording of a checkpoint already
+// written (a restart of the whole cluster resumes from the last recorded).
+//
+// checkpoint writes the weights (Hugging Face layout) and the worker's
+// snapshot into the store, has the next Replicas−1 members of the ring
+// copy them, and records the checkpoint through the leader.
+func (r *jobRunner) checkpoint(ctx context.Context, e coordinator.Epoch) error {
+	n := r.n
+	snap, err := r.snapshot()
+	if err != nil {
+		return err
+	}
+	stateHash, _, err := n.store.Put(bytesReader(snap))
+	if err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp(r.dir, "ckpt-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	// The model's files in Hugging Face's layout, or in LoRA mode the
+	// adapter's in PEFT's (the frozen base is the job's).
+	cfgName, wName := "config.json", "model.safetensors"
+	if a := r.w.LoRA(); a != nil {
+		cfgName, wName = model.AdapterConfigFile, model.AdapterWeightsFile
+		if err := model.SaveAdapter(tmp, a); err != nil {
+			return err
+		}
+	} else {
+		params, err := r.w.Weights() // from the GPU, when the worker trains there
+		if err != nil {
+			return err
+		}
+		if err := model.SaveCheckpoint(tmp, r.cfg, r.tok, params); err != nil {
+			return err
+		}
+	}
+	cfgHash, _, err := n.store.PutFile(filepath.Join(tmp, cfgName))
+	if err != nil {
+		return err
+	}
+	wHash, _, err := n.store.PutFile(filepath.Join(tmp, wName))
+	if err != nil {
+		return err
+	}
+	holders := []string{n.cfg.Name}
+	rank := slices.Index(e.Members, n.cfg.Name)
+	for i := 1; i < len(e.Members) && len(holders) < r.spec.Replicas; i++ {
+		peer := e.Members[(rank+i)%len(e.Members)]
+		fctx, cancel := context.WithTimeout(ctx, time.Minute)
+		_, err := n.callControl(fctx, peer, n.memberAddr(peer), controlRequest{Op: opFetch,
+			Fetch: &fetchRequest{Hashes: []string{cfgHash, wHash, stateHash}, From: []string{n.cfg.Name}}})
+		cancel()
+		if err != nil {
+			n.log.Warn("checkpoint replica failed", "job", r.id, "peer", peer, "err", err)
+			continue
+		}
+		holders = append(holders, peer)
+	}
+	cp := coordinator.Checkpoint{Step: r.w.Done, Config: cfgHash, Weights: wHash, State: stateHash, Hash: r.w.WeightsHash(), Holders: holders}
+	if err := n.applyAnywhere(ctx, coordinator.RecordCheckpoint{ID: r.id, Checkpoint: cp}); err != nil {
+		return err
+	}
+	r.lastCkpt = r.w.Done
+	n.log.Info("checkpoint recorded", "job", r.id, "step", cp.Step, "holders", holders)
+	return nil
+}
+
+// awaitUnitEvals waits (a bounded time) until every member of a federated
+// job has scored its own held-out split after the last step, so that the
+// job ends with each unit's figure.
+func (r *jobRunner) awaitUnitEvals(ctx context.Context, e coordinator.Epoch) {
+	deadline := time.Now().Add(2 * time.Minute)
+	for _, name := range e.Members {
+		if name == r.n.cfg.Name {
+			continue
+		}
+		for time.Now().Before(deadline) && ctx.Err() == nil {
+			resp, err := r.n.callControl(ctx, name, r.n.memberAddr(name), controlRequest{Op: opJobProgress, JobObject: &jobObjectRequest{Job: r.id}})
+			if err == nil && resp.JobProgress != nil && resp.JobProgress.HeldoutStep == r.spec.Steps {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+// compareReplicas asks every member for its weights hash after step steps
+// and fails the job, naming the node, when one differs from rank 0's.
+func (r *jobRunner) compareReplicas(ctx context.Context, e coordinator.Epoch, step int) {
+	r.mu.Lock()
+	mine, ok := r.hashes[step]
+	r.mu.Unlock()
+	if !ok {
+		return
+	}
+	for _, name := range e.Members {
+		if name == r.n.cfg.Name {
+			continue
+		}
+		resp, err := r.n.callControl(ctx, name, r.n.memberAddr(name), controlRequest{Op: opJobProgress, JobObject: &jobObjectRequest{Job: r.id, Step: step}})
+		if err != nil || resp.JobProgress == nil || resp.JobProgress.WeightsHash == "" {
+			continue // gone or not there yet: a later comparison will tell
+		}
+		if h := resp.JobProgress.WeightsHash; h != mine {
+			msg := jobError("replicas diverged after step %d: %s's weights hash %s differs from %s's %s", step, name, h[:16], r.n.cfg.Name, mine[:16])
+			r.n.log.Error("stopping the job", "job", r.id, "err", msg)
+			r.n.applyAnywhere(ctx, coordinator.SetJobState{ID: r.id, State: coordinator.JobFailed, Error: msg,
+				From: []coordinator.JobState{coordinator.JobRunning}})
+			return
+		}
+	}
+}
