@@ -7,4 +7,7 @@
 // (package transport), or training (package train). node/nodetest runs
 // whole clusters of nodes in one process on transport/memnet and
 // memberlist's in-memory network.
+//
+// A job's path through the package, from submission to a training step and
+// back, is in docs/JOBS.md: start there before touching the job runner.
 package node
