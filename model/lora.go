@@ -473,3 +473,23 @@ func dropoutLanes(p float64) (q uint16, scale float32) {
 	k = min(k, 1<<16-1) // p < 1: keep at least one lane value
 	return uint16(k), float32((1 << 16) / ((1 << 16) - k))
 }
+
+// MergeAdapterFiles writes to outDir the base checkpoint in baseDir with
+// the adapter in adapterDir (PEFT layout) merged into its weights: a plain
+// model, as `braid job export --merged` gives it. Both inputs are checked
+// as LoadCheckpoint and LoadAdapter check them.
+func MergeAdapterFiles(baseDir, adapterDir, outDir string) error {
+	ck, err := LoadCheckpoint(baseDir)
+	if err != nil {
+		return err
+	}
+	a, err := LoadAdapter(adapterDir, ck.Config)
+	if err != nil {
+		return err
+	}
+	params, err := MergeLoRA(ck.Config, ck.Params, a)
+	if err != nil {
+		return err
+	}
+	return SaveCheckpoint(outDir, ck.Config, ck.Tokenizer, params)
+}

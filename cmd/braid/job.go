@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/braidml/braid/coordinator"
+	"github.com/braidml/braid/internal/atomicfile"
 	"github.com/braidml/braid/model"
 	"github.com/braidml/braid/node"
 	"github.com/braidml/braid/node/push"
@@ -316,19 +318,7 @@ func jobExportCommand() *cli.Command {
 						return err
 					}
 				}
-				ck, err := model.LoadCheckpoint(base)
-				if err != nil {
-					return err
-				}
-				a, err := model.LoadAdapter(out, ck.Config)
-				if err != nil {
-					return err
-				}
-				params, err := model.MergeLoRA(ck.Config, ck.Params, a)
-				if err != nil {
-					return err
-				}
-				if err := model.SaveCheckpoint(merged, ck.Config, ck.Tokenizer, params); err != nil {
+				if err := model.MergeAdapterFiles(base, out, merged); err != nil {
 					return err
 				}
 				fmt.Fprintf(c.App.Writer, "wrote %s (the base with the adapter merged in)\n", merged)
@@ -355,26 +345,20 @@ func downloadJobFile(ctx context.Context, c *cli.Context, id, name, path string)
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		return apiError(c, req, resp, b)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+name+".tmp-")
-	if err != nil {
-		return err
+	// Written whole or not at all (internal/atomicfile), and only if the
+	// bytes hash to what the checkpoint recorded.
+	err = atomicfile.Write(path, 0o644, func(w io.Writer) error {
+		h := sha256.New()
+		if _, err := io.Copy(io.MultiWriter(w, h), resp.Body); err != nil {
+			return fmt.Errorf("%s: %w", url, err)
+		}
+		if want := resp.Header.Get("X-Braid-Sha256"); want != "" && hex.EncodeToString(h.Sum(nil)) != want {
+			return fmt.Errorf("%s: the bytes received do not match the checkpoint's hash", url)
+		}
+		return nil
+	})
+	if errors.Is(err, atomicfile.ErrSyncDir) {
+		return nil // the file is whole; a file system that cannot sync a directory is not an error here
 	}
-	defer os.Remove(tmp.Name())
-	h := sha256.New()
-	if _, err := io.Copy(io.MultiWriter(tmp, h), resp.Body); err != nil {
-		tmp.Close()
-		return fmt.Errorf("%s: %w", url, err)
-	}
-	if want := resp.Header.Get("X-Braid-Sha256"); want != "" && hex.EncodeToString(h.Sum(nil)) != want {
-		tmp.Close()
-		return fmt.Errorf("%s: the bytes received do not match the checkpoint's hash", url)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return err
 }
