@@ -104,7 +104,7 @@ func (r *jobRunner) trainDiLoCo(ctx context.Context, e coordinator.Epoch, rank i
 		n.log.Info("job completed", "job", r.id, "steps", d.Boundary(), "outer_steps", d.Outer)
 		return errJobEnded
 	}
-	r.setPhase("finished")
+	r.setPhase(PhaseFinished)
 	<-ctx.Done()
 	if r.ctx.Err() != nil {
 		return errJobEnded

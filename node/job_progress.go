@@ -7,11 +7,22 @@ import (
 // What a worker reports of the job it runs (JobProgress, served to
 // JobStatus and the metrics) and the loss history kept for it.
 
+// JobPhase is where a worker is in its part of a job.
+type JobPhase string
+
+const (
+	PhasePreparing JobPhase = "preparing" // fetching the inputs, building the worker
+	PhaseWaiting   JobPhase = "waiting"   // for an epoch that includes this node
+	PhaseSyncing   JobPhase = "syncing"   // entering an epoch in step with the others (job_sync.go)
+	PhaseTraining  JobPhase = "training"  // taking steps on the epoch's ring
+	PhaseFinished  JobPhase = "finished"  // the job ended, or this node's part of it
+)
+
 // JobProgress is one worker's view of the running job.
 type JobProgress struct {
 	Job             string   `json:"job"`
 	Node            string   `json:"node"`
-	Phase           string   `json:"phase"`            // preparing, waiting, syncing, training, finished
+	Phase           JobPhase `json:"phase"`
 	Device          string   `json:"device,omitempty"` // where this worker computes: "cpu" or "cuda:N NAME"
 	Epoch           uint64   `json:"epoch"`
 	Rank            int      `json:"rank"`
@@ -49,7 +60,7 @@ type JobProgress struct {
 	GradCatchUps int `json:"grad_catch_ups,omitempty"`
 }
 
-func (r *jobRunner) setPhase(p string) {
+func (r *jobRunner) setPhase(p JobPhase) {
 	r.mu.Lock()
 	r.prog.Phase = p
 	r.mu.Unlock()

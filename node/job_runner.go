@@ -94,7 +94,7 @@ func (n *Node) newJobRunner(parent context.Context, j coordinator.Job) *jobRunne
 	ctx, cancel := context.WithCancel(parent)
 	r := &jobRunner{n: n, id: j.ID, spec: j.Spec, ctx: ctx, cancel: cancel,
 		dir: filepath.Join(n.cfg.DataDir, "jobs", j.ID), frozen: map[uint64]syncStatus{}, hashes: map[int]string{}}
-	r.prog = JobProgress{Job: j.ID, Node: n.cfg.Name, Phase: "preparing", Rank: -1, Device: r.deviceName()}
+	r.prog = JobProgress{Job: j.ID, Node: n.cfg.Name, Phase: PhasePreparing, Rank: -1, Device: r.deviceName()}
 	return r
 }
 func (r *jobRunner) run() {
@@ -128,12 +128,12 @@ func (r *jobRunner) run() {
 	for r.ctx.Err() == nil {
 		st, changed := r.n.coord.Watch()
 		if j, ok := st.Job(r.id); !ok || j.State != coordinator.JobRunning {
-			r.setPhase("finished")
+			r.setPhase(PhaseFinished)
 			return
 		}
 		e := st.Epoch
 		if !e.Has(r.n.cfg.Name) || !epochOnDevice(st, e, r.spec.DeviceKind()) {
-			r.setPhase("waiting")
+			r.setPhase(PhaseWaiting)
 			select {
 			case <-r.ctx.Done():
 				return
@@ -145,7 +145,7 @@ func (r *jobRunner) run() {
 		err := r.runEpoch(e)
 		switch {
 		case errors.Is(err, errJobEnded) || r.ctx.Err() != nil:
-			r.setPhase("finished")
+			r.setPhase(PhaseFinished)
 			return
 		case errors.Is(err, cuda.ErrDeviceFault):
 			r.mu.Lock()
@@ -391,7 +391,7 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 	}()
 	rank := slices.Index(e.Members, n.cfg.Name)
 	r.mu.Lock()
-	r.prog.Epoch, r.prog.Rank, r.prog.Members, r.prog.Phase = e.ID, rank, slices.Clone(e.Members), "syncing"
+	r.prog.Epoch, r.prog.Rank, r.prog.Members, r.prog.Phase = e.ID, rank, slices.Clone(e.Members), PhaseSyncing
 	r.mu.Unlock()
 	if err := r.sync(ctx, e); err != nil {
 		return err
@@ -421,7 +421,7 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 	}
 	defer ring.Close()
 	red := ringReducer{ring}
-	r.setPhase("training")
+	r.setPhase(PhaseTraining)
 	if r.dl != nil {
 		return r.trainDiLoCo(ctx, e, rank, ring)
 	}
@@ -533,7 +533,7 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 	if r.spec.Federated && r.spec.EvalEvery > 0 && r.progress().HeldoutStep != r.w.Done {
 		r.eval(false) // this unit's held-out split, after the last step
 	}
-	r.setPhase("finished")
+	r.setPhase(PhaseFinished)
 	<-ctx.Done() // rank 0 completes the job (or a new epoch makes another rank 0)
 	if r.ctx.Err() != nil {
 		return errJobEnded
