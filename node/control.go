@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/braidml/braid/coordinator"
-	"github.com/braidml/braid/node/blobstore"
 	"github.com/braidml/braid/transport"
 )
 
@@ -114,49 +113,14 @@ func decodeControlRequest(b []byte) (controlRequest, error) {
 	if err := json.Unmarshal(b, &req); err != nil {
 		return req, fmt.Errorf("node: control request: %w", err)
 	}
-	switch req.Op {
-	case opBenchAllreduce:
-		if req.Bench == nil {
-			return req, errors.New("node: control request bench-allreduce without its bench field")
-		}
-		if err := req.Bench.validate(); err != nil {
+	op, ok := controlOps[req.Op]
+	if !ok {
+		return req, fmt.Errorf("node: control request: unknown operation %q", truncate(req.Op, 40))
+	}
+	if op.check != nil {
+		if err := op.check(req); err != nil {
 			return req, err
 		}
-	case opApply:
-		cmd, err := coordinator.DecodeCommand(req.Apply)
-		if err != nil {
-			return req, err
-		}
-		if !forwardable[cmd.Type()] {
-			return req, fmt.Errorf("node: control request: %s is not applied on a peer's behalf", cmd.Type())
-		}
-	case opInventory:
-		if req.Inventory == nil || len(req.Inventory.Hashes) > coordinator.MaxDatasetShards+1 {
-			return req, errors.New("node: control request inventory without hashes, or with too many")
-		}
-	case opFetch:
-		if req.Fetch == nil || len(req.Fetch.Hashes) == 0 || len(req.Fetch.Hashes) > 64 || len(req.Fetch.From) == 0 || len(req.Fetch.From) > 64 {
-			return req, errors.New("node: control request fetch needs 1..64 hashes and sources")
-		}
-		for _, h := range req.Fetch.Hashes {
-			if !blobstore.ValidHash(h) {
-				return req, fmt.Errorf("node: control request fetch: bad hash %q", truncate(h, 70))
-			}
-		}
-	case opRenewEpoch:
-		if req.Renew == nil {
-			return req, errors.New("node: control request renew-epoch without its epoch")
-		}
-	case opJobSync:
-		if req.JobSync == nil || req.JobSync.Job == "" {
-			return req, errors.New("node: control request job-sync without a job")
-		}
-	case opJobGrad, opJobSnapshot, opJobProgress:
-		if req.JobObject == nil || req.JobObject.Job == "" || req.JobObject.Step < 0 {
-			return req, fmt.Errorf("node: control request %s without a job", req.Op)
-		}
-	default:
-		return req, fmt.Errorf("node: control request: unknown operation %q", req.Op)
 	}
 	return req, nil
 }
@@ -203,27 +167,8 @@ func (n *Node) handleControl(ctx context.Context, s transport.Stream) {
 		// caller hears of it.
 		stop := context.AfterFunc(ctx, func() { s.Close() })
 		defer stop()
-		switch req.Op {
-		case opBenchAllreduce:
-			rows, err := n.runBench(ctx, *req.Bench, nil)
-			if err != nil {
-				resp.Error = err.Error()
-			} else {
-				resp.Bench = &benchReply{Rows: rows}
-			}
-		case opApply:
-			cmd, _ := coordinator.DecodeCommand(req.Apply) // validated above
-			if err := n.coord.Apply(ctx, cmd); err != nil {
-				resp.Error = fmt.Sprintf("node %s: %v", n.cfg.Name, err)
-				resp.NotLeader = errors.Is(err, coordinator.ErrNotLeader)
-			}
-		case opInventory:
-			inv := n.inventory(*req.Inventory)
-			resp.Inventory = &inv
-		default:
-			if err := n.handleJobControl(ctx, req, &resp); err != nil {
-				resp.Error = fmt.Sprintf("node %s: %v", n.cfg.Name, err)
-			}
+		if err := controlOps[req.Op].serve(n, ctx, req, &resp); err != nil {
+			resp.Error = fmt.Sprintf("node %s: %v", n.cfg.Name, err)
 		}
 	}
 	out, _ := json.Marshal(resp)

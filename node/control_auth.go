@@ -32,19 +32,6 @@ func (r controlRole) String() string {
 	return [...]string{"a member of the cluster", "a member of the job's ring (the committed epoch)"}[r]
 }
 
-// controlRoles declares, for every operation, who may send it.
-var controlRoles = map[string]controlRole{
-	opBenchAllreduce: roleMember,
-	opApply:          roleMember, // and per command: authorizeApply
-	opInventory:      roleMember,
-	opFetch:          roleMember,
-	opRenewEpoch:     roleEpochMember,
-	opJobSync:        roleEpochMember,
-	opJobGrad:        roleEpochMember,
-	opJobSnapshot:    roleEpochMember,
-	opJobProgress:    roleMember, // progress and hashes, no data: the API node of a job status asks
-}
-
 // maxBenchHopTimeout bounds the hop timeout a peer may ask a benchmark ring for.
 const maxBenchHopTimeout = time.Minute
 
@@ -58,36 +45,21 @@ func (n *Node) authorizeFrom(req *controlRequest, peer transport.PeerID) error {
 // authorizeControl checks that req's sender may send it, and the limits of
 // what it asks; the error names the peer and what it lacks.
 func (n *Node) authorizeControl(req controlRequest) error {
-	role, ok := controlRoles[req.Op]
+	op, ok := controlOps[req.Op]
 	if !ok {
-		return fmt.Errorf("%s: operation %q has no declared sender", req.Peer, req.Op)
+		return fmt.Errorf("%s: operation %q has no declared sender", req.Peer, truncate(req.Op, 40))
 	}
 	st := n.coord.State()
 	if m, ok := st.Member(req.Peer); !ok || m.State == coordinator.MemberLeft {
 		n.controlRefused.Add(1)
 		return fmt.Errorf("refused %s from %s: not a member of this cluster (a valid certificate is not enough; a node that left must join again)", req.Op, req.Peer)
 	}
-	if role == roleEpochMember && !st.Epoch.Has(req.Peer) && !(req.epoch() > st.Epoch.ID) {
+	if op.role == roleEpochMember && !st.Epoch.Has(req.Peer) && !(req.epoch() > st.Epoch.ID) {
 		n.controlRefused.Add(1)
-		return fmt.Errorf("refused %s from %s: it must come from %s", req.Op, req.Peer, role)
+		return fmt.Errorf("refused %s from %s: it must come from %s", req.Op, req.Peer, op.role)
 	}
-	switch req.Op {
-	case opApply:
-		cmd, err := coordinator.DecodeCommand(req.Apply)
-		if err != nil {
-			return err
-		}
-		if err := authorizeApply(st, req.Peer, cmd); err != nil {
-			n.controlRefused.Add(1)
-			return err
-		}
-	case opBenchAllreduce:
-		if t := req.Bench.Plan.HopTimeout; t > maxBenchHopTimeout {
-			return fmt.Errorf("refused a benchmark from %s: hop timeout %s, at most %s", req.Peer, t, maxBenchHopTimeout)
-		}
-		if j, ok := st.RunningJob(); ok {
-			return fmt.Errorf("refused a benchmark from %s: job %s is running, and a benchmark ring would slow its ring down; run it when the job has ended", req.Peer, j.ID)
-		}
+	if op.authorize != nil {
+		return op.authorize(n, st, req)
 	}
 	return nil
 }

@@ -52,3 +52,18 @@ func FuzzDecodeControlRequest(f *testing.F) {
 		}
 	})
 }
+
+// TestControlOpsDeclared: every operation of the protocol is declared once
+// with its sender's role, its request check and its answer.
+func TestControlOpsDeclared(t *testing.T) {
+	ops := []string{opBenchAllreduce, opApply, opInventory, opFetch, opRenewEpoch, opJobSync, opJobGrad, opJobSnapshot, opJobProgress}
+	if len(controlOps) != len(ops) {
+		t.Errorf("%d operations declared, %d named", len(controlOps), len(ops))
+	}
+	for _, name := range ops {
+		op, ok := controlOps[name]
+		if !ok || op.check == nil || op.serve == nil {
+			t.Errorf("operation %s: declared %v, check %v, serve %v", name, ok, op.check != nil, op.serve != nil)
+		}
+	}
+}
