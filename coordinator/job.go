@@ -62,6 +62,12 @@ type JobSpec struct {
 	WeightDecay float64  `json:"weight_decay"`
 	Clip        float64  `json:"clip"`
 	Seed        uint64   `json:"seed"`
+	// Beta1, Beta2 and Eps are AdamW's; recorded at submission so that
+	// every member trains with the same values whatever its binary's
+	// defaults (0: the trainer's default, in specs written before them).
+	Beta1 float64 `json:"beta1,omitempty"`
+	Beta2 float64 `json:"beta2,omitempty"`
+	Eps   float64 `json:"eps,omitempty"`
 	// CheckpointEvery and EvalEvery are in steps (0: only at the end).
 	CheckpointEvery int `json:"checkpoint_every"`
 	EvalEvery       int `json:"eval_every"`
@@ -255,7 +261,8 @@ func (s JobSpec) validate() error {
 		name      string
 		v, lo, hi float64
 	}{{"lr", s.LR, 0, 10}, {"min_lr_frac", s.MinLRFrac, 0, 1}, {"weight_decay", s.WeightDecay, 0, 0.9999}, {"clip", s.Clip, 0, 1e6},
-		{"lora_alpha", s.LoRAAlpha, 0, 1e6}, {"lora_dropout", s.LoRADropout, 0, 0.99}, {"outer_lr", s.OuterLR, 0, 100}, {"outer_momentum", s.OuterMomentum, 0, 0.9999}} {
+		{"lora_alpha", s.LoRAAlpha, 0, 1e6}, {"lora_dropout", s.LoRADropout, 0, 0.99}, {"outer_lr", s.OuterLR, 0, 100}, {"outer_momentum", s.OuterMomentum, 0, 0.9999},
+		{"beta1", s.Beta1, 0, 0.9999}, {"beta2", s.Beta2, 0, 0.999999}, {"eps", s.Eps, 0, 0.1}} {
 		if err := finite(f.name, f.v, f.lo, f.hi); err != nil {
 			return err
 		}

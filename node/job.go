@@ -173,7 +173,8 @@ func (n *Node) SubmitJob(ctx context.Context, req JobRequest) (coordinator.Job, 
 		HashEvery: or(req.HashEvery, DefaultHashEvery), Replicas: or(req.Replicas, DefaultReplicas), Wire: req.Wire,
 		Device: coordinator.JobSpec{Device: req.Device}.DeviceKind(), Federated: req.Federated, Datasets: fed,
 		InnerSteps: req.InnerSteps, OuterLR: req.OuterLR, OuterMomentum: req.OuterMomentum,
-		LoRARank: req.LoRARank, LoRAAlpha: req.LoRAAlpha, LoRADropout: req.LoRADropout, LoRATargets: req.LoRATargets}
+		LoRARank: req.LoRARank, LoRAAlpha: req.LoRAAlpha, LoRADropout: req.LoRADropout, LoRATargets: req.LoRATargets,
+		Beta1: def.Beta1, Beta2: def.Beta2, Eps: def.Eps}
 	if spec.Warmup >= spec.Steps {
 		spec.Warmup = spec.Steps / 10
 	}

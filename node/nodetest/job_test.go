@@ -13,6 +13,7 @@ import (
 	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/model"
 	"github.com/braidml/braid/node"
+	"github.com/braidml/braid/train"
 	"github.com/braidml/braid/transport"
 	"github.com/braidml/braid/transport/memnet"
 )
@@ -111,6 +112,11 @@ func TestJobTrainsOnEveryMember(t *testing.T) {
 	js := waitJob(c, sub, id, final)
 	if js.State != coordinator.JobCompleted {
 		t.Fatalf("job %s: %s", js.State, js.Error)
+	}
+	// The optimizer's constants are in the replicated spec, not left to
+	// each binary's defaults.
+	if def := train.DefaultJobConfig(); js.Spec.Beta1 != def.Beta1 || js.Spec.Beta2 != def.Beta2 || js.Spec.Eps != def.Eps {
+		t.Errorf("spec betas %v %v eps %v, want the trainer's %v %v %v", js.Spec.Beta1, js.Spec.Beta2, js.Spec.Eps, def.Beta1, def.Beta2, def.Eps)
 	}
 	if js.Step != 30 || len(js.Checkpoints) != 3 || js.Checkpoints[2].Step != 30 || len(js.Checkpoints[2].Holders) != 2 {
 		t.Fatalf("status %+v", js)
