@@ -8,10 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -19,8 +17,6 @@ import (
 
 	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/kernels/cuda"
@@ -405,125 +401,6 @@ func (n *Node) run(hasState bool) {
 	}
 }
 
-// admit reports a gossip member to the coordinator only once this node has
-// reached it over the transport and the peer authenticated as that name
-// (mutual TLS with the cluster CA on QUIC). Gossip alone is not enough: a
-// node that shares the gossip key but has no valid certificate must never
-// enter an epoch, or the ring would stall on it.
-func (n *Node) admit(m Member) {
-	defer n.wg.Done()
-	if m.Name != n.cfg.Name {
-		backoff := 200 * time.Millisecond
-		for attempt := 1; ; attempt++ {
-			err := n.authenticate(m)
-			if err == nil {
-				break
-			}
-			if attempt == 1 || errors.Is(err, transport.ErrWrongPeer) {
-				n.log.Error("refusing member until it authenticates over the transport", "member", m.Name, "addr", m.Meta.QUICAddr, "err", err)
-			}
-			// Retry while gossip still sees it alive: the failure may be
-			// transient (the peer was still starting, a packet was lost).
-			select {
-			case <-n.stop:
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, 10*time.Second)
-			if !n.gossipAlive(m.Name) {
-				return
-			}
-		}
-	}
-	n.bootMu.Lock()
-	n.admitted[m.Name] = true
-	n.bootMu.Unlock()
-	n.maybeBootstrap()
-	if err := n.coord.MemberJoined(coordinator.Member{Name: m.Name, Addr: m.Meta.QUICAddr, Meta: metaMap(m.Meta)}); err != nil {
-		n.log.Warn("member rejected by the coordinator", "member", m.Name, "err", err)
-	}
-}
-
-// authenticate dials m's control protocol: the dial succeeds only if m
-// proves its name with a certificate of the cluster CA.
-func (n *Node) authenticate(m Member) error {
-	ctx, cancel := context.WithTimeout(context.Background(), admitTimeout)
-	defer cancel()
-	go func() {
-		select {
-		case <-n.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	s, err := n.tr.Dial(ctx, transport.PeerID(m.Name), m.Meta.QUICAddr, transport.ProtoControl, transport.DialOptions{})
-	if err != nil {
-		return err
-	}
-	return s.Close()
-}
-
-// gossipAlive reports whether gossip currently sees name alive.
-func (n *Node) gossipAlive(name string) bool {
-	for _, m := range n.ml.Members() {
-		if m.Name == name {
-			return m.State == "alive"
-		}
-	}
-	return false
-}
-
-// admitTimeout bounds the authenticated dial that admits a member.
-const admitTimeout = 10 * time.Second
-
-// maybeBootstrap forms the first Raft cluster once BootstrapExpect servers
-// are alive and authenticated, and none of them has Raft state: every one of them calls
-// Bootstrap with the same list, the first BootstrapExpect names in sorted
-// order (start exactly that many servers first, as with Consul).
-func (n *Node) maybeBootstrap() {
-	n.bootMu.Lock()
-	defer n.bootMu.Unlock()
-	if n.bootstrapped || n.cfg.BootstrapExpect == 0 {
-		return
-	}
-	members := n.ml.Members()
-	var alive []Member
-	for _, m := range members {
-		if m.State != "alive" {
-			continue
-		}
-		if m.Meta.RaftState {
-			return // a cluster exists: join it instead (the leader adds us)
-		}
-		if n.admitted[m.Name] { // only members that authenticated count
-			alive = append(alive, m)
-		}
-	}
-	if len(alive) < n.cfg.BootstrapExpect {
-		return
-	}
-	sort.Slice(alive, func(i, j int) bool { return alive[i].Name < alive[j].Name })
-	var servers []coordinator.Server
-	self := false
-	for _, m := range alive[:n.cfg.BootstrapExpect] {
-		servers = append(servers, coordinator.Server{Name: m.Name, Addr: m.Meta.QUICAddr})
-		self = self || m.Name == n.cfg.Name
-	}
-	n.bootstrapped = true
-	if !self {
-		return
-	}
-	if err := n.coord.Bootstrap(servers); err != nil && !errors.Is(err, coordinator.ErrHasState) {
-		n.log.Error("bootstrap failed", "err", err)
-		n.bootstrapped = false
-		return
-	}
-	n.log.Info("bootstrapped the cluster", "servers", len(servers))
-	if err := n.ml.SetMeta(n.meta(true)); err != nil {
-		n.log.Warn("gossiping raft state", "err", err)
-	}
-}
-
 // metaMap is m as the coordinator records it; the device is what jobs are
 // placed by (coordinator.MetaDevice).
 func metaMap(m Meta) map[string]string {
@@ -579,53 +456,6 @@ func (n *Node) Status() Status {
 		s.Members = append(s.Members, ms)
 	}
 	return s
-}
-
-func (n *Node) registerMetrics() {
-	gauge := func(name, help string, f func() float64) {
-		n.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "braid", Name: name, Help: help}, f))
-	}
-	gauge("members_alive", "Members gossip sees alive, this node included.", func() float64 { return float64(n.ml.AliveCount()) })
-	gauge("raft_term", "Current Raft term.", func() float64 { return float64(n.coord.Status().Term) })
-	gauge("epoch_id", "Id of the committed epoch.", func() float64 { return float64(n.coord.State().Epoch.ID) })
-	gauge("epoch_members", "Members of the committed epoch.", func() float64 { return float64(len(n.coord.State().Epoch.Members)) })
-	gauge("is_leader", "1 on the Raft leader.", func() float64 {
-		if n.coord.IsLeader() {
-			return 1
-		}
-		return 0
-	})
-	// The running job, as this node's worker sees it (0 when none).
-	job := func(f func(JobProgress) float64) func() float64 {
-		return func() float64 {
-			n.jobMu.Lock()
-			r := n.runner
-			n.jobMu.Unlock()
-			if r == nil {
-				return 0
-			}
-			return f(r.progress())
-		}
-	}
-	gauge("job_step", "Steps the running job's worker here has applied.", job(func(p JobProgress) float64 { return float64(p.Step) }))
-	gauge("job_loss", "Global training loss of the last step.", job(func(p JobProgress) float64 { return p.Loss }))
-	gauge("job_heldout_loss", "Last held-out loss (rank 0).", job(func(p JobProgress) float64 { return p.HeldoutLoss }))
-	gauge("job_tokens_per_second", "Tokens this worker processed per second in the last step.", job(func(p JobProgress) float64 { return p.TokensPerSec }))
-	gauge("job_step_seconds", "Duration of the last step.", job(func(p JobProgress) float64 { return p.StepMS / 1e3 }))
-	gauge("job_allreduce_wait_seconds", "Time the last step was blocked on the all-reduce after backward.", job(func(p JobProgress) float64 { return p.WaitMS / 1e3 }))
-	gauge("job_wire_bytes_per_step", "Bytes this node sent to its ring neighbour in the last step.", job(func(p JobProgress) float64 { return float64(p.WireBytesPerStep) }))
-	n.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "braid", Name: "allreduce_bytes_sent_total",
-		Help: "Bytes this node's job rings have sent to their right neighbours."}, func() float64 { return float64(n.wireBytes.Load()) }))
-	n.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "braid", Name: "control_refused_total",
-		Help: "Control requests refused because their sender may not send them (not a member, not in the job's ring, ...)."}, func() float64 { return float64(n.controlRefused.Load()) }))
-	n.registerGCMetrics()
-	n.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "braid", Name: "raft_refused_total",
-		Help: "Raft streams and RPCs refused because their sender was not admitted to the cluster or its RPC header named another server."}, func() float64 {
-		if n.coord == nil {
-			return 0
-		}
-		return float64(n.coord.RefusedRaftStreams())
-	}))
 }
 
 // Shutdown leaves gracefully: the coordinator hands leadership over and
@@ -701,42 +531,10 @@ func (n *Node) closeAPI(ctx context.Context) {
 	}
 }
 
-// physicalMemory reads MemTotal from /proc/meminfo (0 where unavailable).
-func physicalMemory() int64 {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return 0
-	}
-	var kb int64
-	if _, err := fmt.Sscanf(string(b), "MemTotal: %d kB", &kb); err != nil {
-		return 0
-	}
-	return kb * 1024
-}
-
 // routes adds the dataset and job endpoints to the HTTP API.
 func (n *Node) routes(mux *http.ServeMux) {
 	n.blobRoutes(mux)
 	n.dataRoutes(mux)
 	n.jobRoutes(mux)
 	n.certRoutes(mux)
-}
-
-// freeDisk is the space available to an unprivileged user in dir's file
-// system (0 where unknown): a node's capacity for dataset shards.
-func freeDisk(dir string) int64 {
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		return 0
-	}
-	return int64(st.Bavail) * int64(st.Bsize)
-}
-
-// nvidiaGPUs counts the GPUs the NVIDIA driver lists (0 without one).
-func nvidiaGPUs() int {
-	entries, err := os.ReadDir("/proc/driver/nvidia/gpus")
-	if err != nil {
-		return 0
-	}
-	return len(entries)
 }
