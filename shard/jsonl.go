@@ -13,27 +13,27 @@ import (
 	"github.com/braidml/braid/internal/safefile"
 )
 
-// jsonlFile reads a JSONL file line by line, each line a unit, streaming:
+// jsonlFile reads a JSONL file line by line, each line a document, streaming:
 // a file of any size is read in bounded memory. Lines holding only
 // whitespace are ignored; a line longer than MaxRecordBytes is a bad
 // record (too_large), skipped without being held in memory.
 func (r *reader) jsonlFile(f inputFile) bool {
 	file, _, err := safefile.Open(f.path, math.MaxInt64) // read in bounded memory, line by line
 	if err != nil {
-		return r.add(unit{err: fmt.Errorf("shard: input %w", err)})
+		return r.add(document{err: fmt.Errorf("shard: input %w", err)})
 	}
 	defer file.Close()
 	br := bufio.NewReaderSize(file, 256<<10)
 	head, err := br.Peek(BinarySniffBytes)
 	if err != nil && err != io.EOF && !errors.Is(err, bufio.ErrBufferFull) {
-		return r.add(unit{err: fmt.Errorf("shard: input %s: %w", f.path, err)})
+		return r.add(document{err: fmt.Errorf("shard: input %s: %w", f.path, err)})
 	}
 	switch {
 	case len(head) == 0:
-		return r.add(unit{issue: &Issue{Path: f.path, Reason: ReasonEmpty}})
+		return r.add(document{issue: &Issue{Path: f.path, Reason: ReasonEmpty}})
 	case isBinary(head):
 		r.bytes += f.size
-		return r.add(unit{issue: &Issue{Path: f.path, Reason: ReasonBinary, Detail: "a NUL byte in the first 8 KiB"}})
+		return r.add(document{issue: &Issue{Path: f.path, Reason: ReasonBinary, Detail: "a NUL byte in the first 8 KiB"}})
 	}
 	for lineNo := 1; ; lineNo++ {
 		if r.ctx.Err() != nil {
@@ -44,17 +44,17 @@ func (r *reader) jsonlFile(f inputFile) bool {
 		r.bytes += n
 		r.read += n
 		if err != nil && err != io.EOF {
-			return r.add(unit{err: fmt.Errorf("shard: input %s:%d: %w", f.path, lineNo, err)})
+			return r.add(document{err: fmt.Errorf("shard: input %s:%d: %w", f.path, lineNo, err)})
 		}
 		var ok bool
 		switch {
 		case tooLong:
-			ok = r.add(unit{issue: &Issue{Path: f.path, Line: lineNo, Reason: ReasonTooLarge,
+			ok = r.add(document{issue: &Issue{Path: f.path, Line: lineNo, Reason: ReasonTooLarge,
 				Detail: fmt.Sprintf("record longer than %d bytes", r.cfg.MaxRecordBytes)}})
 		case len(bytes.TrimSpace(line)) == 0:
 			ok = true
 		default:
-			ok = r.add(unit{path: f.path, line: lineNo, raw: bytes.Clone(line)})
+			ok = r.add(document{path: f.path, line: lineNo, raw: bytes.Clone(line)})
 		}
 		if !ok {
 			return false

@@ -363,17 +363,17 @@ func publish(tmp, out string) error {
 	return nil
 }
 
-// The pipeline. One reader goroutine turns files into batches of units in
-// input order; workers check and tokenise the units of a batch; the calling
-// goroutine takes the batches back in order and packs their tokens into
+// The pipeline. One reader goroutine turns files into chunks of documents in
+// input order; workers check and tokenise the documents of a chunk; the calling
+// goroutine takes the chunks back in order and packs their tokens into
 // shards, which the shardWriter compresses and writes, several at a time.
-// Order is kept by handing each batch to the workers and, in the same
-// order, to the packer, which waits for each batch to be done. Memory is
+// Order is kept by handing each chunk to the workers and, in the same
+// order, to the packer, which waits for each chunk to be done. Memory is
 // bounded by the budget of input in flight and by the shards being filled
 // and written, whatever the size of the input.
 
-// unit is one document (or one left-out file or record) in input order.
-type unit struct {
+// document is one document (or one left-out file or record) in input order.
+type document struct {
 	path string
 	line int    // JSONL line, 0 for a text file
 	raw  []byte // the file (text) or the line (JSONL), until tokenised
@@ -385,20 +385,20 @@ type unit struct {
 	text    int64 // bytes of the document's text
 }
 
-// batch is a run of units, about batchBytes of input; done is closed when
+// inputChunk is a run of documents, about chunkBytes of input; done is closed when
 // a worker has processed them all.
-type batch struct {
-	units []unit
-	cost  int64 // input bytes held, charged against the reader's budget
-	// Running totals up to the end of this batch: files done, input bytes
+type inputChunk struct {
+	docs []document
+	cost int64 // input bytes held, charged against the reader's budget
+	// Running totals up to the end of this chunk: files done, input bytes
 	// done (read, or skipped unread), input bytes read as text.
 	files, bytes, read int64
 	done               chan struct{}
 }
 
 const (
-	batchBytes    = 1 << 20  // input bytes per batch
-	inFlightBytes = 32 << 20 // input bytes read but not yet packed (one batch may exceed it)
+	chunkBytes    = 1 << 20  // input bytes per chunk
+	inFlightBytes = 32 << 20 // input bytes read but not yet packed (one chunk may exceed it)
 )
 
 // prepare runs the pipeline into tmp and writes the manifest there.
@@ -411,8 +411,8 @@ func prepare(ctx context.Context, cfg *Config, files []inputFile, walkIssues []I
 	}
 	width := TokenWidth(cfg.Tokenizer.Vocab())
 
-	work := make(chan *batch, workers)
-	ordered := make(chan *batch, 2*workers)
+	work := make(chan *inputChunk, workers)
+	ordered := make(chan *inputChunk, 2*workers)
 	budget := newBudget(inFlightBytes)
 	var wg sync.WaitGroup
 	wg.Add(1 + workers)
@@ -426,11 +426,11 @@ func prepare(ctx context.Context, cfg *Config, files []inputFile, walkIssues []I
 	for range workers {
 		go func() {
 			defer wg.Done()
-			w := worker{cfg: cfg, width: width}
+			w := tokenizer{cfg: cfg, width: width}
 			for b := range work {
-				if ctx.Err() == nil { // once stopping, only release the batches
-					for i := range b.units {
-						w.process(&b.units[i])
+				if ctx.Err() == nil { // once stopping, only release the chunks
+					for i := range b.docs {
+						w.process(&b.docs[i])
 					}
 				}
 				close(b.done)
@@ -481,8 +481,8 @@ func prepare(ctx context.Context, cfg *Config, files []inputFile, walkIssues []I
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
-		for i := range b.units {
-			u := &b.units[i]
+		for i := range b.docs {
+			u := &b.docs[i]
 			switch {
 			case u.err != nil:
 				return nil, u.err
@@ -502,7 +502,7 @@ func prepare(ctx context.Context, cfg *Config, files []inputFile, walkIssues []I
 					return nil, err
 				}
 			}
-			*u = unit{} // let the memory go
+			*u = document{} // let the memory go
 		}
 		budget.release(b.cost)
 		prog.Files, prog.Bytes, prog.Documents, prog.Tokens = b.files, b.bytes, src.Documents, src.Tokens
@@ -640,21 +640,21 @@ func (p *packer) finish() (dropped int64, err error) {
 	return ntok - used, nil
 }
 
-// reader turns input files into batches of units, in order.
+// reader turns input files into chunks of documents, in order.
 type reader struct {
 	cfg     *Config
 	ctx     context.Context
 	budget  *budget
-	work    chan<- *batch
-	ordered chan<- *batch
+	work    chan<- *inputChunk
+	ordered chan<- *inputChunk
 
-	cur                *batch
-	files, bytes, read int64 // running totals, as in batch
+	cur                *inputChunk
+	files, bytes, read int64 // running totals, as in chunk
 	line               []byte
 }
 
 func (r *reader) run(files []inputFile) {
-	r.cur = &batch{done: make(chan struct{})}
+	r.cur = &inputChunk{done: make(chan struct{})}
 	for _, f := range files {
 		if r.ctx.Err() != nil {
 			return
@@ -673,26 +673,26 @@ func (r *reader) run(files []inputFile) {
 	r.flush(true)
 }
 
-// add puts u in the current batch, sending the batch once it holds
-// batchBytes. It returns false when Prepare is stopping.
-func (r *reader) add(u unit) bool {
-	r.cur.units = append(r.cur.units, u)
+// add puts u in the current chunk, sending the chunk once it holds
+// chunkBytes. It returns false when Prepare is stopping.
+func (r *reader) add(u document) bool {
+	r.cur.docs = append(r.cur.docs, u)
 	r.cur.cost += int64(len(u.raw))
-	if r.cur.cost >= batchBytes {
+	if r.cur.cost >= chunkBytes {
 		return r.flush(false)
 	}
 	return true
 }
 
-// flush sends the current batch to the workers and the packer; the last
+// flush sends the current chunk to the workers and the packer; the last
 // one is sent even when empty, to carry the final totals.
 func (r *reader) flush(last bool) bool {
 	b := r.cur
-	if len(b.units) == 0 && !last {
+	if len(b.docs) == 0 && !last {
 		return true
 	}
 	b.files, b.bytes, b.read = r.files, r.bytes, r.read
-	r.cur = &batch{done: make(chan struct{})}
+	r.cur = &inputChunk{done: make(chan struct{})}
 	if !r.budget.acquire(b.cost) {
 		return false
 	}
@@ -714,7 +714,7 @@ func (r *reader) flush(last bool) bool {
 // being read.
 func (r *reader) textFile(f inputFile) bool {
 	tooLarge := func(size int64) bool {
-		return r.add(unit{issue: &Issue{Path: f.path, Reason: ReasonTooLarge,
+		return r.add(document{issue: &Issue{Path: f.path, Reason: ReasonTooLarge,
 			Detail: fmt.Sprintf("%d bytes, more than the %d a text document may have", size, r.cfg.MaxDocumentBytes)}})
 	}
 	if f.size > r.cfg.MaxDocumentBytes {
@@ -723,14 +723,14 @@ func (r *reader) textFile(f inputFile) bool {
 	}
 	file, _, err := safefile.Open(f.path, math.MaxInt64) // the size is checked as it is read
 	if err != nil {
-		return r.add(unit{err: fmt.Errorf("shard: input %w", err)})
+		return r.add(document{err: fmt.Errorf("shard: input %w", err)})
 	}
 	defer file.Close()
 	data := make([]byte, f.size+1) // +1: to notice a file that grew since it was listed
 	n, err := io.ReadFull(file, data[:min(f.size, BinarySniffBytes)])
 	if isBinary(data[:n]) {
 		r.bytes += f.size
-		return r.add(unit{issue: &Issue{Path: f.path, Reason: ReasonBinary, Detail: "a NUL byte in the first 8 KiB"}})
+		return r.add(document{issue: &Issue{Path: f.path, Reason: ReasonBinary, Detail: "a NUL byte in the first 8 KiB"}})
 	}
 	if err == nil { // the rest
 		var m int
@@ -744,22 +744,22 @@ func (r *reader) textFile(f inputFile) bool {
 		}
 	}
 	if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
-		return r.add(unit{err: fmt.Errorf("shard: input %w", err)})
+		return r.add(document{err: fmt.Errorf("shard: input %w", err)})
 	}
 	data = data[:n]
 	r.bytes += int64(n)
 	r.read += int64(n)
 	switch {
 	case n == 0:
-		return r.add(unit{issue: &Issue{Path: f.path, Reason: ReasonEmpty}})
+		return r.add(document{issue: &Issue{Path: f.path, Reason: ReasonEmpty}})
 	case int64(n) > r.cfg.MaxDocumentBytes:
 		return tooLarge(int64(n))
 	}
-	return r.add(unit{path: f.path, raw: data})
+	return r.add(document{path: f.path, raw: data})
 }
 
 // budget bounds the input bytes in flight between the reader and the
-// packer. One batch larger than the limit is let through alone.
+// packer. One chunk larger than the limit is let through alone.
 type budget struct {
 	mu     sync.Mutex
 	cond   *sync.Cond
@@ -799,14 +799,14 @@ func (b *budget) close() {
 	b.cond.Broadcast()
 }
 
-// worker checks and tokenises units.
-type worker struct {
+// tokenizer checks and tokenises documents.
+type tokenizer struct {
 	cfg   *Config
 	width int
 	ids   []int32 // reused between documents
 }
 
-func (w *worker) process(u *unit) {
+func (w *tokenizer) process(u *document) {
 	if u.issue != nil || u.err != nil {
 		return
 	}
