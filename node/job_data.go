@@ -74,15 +74,15 @@ func (r *jobRunner) unitShares(members []string) []int {
 func (r *jobRunner) ensureShards(ctx context.Context, part []int64) error {
 	seen := map[string]bool{}
 	for _, id := range part {
-		e, _, err := r.data.Locate(shard.Train, id)
+		entry, _, err := r.data.Locate(shard.Train, id)
 		if err != nil {
 			return err
 		}
-		if seen[e.Hash] {
+		if seen[entry.Hash] {
 			continue
 		}
-		seen[e.Hash] = true
-		if err := r.ensureShard(ctx, e); err != nil {
+		seen[entry.Hash] = true
+		if err := r.ensureShard(ctx, entry); err != nil {
 			return err
 		}
 	}
@@ -91,8 +91,8 @@ func (r *jobRunner) ensureShards(ctx context.Context, part []int64) error {
 
 // ensureHeldout makes the held-out shards local.
 func (r *jobRunner) ensureHeldout(ctx context.Context) error {
-	for _, e := range r.manifest.SplitShards(shard.Heldout) {
-		if err := r.ensureShard(ctx, e); err != nil {
+	for _, entry := range r.manifest.SplitShards(shard.Heldout) {
+		if err := r.ensureShard(ctx, entry); err != nil {
 			return err
 		}
 	}
@@ -102,16 +102,16 @@ func (r *jobRunner) ensureHeldout(ctx context.Context) error {
 // ensureShard makes one shard local and visible to the dataset. The
 // replicated state is read (a copy of all of it) only when the shard must
 // be fetched, not on every step.
-func (r *jobRunner) ensureShard(ctx context.Context, e shard.ShardEntry) error {
-	link := filepath.Join(r.data.Dir, e.Hash+shard.ShardExt)
-	if !r.n.store.Has(e.Hash) {
+func (r *jobRunner) ensureShard(ctx context.Context, entry shard.ShardEntry) error {
+	link := filepath.Join(r.data.Dir, entry.Hash+shard.ShardExt)
+	if !r.n.store.Has(entry.Hash) {
 		// Gone from the store (Scrub deleted a corrupt copy): the old
 		// link would keep the bad bytes alive; fetch afresh.
 		os.Remove(link)
 		d, _ := r.n.coord.State().Dataset(r.datasetID)
-		if err := r.n.ensureObject(ctx, e.Hash, e.Bytes, append(slices.Clone(d.Placement[e.Hash]), d.Source)...); err != nil {
-			return fmt.Errorf("fetching shard %s: %w", e.Hash[:12], err)
+		if err := r.n.ensureObject(ctx, entry.Hash, entry.Bytes, append(slices.Clone(d.Placement[entry.Hash]), d.Source)...); err != nil {
+			return fmt.Errorf("fetching shard %s: %w", entry.Hash[:12], err)
 		}
 	}
-	return r.n.linkObject(e.Hash, r.data.Dir, e.Hash+shard.ShardExt)
+	return r.n.linkObject(entry.Hash, r.data.Dir, entry.Hash+shard.ShardExt)
 }
