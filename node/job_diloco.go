@@ -2,8 +2,6 @@ package node
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"math"
 	"time"
 
@@ -51,7 +49,7 @@ func (r *jobRunner) trainDiLoCo(ctx context.Context, e coordinator.Epoch, rank i
 			}
 			if res.Step < maxLossHistory {
 				for len(r.losses) <= res.Step {
-					r.losses = append(r.losses, nan())
+					r.losses = append(r.losses, math.NaN())
 				}
 				r.losses[res.Step] = res.Loss // this member's own loss: inner steps are local
 			}
@@ -91,28 +89,5 @@ func (r *jobRunner) trainDiLoCo(ctx context.Context, e coordinator.Epoch, rank i
 			}
 		}
 	}
-	if rank == 0 {
-		if r.lastCkpt != d.Boundary() {
-			if err := r.checkpoint(r.ctx, e); err != nil {
-				return fmt.Errorf("final checkpoint: %w", err)
-			}
-		}
-		if err := n.applyAnywhere(ctx, coordinator.SetJobState{ID: r.id, State: coordinator.JobCompleted,
-			From: []coordinator.JobState{coordinator.JobRunning}}); err != nil && !errors.Is(err, coordinator.ErrJobFinal) {
-			return err
-		}
-		n.log.Info("job completed", "job", r.id, "steps", d.Boundary(), "outer_steps", d.Outer)
-		return errJobEnded
-	}
-	r.setPhase(PhaseFinished)
-	<-ctx.Done()
-	if r.ctx.Err() != nil {
-		return errJobEnded
-	}
-	if j, ok := n.coord.State().Job(r.id); !ok || j.State != coordinator.JobRunning {
-		return errJobEnded
-	}
-	return ctx.Err()
+	return r.finishJob(ctx, e, rank, d.Boundary())
 }
-
-func nan() float64 { return math.NaN() }

@@ -511,11 +511,22 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 		}
 	}
 	// All steps applied.
+	return r.finishJob(ctx, e, rank, r.w.Done)
+}
+
+// finishJob ends the last epoch of the job, for the synchronous and the
+// DiLoCo loops alike, once done steps are applied. Rank 0 evaluates (unless
+// it has at done), writes the final checkpoint, waits for the units'
+// evaluations of a federated job, and completes the job. The other ranks (a
+// federated unit after evaluating its own held-out split) wait until the
+// job ends, or until a new epoch makes one of them rank 0.
+func (r *jobRunner) finishJob(ctx context.Context, e coordinator.Epoch, rank, done int) error {
+	n := r.n
 	if rank == 0 {
-		if r.spec.EvalEvery > 0 && r.progress().HeldoutStep != r.w.Done {
+		if r.spec.EvalEvery > 0 && r.progress().HeldoutStep != done {
 			r.eval(false)
 		}
-		if r.lastCkpt != r.w.Done {
+		if r.lastCkpt != done {
 			if err := r.checkpoint(r.ctx, e); err != nil {
 				return fmt.Errorf("final checkpoint: %w", err)
 			}
@@ -527,21 +538,25 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 			From: []coordinator.JobState{coordinator.JobRunning}}); err != nil && !errors.Is(err, coordinator.ErrJobFinal) {
 			return err
 		}
-		n.log.Info("job completed", "job", r.id, "steps", r.w.Done)
+		n.log.Info("job completed", "job", r.id, "steps", done)
 		return errJobEnded
 	}
-	if r.spec.Federated && r.spec.EvalEvery > 0 && r.progress().HeldoutStep != r.w.Done {
+	if r.spec.Federated && r.spec.EvalEvery > 0 && r.progress().HeldoutStep != done {
 		r.eval(false) // this unit's held-out split, after the last step
 	}
 	r.setPhase(PhaseFinished)
-	<-ctx.Done() // rank 0 completes the job (or a new epoch makes another rank 0)
-	if r.ctx.Err() != nil {
-		return errJobEnded
-	}
-	if j, ok := n.coord.State().Job(r.id); !ok || j.State != coordinator.JobRunning {
+	<-ctx.Done()
+	if r.ctx.Err() != nil || !r.jobRunning() {
 		return errJobEnded
 	}
 	return ctx.Err()
+}
+
+// jobRunning reports whether the replicated state still has the job
+// running.
+func (r *jobRunner) jobRunning() bool {
+	j, ok := r.n.coord.State().Job(r.id)
+	return ok && j.State == coordinator.JobRunning
 }
 
 // eval scores the held-out split (rank 0).
