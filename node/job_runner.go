@@ -49,18 +49,23 @@ import (
 // job_data.go; checkpoints and replica checks in job_checkpoint.go; what it
 // reports in job_progress.go; the DiLoCo loop in job_diloco.go.
 type jobRunner struct {
+	// Set by newJobRunner, never changed.
 	n      *Node
 	id     string
 	spec   coordinator.JobSpec
 	ctx    context.Context
 	cancel context.CancelFunc
 	dir    string // DataDir/jobs/ID: links to the base model and the shards
+
+	// Set by prepare, then owned by the run goroutine. Control handlers
+	// read w (and dl) only in the window the sync protocol makes safe
+	// (syncingRunner, control_ops.go).
+	//
 	// datasetID is the dataset this worker trains on: the job's, or in a
 	// federated job the one this node registered as local.
 	datasetID string
-
-	w  *train.Worker
-	dl *train.DiLoCo // the outer loop, in DiLoCo mode (spec.InnerSteps > 0)
+	w         *train.Worker
+	dl        *train.DiLoCo // the outer loop, in DiLoCo mode (spec.InnerSteps > 0)
 	// closeGPU releases the worker's GPU (its device model and device) when
 	// the worker computes on one (jobRunner.gpu); nil otherwise.
 	closeGPU func()
@@ -69,25 +74,30 @@ type jobRunner struct {
 	cfg      model.Config
 	tok      model.Tokenizer
 
-	// gaveUp is set when run returned without the job having ended (its
-	// inputs could not be prepared): the job loop starts a new runner.
-	gaveUp atomic.Bool
-
-	mu       sync.Mutex
-	prog     JobProgress
-	losses   []float64     // global loss of each step this worker ran, by step (NaN: not run here)
-	sumStep  time.Duration // over the timed steps (see JobProgress.MeanStepMS)
-	sumWait  time.Duration
-	frozen   map[uint64]syncStatus // epoch → status as this node entered it
-	hashes   map[int]string        // steps applied → weights hash then
-	lastCkpt int                   // step of the last checkpoint this node recorded
-	// placement is the dataset's placement as frozen by sync for the
-	// epoch: every member splits the batches with the same one.
-	placement shard.Placement
+	// Owned by the run goroutine: read and written only there, no lock.
+	lastCkpt int // step of the last checkpoint this node recorded
 	// shares are a federated job's per-member shares of the batch for the
 	// ring sharesKey (the members, joined).
 	shares    []int
 	sharesKey string
+
+	// gaveUp is set when run returned without the job having ended (its
+	// inputs could not be prepared): the job loop starts a new runner.
+	gaveUp atomic.Bool
+
+	// Guarded by mu: also read by control handlers, JobStatus and the
+	// metrics.
+	mu      sync.Mutex
+	prog    JobProgress
+	losses  []float64     // global loss of each step this worker ran, by step (NaN: not run here)
+	sumStep time.Duration // over the timed steps (see JobProgress.MeanStepMS)
+	sumWait time.Duration
+	frozen  map[uint64]syncStatus // epoch → status as this node entered it
+	hashes  map[int]string        // steps applied → weights hash then
+	// placement is the dataset's placement as frozen by sync for the
+	// epoch: every member splits the batches with the same one. Written
+	// under mu by sync, read by the run goroutine.
+	placement shard.Placement
 }
 
 func (n *Node) newJobRunner(parent context.Context, j coordinator.Job) *jobRunner {
