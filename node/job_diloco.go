@@ -2,11 +2,15 @@ package node
 
 import (
 	"context"
+	"errors"
 	"math"
+	"path/filepath"
 	"time"
 
 	"github.com/braidml/braid/allreduce"
 	"github.com/braidml/braid/coordinator"
+	"github.com/braidml/braid/internal/atomicfile"
+	"github.com/braidml/braid/internal/safefile"
 )
 
 // trainDiLoCo is runEpoch's loop in DiLoCo mode (spec.InnerSteps = H > 0):
@@ -76,6 +80,9 @@ func (r *jobRunner) trainDiLoCo(ctx context.Context, e coordinator.Epoch, rank i
 		r.prog.WeightsHash = h
 		r.hashes[boundary] = h
 		r.mu.Unlock()
+		if ce := spec.CheckpointEvery; ce > 0 && boundary-r.lastOwnState >= ce {
+			r.saveOwnState(boundary)
+		}
 		if rank != 0 {
 			continue
 		}
@@ -91,3 +98,61 @@ func (r *jobRunner) trainDiLoCo(ctx context.Context, e coordinator.Epoch, rank i
 	}
 	return r.finishJob(ctx, e, rank, d.Boundary())
 }
+
+// A DiLoCo member's own state. The members agree on the outer state at
+// every outer step (weights, momentum), but each keeps its own inner AdamW
+// moments, from the steps on its own data. A checkpoint holds one member's
+// snapshot, so a job resumed from it alone would give every member the
+// checkpointing member's moments and go on differently from an
+// uninterrupted run. So each member also keeps, on its own disk, its own
+// snapshot of the boundaries where the job checkpoints (the same cadence:
+// every CheckpointEvery steps since the last), and restores it instead when
+// it is of the checkpoint's step and weights.
+
+// ownStateFile is where a member keeps its own DiLoCo state.
+const ownStateFile = "diloco-own.state"
+
+// saveOwnState keeps this member's DiLoCo snapshot of the boundary just
+// reached. A failure is logged: resuming then falls back to the
+// checkpoint's moments.
+func (r *jobRunner) saveOwnState(boundary int) {
+	b, err := r.dl.Snapshot()
+	if err == nil {
+		err = atomicfile.WriteBytes(filepath.Join(r.dir, ownStateFile), b, dataFilePerm)
+		if errors.Is(err, atomicfile.ErrSyncDir) {
+			err = nil
+		}
+	}
+	if err != nil {
+		r.n.log.Warn("could not keep this member's DiLoCo state; a resume will use the checkpoint's inner moments", "job", r.id, "step", boundary, "err", err)
+		return
+	}
+	r.lastOwnState = boundary
+}
+
+// restoreOwnState replaces the state restored from checkpoint cp with this
+// member's own, when it kept one of the same step and weights.
+func (r *jobRunner) restoreOwnState(cp coordinator.Checkpoint) {
+	path := filepath.Join(r.dir, ownStateFile)
+	b, err := safefile.ReadFileNoFollow(path, maxOwnStateBytes)
+	if err != nil {
+		return // none kept (a new member, a lost disk): the checkpoint's moments stand
+	}
+	shared, err := r.snapshot()
+	if err != nil {
+		return
+	}
+	if err := r.restore(b); err != nil || r.w.Done != cp.Step || r.w.WeightsHash() != cp.Hash {
+		// Not of this checkpoint: back to the checkpoint's state.
+		if err := r.restore(shared); err != nil {
+			r.n.log.Error("restoring the checkpoint again", "job", r.id, "err", err)
+		}
+		return
+	}
+	r.n.log.Info("resumed with this member's own DiLoCo inner state", "job", r.id, "step", cp.Step)
+}
+
+// maxOwnStateBytes bounds the own-state file read back: weights, two
+// moments and the outer momentum of the largest model braid trains, with
+// room to spare.
+const maxOwnStateBytes = 64 << 30

@@ -76,6 +76,9 @@ type jobRunner struct {
 
 	// Owned by the run goroutine: read and written only there, no lock.
 	lastCkpt int // step of the last checkpoint this node recorded
+	// lastOwnState is the step of the last DiLoCo state this member kept
+	// of its own (saveOwnState).
+	lastOwnState int
 	// shares are a federated job's per-member shares of the batch for the
 	// ring sharesKey (the members, joined).
 	shares    []int
@@ -306,7 +309,10 @@ func (r *jobRunner) prepare() error {
 			data.Close()
 			return fmt.Errorf("restoring the checkpoint of step %d: %w", cp.Step, err)
 		}
-		r.lastCkpt = cp.Step
+		r.lastCkpt, r.lastOwnState = cp.Step, cp.Step
+		if r.dl != nil {
+			r.restoreOwnState(cp)
+		}
 		n.log.Info("job resumes from its checkpoint", "job", r.id, "step", cp.Step)
 	}
 	r.mu.Lock()
