@@ -1,13 +1,11 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -50,47 +48,6 @@ func apiToken(c *cli.Context) (string, error) {
 		return tok, nil
 	}
 	return discoverToken(c.String("api")), nil
-}
-
-// newAPIRequest builds a request to path of the API behind --api with the
-// token, and a JSON body when body is not nil; send it with apiDo.
-func newAPIRequest(ctx context.Context, c *cli.Context, method, path string, body io.Reader) (*http.Request, error) {
-	// The URL's scheme and the CA, checked here so that their errors are
-	// not taken for an unreachable node (apiDo builds the client again).
-	if _, err := apiClient(c.String("api"), c.String("ca")); err != nil {
-		return nil, err
-	}
-	u := strings.TrimRight(c.String("api"), "/") + path
-	req, err := http.NewRequestWithContext(ctx, method, u, body)
-	if err != nil {
-		return nil, fmt.Errorf("--api %q: %w", c.String("api"), err)
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	tok, err := apiToken(c)
-	if err != nil {
-		return nil, err
-	}
-	if tok != "" {
-		req.Header.Set("Authorization", "Bearer "+tok)
-	}
-	return req, nil
-}
-
-// apiError describes a response that is not 200 OK, with a hint when the
-// token was missing or wrong.
-func apiError(c *cli.Context, req *http.Request, resp *http.Response, body []byte) error {
-	err := fmt.Errorf("%s %s: %s: %s", req.Method, req.URL, resp.Status, strings.TrimSpace(string(body)))
-	if resp.StatusCode == http.StatusUnauthorized {
-		how := "give --token or --token-file (BRAID_TOKEN, BRAID_TOKEN_FILE)"
-		if req.Header.Get("Authorization") == "" {
-			return fmt.Errorf("the node at %s needs its API token, and this command found none: %s; on the node's machine, its user finds it in DATA_DIR/%s: %w",
-				c.String("api"), how, node.APITokenFile, err)
-		}
-		return fmt.Errorf("the node at %s refused the token: %s: %w", c.String("api"), how, err)
-	}
-	return err
 }
 
 // apiRecord is what `braid node` leaves in the user's runtime directory while

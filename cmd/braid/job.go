@@ -1,12 +1,7 @@
 package main
 
 import (
-	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -18,7 +13,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/braidml/braid/coordinator"
-	"github.com/braidml/braid/internal/atomicfile"
 	"github.com/braidml/braid/model"
 	"github.com/braidml/braid/node"
 	"github.com/braidml/braid/node/push"
@@ -326,39 +320,4 @@ func jobExportCommand() *cli.Command {
 			return nil
 		},
 	}
-}
-
-// downloadJobFile streams one file of a job's last checkpoint into path,
-// checking its SHA-256, through a temporary file renamed into place.
-func downloadJobFile(ctx context.Context, c *cli.Context, id, name, path string) error {
-	req, err := newAPIRequest(ctx, c, http.MethodGet, "/v1/jobs/"+id+"/files/"+name, nil)
-	if err != nil {
-		return err
-	}
-	url := req.URL.String()
-	resp, err := apiDo(c, req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the node API at %s: %w", c.String("api"), err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return apiError(c, req, resp, b)
-	}
-	// Written whole or not at all (internal/atomicfile), and only if the
-	// bytes hash to what the checkpoint recorded.
-	err = atomicfile.Write(path, 0o644, func(w io.Writer) error {
-		h := sha256.New()
-		if _, err := io.Copy(io.MultiWriter(w, h), resp.Body); err != nil {
-			return fmt.Errorf("%s: %w", url, err)
-		}
-		if want := resp.Header.Get("X-Braid-Sha256"); want != "" && hex.EncodeToString(h.Sum(nil)) != want {
-			return fmt.Errorf("%s: the bytes received do not match the checkpoint's hash", url)
-		}
-		return nil
-	})
-	if errors.Is(err, atomicfile.ErrSyncDir) {
-		return nil // the file is whole; a file system that cannot sync a directory is not an error here
-	}
-	return err
 }

@@ -1,63 +1,16 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/node"
 )
-
-// getJSON fetches path from the API into v, with errors that say which
-// node and what went wrong.
-func getJSON(ctx context.Context, c *cli.Context, path string, v any) error {
-	return callAPI(ctx, c, http.MethodGet, path, nil, v, 10*time.Second)
-}
-
-// callAPI sends body (JSON, nil for none) to the API and decodes the answer
-// into v.
-func callAPI(ctx context.Context, c *cli.Context, method, path string, body, v any, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := newAPIRequest(ctx, c, method, path, rd)
-	if err != nil {
-		return err
-	}
-	url := req.URL.String()
-	resp, err := apiDo(c, req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the node API at %s (is `braid node` running there? set --api or BRAID_API): %w", c.String("api"), err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return fmt.Errorf("reading %s: %w", url, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return apiError(c, req, resp, b)
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		return fmt.Errorf("%s: unexpected response: %w", url, err)
-	}
-	return nil
-}
 
 func statusCommand() *cli.Command {
 	return &cli.Command{
