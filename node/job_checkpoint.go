@@ -9,10 +9,11 @@ import (
 
 	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/model"
+	"github.com/braidml/braid/shard"
 )
 
 // A running job's checkpoints (written, replicated, recorded through the
-// leader) and the checks that its replicas agree.
+// leader), its held-out evaluations, and the checks that its replicas agree.
 
 // checkpoint runs under the runner's context, not the epoch's: a new epoch
 // committed meanwhile must not abort the recording of a checkpoint already
@@ -128,4 +129,26 @@ func (r *jobRunner) compareReplicas(ctx context.Context, e coordinator.Epoch, st
 			return
 		}
 	}
+}
+
+// eval scores the held-out split (rank 0).
+func (r *jobRunner) eval(base bool) {
+	if r.data.NumSequences(shard.Heldout) == 0 {
+		return
+	}
+	if err := r.ensureHeldout(r.ctx); err != nil {
+		r.n.log.Warn("held-out shards unavailable", "job", r.id, "err", err)
+		return
+	}
+	loss, err := r.w.Eval()
+	if err != nil {
+		r.n.log.Warn("held-out evaluation failed", "job", r.id, "err", err)
+		return
+	}
+	r.mu.Lock()
+	if base {
+		r.prog.BaseHeldoutLoss = loss
+	}
+	r.prog.HeldoutLoss, r.prog.HeldoutStep = loss, r.w.Done
+	r.mu.Unlock()
 }

@@ -46,7 +46,7 @@ import (
 //
 // The runner is spread over files by concern: its life here; sync in
 // job_sync.go; each member's share of a batch and its shards in
-// job_data.go; checkpoints and replica checks in job_checkpoint.go; what it
+// job_data.go; checkpoints, evaluations and replica checks in job_checkpoint.go; what it
 // reports in job_progress.go; the DiLoCo loop in job_diloco.go.
 type jobRunner struct {
 	// Set by newJobRunner, never changed.
@@ -110,6 +110,7 @@ func (n *Node) newJobRunner(parent context.Context, j coordinator.Job) *jobRunne
 	r.prog = JobProgress{Job: j.ID, Node: n.cfg.Name, Phase: PhasePreparing, Rank: -1, Device: r.deviceName()}
 	return r
 }
+
 func (r *jobRunner) run() {
 	log := r.n.log.With("job", r.id)
 	if err := r.prepare(); err != nil {
@@ -364,6 +365,7 @@ func (r *jobRunner) newWorker(cfg train.JobConfig, ck *model.Checkpoint, data *s
 	r.n.log.Info("job trains on the GPU", "job", r.id, "gpu", dev.Info.String(), "precision", cuda.BF16.String())
 	return w, nil
 }
+
 func (r *jobRunner) readObject(h string) ([]byte, error) {
 	p, err := r.n.store.Path(h)
 	if err != nil {
@@ -378,6 +380,7 @@ type ringReducer struct{ r *allreduce.Ring }
 func (rr ringReducer) Start(ctx context.Context, step uint64) train.ReduceOp {
 	return rr.r.Start(ctx, step)
 }
+
 func (rr ringReducer) AllReduce(ctx context.Context, step uint64, buf []float32) error {
 	return rr.r.AllReduce(ctx, step, buf)
 }
@@ -573,28 +576,6 @@ func (r *jobRunner) finishJob(ctx context.Context, e coordinator.Epoch, rank, do
 func (r *jobRunner) jobRunning() bool {
 	j, ok := r.n.coord.State().Job(r.id)
 	return ok && j.State == coordinator.JobRunning
-}
-
-// eval scores the held-out split (rank 0).
-func (r *jobRunner) eval(base bool) {
-	if r.data.NumSequences(shard.Heldout) == 0 {
-		return
-	}
-	if err := r.ensureHeldout(r.ctx); err != nil {
-		r.n.log.Warn("held-out shards unavailable", "job", r.id, "err", err)
-		return
-	}
-	loss, err := r.w.Eval()
-	if err != nil {
-		r.n.log.Warn("held-out evaluation failed", "job", r.id, "err", err)
-		return
-	}
-	r.mu.Lock()
-	if base {
-		r.prog.BaseHeldoutLoss = loss
-	}
-	r.prog.HeldoutLoss, r.prog.HeldoutStep = loss, r.w.Done
-	r.mu.Unlock()
 }
 
 // inEpoch reports whether the runner is still in epoch.
