@@ -46,8 +46,9 @@ import (
 //
 // The runner is spread over files by concern: its life here; sync in
 // job_sync.go; each member's share of a batch and its shards in
-// job_data.go; checkpoints, evaluations and replica checks in job_checkpoint.go; what it
-// reports in job_progress.go; the DiLoCo loop in job_diloco.go.
+// job_data.go; checkpoints, evaluations and replica checks in
+// job_checkpoint.go; what it reports in job_progress.go; the DiLoCo loop
+// in job_diloco.go.
 type jobRunner struct {
 	// Set by newJobRunner, never changed.
 	n      *Node
