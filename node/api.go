@@ -183,9 +183,7 @@ func StartAPI(cfg APIConfig, status func() Status, reg *prometheus.Registry) (*A
 	if cfg.Bench != nil {
 		mux.HandleFunc("POST /v1/bench/allreduce", func(w http.ResponseWriter, r *http.Request) {
 			var plan BenchPlan
-			dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
-			dec.DisallowUnknownFields()
-			if err := dec.Decode(&plan); err != nil {
+			if err := readJSON(w, r, 64<<10, &plan); err != nil {
 				http.Error(w, "braid: bench plan: "+err.Error(), http.StatusBadRequest)
 				return
 			}
@@ -311,6 +309,20 @@ func (d *deadlineWriter) Flush() {
 func (d *deadlineWriter) Unwrap() http.ResponseWriter { return d.ResponseWriter }
 
 // writeJSON answers with v as indented JSON and status code.
+// readJSON decodes a request body of at most limit bytes into v, strictly:
+// an unknown field, trailing data or a larger body is an error.
+func readJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("trailing data after the JSON value")
+	}
+	return nil
+}
+
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)

@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -328,9 +327,7 @@ func (n *Node) certRoutes(mux *http.ServeMux) {
 	})
 	mux.HandleFunc("POST /v1/certs/revoke", func(w http.ResponseWriter, r *http.Request) {
 		var req RevokeRequest
-		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4<<10))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil {
+		if err := readJSON(w, r, 4<<10, &req); err != nil {
 			http.Error(w, "braid: revoke request: "+err.Error(), http.StatusBadRequest)
 			return
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -524,9 +523,7 @@ func (n *Node) dataRoutes(mux *http.ServeMux) {
 	})
 	mux.HandleFunc("POST /v1/datasets", func(w http.ResponseWriter, r *http.Request) {
 		var req AddDatasetRequest
-		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil || req.Manifest == "" {
+		if err := readJSON(w, r, 64<<10, &req); err != nil || req.Manifest == "" {
 			http.Error(w, fmt.Sprintf("braid: dataset request: want {\"manifest\": SHA256 of an uploaded manifest.json, \"name\", \"replicas\", \"local\"}: %v", err), http.StatusBadRequest)
 			return
 		}

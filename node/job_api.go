@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -150,9 +149,7 @@ func (n *Node) jobRoutes(mux *http.ServeMux) {
 	})
 	mux.HandleFunc("POST /v1/jobs", func(w http.ResponseWriter, r *http.Request) {
 		var req JobRequest
-		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil {
+		if err := readJSON(w, r, 64<<10, &req); err != nil {
 			http.Error(w, "braid: job request: "+err.Error(), http.StatusBadRequest)
 			return
 		}
