@@ -413,7 +413,7 @@ func TestGemmAllocs(t *testing.T) {
 			}{{"Gemm", Gemm}, {"GemmSerial", GemmSerial}} {
 				call := func() { fn.f(false, true, m, n, k, a, k, b, k, c, n, false) }
 				call()
-				if allocs := testing.AllocsPerRun(20, call); allocs != 0 {
+				if allocs := allocsPerRun(20, call); allocs != 0 {
 					t.Errorf("%v %s %dx%dx%d: %v allocations per call, want 0", v, fn.name, m, n, k, allocs)
 				}
 			}

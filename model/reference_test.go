@@ -145,7 +145,7 @@ func TestForwardBackwardAllocateNothing(t *testing.T) {
 		}
 	}
 	step()
-	if n := testing.AllocsPerRun(10, step); n != 0 {
+	if n := allocsPerRun(10, step); n != 0 {
 		t.Errorf("a training step allocates %v times, want 0", n)
 	}
 }

@@ -341,7 +341,7 @@ func TestLoRAWorkerStepAllocs(t *testing.T) {
 		}
 	}
 	step()
-	if n := testing.AllocsPerRun(20, step); n != 0 {
+	if n := allocsPerRun(20, step); n != 0 {
 		t.Errorf("a LoRA step allocates %v times, want 0", n)
 	}
 }

@@ -763,7 +763,7 @@ func TestWorkerStepAllocs(t *testing.T) {
 		}
 	}
 	step() // the first reads the shards
-	if n := testing.AllocsPerRun(20, step); n != 0 {
+	if n := allocsPerRun(20, step); n != 0 {
 		t.Errorf("a step allocates %v times, want 0", n)
 	}
 }
