@@ -345,6 +345,10 @@ func (c *Coordinator) wait(ctx context.Context, f raft.Future) error {
 		return nil
 	case errors.Is(err, raft.ErrNotLeader):
 		return c.notLeader()
+	case errors.Is(err, raft.ErrLeadershipTransferInProgress):
+		// Nothing was applied, and the leader is about to change: callers
+		// wait for the next one as for an election.
+		return &NotLeaderError{}
 	case errors.Is(err, raft.ErrRaftShutdown):
 		return ErrClosed
 	}

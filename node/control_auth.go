@@ -64,14 +64,15 @@ func (n *Node) authorizeControl(req controlRequest) error {
 	return nil
 }
 
-// epoch is the epoch a job request says its sender is in (0 if none).
+// epoch is the epoch a job request says its sender is in (0 if none),
+// read from the field of its own operation only.
 func (req controlRequest) epoch() uint64 {
 	switch {
-	case req.JobSync != nil:
+	case req.Op == opJobSync && req.JobSync != nil:
 		return req.JobSync.Epoch
-	case req.JobObject != nil:
+	case (req.Op == opJobGrad || req.Op == opJobSnapshot || req.Op == opJobProgress) && req.JobObject != nil:
 		return req.JobObject.Epoch
-	case req.Renew != nil:
+	case req.Op == opRenewEpoch && req.Renew != nil:
 		return req.Renew.Epoch
 	}
 	return 0

@@ -3,7 +3,9 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -80,7 +82,8 @@ func (r *jobRunner) trainDiLoCo(ctx context.Context, e coordinator.Epoch, rank i
 		r.prog.WeightsHash = h
 		r.hashes[boundary] = h
 		r.mu.Unlock()
-		if ce := spec.CheckpointEvery; ce > 0 && boundary-r.lastOwnState >= ce {
+		ckptDue := dilocoCheckpointDue(boundary, spec.InnerSteps, spec.CheckpointEvery) && boundary < spec.Steps
+		if ckptDue {
 			r.saveOwnState(boundary)
 		}
 		if rank != 0 {
@@ -90,7 +93,7 @@ func (r *jobRunner) trainDiLoCo(ctx context.Context, e coordinator.Epoch, rank i
 		if ee := spec.EvalEvery; ee > 0 && (boundary-r.progress().HeldoutStep >= ee || boundary == spec.Steps) {
 			r.eval(false)
 		}
-		if ce := spec.CheckpointEvery; ce > 0 && boundary-r.lastCkpt >= ce && boundary < spec.Steps {
+		if ckptDue {
 			if err := r.checkpoint(r.ctx, e); err != nil {
 				n.log.Warn("checkpoint failed", "job", r.id, "step", boundary, "err", err)
 			}
@@ -99,60 +102,82 @@ func (r *jobRunner) trainDiLoCo(ctx context.Context, e coordinator.Epoch, rank i
 	return r.finishJob(ctx, e, rank, d.Boundary())
 }
 
+// dilocoCheckpointDue reports whether a DiLoCo job checkpoints at outer
+// step boundary: the first boundary at or past each multiple of every,
+// with boundaries h steps apart. A function of the step alone, so that
+// whichever member is rank 0 (after a failover too) checkpoints where the
+// others keep their own state (saveOwnState), and a failed checkpoint does
+// not shift the ones after it.
+func dilocoCheckpointDue(boundary, h, every int) bool {
+	return every > 0 && boundary > 0 && boundary/every > (boundary-h)/every
+}
+
 // A DiLoCo member's own state. The members agree on the outer state at
 // every outer step (weights, momentum), but each keeps its own inner AdamW
 // moments, from the steps on its own data. A checkpoint holds one member's
 // snapshot, so a job resumed from it alone would give every member the
 // checkpointing member's moments and go on differently from an
 // uninterrupted run. So each member also keeps, on its own disk, its own
-// snapshot of the boundaries where the job checkpoints (the same cadence:
-// every CheckpointEvery steps since the last), and restores it instead when
-// it is of the checkpoint's step and weights.
+// snapshot of every boundary where the job checkpoints, and restores it
+// instead when it is of the checkpoint's step and weights. Snapshots older
+// than the job's last recorded checkpoint are deleted.
 
-// ownStateFile is where a member keeps its own DiLoCo state.
-const ownStateFile = "diloco-own.state"
+// ownStatePath is where a member keeps its own DiLoCo state of step.
+func (r *jobRunner) ownStatePath(step int) string {
+	return filepath.Join(r.dir, fmt.Sprintf("diloco-own-%d.state", step))
+}
 
 // saveOwnState keeps this member's DiLoCo snapshot of the boundary just
-// reached. A failure is logged: resuming then falls back to the
-// checkpoint's moments.
+// reached and deletes those older than the last recorded checkpoint. A
+// failure is logged: resuming then falls back to the checkpoint's moments.
 func (r *jobRunner) saveOwnState(boundary int) {
 	b, err := r.dl.Snapshot()
 	if err == nil {
-		err = atomicfile.WriteBytes(filepath.Join(r.dir, ownStateFile), b, dataFilePerm)
+		err = atomicfile.WriteBytes(r.ownStatePath(boundary), b, dataFilePerm)
 		if errors.Is(err, atomicfile.ErrSyncDir) {
 			err = nil
 		}
 	}
 	if err != nil {
 		r.n.log.Warn("could not keep this member's DiLoCo state; a resume will use the checkpoint's inner moments", "job", r.id, "step", boundary, "err", err)
-		return
 	}
-	r.lastOwnState = boundary
+	last := 0
+	if j, ok := r.n.coord.State().Job(r.id); ok {
+		if cp, ok := j.LastCheckpoint(); ok {
+			last = cp.Step
+		}
+	}
+	old, _ := filepath.Glob(filepath.Join(r.dir, "diloco-own-*.state"))
+	for _, p := range old {
+		var step int
+		if _, err := fmt.Sscanf(filepath.Base(p), "diloco-own-%d.state", &step); err == nil && step < last {
+			os.Remove(p)
+		}
+	}
 }
 
 // restoreOwnState replaces the state restored from checkpoint cp with this
-// member's own, when it kept one of the same step and weights.
-func (r *jobRunner) restoreOwnState(cp coordinator.Checkpoint) {
-	path := filepath.Join(r.dir, ownStateFile)
-	b, err := safefile.ReadFileNoFollow(path, maxOwnStateBytes)
-	if err != nil {
-		return // none kept (a new member, a lost disk): the checkpoint's moments stand
-	}
+// member's own, when it kept one of the same step and weights. The own
+// state is restored through the DiLoCo loop directly: it refines the
+// restore that prepare counted, it is not another.
+func (r *jobRunner) restoreOwnState(cp coordinator.Checkpoint) error {
 	shared, err := r.snapshot()
 	if err != nil {
-		return
+		return err
 	}
-	if err := r.restore(b); err != nil || r.w.Done != cp.Step || r.w.WeightsHash() != cp.Hash {
-		// Not of this checkpoint: back to the checkpoint's state.
-		if err := r.restore(shared); err != nil {
-			r.n.log.Error("restoring the checkpoint again", "job", r.id, "err", err)
-		}
-		return
+	// Its size is the checkpoint's, give or take the header: a larger file
+	// is not one.
+	b, err := safefile.ReadFileNoFollow(r.ownStatePath(cp.Step), int64(len(shared))+1<<20)
+	if err != nil {
+		return nil // none kept (a new member, a lost disk): the checkpoint's moments stand
 	}
-	r.n.log.Info("resumed with this member's own DiLoCo inner state", "job", r.id, "step", cp.Step)
+	if err := r.dl.Restore(b); err == nil && r.w.Done == cp.Step && r.w.WeightsHash() == cp.Hash {
+		r.n.log.Info("resumed with this member's own DiLoCo inner state", "job", r.id, "step", cp.Step)
+		return nil
+	}
+	// Not of this checkpoint: back to the checkpoint's state.
+	if err := r.dl.Restore(shared); err != nil {
+		return fmt.Errorf("restoring the checkpoint of step %d again: %w", cp.Step, err)
+	}
+	return nil
 }
-
-// maxOwnStateBytes bounds the own-state file read back: weights, two
-// moments and the outer momentum of the largest model braid trains, with
-// room to spare.
-const maxOwnStateBytes = 64 << 30

@@ -77,9 +77,6 @@ type jobRunner struct {
 
 	// Owned by the run goroutine: read and written only there, no lock.
 	lastCkpt int // step of the last checkpoint this node recorded
-	// lastOwnState is the step of the last DiLoCo state this member kept
-	// of its own (saveOwnState).
-	lastOwnState int
 	// shares are a federated job's per-member shares of the batch for the
 	// ring sharesKey (the members, joined).
 	shares    []int
@@ -311,9 +308,12 @@ func (r *jobRunner) prepare() error {
 			data.Close()
 			return fmt.Errorf("restoring the checkpoint of step %d: %w", cp.Step, err)
 		}
-		r.lastCkpt, r.lastOwnState = cp.Step, cp.Step
+		r.lastCkpt = cp.Step
 		if r.dl != nil {
-			r.restoreOwnState(cp)
+			if err := r.restoreOwnState(cp); err != nil {
+				data.Close()
+				return err
+			}
 		}
 		n.log.Info("job resumes from its checkpoint", "job", r.id, "step", cp.Step)
 	}

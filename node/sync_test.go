@@ -233,3 +233,27 @@ func FuzzDecodeGrads(f *testing.F) {
 		}
 	})
 }
+
+// dilocoCheckpointDue is a function of the step: the first outer boundary
+// at or past each multiple of the checkpoint interval, whoever is rank 0.
+func TestDiLoCoCheckpointDue(t *testing.T) {
+	for _, c := range []struct {
+		h, every int
+		want     []int // due boundaries up to 30
+	}{
+		{4, 8, []int{8, 16, 24}},
+		{3, 8, []int{9, 18, 24}},
+		{10, 5, []int{10, 20, 30}},
+		{4, 0, nil},
+	} {
+		var got []int
+		for b := c.h; b <= 30; b += c.h {
+			if dilocoCheckpointDue(b, c.h, c.every) {
+				got = append(got, b)
+			}
+		}
+		if !slices.Equal(got, c.want) {
+			t.Errorf("H=%d every %d: due at %v, want %v", c.h, c.every, got, c.want)
+		}
+	}
+}
