@@ -37,9 +37,10 @@ type Coordinator struct {
 	// streams before that and reads it from its own goroutines.
 	started atomic.Pointer[raft.Raft]
 
-	mu      sync.Mutex
-	view    map[string]Member // the node layer's latest report per member
-	closing bool
+	mu       sync.Mutex
+	view     map[string]Member // the node layer's latest report per member
+	reported map[string]uint64 // when (in eventSeq) each report in view arrived
+	closing  bool
 
 	// observed is each member's state in the FSM as the loop last saw it
 	// (written by the loop only).
@@ -85,6 +86,7 @@ func New(cfg Config, deps Deps) (*Coordinator, error) {
 		fsm:      newFSM(),
 		view:     map[string]Member{},
 		observed: map[string]MemberState{},
+		reported: map[string]uint64{},
 		kick:     make(chan struct{}, 1),
 		stop:     make(chan struct{}),
 		loopDone: make(chan struct{}),
@@ -276,6 +278,7 @@ func (c *Coordinator) reportGone(name string, st MemberState) {
 	m := c.view[name]
 	m.Name, m.State = name, st
 	c.view[name] = m
+	c.reported[name] = eventSeq.Add(1)
 	c.mu.Unlock()
 	c.poke()
 }
@@ -283,6 +286,7 @@ func (c *Coordinator) reportGone(name string, st MemberState) {
 func (c *Coordinator) report(m Member) {
 	c.mu.Lock()
 	c.view[m.Name] = m
+	c.reported[m.Name] = eventSeq.Add(1)
 	c.mu.Unlock()
 	c.poke()
 }

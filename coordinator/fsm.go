@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/raft"
 )
@@ -128,14 +129,24 @@ type fsm struct {
 	mu      sync.RWMutex
 	s       *fsmState
 	changed chan struct{} // closed and replaced after every change
+	// departed is when (in eventSeq) this server applied each member's
+	// last change from alive to left or failed (local bookkeeping, not
+	// replicated): a report that the member is alive made before then is
+	// stale (see observe).
+	departed map[string]uint64
 
 	maxSnapshot int // MaxSnapshotSize; tests lower it
 }
 
 var _ raft.FSM = (*fsm)(nil)
 
+// eventSeq orders, within this process, the departures the FSM applies and
+// the reports the node layer makes (Coordinator.report): a clock that never
+// gives two events the same time.
+var eventSeq atomic.Uint64
+
 func newFSM() *fsm {
-	return &fsm{s: newFSMState(), changed: make(chan struct{}), maxSnapshot: MaxSnapshotSize}
+	return &fsm{s: newFSMState(), changed: make(chan struct{}), departed: map[string]uint64{}, maxSnapshot: MaxSnapshotSize}
 }
 
 // Apply decodes and applies one committed log entry. The result is nil on
@@ -158,11 +169,40 @@ func (f *fsm) Apply(l *raft.Log) any {
 func (f *fsm) applyCommand(cmd Command) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	var alive []string // members alive before a command that may end some
+	switch cmd.Type() {
+	case TypeLeaveMember, TypeFailMember, TypeRevokeCert:
+		for name, m := range f.s.members {
+			if m.State == MemberAlive {
+				alive = append(alive, name)
+			}
+		}
+	}
 	if err := cmd.apply(f.s); err != nil {
 		return err
 	}
+	f.noteDepartures(alive)
 	f.notifyLocked()
 	return nil
+}
+
+// noteDepartures records now as the departure of the members of alive that
+// are no longer alive. f.mu is held.
+func (f *fsm) noteDepartures(alive []string) {
+	now := eventSeq.Add(1)
+	for _, name := range alive {
+		if m, ok := f.s.members[name]; !ok || m.State != MemberAlive {
+			f.departed[name] = now
+		}
+	}
+}
+
+// departedAt returns when (in eventSeq) this server applied member name's
+// last departure (0 if it has seen none).
+func (f *fsm) departedAt(name string) uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.departed[name]
 }
 
 func (f *fsm) notifyLocked() {
@@ -256,7 +296,14 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 		return err
 	}
 	f.mu.Lock()
+	var alive []string
+	for name, m := range f.s.members {
+		if m.State == MemberAlive {
+			alive = append(alive, name)
+		}
+	}
 	f.s = s
+	f.noteDepartures(alive)
 	f.notifyLocked()
 	f.mu.Unlock()
 	return nil

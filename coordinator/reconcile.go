@@ -73,9 +73,11 @@ func (c *Coordinator) loop() {
 // observe lets committed departures supersede older reports. When the FSM
 // shows a member going from alive to left or failed (committed by this or
 // an earlier leader, or by a leader leaving in Shutdown), an "alive" report
-// that arrived before is stale: it is replaced by the committed state, so
-// that this server, should it lead, does not bring the member back. A
-// report that arrives later (a rejoin) wins as usual.
+// that arrived before this server applied the departure is stale: it is
+// replaced by the committed state, so that this server, should it lead,
+// does not bring the member back. A report that arrived after it (a
+// rejoin) wins, however late observe runs: the loop may see the departure
+// only after the rejoin was reported, and must not undo the rejoin then.
 func (c *Coordinator) observe(st State) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -85,10 +87,15 @@ func (c *Coordinator) observe(st State) {
 		if prev != MemberAlive || m.State == MemberAlive || m.Name == c.self {
 			continue
 		}
-		if r, ok := c.view[m.Name]; ok && r.State == MemberAlive {
-			r.State = m.State
-			c.view[m.Name] = r
+		r, ok := c.view[m.Name]
+		if !ok || r.State != MemberAlive {
+			continue
 		}
+		if departed := c.fsm.departedAt(m.Name); departed != 0 && c.reported[m.Name] > departed {
+			continue // a rejoin reported after the departure was applied
+		}
+		r.State = m.State
+		c.view[m.Name] = r
 	}
 }
 
