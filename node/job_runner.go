@@ -226,7 +226,7 @@ const renewAfter = 1500 * time.Millisecond
 // prepare fetches the job's inputs and builds the worker.
 func (r *jobRunner) prepare() error {
 	n, spec := r.n, r.spec
-	st := n.coord.State()
+	st := r.currentState()
 	j, _ := st.Job(r.id)
 	r.datasetID = spec.Dataset
 	if spec.Federated {
@@ -571,6 +571,34 @@ func (r *jobRunner) finishJob(ctx context.Context, e coordinator.Epoch, rank, do
 	}
 	return ctx.Err()
 }
+
+// currentState is the replicated state once this node has caught up with
+// the cluster's (Coordinator.CurrentState), waiting at most
+// currentStateWait. A node that has just restarted may not have applied its
+// whole log yet: without the wait it could miss the job's last checkpoint,
+// start from the base model and have to copy a peer's snapshot (for a
+// DiLoCo job, with that peer's inner moments instead of its own). After
+// the wait it goes on with the state it has: sync catches it up.
+func (r *jobRunner) currentState() coordinator.State {
+	ctx, cancel := context.WithTimeout(r.ctx, currentStateWait)
+	defer cancel()
+	for {
+		if st, err := r.n.coord.CurrentState(ctx); err == nil {
+			return st
+		}
+		t := time.NewTimer(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return r.n.coord.State()
+		case <-t.C:
+		}
+	}
+}
+
+// currentStateWait bounds currentState's wait (an election, a restart's
+// log replay).
+const currentStateWait = 10 * time.Second
 
 // jobRunning reports whether the replicated state still has the job
 // running.
