@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"time"
@@ -48,17 +47,7 @@ func (r *jobRunner) trainDiLoCo(ctx context.Context, e coordinator.Epoch, rank i
 			}
 			elapsed := time.Since(start)
 			r.mu.Lock()
-			r.prog.Step, r.prog.Loss, r.prog.Error = r.w.Done, res.Loss, ""
-			r.prog.StepMS, r.prog.WaitMS = float64(elapsed.Microseconds())/1e3, 0
-			if elapsed > 0 {
-				r.prog.TokensPerSec = float64(res.Tokens) / elapsed.Seconds()
-			}
-			if res.Step < maxLossHistory {
-				for len(r.losses) <= res.Step {
-					r.losses = append(r.losses, math.NaN())
-				}
-				r.losses[res.Step] = res.Loss // this member's own loss: inner steps are local
-			}
+			r.recordStepLocked(res, elapsed) // this member's own loss: inner steps are local
 			r.mu.Unlock()
 			continue
 		}

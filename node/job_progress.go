@@ -1,7 +1,11 @@
 package node
 
 import (
+	"math"
 	"slices"
+	"time"
+
+	"github.com/braidml/braid/train"
 )
 
 // What a worker reports of the job it runs (JobProgress, served to
@@ -78,9 +82,25 @@ func (r *jobRunner) progress() JobProgress {
 // maxLossHistory bounds the per-step losses a worker keeps (JobLosses).
 const maxLossHistory = 1 << 20
 
+// recordStepLocked updates the progress with the step res, which took
+// elapsed, and keeps its loss; r.mu is held.
+func (r *jobRunner) recordStepLocked(res train.StepResult, elapsed time.Duration) {
+	r.prog.Step, r.prog.Loss, r.prog.Error = res.Step, res.Loss, ""
+	r.prog.StepMS, r.prog.WaitMS = float64(elapsed.Microseconds())/1e3, float64(res.Wait.Microseconds())/1e3
+	if elapsed > 0 {
+		r.prog.TokensPerSec = float64(res.Tokens) / elapsed.Seconds()
+	}
+	if i := res.Step - 1; i < maxLossHistory {
+		for len(r.losses) <= i {
+			r.losses = append(r.losses, math.NaN())
+		}
+		r.losses[i] = res.Loss
+	}
+}
+
 // JobLosses returns the global loss of every step of job id that this
-// node's worker ran, indexed by step (NaN for steps it did not run: before
-// it joined, or restored from a peer). Nil when it does not run the job.
+// node's worker ran: element i is the loss of step i+1 (NaN for steps it
+// did not run: before it joined, or restored from a peer). Nil when it does not run the job.
 func (n *Node) JobLosses(id string) []float64 {
 	r := n.currentRunner(id)
 	if r == nil {

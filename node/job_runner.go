@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -482,18 +481,8 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 		}
 		elapsed := time.Since(start)
 		r.mu.Lock()
-		r.prog.Step, r.prog.Loss, r.prog.Error = r.w.Done, res.Loss, ""
+		r.recordStepLocked(res, elapsed)
 		r.prog.WireBytesPerStep = sent
-		if res.Step < maxLossHistory {
-			for len(r.losses) <= res.Step {
-				r.losses = append(r.losses, math.NaN())
-			}
-			r.losses[res.Step] = res.Loss
-		}
-		r.prog.StepMS, r.prog.WaitMS = float64(elapsed.Microseconds())/1e3, float64(res.Wait.Microseconds())/1e3
-		if elapsed > 0 {
-			r.prog.TokensPerSec = float64(res.Tokens) / elapsed.Seconds()
-		}
 		if epochSteps++; epochSteps > 2 {
 			r.sumStep += elapsed
 			r.sumWait += res.Wait

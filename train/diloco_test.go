@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/braidml/braid/train"
+	"github.com/braidml/braid/train/traintest"
 )
 
 // DiLoCo across 3 workers: after each outer step every worker holds the
@@ -27,7 +28,7 @@ func TestDiLoCoOuterStep(t *testing.T) {
 		}
 		ds = append(ds, d)
 	}
-	reds := reducers(newMemGroup(n))
+	reds := traintest.Reducers(traintest.NewGroup(n))
 	start := slices.Clone(ds[0].Base)
 	mom := make([]float32, len(start))
 	for round := range 3 {
@@ -122,7 +123,7 @@ func TestDiLoCoOuterStep(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if err := dd.OuterStep(context.Background(), reducers(newMemGroup(1))[0], 1); err != nil {
+		if err := dd.OuterStep(context.Background(), traintest.Reducers(traintest.NewGroup(1))[0], 1); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -21,6 +21,11 @@
 // reduced, checkpointed and snapshotted; the base weights stay frozen and
 // are named by their hash.
 //
+// Step numbers count updates, from 1: "step n" is the n-th update, and
+// after it n steps are done (StepStats.Step, StepResult.Step, Worker.Done,
+// Optimizer.Step, a checkpoint "at step n"). Indexes start at 0: step n
+// uses global batch n-1 and the learning rate Schedule.At(n-1).
+//
 // What it does not do: networking, membership or process management: the
 // reducer is an interface, and the node decides who trains which part.
 package train

@@ -72,7 +72,8 @@ type Schedule struct {
 	Warmup, Steps int
 }
 
-// At returns the learning rate of update step (0-based).
+// At returns the learning rate of the update of index step, which is step
+// number step+1 (package doc: step numbers).
 func (s Schedule) At(step int) float64 {
 	if step < s.Warmup {
 		return s.LR * float64(step+1) / float64(s.Warmup)

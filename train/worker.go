@@ -239,7 +239,7 @@ func (c JobConfig) hash() string {
 
 // StepResult describes one applied step.
 type StepResult struct {
-	Step     int     // the step applied (0-based index of the global batch)
+	Step     int     // steps applied after this one, as StepStats.Step: the first step is 1 (it used the global batch of index Step-1)
 	Loss     float64 // global mean loss of the step over all workers' sequences (after the loss all-reduce)
 	GradNorm float32 // global gradient norm before clipping
 	LR       float64
@@ -576,7 +576,7 @@ func (w *Worker) Step(ctx context.Context, part []int64, red Reducer) (StepResul
 	if err != nil {
 		return StepResult{}, err
 	}
-	return StepResult{Step: step, Loss: loss, GradNorm: norm, LR: lr, Tokens: len(part) * T,
+	return StepResult{Step: step + 1, Loss: loss, GradNorm: norm, LR: lr, Tokens: len(part) * T,
 		Compute: computed.Sub(start), Wait: waited}, nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/braidml/braid/model/cudamodel"
 	"github.com/braidml/braid/shard"
 	"github.com/braidml/braid/train"
+	"github.com/braidml/braid/train/traintest"
 )
 
 // These tests run workers on whichever GPU is present (several workers
@@ -76,7 +77,7 @@ func TestGPUWorkersMatchOneWorker(t *testing.T) {
 			one := newGPUWorker(t, cfg, workerModel, data, tc.p)
 			two := []*train.Worker{newGPUWorker(t, cfg, workerModel, data, tc.p), newGPUWorker(t, cfg, workerModel, data, tc.p)}
 			cpu := newWorker(t, cfg, workerModel, data)
-			oneRed, twoRed, cpuRed := reducers(newMemGroup(1)), reducers(newMemGroup(2)), reducers(newMemGroup(1))
+			oneRed, twoRed, cpuRed := traintest.Reducers(traintest.NewGroup(1)), traintest.Reducers(traintest.NewGroup(2)), traintest.Reducers(traintest.NewGroup(1))
 			var worst, worstCPU float64
 			for step := range steps {
 				want, err := one.Step(context.Background(), partsFor(t, one, step, 1)[0], oneRed[0])
@@ -122,7 +123,7 @@ func TestGPUWorkerCatchUp(t *testing.T) {
 	data := prepareDataset(t, 40, 1, 0.1)
 	cfg := testJob(6, 8, 4)
 	a := newGPUWorker(t, cfg, workerModel, data, cuda.BF16)
-	red := reducers(newMemGroup(1))
+	red := traintest.Reducers(traintest.NewGroup(1))
 	for step := range 3 {
 		if _, err := a.Step(context.Background(), partsFor(t, a, step, 1)[0], red[0]); err != nil {
 			t.Fatal(err)
@@ -169,7 +170,7 @@ func TestGPULoRAWorkersMatchCPU(t *testing.T) {
 	cfg.LoRARank, cfg.LR, cfg.WeightDecay = 4, 1e-2, 0
 	two := []*train.Worker{newGPUWorker(t, cfg, workerModel, data, cuda.FP32), newGPUWorker(t, cfg, workerModel, data, cuda.FP32)}
 	cpu := newWorker(t, cfg, workerModel, data)
-	twoRed, cpuRed := reducers(newMemGroup(2)), reducers(newMemGroup(1))
+	twoRed, cpuRed := traintest.Reducers(traintest.NewGroup(2)), traintest.Reducers(traintest.NewGroup(1))
 	var first, last float64
 	for step := range cfg.Steps {
 		ref, err := cpu.Step(context.Background(), partsFor(t, cpu, step, 1)[0], cpuRed[0])
@@ -220,7 +221,7 @@ func TestGPUDiLoCoMatchesCPU(t *testing.T) {
 	}
 	gpus := []*train.DiLoCo{mk(newGPUWorker(t, cfg, workerModel, data, cuda.FP32)), mk(newGPUWorker(t, cfg, workerModel, data, cuda.FP32))}
 	cpus := []*train.DiLoCo{mk(newWorker(t, cfg, workerModel, data)), mk(newWorker(t, cfg, workerModel, data))}
-	gred, cred := reducers(newMemGroup(n)), reducers(newMemGroup(n))
+	gred, cred := traintest.Reducers(traintest.NewGroup(n)), traintest.Reducers(traintest.NewGroup(n))
 	round := func(ds []*train.DiLoCo, reds []train.Reducer, r int) {
 		for s := range h {
 			parts := partsFor(t, ds[0].W, r*h+s, n)
@@ -283,7 +284,7 @@ func TestGPUWorkerEmptyPart(t *testing.T) {
 	cfg := testJob(2, 8, 4)
 	one := newGPUWorker(t, cfg, workerModel, data, cuda.FP32)
 	two := []*train.Worker{newGPUWorker(t, cfg, workerModel, data, cuda.FP32), newGPUWorker(t, cfg, workerModel, data, cuda.FP32)}
-	oneRed, twoRed := reducers(newMemGroup(1)), reducers(newMemGroup(2))
+	oneRed, twoRed := traintest.Reducers(traintest.NewGroup(1)), traintest.Reducers(traintest.NewGroup(2))
 	for step := range 2 {
 		all := partsFor(t, one, step, 1)[0]
 		if _, err := one.Step(context.Background(), all, oneRed[0]); err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/braidml/braid/model/safetensors"
 	"github.com/braidml/braid/shard"
 	"github.com/braidml/braid/train"
+	"github.com/braidml/braid/train/traintest"
 )
 
 // loraJob is testJob in LoRA mode: a rank-4 adapter on every projection,
@@ -141,7 +142,7 @@ func TestLoRAWorkersMatchOneWorker(t *testing.T) {
 			cfg.LoRADropout, cfg.BucketBytes = c.dropout, c.buckets
 			one := newWorker(t, cfg, workerModel, data)
 			many := newWorkers(t, c.workers, cfg, workerModel, data)
-			oneRed, manyRed := reducers(newMemGroup(1)), reducers(newMemGroup(c.workers))
+			oneRed, manyRed := traintest.Reducers(traintest.NewGroup(1)), traintest.Reducers(traintest.NewGroup(c.workers))
 			var worst, first, last float64
 			for step := range c.steps {
 				want, err := one.Step(context.Background(), partsFor(t, one, step, 1)[0], oneRed[0])
@@ -193,7 +194,7 @@ func TestLoRAWorkerGradientIsBatchMean(t *testing.T) {
 	cfg := loraJob(3, 10, 3)
 	cfg.LoRADropout = 0
 	ws := newWorkers(t, 2, cfg, workerModel, data)
-	red := reducers(newMemGroup(2))
+	red := traintest.Reducers(traintest.NewGroup(2))
 	ref, err := model.New(workerModel, cfg.GlobalBatch, 64)
 	if err != nil {
 		t.Fatal(err)
@@ -257,9 +258,9 @@ func TestLoRAWorkerBuckets(t *testing.T) {
 		if len(lens) != c.want {
 			t.Errorf("bucket bytes %d: %d buckets %v, want %d", c.bucketBytes, len(lens), lens, c.want)
 		}
-		red := newMemGroup(1)[0]
+		red := traintest.NewGroup(1)[0]
 		var got [][]float32
-		red.onAdd = func(b []float32) { got = append(got, b) }
+		red.OnAdd = func(b []float32) { got = append(got, b) }
 		if _, err := w.Step(context.Background(), partsFor(t, w, 0, 1)[0], red); err != nil {
 			t.Fatal(err)
 		}
@@ -286,16 +287,16 @@ func TestLoRAWorkerPeerCatchesUp(t *testing.T) {
 	const k = 2
 	cfg := loraJob(5, 9, 2)
 	ws := newWorkers(t, 3, cfg, workerModel, data)
-	rs := newMemGroup(3)
+	rs := traintest.NewGroup(3)
 	broken := errors.New("peer w2: connection reset")
-	rs[2].failAfter = func(what string, step uint64) error {
+	rs[2].FailAfter = func(what string, step uint64) error {
 		if what == "loss" && step == k {
 			return broken
 		}
 		return nil
 	}
 	for step := range cfg.Steps {
-		_, errs := stepAll(ws, partsFor(t, ws[0], step, 3), reducers(rs))
+		_, errs := stepAll(ws, partsFor(t, ws[0], step, 3), traintest.Reducers(rs))
 		if step != k {
 			if err := errors.Join(errs...); err != nil {
 				t.Fatal(err)
@@ -317,7 +318,7 @@ func TestLoRAWorkerPeerCatchesUp(t *testing.T) {
 			t.Fatal(err)
 		}
 		requireSameAdapter(t, "after ApplyReduced", ws[0], ws[2])
-		rs[2].failAfter = nil
+		rs[2].FailAfter = nil
 	}
 }
 
@@ -354,7 +355,7 @@ func TestLoRASnapshotRestore(t *testing.T) {
 	data := prepareDataset(t, 40, 1, 0.1)
 	cfg := loraJob(8, 6, 4)
 	a := newWorker(t, cfg, workerModel, data)
-	red := reducers(newMemGroup(1))[0]
+	red := traintest.Reducers(traintest.NewGroup(1))[0]
 	run := func(w *train.Worker, until int) {
 		t.Helper()
 		for w.Done < until {

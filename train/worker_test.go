@@ -22,6 +22,7 @@ import (
 	"github.com/braidml/braid/model/safetensors"
 	"github.com/braidml/braid/shard"
 	"github.com/braidml/braid/train"
+	"github.com/braidml/braid/train/traintest"
 	"github.com/braidml/braid/transport"
 	"github.com/braidml/braid/transport/memnet"
 )
@@ -151,167 +152,6 @@ func requireSameState(t *testing.T, what string, a, b *train.Worker) {
 	}
 }
 
-// ---- The reference reducer ----
-
-// memGroup is an in-memory all-reduce among the workers of one process,
-// the reference Reducer of these tests. Each collective waits until every
-// member has called it (a barrier), sums the members' buffers in member
-// order, so that every member gets bitwise the same sum as a ring gives,
-// and writes the sum into each member's buffer. Members must make the same
-// calls in the same order, as the Reducer contract says.
-type memGroup struct {
-	mu     sync.Mutex
-	cond   *sync.Cond
-	size   int
-	rounds map[uint64]*memRound // by collective sequence number
-}
-
-type memRound struct {
-	bufs          [][]float32
-	arrived, left int
-	done          bool // sum (or err) is set
-	sum           []float32
-	err           error
-}
-
-func newMemGroup(n int) []*memReducer {
-	g := &memGroup{size: n, rounds: map[uint64]*memRound{}}
-	g.cond = sync.NewCond(&g.mu)
-	var rs []*memReducer
-	for i := range n {
-		rs = append(rs, &memReducer{g: g, member: i})
-	}
-	return rs
-}
-
-func reducers(rs []*memReducer) []train.Reducer {
-	var out []train.Reducer
-	for _, r := range rs {
-		out = append(out, r)
-	}
-	return out
-}
-
-// reduce is member's part in collective seq: it sums buf with the other
-// members' buffers, or, with abort set, fails the collective for every
-// member with that error (a ring that broke).
-func (g *memGroup) reduce(member int, seq uint64, buf []float32, abort error) error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	r := g.rounds[seq]
-	if r == nil {
-		r = &memRound{bufs: make([][]float32, g.size)}
-		g.rounds[seq] = r
-	}
-	r.arrived++
-	r.bufs[member] = buf
-	switch {
-	case r.done:
-	case abort != nil:
-		r.err, r.done = abort, true
-		g.cond.Broadcast()
-	case r.arrived == g.size:
-		r.sum = make([]float32, len(buf))
-		for m, b := range r.bufs {
-			if len(b) != len(buf) {
-				r.err = fmt.Errorf("memGroup: collective %d: member %d has %d elements, member %d %d", seq, m, len(b), member, len(buf))
-				continue
-			}
-			for i, v := range b {
-				r.sum[i] += v
-			}
-		}
-		r.done = true
-		g.cond.Broadcast()
-	}
-	for !r.done {
-		g.cond.Wait()
-	}
-	if r.err == nil {
-		copy(buf, r.sum)
-	}
-	if r.left++; r.left == g.size {
-		delete(g.rounds, seq)
-	}
-	return r.err
-}
-
-// memReducer is one member's train.Reducer on a memGroup.
-type memReducer struct {
-	g      *memGroup
-	member int
-	seq    uint64 // collectives so far; used by one goroutine at a time
-	// abort, if set, may break a collective ("gradient" or "loss") for
-	// every member, as a ring that loses this member does.
-	abort func(what string, step uint64) error
-	// failAfter, if set, may fail a collective for this member only, after
-	// the sum: the others succeed, and this member's buffer is scribbled
-	// over, as a ring whose last hops to this member broke leaves it.
-	failAfter func(what string, step uint64) error
-	// onAdd, if set, sees each bucket as the worker adds it.
-	onAdd func(bucket []float32)
-}
-
-func (r *memReducer) collective(what string, step uint64, buf []float32) error {
-	seq := r.seq
-	r.seq++
-	var abort error
-	if r.abort != nil {
-		abort = r.abort(what, step)
-	}
-	if err := r.g.reduce(r.member, seq, buf, abort); err != nil {
-		return err
-	}
-	if r.failAfter != nil {
-		if err := r.failAfter(what, step); err != nil {
-			for i := range buf {
-				buf[i] = float32(math.NaN())
-			}
-			return err
-		}
-	}
-	return nil
-}
-
-func (r *memReducer) AllReduce(_ context.Context, step uint64, buf []float32) error {
-	return r.collective("loss", step, buf)
-}
-
-// Start reduces the buckets one after another on a goroutine of its own,
-// while the worker's backward pass goes on.
-func (r *memReducer) Start(_ context.Context, step uint64) train.ReduceOp {
-	op := &memOp{r: r, queue: make(chan []float32, 64), done: make(chan struct{})}
-	go func() {
-		defer close(op.done)
-		for b := range op.queue {
-			if err := r.collective("gradient", step, b); err != nil && op.err == nil {
-				op.err = err // carry on: the other members count on this one's calls
-			}
-		}
-	}()
-	return op
-}
-
-type memOp struct {
-	r     *memReducer
-	queue chan []float32
-	done  chan struct{}
-	err   error
-}
-
-func (op *memOp) Add(b []float32) {
-	if op.r.onAdd != nil {
-		op.r.onAdd(b)
-	}
-	op.queue <- b
-}
-
-func (op *memOp) Wait() error {
-	close(op.queue)
-	<-op.done
-	return op.err
-}
-
 // ringReducer adapts an allreduce.Ring, whose Start returns its own *Op, to
 // train.Reducer, as the node does.
 type ringReducer struct{ *allreduce.Ring }
@@ -402,7 +242,7 @@ func TestWorkersMatchOneWorker(t *testing.T) {
 			cfg.BucketBytes = c.buckets
 			one := newWorker(t, cfg, workerModel, data)
 			many := newWorkers(t, c.workers, cfg, workerModel, data)
-			oneRed, manyRed := reducers(newMemGroup(1)), reducers(newMemGroup(c.workers))
+			oneRed, manyRed := traintest.Reducers(traintest.NewGroup(1)), traintest.Reducers(traintest.NewGroup(c.workers))
 			var worst, last float64
 			for step := range c.steps {
 				want, err := one.Step(context.Background(), partsFor(t, one, step, 1)[0], oneRed[0])
@@ -417,8 +257,8 @@ func TestWorkersMatchOneWorker(t *testing.T) {
 					}
 				}
 				for i, r := range res {
-					if r.Step != step || r.Tokens != len(parts[i])*64 {
-						t.Errorf("worker %d: result for step %d with %d tokens, want step %d, %d tokens", i, r.Step, r.Tokens, step, len(parts[i])*64)
+					if r.Step != step+1 || r.Tokens != len(parts[i])*64 {
+						t.Errorf("worker %d: result for step %d with %d tokens, want step %d, %d tokens", i, r.Step, r.Tokens, step+1, len(parts[i])*64)
 					}
 					if r.Loss != res[0].Loss || r.GradNorm != res[0].GradNorm || r.LR != want.LR {
 						t.Errorf("step %d: worker %d loss %v norm %v lr %v, worker 0 %v %v %v", step, i, r.Loss, r.GradNorm, r.LR, res[0].Loss, res[0].GradNorm, want.LR)
@@ -455,7 +295,7 @@ func TestWorkerGradientIsBatchMean(t *testing.T) {
 	}
 	cfg := testJob(int(shard.BatchesPerEpoch(n, G)), G, 4)
 	ws := newWorkers(t, 2, cfg, workerModel, data)
-	red := reducers(newMemGroup(2))
+	red := traintest.Reducers(traintest.NewGroup(2))
 	ref, err := model.New(workerModel, G, 64)
 	if err != nil {
 		t.Fatal(err)
@@ -522,12 +362,12 @@ func TestWorkerBuckets(t *testing.T) {
 			if len(lens) != c.want {
 				t.Errorf("%d buckets, want %d", len(lens), c.want)
 			}
-			red := newMemGroup(1)[0]
+			red := traintest.NewGroup(1)[0]
 			var got [][]float32
 			var wpeZero bool
 			ps := c.mc.Layout()
 			wpe := w.Model.Grads[ps[1].Offset : ps[1].Offset+ps[1].Size]
-			red.onAdd = func(b []float32) {
+			red.OnAdd = func(b []float32) {
 				if len(got) == 0 {
 					wpeZero = !slices.ContainsFunc(wpe, func(x float32) bool { return x != 0 })
 				}
@@ -574,21 +414,21 @@ func TestWorkerPeerCatchesUp(t *testing.T) {
 	const k = 2
 	cfg := testJob(6, 9, 2)
 	ws := newWorkers(t, 3, cfg, workerModel, data)
-	rs := newMemGroup(3)
+	rs := traintest.NewGroup(3)
 	broken := errors.New("peer w2: connection reset")
-	rs[2].failAfter = func(what string, step uint64) error {
+	rs[2].FailAfter = func(what string, step uint64) error {
 		if what == "loss" && step == k {
 			return broken
 		}
 		return nil
 	}
 	for step := range k {
-		if _, errs := stepAll(ws, partsFor(t, ws[0], step, 3), reducers(rs)); errors.Join(errs...) != nil {
+		if _, errs := stepAll(ws, partsFor(t, ws[0], step, 3), traintest.Reducers(rs)); errors.Join(errs...) != nil {
 			t.Fatal(errs)
 		}
 	}
 	before := copyWorker(t, ws[2])
-	_, errs := stepAll(ws, partsFor(t, ws[0], k, 3), reducers(rs))
+	_, errs := stepAll(ws, partsFor(t, ws[0], k, 3), traintest.Reducers(rs))
 	if errs[0] != nil || errs[1] != nil {
 		t.Fatalf("the healthy workers failed: %v", errs)
 	}
@@ -619,9 +459,9 @@ func TestWorkerPeerCatchesUp(t *testing.T) {
 		t.Error("after ApplyReduced, LastReduced is not the gradient applied")
 	}
 
-	rs[2].failAfter = nil
+	rs[2].FailAfter = nil
 	for step := k + 1; step < cfg.Steps; step++ {
-		if _, errs := stepAll(ws, partsFor(t, ws[0], step, 3), reducers(rs)); errors.Join(errs...) != nil {
+		if _, errs := stepAll(ws, partsFor(t, ws[0], step, 3), traintest.Reducers(rs)); errors.Join(errs...) != nil {
 			t.Fatal(errs)
 		}
 		requireSameState(t, fmt.Sprintf("step %d", step), ws[0], ws[2])
@@ -637,9 +477,9 @@ func TestWorkerRedoesStep(t *testing.T) {
 	const k = 2
 	cfg := testJob(4, 9, 2)
 	ws, ref := newWorkers(t, 3, cfg, workerModel, data), newWorkers(t, 3, cfg, workerModel, data)
-	rs, refRed := newMemGroup(3), reducers(newMemGroup(3))
+	rs, refRed := traintest.NewGroup(3), traintest.Reducers(traintest.NewGroup(3))
 	broken := errors.New("peer w1: hop timeout")
-	rs[1].abort = func(what string, step uint64) error {
+	rs[1].Abort = func(what string, step uint64) error {
 		if what == "gradient" && step == k {
 			return broken
 		}
@@ -655,16 +495,16 @@ func TestWorkerRedoesStep(t *testing.T) {
 			for _, w := range ws {
 				before = append(before, copyWorker(t, w))
 			}
-			_, errs := stepAll(ws, parts, reducers(rs))
+			_, errs := stepAll(ws, parts, traintest.Reducers(rs))
 			for i, err := range errs {
 				if !errors.Is(err, broken) || !strings.Contains(err.Error(), "step 2: gradient all-reduce") {
 					t.Fatalf("worker %d: error %v, want the reducer's, naming the step and the gradient", i, err)
 				}
 				requireSameState(t, fmt.Sprintf("worker %d after the failed step", i), before[i], ws[i])
 			}
-			rs[1].abort = nil
+			rs[1].Abort = nil
 		}
-		if _, errs := stepAll(ws, parts, reducers(rs)); errors.Join(errs...) != nil {
+		if _, errs := stepAll(ws, parts, traintest.Reducers(rs)); errors.Join(errs...) != nil {
 			t.Fatal(errs)
 		}
 		for i := range ws {
@@ -711,14 +551,14 @@ func TestWorkerRefusesBadParts(t *testing.T) {
 	ws := newWorkers(t, 2, cfg, workerModel, data)
 	parts := partsFor(t, ws[0], 0, 2)
 	hash := ws[0].WeightsHash()
-	_, errs := stepAll(ws, [][]int64{parts[0], parts[1][1:]}, reducers(newMemGroup(2)))
+	_, errs := stepAll(ws, [][]int64{parts[0], parts[1][1:]}, traintest.Reducers(traintest.NewGroup(2)))
 	for i, err := range errs {
 		if !errors.Is(err, train.ErrPartition) || ws[i].Done != 0 || ws[i].WeightsHash() != hash {
 			t.Errorf("worker %d, a sequence of the batch in no part: %v at step %d, want ErrPartition and nothing applied", i, err, ws[i].Done)
 		}
 	}
 	t.Log(errs[0])
-	one := reducers(newMemGroup(1))[0]
+	one := traintest.Reducers(traintest.NewGroup(1))[0]
 	if _, err := ws[0].Step(context.Background(), make([]int64, 7), one); !errors.Is(err, train.ErrPartition) {
 		t.Errorf("a part of 7 in a batch of 6: %v, want ErrPartition", err)
 	}
@@ -774,7 +614,7 @@ func TestSnapshotRestore(t *testing.T) {
 	data := prepareDataset(t, 40, 1, 0.1)
 	cfg := testJob(8, 6, 4)
 	a := newWorker(t, cfg, workerModel, data)
-	red := reducers(newMemGroup(1))[0]
+	red := traintest.Reducers(traintest.NewGroup(1))[0]
 	run := func(w *train.Worker, until int) {
 		t.Helper()
 		for w.Done < until {
@@ -851,7 +691,7 @@ func TestRestoreRejects(t *testing.T) {
 	other := prepareDataset(t, 40, 2, 0.1)
 	cfg := testJob(8, 6, 4)
 	src := newWorker(t, cfg, workerModel, data)
-	if _, err := src.Step(context.Background(), partsFor(t, src, 0, 1)[0], reducers(newMemGroup(1))[0]); err != nil {
+	if _, err := src.Step(context.Background(), partsFor(t, src, 0, 1)[0], traintest.Reducers(traintest.NewGroup(1))[0]); err != nil {
 		t.Fatal(err)
 	}
 	snap, err := src.Snapshot()
@@ -1118,7 +958,7 @@ func BenchmarkWorkerStep(b *testing.B) {
 			cfg := train.DefaultJobConfig()
 			cfg.Steps, cfg.GlobalBatch, cfg.MicroBatch = 1<<20, 24, 8
 			ws := newWorkers(b, n, cfg, mc, data)
-			reds := reducers(newMemGroup(n))
+			reds := traintest.Reducers(traintest.NewGroup(n))
 			var compute, wait float64
 			b.ResetTimer()
 			for i := 0; b.Loop(); i++ {
