@@ -68,6 +68,10 @@ type JobSpec struct {
 	Beta1 float64 `json:"beta1,omitempty"`
 	Beta2 float64 `json:"beta2,omitempty"`
 	Eps   float64 `json:"eps,omitempty"`
+	// BucketBytes is the least gradient bytes per all-reduce bucket
+	// (train.JobConfig.BucketBytes): every member must cut the gradient
+	// alike (0: the trainer's default, in specs written before it).
+	BucketBytes int `json:"bucket_bytes,omitempty"`
 	// CheckpointEvery and EvalEvery are in steps (0: only at the end).
 	CheckpointEvery int `json:"checkpoint_every"`
 	EvalEvery       int `json:"eval_every"`
@@ -234,6 +238,9 @@ func (s JobSpec) validate() error {
 	}
 	if err := ValidDevice(s.Device); err != nil {
 		return err
+	}
+	if s.BucketBytes < 0 || s.BucketBytes > 1<<30 {
+		return fmt.Errorf("bucket_bytes %d out of range 0..%d", s.BucketBytes, 1<<30)
 	}
 	if s.LoRARank < 0 || s.LoRARank > 1024 || len(s.LoRATargets) > 8 {
 		return fmt.Errorf("lora rank %d (want 0..1024) with %d targets (at most 8)", s.LoRARank, len(s.LoRATargets))

@@ -129,8 +129,8 @@ func decodeControlRequest(b []byte) (controlRequest, error) {
 // goroutine; a stream closed without a request is an admission check.
 func (n *Node) serveControl(l transport.Listener) {
 	defer n.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() { <-n.stop; cancel() }()
+	ctx, cancel := n.stopContext()
+	defer cancel()
 	for {
 		s, err := l.Accept(ctx)
 		if err != nil {

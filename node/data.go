@@ -198,20 +198,15 @@ func (n *Node) Store() *blobstore.Store { return n.store }
 func (n *Node) ShardServer() *blobstore.Server { return n.shardSrv }
 
 // kickData wakes the placement and fetch loops at once.
-func (n *Node) kickData() {
-	select {
-	case n.dataKick <- struct{}{}:
-	default:
-	}
-}
+func (n *Node) kickData() { kick(n.dataKick) }
 
 // dataLoop runs placement (on the leader) and fetching (everywhere) after
 // every change of the replicated state or of membership, and at least every
 // dataPoll.
 func (n *Node) dataLoop() {
 	defer n.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() { <-n.stop; cancel() }()
+	ctx, cancel := n.stopContext()
+	defer cancel()
 	nextScrub := time.Now().Add(time.Minute) // not while the node starts
 	for {
 		if time.Now().After(nextScrub) {

@@ -144,9 +144,8 @@ func (n *Node) CollectGarbage(ctx context.Context) (blobstore.Collected, error) 
 // gcLoop runs CollectGarbage every Config.GCInterval until the node stops.
 func (n *Node) gcLoop() {
 	defer n.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := n.stopContext()
 	defer cancel()
-	go func() { <-n.stop; cancel() }()
 	every := n.cfg.GCInterval
 	if every == 0 {
 		every = DefaultGCInterval

@@ -16,7 +16,6 @@ import (
 	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/model"
 	"github.com/braidml/braid/node/blobstore"
-	"github.com/braidml/braid/train"
 	"github.com/braidml/braid/transport"
 )
 
@@ -150,38 +149,13 @@ func (n *Node) SubmitJob(ctx context.Context, req JobRequest) (coordinator.Job, 
 	if err != nil {
 		return coordinator.Job{}, err
 	}
-	def := train.DefaultJobConfig()
-	if req.LoRARank > 0 {
-		def = train.DefaultLoRAJobConfig()
-		lc := model.DefaultLoRAConfig()
-		lc.Rank, lc.Alpha, lc.Dropout = req.LoRARank, orF(req.LoRAAlpha, float64(2*req.LoRARank)), req.LoRADropout
-		if len(req.LoRATargets) > 0 {
-			lc.Targets = req.LoRATargets
-		}
-		if err := lc.Validate(); err != nil {
-			return coordinator.Job{}, fmt.Errorf("node: %w", err)
-		}
-		if lc.Dropout > 0 && req.Device == coordinator.DeviceCUDA {
-			return coordinator.Job{}, fmt.Errorf("node: LoRA dropout (%g) is not available on GPUs yet: submit with --lora-dropout 0, or --device cpu", lc.Dropout)
-		}
-		req.LoRATargets = lc.Targets
-	}
-	spec := coordinator.JobSpec{Dataset: ds.ID, Steps: req.Steps, GlobalBatch: req.GlobalBatch,
-		MicroBatch: or(req.MicroBatch, min(def.MicroBatch, max(req.GlobalBatch, 1))), LR: orF(req.LR, def.LR), MinLRFrac: def.MinLRFrac,
-		Warmup: or(req.Warmup, def.Warmup), WeightDecay: orF(req.WeightDecay, def.WeightDecay), Clip: orF(req.Clip, def.Clip),
-		Seed: req.Seed, CheckpointEvery: req.CheckpointEvery, EvalEvery: req.EvalEvery,
-		HashEvery: or(req.HashEvery, DefaultHashEvery), Replicas: or(req.Replicas, DefaultReplicas), Wire: req.Wire,
-		Device: coordinator.JobSpec{Device: req.Device}.DeviceKind(), Federated: req.Federated, Datasets: fed,
-		InnerSteps: req.InnerSteps, OuterLR: req.OuterLR, OuterMomentum: req.OuterMomentum,
-		LoRARank: req.LoRARank, LoRAAlpha: req.LoRAAlpha, LoRADropout: req.LoRADropout, LoRATargets: req.LoRATargets,
-		Beta1: def.Beta1, Beta2: def.Beta2, Eps: def.Eps}
-	if spec.Warmup >= spec.Steps {
-		spec.Warmup = spec.Steps / 10
-	}
 	if ck.Config.Context < 1 {
 		return coordinator.Job{}, fmt.Errorf("node: base model (config %s) has no context", req.Base.Config[:12])
 	}
-	spec.Base = req.Base
+	spec, err := jobSpec(req, ds.ID, fed)
+	if err != nil {
+		return coordinator.Job{}, fmt.Errorf("node: %w", err)
+	}
 	if err := trainConfig(spec).Validate(); err != nil {
 		return coordinator.Job{}, fmt.Errorf("node: job settings: %w", err)
 	}
@@ -236,20 +210,6 @@ func (n *Node) readBaseModel(ref coordinator.ModelRef) (*model.Checkpoint, error
 	return ck, nil
 }
 
-func or(v, def int) int {
-	if v == 0 {
-		return def
-	}
-	return v
-}
-
-func orF(v, def float64) float64 {
-	if v == 0 {
-		return def
-	}
-	return v
-}
-
 // CancelJob cancels a submitted or running job.
 func (n *Node) CancelJob(ctx context.Context, id string) error {
 	if _, ok := n.coord.State().Job(id); !ok {
@@ -260,19 +220,14 @@ func (n *Node) CancelJob(ctx context.Context, id string) error {
 }
 
 // kickJobs wakes the job loop.
-func (n *Node) kickJobs() {
-	select {
-	case n.jobKick <- struct{}{}:
-	default:
-	}
-}
+func (n *Node) kickJobs() { kick(n.jobKick) }
 
 // jobLoop starts submitted jobs (on the leader) and runs this node's part
 // of the running job.
 func (n *Node) jobLoop() {
 	defer n.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() { <-n.stop; cancel() }()
+	ctx, cancel := n.stopContext()
+	defer cancel()
 	var (
 		runner  *jobRunner
 		done    chan struct{}

@@ -115,3 +115,16 @@ func (r *jobRunner) ensureShard(ctx context.Context, entry shard.ShardEntry) err
 	}
 	return r.n.linkObject(entry.Hash, r.data.Dir, entry.Hash+shard.ShardExt)
 }
+
+// fetchPart returns the part of step's global batch that the member of
+// rank among members trains, with the shards it reads fetched.
+func (r *jobRunner) fetchPart(ctx context.Context, step int, members []string, rank int) ([]int64, error) {
+	part, err := r.part(step, members, rank)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.ensureShards(ctx, part); err != nil {
+		return nil, err
+	}
+	return part, nil
+}

@@ -33,11 +33,8 @@ func (r *jobRunner) trainDiLoCo(ctx context.Context, e coordinator.Epoch, rank i
 		}
 		if r.w.Done < spec.Steps && !d.Due() {
 			step := r.w.Done
-			part, err := r.part(step, e.Members, rank)
+			part, err := r.fetchPart(ctx, step, e.Members, rank)
 			if err != nil {
-				return err
-			}
-			if err := r.ensureShards(ctx, part); err != nil {
 				return err
 			}
 			start := time.Now()

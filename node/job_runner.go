@@ -456,11 +456,8 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 			r.eval(true)
 		}
 		step := r.w.Done
-		part, err := r.part(step, e.Members, rank)
+		part, err := r.fetchPart(ctx, step, e.Members, rank)
 		if err != nil {
-			return err
-		}
-		if err := r.ensureShards(ctx, part); err != nil {
 			return err
 		}
 		if n.deps.DeviceFault != nil && n.deps.DeviceFault(r.w.Done) {

@@ -124,18 +124,10 @@ func NewMembership(cfg MembershipConfig, meta Meta, logger *slog.Logger) (*Membe
 		// (still a few packets per second per node). memberlist's awareness
 		// (Lifeguard) stretches the timeouts of a node that is itself slow,
 		// which keeps false positives down under load.
-		mc = memberlist.DefaultLANConfig()
-		mc.ProbeInterval = 400 * time.Millisecond
-		mc.ProbeTimeout = 200 * time.Millisecond
-		mc.SuspicionMult = 2
-		mc.GossipInterval = 100 * time.Millisecond
+		mc = fastDetection(memberlist.DefaultLANConfig(), 400*time.Millisecond, 200*time.Millisecond, 100*time.Millisecond)
 	case "local":
 		// One machine or a test rig: detection in about a second.
-		mc = memberlist.DefaultLocalConfig()
-		mc.ProbeInterval = 250 * time.Millisecond
-		mc.ProbeTimeout = 100 * time.Millisecond
-		mc.SuspicionMult = 2
-		mc.GossipInterval = 50 * time.Millisecond
+		mc = fastDetection(memberlist.DefaultLocalConfig(), 250*time.Millisecond, 100*time.Millisecond, 50*time.Millisecond)
 	case "wan":
 		mc = memberlist.DefaultWANConfig()
 	default:
@@ -187,6 +179,14 @@ func NewMembership(cfg MembershipConfig, meta Meta, logger *slog.Logger) (*Membe
 		}
 	}
 	return m, nil
+}
+
+// fastDetection sets mc's probe interval and timeout and gossip interval,
+// with suspicion for two probe intervals (memberlist's profiles use 4 or 5).
+func fastDetection(mc *memberlist.Config, probe, timeout, gossip time.Duration) *memberlist.Config {
+	mc.ProbeInterval, mc.ProbeTimeout, mc.GossipInterval = probe, timeout, gossip
+	mc.SuspicionMult = 2
+	return mc
 }
 
 // Events delivers membership changes in order. The channel is closed by

@@ -280,9 +280,8 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		ctx, cancel := context.WithCancel(context.Background())
+		ctx, cancel := n.stopContext()
 		defer cancel()
-		go func() { <-n.stop; cancel() }()
 		n.shardSrv.Serve(ctx, shardLn)
 	}()
 	key := deps.GossipKey
@@ -537,4 +536,26 @@ func (n *Node) routes(mux *http.ServeMux) {
 	n.dataRoutes(mux)
 	n.jobRoutes(mux)
 	n.certRoutes(mux)
+}
+
+// stopContext returns a context that ends when the node stops, or when
+// cancel is called.
+func (n *Node) stopContext() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-n.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
+// kick wakes the loop that waits on ch, unless a wake-up is pending.
+func kick(ch chan<- struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -131,10 +132,9 @@ type JobConfig struct {
 	LoRAAlpha float64 `json:"lora_alpha,omitempty"`
 	// LoRADropout is the dropout on the adapter's input, in [0, 1).
 	LoRADropout float64 `json:"lora_dropout,omitempty"`
-	// LoRATargets are the projections to adapt, comma-separated PEFT
-	// target_modules ("c_attn,c_proj,c_fc"; see model.LoRAConfig.Targets);
-	// "" means model.DefaultLoRATargets.
-	LoRATargets string `json:"lora_targets,omitempty"`
+	// LoRATargets are the projections to adapt, PEFT's target_modules
+	// (see model.LoRAConfig.Targets); none means model.DefaultLoRATargets.
+	LoRATargets []string `json:"lora_targets,omitempty"`
 }
 
 // Defaults and bounds of JobConfig.
@@ -168,7 +168,7 @@ func DefaultLoRAJobConfig() JobConfig {
 }
 
 // LoRA returns the adapter settings of a job in LoRA mode (LoRAAlpha 0 and
-// LoRATargets "" replaced by their defaults, valid targets in canonical
+// no LoRATargets replaced by their defaults, valid targets in canonical
 // form: model.CanonicalLoRATargets), and false for a full fine-tuning job.
 func (c JobConfig) LoRA() (model.LoRAConfig, bool) {
 	if c.LoRARank == 0 {
@@ -178,8 +178,8 @@ func (c JobConfig) LoRA() (model.LoRAConfig, bool) {
 	if lc.Alpha == 0 {
 		lc.Alpha = 2 * float64(c.LoRARank)
 	}
-	if c.LoRATargets != "" {
-		lc.Targets = strings.Split(c.LoRATargets, ",") // Validate reports bad names
+	if len(c.LoRATargets) > 0 {
+		lc.Targets = slices.Clone(c.LoRATargets) // Validate reports bad names
 	}
 	if ts, err := model.CanonicalLoRATargets(lc.Targets); err == nil {
 		lc.Targets = ts
@@ -211,7 +211,7 @@ func (c JobConfig) Validate() error {
 		return fmt.Errorf("%w: bucket bytes = %d, want ≥ 0 (0: %d)", ErrConfig, c.BucketBytes, DefaultBucketBytes)
 	case c.LoRARank < 0 || c.LoRARank > model.MaxLoRARank:
 		return fmt.Errorf("%w: lora rank = %d, want 0 (full fine-tuning) or 1..%d", ErrConfig, c.LoRARank, model.MaxLoRARank)
-	case c.LoRARank == 0 && (c.LoRAAlpha != 0 || c.LoRADropout != 0 || c.LoRATargets != ""):
+	case c.LoRARank == 0 && (c.LoRAAlpha != 0 || c.LoRADropout != 0 || len(c.LoRATargets) > 0):
 		return fmt.Errorf("%w: lora alpha, dropout or targets set with lora rank = 0 (set the rank for LoRA mode)", ErrConfig)
 	}
 	if lc, ok := c.LoRA(); ok {
@@ -227,12 +227,19 @@ func (c JobConfig) Validate() error {
 // (how the gradient travels). LoRA settings count in their canonical form
 // (alpha 0 and 2·rank are the same job); a full fine-tuning job hashes as
 // it did before LoRA mode existed.
+//
+// The targets hash as one comma-separated string, as they were stored
+// when JobConfig held them so: snapshots made then still match.
 func (c JobConfig) hash() string {
 	c.EvalSequences, c.BucketBytes = 0, 0
 	if lc, ok := c.LoRA(); ok {
-		c.LoRAAlpha, c.LoRATargets = lc.Alpha, strings.Join(lc.Targets, ",")
+		c.LoRAAlpha, c.LoRATargets = lc.Alpha, lc.Targets
 	}
-	b, _ := json.Marshal(c) // cannot fail: plain numbers
+	type fields JobConfig // without methods; its LoRATargets is shadowed below
+	b, _ := json.Marshal(struct {
+		fields
+		LoRATargets string `json:"lora_targets,omitempty"`
+	}{fields(c), strings.Join(c.LoRATargets, ",")}) // cannot fail: plain numbers and strings
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }

@@ -24,7 +24,7 @@ import (
 // tested too).
 func loraJob(steps, globalBatch, microBatch int) train.JobConfig {
 	c := testJob(steps, globalBatch, microBatch)
-	c.LoRARank, c.LoRAAlpha, c.LoRADropout, c.LoRATargets = 4, 8, 0.1, "c_attn,c_proj,c_fc"
+	c.LoRARank, c.LoRAAlpha, c.LoRADropout, c.LoRATargets = 4, 8, 0.1, []string{"c_attn", "c_proj", "c_fc"}
 	c.LR, c.WeightDecay = 1e-2, 0
 	return c
 }
@@ -413,7 +413,7 @@ func TestLoRASnapshotRestore(t *testing.T) {
 	}
 	refuse("other base", otherBase, "other base weights")
 	full := cfg
-	full.LoRARank, full.LoRAAlpha, full.LoRADropout, full.LoRATargets = 0, 0, 0, ""
+	full.LoRARank, full.LoRAAlpha, full.LoRADropout, full.LoRATargets = 0, 0, 0, nil
 	refuse("full worker", newWorker(t, full, workerModel, data), "LoRA job")
 	rank8 := cfg
 	rank8.LoRARank = 8
@@ -474,7 +474,7 @@ func TestJobConfigLoRA(t *testing.T) {
 	}
 	for name, mutate := range map[string]func(*train.JobConfig){
 		"lora rank":          func(c *train.JobConfig) { c.LoRARank = -1 },
-		"lora: model":        func(c *train.JobConfig) { c.LoRATargets = "c_attn,q_proj" },
+		"lora: model":        func(c *train.JobConfig) { c.LoRATargets = []string{"c_attn", "q_proj"} },
 		"lora_dropout":       func(c *train.JobConfig) { c.LoRADropout = 1 },
 		"with lora rank = 0": func(c *train.JobConfig) { c.LoRARank, c.LoRAAlpha = 0, 4 },
 	} {
@@ -488,9 +488,9 @@ func TestJobConfigLoRA(t *testing.T) {
 	// any spelling of the same projections.
 	data := prepareDataset(t, 10, 1, 0)
 	x := loraJob(2, 2, 2)
-	x.LoRAAlpha, x.LoRATargets = 0, "c_attn,attn.c_proj,mlp.c_proj,c_fc"
+	x.LoRAAlpha, x.LoRATargets = 0, []string{"c_attn", "attn.c_proj", "mlp.c_proj", "c_fc"}
 	y := x
-	y.LoRAAlpha, y.LoRATargets = 8, "c_fc,c_proj,c_attn"
+	y.LoRAAlpha, y.LoRATargets = 8, []string{"c_fc", "c_proj", "c_attn"}
 	snap, err := newWorker(t, x, workerModel, data).Snapshot()
 	if err != nil {
 		t.Fatal(err)

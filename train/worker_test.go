@@ -759,7 +759,7 @@ func TestRestoreRejects(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cfg, mc, d := cfg, workerModel, data
-			if c.cfg != (train.JobConfig{}) {
+			if c.cfg.Steps != 0 {
 				cfg = c.cfg
 			}
 			if c.mc != (model.Config{}) {

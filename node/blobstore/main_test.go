@@ -85,6 +85,18 @@ next:
 	return "", false
 }
 
+// requireLogged fails t unless a line contains every one of subs, and
+// shows the line.
+func (l *testLog) requireLogged(t *testing.T, subs ...string) {
+	t.Helper()
+	line, ok := l.find(subs...)
+	if !ok {
+		t.Errorf("no log line with %q", subs)
+		return
+	}
+	t.Logf("logged: %s", line)
+}
+
 // randomBytes returns n bytes from a generator seeded with seed.
 func randomBytes(seed uint64, n int) []byte {
 	r := rand.New(rand.NewPCG(seed, 0x626c6f62))

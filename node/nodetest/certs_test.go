@@ -48,10 +48,7 @@ func TestRevokedNodeIsCutOff(t *testing.T) {
 	c := NewCluster(t, 3, WithTLS())
 	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
 	leader := c.WaitLeader()
-	victim := "n1"
-	if victim == leader {
-		victim = "n2"
-	}
+	victim := c.Follower("n1", "n2")
 	survivors := others(c, victim)
 	api := survivors[0]
 	if api == leader {

@@ -66,9 +66,7 @@ func TestTwoGPUNodesMatchOneGPUNode(t *testing.T) {
 // cuda.ErrDeviceFault, as an illegal address would) leaves the cluster, and
 // the job goes on without it and completes on the others, as after a crash.
 func TestGPUFaultNodeLeavesAndTheJobGoesOn(t *testing.T) {
-	c := NewCluster(t, 3)
-	c.SetDeviceFault("n2", func(step int) bool { return step == 6 })
-	c.Restart("n2")
+	c := NewCluster(t, 3, WithDeviceFault("n2", func(step int) bool { return step == 6 }))
 	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
 	id := submit(t, c, "n1", node.JobRequest{Steps: 20, GlobalBatch: 12, MicroBatch: 4, HashEvery: 5})
 	js := waitJob(c, "n1", id, final)

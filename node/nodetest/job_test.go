@@ -102,11 +102,7 @@ func replicaHashes(t *testing.T, js node.JobStatus, workers int) map[string]stri
 func TestJobTrainsOnEveryMember(t *testing.T) {
 	c := NewCluster(t, 3)
 	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
-	leader := c.WaitLeader()
-	sub := "n1"
-	if sub == leader {
-		sub = "n2"
-	}
+	sub := c.Follower("n1", "n2")
 	id := submit(t, c, sub, node.JobRequest{Steps: 30, GlobalBatch: 12, MicroBatch: 4, LR: 3e-3, Warmup: 3,
 		CheckpointEvery: 10, EvalEvery: 10, HashEvery: 5})
 	js := waitJob(c, sub, id, final)
@@ -140,10 +136,7 @@ func TestJobSurvivesKilledMembersAndLeader(t *testing.T) {
 	c := NewCluster(t, 4)
 	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 4 })
 	leader := c.WaitLeader()
-	api := "n1"
-	if api == leader {
-		api = "n2"
-	}
+	api := c.Follower("n1", "n2")
 	id := submit(t, c, api, node.JobRequest{Steps: 60, GlobalBatch: 12, MicroBatch: 4, LR: 3e-3, Warmup: 3,
 		CheckpointEvery: 20, HashEvery: 5})
 	waitJob(c, api, id, func(js node.JobStatus) bool { return js.Step >= 10 })
@@ -185,9 +178,7 @@ func TestJobSurvivesKilledMembersAndLeader(t *testing.T) {
 
 // Replicas that diverge stop the job with an error naming the node.
 func TestDivergedReplicaStopsTheJob(t *testing.T) {
-	c := NewCluster(t, 3)
-	c.SetPerturb("n3", func(step int) bool { return step == 7 })
-	c.Restart("n3")
+	c := NewCluster(t, 3, WithPerturb("n3", func(step int) bool { return step == 7 }))
 	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
 	id := submit(t, c, "n1", node.JobRequest{Steps: 40, GlobalBatch: 6, MicroBatch: 2, HashEvery: 5})
 	js := waitJob(c, "n1", id, final)
@@ -338,14 +329,7 @@ func TestJobWithBF16OnTheWire(t *testing.T) {
 	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
 	id := submit(t, c, "n1", node.JobRequest{Steps: 20, GlobalBatch: 12, MicroBatch: 4, LR: 3e-3, Warmup: 2, EvalEvery: 20, HashEvery: 5, Wire: "bf16"})
 	js := waitJob(c, "n1", id, final)
-	if js.State != coordinator.JobCompleted || !(js.HeldoutLoss < js.BaseHeldoutLoss) {
-		t.Fatalf("job %s (%s): held-out %v, base %v", js.State, js.Error, js.HeldoutLoss, js.BaseHeldoutLoss)
-	}
-	for name, h := range replicaHashes(t, js, 3) {
-		if h != js.WeightsHash {
-			t.Errorf("%s's weights differ", name)
-		}
-	}
+	requireLearnedInStep(t, js, 3, "weights differ")
 	// Each node sends 2(N−1)/N of the gradient per step, 2 bytes an element.
 	c0 := model.Config{Context: 64, Dim: 32, Layers: 2, Heads: 2, Vocab: model.ByteTokenizer{}.Vocab()}
 	want := int64(2 * 2 * c0.NumParams() * 2 / 3)
@@ -448,14 +432,7 @@ func TestDiLoCoJob(t *testing.T) {
 	id := submit(t, c, "n1", node.JobRequest{Steps: 40, GlobalBatch: 12, MicroBatch: 4, LR: 3e-3, Warmup: 2,
 		EvalEvery: 20, CheckpointEvery: 20, InnerSteps: 10, Wire: "bf16"})
 	js := waitJob(c, "n1", id, final)
-	if js.State != coordinator.JobCompleted || !(js.HeldoutLoss < js.BaseHeldoutLoss) {
-		t.Fatalf("job %s (%s): held-out %v, base %v", js.State, js.Error, js.HeldoutLoss, js.BaseHeldoutLoss)
-	}
-	for name, h := range replicaHashes(t, js, 3) {
-		if h != js.WeightsHash {
-			t.Errorf("%s's weights differ after the last outer step", name)
-		}
-	}
+	requireLearnedInStep(t, js, 3, "weights differ after the last outer step")
 	c0 := model.Config{Context: 64, Dim: 32, Layers: 2, Heads: 2, Vocab: model.ByteTokenizer{}.Vocab()}
 	every := int64(2 * 2 * c0.NumParams() * 2 / 3) // bf16, every step
 	if got := js.WireBytesPerStep; got < every/10 || got > every/10+every/50 {
@@ -482,14 +459,7 @@ func TestLoRAJob(t *testing.T) {
 	id := submit(t, c, "n1", node.JobRequest{Steps: 20, GlobalBatch: 12, MicroBatch: 4, Warmup: 2, EvalEvery: 20, HashEvery: 5,
 		LoRARank: 4})
 	js := waitJob(c, "n1", id, final)
-	if js.State != coordinator.JobCompleted || !(js.HeldoutLoss < js.BaseHeldoutLoss) {
-		t.Fatalf("job %s (%s): held-out %v, base %v", js.State, js.Error, js.HeldoutLoss, js.BaseHeldoutLoss)
-	}
-	for name, h := range replicaHashes(t, js, 3) {
-		if h != js.WeightsHash {
-			t.Errorf("%s's adapter differs", name)
-		}
-	}
+	requireLearnedInStep(t, js, 3, "adapter differs")
 	cp := js.Checkpoints[len(js.Checkpoints)-1]
 	dir := t.TempDir()
 	st := c.Node(cp.Holders[0]).Store()
@@ -521,13 +491,9 @@ func TestLoRAJob(t *testing.T) {
 func TestDiLoCoJobSurvivesAKilledMember(t *testing.T) {
 	c := NewCluster(t, 4)
 	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 4 })
-	leader := c.WaitLeader()
 	id := submit(t, c, "n1", node.JobRequest{Steps: 60, GlobalBatch: 12, MicroBatch: 4, InnerSteps: 5, Wire: "int8"})
 	waitJob(c, "n1", id, func(js node.JobStatus) bool { return js.Step >= 12 })
-	victim := "n2"
-	if victim == leader {
-		victim = "n3"
-	}
+	victim := c.Follower("n2", "n3")
 	c.Kill(victim)
 	js := waitJob(c, "n1", id, final)
 	if js.State != coordinator.JobCompleted || js.Step != 60 {
@@ -593,5 +559,20 @@ func TestSubmitRefusesWhatTheTrainerRefuses(t *testing.T) {
 	}
 	if jobs := c.Node("n1").Coordinator().State().Jobs; len(jobs) != 0 {
 		t.Fatalf("refused submissions committed %d jobs", len(jobs))
+	}
+}
+
+// requireLearnedInStep checks that job js completed with a held-out loss
+// below the base model's, and that its n replicas hold the final weights
+// (what names them in the error: "weights differ", "adapter differs").
+func requireLearnedInStep(t *testing.T, js node.JobStatus, n int, what string) {
+	t.Helper()
+	if js.State != coordinator.JobCompleted || !(js.HeldoutLoss < js.BaseHeldoutLoss) {
+		t.Fatalf("job %s (%s): held-out %v, base %v", js.State, js.Error, js.HeldoutLoss, js.BaseHeldoutLoss)
+	}
+	for name, h := range replicaHashes(t, js, n) {
+		if h != js.WeightsHash {
+			t.Errorf("%s's %s", name, what)
+		}
 	}
 }

@@ -46,16 +46,14 @@ type Cluster struct {
 	mu      sync.Mutex
 	nodes   map[string]*node.Node
 	dirs    map[string]string
-	members []string // every name ever started, in order
-	perturb map[string]func(step int) bool
-	labels  map[string]string // node.Deps.DeviceLabel by name
-	gpu     *cuda.DeviceInfo  // every node computes on this GPU (WithGPU), or nil
-	faults  map[string]func(step int) bool
-	tls     *tlsCluster  // WithTLS, or nil: memnet streams, no certificates
-	api     bool         // nodes serve the HTTP API (WithAPI)
-	upload  int64        // node.Config.MaxUploadBytes (WithMaxUploadBytes)
-	pending int64        // node.Config.MaxPendingUploadBytes (WithMaxPendingUploadBytes)
-	clock   *ManualClock // node.Deps.Now (WithClock), or nil: time.Now
+	members []string         // every name ever started, in order
+	hooks   map[string]hooks // by name: what a test injects into that node
+	gpu     *cuda.DeviceInfo // every node computes on this GPU (WithGPU), or nil
+	tls     *tlsCluster      // WithTLS, or nil: memnet streams, no certificates
+	api     bool             // nodes serve the HTTP API (WithAPI)
+	upload  int64            // node.Config.MaxUploadBytes (WithMaxUploadBytes)
+	pending int64            // node.Config.MaxPendingUploadBytes (WithMaxPendingUploadBytes)
+	clock   *ManualClock     // node.Deps.Now (WithClock), or nil: time.Now
 }
 
 // Option configures a Cluster before its first nodes start.
@@ -80,38 +78,42 @@ func WithGPU(gpu cuda.DeviceInfo) Option {
 	return func(c *Cluster) { c.gpu = &gpu }
 }
 
+// hooks are what a test injects into one node (node.Deps): its device
+// label, and faults in its training steps.
+type hooks struct {
+	label   string
+	perturb func(step int) bool
+	fault   func(step int) bool
+}
+
+// setHooks changes name's hooks, for when it is next started.
+func (c *Cluster) setHooks(name string, set func(*hooks)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.hooks == nil {
+		c.hooks = map[string]hooks{}
+	}
+	h := c.hooks[name]
+	set(&h)
+	c.hooks[name] = h
+}
+
 // SetDeviceLabel makes name's node, when it is next started, advertise the
 // device kind label (node.Deps.DeviceLabel) while computing on the CPU.
 func (c *Cluster) SetDeviceLabel(name, label string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.labels == nil {
-		c.labels = map[string]string{}
-	}
-	c.labels[name] = label
+	c.setHooks(name, func(h *hooks) { h.label = label })
 }
 
-// SetPerturb makes name's node, when it is next started, nudge its weights
-// after the training steps for which fn returns true (node.Deps.PerturbWeights).
-func (c *Cluster) SetPerturb(name string, fn func(step int) bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.perturb == nil {
-		c.perturb = map[string]func(int) bool{}
-	}
-	c.perturb[name] = fn
+// WithPerturb makes name's node nudge its weights after the training steps
+// for which fn returns true (node.Deps.PerturbWeights).
+func WithPerturb(name string, fn func(step int) bool) Option {
+	return func(c *Cluster) { c.setHooks(name, func(h *hooks) { h.perturb = fn }) }
 }
 
-// SetDeviceFault makes name's node, when it is next started, fail the
-// training steps for which fn returns true as a GPU fault does
-// (node.Deps.DeviceFault).
-func (c *Cluster) SetDeviceFault(name string, fn func(step int) bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.faults == nil {
-		c.faults = map[string]func(int) bool{}
-	}
-	c.faults[name] = fn
+// WithDeviceFault makes name's node fail the training steps for which fn
+// returns true as a GPU fault does (node.Deps.DeviceFault).
+func WithDeviceFault(name string, fn func(step int) bool) Option {
+	return func(c *Cluster) { c.setHooks(name, func(h *hooks) { h.fault = fn }) }
 }
 
 // Restart crashes name's node and starts it again on its data directory.
@@ -211,10 +213,10 @@ func (c *Cluster) Start(name string) *node.Node {
 	}
 	logger := slog.New(slog.NewTextHandler(testWriter{c.t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	c.mu.Lock()
-	perturb, label, fault := c.perturb[name], c.labels[name], c.faults[name]
+	h := c.hooks[name]
 	c.mu.Unlock()
 	n, err := node.New(cfg, node.Deps{Transport: tr, GossipTransport: c.Gossip.Transport(name),
-		InsecureGossip: insecureGossip, GossipTune: fastGossip, Logger: logger, PerturbWeights: perturb, DeviceLabel: label, DeviceFault: fault, Now: now})
+		InsecureGossip: insecureGossip, GossipTune: fastGossip, Logger: logger, PerturbWeights: h.perturb, DeviceLabel: h.label, DeviceFault: h.fault, Now: now})
 	if err != nil {
 		if tr != nil {
 			tr.Close()
@@ -254,13 +256,20 @@ func (c *Cluster) Live() []string {
 	return out
 }
 
+// take removes name's node from the running ones and returns it (nil if
+// it is not running).
+func (c *Cluster) take(name string) *node.Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := c.nodes[name]
+	delete(c.nodes, name)
+	return n
+}
+
 // Kill crashes a node: its streams break, its gossip stops, nothing is
 // handed over. Its data directory stays for Start.
 func (c *Cluster) Kill(name string) {
-	c.mu.Lock()
-	n := c.nodes[name]
-	delete(c.nodes, name)
-	c.mu.Unlock()
+	n := c.take(name)
 	if n == nil {
 		return
 	}
@@ -270,10 +279,7 @@ func (c *Cluster) Kill(name string) {
 
 // Leave shuts a node down gracefully (leadership transfer, leave).
 func (c *Cluster) Leave(name string) {
-	c.mu.Lock()
-	n := c.nodes[name]
-	delete(c.nodes, name)
-	c.mu.Unlock()
+	n := c.take(name)
 	if n == nil {
 		return
 	}
@@ -330,6 +336,20 @@ func (c *Cluster) WaitLeader(among ...string) string {
 		return slices.Contains(names, leader)
 	})
 	return leader
+}
+
+// Follower returns the first of names that is not the agreed leader (it
+// waits for one).
+func (c *Cluster) Follower(names ...string) string {
+	c.t.Helper()
+	leader := c.WaitLeader()
+	for _, n := range names {
+		if n != leader {
+			return n
+		}
+	}
+	c.t.Fatalf("nodetest: every one of %v is the leader", names)
+	return ""
 }
 
 // WaitEpoch waits until every running node has applied an epoch for which
