@@ -1,7 +1,9 @@
 // Package kernels holds braid's float32 compute: the matrix multiply behind every
 // linear layer, LayerNorm, tanh-GELU, causal multi-head self-attention,
 // softmax cross-entropy, token and position embedding, residual add, AdamW and
-// global gradient-norm clipping, each with its backward pass.
+// global gradient-norm clipping, each with its backward pass; and for the
+// Llama family RMSNorm, rotary position embeddings, SwiGLU and
+// grouped-query attention with an optional sliding window.
 //
 // Shapes follow GPT-2 conventions and are noted on every function as
 // (B, T, C): batch, time, channels. All buffers are row-major float32 slices

@@ -117,71 +117,98 @@ func NaiveGeluBackward(dinp, inp, dout []float32) {
 
 // NaiveAttentionForward is the reference for AttentionForward.
 func NaiveAttentionForward(out, att, qkv []float32, B, T, C, NH int) {
-	hs := C / NH
-	scale := 1 / math.Sqrt(float64(hs))
+	NaiveAttentionForwardGQA(out, att, qkv, B, T, NH, NH, C/NH, 0)
+}
+
+// NaiveAttentionBackward is the reference for AttentionBackward.
+func NaiveAttentionBackward(dqkv, dout, qkv, att []float32, B, T, C, NH int) {
+	NaiveAttentionBackwardGQA(dqkv, dout, qkv, att, B, T, NH, NH, C/NH, 0)
+}
+
+// NaiveAttentionForwardGQA is the reference for AttentionForwardGQA.
+func NaiveAttentionForwardGQA(out, att, qkv []float32, B, T, NH, KVH, hd, window int) {
+	W, C, group := (NH+2*KVH)*hd, NH*hd, NH/KVH
+	scale := 1 / math.Sqrt(float64(hd))
 	row := make([]float64, T)
 	for b := 0; b < B; b++ {
 		for h := 0; h < NH; h++ {
+			kh := h / group
+			q := func(t, c int) float64 { return float64(qkv[(b*T+t)*W+h*hd+c]) }
+			k := func(t, c int) float64 { return float64(qkv[(b*T+t)*W+C+kh*hd+c]) }
+			v := func(t, c int) float64 { return float64(qkv[(b*T+t)*W+C+KVH*hd+kh*hd+c]) }
 			a := att[(b*NH+h)*T*T:]
 			for i := 0; i < T; i++ {
+				lo := 0
+				if window > 0 {
+					lo = max(0, i-window+1)
+				}
 				maxv := math.Inf(-1)
-				for j := 0; j <= i; j++ {
+				for j := lo; j <= i; j++ {
 					var s float64
-					for c := 0; c < hs; c++ {
-						s += float64(qkv[(b*T+i)*3*C+h*hs+c]) * float64(qkv[(b*T+j)*3*C+C+h*hs+c])
+					for c := 0; c < hd; c++ {
+						s += q(i, c) * k(j, c)
 					}
 					row[j] = s * scale
 					maxv = math.Max(maxv, row[j])
 				}
 				var sum float64
-				for j := 0; j <= i; j++ {
+				for j := lo; j <= i; j++ {
 					row[j] = math.Exp(row[j] - maxv)
 					sum += row[j]
 				}
 				for j := 0; j < T; j++ {
 					p := 0.0
-					if j <= i {
+					if lo <= j && j <= i {
 						p = row[j] / sum
 					}
 					a[i*T+j] = float32(p)
 				}
-				for c := 0; c < hs; c++ {
+				for c := 0; c < hd; c++ {
 					var s float64
-					for j := 0; j <= i; j++ {
-						s += float64(a[i*T+j]) * float64(qkv[(b*T+j)*3*C+2*C+h*hs+c])
+					for j := lo; j <= i; j++ {
+						s += float64(a[i*T+j]) * v(j, c)
 					}
-					out[(b*T+i)*C+h*hs+c] = float32(s)
+					out[(b*T+i)*C+h*hd+c] = float32(s)
 				}
 			}
 		}
 	}
 }
 
-// NaiveAttentionBackward is the reference for AttentionBackward.
-func NaiveAttentionBackward(dqkv, dout, qkv, att []float32, B, T, C, NH int) {
-	hs := C / NH
-	scale := 1 / math.Sqrt(float64(hs))
+// NaiveAttentionBackwardGQA is the reference for AttentionBackwardGQA
+// (it needs no scratch).
+func NaiveAttentionBackwardGQA(dqkv, dout, qkv, att []float32, B, T, NH, KVH, hd, window int) {
+	W, C, group := (NH+2*KVH)*hd, NH*hd, NH/KVH
+	scale := 1 / math.Sqrt(float64(hd))
 	datt := make([]float64, T)
 	for b := 0; b < B; b++ {
 		for h := 0; h < NH; h++ {
+			kh := h / group
+			qi := func(t, c int) int { return (b*T+t)*W + h*hd + c }
+			ki := func(t, c int) int { return (b*T+t)*W + C + kh*hd + c }
+			vi := func(t, c int) int { return (b*T+t)*W + C + KVH*hd + kh*hd + c }
 			a := att[(b*NH+h)*T*T:]
-			qi := func(t, c int) int { return (b*T+t)*3*C + h*hs + c }
 			for i := 0; i < T; i++ {
+				lo := 0
+				if window > 0 {
+					lo = max(0, i-window+1)
+				}
+				do := func(c int) float64 { return float64(dout[(b*T+i)*C+h*hd+c]) }
 				var dot float64
-				for j := 0; j <= i; j++ {
+				for j := lo; j <= i; j++ {
 					var s float64
-					for c := 0; c < hs; c++ {
-						s += float64(dout[(b*T+i)*C+h*hs+c]) * float64(qkv[qi(j, 2*C+c)])
-						dqkv[qi(j, 2*C+c)] += float32(float64(a[i*T+j]) * float64(dout[(b*T+i)*C+h*hs+c]))
+					for c := 0; c < hd; c++ {
+						s += do(c) * float64(qkv[vi(j, c)])
+						dqkv[vi(j, c)] += float32(float64(a[i*T+j]) * do(c))
 					}
 					datt[j] = s
 					dot += s * float64(a[i*T+j])
 				}
-				for j := 0; j <= i; j++ {
+				for j := lo; j <= i; j++ {
 					ds := float64(a[i*T+j]) * (datt[j] - dot) * scale
-					for c := 0; c < hs; c++ {
-						dqkv[qi(i, c)] += float32(ds * float64(qkv[qi(j, C+c)]))
-						dqkv[qi(j, C+c)] += float32(ds * float64(qkv[qi(i, c)]))
+					for c := 0; c < hd; c++ {
+						dqkv[qi(i, c)] += float32(ds * float64(qkv[ki(j, c)]))
+						dqkv[ki(j, c)] += float32(ds * float64(qkv[qi(i, c)]))
 					}
 				}
 			}
@@ -242,5 +269,100 @@ func NaiveAdamW(params, grads, m, v []float32, hp AdamWParams) {
 		p := float64(params[i]) * (1 - float64(hp.LR)*float64(hp.WeightDecay))
 		p -= float64(hp.LR) / bc1 * mi / (math.Sqrt(vi)/math.Sqrt(bc2) + float64(hp.Eps))
 		params[i] = float32(p)
+	}
+}
+
+// NaiveRMSNormForward is the reference for RMSNormForward.
+func NaiveRMSNormForward(out, rstd, inp, weight []float32, N, C int, eps float32) {
+	for i := 0; i < N; i++ {
+		x := inp[i*C : (i+1)*C]
+		var ms float64
+		for _, a := range x {
+			ms += float64(a) * float64(a)
+		}
+		s := 1 / math.Sqrt(ms/float64(C)+float64(eps))
+		for c, a := range x {
+			out[i*C+c] = float32(float64(a) * s * float64(weight[c]))
+		}
+		rstd[i] = float32(s)
+	}
+}
+
+// NaiveRMSNormBackward is the reference for RMSNormBackward.
+func NaiveRMSNormBackward(dinp, dweight, dout, inp, weight, rstd []float32, N, C int) {
+	for i := 0; i < N; i++ {
+		s := float64(rstd[i])
+		var gx float64
+		for c := 0; c < C; c++ {
+			gx += float64(dout[i*C+c]) * float64(weight[c]) * float64(inp[i*C+c])
+		}
+		for c := 0; c < C; c++ {
+			x, dy := float64(inp[i*C+c]), float64(dout[i*C+c])
+			dinp[i*C+c] += float32(s * (dy*float64(weight[c]) - x*s*s*gx/float64(C)))
+			if dweight != nil {
+				dweight[c] += float32(dy * x * s)
+			}
+		}
+	}
+}
+
+// NaiveRoPEForward is the reference for RoPEForward, written as Hugging
+// Face writes it: x·cos + rotate_half(x)·sin, with rotate_half(x) =
+// [−x2, x1] for the halves x1, x2 of a head and cos, sin repeated over
+// both halves.
+func NaiveRoPEForward(x, cos, sin []float32, B, T, nh, hd, ld int) {
+	half := hd / 2
+	rot := make([]float64, hd)
+	for r := 0; r < B*T; r++ {
+		t := r % T
+		for h := 0; h < nh; h++ {
+			head := x[r*ld+h*hd : r*ld+(h+1)*hd]
+			for j := 0; j < half; j++ {
+				rot[j], rot[j+half] = -float64(head[j+half]), float64(head[j])
+			}
+			for j := 0; j < hd; j++ {
+				c, s := float64(cos[t*half+j%half]), float64(sin[t*half+j%half])
+				head[j] = float32(float64(head[j])*c + rot[j]*s)
+			}
+		}
+	}
+}
+
+// NaiveRoPEBackward is the reference for RoPEBackward: the transpose of
+// NaiveRoPEForward's rotation, applied in place.
+func NaiveRoPEBackward(dx, cos, sin []float32, B, T, nh, hd, ld int) {
+	half := hd / 2
+	for r := 0; r < B*T; r++ {
+		t := r % T
+		for h := 0; h < nh; h++ {
+			head := dx[r*ld+h*hd : r*ld+(h+1)*hd]
+			for j := 0; j < half; j++ {
+				c, s := float64(cos[t*half+j]), float64(sin[t*half+j])
+				d1, d2 := float64(head[j]), float64(head[j+half])
+				head[j], head[j+half] = float32(d1*c+d2*s), float32(d2*c-d1*s)
+			}
+		}
+	}
+}
+
+// NaiveSwiGLUForward is the reference for SwiGLUForward.
+func NaiveSwiGLUForward(out, gu []float32, N, H int) {
+	for i := 0; i < N; i++ {
+		for j := 0; j < H; j++ {
+			g, u := float64(gu[2*i*H+j]), float64(gu[(2*i+1)*H+j])
+			out[i*H+j] = float32(g / (1 + math.Exp(-g)) * u)
+		}
+	}
+}
+
+// NaiveSwiGLUBackward is the reference for SwiGLUBackward.
+func NaiveSwiGLUBackward(dgu, dout, gu []float32, N, H int) {
+	for i := 0; i < N; i++ {
+		for j := 0; j < H; j++ {
+			g, u, d := float64(gu[2*i*H+j]), float64(gu[(2*i+1)*H+j]), float64(dout[i*H+j])
+			s := 1 / (1 + math.Exp(-g))
+			dgu[2*i*H+j] += float32(d * u * s * (1 + g*(1-s)))
+			dgu[(2*i+1)*H+j] += float32(d * g * s)
+		}
 	}
 }
