@@ -17,7 +17,10 @@ package kernels
 // Query and key heads that sit side by side (qkv's [q | k | v] layout) are
 // rotated by one call with nh = query heads + key heads.
 func RoPEForward(x, cos, sin []float32, B, T, nh, hd, ld int) {
-	checkRoPE("RoPEForward", x, cos, sin, B, T, nh, hd, ld)
+	checkRoPE("RoPEForward", B, T, nh, hd, ld)
+	need("RoPEForward x", x, (B*T-1)*ld+nh*hd)
+	need("RoPEForward cos", cos, T*hd/2)
+	need("RoPEForward sin", sin, T*hd/2)
 	ropeFwdTasks.run(B*T, grainFor(3*nh*hd), ropeTask{x: x, cos: cos, sin: sin, T: T, nh: nh, hd: hd, ld: ld})
 }
 
@@ -27,17 +30,17 @@ func RoPEForward(x, cos, sin []float32, B, T, nh, hd, ld int) {
 // with dx in place of x. Unlike most backward kernels it overwrites rather
 // than accumulates: the rotation is applied to the gradient where it is.
 func RoPEBackward(dx, cos, sin []float32, B, T, nh, hd, ld int) {
-	checkRoPE("RoPEBackward", dx, cos, sin, B, T, nh, hd, ld)
+	checkRoPE("RoPEBackward", B, T, nh, hd, ld)
+	need("RoPEBackward dx", dx, (B*T-1)*ld+nh*hd)
+	need("RoPEBackward cos", cos, T*hd/2)
+	need("RoPEBackward sin", sin, T*hd/2)
 	ropeBwdTasks.run(B*T, grainFor(3*nh*hd), ropeBwdTask{x: dx, cos: cos, sin: sin, T: T, nh: nh, hd: hd, ld: ld})
 }
 
-func checkRoPE(name string, x, cos, sin []float32, B, T, nh, hd, ld int) {
+func checkRoPE(name string, B, T, nh, hd, ld int) {
 	if B <= 0 || T <= 0 || nh <= 0 || hd <= 0 || hd%2 != 0 || ld < nh*hd {
 		panic("kernels: " + name + ": need positive B, T, nh, an even hd and ld ≥ nh·hd")
 	}
-	need(name+" x", x, (B*T-1)*ld+nh*hd)
-	need(name+" cos", cos, T*hd/2)
-	need(name+" sin", sin, T*hd/2)
 }
 
 type ropeTask struct {
