@@ -91,11 +91,16 @@ vuln:
 	$(GOVULNCHECK) -tags cuda ./...
 
 ## test-pytorch: PyTorch checks what braid writes (a checkpoint loaded strictly into the Hugging Face
-## module names, a LoRA adapter into PEFT-style layers); needs Debian's python3-torch
+## module names, a LoRA adapter into PEFT-style layers; for the Llama family, checkpoints and an
+## adapter that the Go test writes into a temporary directory); needs Debian's python3-torch
 test-pytorch:
 	@if /usr/bin/python3 -c 'import torch' 2>/dev/null; then \
 		/usr/bin/python3 scripts/gen_reference.py --check-braid model/testdata/braid_tiny && \
-		/usr/bin/python3 scripts/gen_reference.py --check-adapter model/testdata/braid_lora_tiny; \
+		/usr/bin/python3 scripts/gen_reference.py --check-adapter model/testdata/braid_lora_tiny && \
+		out=$$(mktemp -d) && \
+		$(GO) test -count=1 -run '^TestLlamaWritesForPyTorch$$' ./model -args -pytorch-out $$out >/dev/null && \
+		/usr/bin/python3 scripts/gen_llama_reference.py --check-braid $$out/llama_tiny $$out/qwen2_tiny $$out/mistral_tiny \
+			--check-adapter $$out/llama_lora_tiny && rm -r $$out; \
 	else echo "test-pytorch skipped: no python3-torch (apt-get install python3-torch python3-numpy libopenblas0-pthread)"; fi
 
 ## fuzz-ci: each fuzz target briefly (FUZZTIME_CI each), on the corpora committed in testdata/fuzz

@@ -21,7 +21,7 @@ func RoPEForward(x, cos, sin []float32, B, T, nh, hd, ld int) {
 	need("RoPEForward x", x, (B*T-1)*ld+nh*hd)
 	need("RoPEForward cos", cos, T*hd/2)
 	need("RoPEForward sin", sin, T*hd/2)
-	ropeFwdTasks.run(B*T, grainFor(3*nh*hd), ropeTask{x: x, cos: cos, sin: sin, T: T, nh: nh, hd: hd, ld: ld})
+	ropeTasks.run(B*T, grainFor(3*nh*hd), ropeTask{x: x, cos: cos, sin: sin, T: T, nh: nh, hd: hd, ld: ld, dir: 1})
 }
 
 // RoPEBackward turns, in place, the gradient with respect to RoPEForward's
@@ -34,7 +34,7 @@ func RoPEBackward(dx, cos, sin []float32, B, T, nh, hd, ld int) {
 	need("RoPEBackward dx", dx, (B*T-1)*ld+nh*hd)
 	need("RoPEBackward cos", cos, T*hd/2)
 	need("RoPEBackward sin", sin, T*hd/2)
-	ropeBwdTasks.run(B*T, grainFor(3*nh*hd), ropeBwdTask{x: dx, cos: cos, sin: sin, T: T, nh: nh, hd: hd, ld: ld})
+	ropeTasks.run(B*T, grainFor(3*nh*hd), ropeTask{x: dx, cos: cos, sin: sin, T: T, nh: nh, hd: hd, ld: ld, dir: -1})
 }
 
 func checkRoPE(name string, B, T, nh, hd, ld int) {
@@ -46,17 +46,12 @@ func checkRoPE(name string, B, T, nh, hd, ld int) {
 type ropeTask struct {
 	x, cos, sin   []float32
 	T, nh, hd, ld int
+	dir           float32 // 1: rotate by θ·t (RoPEForward), −1: back (RoPEBackward)
 }
 
-// ropeBwdTask shares ropeTask's fields; x holds the gradient.
-type ropeBwdTask ropeTask
+var ropeTasks taskPool[ropeTask, *ropeTask]
 
-var (
-	ropeFwdTasks taskPool[ropeTask, *ropeTask]
-	ropeBwdTasks taskPool[ropeBwdTask, *ropeBwdTask]
-)
-
-// Run rotates rows [lo, hi).
+// Run rotates rows [lo, hi) by dir·θ·t.
 func (t *ropeTask) Run(lo, hi int) {
 	half := t.hd / 2
 	for r := lo; r < hi; r++ {
@@ -67,30 +62,10 @@ func (t *ropeTask) Run(lo, hi int) {
 			a := row[h*t.hd : h*t.hd+half]
 			b := row[h*t.hd+half : (h+1)*t.hd]
 			for j, c := range cs {
-				s := sn[j]
+				s := t.dir * sn[j]
 				x1, x2 := a[j], b[j]
 				a[j] = x1*c - x2*s
 				b[j] = x2*c + x1*s
-			}
-		}
-	}
-}
-
-// Run rotates rows [lo, hi) back.
-func (t *ropeBwdTask) Run(lo, hi int) {
-	half := t.hd / 2
-	for r := lo; r < hi; r++ {
-		pos := r % t.T
-		cs, sn := t.cos[pos*half:(pos+1)*half], t.sin[pos*half:(pos+1)*half]
-		row := t.x[r*t.ld:]
-		for h := range t.nh {
-			a := row[h*t.hd : h*t.hd+half]
-			b := row[h*t.hd+half : (h+1)*t.hd]
-			for j, c := range cs {
-				s := sn[j]
-				d1, d2 := a[j], b[j]
-				a[j] = d1*c + d2*s
-				b[j] = d2*c - d1*s
 			}
 		}
 	}

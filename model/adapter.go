@@ -84,19 +84,22 @@ type peftConfigIn struct {
 }
 
 // SaveAdapter writes adapter a into dir (created if needed) in PEFT's
-// layout, as PeftModel.save_pretrained does for a GPT-2 with a LoRA adapter:
+// layout, as PeftModel.save_pretrained does for a GPT-2 (or a model of the
+// Llama family) with a LoRA adapter:
 //
 //   - adapter_model.safetensors: one F32 tensor per Layout entry, named
-//     "base_model.model.transformer.h.{l}.{attn.c_attn|attn.c_proj|mlp.c_fc|mlp.c_proj}.lora_{A|B}.weight",
+//     "base_model.model.transformer.h.{l}.{attn.c_attn|attn.c_proj|mlp.c_fc|mlp.c_proj}.lora_{A|B}.weight"
+//     (Llama: "base_model.model.model.layers.{l}.{self_attn.q_proj|...|mlp.down_proj}.lora_{A|B}.weight"),
 //     lora_A (r, in_features), lora_B (out_features, r), metadata
 //     {"format": "pt"};
 //   - adapter_config.json: peft_type LORA, task_type CAUSAL_LM, r,
-//     lora_alpha, lora_dropout, target_modules, fan_in_fan_out true
-//     (GPT-2's Conv1D), bias none, base_model_name_or_path
-//     (Config.BaseModel, null if empty), and LoraConfig's defaults for the
-//     rest.
+//     lora_alpha, lora_dropout, target_modules, fan_in_fan_out true for
+//     GPT-2's Conv1D (false for the Llama family's nn.Linear), bias none,
+//     base_model_name_or_path (Config.BaseModel, null if empty), and
+//     LoraConfig's defaults for the rest.
 //
-// PeftModel.from_pretrained(GPT2LMHeadModel, dir) loads it. Each file is
+// PeftModel.from_pretrained(GPT2LMHeadModel or LlamaForCausalLM, dir)
+// loads it. Each file is
 // replaced atomically (temp file, fsync, rename).
 func SaveAdapter(dir string, a *LoRA) error {
 	cfg, weights, err := EncodeAdapter(a)
@@ -123,21 +126,22 @@ func EncodeAdapter(a *LoRA) (configJSON, weights []byte, err error) {
 	if err := safetensors.Encode(&buf, tensors, map[string]string{"format": "pt"}); err != nil {
 		return nil, nil, err
 	}
-	cfg, err := encodeAdapterConfig(a.Config)
+	cfg, err := encodeAdapterConfig(a.Config, a.Base)
 	if err != nil {
 		return nil, nil, err
 	}
 	return cfg, buf.Bytes(), nil
 }
 
-// encodeAdapterConfig returns adapter_config.json for c.
-func encodeAdapterConfig(c LoRAConfig) ([]byte, error) {
+// encodeAdapterConfig returns adapter_config.json for c on a model of
+// config base.
+func encodeAdapterConfig(c LoRAConfig, base Config) ([]byte, error) {
 	ts, err := resolveTargets(c.Targets)
 	if err != nil {
 		return nil, err
 	}
 	out := peftConfigOut{
-		AlphaPattern: map[string]float64{}, Bias: "none", FanInFanOut: true, InferenceMode: true,
+		AlphaPattern: map[string]float64{}, Bias: "none", FanInFanOut: !base.llamaFamily(), InferenceMode: true,
 		InitLoraWeights: true, LoftqConfig: map[string]string{}, LoraAlpha: c.Alpha, LoraDropout: c.Dropout,
 		MegatronCore: "megatron.core", PeftType: "LORA", R: c.Rank, RankPattern: map[string]int{},
 		TargetModules: ts.names(), TaskType: "CAUSAL_LM",
@@ -264,8 +268,8 @@ func decodeAdapterConfig(b []byte) (LoRAConfig, error) {
 
 // decodeTargets reads target_modules: a list of module names, or PEFT's
 // other form, one regular expression that must match a module's whole
-// name ("transformer.h.0.attn.c_attn"). A regular expression must select
-// the same projections in every block.
+// name ("transformer.h.0.attn.c_attn", "model.layers.0.self_attn.q_proj").
+// A regular expression must select the same projections in every block.
 func decodeTargets(raw json.RawMessage) ([]string, error) {
 	var list []string
 	if err := json.Unmarshal(raw, &list); err == nil && list != nil {
@@ -286,20 +290,22 @@ func decodeTargets(raw json.RawMessage) ([]string, error) {
 //
 //   - the config: peft_type LORA, task_type CAUSAL_LM (or null), r in
 //     1..MaxLoRARank, a finite non-zero lora_alpha, lora_dropout in [0, 1),
-//     target_modules naming only GPT-2 projections (the same in every
-//     block), bias none, and none of the PEFT options that would make the
-//     adapter compute something else (DoRA, rsLoRA, rank or alpha
-//     patterns, modules_to_save, layers_to_transform, ...);
+//     target_modules naming only projections of the base's architecture
+//     (the same in every block), bias none, and none of the PEFT options
+//     that would make the adapter compute something else (DoRA, rsLoRA,
+//     rank or alpha patterns, modules_to_save, layers_to_transform, ...);
 //   - the weights: a well-formed safetensors file holding exactly the
 //     tensors the config implies for this base, with PEFT's names
-//     ("base_model.model.transformer.h.{l}.attn.c_attn.lora_A.weight"), of
+//     ("base_model.model.transformer.h.{l}.attn.c_attn.lora_A.weight",
+//     "base_model.model.model.layers.{l}.self_attn.q_proj.lora_A.weight"), of
 //     a float dtype (F32, F16, BF16, F64: read as float32), of the shapes
 //     lora_A (r, in_features) and lora_B (out_features, r), every value
 //     finite.
 //
 // Any problem is an error wrapping ErrAdapter that names the file and the
 // tensor or key; it never panics. fan_in_fan_out may be either value: for
-// GPT-2's Conv1D, PEFT computes the same thing with both.
+// GPT-2's Conv1D, PEFT computes the same thing with both, and for the
+// Llama family's nn.Linear it sets it false (with a warning) when true.
 func DecodeAdapter(configJSON, weights []byte, base Config) (*LoRA, error) {
 	if err := base.Validate(); err != nil {
 		return nil, err
@@ -316,6 +322,9 @@ func DecodeAdapter(configJSON, weights []byte, base Config) (*LoRA, error) {
 		return nil, fmt.Errorf("%w: %s: %w", ErrAdapter, AdapterWeightsFile, err)
 	}
 	ts, _ := resolveTargets(c.Targets)
+	if err := ts.fits(base); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrAdapter, AdapterConfigFile, err)
+	}
 	layout := loraLayout(base, c.Rank, ts)
 	index := make(map[string]int, len(layout))
 	for i, p := range layout {
@@ -326,8 +335,12 @@ func DecodeAdapter(configJSON, weights []byte, base Config) (*LoRA, error) {
 		t := &f.Tensors[i]
 		k, ok := index[t.Name]
 		if !ok {
-			return nil, bad("unexpected tensor %s: not a lora_A or lora_B of the %v projections of a %d-layer GPT-2 (names are %sh.{layer}.{module}.lora_{A,B}.weight)",
-				t.Name, c.Targets, base.Layers, loraNamePrefix)
+			pattern := loraNamePrefix + "h.{layer}.{module}"
+			if base.llamaFamily() {
+				pattern = loraLlamaNamePrefix + "layers.{layer}.{module}"
+			}
+			return nil, bad("unexpected tensor %s: not a lora_A or lora_B of the %v projections of a %d-layer %s (names are %s.lora_{A,B}.weight)",
+				t.Name, c.Targets, base.Layers, base.Arch, pattern)
 		}
 		found[k] = t // safetensors.Decode refuses duplicate names
 	}
@@ -363,8 +376,10 @@ func DecodeAdapter(configJSON, weights []byte, base Config) (*LoRA, error) {
 
 // targetsFromRegexp turns PEFT's regular-expression form of target_modules
 // into module names: the projections whose full module name in every block
-// the expression matches. It refuses an expression that matches a
-// projection in some blocks only, or none.
+// the expression matches ("transformer.h.{l}.attn.c_attn" for GPT-2,
+// "model.layers.{l}.self_attn.q_proj" for the Llama family). It refuses an
+// expression that matches a projection in some blocks only, or none, or
+// projections of both architectures.
 func targetsFromRegexp(expr string) ([]string, error) {
 	re, err := compileFullMatch(expr)
 	if err != nil {
@@ -373,11 +388,15 @@ func targetsFromRegexp(expr string) ([]string, error) {
 	// Whether a projection is matched in a block does not depend on the
 	// block beyond its index's digits; check the first 64 indices.
 	var names []string
-	for _, full := range projNames {
+	for p, full := range projNames {
+		module := "transformer.h.%d.%s"
+		if projection(p).llama() {
+			module = "model.layers.%d.%s"
+		}
 		hits := 0
 		const blocks = 64
 		for l := range blocks {
-			if re.MatchString(fmt.Sprintf("transformer.h.%d.%s", l, full)) {
+			if re.MatchString(fmt.Sprintf(module, l, full)) {
 				hits++
 			}
 		}
@@ -390,7 +409,10 @@ func targetsFromRegexp(expr string) ([]string, error) {
 		}
 	}
 	if len(names) == 0 {
-		return nil, fmt.Errorf("target_modules %q matches no projection braid adapts (transformer.h.N.attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)", expr)
+		return nil, fmt.Errorf("target_modules %q matches no projection braid adapts (transformer.h.N.attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj; model.layers.N.self_attn.q_proj, k_proj, v_proj, o_proj, mlp.gate_proj, up_proj, down_proj)", expr)
+	}
+	if _, err := resolveTargets(names); err != nil {
+		return nil, fmt.Errorf("target_modules %q matches projections of both GPT-2 and the Llama family", expr)
 	}
 	return names, nil
 }

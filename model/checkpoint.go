@@ -98,7 +98,9 @@ type Checkpoint struct {
 // SaveCheckpoint writes params of a model with config c into dir (created if
 // needed) as model.safetensors and config.json in Hugging Face GPT-2's layout:
 // tensor names from Config.Layout and linear weights transposed to Conv1D's
-// (in, out). Each file is replaced atomically (temp file, fsync, rename).
+// (in, out); for the Llama family in Hugging Face's layout of its
+// architecture (llama_hf.go), nothing transposed. Each file is replaced
+// atomically (temp file, fsync, rename).
 func SaveCheckpoint(dir string, c Config, tok Tokenizer, params []float32) error {
 	if err := c.Validate(); err != nil {
 		return err
@@ -123,6 +125,13 @@ func SaveCheckpoint(dir string, c Config, tok Tokenizer, params []float32) error
 	if err := safetensors.WriteFile(filepath.Join(dir, WeightsFile), tensors, map[string]string{"format": "pt"}); err != nil {
 		return err
 	}
+	if c.llamaFamily() {
+		js, err := encodeLlamaConfig(c, tok)
+		if err != nil {
+			return err
+		}
+		return WriteFileAtomic(filepath.Join(dir, ConfigFile), js, 0o644)
+	}
 	tie, eps, eot := true, float64(kernels.LayerNormEps), int(tok.EOT())
 	cfg := hfConfig{
 		ModelType: "gpt2", Architectures: []string{"GPT2LMHeadModel"},
@@ -141,8 +150,9 @@ func SaveCheckpoint(dir string, c Config, tok Tokenizer, params []float32) error
 // GPT-2 compute something braid does not (another activation, n_inner other
 // than 4·n_embd, layer_norm_epsilon other than kernels.LayerNormEps, untied
 // embeddings, unscaled or layer-scaled attention, cross-attention) are errors
-// naming the key. Without a braid_tokenizer key the tokenizer is "gpt2" for
-// vocab_size 50257 and "byte" otherwise.
+// naming the key. A model_type of the Llama family (llama, mistral, qwen2)
+// is read as decodeLlamaConfig says. Without a braid_tokenizer key the
+// tokenizer is "gpt2" for vocab_size 50257 and "byte" otherwise.
 //
 // The file is opened once and must be a regular file of at most
 // MaxConfigBytes (internal/safefile): a device, FIFO or directory is
@@ -165,12 +175,15 @@ func DecodeConfig(b []byte, path string) (Config, Tokenizer, error) {
 	if len(b) > MaxConfigBytes {
 		return Config{}, nil, fmt.Errorf("%w: %s: %d bytes, more than the %d a config may have", ErrCheckpoint, path, len(b), MaxConfigBytes)
 	}
+	if arch, ok := llamaModelType(b); ok {
+		return decodeLlamaConfig(b, arch, path)
+	}
 	var hc hfConfig
 	if err := json.Unmarshal(b, &hc); err != nil {
 		return Config{}, nil, fmt.Errorf("%w: %s: not a JSON config: %s", ErrCheckpoint, path, jsonProblem(err))
 	}
 	if hc.ModelType != "" && hc.ModelType != "gpt2" {
-		return Config{}, nil, fmt.Errorf("%w: %s: model_type %q, braid reads gpt2", ErrCheckpoint, path, hc.ModelType)
+		return Config{}, nil, fmt.Errorf("%w: %s: model_type %q, braid reads gpt2, llama, mistral and qwen2", ErrCheckpoint, path, hc.ModelType)
 	}
 	if hc.NInner != nil && *hc.NInner != 4*hc.NEmbd {
 		return Config{}, nil, fmt.Errorf("%w: %s: n_inner = %d, braid supports only 4·n_embd", ErrCheckpoint, path, *hc.NInner)
@@ -194,10 +207,15 @@ func DecodeConfig(b []byte, path string) (Config, Tokenizer, error) {
 		return Config{}, nil, fmt.Errorf("%w: %s: add_cross_attention = true is not supported", ErrCheckpoint, path)
 	}
 	c := Config{Vocab: hc.VocabSize, Context: hc.NPositions, Dim: hc.NEmbd, Layers: hc.NLayer, Heads: hc.NHead}
+	return validConfigTokenizer(c, hc.Tokenizer, path)
+}
+
+// validConfigTokenizer validates c, a config read from path, and returns
+// it with its tokenizer: the one named, or defaultTokenizer's.
+func validConfigTokenizer(c Config, name, path string) (Config, Tokenizer, error) {
 	if err := c.Validate(); err != nil {
 		return Config{}, nil, fmt.Errorf("%s: %w", path, err)
 	}
-	name := hc.Tokenizer
 	if name == "" {
 		name = defaultTokenizer(c.Vocab)
 	}
@@ -212,17 +230,21 @@ func DecodeConfig(b []byte, path string) (Config, Tokenizer, error) {
 }
 
 // LoadCheckpoint reads a checkpoint directory written by SaveCheckpoint or
-// by Hugging Face (model.safetensors + config.json of a GPT-2). F32, F16,
-// BF16 and F64 weights are read (and rounded to float32); a "transformer."
-// name prefix is accepted. Besides the parameters, a file may hold only the
-// buffers GPT-2 files carry: the causal masks h.{i}.attn.bias and
+// by Hugging Face (model.safetensors + config.json of a GPT-2, or of the
+// Llama family). F32, F16, BF16 and F64 weights are read (and rounded to
+// float32); a "transformer." name prefix is accepted (the Llama family:
+// names with or without "model."). Besides the parameters, a file may hold
+// only the buffers GPT-2 files carry: the causal masks h.{i}.attn.bias and
 // h.{i}.attn.masked_bias of existing layers (ignored; braid's attention is
-// always causal) and lm_head.weight, which must equal wte.weight (a tied
-// head). Every other problem is an error wrapping ErrCheckpoint that names
-// the file and the tensor: a malformed safetensors file (header length,
-// offsets, dtype), a parameter missing, present twice, of a non-float dtype
-// or of a shape config.json does not imply, an unexpected tensor, or an
-// untied lm_head.weight.
+// always causal; for the Llama family the rotary inverse frequencies
+// model.layers.{i}.self_attn.rotary_emb.inv_freq of older files, which
+// braid computes from config.json) and, for a tied head, lm_head.weight,
+// which must equal the token embedding. Every other problem is an error
+// wrapping ErrCheckpoint that names the file and the tensor: a malformed
+// safetensors file (header length, offsets, dtype), a parameter missing,
+// present twice, of a non-float dtype or of a shape config.json does not
+// imply, an unexpected tensor, or an lm_head.weight that differs from a
+// tied embedding.
 //
 // Each file is opened once and must be a regular file within
 // MaxConfigBytes and MaxWeightsBytes (internal/safefile).
@@ -270,6 +292,10 @@ func decodeWeights(c Config, tok Tokenizer, b []byte, path string) (*Checkpoint,
 	}
 	buffer := make(map[string]bool, 2*c.Layers)
 	for l := 0; l < c.Layers; l++ {
+		if c.llamaFamily() {
+			buffer[fmt.Sprintf("model.layers.%d.self_attn.rotary_emb.inv_freq", l)] = true
+			continue
+		}
 		buffer[fmt.Sprintf("h.%d.attn.bias", l)] = true
 		buffer[fmt.Sprintf("h.%d.attn.masked_bias", l)] = true
 	}
@@ -281,6 +307,9 @@ func decodeWeights(c Config, tok Tokenizer, b []byte, path string) (*Checkpoint,
 	for i := range f.Tensors {
 		t := &f.Tensors[i]
 		name := strings.TrimPrefix(t.Name, "transformer.")
+		if c.llamaFamily() {
+			name = llamaTensorName(t.Name)
+		}
 		k, isParam := index[name]
 		switch {
 		case isParam:
@@ -306,6 +335,10 @@ func decodeWeights(c Config, tok Tokenizer, b []byte, path string) (*Checkpoint,
 		case n > 0:
 			more = fmt.Sprintf(" (and %d more: %s)", n, strings.Join(unexpected[1:], ", "))
 		}
+		if c.llamaFamily() {
+			return nil, bad("unexpected tensor %s%s: not a parameter of the %s config.json describes (num_hidden_layers = %d, tie_word_embeddings = %v)",
+				unexpected[0], more, c.Arch, c.Layers, !c.Untied)
+		}
 		return nil, bad("unexpected tensor %s%s: neither a parameter of the GPT-2 config.json describes (n_layer = %d) nor a known GPT-2 buffer",
 			unexpected[0], more, c.Layers)
 	}
@@ -325,12 +358,16 @@ func decodeWeights(c Config, tok Tokenizer, b []byte, path string) (*Checkpoint,
 			return nil, bad("tensor %s has shape %v, config.json implies %v", p.Name, t.Shape, want)
 		}
 	}
+	untied := "untied output heads are not supported"
+	if c.llamaFamily() {
+		untied = "config.json ties it to the embedding (tie_word_embeddings)"
+	}
 	if lmHead != nil {
 		if !isFloat(lmHead.Dtype) {
 			return nil, bad("tensor lm_head.weight has dtype %s, want F32, F16, BF16 or F64", lmHead.Dtype)
 		}
 		if !equalShape(lmHead.Shape, layout[0].Shape) {
-			return nil, bad("tensor lm_head.weight has shape %v, wte.weight %v: untied output heads are not supported", lmHead.Shape, layout[0].Shape)
+			return nil, bad("tensor lm_head.weight has shape %v, %s %v: %s", lmHead.Shape, layout[0].Name, layout[0].Shape, untied)
 		}
 	}
 	params := make([]float32, c.NumParams())
@@ -352,7 +389,7 @@ func decodeWeights(c Config, tok Tokenizer, b []byte, path string) (*Checkpoint,
 		wte := params[layout[0].Offset : layout[0].Offset+layout[0].Size]
 		for i := range w {
 			if math.Float32bits(w[i]) != math.Float32bits(wte[i]) { // a tied head is a bitwise copy
-				return nil, bad("tensor lm_head.weight differs from wte.weight at element %d (%g, %g): untied output heads are not supported", i, w[i], wte[i])
+				return nil, bad("tensor lm_head.weight differs from %s at element %d (%g, %g): %s", layout[0].Name, i, w[i], wte[i], untied)
 			}
 		}
 	}

@@ -1,6 +1,11 @@
 // Package model is braid's GPT-2-style language model: pre-LayerNorm blocks,
 // learned positions, a tied input/output embedding, a 4× tanh-GELU MLP and
-// causal multi-head attention, built on package kernels.
+// causal multi-head attention, built on package kernels. The same Model
+// also computes the Llama family (Config.Arch llama, mistral or qwen2;
+// llama.go): RMSNorm, rotary positions, grouped-query attention (Mistral's
+// with a sliding window, Qwen2's with q/k/v biases), a SwiGLU MLP and a tied
+// or separate output head, read from and written to Hugging Face's files
+// of each architecture.
 //
 // All parameters live in one flat float32 buffer (Model.Params) and all
 // their gradients in another of the same layout (Model.Grads), with named
@@ -21,5 +26,7 @@
 // kernels spread each step over the CPU's cores.
 //
 // What this package does not do: optimisation (package train), data loading
-// (package train, later shard), or distributed anything.
+// (package train, later shard), or distributed anything; nor, for the Llama
+// family, the GPU (package cudamodel computes GPT-2 only), rotary scaling
+// other than Llama 3's, or Qwen2's per-layer sliding windows.
 package model

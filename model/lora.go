@@ -12,11 +12,14 @@ import (
 )
 
 // This file is LoRA (Hu et al., "LoRA: Low-Rank Adaptation of Large
-// Language Models", 2021) as Hugging Face PEFT implements it for GPT-2.
+// Language Models", 2021) as Hugging Face PEFT implements it for GPT-2 and
+// the Llama family.
 //
-// An adapter adds a low-rank update to some of each block's four
-// projections (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj). For a
-// projection with weight W (out, in) and bias b:
+// An adapter adds a low-rank update to some of each block's projections:
+// GPT-2's four (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj) or the
+// Llama family's seven (self_attn.q_proj, k_proj, v_proj, o_proj,
+// mlp.gate_proj, up_proj, down_proj). For a projection with weight W
+// (out, in) and bias b:
 //
 //	y = x·Wᵀ + b + s · dropout(x)·Aᵀ·Bᵀ      s = alpha / r
 //
@@ -43,10 +46,24 @@ var (
 // MaxLoRARank bounds LoRAConfig.Rank.
 const MaxLoRARank = 4096
 
-// DefaultLoRATargets are the projections an adapter adapts unless told
-// otherwise: all four of each block (PEFT's own default for GPT-2 is c_attn
-// only; adapting every projection learns more per parameter).
+// DefaultLoRATargets are the projections an adapter of a GPT-2 adapts
+// unless told otherwise: all four of each block (PEFT's own default for
+// GPT-2 is c_attn only; adapting every projection learns more per
+// parameter).
 var DefaultLoRATargets = []string{"c_attn", "c_proj", "c_fc"}
+
+// DefaultLLamaLoRATargets are DefaultLoRATargets' counterpart for the Llama
+// family: all seven projections of each block.
+var DefaultLLamaLoRATargets = []string{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+// DefaultLoRATargetsFor returns the default targets for a model of config
+// c: DefaultLoRATargets or DefaultLLamaLoRATargets (a copy).
+func DefaultLoRATargetsFor(c Config) []string {
+	if c.llamaFamily() {
+		return slices.Clone(DefaultLLamaLoRATargets)
+	}
+	return slices.Clone(DefaultLoRATargets)
+}
 
 // LoRAConfig is the shape and hyper-parameters of a LoRA adapter, named as
 // in PEFT's LoraConfig.
@@ -54,11 +71,14 @@ type LoRAConfig struct {
 	Rank    int     `json:"r"`            // r, the inner dimension of B·A
 	Alpha   float64 `json:"lora_alpha"`   // the update is scaled by Alpha/Rank
 	Dropout float64 `json:"lora_dropout"` // dropout on the adapter's input, in [0, 1); 0: none
-	// Targets are PEFT target_modules: any of "c_attn" (attention's qkv
-	// projection), "c_proj" (both attention's output projection and the
-	// MLP's, as in PEFT), "attn.c_proj" or "mlp.c_proj" (one of them),
-	// "c_fc" (the MLP's input projection); "attn.c_attn" and "mlp.c_fc" are
-	// accepted too. Every block gets the same targets.
+	// Targets are PEFT target_modules. For a GPT-2: any of "c_attn"
+	// (attention's qkv projection), "c_proj" (both attention's output
+	// projection and the MLP's, as in PEFT), "attn.c_proj" or "mlp.c_proj"
+	// (one of them), "c_fc" (the MLP's input projection); "attn.c_attn" and
+	// "mlp.c_fc" are accepted too. For the Llama family: any of "q_proj",
+	// "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+	// (also with their "self_attn." or "mlp." prefix). Every block gets the
+	// same targets, and they name one architecture's projections.
 	Targets []string `json:"target_modules"`
 	// BaseModel is written into adapter_config.json as
 	// base_model_name_or_path: where the base model can be found. It does
@@ -89,7 +109,7 @@ func (c LoRAConfig) Validate() error {
 func (c LoRAConfig) Scale() float64 { return c.Alpha / float64(c.Rank) }
 
 // ParseLoRATargets splits a comma-separated list of target modules
-// ("c_attn,c_proj,c_fc") and checks each name.
+// ("c_attn,c_proj,c_fc", "q_proj,v_proj") and checks each name.
 func ParseLoRATargets(s string) ([]string, error) {
 	var out []string
 	for _, f := range strings.Split(s, ",") {
@@ -104,11 +124,12 @@ func ParseLoRATargets(s string) ([]string, error) {
 }
 
 // CanonicalLoRATargets returns the shortest target_modules list that
-// selects the same projections as targets, in a fixed order: "c_attn",
-// then "c_proj" (both output projections) or "attn.c_proj" or
-// "mlp.c_proj", then "c_fc". Two lists select the same projections iff
-// their canonical forms are equal. It is what NewLoRA keeps and SaveAdapter
-// writes.
+// selects the same projections as targets, in a fixed order: for a GPT-2
+// "c_attn", then "c_proj" (both output projections) or "attn.c_proj" or
+// "mlp.c_proj", then "c_fc"; for the Llama family the short names in block
+// order (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj).
+// Two lists select the same projections iff their canonical forms are
+// equal. It is what NewLoRA keeps and SaveAdapter writes.
 func CanonicalLoRATargets(targets []string) ([]string, error) {
 	ts, err := resolveTargets(targets)
 	if err != nil {
@@ -117,25 +138,51 @@ func CanonicalLoRATargets(targets []string) ([]string, error) {
 	return ts.names(), nil
 }
 
-// A projection of a transformer block that an adapter can adapt.
+// A projection of a transformer block that an adapter can adapt: GPT-2's
+// four, then the Llama family's seven. A model has one architecture's.
 type projection int
 
 const (
-	projQKV     projection = iota // attn.c_attn: C → 3C
-	projAttnOut                   // attn.c_proj: C → C
-	projFC                        // mlp.c_fc:    C → 4C
-	projMLPOut                    // mlp.c_proj: 4C → C
+	projQKV     projection = iota // GPT-2 attn.c_attn: C → 3C
+	projAttnOut                   // GPT-2 attn.c_proj: C → C
+	projFC                        // GPT-2 mlp.c_fc:    C → 4C
+	projMLPOut                    // GPT-2 mlp.c_proj: 4C → C
+	projQ                         // Llama self_attn.q_proj: C → NH·hd
+	projK                         // Llama self_attn.k_proj: C → KVH·hd
+	projV                         // Llama self_attn.v_proj: C → KVH·hd
+	projO                         // Llama self_attn.o_proj: NH·hd → C
+	projGate                      // Llama mlp.gate_proj: C → H
+	projUp                        // Llama mlp.up_proj:   C → H
+	projDown                      // Llama mlp.down_proj: H → C
 	numProjections
+
+	numGPT2Projections  = int(projQ)
+	numLlamaProjections = int(numProjections - projQ)
 )
 
 // projNames are the projections' module names inside a block, in adapter
 // buffer order.
-var projNames = [numProjections]string{"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}
+var projNames = [numProjections]string{
+	"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj",
+	"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+}
+
+// llama reports whether p is a projection of the Llama family.
+func (p projection) llama() bool { return p >= projQ }
+
+// projections returns the [lo, hi) range of the projections of a model of
+// config c.
+func projections(c Config) (lo, hi projection) {
+	if c.llamaFamily() {
+		return projQ, numProjections
+	}
+	return 0, projQ
+}
 
 // LoRAProjectionShape returns the (in, out) features of a block's
 // projection number p, in adapter buffer order (attn.c_attn, attn.c_proj,
-// mlp.c_fc, mlp.c_proj), for model config c: what a device backend needs
-// to lay an adapter out as this package does.
+// mlp.c_fc, mlp.c_proj), for a GPT-2 of config c: what a device backend
+// needs to lay an adapter out as this package does.
 func LoRAProjectionShape(c Config, p int) (in, out int) { return projection(p).shape(c) }
 
 // shape returns a projection's (in, out) features for model config c.
@@ -148,9 +195,31 @@ func (p projection) shape(c Config) (in, out int) {
 		return C, C
 	case projFC:
 		return C, 4 * C
-	default:
+	case projMLPOut:
 		return 4 * C, C
+	case projQ:
+		return C, c.Heads * c.HeadDim
+	case projK, projV:
+		return C, c.KVHeads * c.HeadDim
+	case projO:
+		return c.Heads * c.HeadDim, C
+	case projGate, projUp:
+		return C, c.Hidden
+	default:
+		return c.Hidden, C
 	}
+}
+
+// widestProjectionInput is the most input features of a projection of a
+// model of config c.
+func (c Config) widestProjectionInput() int {
+	w := 0
+	lo, hi := projections(c)
+	for p := lo; p < hi; p++ {
+		in, _ := p.shape(c)
+		w = max(w, in)
+	}
+	return w
 }
 
 // targetSet says which projections an adapter adapts.
@@ -159,11 +228,12 @@ type targetSet [numProjections]bool
 // resolveTargets maps PEFT target_modules names to projections, as PEFT
 // matches them against module names ("transformer.h.0.mlp.c_proj" is
 // targeted by "c_proj", "mlp.c_proj" or "h.0.mlp.c_proj"; braid accepts only
-// the names that pick a projection in every block).
+// the names that pick a projection in every block). The names must all be
+// GPT-2's or all the Llama family's.
 func resolveTargets(names []string) (targetSet, error) {
 	var ts targetSet
 	if len(names) == 0 {
-		return ts, fmt.Errorf("%w: target_modules is empty (want some of c_attn, c_proj, c_fc, attn.c_proj, mlp.c_proj)", ErrLoRAConfig)
+		return ts, fmt.Errorf("%w: target_modules is empty (want some of c_attn, c_proj, c_fc, attn.c_proj, mlp.c_proj for a GPT-2, of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj for a Llama)", ErrLoRAConfig)
 	}
 	for _, n := range names {
 		matched := false
@@ -173,16 +243,39 @@ func resolveTargets(names []string) (targetSet, error) {
 			}
 		}
 		if !matched {
-			return ts, fmt.Errorf("%w: target module %q is not a GPT-2 projection braid adapts (c_attn, c_proj, c_fc, attn.c_proj, mlp.c_proj)", ErrLoRAConfig, n)
+			return ts, fmt.Errorf("%w: target module %q is not a projection braid adapts (GPT-2: c_attn, c_proj, c_fc, attn.c_proj, mlp.c_proj; Llama: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)", ErrLoRAConfig, n)
 		}
 	}
+	if slices.Contains(ts[:projQ], true) && slices.Contains(ts[projQ:], true) {
+		return ts, fmt.Errorf("%w: target_modules %v mixes GPT-2 and Llama projections", ErrLoRAConfig, names)
+	}
 	return ts, nil
+}
+
+// llama reports whether the set names the Llama family's projections.
+func (ts targetSet) llama() bool { return slices.Contains(ts[projQ:], true) }
+
+// fits returns an error unless the set names projections of a model of
+// config c.
+func (ts targetSet) fits(c Config) error {
+	if ts.llama() != c.llamaFamily() {
+		return fmt.Errorf("%w: target_modules %v are projections of another architecture than the base model's (%s)", ErrLoRAConfig, ts.names(), c.Arch)
+	}
+	return nil
 }
 
 // names returns the canonical target_modules list of a target set: the
 // shortest PEFT names that select exactly these projections.
 func (ts targetSet) names() []string {
 	var out []string
+	if ts.llama() {
+		for p := projQ; p < numProjections; p++ {
+			if ts[p] {
+				out = append(out, projNames[p][strings.IndexByte(projNames[p], '.')+1:])
+			}
+		}
+		return out
+	}
 	if ts[projQKV] {
 		out = append(out, "c_attn")
 	}
@@ -205,6 +298,19 @@ func (ts targetSet) names() []string {
 // (GPT2LMHeadModel).transformer.
 const loraNamePrefix = "base_model.model.transformer."
 
+// loraLlamaNamePrefix is loraNamePrefix for the Llama family: ...model
+// (LlamaForCausalLM).model (LlamaModel).
+const loraLlamaNamePrefix = "base_model.model.model."
+
+// loraModuleName returns the PEFT name of projection p of block l of a
+// model of config c, without the adapter's ".lora_A.weight" suffix.
+func loraModuleName(c Config, l int, p projection) string {
+	if c.llamaFamily() {
+		return fmt.Sprintf("%slayers.%d.%s", loraLlamaNamePrefix, l, projNames[p])
+	}
+	return fmt.Sprintf("%sh.%d.%s", loraNamePrefix, l, projNames[p])
+}
+
 // LoRA is an adapter for a model of config Base: its tensors A and B for
 // each adapted projection of each block, in one flat parameter buffer and
 // one gradient buffer of the same layout (Layout).
@@ -218,7 +324,8 @@ type LoRA struct {
 	Base   Config     // the model the adapter fits
 	// Params is the flat adapter buffer, in Layout order: block by block,
 	// in each block the adapted projections in the order c_attn,
-	// attn.c_proj, c_fc, mlp.c_proj, each A (r, in) then B (out, r).
+	// attn.c_proj, c_fc, mlp.c_proj (Llama: q_proj, k_proj, v_proj, o_proj,
+	// gate_proj, up_proj, down_proj), each A (r, in) then B (out, r).
 	Params []float32
 	// Grads is the flat gradient buffer, same layout. Backward adds into
 	// it; Model.ZeroGrad clears it while the adapter is attached.
@@ -246,6 +353,9 @@ func NewLoRA(base Config, c LoRAConfig) (*LoRA, error) {
 		return nil, err
 	}
 	ts, _ := resolveTargets(c.Targets)
+	if err := ts.fits(base); err != nil {
+		return nil, err
+	}
 	c.Targets = ts.names()
 	a := &LoRA{Config: c, Base: base, targets: ts, scale: float32(c.Scale())}
 	a.layout = loraLayout(base, c.Rank, ts)
@@ -275,7 +385,7 @@ func loraLayout(c Config, r int, ts targetSet) []Param {
 				continue
 			}
 			in, out := p.shape(c)
-			name := fmt.Sprintf("%sh.%d.%s.", loraNamePrefix, l, projNames[p])
+			name := loraModuleName(c, l, p) + "."
 			ps = append(ps, Param{Name: name + "lora_A.weight", Shape: []int{r, in}, Offset: off, Size: r * in, Decay: true})
 			off += r * in
 			ps = append(ps, Param{Name: name + "lora_B.weight", Shape: []int{out, r}, Offset: off, Size: out * r, Decay: true})
@@ -306,7 +416,8 @@ func (a *LoRA) views(flat []float32) ([][numProjections]loraPair, [][2]int) {
 }
 
 // Layout lists the adapter's tensors in flat-buffer order, with PEFT's
-// names ("base_model.model.transformer.h.0.attn.c_attn.lora_A.weight") and
+// names ("base_model.model.transformer.h.0.attn.c_attn.lora_A.weight",
+// "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight") and
 // shapes (A (r, in), B (out, r)). The slice is a copy.
 func (a *LoRA) Layout() []Param { return slices.Clone(a.layout) }
 
@@ -345,6 +456,23 @@ func (a *LoRA) gradRanges() [][2]int {
 	return rs
 }
 
+// projectionWeights returns, block by block, the weight (out, in) of each
+// projection of a model of config c inside its flat parameters flat (nil
+// for the other architecture's projections).
+func projectionWeights(c Config, flat []float32) [][numProjections][]float32 {
+	ws := make([][numProjections][]float32, c.Layers)
+	if c.llamaFamily() {
+		for l, b := range makeLlamaViews(c, flat).blocks {
+			ws[l] = b.projectionWeights(c)
+		}
+		return ws
+	}
+	for l, b := range makeViews(c, flat).blocks {
+		ws[l][projQKV], ws[l][projAttnOut], ws[l][projFC], ws[l][projMLPOut] = b.qkvw, b.attprojw, b.fcw, b.fcprojw
+	}
+	return ws
+}
+
 // MergeLoRA returns a copy of params, the flat parameters of a model of
 // config c, with the adapter merged in: W += (alpha/r)·B·A for every adapted
 // projection. The result is a plain model (the merged model) that computes
@@ -358,11 +486,11 @@ func MergeLoRA(c Config, params []float32, a *LoRA) ([]float32, error) {
 		return nil, fmt.Errorf("model: MergeLoRA: %d parameters, config needs %d", len(params), c.NumParams())
 	}
 	out := slices.Clone(params)
-	v := makeViews(c, out)
+	ws := projectionWeights(c, out)
 	r := a.Config.Rank
 	var sb []float32
 	for l := range c.Layers {
-		w := [numProjections][]float32{v.blocks[l].qkvw, v.blocks[l].attprojw, v.blocks[l].fcw, v.blocks[l].fcprojw}
+		w := ws[l]
 		for p := range numProjections {
 			if !a.targets[p] {
 				continue
@@ -416,9 +544,15 @@ func DropoutStream(seed, step, seq uint64) uint64 {
 	return mix64(mix64(mix64(seed+golden)+step*golden) + seq*golden)
 }
 
-// dropoutRowKey is the key of one row's mask for projection p of block l.
+// dropoutRowKey is the key of one row's mask for projection p of block l:
+// projections are numbered block by block, in buffer order, within their
+// architecture.
 func dropoutRowKey(stream uint64, l int, p projection) uint64 {
-	return mix64(stream ^ mix64(uint64(l*int(numProjections)+int(p)+1)*golden))
+	per, i := numGPT2Projections, int(p)
+	if p.llama() {
+		per, i = numLlamaProjections, int(p-projQ)
+	}
+	return mix64(stream ^ mix64(uint64(l*per+i+1)*golden))
 }
 
 // dropoutTask writes dst = mask ⊙ src / (1 − q/2¹⁶) for a (B, T, in)

@@ -46,6 +46,8 @@ type Model struct {
 	// is attached.
 	gradRanges [][2]int
 
+	llama *llamaState // the Llama family's views, activations and scratch; nil for GPT-2
+
 	lora      *LoRA    // the attached adapter, or nil
 	la        loraActs // its activations and scratch
 	streams   []uint64 // (maxB) dropout stream per sequence (SetDropoutStreams)
@@ -64,7 +66,8 @@ type Model struct {
 }
 
 // activations holds everything the forward pass saves for the backward pass.
-// Shapes are for the allocated maxB·maxT positions (BT below).
+// Shapes are for the allocated maxB·maxT positions (BT below). The Llama
+// family uses logits, probs and losses, and keeps the rest in llamaActs.
 type activations struct {
 	encoded []float32 // (BT, C)
 	blocks  []blockActs
@@ -96,7 +99,7 @@ type blockActs struct {
 type loraActs struct {
 	blocks [][numProjections]loraProjActs
 	g      []float32 // (BT, r) s·∂L/∂(x·Aᵀ): the gradient that reaches A, backward scratch
-	t      []float32 // (BT, 4C) the adapter's share of ∂L/∂x before dropout's mask, backward scratch
+	t      []float32 // (BT, widest input of a projection) the adapter's share of ∂L/∂x before dropout's mask, backward scratch
 	dlnw   []float32 // (C) LayerNorm weight gradients of the frozen base: computed, never read
 	dlnb   []float32 // (C) LayerNorm bias gradients of the frozen base: computed, never read
 	keys   []uint64  // (maxB) dropout row keys of one projection
@@ -109,7 +112,9 @@ type loraProjActs struct {
 	xd []float32 // (BT, in) dropout(x); nil when the adapter has no dropout
 }
 
-// backwardScratch holds activation gradients; every block reuses them.
+// backwardScratch holds activation gradients; every block reuses them. The
+// Llama family uses dres, dln and dlogits, and keeps the rest in
+// llamaScratch.
 type backwardScratch struct {
 	dres    []float32 // (BT, C) gradient of the residual stream, flows down the blocks
 	dln     []float32 // (BT, C)
@@ -131,6 +136,9 @@ var MemoryLimit int64 = 32 << 30
 // true) allocates for config c and a batch of maxB × maxT, in int64 so that
 // absurd configs cannot overflow it.
 func MemoryBytes(c Config, maxB, maxT int, inference bool) int64 {
+	if c.llamaFamily() {
+		return 4 * llamaMemoryFloats(c, maxB, maxT, inference)
+	}
 	BT, C, V, NH := int64(maxB)*int64(maxT), int64(c.Dim), int64(c.Vocab), int64(c.Heads)
 	att := int64(maxB) * NH * int64(maxT) * int64(maxT)
 	perLayer := BT*C*7 + BT*3*C + BT*8*C + 4*BT + att
@@ -165,6 +173,10 @@ func newModel(c Config, maxB, maxT int, inference bool) (*Model, error) {
 	n := c.NumParams()
 	m := &Model{Config: c, Params: make([]float32, n), maxB: maxB, maxT: maxT,
 		streams: make([]uint64, maxB), fwdStream: make([]uint64, maxB)}
+	if c.llamaFamily() {
+		m.newLlama(inference)
+		return m, nil
+	}
 	m.p = makeViews(c, m.Params)
 	m.gradRanges = gradRanges(c, m.p)
 	BT, C, V, NH := maxB*maxT, c.Dim, c.Vocab, c.Heads
@@ -199,8 +211,9 @@ func (m *Model) MaxBatch() (B, T int) { return m.maxB, m.maxT }
 
 // Init sets GPT-2's initialisation from seed: linear weights and embeddings
 // N(0, 0.02²), the residual projections (attn.c_proj, mlp.c_proj) N(0,
-// (0.02/sqrt(2L))²), LayerNorm weights 1, biases 0. The same seed gives the
-// same bytes on every machine.
+// (0.02/sqrt(2L))²), LayerNorm weights 1, biases 0. The Llama family's is
+// Hugging Face's: every matrix N(0, 0.02²), RMSNorm weights 1, biases 0.
+// The same seed gives the same bytes on every machine.
 func (m *Model) Init(seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 0x6272616964)) // "braid"
 	for _, p := range m.Config.Layout() {
@@ -214,7 +227,8 @@ func (m *Model) Init(seed uint64) {
 			for i := range w {
 				w[i] = float32(rng.NormFloat64() * std)
 			}
-		case hasSuffix(p.Name, "ln_1.weight"), hasSuffix(p.Name, "ln_2.weight"), p.Name == "ln_f.weight":
+		case hasSuffix(p.Name, "ln_1.weight"), hasSuffix(p.Name, "ln_2.weight"), p.Name == "ln_f.weight",
+			hasSuffix(p.Name, "layernorm.weight"), p.Name == "model.norm.weight":
 			for i := range w {
 				w[i] = 1
 			}
@@ -231,6 +245,9 @@ func hasSuffix(s, suffix string) bool {
 // gradRanges lists the ranges of the flat buffer in the order Backward
 // finishes their gradients: ln_f, blocks L-1 .. 0, then wte and wpe.
 func gradRanges(c Config, v views) [][2]int {
+	if c.llamaFamily() {
+		return llamaGradRanges(c)
+	}
 	ps := c.Layout()
 	lnf := ps[len(ps)-2].Offset // ln_f.weight, then ln_f.bias at the end
 	rs := [][2]int{{lnf, c.NumParams()}}
@@ -305,7 +322,7 @@ func (m *Model) AttachLoRA(a *LoRA) error {
 	if m.Grads != nil {
 		la.g, la.dlnw, la.dlnb = make([]float32, BT*r), make([]float32, c.Dim), make([]float32, c.Dim)
 		if a.Config.Dropout > 0 {
-			la.t = make([]float32, BT*4*c.Dim)
+			la.t = make([]float32, BT*c.widestProjectionInput())
 		}
 	}
 	m.lora, m.la, a.attached = a, la, true
@@ -339,6 +356,9 @@ func (m *Model) DropBaseGrads() error {
 	}
 	m.Grads = nil
 	m.g = views{blocks: make([]blockParams, len(m.g.blocks)), blockSpan: m.g.blockSpan}
+	if m.llama != nil {
+		m.llama.g = llamaViews{blocks: make([]llamaBlock, m.Config.Layers)}
+	}
 	return nil
 }
 
@@ -404,6 +424,9 @@ func (m *Model) Forward(tokens, targets []int32, B, T int) (float32, error) {
 		m.fwdDrop = true
 	}
 	m.tokens, m.targets, m.B, m.T, m.counted = tokens, targets, B, T, counted
+	if m.llama != nil {
+		return m.llamaForward(targets), nil
+	}
 
 	BT, C, V, NH := B*T, c.Dim, c.Vocab, c.Heads
 	a := &m.act
@@ -463,6 +486,10 @@ func (m *Model) Backward(scale float32) error {
 		for i := range m.gradRanges { // nothing to add: every range is final
 			m.gradReady(i)
 		}
+		return nil
+	}
+	if m.llama != nil {
+		m.llamaBackward(scale)
 		return nil
 	}
 	frozen := m.lora != nil
@@ -558,10 +585,18 @@ func (m *Model) lnGrads(dw, db []float32) ([]float32, []float32) {
 func (m *Model) linearForward(l int, p projection, out, inp, w, b []float32, BT int) {
 	in, o := p.shape(m.Config)
 	kernels.LinearForward(out, inp, w, b, BT, in, o)
+	m.loraForward(l, p, out, o, inp, BT)
+}
+
+// loraForward adds the attached adapter's update of projection p of block
+// l (if it adapts p) to out, whose BT rows are ldo apart and begin with p's
+// outputs; inp (BT, in) is p's input.
+func (m *Model) loraForward(l int, p projection, out []float32, ldo int, inp []float32, BT int) {
 	lr := m.lora
 	if lr == nil || !lr.targets[p] {
 		return
 	}
+	in, o := p.shape(m.Config)
 	r, ab, s := lr.Config.Rank, lr.p[l][p], &m.la.blocks[l][p]
 	xd := inp[:BT*in]
 	if m.fwdDrop {
@@ -571,7 +606,7 @@ func (m *Model) linearForward(l int, p projection, out, inp, w, b []float32, BT 
 	u := s.u[:BT*r]
 	kernels.Gemm(false, true, BT, r, in, xd, in, ab.a, in, u, r, false) // u = xd·Aᵀ
 	kernels.Scale(u, lr.scale)
-	kernels.Gemm(false, true, BT, o, r, u, r, ab.b, r, out, o, true) // out += u·Bᵀ
+	kernels.Gemm(false, true, BT, o, r, u, r, ab.b, r, out, ldo, true) // out += u·Bᵀ
 }
 
 // dropout writes dst = dropout(src) for the input (B, T, in) of projection
@@ -613,17 +648,27 @@ func (m *Model) linearBackward(l int, p projection, dinp, dw, db, dout, inp, w [
 	if dinp != nil {
 		kernels.Gemm(false, false, BT, in, o, dout, o, w, in, dinp, in, true) // dinp += dout·w
 	}
+	m.loraBackward(l, p, dinp, dout, o, inp, BT)
+}
+
+// loraBackward is the backward pass of loraForward, with the attached
+// adapter's tensors trainable (see linearBackward): dout holds ∂L/∂out, BT
+// rows ldd apart that begin with p's outputs. It adds into the adapter's
+// gradients and, unless dinp is nil, into dinp (BT, in).
+func (m *Model) loraBackward(l int, p projection, dinp, dout []float32, ldd int, inp []float32, BT int) {
+	lr := m.lora
 	if !lr.targets[p] {
 		return
 	}
+	in, o := p.shape(m.Config)
 	r, ab, gab, s := lr.Config.Rank, lr.p[l][p], lr.g[l][p], &m.la.blocks[l][p]
 	xd := inp[:BT*in]
 	if m.fwdDrop {
 		xd = s.xd[:BT*in]
 	}
-	kernels.Gemm(true, false, o, r, BT, dout, o, s.u[:BT*r], r, gab.b, r, true) // dB += doutᵀ·u
+	kernels.Gemm(true, false, o, r, BT, dout, ldd, s.u[:BT*r], r, gab.b, r, true) // dB += doutᵀ·u
 	g := m.la.g[:BT*r]
-	kernels.Gemm(false, false, BT, r, o, dout, o, ab.b, r, g, r, false) // g = dout·B
+	kernels.Gemm(false, false, BT, r, o, dout, ldd, ab.b, r, g, r, false) // g = dout·B
 	kernels.Scale(g, lr.scale)
 	kernels.Gemm(true, false, r, in, BT, g, r, xd, in, gab.a, in, true) // dA += gᵀ·xd
 	if dinp == nil {

@@ -4,7 +4,7 @@ import "fmt"
 
 // A Param is one named tensor inside the flat parameter buffer.
 type Param struct {
-	Name   string // Hugging Face GPT-2 name, e.g. "h.0.attn.c_attn.weight"
+	Name   string // Hugging Face name, e.g. "h.0.attn.c_attn.weight" (GPT-2), "model.layers.0.self_attn.q_proj.weight" (Llama)
 	Shape  []int  // in braid's layout: linear weights are (out, in)
 	Offset int    // first element in the flat buffer
 	Size   int    // elements
@@ -13,10 +13,14 @@ type Param struct {
 }
 
 // Layout lists every parameter of a model with this config in flat-buffer
-// order: wte, wpe, then each block's parameters layer by layer, then ln_f.
-// Blocks are contiguous so that a block's gradients form one bucket, and the
-// backward pass finishes them last layer first.
+// order: wte, wpe, then each block's parameters layer by layer, then ln_f
+// (the Llama family: see llamaLayout). Blocks are contiguous so that a
+// block's gradients form one bucket, and the backward pass finishes them
+// last layer first.
 func (c Config) Layout() []Param {
+	if c.llamaFamily() {
+		return c.llamaLayout()
+	}
 	var ps []Param
 	off := 0
 	add := func(name string, decay, linear bool, shape ...int) {

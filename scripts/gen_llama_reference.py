@@ -426,22 +426,10 @@ class LoraLinear(torch.nn.Module):
 
 
 def inject_lora(model, targets, r, alpha):
-    """Wrap every targeted Linear (PEFT's check_target_module_exists: the module's
-    name equals a target or ends with "." + target); return {adapter tensor name:
-    parameter} as save_pretrained names them."""
-    names = [n for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear) and n != "lm_head"
-             and any(n == t or n.endswith("." + t) for t in targets)]
-    if not names:
-        raise ValueError("target_modules %s match no Linear" % targets)
-    params = {}
-    for n in names:
-        parent_name, child = n.rsplit(".", 1)
-        parent = model.get_submodule(parent_name)
-        wrapped = LoraLinear(getattr(parent, child), r, alpha)
-        setattr(parent, child, wrapped)
-        params["base_model.model.%s.lora_A.weight" % n] = wrapped.lora_A.weight
-        params["base_model.model.%s.lora_B.weight" % n] = wrapped.lora_B.weight
-    return params
+    """Wrap every targeted Linear in a LoraLinear (PEFT's check_target_module_exists:
+    the module's name equals a target or ends with "." + target); return {adapter
+    tensor name: parameter} as save_pretrained names them."""
+    return gr.inject_lora(model, targets, r, alpha, layer=torch.nn.Linear, wrapper=LoraLinear)
 
 
 def peft_adapter_config(targets, r, alpha, dropout, base):

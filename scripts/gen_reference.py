@@ -855,17 +855,19 @@ def peft_targeted(name, targets):
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
-def inject_lora(model, targets, r, alpha):
-    """Replace every targeted Conv1D of model by a PeftLoraConv1D; return
-    {adapter tensor name: parameter} in the names save_pretrained writes."""
-    names = [n for n, mod in model.named_modules() if isinstance(mod, HFConv1D) and peft_targeted(n, targets)]
+def inject_lora(model, targets, r, alpha, layer=None, wrapper=None):
+    """Replace every targeted Conv1D of model by a PeftLoraConv1D (or every
+    targeted module of type layer by a wrapper); return {adapter tensor name:
+    parameter} in the names save_pretrained writes."""
+    layer, wrapper = layer or HFConv1D, wrapper or PeftLoraConv1D
+    names = [n for n, mod in model.named_modules() if isinstance(mod, layer) and peft_targeted(n, targets)]
     if not names:
-        raise ValueError("target_modules %s match no Conv1D" % targets)
+        raise ValueError("target_modules %s match no %s" % (targets, layer.__name__))
     params = {}
     for n in names:
         parent_name, child = n.rsplit(".", 1)
         parent = model.get_submodule(parent_name)
-        wrapped = PeftLoraConv1D(getattr(parent, child), r, alpha)
+        wrapped = wrapper(getattr(parent, child), r, alpha)
         setattr(parent, child, wrapped)
         params["base_model.model.%s.lora_A.weight" % n] = wrapped.lora_A.weight
         params["base_model.model.%s.lora_B.weight" % n] = wrapped.lora_B.weight

@@ -182,6 +182,9 @@ func newModel(dev *cuda.Device, c model.Config, maxB, maxT int, p cuda.Precision
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
+	if c.Arch != model.ArchGPT2 {
+		return nil, fmt.Errorf("%w: arch %s: the GPU computes GPT-2 only (the Llama family runs on the CPU)", model.ErrConfig, c.Arch)
+	}
 	if maxB < 1 || maxT < 1 || maxT > c.Context {
 		return nil, fmt.Errorf("%w: batch %d×%d does not fit (want ≥ 1 sequences of 1..%d tokens)", model.ErrConfig, maxB, maxT, c.Context)
 	}
