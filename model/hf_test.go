@@ -17,7 +17,6 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
-	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -121,27 +120,8 @@ func TestHFCheckpointHasHuggingFaceLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	hf := mustRead(t, filepath.Join(src, model.WeightsFile))
-	want := map[string]*safetensors.Tensor{}
-	for i := range hf.Tensors {
-		if !isMaskBuffer(hf.Tensors[i].Name) {
-			want[hf.Tensors[i].Name] = &hf.Tensors[i]
-		}
-	}
 	braid := mustRead(t, filepath.Join(dir, model.WeightsFile))
-	got := map[string]*safetensors.Tensor{}
-	for i := range braid.Tensors {
-		got[braid.Tensors[i].Name] = &braid.Tensors[i]
-	}
-	if g, w := slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(want)); !slices.Equal(g, w) {
-		t.Fatalf("braid writes tensors\n%v\nHugging Face has\n%v", g, w)
-	}
-	for name, w := range want {
-		g := got[name]
-		if g.Dtype != w.Dtype || !slices.Equal(g.Shape, w.Shape) || !bytes.Equal(g.Data, w.Data) {
-			t.Errorf("%s: braid %s %v, Hugging Face %s %v (bytes equal: %v)", name, g.Dtype, g.Shape, w.Dtype, w.Shape, bytes.Equal(g.Data, w.Data))
-		}
-	}
+	sameTensors(t, mustRead(t, filepath.Join(src, model.WeightsFile)), braid, isMaskBuffer)
 	if braid.Metadata["format"] != "pt" {
 		t.Errorf("metadata %v, want format pt (transformers refuses other formats)", braid.Metadata)
 	}

@@ -70,7 +70,7 @@ func within(t *testing.T, what string, got, want []float32) float64 {
 
 // loadLlama returns a training model of a fixture's config holding its
 // weights, for batches of B×T.
-func loadLlama(t *testing.T, dir string, B, T int) (*model.Model, *model.Checkpoint) {
+func loadForTraining(t *testing.T, dir string, B, T int) (*model.Model, *model.Checkpoint) {
 	t.Helper()
 	ck, err := model.LoadCheckpoint(dir)
 	if err != nil {
@@ -82,6 +82,30 @@ func loadLlama(t *testing.T, dir string, B, T int) (*model.Model, *model.Checkpo
 	}
 	copy(m.Params, ck.Params)
 	return m, ck
+}
+
+// sameTensors fails t unless braid's file holds exactly hf's tensors but
+// those skip names (nil: none), with the same dtype, shape and bytes.
+func sameTensors(t *testing.T, hf, braid *safetensors.File, skip func(name string) bool) {
+	t.Helper()
+	want, got := map[string]*safetensors.Tensor{}, map[string]*safetensors.Tensor{}
+	for i := range hf.Tensors {
+		if skip == nil || !skip(hf.Tensors[i].Name) {
+			want[hf.Tensors[i].Name] = &hf.Tensors[i]
+		}
+	}
+	for i := range braid.Tensors {
+		got[braid.Tensors[i].Name] = &braid.Tensors[i]
+	}
+	if g, w := slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(want)); !slices.Equal(g, w) {
+		t.Fatalf("braid writes tensors\n%v\nHugging Face has\n%v", g, w)
+	}
+	for name, w := range want {
+		g := got[name]
+		if g.Dtype != w.Dtype || !slices.Equal(g.Shape, w.Shape) || !bytes.Equal(g.Data, w.Data) {
+			t.Errorf("%s: braid %s %v, Hugging Face %s %v (bytes equal: %v)", name, g.Dtype, g.Shape, w.Dtype, w.Shape, bytes.Equal(g.Data, w.Data))
+		}
+	}
 }
 
 // TestLlamaFamilyMatchesPyTorch: a Hugging Face checkpoint of each family
@@ -96,7 +120,7 @@ func TestLlamaFamilyMatchesPyTorch(t *testing.T) {
 			for _, impl := range kernels.Implementations() {
 				t.Run(impl.String(), func(t *testing.T) {
 					defer kernels.SetImpl(kernels.SetImpl(impl))
-					m, ck := loadLlama(t, fx.dir, B, T)
+					m, ck := loadForTraining(t, fx.dir, B, T)
 					loss, err := m.Forward(tokens, targets, B, T)
 					if err != nil {
 						t.Fatal(err)
@@ -129,7 +153,7 @@ func TestLlamaLoRAMatchesPyTorch(t *testing.T) {
 	for _, impl := range kernels.Implementations() {
 		t.Run(impl.String(), func(t *testing.T) {
 			defer kernels.SetImpl(kernels.SetImpl(impl))
-			m, ck := loadLlama(t, "testdata/llama_tiny", B, T)
+			m, ck := loadForTraining(t, "testdata/llama_tiny", B, T)
 			a, err := model.LoadAdapter(dir, ck.Config)
 			if err != nil {
 				t.Fatal(err)
@@ -190,23 +214,7 @@ func TestLlamaCheckpointHasHuggingFaceLayout(t *testing.T) {
 			if err := model.SaveCheckpoint(dir, ck.Config, ck.Tokenizer, ck.Params); err != nil {
 				t.Fatal(err)
 			}
-			hf, braid := mustRead(t, filepath.Join(fx.dir, model.WeightsFile)), mustRead(t, filepath.Join(dir, model.WeightsFile))
-			want, got := map[string]*safetensors.Tensor{}, map[string]*safetensors.Tensor{}
-			for i := range hf.Tensors {
-				want[hf.Tensors[i].Name] = &hf.Tensors[i]
-			}
-			for i := range braid.Tensors {
-				got[braid.Tensors[i].Name] = &braid.Tensors[i]
-			}
-			if g, w := slices.Sorted(maps.Keys(got)), slices.Sorted(maps.Keys(want)); !slices.Equal(g, w) {
-				t.Fatalf("braid writes tensors\n%v\nHugging Face has\n%v", g, w)
-			}
-			for name, w := range want {
-				g := got[name]
-				if g.Dtype != w.Dtype || !slices.Equal(g.Shape, w.Shape) || !bytes.Equal(g.Data, w.Data) {
-					t.Errorf("%s: braid %s %v, Hugging Face %s %v (bytes equal: %v)", name, g.Dtype, g.Shape, w.Dtype, w.Shape, bytes.Equal(g.Data, w.Data))
-				}
-			}
+			sameTensors(t, mustRead(t, filepath.Join(fx.dir, model.WeightsFile)), mustRead(t, filepath.Join(dir, model.WeightsFile)), nil)
 			hfCfg, braidCfg := readJSON(t, filepath.Join(fx.dir, model.ConfigFile)), readJSON(t, filepath.Join(dir, model.ConfigFile))
 			keys := []string{"model_type", "architectures", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
 				"num_attention_heads", "num_key_value_heads", "max_position_embeddings", "hidden_act", "rms_norm_eps", "rope_theta",
@@ -441,7 +449,7 @@ func TestLlamaGradReady(t *testing.T) {
 	for _, fx := range llamaFixtures {
 		t.Run(filepath.Base(fx.dir), func(t *testing.T) {
 			_, tokens, targets, B, T := llamaRef(t, fx.dir)
-			m, ck := loadLlama(t, fx.dir, B, T)
+			m, ck := loadForTraining(t, fx.dir, B, T)
 			c := ck.Config
 			ps := c.Layout()
 			per := (len(ps) - 2) / c.Layers // embed_tokens, norm
@@ -531,7 +539,7 @@ func TestLlamaStepAllocatesNothing(t *testing.T) {
 	for _, fx := range llamaFixtures {
 		t.Run(filepath.Base(fx.dir), func(t *testing.T) {
 			_, tokens, targets, B, T := llamaRef(t, fx.dir)
-			m, ck := loadLlama(t, fx.dir, B, T)
+			m, ck := loadForTraining(t, fx.dir, B, T)
 			step := func() {
 				m.ZeroGrad()
 				if _, err := m.Forward(tokens, targets, B, T); err != nil {
@@ -567,7 +575,7 @@ func TestLlamaStepAllocatesNothing(t *testing.T) {
 // from Init and from the fixture's weights.
 func TestLlamaTrains(t *testing.T) {
 	_, tokens, targets, B, T := llamaRef(t, "testdata/llama_tiny")
-	m, _ := loadLlama(t, "testdata/llama_tiny", B, T)
+	m, _ := loadForTraining(t, "testdata/llama_tiny", B, T)
 	for _, init := range []bool{false, true} {
 		if init {
 			m.Init(11)
@@ -678,7 +686,7 @@ func TestLlamaWritesForPyTorch(t *testing.T) {
 	rng := rand.New(rand.NewPCG(17, 18))
 	for _, fx := range llamaFixtures {
 		_, tokens, _, B, T := llamaRef(t, fx.dir)
-		m, ck := loadLlama(t, fx.dir, B, T)
+		m, ck := loadForTraining(t, fx.dir, B, T)
 		for i := range m.Params {
 			m.Params[i] += float32(rng.NormFloat64() * 0.01)
 		}

@@ -49,16 +49,7 @@ const loraTol = 1e-5
 // activations for its reference batch.
 func hfTinyTraining(t *testing.T, B, T int) (*model.Model, *model.Checkpoint) {
 	t.Helper()
-	ck, err := model.LoadCheckpoint("testdata/hf_tiny")
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := model.New(ck.Config, B, T)
-	if err != nil {
-		t.Fatal(err)
-	}
-	copy(m.Params, ck.Params)
-	return m, ck
+	return loadForTraining(t, "testdata/hf_tiny", B, T)
 }
 
 // TestLoRAMatchesPyTorch: a PEFT adapter for a GPT-2 loads as it is; the
