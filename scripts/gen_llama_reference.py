@@ -35,6 +35,11 @@ model.safetensors strictly into the module below (every tensor consumed, none mi
 but a tied lm_head), and compare the logits with the ones braid stored in
 DIR/reference.safetensors. They print the max abs difference and exit 1 above TOL.
 
+    OPENBLAS_NUM_THREADS=1 /usr/bin/python3 scripts/gen_llama_reference.py --bench THREADS
+
+times PyTorch's training step at SmolLM2-135M's shape, the peer of
+go test ./model -run '^$' -bench LlamaTrainStep.
+
 transformers is not installable here, so the modules below re-create LlamaForCausalLM,
 MistralForCausalLM and Qwen2ForCausalLM (transformers 4.44 modeling_llama.py and
 friends, eager attention, no dropout) with the same module tree, hence the same
@@ -253,8 +258,8 @@ class Model(torch.nn.Module):
         self.norm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"])
 
     def forward(self, tokens):
-        cos, sin = rope_cos_sin(self.cfg, tokens.shape[1])
         x = self.embed_tokens(tokens)
+        cos, sin = (t.to(x.dtype) for t in rope_cos_sin(self.cfg, tokens.shape[1]))
         for layer in self.layers:
             x = layer(x, cos, sin)
         return self.norm(x)
@@ -612,11 +617,47 @@ def check_adapter(d):
         c["r"], c["base_model_name_or_path"], len(adapter)))
 
 
+# SmolLM2-135M's shape, for --bench (model.BenchmarkLlamaTrainStep's).
+SMOLLM2 = dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+               num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rms_norm_eps=1e-5,
+               rope_theta=100000.0, tie_word_embeddings=True)
+
+
+def bench(threads, steps=5, B=1, T=256):
+    """--bench THREADS: PyTorch's float32 forward + backward of the modules above
+    at SmolLM2-135M's shape, batch B x T, the peer of go test ./model -bench
+    LlamaTrainStep. Prints the median step's tokens/s. Run with OPENBLAS_CORETYPE
+    set for the machine (SkylakeX on AVX-512) and OPENBLAS_NUM_THREADS=1: OpenBLAS's
+    own threads fight torch's OpenMP threads for the cores otherwise."""
+    import time
+    torch.set_num_threads(threads)
+    cfg = read_config(SMOLLM2)
+    model = ForCausalLM(cfg).float()
+    V = cfg["vocab_size"]
+    g = torch.Generator().manual_seed(SEED)
+    x, y = torch.randint(0, V, (B, T), generator=g), torch.randint(0, V, (B, T), generator=g)
+    times = []
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        model.zero_grad(set_to_none=False)
+        F.cross_entropy(model(x).reshape(-1, V), y.reshape(-1)).backward()
+        if i > 0:  # the first step warms up
+            times.append(time.perf_counter() - t0)
+    dt = sorted(times)[len(times) // 2]
+    print("torch %s threads=%d OPENBLAS_NUM_THREADS=%s OPENBLAS_CORETYPE=%s: SmolLM2-135M shape, batch %dx%d: %.3f s/step, %.1f tokens/s" % (
+        torch.__version__, threads, os.environ.get("OPENBLAS_NUM_THREADS", "-"), os.environ.get("OPENBLAS_CORETYPE", "-"),
+        B, T, dt, B * T / dt))
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check-braid", metavar="DIR", nargs="+", help="check braid checkpoint directories")
     ap.add_argument("--check-adapter", metavar="DIR", nargs="+", help="check braid LoRA adapter directories")
+    ap.add_argument("--bench", metavar="THREADS", type=int, help="time PyTorch's training step at SmolLM2-135M's shape instead")
     args = ap.parse_args()
+    if args.bench:
+        return bench(args.bench)
     torch.manual_seed(SEED)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
