@@ -182,6 +182,11 @@ func FuzzLoadCheckpoint(f *testing.F) {
 	f.Add(weights, config)
 	f.Add(weights[:len(weights)/2], config)
 	f.Add([]byte{}, []byte("{}"))
+	for _, dir := range []string{"testdata/qwen2_tiny", "testdata/mistral_tiny"} { // the Llama family
+		weights, _ := os.ReadFile(filepath.Join(dir, model.WeightsFile))
+		config, _ := os.ReadFile(filepath.Join(dir, model.ConfigFile))
+		f.Add(weights, config)
+	}
 	f.Fuzz(func(t *testing.T, weights, config []byte) {
 		dir := t.TempDir()
 		os.WriteFile(filepath.Join(dir, model.WeightsFile), weights, 0o644)
@@ -217,6 +222,10 @@ func FuzzDecodeConfig(f *testing.F) {
 	f.Add(config)
 	f.Add([]byte("{}"))
 	f.Add([]byte("root:x:0:0:root:/root:/bin/bash\n"))
+	for _, dir := range []string{"testdata/llama_tiny", "testdata/qwen2_tiny", "testdata/mistral_tiny"} { // the Llama family
+		config, _ := os.ReadFile(filepath.Join(dir, model.ConfigFile))
+		f.Add(config)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, tok, err := model.DecodeConfig(b, "config")
 		if err != nil {

@@ -192,24 +192,28 @@ type llamaScratch struct {
 	dkv   []float32 // (B, NH, T, 2hd) per query head key and value gradients; nil without grouping
 }
 
-// llamaMemoryFloats counts the floats newLlama allocates (see MemoryBytes),
-// in int64.
-func llamaMemoryFloats(c Config, maxB, maxT int, inference bool) int64 {
-	B, T := int64(maxB), int64(maxT)
-	BT, C, V, H := B*T, int64(c.Dim), int64(c.Vocab), int64(c.Hidden)
-	NH, hd := int64(c.Heads), int64(c.HeadDim)
-	Q, W := NH*hd, int64(c.Heads+2*c.KVHeads)*hd
+// llamaMemoryBytes is MemoryBytes for the Llama family: the bytes newLlama
+// allocates, counted in float64 (exact below 2⁵³) so that an absurd config
+// saturates at math.MaxInt64 instead of overflowing.
+func llamaMemoryBytes(c Config, maxB, maxT int, inference bool) int64 {
+	B, T := float64(maxB), float64(maxT)
+	BT, C, V, H := B*T, float64(c.Dim), float64(c.Vocab), float64(c.Hidden)
+	NH, hd := float64(c.Heads), float64(c.HeadDim)
+	Q, W := NH*hd, float64(c.Heads+2*c.KVHeads)*hd
 	att := B * NH * T * T
-	P := int64(c.NumParams())
+	P := float64(c.NumParams())
 	perLayer := 4*BT*C + 2*BT + BT*W + att + BT*Q + 3*BT*H
-	floats := P + T*hd + int64(c.Layers)*perLayer + 3*BT*C + BT + 2*BT*V + BT
+	floats := P + T*hd + float64(c.Layers)*perLayer + 3*BT*C + BT + 2*BT*V + BT
 	if !inference {
 		floats += P + 2*BT*C + BT*Q + BT*W + 3*BT*H + att + BT*V
 		if c.KVHeads != c.Heads {
-			floats += att / T * 2 * hd
+			floats += B * NH * T * 2 * hd
 		}
 	}
-	return floats
+	if 4*floats >= math.MaxInt64 {
+		return math.MaxInt64
+	}
+	return int64(4 * floats)
 }
 
 // newLlama allocates the Llama family's buffers of a Model that newModel

@@ -439,6 +439,14 @@ func TestLlamaMemoryBytes(t *testing.T) {
 			runtime.KeepAlive(m)
 		}
 	}
+	huge := smolLM2
+	huge.Context, huge.Heads, huge.HeadDim, huge.KVHeads = model.MaxRoPEContext, 256, 64, 1
+	if got := model.MemoryBytes(huge, 1<<20, model.MaxRoPEContext, false); got != math.MaxInt64 {
+		t.Errorf("an absurd batch: MemoryBytes %d, want it saturated at MaxInt64", got)
+	}
+	if _, err := model.New(huge, 1<<20, model.MaxRoPEContext); !errors.Is(err, model.ErrConfig) {
+		t.Errorf("an absurd batch: New error %v, want ErrConfig", err)
+	}
 }
 
 // TestLlamaGradReady: for the family too, Backward reports GradRanges in

@@ -137,7 +137,7 @@ var MemoryLimit int64 = 32 << 30
 // absurd configs cannot overflow it.
 func MemoryBytes(c Config, maxB, maxT int, inference bool) int64 {
 	if c.llamaFamily() {
-		return 4 * llamaMemoryFloats(c, maxB, maxT, inference)
+		return llamaMemoryBytes(c, maxB, maxT, inference)
 	}
 	BT, C, V, NH := int64(maxB)*int64(maxT), int64(c.Dim), int64(c.Vocab), int64(c.Heads)
 	att := int64(maxB) * NH * int64(maxT) * int64(maxT)
