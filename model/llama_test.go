@@ -158,7 +158,7 @@ func TestLlamaLoRAMatchesPyTorch(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if want := model.DefaultLLamaLoRATargets; !slices.Equal(a.Config.Targets, want) {
+			if want := model.DefaultLlamaLoRATargets; !slices.Equal(a.Config.Targets, want) {
 				t.Errorf("targets %v, want %v", a.Config.Targets, want)
 			}
 			if err := m.AttachLoRA(a); err != nil {
@@ -561,7 +561,7 @@ func TestLlamaStepAllocatesNothing(t *testing.T) {
 			if n := allocsPerRun(10, step); n != 0 {
 				t.Errorf("a training step allocates %v times, want 0", n)
 			}
-			a, err := model.NewLoRA(ck.Config, model.LoRAConfig{Rank: 2, Alpha: 4, Dropout: 0.1, Targets: model.DefaultLLamaLoRATargets})
+			a, err := model.NewLoRA(ck.Config, model.LoRAConfig{Rank: 2, Alpha: 4, Dropout: 0.1, Targets: model.DefaultLlamaLoRATargets})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -660,7 +660,7 @@ func TestLlamaAdapterFiles(t *testing.T) {
 	if _, err := model.NewLoRA(ck.Config, model.DefaultLoRAConfig()); !errors.Is(err, model.ErrLoRAConfig) {
 		t.Errorf("GPT-2 targets on a Llama: error %v, want ErrLoRAConfig", err)
 	}
-	if got := model.DefaultLoRATargetsFor(ck.Config); !slices.Equal(got, model.DefaultLLamaLoRATargets) {
+	if got := model.DefaultLoRATargetsFor(ck.Config); !slices.Equal(got, model.DefaultLlamaLoRATargets) {
 		t.Errorf("default targets for a Llama: %v", got)
 	}
 	if ts, err := model.CanonicalLoRATargets([]string{"mlp.down_proj", "self_attn.q_proj", "q_proj"}); err != nil || !slices.Equal(ts, []string{"q_proj", "down_proj"}) {
@@ -765,7 +765,7 @@ func BenchmarkLlamaTrainStep(b *testing.B) {
 		b.ReportMetric(float64(b.N*B*T)/b.Elapsed().Seconds(), "tokens/s")
 	}
 	b.Run("smollm2-135m/full", run)
-	a, err := model.NewLoRA(smolLM2, model.LoRAConfig{Rank: 8, Alpha: 16, Targets: model.DefaultLLamaLoRATargets})
+	a, err := model.NewLoRA(smolLM2, model.LoRAConfig{Rank: 8, Alpha: 16, Targets: model.DefaultLlamaLoRATargets})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -52,15 +52,15 @@ const MaxLoRARank = 4096
 // parameter).
 var DefaultLoRATargets = []string{"c_attn", "c_proj", "c_fc"}
 
-// DefaultLLamaLoRATargets are DefaultLoRATargets' counterpart for the Llama
+// DefaultLlamaLoRATargets are DefaultLoRATargets' counterpart for the Llama
 // family: all seven projections of each block.
-var DefaultLLamaLoRATargets = []string{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+var DefaultLlamaLoRATargets = []string{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 // DefaultLoRATargetsFor returns the default targets for a model of config
-// c: DefaultLoRATargets or DefaultLLamaLoRATargets (a copy).
+// c: DefaultLoRATargets or DefaultLlamaLoRATargets (a copy).
 func DefaultLoRATargetsFor(c Config) []string {
 	if c.llamaFamily() {
-		return slices.Clone(DefaultLLamaLoRATargets)
+		return slices.Clone(DefaultLlamaLoRATargets)
 	}
 	return slices.Clone(DefaultLoRATargets)
 }

@@ -259,7 +259,8 @@ func gradRanges(c Config, v views) [][2]int {
 
 // GradRanges returns the [lo, hi) ranges of the flat gradient buffer that
 // GradReady reports, in the order Backward reports them (Layers+2 of them:
-// ln_f, h.L-1 .. h.0, then wte and wpe). With a LoRA adapter attached they
+// ln_f, h.L-1 .. h.0, then wte and wpe; for the Llama family model.norm
+// with lm_head, the blocks last first, then model.embed_tokens). With a LoRA adapter attached they
 // are ranges of the adapter's gradient buffer (LoRA.Grads) instead, Layers
 // of them: the adapter tensors of h.L-1, ..., of h.0; disjoint, each ending
 // where the one before it starts, together all of LoRA.Grads. They depend
