@@ -24,51 +24,44 @@ import (
 // Status is GET /v1/status: the cluster as the node sees it. Bounded by
 // Timeouts.Read.
 func (c *Client) Status(ctx context.Context) (node.Status, error) {
-	var st node.Status
-	return st, c.callJSON(ctx, c.timeouts.Read, http.MethodGet, c.endpoint("v1", "status"), nil, &st)
+	return call[node.Status](ctx, c, c.timeouts.Read, http.MethodGet, nil, "v1", "status")
 }
 
 // Certs is GET /v1/certs: the cluster's certificates and their warnings.
 // Bounded by Timeouts.Read.
 func (c *Client) Certs(ctx context.Context) (node.CertsStatus, error) {
-	var cs node.CertsStatus
-	return cs, c.callJSON(ctx, c.timeouts.Read, http.MethodGet, c.endpoint("v1", "certs"), nil, &cs)
+	return call[node.CertsStatus](ctx, c, c.timeouts.Read, http.MethodGet, nil, "v1", "certs")
 }
 
 // RevokeCert is POST /v1/certs/revoke: the revocation once the cluster
 // has committed it. Bounded by Timeouts.RevokeCert.
 func (c *Client) RevokeCert(ctx context.Context, req node.RevokeRequest) (coordinator.Revocation, error) {
-	var rev coordinator.Revocation
-	return rev, c.callJSON(ctx, c.timeouts.RevokeCert, http.MethodPost, c.endpoint("v1", "certs", "revoke"), req, &rev)
+	return call[coordinator.Revocation](ctx, c, c.timeouts.RevokeCert, http.MethodPost, req, "v1", "certs", "revoke")
 }
 
 // SubmitJob is POST /v1/jobs: the job as the cluster recorded it. The
 // base model's objects must be uploaded first (PushTarget, node/push).
 // Bounded by Timeouts.SubmitJob.
 func (c *Client) SubmitJob(ctx context.Context, req node.JobRequest) (coordinator.Job, error) {
-	var j coordinator.Job
-	return j, c.callJSON(ctx, c.timeouts.SubmitJob, http.MethodPost, c.endpoint("v1", "jobs"), req, &j)
+	return call[coordinator.Job](ctx, c, c.timeouts.SubmitJob, http.MethodPost, req, "v1", "jobs")
 }
 
 // Jobs is GET /v1/jobs: every job of the cluster. Bounded by
 // Timeouts.Read.
 func (c *Client) Jobs(ctx context.Context) ([]coordinator.Job, error) {
-	var jobs []coordinator.Job
-	return jobs, c.callJSON(ctx, c.timeouts.Read, http.MethodGet, c.endpoint("v1", "jobs"), nil, &jobs)
+	return call[[]coordinator.Job](ctx, c, c.timeouts.Read, http.MethodGet, nil, "v1", "jobs")
 }
 
 // Job is GET /v1/jobs/{id}: the job's state and progress. Bounded by
 // Timeouts.Read.
 func (c *Client) Job(ctx context.Context, id string) (node.JobStatus, error) {
-	var js node.JobStatus
-	return js, c.callJSON(ctx, c.timeouts.Read, http.MethodGet, c.endpoint("v1", "jobs", id), nil, &js)
+	return call[node.JobStatus](ctx, c, c.timeouts.Read, http.MethodGet, nil, "v1", "jobs", id)
 }
 
 // CancelJob is POST /v1/jobs/{id}/cancel: the job, cancelled. Bounded by
 // Timeouts.CancelJob.
 func (c *Client) CancelJob(ctx context.Context, id string) (coordinator.Job, error) {
-	var j coordinator.Job
-	return j, c.callJSON(ctx, c.timeouts.CancelJob, http.MethodPost, c.endpoint("v1", "jobs", id, "cancel"), struct{}{}, &j)
+	return call[coordinator.Job](ctx, c, c.timeouts.CancelJob, http.MethodPost, struct{}{}, "v1", "jobs", id, "cancel")
 }
 
 // DownloadJobFile is GET /v1/jobs/{id}/files/{name}: it streams the file
@@ -106,23 +99,20 @@ func (c *Client) DownloadJobFile(ctx context.Context, id, name, path string) err
 // Datasets is GET /v1/datasets: every registered dataset. Bounded by
 // Timeouts.Read.
 func (c *Client) Datasets(ctx context.Context) ([]coordinator.Dataset, error) {
-	var ds []coordinator.Dataset
-	return ds, c.callJSON(ctx, c.timeouts.Read, http.MethodGet, c.endpoint("v1", "datasets"), nil, &ds)
+	return call[[]coordinator.Dataset](ctx, c, c.timeouts.Read, http.MethodGet, nil, "v1", "datasets")
 }
 
 // Dataset is GET /v1/datasets/{name}: the placement and health of the
 // dataset of that name or ID. Bounded by Timeouts.Read.
 func (c *Client) Dataset(ctx context.Context, name string) (node.DatasetStatus, error) {
-	var st node.DatasetStatus
-	return st, c.callJSON(ctx, c.timeouts.Read, http.MethodGet, c.endpoint("v1", "datasets", name), nil, &st)
+	return call[node.DatasetStatus](ctx, c, c.timeouts.Read, http.MethodGet, nil, "v1", "datasets", name)
 }
 
 // CreateDataset is POST /v1/datasets: it registers a dataset whose
 // manifest and shards were uploaded (PushTarget, node/push) and returns
 // it. Bounded by Timeouts.CreateDataset.
 func (c *Client) CreateDataset(ctx context.Context, req node.AddDatasetRequest) (coordinator.Dataset, error) {
-	var d coordinator.Dataset
-	return d, c.callJSON(ctx, c.timeouts.CreateDataset, http.MethodPost, c.endpoint("v1", "datasets"), req, &d)
+	return call[coordinator.Dataset](ctx, c, c.timeouts.CreateDataset, http.MethodPost, req, "v1", "datasets")
 }
 
 // HasBlob is HEAD /v1/blobs/{hash}: whether the node's store holds the

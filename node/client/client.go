@@ -100,10 +100,11 @@ func (t Timeouts) Validate() error {
 // Validate checks the URL (see ErrURL), that an https URL comes with a CA
 // file or an http.Client, and the timeouts; it reads no file.
 func (c Config) Validate() error {
-	if _, err := parseURL(c.URL); err != nil {
+	u, err := parseURL(c.URL)
+	if err != nil {
 		return err
 	}
-	if strings.HasPrefix(c.URL, "https://") && c.CAFile == "" && c.HTTP == nil {
+	if u.Scheme == "https" && c.CAFile == "" && c.HTTP == nil {
 		return fmt.Errorf("client: URL %s is https: give CAFile, the cluster's ca.pem, to verify the node with", c.URL)
 	}
 	if c.Timeouts != (Timeouts{}) {
@@ -261,8 +262,14 @@ func (c *Client) transportError(ctx context.Context, err error) error {
 	return fmt.Errorf("%w at %s: %w", ErrUnreachable, c.base, err)
 }
 
-// callJSON sends in (nil: no body) with a timeout and decodes the answer,
-// at most maxJSONBytes, into out.
+// call sends in (nil: no body) as JSON to the endpoint of segs, bounded
+// by timeout, and decodes the answer, at most maxJSONBytes, as a T.
+func call[T any](ctx context.Context, c *Client, timeout time.Duration, method string, in any, segs ...string) (T, error) {
+	var out T
+	return out, c.callJSON(ctx, timeout, method, c.endpoint(segs...), in, &out)
+}
+
+// callJSON is call for the URL u, decoding into out.
 func (c *Client) callJSON(ctx context.Context, timeout time.Duration, method, u string, in, out any) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
