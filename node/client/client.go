@@ -113,8 +113,8 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// parseURL checks u is http://HOST[:PORT] or https://HOST[:PORT], with
-// perhaps a path, and returns it.
+// parseURL checks raw is http://HOST[:PORT] or https://HOST[:PORT], with
+// perhaps a path, and returns it parsed.
 func parseURL(raw string) (*url.URL, error) {
 	const want = "want http://HOST:PORT or https://HOST:PORT"
 	if raw == "" {
@@ -169,7 +169,7 @@ func New(cfg Config) (*Client, error) {
 	return c, nil
 }
 
-// URL is the API's URL, as Config.URL gave it but for a trailing slash.
+// URL is the API's URL: Config.URL without a trailing slash.
 func (c *Client) URL() string { return c.base }
 
 // endpoint is the URL of the endpoint made of segs: literal segments
