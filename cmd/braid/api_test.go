@@ -15,8 +15,6 @@ import (
 // command's error (explainNodeErrors reaches subcommands too).
 func TestCLINodeErrorHints(t *testing.T) {
 	ownRuntimeDir(t)
-	t.Setenv("BRAID_TOKEN", "")
-	t.Setenv("BRAID_TOKEN_FILE", "")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
