@@ -2,13 +2,11 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"runtime/pprof"
@@ -315,38 +313,17 @@ func benchAllreduceRank(c *cli.Context, plan benchPlan) error {
 // the members of its cluster's committed epoch (that node is rank 0) and
 // prints the rows it streams back.
 func benchAllreduceAPI(c *cli.Context, plan benchPlan) error {
-	body, _ := json.Marshal(node.BenchPlan{Sizes: plan.sizes, Dtype: plan.cfg.Dtype.String(), Iters: plan.iters,
-		Streams: plan.cfg.Streams, ChunkBytes: plan.cfg.ChunkBytes, HopTimeout: plan.cfg.HopTimeout})
-	req, err := newAPIRequest(c.Context, c, http.MethodPost, "/v1/bench/allreduce", bytes.NewReader(body))
+	cl, err := nodeClient(c)
 	if err != nil {
 		return err
 	}
-	resp, err := apiDo(c, req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the node API at %s (is `braid node` running there?): %w", c.String("api"), err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return apiError(c, req, resp, msg)
-	}
-	p := newRowPrinter(c, "the cluster behind "+c.String("api"), plan)
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		var line struct {
-			allreduce.BenchRow
-			Error string `json:"error"`
+	// The header once the node has accepted the plan, with its first row.
+	var p *rowPrinter
+	return cl.BenchAllReduce(c.Context, node.BenchPlan{Sizes: plan.sizes, Dtype: plan.cfg.Dtype.String(), Iters: plan.iters,
+		Streams: plan.cfg.Streams, ChunkBytes: plan.cfg.ChunkBytes, HopTimeout: plan.cfg.HopTimeout}, func(r allreduce.BenchRow) {
+		if p == nil {
+			p = newRowPrinter(c, "the cluster behind "+c.String("api"), plan)
 		}
-		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
-			return fmt.Errorf("node API at %s: bad line %q: %w", c.String("api"), sc.Text(), err)
-		}
-		if line.Error != "" {
-			return fmt.Errorf("bench across the cluster: %s", line.Error)
-		}
-		p.row(line.BenchRow)
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("node API at %s: %w", c.String("api"), err)
-	}
-	return nil
+		p.row(r)
+	})
 }

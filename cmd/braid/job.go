@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/model"
 	"github.com/braidml/braid/node"
+	"github.com/braidml/braid/node/client"
 	"github.com/braidml/braid/node/push"
 )
 
@@ -69,7 +69,11 @@ func jobSubmitCommand() *cli.Command {
 			if len(datasets) > 1 && !c.Bool("federated") {
 				return fmt.Errorf("--dataset: one dataset (several only with --federated)")
 			}
-			base, _, err := push.Model(c.Context, apiTarget{c}, c.String("base"))
+			cl, err := nodeClient(c)
+			if err != nil {
+				return err
+			}
+			base, _, err := push.Model(c.Context, cl.PushTarget(), c.String("base"))
 			if err != nil {
 				return fmt.Errorf("--base: %w", err)
 			}
@@ -89,8 +93,8 @@ func jobSubmitCommand() *cli.Command {
 			if req.Federated {
 				req.Datasets = datasets
 			}
-			var j coordinator.Job
-			if err := callAPI(c.Context, c, http.MethodPost, "/v1/jobs", req, &j, time.Minute); err != nil {
+			j, err := cl.SubmitJob(c.Context, req)
+			if err != nil {
 				return err
 			}
 			if c.Bool("json") {
@@ -109,14 +113,25 @@ func jobArg(c *cli.Context) (string, error) {
 	return c.Args().First(), nil
 }
 
-// jobStatusArg reads the job id argument and fetches the job's status.
-func jobStatusArg(c *cli.Context) (string, node.JobStatus, error) {
-	var js node.JobStatus
+// jobClientArg reads the job id argument and builds the client of the
+// node behind --api.
+func jobClientArg(c *cli.Context) (string, *client.Client, error) {
 	id, err := jobArg(c)
 	if err != nil {
-		return id, js, err
+		return "", nil, err
 	}
-	return id, js, getJSON(c.Context, c, "/v1/jobs/"+id, &js)
+	cl, err := nodeClient(c)
+	return id, cl, err
+}
+
+// jobStatusArg reads the job id argument and fetches the job's status.
+func jobStatusArg(c *cli.Context) (string, *client.Client, node.JobStatus, error) {
+	id, cl, err := jobClientArg(c)
+	if err != nil {
+		return id, cl, node.JobStatus{}, err
+	}
+	js, err := cl.Job(c.Context, id)
+	return id, cl, js, err
 }
 
 func jobStatusCommand() *cli.Command {
@@ -126,7 +141,7 @@ func jobStatusCommand() *cli.Command {
 		ArgsUsage: "ID",
 		Flags:     append(apiFlags(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
 		Action: func(c *cli.Context) error {
-			_, js, err := jobStatusArg(c)
+			_, _, js, err := jobStatusArg(c)
 			if err != nil {
 				return err
 			}
@@ -164,8 +179,12 @@ func jobListCommand() *cli.Command {
 		Usage: "the cluster's jobs",
 		Flags: append(apiFlags(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
 		Action: func(c *cli.Context) error {
-			var jobs []coordinator.Job
-			if err := getJSON(c.Context, c, "/v1/jobs", &jobs); err != nil {
+			cl, err := nodeClient(c)
+			if err != nil {
+				return err
+			}
+			jobs, err := cl.Jobs(c.Context)
+			if err != nil {
 				return err
 			}
 			if c.Bool("json") {
@@ -192,12 +211,12 @@ func jobCancelCommand() *cli.Command {
 		ArgsUsage: "ID",
 		Flags:     apiFlags(),
 		Action: func(c *cli.Context) error {
-			id, err := jobArg(c)
+			id, cl, err := jobClientArg(c)
 			if err != nil {
 				return err
 			}
-			var j coordinator.Job
-			if err := callAPI(c.Context, c, http.MethodPost, "/v1/jobs/"+id+"/cancel", struct{}{}, &j, 30*time.Second); err != nil {
+			j, err := cl.CancelJob(c.Context, id)
+			if err != nil {
 				return err
 			}
 			fmt.Fprintf(c.App.Writer, "job %s: %s\n", j.ID, j.State)
@@ -213,7 +232,7 @@ func jobWatchCommand() *cli.Command {
 		ArgsUsage: "ID",
 		Flags:     append(apiFlags(), &cli.DurationFlag{Name: "every", Value: 500 * time.Millisecond, Usage: "poll interval"}),
 		Action: func(c *cli.Context) error {
-			id, err := jobArg(c)
+			id, cl, err := jobClientArg(c)
 			if err != nil {
 				return err
 			}
@@ -223,8 +242,8 @@ func jobWatchCommand() *cli.Command {
 			tty := isTerminal(c.App.ErrWriter)
 			lastMembers, lastStep := "", -1
 			for {
-				var js node.JobStatus
-				if err := getJSON(c.Context, c, "/v1/jobs/"+id, &js); err != nil {
+				js, err := cl.Job(c.Context, id)
+				if err != nil {
 					return err
 				}
 				desc := fmt.Sprintf("%s loss %.3f", js.State, js.Loss)
@@ -280,7 +299,7 @@ func jobExportCommand() *cli.Command {
 		Flags: append(apiFlags(), &cli.StringFlag{Name: "out", Required: true, Usage: "output `DIR` (created)"},
 			&cli.StringFlag{Name: "merged", Usage: "LoRA jobs: also write the merged full model to `DIR`"}),
 		Action: func(c *cli.Context) error {
-			id, js, err := jobStatusArg(c)
+			id, cl, js, err := jobStatusArg(c)
 			if err != nil {
 				return err
 			}
@@ -296,7 +315,7 @@ func jobExportCommand() *cli.Command {
 				return fmt.Errorf("--merged: job %s trained the full model; its export is already a plain model", id)
 			}
 			for _, name := range files {
-				if err := downloadJobFile(c.Context, c, id, name, filepath.Join(out, name)); err != nil {
+				if err := cl.DownloadJobFile(c.Context, id, name, filepath.Join(out, name)); err != nil {
 					return err
 				}
 			}
@@ -308,7 +327,7 @@ func jobExportCommand() *cli.Command {
 				}
 				defer os.RemoveAll(base)
 				for _, f := range [][2]string{{"base-config.json", "config.json"}, {"base-model.safetensors", "model.safetensors"}} {
-					if err := downloadJobFile(c.Context, c, id, f[0], filepath.Join(base, f[1])); err != nil {
+					if err := cl.DownloadJobFile(c.Context, id, f[0], filepath.Join(base, f[1])); err != nil {
 						return err
 					}
 				}

@@ -43,7 +43,7 @@ func newApp() *cli.App {
 		Name:    "braid",
 		Usage:   "fine-tune language models on your own data, across a cluster of identical nodes",
 		Version: version,
-		Commands: []*cli.Command{
+		Commands: explainNodeErrors([]*cli.Command{
 			trainCommand(),
 			generateCommand(),
 			evalCommand(),
@@ -54,7 +54,7 @@ func newApp() *cli.App {
 			dataCommand(),
 			jobCommand(),
 			doctorCommand(),
-		},
+		}),
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints errors once
 	}
 }
