@@ -24,6 +24,7 @@ import (
 	"github.com/braidml/braid/transport"
 	"github.com/braidml/braid/transport/pki"
 	"github.com/braidml/braid/transport/quic"
+	"github.com/braidml/braid/transport/tlstcp"
 )
 
 // Config is a node's configuration (`braid node` flags).
@@ -35,8 +36,16 @@ type Config struct {
 	DataDir string
 	// GossipAddr is host:port for memberlist (TCP and UDP).
 	GossipAddr string
-	// QUICAddr is host:port of the node's one QUIC (UDP) socket.
+	// QUICAddr is host:port of the node's one QUIC (UDP) socket; with
+	// BulkTransport "tls-tcp", the node also listens on TCP at the same
+	// port.
 	QUICAddr string
+	// BulkTransport carries the bulk protocols (ring all-reduce, shards,
+	// blobs): "tls-tcp" (the default: TLS 1.3 over TCP, a connection per
+	// stream, transport/tlstcp) or "quic" (everything on QUIC). Raft and
+	// control messages always travel on QUIC. Every member must use the
+	// same: a stream is dialled on the transport the dialler chose.
+	BulkTransport string
 	// Advertise is the host peers reach this node at, when the bind
 	// addresses are wildcards or behind NAT.
 	Advertise string
@@ -90,7 +99,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		GossipAddr: "0.0.0.0:7946", QUICAddr: "0.0.0.0:7947", HTTPAddr: "127.0.0.1:7950",
-		Profile: "lan", Coordinator: coordinator.DefaultConfig(), Build: "dev",
+		Profile: "lan", Coordinator: coordinator.DefaultConfig(), Build: "dev", BulkTransport: BulkTLSTCP,
 	}
 }
 
@@ -115,6 +124,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("node: --gc-grace %v, want 0 (%v) or at least %v", c.GCGrace, DefaultGCGrace, MinGCGrace)
 	case c.GCInterval < 0:
 		return fmt.Errorf("node: GCInterval %v, want ≥ 0 (0: %v)", c.GCInterval, DefaultGCInterval)
+	case c.BulkTransport != "" && c.BulkTransport != BulkTLSTCP && c.BulkTransport != BulkQUIC:
+		return fmt.Errorf("node: --bulk-transport %q, want %s or %s", c.BulkTransport, BulkTLSTCP, BulkQUIC)
 	}
 	if _, _, err := net.SplitHostPort(c.GossipAddr); err != nil {
 		return fmt.Errorf("node: --gossip-addr %q: %w", c.GossipAddr, err)
@@ -232,7 +243,7 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	}
 	var err error
 	if n.tr == nil {
-		if n.tr, err = n.startQUIC(); err != nil {
+		if n.tr, err = n.startTransport(); err != nil {
 			return nil, err
 		}
 		n.ownTr = true
@@ -341,19 +352,46 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	return n, nil
 }
 
-func (n *Node) startQUIC() (transport.Transport, error) {
+// The values of Config.BulkTransport.
+const (
+	BulkTLSTCP = "tls-tcp"
+	BulkQUIC   = "quic"
+)
+
+// BulkProtocols are the protocols Config.BulkTransport carries.
+var BulkProtocols = []transport.Protocol{transport.ProtoRing, transport.ProtoShard, transport.ProtoBlob}
+
+// startTransport starts the node's transports with its certificate: QUIC,
+// and TLS over TCP on the same port for the bulk protocols unless
+// Config.BulkTransport says "quic".
+func (n *Node) startTransport() (transport.Transport, error) {
 	creds, err := pki.NewReloader(n.cfg.TLSDir, n.cfg.Name)
 	if err != nil {
 		return nil, err
 	}
 	n.certs.creds = creds
-	qc := quic.DefaultConfig()
-	qc.ListenAddr, qc.Creds, qc.Logger = n.cfg.QUICAddr, creds, n.log
+	var advertise string
 	if n.cfg.Advertise != "" {
 		_, port, _ := net.SplitHostPort(n.cfg.QUICAddr)
-		qc.AdvertiseAddr = net.JoinHostPort(n.cfg.Advertise, port)
+		advertise = net.JoinHostPort(n.cfg.Advertise, port)
 	}
-	return quic.New(qc)
+	qc := quic.DefaultConfig()
+	qc.ListenAddr, qc.AdvertiseAddr, qc.Creds, qc.Logger = n.cfg.QUICAddr, advertise, creds, n.log
+	main, err := quic.New(qc)
+	if err != nil || n.cfg.BulkTransport == BulkQUIC {
+		return main, err
+	}
+	// The TCP port is the UDP port QUIC bound (it may have picked it).
+	host, _, _ := net.SplitHostPort(n.cfg.QUICAddr)
+	_, port, _ := net.SplitHostPort(main.Addr())
+	tc := tlstcp.DefaultConfig()
+	tc.ListenAddr, tc.AdvertiseAddr, tc.Creds, tc.Logger = net.JoinHostPort(host, port), main.Addr(), creds, n.log
+	bulk, err := tlstcp.New(tc)
+	if err != nil {
+		main.Close()
+		return nil, fmt.Errorf("node: the bulk transport (TLS over TCP on the QUIC port %s; --bulk-transport quic to do without): %w", port, err)
+	}
+	return transport.Route(main, bulk, BulkProtocols...)
 }
 
 // meta is what this node gossips about itself.

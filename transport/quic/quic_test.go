@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -598,37 +597,6 @@ func TestConfigValidate(t *testing.T) {
 		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "Config."+tc.field) {
 			t.Errorf("%s: %v, want an error naming Config.%s", tc.field, err, tc.field)
 		}
-	}
-}
-
-func TestBenchThroughput(t *testing.T) {
-	for _, lanes := range []int{1, 3} {
-		gbps, err := BenchThroughput(ctxT(t, 30*time.Second), lanes, 8<<20+1)
-		if err != nil || gbps <= 0 {
-			t.Fatalf("%d lanes: %v Gbit/s, %v", lanes, gbps, err)
-		}
-		t.Logf("%d lanes: %.2f Gbit/s (8 MiB; not a measurement)", lanes, gbps)
-	}
-}
-
-// BenchmarkThroughput reports loopback throughput with 1 and 4 lanes:
-//
-//	go test -run '^$' -bench Throughput ./transport/quic/
-func BenchmarkThroughput(b *testing.B) {
-	const size = 256 << 20
-	for _, lanes := range []int{1, 4} {
-		b.Run(fmt.Sprintf("lanes=%d", lanes), func(b *testing.B) {
-			var sum float64
-			for b.Loop() {
-				g, err := BenchThroughput(context.Background(), lanes, size)
-				if err != nil {
-					b.Fatal(err)
-				}
-				sum += g
-			}
-			b.ReportMetric(sum/float64(b.N), "Gbit/s")
-			b.SetBytes(size)
-		})
 	}
 }
 
