@@ -176,7 +176,10 @@ type Node struct {
 	ownTr bool
 	coord *coordinator.Coordinator
 	ml    *Membership
-	api   *API
+	// health is the control plane's timing (health.go); its parts lock
+	// themselves.
+	health controlHealth
+	api    *API
 	// apiTokenFile holds the API's token ("" when configured).
 	apiTokenFile string
 	reg          *prometheus.Registry
@@ -308,7 +311,8 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	p, _ := strconv.Atoi(port)
 	mcfg := MembershipConfig{Name: cfg.Name, BindAddr: host, BindPort: p, AdvertiseAddr: cfg.Advertise, AdvertisePort: p,
 		Seeds: cfg.Join, SecretKey: key, ExtraKeys: extraKeys, Insecure: deps.InsecureGossip, Profile: cfg.Profile,
-		Transport: deps.GossipTransport, Tune: deps.GossipTune}
+		Transport: deps.GossipTransport, Tune: deps.GossipTune,
+		OnProbe: n.health.probeRTT.observe, OnGossipEvent: n.health.gossipEvent}
 	if cfg.Advertise == "" {
 		mcfg.AdvertisePort = 0
 	}
@@ -348,6 +352,8 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	go n.watchCerts()
 	n.wg.Add(1)
 	go n.gcLoop()
+	n.wg.Add(1)
+	go n.healthLoop()
 	logger.Info("node started", "quic", n.tr.Addr(), "gossip", n.ml.LocalAddr(), "raft_state", hasState, "bootstrap_expect", cfg.BootstrapExpect)
 	return n, nil
 }
@@ -478,6 +484,8 @@ func (n *Node) Status() Status {
 	s := Status{Self: n.cfg.Name, Leader: cs.Leader, Term: cs.Term,
 		Epoch: EpochStatus{ID: st.Epoch.ID, Members: append([]string{}, st.Epoch.Members...)},
 		Ring:  append([]string{}, st.Epoch.Members...)}
+	h := n.Health()
+	s.Health = &h
 	voter := map[string]bool{}
 	for _, sv := range cs.Servers {
 		voter[sv.Name] = sv.Voter
