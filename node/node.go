@@ -384,6 +384,9 @@ func (n *Node) startTransport() (transport.Transport, error) {
 	qc := quic.DefaultConfig()
 	qc.ListenAddr, qc.AdvertiseAddr, qc.Creds, qc.Logger = n.cfg.QUICAddr, advertise, creds, n.log
 	main, err := quic.New(qc)
+	if gso, why := quic.SegmentationOffload(); err == nil && !gso {
+		n.log.Info("quic: sending without UDP segmentation offload (GSO), at a higher CPU cost per byte", "why", why)
+	}
 	if err != nil || n.cfg.BulkTransport == BulkQUIC {
 		return main, err
 	}

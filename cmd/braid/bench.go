@@ -16,6 +16,7 @@ import (
 
 	"github.com/braidml/braid/kernels"
 	"github.com/braidml/braid/model"
+	"github.com/braidml/braid/transport/quic"
 	"github.com/braidml/braid/transport/transportbench"
 )
 
@@ -209,6 +210,11 @@ func runBenchTransport(c *cli.Context) error {
 	}
 	if !c.Bool("json") {
 		fmt.Fprintf(out, "# braid bench transport: quic (quic-go) and tls-tcp (TLS over TCP), both TLS 1.3 with mutual auth, on loopback, %d MiB per run, median of %d\n", c.Int64("bytes")>>20, c.Int("repeat"))
+		if gso, why := quic.SegmentationOffload(); gso {
+			fmt.Fprintln(out, "# quic: UDP segmentation offload (GSO) available")
+		} else {
+			fmt.Fprintf(out, "# quic: no UDP segmentation offload (GSO): %s\n", why)
+		}
 	}
 	for _, k := range kinds {
 		for _, l := range lanes {

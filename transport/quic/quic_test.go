@@ -649,3 +649,14 @@ func TestSelfDial(t *testing.T) {
 	}
 	r.Close()
 }
+
+// SegmentationOffload says no, and why, when quic-go is told not to use it.
+func TestSegmentationOffloadDisabled(t *testing.T) {
+	t.Setenv("QUIC_GO_DISABLE_GSO", "true")
+	if gso, why := SegmentationOffload(); gso || !strings.Contains(why, "QUIC_GO_DISABLE_GSO") {
+		t.Errorf("SegmentationOffload() = %v, %q with QUIC_GO_DISABLE_GSO=true", gso, why)
+	}
+	os.Unsetenv("QUIC_GO_DISABLE_GSO")
+	gso, why := SegmentationOffload()
+	t.Logf("this machine: GSO %v %s", gso, why)
+}

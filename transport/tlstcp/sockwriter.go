@@ -1,6 +1,7 @@
 package tlstcp
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"net"
@@ -19,17 +20,33 @@ import (
 // stream.Write (writing one record's worth at a time) turns into its own
 // timeout. The next Write waits for that flush, within its own deadline.
 type sockWriter struct {
-	net.Conn // the TCP connection: reads, addresses and Close pass through
+	net.Conn // the TCP connection: addresses and Close pass through
+	// br reads the connection in large reads, of which TLS takes a record
+	// at a time: one system call for many records.
+	br *bufio.Reader
 
 	mu       sync.Mutex
 	deadline time.Time     // the stream's write deadline
 	flushing chan struct{} // closed when the background flush ends; nil when none runs
 	err      error         // the background flush's error: the connection is broken
 	timedOut bool          // a Write passed the deadline since takeTimeout
+
+	wmu   sync.Mutex // batch and wbuf; held while writing
+	batch bool       // gather the records TLS writes (setBatch)
+	wbuf  []byte     // records gathered, not yet sent
 }
 
 // SetWriteDeadline sets the deadline of the Writes to come and of the
 // one under way (a background flush that it interrupts carries on).
+// readBuffer is how much one read from the socket may take.
+const readBuffer = 256 << 10
+
+func newSockWriter(conn net.Conn) *sockWriter {
+	return &sockWriter{Conn: conn, br: bufio.NewReaderSize(conn, readBuffer)}
+}
+
+func (c *sockWriter) Read(p []byte) (int, error) { return c.br.Read(p) }
+
 func (c *sockWriter) SetWriteDeadline(t time.Time) error {
 	c.mu.Lock()
 	c.deadline = t
@@ -83,9 +100,67 @@ func (c *sockWriter) takeTimeout() bool {
 	return t
 }
 
+// writeBatch is the most a batch gathers before it is sent.
+const writeBatch = 256 << 10
+
+// setBatch starts gathering the records TLS writes, to send them in few
+// system calls, or ends it, sending what was gathered (stream.Write
+// gathers the records of one Write).
+func (c *sockWriter) setBatch(on bool) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.batch = on
+	if on {
+		return nil
+	}
+	return c.flushLocked()
+}
+
 func (c *sockWriter) Write(p []byte) (int, error) {
-	if err := c.waitFlush(); err != nil {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.batch && len(p) <= writeBatch {
+		if len(c.wbuf)+len(p) > writeBatch {
+			if err := c.flushLocked(); err != nil {
+				return 0, err
+			}
+		}
+		if c.wbuf == nil {
+			c.wbuf = make([]byte, 0, writeBatch)
+		}
+		c.wbuf = append(c.wbuf, p...)
+		return len(p), nil
+	}
+	if err := c.flushLocked(); err != nil {
 		return 0, err
+	}
+	if _, err := c.send(p, false); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// flushLocked sends the gathered records; c.wmu is held.
+func (c *sockWriter) flushLocked() error {
+	if len(c.wbuf) == 0 {
+		return nil
+	}
+	busy, err := c.send(c.wbuf, true)
+	if busy {
+		c.wbuf = nil // the background flush has it
+	} else {
+		c.wbuf = c.wbuf[:0]
+	}
+	return err
+}
+
+// send writes p within the write deadline. When the deadline passes
+// part-way, it sends the rest in the background, marks the timeout and
+// reports p busy if mine (the background flush owns it; otherwise it
+// copies the rest). Other errors break the connection.
+func (c *sockWriter) send(p []byte, mine bool) (busy bool, err error) {
+	if err := c.waitFlush(); err != nil {
+		return false, err
 	}
 	c.mu.Lock()
 	deadline := c.deadline
@@ -93,10 +168,13 @@ func (c *sockWriter) Write(p []byte) (int, error) {
 	c.Conn.SetWriteDeadline(deadline)
 	n, err := c.Conn.Write(p)
 	if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
-		return n, err
+		return false, err
 	}
-	// Timed out part-way: keep the record whole.
-	rest := bytes.Clone(p[n:])
+	// Timed out part-way: keep the records whole.
+	rest := p[n:]
+	if !mine {
+		rest = bytes.Clone(rest)
+	}
 	done := make(chan struct{})
 	c.mu.Lock()
 	c.flushing, c.timedOut = done, true
@@ -120,5 +198,5 @@ func (c *sockWriter) Write(p []byte) (int, error) {
 		}
 		c.mu.Unlock()
 	}()
-	return len(p), nil
+	return mine, nil
 }

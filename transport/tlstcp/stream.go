@@ -76,6 +76,21 @@ func (s *stream) Write(b []byte) (int, error) {
 	case writeClosed:
 		return 0, fmt.Errorf("tlstcp: write after CloseWrite: %w", io.ErrClosedPipe)
 	}
+	// The records of this Write go out in batches (sockWriter.setBatch).
+	s.sock.setBatch(true)
+	n, err := s.writeRecords(b)
+	if ferr := s.sock.setBatch(false); err == nil && ferr != nil {
+		err = s.mapErr(ferr, true)
+	}
+	if err == nil && s.sock.takeTimeout() {
+		err = os.ErrDeadlineExceeded
+	}
+	return n, err
+}
+
+// writeRecords hands b to TLS a record at a time, and stops when the write
+// deadline passes.
+func (s *stream) writeRecords(b []byte) (int, error) {
 	n := 0
 	for {
 		if err := s.sock.waitFlush(); err != nil {

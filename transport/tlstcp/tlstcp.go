@@ -185,7 +185,7 @@ func (t *Transport) Dial(ctx context.Context, peer transport.PeerID, addr string
 	if err != nil {
 		return nil, fail(err)
 	}
-	sock := &sockWriter{Conn: raw}
+	sock := newSockWriter(raw)
 	tc := tls.Client(sock, t.cfg.Creds.ClientConfig(peer))
 	if err := tc.HandshakeContext(dctx); err != nil {
 		raw.Close()
@@ -293,7 +293,7 @@ func (t *Transport) acceptConns() {
 // connection, then hands the stream to the protocol's listener or answers
 // StatusNotListening.
 func (t *Transport) serveConn(raw net.Conn) {
-	sock := &sockWriter{Conn: raw}
+	sock := newSockWriter(raw)
 	tc := tls.Server(sock, t.srv)
 	ctx, cancel := context.WithTimeout(t.ctx, t.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(ctx)
