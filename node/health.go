@@ -129,6 +129,15 @@ func (h *controlHealth) status() HealthStatus {
 	return s
 }
 
+// gossipEvent takes what gossip reports: "suspect" (of member name) or
+// "refute".
+func (n *Node) gossipEvent(kind, name string) {
+	n.health.gossipEvent(kind)
+	if kind == "suspect" {
+		n.failures.note("suspect", name, time.Now())
+	}
+}
+
 // gossipEvent counts what gossip reports: "suspect" or "refute".
 func (h *controlHealth) gossipEvent(kind string) {
 	h.mu.Lock()

@@ -37,8 +37,16 @@ func TestLatencyHist(t *testing.T) {
 
 // Suspicions reach the monitor through memberlist's log lines.
 func TestGossipEventsFromLogLines(t *testing.T) {
-	var h controlHealth
-	w := slogWriter{l: slog.New(slog.NewTextHandler(io.Discard, nil)), event: h.gossipEvent}
+	var (
+		h       controlHealth
+		suspect []string
+	)
+	w := slogWriter{l: slog.New(slog.NewTextHandler(io.Discard, nil)), event: func(kind, name string) {
+		h.gossipEvent(kind)
+		if kind == "suspect" {
+			suspect = append(suspect, name)
+		}
+	}}
 	for _, line := range []string{
 		"2026/12/05 [INFO] memberlist: Suspect n2 has failed, no acks received",
 		"2026/12/05 [WARN] memberlist: Refuting a suspect message (from: n3)",
@@ -46,8 +54,8 @@ func TestGossipEventsFromLogLines(t *testing.T) {
 	} {
 		w.Write([]byte(line))
 	}
-	if s := h.status(); s.Suspicions != 1 || s.Refuted != 1 {
-		t.Errorf("status %+v, want one suspicion and one refutation", s)
+	if s := h.status(); s.Suspicions != 1 || s.Refuted != 1 || len(suspect) != 1 || suspect[0] != "n2" {
+		t.Errorf("status %+v, suspected %q; want one suspicion (of n2) and one refutation", s, suspect)
 	}
 	if !strings.Contains(newHealthCollector(&h).gap.String(), "raft_contact_gap_seconds") {
 		t.Error("collector names")

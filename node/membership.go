@@ -53,7 +53,7 @@ type MembershipConfig struct {
 	// answered; OnGossipEvent "suspect" when this node suspects a peer and
 	// "refute" when it refutes a peer's suspicion of it.
 	OnProbe       func(rtt time.Duration)
-	OnGossipEvent func(kind string)
+	OnGossipEvent func(kind, member string)
 }
 
 // EventKind says what happened to a member.
@@ -438,17 +438,20 @@ func (f probeTimer) NotifyPingComplete(_ *memberlist.Node, rtt time.Duration, _ 
 // which memberlist only logs, to event.
 type slogWriter struct {
 	l     *slog.Logger
-	event func(kind string) // nil: not reported
+	event func(kind, member string) // nil: not reported
 }
 
 func (w slogWriter) Write(p []byte) (int, error) {
 	s := strings.TrimSpace(string(p))
 	if w.event != nil {
 		switch {
-		case strings.Contains(s, "memberlist: Suspect ") && strings.Contains(s, "no acks received"):
-			w.event("suspect")
+		case strings.Contains(s, "memberlist: Suspect ") && strings.Contains(s, " has failed, no acks received"):
+			// "[INFO] memberlist: Suspect NAME has failed, no acks received"
+			_, rest, _ := strings.Cut(s, "memberlist: Suspect ")
+			name, _, _ := strings.Cut(rest, " has failed")
+			w.event("suspect", name)
 		case strings.Contains(s, "memberlist: Refuting a suspect message"):
-			w.event("refute")
+			w.event("refute", "")
 		}
 	}
 	switch {

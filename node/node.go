@@ -179,7 +179,11 @@ type Node struct {
 	// health is the control plane's timing (health.go); its parts lock
 	// themselves.
 	health controlHealth
-	api    *API
+	// failures and failoverPhases time the epoch changes of running jobs
+	// (failover.go).
+	failures       memberFailures
+	failoverPhases *prometheus.HistogramVec
+	api            *API
 	// apiTokenFile holds the API's token ("" when configured).
 	apiTokenFile string
 	reg          *prometheus.Registry
@@ -312,7 +316,7 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	mcfg := MembershipConfig{Name: cfg.Name, BindAddr: host, BindPort: p, AdvertiseAddr: cfg.Advertise, AdvertisePort: p,
 		Seeds: cfg.Join, SecretKey: key, ExtraKeys: extraKeys, Insecure: deps.InsecureGossip, Profile: cfg.Profile,
 		Transport: deps.GossipTransport, Tune: deps.GossipTune,
-		OnProbe: n.health.probeRTT.observe, OnGossipEvent: n.health.gossipEvent}
+		OnProbe: n.health.probeRTT.observe, OnGossipEvent: n.gossipEvent}
 	if cfg.Advertise == "" {
 		mcfg.AdvertisePort = 0
 	}
@@ -429,12 +433,16 @@ func (n *Node) run(hasState bool) {
 			}
 			switch ev.Kind {
 			case MemberJoined, MemberUpdated:
+				if ev.Kind == MemberJoined {
+					n.failures.note("alive", ev.Name, time.Now())
+				}
 				n.wg.Add(1)
 				go n.admit(ev.Member)
 			case MemberLeft, MemberFailed:
 				n.bootMu.Lock()
 				delete(n.admitted, ev.Name)
 				n.bootMu.Unlock()
+				n.failures.note("failed", ev.Name, time.Now())
 				if ev.Kind == MemberLeft {
 					n.coord.MemberLeft(ev.Name)
 				} else {
