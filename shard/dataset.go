@@ -92,6 +92,22 @@ func (d *Dataset) Sequence(s Split, id int64, dst []int32) ([]int32, error) {
 	return sh.Sequence(i, dst), nil
 }
 
+// SequenceMask appends the T+1 loss-mask flags of global sequence id of
+// split s to dst and returns it, aligned with Sequence: the loss counts on
+// target j (token j+1 of the sequence) when flag j+1 is set. Without a loss
+// mask (Manifest.LossMask false) every flag is set.
+func (d *Dataset) SequenceMask(s Split, id int64, dst []bool) ([]bool, error) {
+	e, i, err := d.Locate(s, id)
+	if err != nil {
+		return dst, err
+	}
+	sh, err := d.Shard(e.Hash)
+	if err != nil {
+		return dst, err
+	}
+	return sh.SequenceMask(i, dst), nil
+}
+
 // Shard returns the shard of a hash listed in the manifest, reading and
 // verifying it on first use (and checking its header against the
 // manifest). Concurrent callers share one read. A failed read is not
@@ -147,6 +163,8 @@ func checkAgainstManifest(m *Manifest, e ShardEntry, h Header) error {
 	switch {
 	case h.Tokenizer != m.Tokenizer:
 		return fmt.Errorf("%w: tokenizer %q, manifest %q", ErrMismatch, h.Tokenizer, m.Tokenizer)
+	case h.LossMask != m.LossMask:
+		return fmt.Errorf("%w: loss mask %v, manifest %v", ErrMismatch, h.LossMask, m.LossMask)
 	case h.Vocab != m.Vocab:
 		return fmt.Errorf("%w: vocab %d, manifest %d", ErrMismatch, h.Vocab, m.Vocab)
 	case h.SeqLen != m.SeqLen:
