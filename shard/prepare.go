@@ -632,7 +632,7 @@ type packer struct {
 	buf           []byte
 	flags         []byte // with masked: per token of buf, 1 if trained
 	emitted       bool   // a shard has been emitted
-	emit          func(s Split, payload []byte) error
+	emit          func(s Split, payload []byte, sequences int64) error
 
 	pos int64 // tokens of the stream so far
 	cut int64 // trained tokens that are targets of a sequence without their record's start
@@ -659,7 +659,7 @@ func (p *packer) add(tokens, flags []byte) error {
 			if p.masked {
 				nextFlags = append(nextFlags, p.flags[len(p.flags)-1])
 			}
-			if err := p.emit(p.split, p.payload(p.full/p.width)); err != nil {
+			if err := p.emit(p.split, p.payload(p.full/p.width), int64(p.full/p.width-1)/int64(p.seqLen)); err != nil {
 				return err
 			}
 			p.buf, p.flags, p.emitted = next, nextFlags, true
@@ -717,7 +717,7 @@ func (p *packer) finish() (dropped int64, err error) {
 		return ntok, nil
 	}
 	used := n*T + 1
-	if err := p.emit(p.split, p.payload(int(used))); err != nil {
+	if err := p.emit(p.split, p.payload(int(used)), n); err != nil {
 		return 0, err
 	}
 	p.buf, p.flags = nil, nil
@@ -1014,10 +1014,11 @@ func newShardWriter(dir string, h Header, parallel int) *shardWriter {
 	return &shardWriter{dir: dir, header: h, sem: make(chan struct{}, max(1, parallel))}
 }
 
-// submit starts writing a shard of the payload (which it takes over),
+// submit starts writing a shard of the payload, holding sequences
+// sequences (it takes the payload over),
 // waiting while as many as allowed are in flight. It returns the first
 // error of any shard written so far. It is called from one goroutine.
-func (w *shardWriter) submit(s Split, payload []byte) error {
+func (w *shardWriter) submit(s Split, payload []byte, sequences int64) error {
 	w.sem <- struct{}{}
 	w.mu.Lock()
 	err, i := w.err, len(w.out)
@@ -1029,7 +1030,7 @@ func (w *shardWriter) submit(s Split, payload []byte) error {
 	}
 	w.wg.Go(func() {
 		defer func() { <-w.sem }()
-		e, err := w.write(s, payload)
+		e, err := w.write(s, payload, sequences)
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		if err != nil && w.err == nil {
@@ -1041,9 +1042,9 @@ func (w *shardWriter) submit(s Split, payload []byte) error {
 }
 
 // write compresses one shard and writes it as dir/<hash>.shard.
-func (w *shardWriter) write(s Split, payload []byte) (ShardEntry, error) {
+func (w *shardWriter) write(s Split, payload []byte, sequences int64) (ShardEntry, error) {
 	h := w.header
-	h.Sequences = int64(len(payload)/h.TokenWidth-1) / int64(h.SeqLen)
+	h.Sequences = sequences
 	file, hash, err := encodeShard(nil, h, payload)
 	if err != nil {
 		return ShardEntry{}, err

@@ -70,12 +70,19 @@ func chatConfig(out string, inputs ...string) shard.Config {
 
 // TestPrepareChat rebuilds each split's token stream and loss mask from
 // the dataset and compares them with the records rendered, tokenised and
-// split as the package comment says, across shard boundaries; checks, from
+// split as the package comment says, across shard boundaries and in one
+// shard whose mask is longer than a sequence; checks, from
 // the conversations alone, that the trained targets are exactly the
 // answers, each with its end-of-turn token; and checks what the manifest
 // counts: trained tokens, those cut from their prompt, and the records
 // left out for lacking an answer or for a prompt longer than a sequence.
 func TestPrepareChat(t *testing.T) {
+	for _, shardBytes := range []int64{1 << 10, 1 << 20} {
+		t.Run(fmt.Sprint(shardBytes), func(t *testing.T) { testPrepareChat(t, shardBytes) })
+	}
+}
+
+func testPrepareChat(t *testing.T, shardBytes int64) {
 	convs := conversations(80, 1)
 	noAnswer := []chat.Message{{Role: chat.User, Content: "is anyone there"}}
 	longPrompt := []chat.Message{{Role: chat.User, Content: strings.Repeat("why ", 30)}, {Role: chat.Assistant, Content: "because"}}
@@ -83,6 +90,7 @@ func TestPrepareChat(t *testing.T) {
 	all := slices.Concat(convs[:40], [][]chat.Message{noAnswer, longPrompt, inject}, convs[40:])
 	in := writeFiles(t, map[string]string{"chat.jsonl": chatJSONL(t, all)})
 	c := chatConfig(filepath.Join(t.TempDir(), "ds"), in)
+	c.ShardBytes = shardBytes
 	res := prepare(t, c)
 	m := res.Manifest
 	if !m.LossMask || m.FormatVersion != shard.FormatVersionMasked || m.Source.Format != shard.FormatChat || m.Source.ChatTemplate != "llama3" || m.Vocab != 263 {
@@ -148,8 +156,8 @@ func TestPrepareChat(t *testing.T) {
 	}
 	for _, s := range []shard.Split{shard.Train, shard.Heldout} {
 		w, n := want[s], d.NumSequences(s)
-		if m.Totals.Of(s).Shards < 2 || n != int64((len(w.ids)-1)/T) {
-			t.Fatalf("%s: %d sequences in %d shards, want %d in several", s, n, m.Totals.Of(s).Shards, (len(w.ids)-1)/T)
+		if several := shardBytes < 2<<10; (m.Totals.Of(s).Shards > 1) != several || n != int64((len(w.ids)-1)/T) {
+			t.Fatalf("%s: %d sequences in %d shards, want %d in several (%v)", s, n, m.Totals.Of(s).Shards, (len(w.ids)-1)/T, several)
 		}
 		var answers []int32
 		for id := range n {
