@@ -286,7 +286,11 @@ func chatTemplate(c *cli.Context, config string) (chat.Template, error) {
 	case c.IsSet("chat-template"):
 		return chat.ByName(c.String("chat-template"))
 	case config != "":
-		return chat.FromTokenizerConfig(config)
+		t, err := chat.FromTokenizerConfig(config)
+		if err != nil {
+			return t, fmt.Errorf("%w (or name the template: --chat-template llama3 or chatml)", err)
+		}
+		return t, nil
 	}
 	return chat.Template{}, fmt.Errorf("no chat template: give the model's tokenizer_config.json (--tokenizer-config) or name the template (--chat-template llama3 or chatml)")
 }
