@@ -81,11 +81,7 @@ func (d *Dataset) Locate(s Split, id int64) (ShardEntry, int64, error) {
 // and returns it; inputs are the first T tokens, targets the last T. The
 // shard that holds it is read and verified on first use.
 func (d *Dataset) Sequence(s Split, id int64, dst []int32) ([]int32, error) {
-	e, i, err := d.Locate(s, id)
-	if err != nil {
-		return dst, err
-	}
-	sh, err := d.Shard(e.Hash)
+	sh, i, err := d.locateShard(s, id)
 	if err != nil {
 		return dst, err
 	}
@@ -97,15 +93,22 @@ func (d *Dataset) Sequence(s Split, id int64, dst []int32) ([]int32, error) {
 // target j (token j+1 of the sequence) when flag j+1 is set. Without a loss
 // mask (Manifest.LossMask false) every flag is set.
 func (d *Dataset) SequenceMask(s Split, id int64, dst []bool) ([]bool, error) {
-	e, i, err := d.Locate(s, id)
-	if err != nil {
-		return dst, err
-	}
-	sh, err := d.Shard(e.Hash)
+	sh, i, err := d.locateShard(s, id)
 	if err != nil {
 		return dst, err
 	}
 	return sh.SequenceMask(i, dst), nil
+}
+
+// locateShard returns the shard that holds global sequence id of split s,
+// read on first use, and the sequence's index in it.
+func (d *Dataset) locateShard(s Split, id int64) (*Shard, int64, error) {
+	e, i, err := d.Locate(s, id)
+	if err != nil {
+		return nil, 0, err
+	}
+	sh, err := d.Shard(e.Hash)
+	return sh, i, err
 }
 
 // Shard returns the shard of a hash listed in the manifest, reading and

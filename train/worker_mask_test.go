@@ -96,6 +96,22 @@ func maskedBatch(t testing.TB, data *shard.Dataset, s shard.Split, ids []int64) 
 	return x, y, counted
 }
 
+// onePass computes, on ref with params, the mean loss of the batch (x, y)
+// of B sequences and its gradient (into ref.Grads), in one pass.
+func onePass(t *testing.T, ref *model.Model, params []float32, x, y []int32, B int) float32 {
+	t.Helper()
+	copy(ref.Params, params)
+	ref.ZeroGrad()
+	loss, err := ref.Forward(x, y, B, len(x)/B)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ref.Backward(1); err != nil {
+		t.Fatal(err)
+	}
+	return loss
+}
+
 // relDiff is ‖a − b‖ / ‖b‖.
 func relDiff(a, b []float32) float64 {
 	var diff, norm float64
@@ -133,15 +149,7 @@ func TestMaskedGradientIsCountedMean(t *testing.T) {
 		}
 		batch := slices.Concat(parts...)
 		x, y, counted := maskedBatch(t, data, shard.Train, batch)
-		copy(ref.Params, ws[0].Model.Params)
-		ref.ZeroGrad()
-		loss, err := ref.Forward(x, y, len(batch), 64)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := ref.Backward(1); err != nil {
-			t.Fatal(err)
-		}
+		loss := onePass(t, ref, ws[0].Model.Params, x, y, len(batch))
 		res, errs := stepAll(ws, parts, red)
 		if err := errors.Join(errs...); err != nil {
 			t.Fatal(err)

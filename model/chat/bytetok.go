@@ -1,15 +1,18 @@
 package chat
 
+import "github.com/braidml/braid/model"
+
 // ByteTokenizer is model.ByteTokenizer with the control tokens of both
 // built-in templates: ids 0..255 are bytes, 256 is end-of-text, and
 // 257..262 are <|begin_of_text|>, <|start_header_id|>, <|end_header_id|>,
 // <|eot_id|>, <|im_start|> and <|im_end|>. Text always encodes byte by
-// byte, so "<|eot_id|>" in text is ten byte ids, never 260.
+// byte (model.ByteTokenizer's Encode), so "<|eot_id|>" in text is ten byte
+// ids, never 260.
 //
 // It exists so that chat data can be prepared, trained on and tested with
 // byte-level models, with no vocabulary file; real chat models bring
 // their own tokenizer. It is stateless and safe for concurrent use.
-type ByteTokenizer struct{}
+type ByteTokenizer struct{ model.ByteTokenizer }
 
 // ByteTokenizerName is ByteTokenizer's Name.
 const ByteTokenizerName = "byte-chat"
@@ -17,34 +20,20 @@ const ByteTokenizerName = "byte-chat"
 // byteControls are ByteTokenizer's control tokens, from id 257.
 var byteControls = []string{llamaBegin, llamaStartHeader, llamaEndHeader, llamaEOT, chatmlStart, chatmlEnd}
 
-const byteEOT = 256
-
 // Name returns "byte-chat".
 func (ByteTokenizer) Name() string { return ByteTokenizerName }
 
 // Vocab returns 263.
-func (ByteTokenizer) Vocab() int { return byteEOT + 1 + len(byteControls) }
-
-// EOT returns 256.
-func (ByteTokenizer) EOT() int32 { return byteEOT }
-
-// Encode appends one id per byte.
-func (ByteTokenizer) Encode(dst []int32, text []byte) []int32 {
-	for _, b := range text {
-		dst = append(dst, int32(b))
-	}
-	return dst
-}
+func (ByteTokenizer) Vocab() int { return model.ByteEOT + 1 + len(byteControls) }
 
 // Decode appends one byte per id below 256 and the string of each control
 // token; end-of-text and unknown ids decode to nothing.
-func (ByteTokenizer) Decode(dst []byte, ids []int32) []byte {
+func (t ByteTokenizer) Decode(dst []byte, ids []int32) []byte {
 	for _, id := range ids {
-		switch {
-		case id >= 0 && id < 256:
-			dst = append(dst, byte(id))
-		case id > byteEOT && int(id-byteEOT-1) < len(byteControls):
-			dst = append(dst, byteControls[id-byteEOT-1]...)
+		if c := int(id) - model.ByteEOT - 1; c >= 0 && c < len(byteControls) {
+			dst = append(dst, byteControls[c]...)
+		} else {
+			dst = t.ByteTokenizer.Decode(dst, []int32{id})
 		}
 	}
 	return dst
@@ -54,7 +43,7 @@ func (ByteTokenizer) Decode(dst []byte, ids []int32) []byte {
 func (ByteTokenizer) SpecialID(s string) (int32, bool) {
 	for i, c := range byteControls {
 		if c == s {
-			return int32(byteEOT + 1 + i), true
+			return int32(model.ByteEOT + 1 + i), true
 		}
 	}
 	return 0, false
