@@ -67,8 +67,9 @@ type Config struct {
 	// SkipBad skips bad files and records (Reason.Bad), counting them;
 	// otherwise the first one fails Prepare.
 	SkipBad bool
-	// ShardBytes bounds the uncompressed token payload of a shard; a shard
-	// holds as many whole sequences as fit (at least one).
+	// ShardBytes bounds the uncompressed payload of a shard (its tokens,
+	// and its loss mask if any); a shard holds as many whole sequences as
+	// fit (at least one).
 	ShardBytes int64
 	// MaxDocumentBytes bounds a text file; a larger one is bad (too_large).
 	MaxDocumentBytes int64
@@ -472,7 +473,11 @@ func prepare(ctx context.Context, cfg *Config, files []inputFile, walkIssues []I
 	sw := newShardWriter(tmp, Header{Version: headerVersion(masked), LossMask: masked, TokenWidth: width, Tokenizer: cfg.Tokenizer.Name(),
 		Vocab: cfg.Tokenizer.Vocab(), SeqLen: cfg.SeqLen}, workers)
 	defer sw.stop()
-	seqsPerShard := max(1, (cfg.ShardBytes/int64(width)-1)/int64(cfg.SeqLen))
+	tokensPerShard := cfg.ShardBytes / int64(width)
+	if masked { // each token also takes a bit of mask
+		tokensPerShard = (cfg.ShardBytes - 1) * 8 / int64(8*width+1)
+	}
+	seqsPerShard := max(1, (tokensPerShard-1)/int64(cfg.SeqLen))
 	packers := map[Split]*packer{}
 	for _, s := range []Split{Train, Heldout} {
 		packers[s] = &packer{split: s, width: width, seqLen: cfg.SeqLen, masked: masked,

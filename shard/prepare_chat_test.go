@@ -154,6 +154,15 @@ func testPrepareChat(t *testing.T, shardBytes int64) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	for _, e := range m.Shards {
+		sh, err := d.Shard(e.Hash)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sh.Header.PayloadBytes() > shardBytes {
+			t.Errorf("shard %s: a payload of %d bytes, tokens and mask, more than ShardBytes %d", e.Hash[:8], sh.Header.PayloadBytes(), shardBytes)
+		}
+	}
 	for _, s := range []shard.Split{shard.Train, shard.Heldout} {
 		w, n := want[s], d.NumSequences(s)
 		if several := shardBytes < 2<<10; (m.Totals.Of(s).Shards > 1) != several || n != int64((len(w.ids)-1)/T) {
