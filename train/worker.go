@@ -306,8 +306,8 @@ type Worker struct {
 	// lossBuf is what the loss all-reduce sums: {this worker's share of the
 	// mean loss, its sequences, its counted targets ÷ 4096, its counted
 	// targets mod 4096}. The count travels in two parts so that its sum
-	// is exact in float32 (each part stays below 2^24) for global batches
-	// of up to 2^36 targets.
+	// is exact in float32 (each part's sum stays below 2^24) for global
+	// batches of up to 2^36 targets over up to 4096 workers.
 	lossBuf [4]float32
 
 	reduced     []float32 // the reduced, unclipped gradient of step reducedStep
