@@ -29,9 +29,10 @@
 // dropped (Totals reports how many).
 //
 // Consecutive sequences go into the same shard until it holds
-// Config.ShardBytes of token payload; a shard with N sequences stores the
-// N·T+1 tokens they span, so the first token of a shard repeats the last
-// of the one before it and every shard can be read on its own.
+// Config.ShardBytes of payload (tokens, and the loss mask if any); a shard
+// with N sequences stores the N·T+1 tokens they span, so the first token
+// of a shard repeats the last of the one before it and every shard can be
+// read on its own.
 //
 // # Chat data and the loss mask
 //
