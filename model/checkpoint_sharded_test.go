@@ -201,10 +201,7 @@ func TestShardedBadCheckpoint(t *testing.T) {
 	editShard := func(t *testing.T, dir string, pick func(name string) bool, edit func([]safetensors.Tensor, int) []safetensors.Tensor) string {
 		t.Helper()
 		path := filepath.Join(dir, shard2)
-		f, err := safetensors.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
+		f := mustRead(t, path)
 		i := slices.IndexFunc(f.Tensors, func(x safetensors.Tensor) bool { return pick(x.Name) })
 		if i < 0 {
 			t.Fatalf("%s holds no tensor to edit", shard2)
