@@ -30,8 +30,8 @@ import (
 // EpochChange is one change of a running job's epoch as this node saw it.
 // The times are milliseconds after Start, the earliest event known.
 type EpochChange struct {
-	Epoch  uint64    `json:"epoch"`
-	From   uint64    `json:"from_epoch"`
+	Epoch uint64 `json:"epoch"`
+	From  uint64 `json:"from_epoch"`
 	// Via are the epochs committed in between, in which no step was done
 	// (a ring that failed to form, say): the change is timed through them.
 	Via    []uint64  `json:"via,omitempty"`
