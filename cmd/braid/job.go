@@ -24,7 +24,7 @@ func jobCommand() *cli.Command {
 		Name:  "job",
 		Usage: "fine-tuning jobs across the cluster: submit, watch, status, list, cancel, export",
 		Subcommands: []*cli.Command{
-			jobSubmitCommand(), jobWatchCommand(), jobStatusCommand(), jobListCommand(), jobCancelCommand(), jobExportCommand(),
+			jobSubmitCommand(), jobWatchCommand(), jobStatusCommand(), jobEventsCommand(), jobListCommand(), jobCancelCommand(), jobExportCommand(),
 		},
 	}
 }
