@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"math"
 	"os"
@@ -12,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/braidml/braid/internal/atomicfile"
+	"github.com/braidml/braid/internal/jsonerr"
 	"github.com/braidml/braid/internal/safefile"
 	"github.com/braidml/braid/kernels"
 	"github.com/braidml/braid/model/safetensors"
@@ -70,22 +70,6 @@ const MaxConfigBytes = 1 << 20
 
 // MaxWeightsBytes bounds model.safetensors (GPT-2 XL in float32 is 6 GB).
 const MaxWeightsBytes = 64 << 30
-
-// jsonProblem says what is wrong with JSON that did not decode, without
-// quoting it: the byte offset of a syntax error, the key of a value of the
-// wrong type.
-func jsonProblem(err error) string {
-	if se, ok := errors.AsType[*json.SyntaxError](err); ok {
-		return fmt.Sprintf("a JSON syntax error at byte %d", se.Offset)
-	}
-	if te, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
-		return fmt.Sprintf("key %s holds a JSON %s, want %v", te.Field, te.Value, te.Type)
-	}
-	if errors.Is(err, io.ErrUnexpectedEOF) {
-		return "the JSON ends too early"
-	}
-	return "not one JSON object"
-}
 
 // Checkpoint is a model's config, tokenizer and flat parameters as read from
 // (or written to) a directory.
@@ -167,7 +151,7 @@ func DecodeConfig(b []byte, path string) (Config, Tokenizer, error) {
 	}
 	var hc hfConfig
 	if err := json.Unmarshal(b, &hc); err != nil {
-		return Config{}, nil, fmt.Errorf("%w: %s: not a JSON config: %s", ErrCheckpoint, path, jsonProblem(err))
+		return Config{}, nil, fmt.Errorf("%w: %s: not a JSON config: %s", ErrCheckpoint, path, jsonerr.Problem(err))
 	}
 	if hc.ModelType != "" && hc.ModelType != "gpt2" {
 		return Config{}, nil, fmt.Errorf("%w: %s: model_type %q, braid reads gpt2", ErrCheckpoint, path, hc.ModelType)
