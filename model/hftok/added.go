@@ -24,6 +24,9 @@ type addedToken struct {
 type addedSet struct {
 	tokens []addedToken // longest content first
 	first  [256][]int   // indexes into tokens, by first byte
+	// only is the first byte of every token when they share one ('<' in
+	// most tokenizers), which the search skips to with bytes.IndexByte.
+	only int
 }
 
 func newAddedSet(tokens []addedToken) *addedSet {
@@ -32,8 +35,12 @@ func newAddedSet(tokens []addedToken) *addedSet {
 	}
 	a := &addedSet{tokens: slices.Clone(tokens)}
 	slices.SortStableFunc(a.tokens, func(x, y addedToken) int { return cmp.Compare(len(y.content), len(x.content)) })
+	a.only = int(a.tokens[0].content[0])
 	for i, t := range a.tokens {
 		a.first[t.content[0]] = append(a.first[t.content[0]], i)
+		if int(t.content[0]) != a.only {
+			a.only = -1
+		}
 	}
 	return a
 }
@@ -56,6 +63,13 @@ func (a *addedSet) split(dst []segment, s []byte, special bool) []segment {
 	}
 	n0, prev := len(dst), 0 // prev: where the text not yet taken starts
 	for i := 0; i < len(s); {
+		if a.only >= 0 {
+			k := bytes.IndexByte(s[i:], byte(a.only))
+			if k < 0 {
+				break
+			}
+			i += k
+		}
 		t, ok := a.longest(s[i:])
 		if !ok {
 			i++

@@ -14,8 +14,11 @@ type bpe struct {
 	// bytes (byteSym); otherwise pre-tokens are text and the initial
 	// symbols are characters looked up in pieces.
 	byteLevel bool
-	// pieces maps a whole pre-token, in the space pre-tokens are in (raw
-	// bytes for byteLevel, text otherwise), to its id.
+	// pieces maps the tokens that a pre-token can be as a whole, in the
+	// space pre-tokens are in (raw bytes for byteLevel, text otherwise),
+	// to their ids: every token with ignore_merges, else those the merges
+	// make of their own characters (keepWhole), single characters
+	// included. Encode looks a pre-token up here before it merges.
 	pieces  map[string]int32
 	byteSym [256]int32 // byteLevel: the id of each byte's character, or -1
 	// fallback is the id of each byte's "<0xNN>" token when byte_fallback
@@ -35,6 +38,11 @@ type bpe struct {
 	// gives the same ids (a merge at a cut would make a token that does
 	// not exist) in time linear in the pre-token's length.
 	cut rune
+
+	// plain makes encode merge every pre-token from scratch: no cuts, no
+	// whole-token lookup (but ignore_merges'), no cache. Tests set it to
+	// hold the fast route to the plain one.
+	plain bool
 
 	// cache memoises word: a direct-mapped table, lock-free, that a new
 	// word overwrites. It only remembers a pure function, so it never
@@ -57,10 +65,14 @@ func (m *bpe) encode(dst []int32, p []byte) []int32 {
 	if len(p) == 0 {
 		return dst
 	}
-	if m.ignoreMerges {
-		if id, ok := m.pieces[string(p)]; ok {
+	if m.plain {
+		if id, ok := m.pieces[string(p)]; ok && m.ignoreMerges {
 			return append(dst, id)
 		}
+		return m.merge(dst, p)
+	}
+	if id, ok := m.pieces[string(p)]; ok {
+		return append(dst, id)
 	}
 	if m.cut == 0 || len(p) <= maxCachedWord {
 		return m.word(dst, p)
@@ -78,6 +90,25 @@ func (m *bpe) encode(dst []int32, p []byte) []int32 {
 		i += n
 	}
 	return m.word(dst, p[start:])
+}
+
+// keepWhole drops from pieces the tokens that merging their own characters
+// does not make (without ignore_merges, such a token is never a pre-token's
+// one id), so that encode may look a pre-token up before merging it.
+func (m *bpe) keepWhole() {
+	if m.ignoreMerges {
+		return
+	}
+	var buf []int32
+	for p, id := range m.pieces {
+		if utf8.RuneCountInString(p) == 1 && !m.byteLevel {
+			continue
+		}
+		buf = m.merge(buf[:0], []byte(p))
+		if len(buf) != 1 || buf[0] != id {
+			delete(m.pieces, p)
+		}
+	}
 }
 
 // word appends the ids of one word (a pre-token, or a part of one between
@@ -172,8 +203,8 @@ func (m *bpe) rank(a, b int32) (uint32, int32, bool) {
 	return uint32(v >> 32), int32(uint32(v)), ok
 }
 
-// linearMax is the longest word mergeLinear handles; longer ones go to
-// mergeHeap, whose time grows as n log n rather than n².
+// linearMax is the most symbols merge gives mergeLinear, whose time grows
+// as n²; longer words go to mergeHeap, n log n.
 const linearMax = 48
 
 // noRank is above every rank.
@@ -188,7 +219,11 @@ func (m *bpe) mergeLinear(syms []int32) []int32 {
 	}
 	var rbuf [linearMax]uint32
 	var nbuf [linearMax]int32
-	ranks, next := rbuf[:len(syms)-1], nbuf[:len(syms)-1]
+	ranks, next := rbuf[:0], nbuf[:0]
+	if len(syms)-1 > linearMax {
+		ranks, next = make([]uint32, 0, len(syms)), make([]int32, 0, len(syms))
+	}
+	ranks, next = ranks[:len(syms)-1], next[:len(syms)-1]
 	for i := range ranks {
 		ranks[i], next[i] = m.pairRank(syms[i], syms[i+1])
 	}
@@ -247,6 +282,9 @@ func (a heapMerge) less(b heapMerge) bool {
 // candidate merges ordered by rank then position; a candidate whose pair
 // has changed since it was pushed is dropped when popped.
 func (m *bpe) mergeHeap(ids []int32) []int32 {
+	if len(ids) < 2 {
+		return ids
+	}
 	syms := make([]heapSym, len(ids))
 	var h mergeQueue
 	for i, id := range ids {

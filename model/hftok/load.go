@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"io"
 	"io/fs"
 	"path/filepath"
 	"slices"
@@ -16,6 +15,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/braidml/braid/internal/jsonerr"
 	"github.com/braidml/braid/internal/safefile"
 	"github.com/braidml/braid/model/internal/pretok"
 	"golang.org/x/text/unicode/norm"
@@ -28,7 +28,7 @@ const (
 	ChatTemplateFile    = "chat_template.jinja"
 	MaxTokenizerBytes   = 64 << 20 // Gemma 3's tokenizer.json, among the largest, has 33 MB
 	MaxConfigBytes      = 16 << 20 // tokenizer_config.json, chat_template.jinja
-	MaxVocab            = 1 << 21  // ids run from 0 to MaxVocab-1 (the largest vocabularies have 262,144)
+	MaxVocab            = 1 << 20  // ids run from 0 to MaxVocab-1 (the largest vocabularies have 262,144)
 	maxTemplateNameSize = 256
 )
 
@@ -173,20 +173,10 @@ func unmarshal(b []byte, v any, file string) error {
 
 // jsonProblem says what is wrong with JSON that did not decode.
 func jsonProblem(err error) string {
-	if se, ok := errors.AsType[*json.SyntaxError](err); ok {
-		return fmt.Sprintf("a JSON syntax error at byte %d", se.Offset)
-	}
-	if te, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
-		return fmt.Sprintf("key %s holds a JSON %s, want %v", te.Field, te.Value, te.Type)
-	}
-	if errors.Is(err, io.ErrUnexpectedEOF) {
-		return "the JSON ends too early"
-	}
-	var me *malformedJSON
-	if errors.As(err, &me) {
+	if me, ok := errors.AsType[*malformedJSON](err); ok {
 		return me.msg
 	}
-	return "not one JSON object"
+	return jsonerr.Problem(err)
 }
 
 // malformedJSON is an error of a custom UnmarshalJSON.
@@ -286,6 +276,19 @@ func decodeComponent(raw json.RawMessage, v any, where string) error {
 	return nil
 }
 
+// members returns the components of a Sequence, listed under key.
+func members(raw json.RawMessage, where, key string) ([]json.RawMessage, error) {
+	var s map[string]json.RawMessage
+	if err := decodeComponent(raw, &s, where); err != nil {
+		return nil, err
+	}
+	var list []json.RawMessage
+	if err := json.Unmarshal(s[key], &list); err != nil && s[key] != nil {
+		return nil, fmt.Errorf("%w: %s: %s.%s: want a list", ErrMalformed, TokenizerFile, where, key)
+	}
+	return list, nil
+}
+
 // unsupported is the error of a component type this package lacks.
 func unsupported(where, kind, typ, supported string) error {
 	return fmt.Errorf("%w: %s: %s: %s type %q is not supported (supported: %s)", ErrUnsupported, TokenizerFile, where, kind, typ, supported)
@@ -323,14 +326,12 @@ func parseNormalizer(raw json.RawMessage, where string) (normalizer, error) {
 	}
 	switch typ {
 	case "Sequence":
-		var s struct {
-			Normalizers []json.RawMessage `json:"normalizers"`
-		}
-		if err := decodeComponent(raw, &s, where); err != nil {
+		list, err := members(raw, where, "normalizers")
+		if err != nil {
 			return nil, err
 		}
 		var seq sequenceNorm
-		for i, r := range s.Normalizers {
+		for i, r := range list {
 			n, err := parseNormalizer(r, fmt.Sprintf("%s.normalizers[%d]", where, i))
 			if err != nil {
 				return nil, err
@@ -393,13 +394,11 @@ func parsePreTokenizer(raw json.RawMessage, where string, stages []preTokenizer)
 	}
 	switch typ {
 	case "Sequence":
-		var s struct {
-			Pretokenizers []json.RawMessage `json:"pretokenizers"`
-		}
-		if err := decodeComponent(raw, &s, where); err != nil {
+		list, err := members(raw, where, "pretokenizers")
+		if err != nil {
 			return nil, err
 		}
-		for i, r := range s.Pretokenizers {
+		for i, r := range list {
 			if stages, err = parsePreTokenizer(r, fmt.Sprintf("%s.pretokenizers[%d]", where, i), stages); err != nil {
 				return nil, err
 			}
@@ -523,13 +522,11 @@ func parseDecoder(raw json.RawMessage) (*decoder, error) {
 		}
 		switch typ {
 		case "Sequence":
-			var s struct {
-				Decoders []json.RawMessage `json:"decoders"`
-			}
-			if err := decodeComponent(raw, &s, where); err != nil {
+			list, err := members(raw, where, "decoders")
+			if err != nil {
 				return err
 			}
-			for i, r := range s.Decoders {
+			for i, r := range list {
 				if err := walk(r, fmt.Sprintf("%s.decoders[%d]", where, i)); err != nil {
 					return err
 				}
@@ -620,15 +617,21 @@ func parseModel(raw json.RawMessage, byteLevel bool) (*bpe, map[string]int32, er
 	if isNull(raw) {
 		return nil, nil, fmt.Errorf("%w: %s has no model", ErrMalformed, TokenizerFile)
 	}
+	var head struct {
+		Type *string `json:"type"`
+	}
+	if err := decodeComponent(raw, &head, "model"); err != nil {
+		return nil, nil, err
+	}
+	if head.Type != nil && *head.Type != "BPE" {
+		return nil, nil, fmt.Errorf("%w: %s: model type %q is not supported (supported: BPE)", ErrUnsupported, TokenizerFile, *head.Type)
+	}
 	var mj bpeJSON
 	if err := decodeComponent(raw, &mj, "model"); err != nil {
 		return nil, nil, err
 	}
 	if mj.Type == nil && mj.Merges == nil {
 		return nil, nil, fmt.Errorf("%w: %s: model has no \"type\"", ErrMalformed, TokenizerFile)
-	}
-	if mj.Type != nil && *mj.Type != "BPE" {
-		return nil, nil, fmt.Errorf("%w: %s: model type %q is not supported (supported: BPE)", ErrUnsupported, TokenizerFile, *mj.Type)
 	}
 	switch {
 	case mj.Dropout != nil && *mj.Dropout != 0:
@@ -688,6 +691,7 @@ func parseModel(raw json.RawMessage, byteLevel bool) (*bpe, map[string]int32, er
 		m.merges[uint64(uint32(a))<<32|uint64(uint32(b))] = uint64(rank)<<32 | uint64(uint32(ab))
 	}
 	m.cut = cutRune(ids, byteLevel)
+	m.keepWhole()
 	return m, ids, nil
 }
 
@@ -860,13 +864,11 @@ func parsePostProcessor(raw json.RawMessage, where string, t *Tokenizer) (prefix
 	case "ByteLevel":
 		return nil, nil, nil
 	case "Sequence":
-		var s struct {
-			Processors []json.RawMessage `json:"processors"`
-		}
-		if err := decodeComponent(raw, &s, where); err != nil {
+		list, err := members(raw, where, "processors")
+		if err != nil {
 			return nil, nil, err
 		}
-		for i, r := range s.Processors {
+		for i, r := range list {
 			p, q, err := parsePostProcessor(r, fmt.Sprintf("%s.processors[%d]", where, i), t)
 			if err != nil {
 				return nil, nil, err
