@@ -37,7 +37,7 @@ func dataCommand() *cli.Command {
 			Flags: []cli.Flag{
 				&cli.StringSliceFlag{Name: "input", Aliases: []string{"i"}, Usage: "text or JSONL `PATH` (file or directory, repeatable)", Required: true},
 				&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Usage: "dataset `DIR` to create (must not exist, or be empty)", Required: true},
-				&cli.StringFlag{Name: "tokenizer", Value: def.Tokenizer.Name(), Usage: "byte or gpt2"},
+				&cli.StringFlag{Name: "tokenizer", Value: def.Tokenizer.Name(), Usage: "byte, gpt2, or a model directory with a tokenizer.json"},
 				&cli.IntFlag{Name: "seq-len", Value: def.SeqLen, Usage: "tokens per training sequence (default: the context of models/base-en)"},
 				&cli.Float64Flag{Name: "holdout", Value: def.Holdout, Usage: "fraction of documents held out, chosen by hash"},
 				&cli.StringFlag{Name: "format", Value: string(def.Format), Usage: "text (a file is a document) or jsonl (a line is a record)"},
@@ -61,7 +61,7 @@ func dataCommand() *cli.Command {
 
 func runDataPrepare(c *cli.Context) error {
 	cfg := shard.DefaultConfig()
-	tok, err := model.TokenizerByName(c.String("tokenizer"))
+	tok, err := model.TokenizerFor(c.String("tokenizer"))
 	if err != nil {
 		return fmt.Errorf("--tokenizer: %w", err)
 	}

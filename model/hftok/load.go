@@ -70,6 +70,7 @@ func Load(dir string) (*Tokenizer, error) {
 		if len(tmpl) > 0 {
 			t.defaultChatTemplate = string(tmpl)
 			t.chatTemplates = map[string]string{"default": string(tmpl)}
+			t.files[ChatTemplateFile] = tmpl
 		}
 	}
 	return t, nil
@@ -102,6 +103,9 @@ func readOptional(path string) ([]byte, error) {
 // added token of <|endoftext|>, </s>, <|end_of_text|>, <|im_end|> and
 // <eos> (GPT-2's tokenizer_config.json names none), and without that an
 // error.
+//
+// The tokenizer keeps both slices (Files returns them): the caller must not
+// modify them afterwards.
 func Parse(tokenizerJSON, configJSON []byte) (*Tokenizer, error) {
 	var f fileJSON
 	if err := unmarshal(tokenizerJSON, &f, TokenizerFile); err != nil {
@@ -159,6 +163,10 @@ func Parse(tokenizerJSON, configJSON []byte) (*Tokenizer, error) {
 	}
 	sum := sha256.Sum256(tokenizerJSON)
 	t.name = "hf-" + hex.EncodeToString(sum[:6]) + "-" + strconv.Itoa(int(t.eot))
+	t.files = map[string][]byte{TokenizerFile: tokenizerJSON}
+	if len(configJSON) > 0 {
+		t.files[ConfigFile] = configJSON
+	}
 	return t, nil
 }
 

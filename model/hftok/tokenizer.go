@@ -37,6 +37,7 @@ type Tokenizer struct {
 	eot                 int32
 	chatTemplates       map[string]string
 	defaultChatTemplate string
+	files               map[string][]byte // the files it was read from, by name
 }
 
 // Specials are a tokenizer's special tokens, each -1 where it has none,
@@ -88,6 +89,18 @@ func (t *Tokenizer) ChatTemplate() string { return t.defaultChatTemplate }
 func (t *Tokenizer) ChatTemplates() map[string]string {
 	m := make(map[string]string, len(t.chatTemplates))
 	for k, v := range t.chatTemplates {
+		m[k] = v
+	}
+	return m
+}
+
+// Files returns the files the tokenizer was read from, by name
+// (TokenizerFile, and ConfigFile and ChatTemplateFile where they were
+// read), for saving beside a checkpoint so that it loads with the same
+// tokenizer. The slices must not be modified.
+func (t *Tokenizer) Files() map[string][]byte {
+	m := make(map[string][]byte, len(t.files))
+	for k, v := range t.files {
 		m[k] = v
 	}
 	return m
