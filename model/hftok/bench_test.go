@@ -56,8 +56,8 @@ func BenchmarkEncode(b *testing.B) {
 	})
 }
 
-// BenchmarkParse measures reading GPT-2's tokenizer.json (50,257 tokens,
-// about 50,000 merges).
+// BenchmarkParse measures reading GPT-2's tokenizer.json as gpt2JSON builds
+// it (2.4 MB: 50,257 tokens, 108,299 merges).
 func BenchmarkParse(b *testing.B) {
 	js := gpt2JSON()
 	b.SetBytes(int64(len(js)))
