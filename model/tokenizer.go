@@ -148,7 +148,11 @@ func LoadTokenizer(dir string) (Tokenizer, error) {
 // LoadTokenizer says.
 func dirTokenizer(dir, name string, vocab int) (Tokenizer, error) {
 	if name != "" && !isFileTokenizer(name) {
-		return TokenizerByName(name)
+		tok, err := TokenizerByName(name)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", filepath.Join(dir, ConfigFile), err)
+		}
+		return tok, nil
 	}
 	hf, err := hftok.Load(dir)
 	switch {
