@@ -1,7 +1,5 @@
 package hftok
 
-import "unicode/utf8"
-
 // GPT-2's byte-level alphabet (openai/gpt-2 encoder.py bytes_to_unicode,
 // Hugging Face's bytes_char): each byte is a printable character, itself
 // for the printable ASCII and Latin-1 bytes, U+0100 onwards for the rest.
@@ -37,13 +35,4 @@ func fromByteLevel(tok string) ([]byte, bool) {
 		b = append(b, c)
 	}
 	return b, true
-}
-
-// toByteLevel spells bytes in the byte-level alphabet.
-func toByteLevel(b []byte) string {
-	s := make([]byte, 0, 2*len(b))
-	for _, c := range b {
-		s = utf8.AppendRune(s, byteChar[c])
-	}
-	return string(s)
 }

@@ -472,9 +472,9 @@ func parseMetaspace(raw json.RawMessage, where string) (*metaspacePre, error) {
 	if m.Replacement == nil || utf8.RuneCountInString(*m.Replacement) != 1 {
 		return nil, fmt.Errorf("%w: %s: %s: Metaspace's replacement must be one character", ErrMalformed, TokenizerFile, where)
 	}
-	ms := &metaspacePre{repl: []byte(*m.Replacement), prepend: prependAlways, split_: true}
+	ms := &metaspacePre{repl: []byte(*m.Replacement), prepend: prependAlways, splitAt: true}
 	if m.Split != nil {
-		ms.split_ = *m.Split
+		ms.splitAt = *m.Split
 	}
 	switch {
 	case m.PrependScheme != nil:

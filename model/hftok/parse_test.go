@@ -239,10 +239,10 @@ func TestLoadFiles(t *testing.T) {
 // Replace, a decoder without joins, no decoder at all, RobertaProcessing.
 func TestComponents(t *testing.T) {
 	vocab := map[string]int{}
-	for i, s := range []string{"a", "b", "1", "2", " ", "-", "ab", "é", "e", "\u0301", "<s>", "</s>", "x"} {
+	for i, s := range []string{"a", "b", "1", "2", " ", "-", "ab", "é", "e", "\u0301", "<s>", "</s>", "x", "▁", "b▁"} {
 		vocab[s] = i
 	}
-	base := map[string]any{"type": "BPE", "vocab": vocab, "merges": [][2]string{{"a", "b"}}}
+	base := map[string]any{"type": "BPE", "vocab": vocab, "merges": [][2]string{{"b", "▁"}, {"a", "b"}}}
 	added := []any{map[string]any{"id": 10, "content": "<s>", "special": true}, map[string]any{"id": 11, "content": "</s>", "special": true}}
 	enc := func(pre, normalizer, decoder, post any, text string) ([]int32, string, hftok.Specials) {
 		t.Helper()
@@ -277,6 +277,10 @@ func TestComponents(t *testing.T) {
 		{"nfd", nil, map[string]any{"type": "NFD"}, map[string]any{"type": "Fuse"}, "é", []int32{8, 9}, "e\u0301"},
 		{"nfkc", nil, map[string]any{"type": "NFKC"}, map[string]any{"type": "Fuse"}, "e\u0301", []int32{7}, "é"},
 		{"regex replace", nil, map[string]any{"type": "Replace", "pattern": regex("[0-9]"), "content": "x"}, map[string]any{"type": "Fuse"}, "a1b2", []int32{0, 12, 1, 12}, "axbx"},
+		{"metaspace, split", map[string]any{"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true}, nil,
+			map[string]any{"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always"}, "ab ab", []int32{13, 6, 13, 6}, "ab ab"},
+		{"metaspace, whole", map[string]any{"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never", "split": false}, nil,
+			map[string]any{"type": "Metaspace", "replacement": "▁", "prepend_scheme": "never"}, "ab ab", []int32{0, 14, 6}, "ab ab"},
 		{"strip each token", nil, nil, map[string]any{"type": "Sequence", "decoders": []any{
 			map[string]any{"type": "Strip", "content": "a", "start": 1, "stop": 0}, map[string]any{"type": "Fuse"}}}, "abab", []int32{6, 6}, "bb"},
 		{"strip the end", nil, nil, map[string]any{"type": "Sequence", "decoders": []any{

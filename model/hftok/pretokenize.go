@@ -67,7 +67,27 @@ func (pt *pattern) find(dst [][2]int, s []byte) [][2]int {
 			i += k + len(pt.literal)
 		}
 	}
-	return pt.findValid(dst, s, 0)
+	if pt.tile != nil {
+		for i := 0; i < len(s); {
+			n := pt.tile(s[i:])
+			dst = append(dst, [2]int{i, i + n})
+			i += n
+		}
+		return dst
+	}
+	runes := make([]rune, 0, len(s))
+	at := make([]int, 0, len(s)+1) // byte offset of each rune
+	for i, r := range string(s) {
+		runes = append(runes, r)
+		at = append(at, i)
+	}
+	at = append(at, len(s))
+	m, err := pt.re.FindRunesMatch(runes)
+	for err == nil && m != nil {
+		dst = append(dst, [2]int{at[m.Index], at[m.Index+m.Length]})
+		m, err = pt.re.FindNextMatch(m)
+	}
+	return dst
 }
 
 // validRuns calls fn with each maximal run of valid UTF-8 in p and each
@@ -82,31 +102,6 @@ func validRuns(p []byte, fn func(off int, run []byte, valid bool)) {
 		fn(off, p[off:off+1], false)
 		off++
 	}
-}
-
-// findValid is find on valid UTF-8 s, which starts at offset off.
-func (pt *pattern) findValid(dst [][2]int, s []byte, off int) [][2]int {
-	if pt.tile != nil {
-		for i := 0; i < len(s); {
-			n := pt.tile(s[i:])
-			dst = append(dst, [2]int{off + i, off + i + n})
-			i += n
-		}
-		return dst
-	}
-	runes := make([]rune, 0, len(s))
-	at := make([]int, 0, len(s)+1) // byte offset of each rune
-	for i, r := range string(s) {
-		runes = append(runes, r)
-		at = append(at, i)
-	}
-	at = append(at, len(s))
-	m, err := pt.re.FindRunesMatch(runes)
-	for err == nil && m != nil {
-		dst = append(dst, [2]int{off + at[m.Index], off + at[m.Index+m.Length]})
-		m, err = pt.re.FindNextMatch(m)
-	}
-	return dst
 }
 
 // Split's behaviours (Hugging Face's SplitDelimiterBehavior).
@@ -249,7 +244,7 @@ const (
 type metaspacePre struct {
 	repl    []byte
 	prepend int
-	split_  bool
+	splitAt bool // split before the replacement character
 }
 
 func (ms *metaspacePre) split(p []byte, atStart bool, emit func([]byte, bool)) {
@@ -257,7 +252,7 @@ func (ms *metaspacePre) split(p []byte, atStart bool, emit func([]byte, bool)) {
 	if !bytes.HasPrefix(q, ms.repl) && (ms.prepend == prependAlways || ms.prepend == prependFirst && atStart) {
 		q = append(append([]byte(nil), ms.repl...), q...)
 	}
-	if !ms.split_ {
+	if !ms.splitAt {
 		emit(q, atStart)
 		return
 	}
