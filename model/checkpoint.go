@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"math"
 	"os"
@@ -13,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/braidml/braid/internal/atomicfile"
+	"github.com/braidml/braid/internal/jsonerr"
 	"github.com/braidml/braid/internal/safefile"
 	"github.com/braidml/braid/kernels"
 	"github.com/braidml/braid/model/safetensors"
@@ -72,22 +72,6 @@ const MaxConfigBytes = 1 << 20
 // MaxWeightsBytes bounds model.safetensors (GPT-2 XL in float32 is 6 GB).
 const MaxWeightsBytes = 64 << 30
 
-// jsonProblem says what is wrong with JSON that did not decode, without
-// quoting it: the byte offset of a syntax error, the key of a value of the
-// wrong type.
-func jsonProblem(err error) string {
-	if se, ok := errors.AsType[*json.SyntaxError](err); ok {
-		return fmt.Sprintf("a JSON syntax error at byte %d", se.Offset)
-	}
-	if te, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
-		return fmt.Sprintf("key %s holds a JSON %s, want %v", te.Field, te.Value, te.Type)
-	}
-	if errors.Is(err, io.ErrUnexpectedEOF) {
-		return "the JSON ends too early"
-	}
-	return "not one JSON object"
-}
-
 // Checkpoint is a model's config, tokenizer and flat parameters as read from
 // (or written to) a directory.
 type Checkpoint struct {
@@ -118,7 +102,8 @@ type WeightsFormat struct {
 // SaveCheckpoint writes params of a model with config c into dir (created if
 // needed) as model.safetensors and config.json in Hugging Face GPT-2's layout:
 // tensor names from Config.Layout and linear weights transposed to Conv1D's
-// (in, out). Each file is replaced atomically (temp file, fsync, rename).
+// (in, out), and the files of a FileTokenizer (tokenizer.json, ...) beside
+// them. Each file is replaced atomically (temp file, fsync, rename).
 func SaveCheckpoint(dir string, c Config, tok Tokenizer, params []float32) error {
 	return SaveCheckpointAs(dir, c, tok, params, WeightsFormat{})
 }
@@ -161,6 +146,16 @@ func SaveCheckpointAs(dir string, c Config, tok Tokenizer, params []float32, f W
 	if err := safetensors.WriteDir(dir, tensors, map[string]string{"format": "pt"}, f.MaxShardBytes); err != nil {
 		return err
 	}
+	if ft, ok := tok.(FileTokenizer); ok {
+		for name, b := range ft.Files() {
+			if name != filepath.Base(name) || name == WeightsFile || name == ConfigFile {
+				return fmt.Errorf("model: SaveCheckpoint: tokenizer %s has a file named %q", tok.Name(), name)
+			}
+			if err := WriteFileAtomic(filepath.Join(dir, name), b, 0o644); err != nil {
+				return err
+			}
+		}
+	}
 	tie, eps, eot := true, float64(kernels.LayerNormEps), int(tok.EOT())
 	cfg := hfConfig{
 		ModelType: "gpt2", Architectures: []string{"GPT2LMHeadModel"},
@@ -185,8 +180,9 @@ var torchDtypes = map[safetensors.Dtype]string{
 // GPT-2 compute something braid does not (another activation, n_inner other
 // than 4·n_embd, layer_norm_epsilon other than kernels.LayerNormEps, untied
 // embeddings, unscaled or layer-scaled attention, cross-attention) are errors
-// naming the key. Without a braid_tokenizer key the tokenizer is "gpt2" for
-// vocab_size 50257 and "byte" otherwise.
+// naming the key. The tokenizer is LoadTokenizer's: the one tokenizer.json
+// describes where dir has one and braid_tokenizer names no built-in one,
+// else "gpt2" for vocab_size 50257 and "byte" otherwise.
 //
 // The file is opened once and must be a regular file of at most
 // MaxConfigBytes (internal/safefile): a device, FIFO or directory is
@@ -197,7 +193,18 @@ func ReadConfig(dir string) (Config, Tokenizer, error) {
 	if err != nil {
 		return Config{}, nil, fmt.Errorf("model: checkpoint config: %w", err)
 	}
-	return DecodeConfig(b, path)
+	c, name, err := decodeConfig(b, path)
+	if err != nil {
+		return Config{}, nil, err
+	}
+	tok, err := dirTokenizer(dir, name, c.Vocab)
+	if err != nil {
+		return Config{}, nil, err
+	}
+	if err := checkTokenizer(c, tok, path); err != nil {
+		return Config{}, nil, err
+	}
+	return c, tok, nil
 }
 
 // DecodeConfig decodes and validates config.json's bytes as ReadConfig
@@ -205,43 +212,14 @@ func ReadConfig(dir string) (Config, Tokenizer, error) {
 // the key at fault but quote none of the bytes that are not JSON, so that
 // decoding a file someone else chose tells them nothing of its content. It
 // never panics.
+//
+// DecodeConfig has only config.json: a braid_tokenizer that names a
+// tokenizer.json's tokenizer (see LoadTokenizer) is an error.
 func DecodeConfig(b []byte, path string) (Config, Tokenizer, error) {
-	if len(b) > MaxConfigBytes {
-		return Config{}, nil, fmt.Errorf("%w: %s: %d bytes, more than the %d a config may have", ErrCheckpoint, path, len(b), MaxConfigBytes)
+	c, name, err := decodeConfig(b, path)
+	if err != nil {
+		return Config{}, nil, err
 	}
-	var hc hfConfig
-	if err := json.Unmarshal(b, &hc); err != nil {
-		return Config{}, nil, fmt.Errorf("%w: %s: not a JSON config: %s", ErrCheckpoint, path, jsonProblem(err))
-	}
-	if hc.ModelType != "" && hc.ModelType != "gpt2" {
-		return Config{}, nil, fmt.Errorf("%w: %s: model_type %q, braid reads gpt2", ErrCheckpoint, path, hc.ModelType)
-	}
-	if hc.NInner != nil && *hc.NInner != 4*hc.NEmbd {
-		return Config{}, nil, fmt.Errorf("%w: %s: n_inner = %d, braid supports only 4·n_embd", ErrCheckpoint, path, *hc.NInner)
-	}
-	if hc.ActivationFunction != "" && hc.ActivationFunction != "gelu_new" && hc.ActivationFunction != "gelu_pytorch_tanh" {
-		return Config{}, nil, fmt.Errorf("%w: %s: activation_function %q, braid implements the tanh GELU (gelu_new)", ErrCheckpoint, path, hc.ActivationFunction)
-	}
-	if hc.TieWordEmbeddings != nil && !*hc.TieWordEmbeddings {
-		return Config{}, nil, fmt.Errorf("%w: %s: untied word embeddings are not supported", ErrCheckpoint, path)
-	}
-	if hc.LayerNormEpsilon != nil && *hc.LayerNormEpsilon != kernels.LayerNormEps {
-		return Config{}, nil, fmt.Errorf("%w: %s: layer_norm_epsilon = %g, braid's LayerNorm uses %g", ErrCheckpoint, path, *hc.LayerNormEpsilon, kernels.LayerNormEps)
-	}
-	if hc.ScaleAttnWeights != nil && !*hc.ScaleAttnWeights {
-		return Config{}, nil, fmt.Errorf("%w: %s: scale_attn_weights = false, braid always scales attention by 1/sqrt(head size)", ErrCheckpoint, path)
-	}
-	if hc.ScaleAttnByInverseLayerIdx {
-		return Config{}, nil, fmt.Errorf("%w: %s: scale_attn_by_inverse_layer_idx = true is not supported", ErrCheckpoint, path)
-	}
-	if hc.AddCrossAttention {
-		return Config{}, nil, fmt.Errorf("%w: %s: add_cross_attention = true is not supported", ErrCheckpoint, path)
-	}
-	c := Config{Vocab: hc.VocabSize, Context: hc.NPositions, Dim: hc.NEmbd, Layers: hc.NLayer, Heads: hc.NHead}
-	if err := c.Validate(); err != nil {
-		return Config{}, nil, fmt.Errorf("%s: %w", path, err)
-	}
-	name := hc.Tokenizer
 	if name == "" {
 		name = defaultTokenizer(c.Vocab)
 	}
@@ -249,10 +227,59 @@ func DecodeConfig(b []byte, path string) (Config, Tokenizer, error) {
 	if err != nil {
 		return Config{}, nil, fmt.Errorf("%s: %w", path, err)
 	}
-	if tok.Vocab() > c.Vocab {
-		return Config{}, nil, fmt.Errorf("%w: %s: tokenizer %s has %d ids but vocab_size is %d", ErrCheckpoint, path, tok.Name(), tok.Vocab(), c.Vocab)
+	if err := checkTokenizer(c, tok, path); err != nil {
+		return Config{}, nil, err
 	}
 	return c, tok, nil
+}
+
+// decodeConfig decodes and validates config.json's bytes and returns its
+// braid_tokenizer ("" without one).
+func decodeConfig(b []byte, path string) (Config, string, error) {
+	if len(b) > MaxConfigBytes {
+		return Config{}, "", fmt.Errorf("%w: %s: %d bytes, more than the %d a config may have", ErrCheckpoint, path, len(b), MaxConfigBytes)
+	}
+	var hc hfConfig
+	if err := json.Unmarshal(b, &hc); err != nil {
+		return Config{}, "", fmt.Errorf("%w: %s: not a JSON config: %s", ErrCheckpoint, path, jsonerr.Problem(err))
+	}
+	if hc.ModelType != "" && hc.ModelType != "gpt2" {
+		return Config{}, "", fmt.Errorf("%w: %s: model_type %q, braid reads gpt2", ErrCheckpoint, path, hc.ModelType)
+	}
+	if hc.NInner != nil && *hc.NInner != 4*hc.NEmbd {
+		return Config{}, "", fmt.Errorf("%w: %s: n_inner = %d, braid supports only 4·n_embd", ErrCheckpoint, path, *hc.NInner)
+	}
+	if hc.ActivationFunction != "" && hc.ActivationFunction != "gelu_new" && hc.ActivationFunction != "gelu_pytorch_tanh" {
+		return Config{}, "", fmt.Errorf("%w: %s: activation_function %q, braid implements the tanh GELU (gelu_new)", ErrCheckpoint, path, hc.ActivationFunction)
+	}
+	if hc.TieWordEmbeddings != nil && !*hc.TieWordEmbeddings {
+		return Config{}, "", fmt.Errorf("%w: %s: untied word embeddings are not supported", ErrCheckpoint, path)
+	}
+	if hc.LayerNormEpsilon != nil && *hc.LayerNormEpsilon != kernels.LayerNormEps {
+		return Config{}, "", fmt.Errorf("%w: %s: layer_norm_epsilon = %g, braid's LayerNorm uses %g", ErrCheckpoint, path, *hc.LayerNormEpsilon, kernels.LayerNormEps)
+	}
+	if hc.ScaleAttnWeights != nil && !*hc.ScaleAttnWeights {
+		return Config{}, "", fmt.Errorf("%w: %s: scale_attn_weights = false, braid always scales attention by 1/sqrt(head size)", ErrCheckpoint, path)
+	}
+	if hc.ScaleAttnByInverseLayerIdx {
+		return Config{}, "", fmt.Errorf("%w: %s: scale_attn_by_inverse_layer_idx = true is not supported", ErrCheckpoint, path)
+	}
+	if hc.AddCrossAttention {
+		return Config{}, "", fmt.Errorf("%w: %s: add_cross_attention = true is not supported", ErrCheckpoint, path)
+	}
+	c := Config{Vocab: hc.VocabSize, Context: hc.NPositions, Dim: hc.NEmbd, Layers: hc.NLayer, Heads: hc.NHead}
+	if err := c.Validate(); err != nil {
+		return Config{}, "", fmt.Errorf("%s: %w", path, err)
+	}
+	return c, hc.Tokenizer, nil
+}
+
+// checkTokenizer checks that tok's ids fit the model's vocabulary.
+func checkTokenizer(c Config, tok Tokenizer, path string) error {
+	if tok.Vocab() > c.Vocab {
+		return fmt.Errorf("%w: %s: tokenizer %s has %d ids but vocab_size is %d", ErrCheckpoint, path, tok.Name(), tok.Vocab(), c.Vocab)
+	}
+	return nil
 }
 
 // LoadCheckpoint reads a checkpoint directory written by SaveCheckpoint or

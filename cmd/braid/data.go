@@ -47,7 +47,7 @@ func dataCommand() *cli.Command {
 			Flags: []cli.Flag{
 				&cli.StringSliceFlag{Name: "input", Aliases: []string{"i"}, Usage: "text or JSONL `PATH` (file or directory, repeatable)", Required: true},
 				&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Usage: "dataset `DIR` to create (must not exist, or be empty)", Required: true},
-				&cli.StringFlag{Name: "tokenizer", Value: def.Tokenizer.Name(), Usage: "byte, gpt2, or byte-chat (bytes and the chat templates' control tokens)"},
+				&cli.StringFlag{Name: "tokenizer", Value: def.Tokenizer.Name(), Usage: "byte, gpt2, byte-chat (bytes and the chat templates' control tokens), or a model directory with a tokenizer.json"},
 				&cli.IntFlag{Name: "seq-len", Value: def.SeqLen, Usage: "tokens per training sequence (default: the context of models/base-en)"},
 				&cli.Float64Flag{Name: "holdout", Value: def.Holdout, Usage: "fraction of documents held out, chosen by hash"},
 				&cli.StringFlag{Name: "format", Value: string(def.Format), Usage: "text (a file is a document), jsonl (a line is a record), chat or prompt-completion (a line is a conversation; loss on the answers)"},
@@ -275,7 +275,7 @@ func tokenizerByName(name string) (model.Tokenizer, error) {
 	if name == chat.ByteTokenizerName {
 		return chat.ByteTokenizer{}, nil
 	}
-	return model.TokenizerByName(name)
+	return model.TokenizerFor(name)
 }
 
 // chatTemplate returns the template --chat-template names or, without it,
