@@ -33,11 +33,11 @@ func jobSubmitCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "submit",
 		Usage: "submit a fine-tuning job; prints its id",
-		Description: "--base is a model directory (config.json, model.safetensors), read here and uploaded to the node behind\n" +
-			"--api (unless it holds it already); the other nodes fetch it from that node by hash. --dataset is a\n" +
-			"dataset registered with `braid data push`.",
+		Description: "--model (old name: --base) is the model directory to start from (config.json, model.safetensors), read here\n" +
+			"and uploaded to the node behind --api (unless it holds it already); the other nodes fetch it from that node by\n" +
+			"hash. --dataset is a dataset registered with `braid data push`.",
 		Flags: append(apiFlags(),
-			&cli.StringFlag{Name: "base", Required: true, Usage: "base model `DIR`"},
+			&cli.StringFlag{Name: "model", Aliases: []string{"m", "base"}, Required: true, Usage: "the model `DIR` to start from (old name: --base)"},
 			&cli.StringSliceFlag{Name: "dataset", Required: true, Usage: "dataset `NAME` or id (with --federated: each unit's local dataset)"},
 			&cli.IntFlag{Name: "steps", Required: true, Usage: "optimizer steps"},
 			&cli.IntFlag{Name: "global-batch", Required: true, Usage: "sequences per step, summed over all nodes (kept when nodes come and go)"},
@@ -73,9 +73,9 @@ func jobSubmitCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			base, _, err := push.Model(c.Context, cl.PushTarget(), c.String("base"))
+			base, _, err := push.Model(c.Context, cl.PushTarget(), c.String("model"))
 			if err != nil {
-				return fmt.Errorf("--base: %w", err)
+				return fmt.Errorf("--model: %w", err)
 			}
 			req := node.JobRequest{Base: base, Dataset: datasets[0], Federated: c.Bool("federated"), Steps: c.Int("steps"), GlobalBatch: c.Int("global-batch"),
 				MicroBatch: c.Int("micro-batch"), LR: c.Float64("lr"), Warmup: c.Int("warmup"), WeightDecay: c.Float64("weight-decay"),

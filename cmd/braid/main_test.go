@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/urfave/cli/v2"
 )
 
 // run runs the CLI in-process and returns its output.
@@ -143,4 +145,32 @@ func TestBenchKernelsJSON(t *testing.T) {
 	if !strings.Contains(out, `"kind":"sgemm"`) || !strings.Contains(out, `"n":64`) || !strings.Contains(out, `"gflops"`) {
 		t.Errorf("bench output: %s", out)
 	}
+}
+
+// --model names the starting checkpoint in train, job submit, eval and
+// generate; train's --init and job submit's --base still work.
+func TestModelFlagEverywhere(t *testing.T) {
+	for _, path := range [][]string{{"train"}, {"job", "submit"}, {"eval"}, {"generate"}} {
+		cmd := findCommand(newApp().Commands, path)
+		if !hasFlag(cmd.Flags, "model") {
+			t.Errorf("%v has no --model", path)
+		}
+	}
+	if !hasFlag(findCommand(newApp().Commands, []string{"train"}).Flags, "init") ||
+		!hasFlag(findCommand(newApp().Commands, []string{"job", "submit"}).Flags, "base") {
+		t.Error("the old names --init (train) and --base (job submit) are gone")
+	}
+}
+
+// findCommand is the command at path in cmds, or nil.
+func findCommand(cmds []*cli.Command, path []string) *cli.Command {
+	for _, c := range cmds {
+		if c.Name == path[0] {
+			if len(path) == 1 {
+				return c
+			}
+			return findCommand(c.Subcommands, path[1:])
+		}
+	}
+	return nil
 }
