@@ -11,13 +11,18 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
-// run runs the CLI in-process and returns its output.
+// run runs the CLI in-process, as main does, and returns its output.
 func run(t *testing.T, args ...string) (string, error) {
 	t.Helper()
+	return runWith(t, newApp(), args...)
+}
+
+// runWith is run of app.
+func runWith(t *testing.T, app *cli.App, args ...string) (string, error) {
+	t.Helper()
 	var out bytes.Buffer
-	app := newApp()
 	app.Writer, app.ErrWriter = &out, &out
-	err := app.RunContext(context.Background(), append([]string{"braid"}, args...))
+	err := runApp(context.Background(), app, append([]string{"braid"}, args...))
 	return out.String(), err
 }
 

@@ -256,7 +256,7 @@ func trainLoop(c *cli.Context, out io.Writer, tr *train.Trainer, tok model.Token
 			if err := save(); err != nil {
 				return err
 			}
-			return cli.Exit("interrupted", 130)
+			return cli.Exit("interrupted", exitInterrupted)
 		}
 		st, err := tr.Step()
 		if err != nil {
