@@ -297,11 +297,17 @@ func jobExportCommand() *cli.Command {
 			"written in PEFT's layout (adapter_config.json, adapter_model.safetensors); --merged DIR also writes\n" +
 			"the base model with the adapter merged in, as a plain model.",
 		Flags: append(apiFlags(), &cli.StringFlag{Name: "out", Required: true, Usage: "output `DIR` (created)"},
-			&cli.StringFlag{Name: "merged", Usage: "LoRA jobs: also write the merged full model to `DIR`"}),
+			&cli.StringFlag{Name: "merged", Usage: "LoRA jobs: also write the merged full model to `DIR`"},
+			overwriteFlag("write into a non-empty --out or --merged, replacing the files of the names it writes")),
 		Action: func(c *cli.Context) error {
 			id, cl, js, err := jobStatusArg(c)
 			if err != nil {
 				return err
+			}
+			for _, flag := range []string{"out", "merged"} {
+				if err := checkOutDir(c, flag); err != nil {
+					return err
+				}
 			}
 			out := c.String("out")
 			if err := os.MkdirAll(out, 0o755); err != nil {

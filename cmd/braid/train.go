@@ -35,7 +35,7 @@ func trainCommand() *cli.Command {
 		Flags: append([]cli.Flag{
 			&cli.StringSliceFlag{Name: "input", Aliases: []string{"i"}, Usage: "text `PATH` (file or directory, repeatable)", Required: true},
 			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Usage: "checkpoint `DIR` to write", Required: true},
-			&cli.StringFlag{Name: "model", Aliases: []string{"m", "init"}, Usage: "start from the checkpoint in `DIR` instead of a fresh model (old name: --model)"},
+			&cli.StringFlag{Name: "model", Aliases: []string{"m", "init"}, Usage: "start from the checkpoint in `DIR` instead of a fresh model (old name: --init)"},
 			&cli.StringFlag{Name: "resume", Usage: "continue the run saved in `DIR` (weights, optimizer, step, data position); --steps is the total"},
 			&cli.StringFlag{Name: "config", Value: "tiny", Usage: "model preset for a fresh model: tiny or small"},
 			&cli.IntFlag{Name: "steps", Value: d.Steps, Usage: "optimizer steps"},
@@ -58,6 +58,7 @@ func trainCommand() *cli.Command {
 			&cli.Float64Flag{Name: "lora-dropout", Usage: "dropout on the adapter's input, in [0, 1)"},
 			&cli.StringFlag{Name: "lora-targets", Value: strings.Join(model.DefaultLoRATargets, ","), Usage: "projections to adapt: c_attn, c_proj (both), attn.c_proj, mlp.c_proj, c_fc"},
 			&cli.StringFlag{Name: "merged", Usage: "with --lora-rank: also write the base with the adapter merged in to `DIR` at the end"},
+			overwriteFlag("write into a non-empty --out or --merged, replacing the files of the names it writes (not needed for --out of the --resume directory)"),
 		}, deviceFlags()...),
 		Action: runTrain,
 	}
@@ -69,6 +70,14 @@ func runTrain(c *cli.Context) error {
 	}
 	out := c.App.Writer
 	resume, modelDir := c.String("resume"), c.String("model")
+	if !sameDir(c.String("out"), resume) {
+		if err := checkOutDir(c, "out"); err != nil {
+			return err
+		}
+	}
+	if err := checkOutDir(c, "merged"); err != nil {
+		return err
+	}
 	lora, err := loraMode(c)
 	if err != nil {
 		return err
