@@ -134,7 +134,7 @@ func dataStatusCommand() *cli.Command {
 			}
 			st, err := cl.Dataset(c.Context, c.Args().First())
 			if err != nil {
-				return err
+				return notFound(err, "no dataset %s (see `braid data ls`)", c.Args().First())
 			}
 			if c.Bool("json") {
 				return printJSON(c, st)

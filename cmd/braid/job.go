@@ -131,7 +131,13 @@ func jobStatusArg(c *cli.Context) (string, *client.Client, node.JobStatus, error
 		return id, cl, node.JobStatus{}, err
 	}
 	js, err := cl.Job(c.Context, id)
-	return id, cl, js, err
+	return id, cl, js, noJob(err, id)
+}
+
+// noJob is the error of a request about job id that the node does not
+// know (404), and err otherwise.
+func noJob(err error, id string) error {
+	return notFound(err, "no job %s (see `braid job list`)", id)
 }
 
 func jobStatusCommand() *cli.Command {
@@ -217,7 +223,10 @@ func jobCancelCommand() *cli.Command {
 			}
 			j, err := cl.CancelJob(c.Context, id)
 			if err != nil {
-				return err
+				if nf := noJob(err, id); nf != err {
+					return nf
+				}
+				return fmt.Errorf("cannot cancel job %s: %w", id, err)
 			}
 			fmt.Fprintf(c.App.Writer, "job %s: %s\n", j.ID, j.State)
 			return nil
@@ -244,7 +253,7 @@ func jobWatchCommand() *cli.Command {
 			for {
 				js, err := cl.Job(c.Context, id)
 				if err != nil {
-					return err
+					return noJob(err, id)
 				}
 				desc := fmt.Sprintf("%s loss %.3f", js.State, js.Loss)
 				if js.HeldoutLoss != 0 {
