@@ -59,6 +59,8 @@ func newApp() *cli.App {
 			dataCommand(),
 			jobCommand(),
 			doctorCommand(),
+			versionCommand(),
+			completionCommand(),
 		})),
 		OnUsageError:   onUsageError,
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints errors once
