@@ -141,9 +141,9 @@ _braid_spec() {
 }
 
 _braid() {
-	local cur="$2" cmdpath="" cmds flags vflags args w skip=0
+	local cur="$2" cmdpath="" cmds flags vflags args w skip=0 before=$((COMP_CWORD - 1))
 	_braid_spec ""
-	for w in "${COMP_WORDS[@]:1:COMP_CWORD-1}"; do
+	for w in "${COMP_WORDS[@]:1:$before}"; do
 		if ((skip)); then
 			skip=0
 			continue
