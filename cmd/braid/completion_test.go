@@ -55,8 +55,16 @@ func TestCompletionScripts(t *testing.T) {
 		}
 	}
 	if _, err := exec.LookPath("zsh"); err == nil {
-		if out, err := exec.Command("zsh", "-n", script("zsh")).CombinedOutput(); err != nil {
+		zsh := script("zsh")
+		if out, err := exec.Command("zsh", "-n", zsh).CombinedOutput(); err != nil {
 			t.Errorf("zsh -n: %v\n%s", err, out)
+		}
+		// zsh's compgen offers every word and leaves the matching to zsh:
+		// what is checked here is that the script finds the command path.
+		sh := fmt.Sprintf(`source %q && COMP_WORDS=(braid job --api x st) && COMP_CWORD=4 && _braid braid st x && print -l -- $COMPREPLY`, zsh)
+		out, err := exec.Command("zsh", "-c", sh).CombinedOutput()
+		if got := strings.Fields(string(out)); err != nil || !slices.Contains(got, "status") || slices.Contains(got, "train") {
+			t.Errorf("zsh completion of \"braid job --api x st\": %q, %v; want job's subcommands", got, err)
 		}
 	} else {
 		t.Log("no zsh here: its script is not checked")
