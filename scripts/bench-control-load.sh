@@ -53,7 +53,7 @@ for _ in $(seq 1 300); do
 done
 "$BRAID" data prepare --input "$CORPUS" --out "$WORK/data" --name load --seq-len 128 --shard-mib 1 --holdout 0.05 >/dev/null 2>&1
 "$BRAID" data push --replicas 2 "$WORK/data" >/dev/null
-ID=$("$BRAID" job submit --base "$BASE" --dataset load --steps 100000 --global-batch 24 --micro-batch 8 --lr 1e-4 --seed 1)
+ID=$("$BRAID" job submit --model "$BASE" --dataset load --steps 100000 --global-batch 24 --micro-batch 8 --lr 1e-4 --seed 1)
 # Health counts from here: the numbers before the job are subtracted.
 snap() { for n in 1 2 3; do BRAID_TOKEN_FILE="$WORK/n$n/api-token" "$BRAID" status --api "$(api $n)" --json; echo; done; }
 snap >"$WORK/before.json"

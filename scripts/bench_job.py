@@ -127,7 +127,7 @@ def setup_job(c, braid, steps, work):
              "--seq-len", "128", "--shard-mib", "1", "--skip-bad"])
     run([braid, "data", "push", "--api", c.api, "--replicas", str(min(2, c.n)), ds])
     wait("replicas", lambda: (d := c.api_json("data", "status", arg="go")) and d["under_replicated"] == 0 and d.get("placement"))
-    jid = run([braid, "job", "submit", "--api", c.api, "--base", f"{ROOT}/models/base-en", "--dataset", "go", "--steps", str(steps),
+    jid = run([braid, "job", "submit", "--api", c.api, "--model", f"{ROOT}/models/base-en", "--dataset", "go", "--steps", str(steps),
                "--global-batch", "24", "--micro-batch", "8", "--lr", "1e-3", "--warmup", "5", "--seed", "1"]).strip()
     return jid
 
@@ -200,7 +200,7 @@ def scaling(braid, nodes):
 
 
 def submit(c, braid, dataset, steps, extra):
-    return run([braid, "job", "submit", "--api", c.api, "--base", f"{ROOT}/models/base-en", "--dataset", dataset,
+    return run([braid, "job", "submit", "--api", c.api, "--model", f"{ROOT}/models/base-en", "--dataset", dataset,
                 "--steps", str(steps), "--global-batch", "24", "--micro-batch", "8", "--warmup", "10", "--seed", "1",
                 "--eval-every", str(steps)] + extra).strip()
 
@@ -260,7 +260,7 @@ def federated(braid, corpora, steps):
             run([braid, "data", "register", "--local", "--api", api, f"{work}/{name}"])
             names.append(name)
         wait("placement", lambda: all((d := c.api_json("data", "status", arg=nm)) and d.get("placement") for nm in names))
-        jid = run([braid, "job", "submit", "--api", c.api, "--base", f"{ROOT}/models/base-en", "--federated",
+        jid = run([braid, "job", "submit", "--api", c.api, "--model", f"{ROOT}/models/base-en", "--federated",
                    "--dataset", ",".join(names), "--steps", str(steps), "--global-batch", "24", "--micro-batch", "8",
                    "--lr", "1e-3", "--warmup", "10", "--eval-every", str(steps), "--seed", "1"]).strip()
         j = wait("completion", lambda: (j := c.job(jid)) and j["state"] in ("completed", "failed") and j, timeout=1800, every=0.5)
@@ -294,7 +294,7 @@ def gpt2(braid, base, corpus, steps):
         run([braid, "data", "push", "--api", c.api, "--replicas", "2", f"{work}/ds"])
         wait("replicas", lambda: (d := c.api_json("data", "status", arg="legal-bpe")) and d["under_replicated"] == 0 and d.get("placement"))
         t0 = time.time()
-        jid = run([braid, "job", "submit", "--api", c.api, "--base", base, "--dataset", "legal-bpe", "--steps", str(steps),
+        jid = run([braid, "job", "submit", "--api", c.api, "--model", base, "--dataset", "legal-bpe", "--steps", str(steps),
                    "--global-batch", "6", "--micro-batch", "2", "--lora-rank", "8", "--warmup", "2", "--seed", "1"]).strip()
         j = wait("completion", lambda: (j := c.job(jid)) and j["state"] in ("completed", "failed") and j, timeout=1800, every=1)
         for w in j.get("workers") or []:

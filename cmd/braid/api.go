@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -87,8 +88,12 @@ func hasFlag(flags []cli.Flag, name string) bool {
 
 // explainNodeError adds to err, when it comes from a call to the node,
 // what to do: give a token, or another; start the node, or name another;
-// use the other scheme.
+// use the other scheme. The node's answer reads as apiErrorText has it.
 func explainNodeError(c *cli.Context, err error) error {
+	return readableAPIError(nodeErrorHint(c, err))
+}
+
+func nodeErrorHint(c *cli.Context, err error) error {
 	api := c.String("api")
 	if e, ok := errors.AsType[*client.APIError](err); ok && e.StatusCode == http.StatusUnauthorized {
 		how := "give --token or --token-file (BRAID_TOKEN, BRAID_TOKEN_FILE)"
@@ -107,6 +112,75 @@ func explainNodeError(c *cli.Context, err error) error {
 			return fmt.Errorf("%w: use --api http://%s", err, u.Host)
 		}
 		return fmt.Errorf("%w: use --api https://%s (with --ca, the cluster's ca.pem, unless the node runs on this machine as this user)", err, u.Host)
+	}
+	return err
+}
+
+// userError is an error whose text was rewritten for the user; it wraps
+// the original.
+type userError struct {
+	msg string
+	err error
+}
+
+func (e *userError) Error() string { return e.msg }
+func (e *userError) Unwrap() error { return e.err }
+
+// readableAPIError rewrites, in err's text, the node's answer (a
+// *client.APIError: "POST URL: 409 Conflict: braid: node: ...") as
+// apiErrorText has it. Other errors it returns as they are.
+func readableAPIError(err error) error {
+	e, ok := errors.AsType[*client.APIError](err)
+	if !ok {
+		return err
+	}
+	return &userError{msg: strings.Replace(err.Error(), e.Error(), apiErrorText(e), 1), err: err}
+}
+
+// internalLayer matches the parts of a node's error message that name the
+// code it passed through rather than what went wrong: package prefixes
+// ("braid", "node", "coordinator"), a request forwarded to the leader
+// ("n2 failed apply", then "node n2") and a coordinator command's type
+// ("job.state j1").
+var internalLayer = regexp.MustCompile(`^(braid|node|coordinator|client|blobstore|push|shard)$|^(member|epoch|setting|dataset|job|cert)\.[a-z]+( \S+)?$`)
+
+// apiErrorText is the node's answer e as the user reads it: its message
+// without the HTTP method, URL and status, and without the internal layers
+// in it (internalLayer), ending in the root cause; for a 5xx answer it
+// says the node failed.
+func apiErrorText(e *client.APIError) string {
+	var kept []string
+	forwarded := ""
+	for _, part := range strings.Split(e.Message, ": ") {
+		if peer, ok := strings.CutSuffix(part, " failed apply"); ok && !strings.Contains(peer, " ") {
+			forwarded = "node " + peer // the leader's answer follows, under its name
+			continue
+		}
+		if internalLayer.MatchString(part) || part == forwarded {
+			continue
+		}
+		kept = append(kept, part)
+	}
+	msg := strings.Join(kept, ": ")
+	if msg == "" {
+		msg = strings.ToLower(http.StatusText(e.StatusCode))
+	}
+	if e.StatusCode >= 500 {
+		u, _ := url.Parse(e.URL)
+		host := e.URL
+		if u != nil && u.Host != "" {
+			host = u.Host
+		}
+		return fmt.Sprintf("the node at %s failed: %s", host, msg)
+	}
+	return msg
+}
+
+// notFound returns the error of what when err is the node's 404 answer,
+// and err otherwise.
+func notFound(err error, format string, args ...any) error {
+	if e, ok := errors.AsType[*client.APIError](err); ok && e.StatusCode == http.StatusNotFound {
+		return &userError{msg: fmt.Sprintf(format, args...), err: err}
 	}
 	return err
 }

@@ -46,7 +46,7 @@ func dataCommand() *cli.Command {
 				"both templates' for trying this with byte-level models; byte and gpt2 have none).",
 			Flags: []cli.Flag{
 				&cli.StringSliceFlag{Name: "input", Aliases: []string{"i"}, Usage: "text or JSONL `PATH` (file or directory, repeatable)", Required: true},
-				&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Usage: "dataset `DIR` to create (must not exist, or be empty)", Required: true},
+				&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Usage: "dataset `DIR` to create (must not exist, or be empty, unless --overwrite)", Required: true},
 				&cli.StringFlag{Name: "tokenizer", Value: def.Tokenizer.Name(), Usage: "byte, gpt2, byte-chat (bytes and the chat templates' control tokens), or a model directory with a tokenizer.json"},
 				&cli.IntFlag{Name: "seq-len", Value: def.SeqLen, Usage: "tokens per training sequence (default: the context of models/base-en)"},
 				&cli.Float64Flag{Name: "holdout", Value: def.Holdout, Usage: "fraction of documents held out, chosen by hash"},
@@ -58,6 +58,7 @@ func dataCommand() *cli.Command {
 				&cli.BoolFlag{Name: "skip-bad", Usage: "skip and count bad files and records instead of failing"},
 				&cli.IntFlag{Name: "shard-mib", Value: int(def.ShardBytes >> 20), Usage: "uncompressed token payload per shard, in MiB"},
 				&cli.IntFlag{Name: "max-record-mib", Value: def.MaxRecordBytes >> 20, Usage: "with --format jsonl: longest record, in MiB"},
+				overwriteFlag("replace the dataset in a non-empty --out, once the new one is complete"),
 			},
 			Action: runDataPrepare,
 		}, {
@@ -97,6 +98,11 @@ func runDataPrepare(c *cli.Context) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	out, finish, err := wholeOutDir(c, "out", shard.ManifestName)
+	if err != nil {
+		return err
+	}
+	cfg.Out = out
 
 	progress := newProgress(c.App.ErrWriter)
 	cfg.Progress = progress.update
@@ -104,13 +110,14 @@ func runDataPrepare(c *cli.Context) error {
 	res, err := shard.Prepare(c.Context, cfg)
 	elapsed := time.Since(start)
 	progress.finish()
-	if err != nil {
+	if err = finish(err); err != nil {
 		if errors.Is(err, shard.ErrBadInput) {
 			return fmt.Errorf("%w (--skip-bad skips and counts bad files and records)", err)
 		}
 		return err
 	}
 
+	res.Dir = c.String("out") // (with --overwrite Prepare wrote beside it)
 	m := res.Manifest
 	printIssues(c.App.ErrWriter, res.Issues, m.Source.Skipped)
 	w := c.App.Writer

@@ -52,9 +52,6 @@ func dataRegisterCommand() *cli.Command {
 
 func pushDataset(c *cli.Context, local bool) error {
 	if c.NArg() != 1 {
-		if c.NArg() > 1 && strings.HasPrefix(c.Args().Get(1), "-") {
-			return fmt.Errorf("flags go before the directory: braid data %s %s DIR", c.Command.Name, strings.Join(c.Args().Slice()[1:], " "))
-		}
 		return fmt.Errorf("want one dataset directory, got %d arguments", c.NArg())
 	}
 	cl, err := nodeClient(c)
@@ -137,7 +134,7 @@ func dataStatusCommand() *cli.Command {
 			}
 			st, err := cl.Dataset(c.Context, c.Args().First())
 			if err != nil {
-				return err
+				return notFound(err, "no dataset %s (see `braid data ls`)", c.Args().First())
 			}
 			if c.Bool("json") {
 				return printJSON(c, st)

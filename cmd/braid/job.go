@@ -33,11 +33,11 @@ func jobSubmitCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "submit",
 		Usage: "submit a fine-tuning job; prints its id",
-		Description: "--base is a model directory (config.json, model.safetensors), read here and uploaded to the node behind\n" +
-			"--api (unless it holds it already); the other nodes fetch it from that node by hash. --dataset is a\n" +
-			"dataset registered with `braid data push`.",
+		Description: "--model (old name: --base) is the model directory to start from (config.json, model.safetensors), read here\n" +
+			"and uploaded to the node behind --api (unless it holds it already); the other nodes fetch it from that node by\n" +
+			"hash. --dataset is a dataset registered with `braid data push`.",
 		Flags: append(apiFlags(),
-			&cli.StringFlag{Name: "base", Required: true, Usage: "base model `DIR`"},
+			&cli.StringFlag{Name: "model", Aliases: []string{"m", "base"}, Required: true, Usage: "the model `DIR` to start from (old name: --base)"},
 			&cli.StringSliceFlag{Name: "dataset", Required: true, Usage: "dataset `NAME` or id (with --federated: each unit's local dataset)"},
 			&cli.IntFlag{Name: "steps", Required: true, Usage: "optimizer steps"},
 			&cli.IntFlag{Name: "global-batch", Required: true, Usage: "sequences per step, summed over all nodes (kept when nodes come and go)"},
@@ -73,9 +73,9 @@ func jobSubmitCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			base, _, err := push.Model(c.Context, cl.PushTarget(), c.String("base"))
+			base, _, err := push.Model(c.Context, cl.PushTarget(), c.String("model"))
 			if err != nil {
-				return fmt.Errorf("--base: %w", err)
+				return fmt.Errorf("--model: %w", err)
 			}
 			req := node.JobRequest{Base: base, Dataset: datasets[0], Federated: c.Bool("federated"), Steps: c.Int("steps"), GlobalBatch: c.Int("global-batch"),
 				MicroBatch: c.Int("micro-batch"), LR: c.Float64("lr"), Warmup: c.Int("warmup"), WeightDecay: c.Float64("weight-decay"),
@@ -131,7 +131,13 @@ func jobStatusArg(c *cli.Context) (string, *client.Client, node.JobStatus, error
 		return id, cl, node.JobStatus{}, err
 	}
 	js, err := cl.Job(c.Context, id)
-	return id, cl, js, err
+	return id, cl, js, noJob(err, id)
+}
+
+// noJob is the error of a request about job id that the node does not
+// know (404), and err otherwise.
+func noJob(err error, id string) error {
+	return notFound(err, "no job %s (see `braid job list`)", id)
 }
 
 func jobStatusCommand() *cli.Command {
@@ -217,7 +223,10 @@ func jobCancelCommand() *cli.Command {
 			}
 			j, err := cl.CancelJob(c.Context, id)
 			if err != nil {
-				return err
+				if nf := noJob(err, id); nf != err {
+					return nf
+				}
+				return fmt.Errorf("cannot cancel job %s: %w", id, err)
 			}
 			fmt.Fprintf(c.App.Writer, "job %s: %s\n", j.ID, j.State)
 			return nil
@@ -244,7 +253,7 @@ func jobWatchCommand() *cli.Command {
 			for {
 				js, err := cl.Job(c.Context, id)
 				if err != nil {
-					return err
+					return noJob(err, id)
 				}
 				desc := fmt.Sprintf("%s loss %.3f", js.State, js.Loss)
 				if js.HeldoutLoss != 0 {
@@ -297,11 +306,17 @@ func jobExportCommand() *cli.Command {
 			"written in PEFT's layout (adapter_config.json, adapter_model.safetensors); --merged DIR also writes\n" +
 			"the base model with the adapter merged in, as a plain model.",
 		Flags: append(apiFlags(), &cli.StringFlag{Name: "out", Required: true, Usage: "output `DIR` (created)"},
-			&cli.StringFlag{Name: "merged", Usage: "LoRA jobs: also write the merged full model to `DIR`"}),
+			&cli.StringFlag{Name: "merged", Usage: "LoRA jobs: also write the merged full model to `DIR`"},
+			overwriteFlag("write into a non-empty --out or --merged, replacing the files of the names it writes")),
 		Action: func(c *cli.Context) error {
 			id, cl, js, err := jobStatusArg(c)
 			if err != nil {
 				return err
+			}
+			for _, flag := range []string{"out", "merged"} {
+				if err := checkOutDir(c, flag); err != nil {
+					return err
+				}
 			}
 			out := c.String("out")
 			if err := os.MkdirAll(out, 0o755); err != nil {
