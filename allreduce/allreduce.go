@@ -229,17 +229,28 @@ func (o *op) send(lane int, s transport.Stream, q *queue, sent chan struct{}) {
 	r := o.r
 	size := len(r.members)
 	scratch := make([]byte, msgOff+headerLen, msgOff+headerLen+r.cfg.Dtype.EncodedLen(r.chunkElems))
-	write := func(phase byte, hop, c int, frame []byte) bool {
-		putHeader(frame[msgOff:], o.step, o.seq, phase, hop, c)
+	// writeParts sends one frame of head (the length prefix's room and
+	// the header) followed by payload, in two writes when payload is not
+	// empty: payload is then the buffer's own bytes, sent without a copy.
+	writeParts := func(phase byte, hop, c int, head, payload []byte) bool {
+		putHeader(head[msgOff:], o.step, o.seq, phase, hop, c)
 		o.lanes[lane].Lock()
 		if o.failed() {
 			o.lanes[lane].Unlock()
 			return false
 		}
 		s.SetWriteDeadline(time.Now().Add(r.cfg.HopTimeout))
-		err := transport.WriteFramed(s, frame)
+		var err error
+		if len(payload) == 0 {
+			err = transport.WriteFramed(s, head)
+		} else {
+			binary.BigEndian.PutUint32(head, uint32(len(head)-msgOff+len(payload)))
+			if _, err = s.Write(head); err == nil {
+				_, err = s.Write(payload)
+			}
+		}
 		if err == nil {
-			r.sent.Add(int64(len(frame)))
+			r.sent.Add(int64(len(head) + len(payload)))
 		}
 		o.lanes[lane].Unlock()
 		if err != nil {
@@ -260,6 +271,7 @@ func (o *op) send(lane int, s transport.Stream, q *queue, sent chan struct{}) {
 		}
 		return true
 	}
+	write := func(phase byte, hop, c int, frame []byte) bool { return writeParts(phase, hop, c, frame, nil) }
 	for hop := 0; hop < size-1; hop++ {
 		lo, hi := o.seg(r.rank-hop, lane)
 		for c := range o.nchunks(lo, hi) {
@@ -268,7 +280,15 @@ func (o *op) send(lane int, s transport.Stream, q *queue, sent chan struct{}) {
 					return
 				}
 			}
-			scratch = Encode(r.cfg.Dtype, scratch[:msgOff+headerLen], o.chunk(lo, hi, c))
+			x := o.chunk(lo, hi, c)
+			if raw, ok := fp32Bytes(x); ok && r.cfg.Dtype == FP32 {
+				// FP32's encoding is the buffer's own bytes: no copy.
+				if !writeParts(phaseReduceScatter, hop, c, scratch[:msgOff+headerLen], raw) {
+					return
+				}
+				continue
+			}
+			scratch = Encode(r.cfg.Dtype, scratch[:msgOff+headerLen], x)
 			if !write(phaseReduceScatter, hop, c, scratch) {
 				return
 			}
@@ -285,6 +305,12 @@ func (o *op) send(lane int, s transport.Stream, q *queue, sent chan struct{}) {
 
 			if hop == 0 {
 				x := o.chunk(lo, hi, c)
+				if raw, ok := fp32Bytes(x); ok && r.cfg.Dtype == FP32 {
+					if !writeParts(phaseAllGather, hop, c, scratch[:msgOff+headerLen], raw) {
+						return
+					}
+					continue
+				}
 				scratch = Encode(r.cfg.Dtype, scratch[:msgOff+headerLen], x)
 				if r.cfg.Dtype != FP32 { // FP32 decodes to the same bits
 					if err := Decode(r.cfg.Dtype, x, scratch[msgOff+headerLen:]); err != nil {

@@ -282,6 +282,15 @@ func float32View(b []byte) (f []float32, ok bool) {
 	return unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(b))), len(b)/4), true
 }
 
+// fp32Bytes is FP32's encoding of f without a copy: its own bytes, on a
+// little-endian machine; ok is false elsewhere.
+func fp32Bytes(f []float32) (b []byte, ok bool) {
+	if !littleEndian || len(f) == 0 {
+		return nil, false
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(f))), 4*len(f)), true
+}
+
 // Round replaces each element of x with decode(encode(x)), which is what
 // every rank holds after the all-gather, without building the bytes. Like
 // Decode's result it is idempotent: Round(Round(x)) == Round(x). An INT8

@@ -91,7 +91,7 @@ func (op *Op) loop() {
 // warm-up) and returns the mean time per all-reduce and the count of
 // elements that came out wrong over all iterations, on this rank. Every
 // member of the ring must call it with the same arguments at about the same
-// time. Each element of each rank's input is a small integer drawn from a
+// time; a barrier starts each timed all-reduce on every rank at once. Each element of each rank's input is a small integer drawn from a
 // hash of (element, rank, iteration), so no two chunks, ranks or iterations
 // look alike (a chunk sent to the wrong offset or a stale buffer shows), and
 // every element's expected sum is computed from the same formula; the sums
@@ -101,13 +101,20 @@ func (op *Op) loop() {
 func Bench(ctx context.Context, ring *Ring, bytes int, iters int) (timePerOp time.Duration, wrong int, err error) {
 	n := bytes / 4
 	size := ring.Size()
-	buf := make([]float32, n)
+	buf, barrier := make([]float32, n), make([]float32, size)
 	// Sums up to 256 are exact in bf16 (8 significant bits).
 	m := uint64(max(1, 256/size))
 	var total time.Duration
 	for it := 0; it <= iters; it++ {
 		for i := range buf {
 			buf[i] = BenchInput(i, ring.Rank(), it, m)
+		}
+		// A barrier (an all-reduce of one element per rank), so that the
+		// time is the all-reduce's and not also the wait for the slowest
+		// rank to finish filling its input (Gloo's script times after a
+		// barrier too).
+		if err := ring.AllReduce(ctx, uint64(it), barrier); err != nil {
+			return 0, wrong, fmt.Errorf("allreduce: bench iteration %d: barrier: %w", it, err)
 		}
 		t0 := time.Now()
 		if err := ring.AllReduce(ctx, uint64(it), buf); err != nil {
@@ -116,6 +123,11 @@ func Bench(ctx context.Context, ring *Ring, bytes int, iters int) (timePerOp tim
 		elapsed := time.Since(t0)
 		if it > 0 { // iteration 0 warms up: dials and handshakes
 			total += elapsed
+		}
+		// And another, so that no rank checks its result (which takes CPU)
+		// while others still run the all-reduce.
+		if err := ring.AllReduce(ctx, uint64(it), barrier); err != nil {
+			return 0, wrong, fmt.Errorf("allreduce: bench iteration %d: barrier: %w", it, err)
 		}
 		absmax := float32((m - 1) * uint64(size))
 		for i, v := range buf {

@@ -310,6 +310,17 @@ func (r *Ring) acceptLoop(ctx context.Context) {
 	}
 }
 
+// Connect sets up the ring's streams now instead of at the first
+// all-reduce (which otherwise does it): the neighbours' dials and
+// handshakes, within HopTimeout. Every member must call it, or start an
+// all-reduce.
+func (r *Ring) Connect(ctx context.Context) error {
+	if len(r.members) == 1 {
+		return nil // a ring of one has no streams
+	}
+	return r.connect(ctx, 0)
+}
+
 // connect dials the right neighbour's lanes (once) and waits for the left
 // neighbour's, all within HopTimeout. A dial the neighbour is not yet ready
 // for (no listener yet, not yet up) is retried until then.

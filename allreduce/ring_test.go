@@ -628,3 +628,27 @@ func TestRingBytesSent(t *testing.T) {
 		}
 	}
 }
+
+// Connect sets up the streams ahead of the first all-reduce, which then
+// works as usual; a ring of one has nothing to connect.
+func TestConnect(t *testing.T) {
+	one := newCluster(t, 1, testConfig())
+	if err := one.rings[0].Connect(context.Background()); err != nil {
+		t.Fatalf("ring of one: %v", err)
+	}
+	c := newCluster(t, 3, testConfig())
+	for i, err := range c.all(func(i int) error { return c.rings[i].Connect(context.Background()) }) {
+		if err != nil {
+			t.Fatalf("rank %d: %v", i, err)
+		}
+	}
+	bufs := randomBufs(3, 3, 1000)
+	want, _ := exact(bufs)
+	c.allReduce(1, bufs)
+	requireIdentical(t, bufs)
+	for i, v := range bufs[0] {
+		if math.Abs(float64(v)-want[i]) > 1e-5 {
+			t.Fatalf("element %d: %v, want %v", i, v, want[i])
+		}
+	}
+}

@@ -48,15 +48,21 @@ type Config struct {
 	ReconcileInterval time.Duration
 }
 
-// DefaultConfig is for real clusters on a LAN: raft's own defaults for
-// timing (1 s heartbeat and election timeouts, 500 ms lease), snapshots
-// every 8192 entries, at most 5 voters.
+// DefaultConfig is for real clusters on a LAN: half raft's own timing
+// defaults (500 ms heartbeat and election timeouts, so a follower starts an
+// election 0.5–1 s after the leader's last contact, and a 250 ms lease),
+// snapshots every 8192 entries, at most 5 voters. A dead leader holds a
+// job up until a new one commits the epoch without it, and on a LAN the
+// leader's heartbeats (every 50 ms) arrive within a few milliseconds: the
+// node's health monitor measures the gaps between them, which stay under
+// 400 ms with every core of a 2-core machine training
+// (scripts/bench-control-load.sh, docs/BENCHMARKS.md).
 func DefaultConfig() Config {
 	return Config{
 		MaxVoters:          5,
-		HeartbeatTimeout:   time.Second,
-		ElectionTimeout:    time.Second,
-		LeaderLeaseTimeout: 500 * time.Millisecond,
+		HeartbeatTimeout:   500 * time.Millisecond,
+		ElectionTimeout:    500 * time.Millisecond,
+		LeaderLeaseTimeout: 250 * time.Millisecond,
 		CommitTimeout:      50 * time.Millisecond,
 		SnapshotInterval:   2 * time.Minute,
 		SnapshotThreshold:  8192,

@@ -504,6 +504,17 @@ type Status struct {
 	Servers []ServerStatus
 }
 
+// LastContact is when this server last heard from the leader (zero on the
+// leader, and before it first heard from one): what the node's health
+// monitor samples to measure the gaps between heartbeats.
+func (c *Coordinator) LastContact() time.Time { return c.raft.LastContact() }
+
+// LeaderID is the leader this server knows of, "" when none.
+func (c *Coordinator) LeaderID() string {
+	_, id := c.raft.LeaderWithID()
+	return string(id)
+}
+
 // Status returns this server's Raft status.
 func (c *Coordinator) Status() Status {
 	s := Status{

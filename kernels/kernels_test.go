@@ -204,6 +204,78 @@ func TestCrossEntropyAgainstNaive(t *testing.T) {
 	}
 }
 
+// TestCrossEntropyIgnoredTargets: positions whose target is −1 (PyTorch's
+// ignore_index) contribute nothing: the mean is the mean over the other
+// positions alone, computed without them, and the backward pass adds
+// nothing to their rows of dlogits; with every target ignored the mean is
+// 0 and dlogits is untouched.
+func TestCrossEntropyIgnoredTargets(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	N, V := 12, 37
+	logits := randSlice(rng, N*V, 2)
+	targets := make([]int32, N)
+	var kept []int
+	for i := range targets {
+		targets[i] = int32(rng.IntN(V))
+		if i%3 == 1 {
+			targets[i] = -1
+		} else {
+			kept = append(kept, i)
+		}
+	}
+	// The counted positions alone.
+	n := len(kept)
+	sub, subTargets := make([]float32, 0, n*V), make([]int32, 0, n)
+	for _, i := range kept {
+		sub, subTargets = append(sub, logits[i*V:(i+1)*V]...), append(subTargets, targets[i])
+	}
+	subProbs := make([]float32, n*V)
+	want := SoftmaxCrossEntropyForward(make([]float32, n), subProbs, sub, subTargets, n, V)
+	wantD := make([]float32, n*V)
+	SoftmaxCrossEntropyBackward(wantD, subProbs, subTargets, 1/float32(n), n, V)
+
+	probs := make([]float32, N*V)
+	got := SoftmaxCrossEntropyForward(make([]float32, N), probs, logits, targets, N, V)
+	if got != want {
+		t.Errorf("mean with ignored targets %v, over the counted positions alone %v", got, want)
+	}
+	d := randSlice(rng, N*V, 1) // Backward adds: ignored rows must keep these values
+	before := append([]float32{}, d...)
+	SoftmaxCrossEntropyBackward(d, probs, targets, 1/float32(n), N, V)
+	k := 0
+	for i := range N {
+		row, was := d[i*V:(i+1)*V], before[i*V:(i+1)*V]
+		if targets[i] < 0 {
+			for j := range row {
+				if row[j] != was[j] {
+					t.Fatalf("ignored position %d: dlogits[%d] changed from %v to %v", i, j, was[j], row[j])
+				}
+			}
+			continue
+		}
+		for j := range row {
+			if diff := float64(row[j] - was[j] - wantD[k*V+j]); !(math.Abs(diff) <= 1e-6) {
+				t.Fatalf("position %d: dlogits[%d] gained %v, want %v", i, j, row[j]-was[j], wantD[k*V+j])
+			}
+		}
+		k++
+	}
+
+	for i := range targets {
+		targets[i] = -1
+	}
+	if got := SoftmaxCrossEntropyForward(make([]float32, N), probs, logits, targets, N, V); got != 0 {
+		t.Errorf("every target ignored: mean %v, want 0", got)
+	}
+	copy(d, before)
+	SoftmaxCrossEntropyBackward(d, probs, targets, 1, N, V)
+	for i := range d {
+		if d[i] != before[i] {
+			t.Fatalf("every target ignored: dlogits[%d] changed", i)
+		}
+	}
+}
+
 func TestEncoderAndResidual(t *testing.T) {
 	rng := rand.New(rand.NewPCG(9, 10))
 	B, T, C, V := 2, 5, 8, 11

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sort"
 )
 
@@ -14,6 +15,9 @@ type SampleOptions struct {
 	TopK        int     // sample among the K most likely tokens; 0 means all
 	Seed        uint64  // seeds the sampler: same seed, same text
 	StopAtEOT   bool    // stop when the model emits end-of-text
+	// Stop lists more ids to stop at (a chat template's end-of-turn
+	// token); like end-of-text, a stop id is not returned.
+	Stop []int32
 }
 
 // A LanguageModel is what Generate needs: *Model on the CPU, or a model on
@@ -75,7 +79,7 @@ func Generate(m LanguageModel, tok Tokenizer, prompt []int32, opt SampleOptions)
 			return nil, err
 		}
 		next := pick(logits, probs, idx, opt, rng)
-		if next == tok.EOT() && opt.StopAtEOT {
+		if next == tok.EOT() && opt.StopAtEOT || slices.Contains(opt.Stop, next) {
 			break
 		}
 		out = append(out, next)

@@ -7,6 +7,8 @@ import (
 	"math"
 	"strconv"
 	"strings"
+
+	"github.com/braidml/braid/internal/jsonerr"
 )
 
 // This file reads and writes the Llama family's config.json as Hugging
@@ -116,14 +118,16 @@ func isNull(raw json.RawMessage) bool {
 // rope_type other than default and llama3, a partial_rotary_factor,
 // Qwen2's use_sliding_window, layer_types other than full attention,
 // quantization_config, and architectures other than the family member's
-// ...ForCausalLM. Mistral's sliding_window is honoured (null: none).
-func decodeLlamaConfig(b []byte, arch Arch, path string) (Config, Tokenizer, error) {
-	bad := func(format string, args ...any) (Config, Tokenizer, error) {
-		return Config{}, nil, fmt.Errorf("%w: %s: "+format, append([]any{ErrCheckpoint, path}, args...)...)
+// ...ForCausalLM. Mistral's sliding_window is honoured (null: none). It
+// returns the config and config.json's braid_tokenizer ("" without one), as
+// decodeConfig does.
+func decodeLlamaConfig(b []byte, arch Arch, path string) (Config, string, error) {
+	bad := func(format string, args ...any) (Config, string, error) {
+		return Config{}, "", fmt.Errorf("%w: %s: "+format, append([]any{ErrCheckpoint, path}, args...)...)
 	}
 	var in llamaHFIn
 	if err := json.Unmarshal(b, &in); err != nil {
-		return bad("not a JSON config: %s", jsonProblem(err))
+		return bad("not a JSON config: %s", jsonerr.Problem(err))
 	}
 	d := llamaDefaultsOf[arch]
 	orDefault := func(p *int, def int) int {
@@ -159,14 +163,14 @@ func decodeLlamaConfig(b []byte, arch Arch, path string) (Config, Tokenizer, err
 		kvDefault = c.Heads
 	}
 	if c.KVHeads, err = nullable("num_key_value_heads", in.NumKeyValueHeads, kvDefault, c.Heads); err != nil {
-		return Config{}, nil, err
+		return Config{}, "", err
 	}
 	derived := 0 // hidden_size/num_attention_heads, as Hugging Face derives head_dim
 	if c.Heads > 0 {
 		derived = c.Dim / c.Heads
 	}
 	if c.HeadDim, err = nullable("head_dim", in.HeadDim, derived, derived); err != nil {
-		return Config{}, nil, err
+		return Config{}, "", err
 	}
 	if in.RMSNormEps != nil {
 		c.NormEps = *in.RMSNormEps
@@ -177,7 +181,7 @@ func decodeLlamaConfig(b []byte, arch Arch, path string) (Config, Tokenizer, err
 	c.Untied = in.TieWordEmbeddings == nil || !*in.TieWordEmbeddings
 	if arch == ArchMistral {
 		if c.SlidingWindow, err = nullable("sliding_window", in.SlidingWindow, d.slidingWindow, 0); err != nil {
-			return Config{}, nil, err
+			return Config{}, "", err
 		}
 	}
 
@@ -219,7 +223,7 @@ func decodeLlamaConfig(b []byte, arch Arch, path string) (Config, Tokenizer, err
 	if !isNull(ropeRaw) {
 		var r ropeHF
 		if err := json.Unmarshal(ropeRaw, &r); err != nil {
-			return bad("%s: %s", ropeKey, jsonProblem(err))
+			return bad("%s: %s", ropeKey, jsonerr.Problem(err))
 		}
 		if r.RopeTheta != nil {
 			c.RopeTheta = *r.RopeTheta
@@ -239,7 +243,10 @@ func decodeLlamaConfig(b []byte, arch Arch, path string) (Config, Tokenizer, err
 			return bad("%s rope_type %q: braid computes rotary embeddings without scaling or with llama3's", ropeKey, typ)
 		}
 	}
-	return validConfigTokenizer(c, in.Tokenizer, path)
+	if err := c.Validate(); err != nil {
+		return Config{}, "", fmt.Errorf("%s: %w", path, err)
+	}
+	return c, in.Tokenizer, nil
 }
 
 // pyFloat is a float64 that encodes as Python's json module writes a float
@@ -262,12 +269,12 @@ func (f pyFloat) MarshalJSON() ([]byte, error) {
 	return []byte(s), nil
 }
 
-// encodeLlamaConfig returns config.json for a Llama family config c as the
-// architecture's save_pretrained writes it (every key of the config
-// class, sorted), with braid's tokenizer name and, as for GPT-2, its
-// end-of-text id as bos_token_id and eos_token_id. Hugging Face reads it
-// back into the same model.
-func encodeLlamaConfig(c Config, tok Tokenizer) ([]byte, error) {
+// encodeLlamaConfig returns config.json for a Llama family config c whose
+// weights are stored as torchDtype, as the architecture's save_pretrained
+// writes it (every key of the config class, sorted), with braid's
+// tokenizer name and, as for GPT-2, its end-of-text id as bos_token_id and
+// eos_token_id. Hugging Face reads it back into the same model.
+func encodeLlamaConfig(c Config, tok Tokenizer, torchDtype string) ([]byte, error) {
 	var rope any // null
 	if c.RopeScaling != (RopeScaling{}) {
 		rs := c.RopeScaling
@@ -283,7 +290,7 @@ func encodeLlamaConfig(c Config, tok Tokenizer) ([]byte, error) {
 		"num_attention_heads": c.Heads, "num_key_value_heads": c.KVHeads, "head_dim": c.HeadDim,
 		"max_position_embeddings": c.Context, "hidden_act": "silu", "rms_norm_eps": pyFloat(c.NormEps),
 		"rope_theta": pyFloat(c.RopeTheta), "tie_word_embeddings": !c.Untied, "attention_dropout": pyFloat(0),
-		"initializer_range": pyFloat(0.02), "use_cache": true, "torch_dtype": "float32",
+		"initializer_range": pyFloat(0.02), "use_cache": true, "torch_dtype": torchDtype,
 		"bos_token_id": eot, "eos_token_id": eot, "braid_tokenizer": tok.Name(),
 	}
 	switch c.Arch {

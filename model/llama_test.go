@@ -775,3 +775,37 @@ func BenchmarkLlamaTrainStep(b *testing.B) {
 	}
 	b.Run("smollm2-135m/lora", run)
 }
+
+// TestLlamaCheckpointFormats: a Llama family checkpoint saved in BF16 and
+// in shards (SaveCheckpointAs) reloads with the BF16-rounded weights, its
+// untied lm_head included, and config.json's torch_dtype says bfloat16.
+func TestLlamaCheckpointFormats(t *testing.T) {
+	for _, fx := range llamaFixtures {
+		t.Run(filepath.Base(fx.dir), func(t *testing.T) {
+			ck, err := model.LoadCheckpoint(fx.dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := t.TempDir()
+			f := model.WeightsFormat{Dtype: safetensors.BF16, MaxShardBytes: 4096}
+			if err := model.SaveCheckpointAs(dir, ck.Config, ck.Tokenizer, ck.Params, f); err != nil {
+				t.Fatal(err)
+			}
+			if got := readJSON(t, filepath.Join(dir, model.ConfigFile))["torch_dtype"]; got != "bfloat16" {
+				t.Errorf("torch_dtype %v, want bfloat16", got)
+			}
+			again, err := model.LoadCheckpoint(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if again.Config != ck.Config || again.Format.Dtype != safetensors.BF16 || again.Format.MaxShardBytes == 0 {
+				t.Errorf("reloaded %+v in %+v", again.Config, again.Format)
+			}
+			for i, v := range ck.Params {
+				if want := safetensors.BF16ToFloat32(safetensors.BF16FromFloat32(v)); again.Params[i] != want {
+					t.Fatalf("param %d: %v, want %v rounded to BF16 %v", i, again.Params[i], v, want)
+				}
+			}
+		})
+	}
+}

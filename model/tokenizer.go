@@ -1,8 +1,18 @@
 package model
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
+
+	"github.com/braidml/braid/internal/jsonerr"
+	"github.com/braidml/braid/internal/safefile"
+	"github.com/braidml/braid/model/hftok"
 )
 
 // A Tokenizer turns text into token ids and back.
@@ -68,7 +78,96 @@ func TokenizerByName(name string) (Tokenizer, error) {
 		}
 		return GPT2Tokenizer{}, nil
 	}
+	if isFileTokenizer(name) {
+		return nil, fmt.Errorf("model: tokenizer %q is a model directory's tokenizer.json (LoadTokenizer), not a built-in one", name)
+	}
 	return nil, fmt.Errorf("model: unknown tokenizer %q (this build knows: byte, gpt2)", name)
+}
+
+// TokenizerFor returns a built-in tokenizer by name (TokenizerByName) or,
+// where nameOrDir is no such name but a directory, that directory's
+// tokenizer (LoadTokenizer): a command's --tokenizer may be either.
+func TokenizerFor(nameOrDir string) (Tokenizer, error) {
+	tok, err := TokenizerByName(nameOrDir)
+	if err == nil {
+		return tok, nil
+	}
+	if fi, statErr := os.Stat(nameOrDir); statErr == nil && fi.IsDir() {
+		return LoadTokenizer(nameOrDir)
+	}
+	return nil, err
+}
+
+// A FileTokenizer is read from files of a model directory (package hftok's
+// from tokenizer.json): SaveCheckpoint writes its files beside config.json,
+// so that the checkpoint loads with the same tokenizer.
+type FileTokenizer interface {
+	Tokenizer
+	// Files returns the files by name; the slices must not be modified.
+	Files() map[string][]byte
+}
+
+// isFileTokenizer reports whether a tokenizer name is a FileTokenizer's
+// (hftok's names start "hf-").
+func isFileTokenizer(name string) bool { return strings.HasPrefix(name, "hf-") }
+
+// LoadTokenizer returns the tokenizer of a model directory:
+//
+//   - where config.json's braid_tokenizer names a built-in tokenizer
+//     ("byte", "gpt2": braid's own checkpoints), that one;
+//   - else, where dir has a tokenizer.json (a Hugging Face model, or a
+//     braid checkpoint that SaveCheckpoint gave one), the tokenizer it and
+//     tokenizer_config.json describe (package hftok); a braid_tokenizer
+//     that names another tokenizer.json's is an error;
+//   - else the one config.json's vocab_size implies: "gpt2" for GPT-2's
+//     vocabulary (or one padded from it), "byte" otherwise.
+//
+// config.json may describe any architecture: only braid_tokenizer and
+// vocab_size are read of it here (ReadConfig checks the rest).
+func LoadTokenizer(dir string) (Tokenizer, error) {
+	path := filepath.Join(dir, ConfigFile)
+	var hc struct {
+		Tokenizer string `json:"braid_tokenizer"`
+		VocabSize int    `json:"vocab_size"`
+	}
+	b, err := safefile.ReadFile(path, MaxConfigBytes)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, fmt.Errorf("model: %w", err)
+	default:
+		if err := json.Unmarshal(b, &hc); err != nil {
+			return nil, fmt.Errorf("%w: %s: not a JSON config: %s", ErrCheckpoint, path, jsonerr.Problem(err))
+		}
+	}
+	return dirTokenizer(dir, hc.Tokenizer, hc.VocabSize)
+}
+
+// dirTokenizer chooses the tokenizer of dir, whose config.json has
+// braid_tokenizer name ("" for none) and vocab_size vocab (0 for none), as
+// LoadTokenizer says.
+func dirTokenizer(dir, name string, vocab int) (Tokenizer, error) {
+	if name != "" && !isFileTokenizer(name) {
+		tok, err := TokenizerByName(name)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", filepath.Join(dir, ConfigFile), err)
+		}
+		return tok, nil
+	}
+	hf, err := hftok.Load(dir)
+	switch {
+	case err == nil && name != "" && hf.Name() != name:
+		return nil, fmt.Errorf("%w: %s names tokenizer %s, but %s describes %s", ErrCheckpoint, filepath.Join(dir, ConfigFile), name, filepath.Join(dir, hftok.TokenizerFile), hf.Name())
+	case err == nil:
+		return hf, nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("model: %w", err)
+	case name != "":
+		return nil, fmt.Errorf("%w: %s names tokenizer %s, but %s has no %s", ErrCheckpoint, filepath.Join(dir, ConfigFile), name, dir, hftok.TokenizerFile)
+	case vocab == 0:
+		return nil, fmt.Errorf("%w: %s has neither %s nor a %s with a vocab_size", ErrCheckpoint, dir, hftok.TokenizerFile, ConfigFile)
+	}
+	return TokenizerByName(defaultTokenizer(vocab))
 }
 
 // TokenizerThroughput encodes text with tok repeatedly for at least minDur

@@ -1,33 +1,15 @@
 package model_test
 
 import (
-	"os"
-	"path/filepath"
-	"runtime"
 	"testing"
 
+	"github.com/braidml/braid/internal/corpora"
 	"github.com/braidml/braid/model"
 )
 
-// benchText is a fixed 1 MiB of English (Moby-Dick from the shared corpora),
-// or of Go source where the corpora are absent.
-func benchText(b *testing.B) []byte {
-	const size = 1 << 20
-	text, err := os.ReadFile(filepath.Join(corporaDir, "english", "moby-dick.txt"))
-	if err != nil {
-		for _, f := range []string{"fmt/print.go", "fmt/format.go", "fmt/scan.go", "go/parser/parser.go", "net/http/server.go"} {
-			src, err := os.ReadFile(filepath.Join(runtime.GOROOT(), "src", f))
-			if err != nil {
-				b.Skipf("no corpus and no Go source: %v", err)
-			}
-			text = append(text, src...)
-		}
-	}
-	if len(text) > size {
-		text = text[:size]
-	}
-	return text
-}
+// benchText is a fixed 1 MiB of English (Moby-Dick from the shared
+// corpora), or of Go source where the corpora are absent.
+func benchText(b *testing.B) []byte { return corpora.English(b) }
 
 // BenchmarkTokenizer measures encoding speed (steady state: after the first
 // pass GPT-2's BPE cache is warm); -benchmem shows what each allocates per

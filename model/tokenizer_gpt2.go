@@ -5,9 +5,8 @@ import (
 	"hash/maphash"
 	"sync"
 	"sync/atomic"
-	"unicode"
-	"unicode/utf8"
 
+	"github.com/braidml/braid/model/internal/pretok"
 	"github.com/pkoukk/tiktoken-go"
 	tiktoken_loader "github.com/pkoukk/tiktoken-go-loader"
 )
@@ -25,7 +24,7 @@ const (
 	gpt2File = "r50k_base.tiktoken"
 	// gpt2Pattern is r50k_base's pre-tokenizer, as in OpenAI's
 	// tiktoken_ext/openai_public.py and tiktoken-go's encoding.go.
-	gpt2Pattern = `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
+	gpt2Pattern = pretok.GPT2Pattern
 )
 
 // GPT2Tokenizer is GPT-2's byte-level BPE tokenizer (OpenAI's r50k_base
@@ -63,7 +62,7 @@ func (GPT2Tokenizer) EOT() int32 { return GPT2EOT }
 // the id of that single byte, and the valid runs between such bytes are
 // encoded independently of each other.
 //
-// Encode splits text into pieces itself (gpt2Piece, equivalent to
+// Encode splits text into pieces itself (package pretok, equivalent to
 // r50k_base's regular expression and tested against it) and looks each
 // piece up in the vocabulary; only pieces that are not a single token go
 // through tiktoken-go's BPE, one piece per call, behind a fixed-size
@@ -79,9 +78,9 @@ func (GPT2Tokenizer) EOT() int32 { return GPT2EOT }
 func (GPT2Tokenizer) Encode(dst []int32, text []byte) []int32 {
 	v := gpt2Load()
 	for len(text) > 0 {
-		n := gpt2ValidPrefix(text)
+		n := pretok.ValidPrefix(text)
 		for valid := text[:n]; len(valid) > 0; {
-			p := gpt2Piece(valid)
+			p := pretok.GPT2(valid)
 			if id, ok := v.ranks[string(valid[:p])]; ok {
 				dst = append(dst, int32(id))
 			} else {
@@ -245,123 +244,4 @@ func loadGPT2() (*gpt2Vocabulary, error) {
 		SpecialTokens: special, ExplicitNVocab: GPT2Vocab,
 	}, map[string]any{tiktoken.ENDOFTEXT: true})
 	return v, nil
-}
-
-// gpt2ValidPrefix returns the length of the longest valid UTF-8 prefix of b.
-func gpt2ValidPrefix(b []byte) int {
-	n := 0
-	for n < len(b) {
-		if c := b[n]; c < utf8.RuneSelf {
-			n++
-			continue
-		}
-		r, size := utf8.DecodeRune(b[n:])
-		if r == utf8.RuneError && size == 1 {
-			break
-		}
-		n += size
-	}
-	return n
-}
-
-// gpt2Piece returns the length of the first piece of non-empty, valid
-// UTF-8 text as gpt2Pattern splits it, with the same leftmost-first
-// semantics and character classes as regexp2, which tiktoken-go uses:
-// \s is unicode.IsSpace, \p{L} unicode.IsLetter, \p{N} unicode.IsNumber.
-// TestGPT2MatchesTiktoken and FuzzGPT2Tokenizer hold it to the regular
-// expression.
-func gpt2Piece(s []byte) int {
-	// 's|'t|'re|'ve|'m|'ll|'d
-	if s[0] == '\'' && len(s) >= 2 {
-		switch s[1] {
-		case 's', 't', 'm', 'd':
-			return 2
-		case 'r', 'v':
-			if len(s) >= 3 && s[2] == 'e' {
-				return 3
-			}
-		case 'l':
-			if len(s) >= 3 && s[2] == 'l' {
-				return 3
-			}
-		}
-	}
-	// ' ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+': an optional space, then a run of
-	// one class that is not whitespace.
-	j := 0
-	if s[0] == ' ' {
-		j = 1
-	}
-	if j < len(s) {
-		r, n := gpt2DecodeRune(s[j:])
-		if c := gpt2Class(r); c != gpt2Space {
-			k := j + n
-			for k < len(s) {
-				r, n := gpt2DecodeRune(s[k:])
-				if gpt2Class(r) != c {
-					break
-				}
-				k += n
-			}
-			return k
-		}
-	}
-	// '\s+(?!\S)|\s+': the whitespace run, less its last character when
-	// that is followed by a non-space and the run has more than one.
-	k, last := 0, 0
-	for k < len(s) {
-		r, n := gpt2DecodeRune(s[k:])
-		if !unicode.IsSpace(r) {
-			break
-		}
-		last = k
-		k += n
-	}
-	if k == len(s) || last == 0 {
-		return k
-	}
-	return last
-}
-
-// Character classes of gpt2Pattern.
-const (
-	gpt2Space  = iota // \s
-	gpt2Letter        // \p{L}
-	gpt2Number        // \p{N}
-	gpt2Other         // [^\s\p{L}\p{N}]
-)
-
-// gpt2ASCII is gpt2Class for ASCII.
-var gpt2ASCII = func() (t [utf8.RuneSelf]uint8) {
-	for r := range rune(utf8.RuneSelf) {
-		t[r] = gpt2ClassSlow(r)
-	}
-	return t
-}()
-
-func gpt2Class(r rune) uint8 {
-	if r < utf8.RuneSelf {
-		return gpt2ASCII[r]
-	}
-	return gpt2ClassSlow(r)
-}
-
-func gpt2ClassSlow(r rune) uint8 {
-	switch {
-	case unicode.IsSpace(r):
-		return gpt2Space
-	case unicode.IsLetter(r):
-		return gpt2Letter
-	case unicode.IsNumber(r):
-		return gpt2Number
-	}
-	return gpt2Other
-}
-
-// gpt2DecodeRune is utf8.DecodeRune with a fast path for ASCII.
-func gpt2DecodeRune(s []byte) (rune, int) {
-	if s[0] < utf8.RuneSelf {
-		return rune(s[0]), 1
-	}
-	return utf8.DecodeRune(s)
 }

@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"io/fs"
 	"math"
 	"math/rand"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -17,14 +15,12 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/braidml/braid/internal/corpora"
 	"github.com/braidml/braid/model"
 	"github.com/pkoukk/tiktoken-go"
 	tiktoken_loader "github.com/pkoukk/tiktoken-go-loader"
 	"github.com/pkoukk/tiktoken-go-loader/assets"
 )
-
-// corporaDir is the shared corpora, beside the checkout (in CI too).
-const corporaDir = "../../shared/corpora"
 
 // gpt2Known are ids of GPT-2's tokenizer (r50k_base) for known strings.
 // Those marked "published" appear in tiktoken's tests/test_encoding.py
@@ -216,7 +212,7 @@ func TestGPT2MatchesTiktoken(t *testing.T) {
 		window = 4 << 10
 	}
 	for _, f := range sampleFiles(t) {
-		texts = append(texts, string(f.text[:min(len(f.text), window)]))
+		texts = append(texts, string(f.Text[:min(len(f.Text), window)]))
 	}
 	tok := model.GPT2Tokenizer{}
 	for _, s := range texts {
@@ -263,7 +259,7 @@ func TestTokenizersRoundTripCorpora(t *testing.T) {
 	for _, tok := range []model.Tokenizer{model.ByteTokenizer{}, model.GPT2Tokenizer{}} {
 		n, tokens := 0, 0
 		for _, f := range files {
-			text := f.text[:min(len(f.text), limit)]
+			text := f.Text[:min(len(f.Text), limit)]
 			ids = tok.Encode(ids[:0], text)
 			back = tok.Decode(back[:0], ids)
 			if !bytes.Equal(back, text) {
@@ -271,10 +267,10 @@ func TestTokenizersRoundTripCorpora(t *testing.T) {
 				for i < len(back) && i < len(text) && back[i] == text[i] {
 					i++
 				}
-				t.Errorf("%s: %s does not round-trip: first difference at byte %d", tok.Name(), f.name, i)
+				t.Errorf("%s: %s does not round-trip: first difference at byte %d", tok.Name(), f.Name, i)
 			}
 			if slices.Contains(ids, tok.EOT()) {
-				t.Errorf("%s: %s encodes to EOT", tok.Name(), f.name)
+				t.Errorf("%s: %s encodes to EOT", tok.Name(), f.Name)
 			}
 			n += len(text)
 			tokens += len(ids)
@@ -289,15 +285,15 @@ func TestGPT2ConcurrentEncode(t *testing.T) {
 	files := sampleFiles(t)
 	want := make([][]int32, len(files))
 	for i, f := range files {
-		want[i] = tok.Encode(nil, f.text)
+		want[i] = tok.Encode(nil, f.Text)
 	}
 	var wg sync.WaitGroup
 	for g := range 4 {
 		wg.Go(func() {
 			for k := range files {
 				i := (k + g) % len(files)
-				if got := tok.Encode(nil, files[i].text); !slices.Equal(got, want[i]) {
-					t.Errorf("goroutine %d: %s encodes differently", g, files[i].name)
+				if got := tok.Encode(nil, files[i].Text); !slices.Equal(got, want[i]) {
+					t.Errorf("goroutine %d: %s encodes differently", g, files[i].Name)
 				}
 			}
 		})
@@ -367,74 +363,14 @@ func FuzzGPT2Tokenizer(f *testing.F) {
 	})
 }
 
-// corpusFile is one text to tokenise in tests.
-type corpusFile struct {
-	name string
-	text []byte
-}
+// The shared corpora and Go source, for the tests that tokenise real text.
+type corpusFile = corpora.File
 
-// corpusFiles reads every file of the shared corpora, or skips the test
-// where they are absent.
-func corpusFiles(t testing.TB) []corpusFile {
-	t.Helper()
-	var files []corpusFile
-	for _, domain := range []string{"english", "legal", "bio", "jargon"} {
-		dir := filepath.Join(corporaDir, domain)
-		err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-			if err != nil || !d.Type().IsRegular() {
-				return err
-			}
-			text, err := os.ReadFile(path)
-			files = append(files, corpusFile{path, text})
-			return err
-		})
-		if err != nil {
-			t.Skipf("corpora not available: %v", err)
-		}
-	}
-	return files
-}
-
-// goSource is a deterministic sample of the Go distribution's source: every
-// 40th .go file under GOROOT/src in lexical order, about 1 MB.
-func goSource(t testing.TB) []corpusFile {
-	t.Helper()
-	root := filepath.Join(runtime.GOROOT(), "src")
-	var files []corpusFile
-	k := 0
-	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || !strings.HasSuffix(path, ".go") || !d.Type().IsRegular() {
-			return err
-		}
-		if k++; k%40 != 0 {
-			return nil
-		}
-		text, err := os.ReadFile(path)
-		files = append(files, corpusFile{path, text})
-		return err
-	})
-	if err != nil || len(files) == 0 {
-		t.Fatalf("Go source under %s: %d files, %v", root, len(files), err)
-	}
-	return files
-}
-
-// sampleFiles is a few files of each kind: the first of each corpus domain
-// (where present) and a handful of Go files.
-func sampleFiles(t testing.TB) []corpusFile {
-	t.Helper()
-	var files []corpusFile
-	for _, f := range []string{"english/moby-dick.txt", "legal/spdx/MIT.txt", "legal/spdx/GPL-3.0-only.txt", "bio/go-terms.txt", "jargon/jargon.txt"} {
-		if text, err := os.ReadFile(filepath.Join(corporaDir, f)); err == nil {
-			files = append(files, corpusFile{f, text[:min(len(text), 64<<10)]})
-		}
-	}
-	src := goSource(t)
-	for i := 0; i < len(src); i += len(src) / 8 {
-		files = append(files, src[i])
-	}
-	return files
-}
+var (
+	corpusFiles = corpora.Files
+	goSource    = corpora.GoSource
+	sampleFiles = corpora.Sample
+)
 
 // TestGPT2LongPieceIsBounded: a megabyte of one letter (one BPE piece)
 // tokenises quickly, in chunks, and still round-trips byte for byte.

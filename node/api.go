@@ -31,6 +31,9 @@ type Status struct {
 	Epoch   EpochStatus    `json:"epoch"`
 	Members []MemberStatus `json:"members"`
 	Ring    []string       `json:"ring"` // the epoch's members in ring order
+	// Health is this node's control-plane timing since it started
+	// (health.go).
+	Health *HealthStatus `json:"health,omitempty"`
 }
 
 // EpochStatus is the committed epoch: its id and ordered members.

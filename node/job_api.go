@@ -46,19 +46,11 @@ type JobStatus struct {
 // JobStatus merges the job's committed state with its workers' progress
 // (asked of every member of the current epoch).
 func (n *Node) JobStatus(ctx context.Context, id string) (JobStatus, error) {
-	st := n.coord.State()
-	j, ok := st.Job(id)
+	j, ok := n.awaitJob(ctx, id)
 	if !ok {
-		// A job submitted a moment ago through another node may not have
-		// reached this node's copy of the state yet: give it a moment.
-		wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		n.awaitState(wctx, func(st coordinator.State) bool { _, ok := st.Job(id); return ok })
-		cancel()
-		st = n.coord.State()
-		if j, ok = st.Job(id); !ok {
-			return JobStatus{}, fmt.Errorf("node: no job %q (see `braid job list`)", id)
-		}
+		return JobStatus{}, fmt.Errorf("node: no job %q (see `braid job list`)", id)
 	}
+	st := n.coord.State()
 	js := JobStatus{ID: j.ID, State: j.State, Error: j.Error, Steps: j.Spec.Steps, Spec: j.Spec,
 		Checkpoints: j.Checkpoints, Epoch: st.Epoch.ID, Members: slices.Clone(st.Epoch.Members)}
 	if cp, ok := j.LastCheckpoint(); ok {
@@ -135,6 +127,19 @@ func (n *Node) JobStatus(ctx context.Context, id string) (JobStatus, error) {
 	return js, nil
 }
 
+// awaitJob returns job id from this node's copy of the state. A job
+// submitted a moment ago through another node may not have reached it
+// yet: for one it does not hold, it waits up to 3 s (less if ctx ends).
+func (n *Node) awaitJob(ctx context.Context, id string) (coordinator.Job, bool) {
+	if j, ok := n.coord.State().Job(id); ok {
+		return j, true
+	}
+	wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	n.awaitState(wctx, func(st coordinator.State) bool { _, ok := st.Job(id); return ok })
+	cancel()
+	return n.coord.State().Job(id)
+}
+
 // jobRoutes serves the job endpoints of the HTTP API:
 //
 //	GET  /v1/jobs                        the jobs (JSON array)
@@ -143,6 +148,8 @@ func (n *Node) JobStatus(ctx context.Context, id string) (JobStatus, error) {
 //	POST /v1/jobs/{id}/cancel            cancel
 //	GET  /v1/jobs/{id}/files/{name}      config.json or model.safetensors of
 //	                                     the job's last checkpoint
+//
+// A job this node does not know (after awaitJob) is 404 Not Found.
 func (n *Node) jobRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/jobs", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, n.coord.State().Jobs)
@@ -171,6 +178,10 @@ func (n *Node) jobRoutes(mux *http.ServeMux) {
 		writeJSON(w, http.StatusOK, js)
 	})
 	mux.HandleFunc("POST /v1/jobs/{id}/cancel", func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := n.awaitJob(r.Context(), r.PathValue("id")); !ok {
+			http.Error(w, fmt.Sprintf("braid: node: no job %q", r.PathValue("id")), http.StatusNotFound)
+			return
+		}
 		if err := n.CancelJob(r.Context(), r.PathValue("id")); err != nil {
 			http.Error(w, "braid: "+err.Error(), http.StatusConflict)
 			return
@@ -179,9 +190,9 @@ func (n *Node) jobRoutes(mux *http.ServeMux) {
 		writeJSON(w, http.StatusOK, j)
 	})
 	mux.HandleFunc("GET /v1/jobs/{id}/files/{name}", func(w http.ResponseWriter, r *http.Request) {
-		j, ok := n.coord.State().Job(r.PathValue("id"))
+		j, ok := n.awaitJob(r.Context(), r.PathValue("id"))
 		if !ok {
-			http.Error(w, "braid: no such job", http.StatusNotFound)
+			http.Error(w, fmt.Sprintf("braid: node: no job %q", r.PathValue("id")), http.StatusNotFound)
 			return
 		}
 		cp, ok := j.LastCheckpoint()

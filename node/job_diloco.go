@@ -43,6 +43,7 @@ func (r *jobRunner) trainDiLoCo(ctx context.Context, e coordinator.Epoch, rank i
 				return err
 			}
 			elapsed := time.Since(start)
+			r.steppedAfterChange()
 			r.mu.Lock()
 			r.recordStepLocked(res, elapsed) // this member's own loss: inner steps are local
 			r.mu.Unlock()
@@ -56,6 +57,7 @@ func (r *jobRunner) trainDiLoCo(ctx context.Context, e coordinator.Epoch, rank i
 		if err != nil {
 			return err
 		}
+		r.steppedAfterChange()
 		if n.deps.PerturbWeights != nil && n.deps.PerturbWeights(r.w.Done) {
 			d.Base[0] += 1e-3 // a fault injected by a test: replicas diverge
 		}

@@ -62,6 +62,9 @@ type JobProgress struct {
 	// caught up by applying a peer's reduced gradient instead.
 	Restores     int `json:"restores,omitempty"`
 	GradCatchUps int `json:"grad_catch_ups,omitempty"`
+	// EpochChanges is the timeline of the last epoch changes this worker
+	// went through (failover.go).
+	EpochChanges []EpochChange `json:"epoch_changes,omitempty"`
 }
 
 func (r *jobRunner) setPhase(p JobPhase) {
@@ -76,6 +79,7 @@ func (r *jobRunner) progress() JobProgress {
 	defer r.mu.Unlock()
 	p := r.prog
 	p.Members = slices.Clone(p.Members)
+	p.EpochChanges = slices.Clone(p.EpochChanges)
 	return p
 }
 

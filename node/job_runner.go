@@ -81,6 +81,14 @@ type jobRunner struct {
 	shares    []int
 	sharesKey string
 
+	// The epoch changes being timed (failover.go), owned by the run
+	// goroutine: the epoch last trained in, and the change to the current
+	// one until its first step. epochSeen is when runEpoch's watcher saw
+	// the next epoch committed.
+	lastEpoch coordinator.Epoch
+	change    *epochChange
+	epochSeen atomic.Pointer[epochSighting]
+
 	// gaveUp is set when run returned without the job having ended (its
 	// inputs could not be prepared): the job loop starts a new runner.
 	gaveUp atomic.Bool
@@ -153,6 +161,19 @@ func (r *jobRunner) run() {
 			continue
 		}
 		doneBefore := r.w.Done
+		seen := time.Now()
+		if s := r.epochSeen.Load(); s != nil && s.id == e.ID {
+			seen = s.at
+		}
+		if r.change != nil && r.change.to.ID != e.ID {
+			// The epoch changed again before a step was done on the last
+			// one: one change, through it.
+			r.change.via = append(r.change.via, r.change.to.ID)
+			r.change.to = e
+		} else if c := r.beginChange(r.lastEpoch, e, seen); c != nil {
+			r.change = c
+		}
+		r.lastEpoch = e
 		err := r.runEpoch(e)
 		switch {
 		case errors.Is(err, errJobEnded) || r.ctx.Err() != nil:
@@ -398,6 +419,9 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 			st, changed := n.coord.Watch()
 			j, ok := st.Job(r.id)
 			if st.Epoch.ID != e.ID || !ok || j.State != coordinator.JobRunning {
+				if st.Epoch.ID != e.ID {
+					r.epochSeen.Store(&epochSighting{st.Epoch.ID, time.Now()})
+				}
 				cancel()
 				return
 			}
@@ -415,6 +439,7 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 	if err := r.sync(ctx, e); err != nil {
 		return err
 	}
+	r.change.synced(r)
 	var members []allreduce.Member
 	st := n.coord.State()
 	for _, name := range e.Members {
@@ -439,6 +464,10 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 		return err
 	}
 	defer ring.Close()
+	if err := ring.Connect(ctx); err != nil {
+		return err
+	}
+	r.change.ringUp()
 	red := ringReducer{ring}
 	r.setPhase(PhaseTraining)
 	if r.dl != nil {
@@ -477,6 +506,7 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 			r.w.Model.Params[0] += 1e-3 // a fault injected by a test: replicas diverge
 		}
 		elapsed := time.Since(start)
+		r.steppedAfterChange()
 		r.mu.Lock()
 		r.recordStepLocked(res, elapsed)
 		r.prog.WireBytesPerStep = sent

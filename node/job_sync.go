@@ -76,7 +76,40 @@ func (r *jobRunner) sync(ctx context.Context, e coordinator.Epoch) error {
 	if err != nil {
 		return fmt.Errorf("sync of epoch %d: %w", e.ID, err)
 	}
+	if plan.Placement != me.Placement {
+		if err := r.adoptPlacement(ctx, plan.Placement); err != nil {
+			return fmt.Errorf("sync of epoch %d: %w", e.ID, err)
+		}
+	}
 	return r.catchUp(ctx, e.ID, plan, runnerCatchUp{r})
+}
+
+// placementWait bounds how long a member waits for a placement a peer
+// already saw to reach its own copy of the state.
+const placementWait = 5 * time.Second
+
+// adoptPlacement makes version the placement this member splits batches
+// with: a placement committed while the members froze their statuses,
+// which a peer saw and this node not yet. It waits for it to arrive; a
+// placement newer still is an error (the members resync on a fresh epoch).
+func (r *jobRunner) adoptPlacement(ctx context.Context, version uint64) error {
+	ctx, cancel := context.WithTimeout(ctx, placementWait)
+	defer cancel()
+	var d coordinator.Dataset
+	err := r.n.awaitState(ctx, func(st coordinator.State) bool {
+		d, _ = st.Dataset(r.datasetID)
+		return d.PlacementVersion >= version
+	})
+	if err != nil {
+		return fmt.Errorf("a peer saw placement version %d of the dataset, and this node's state has not reached it: %w", version, err)
+	}
+	if d.PlacementVersion != version {
+		return fmt.Errorf("placement version %d, which a peer saw, was replaced by %d while the members synced", version, d.PlacementVersion)
+	}
+	r.mu.Lock()
+	r.placement = shard.Placement(d.Placement)
+	r.mu.Unlock()
+	return nil
 }
 
 // syncPlan is how a member enters an epoch, decided from the statuses every
@@ -94,6 +127,9 @@ type syncPlan struct {
 	// SnapshotFrom are the members in step with the reference, the
 	// reference first, whose full snapshot this member can take instead.
 	SnapshotFrom []string
+	// Placement is the version of the dataset's placement every member
+	// splits the batches with: the newest any member saw.
+	Placement uint64
 }
 
 // planSync decides how member self enters an epoch with members (in ring
@@ -103,23 +139,22 @@ type syncPlan struct {
 // on an older ring may hold other bytes than members that redid it on a
 // newer one; the weights hash decides. The members must also agree on the
 // dataset's placement, which the batch split depends on: a placement
-// committed while members synced is an error, and they resync on a fresh
-// epoch.
+// committed while members froze their statuses leaves some at the older
+// version, and all take the newest any of them saw (Placement).
 func planSync(self string, members []string, statuses map[string]syncStatus) (syncPlan, error) {
 	me, ok := statuses[self]
 	if !ok {
 		return syncPlan{}, fmt.Errorf("no status of this node (%s)", self)
 	}
 	for _, name := range members {
-		s, ok := statuses[name]
-		if !ok {
+		if _, ok := statuses[name]; !ok {
 			return syncPlan{}, fmt.Errorf("no status of member %s", name)
-		}
-		if s.Placement != me.Placement {
-			return syncPlan{}, fmt.Errorf("%s sees placement version %d, this node %d", name, s.Placement, me.Placement)
 		}
 	}
 	var p syncPlan
+	for _, name := range members {
+		p.Placement = max(p.Placement, statuses[name].Placement)
+	}
 	for _, name := range members {
 		p.Target = max(p.Target, statuses[name].Done)
 	}

@@ -49,6 +49,11 @@ type MembershipConfig struct {
 	// Tune, when set, adjusts memberlist's config last (tests shorten
 	// probe intervals).
 	Tune func(*memberlist.Config)
+	// OnProbe, when set, receives the round trip of every probe that was
+	// answered; OnGossipEvent "suspect" when this node suspects a peer and
+	// "refute" when it refutes a peer's suspicion of it.
+	OnProbe       func(rtt time.Duration)
+	OnGossipEvent func(kind, member string)
 }
 
 // EventKind says what happened to a member.
@@ -159,7 +164,10 @@ func NewMembership(cfg MembershipConfig, meta Meta, logger *slog.Logger) (*Membe
 	mc.DeadNodeReclaimTime = 5 * time.Second
 	mc.Delegate = (*gossipDelegate)(m)
 	mc.Events = (*eventDelegate)(m)
-	mc.Logger = log.New(slogWriter{logger.With("component", "memberlist")}, "", 0)
+	mc.Logger = log.New(slogWriter{logger.With("component", "memberlist"), cfg.OnGossipEvent}, "", 0)
+	if cfg.OnProbe != nil {
+		mc.Ping = probeTimer(cfg.OnProbe)
+	}
 	if cfg.Tune != nil {
 		cfg.Tune(mc)
 	}
@@ -416,12 +424,36 @@ func (d *eventDelegate) NotifyJoin(n *memberlist.Node)   { (*Membership)(d).push
 func (d *eventDelegate) NotifyUpdate(n *memberlist.Node) { (*Membership)(d).push(MemberUpdated, n) }
 func (d *eventDelegate) NotifyLeave(n *memberlist.Node)  { (*Membership)(d).push(MemberFailed, n) }
 
+// probeTimer reports the round trip of every answered probe
+// (memberlist.PingDelegate).
+type probeTimer func(time.Duration)
+
+func (probeTimer) AckPayload() []byte { return nil }
+func (f probeTimer) NotifyPingComplete(_ *memberlist.Node, rtt time.Duration, _ []byte) {
+	f(rtt)
+}
+
 // slogWriter adapts memberlist's *log.Logger output to slog at debug level
-// ([ERR] and [WARN] lines at their own level).
-type slogWriter struct{ l *slog.Logger }
+// ([ERR] and [WARN] lines at their own level), and reports suspicions,
+// which memberlist only logs, to event.
+type slogWriter struct {
+	l     *slog.Logger
+	event func(kind, member string) // nil: not reported
+}
 
 func (w slogWriter) Write(p []byte) (int, error) {
 	s := strings.TrimSpace(string(p))
+	if w.event != nil {
+		switch {
+		case strings.Contains(s, "memberlist: Suspect ") && strings.Contains(s, " has failed, no acks received"):
+			// "[INFO] memberlist: Suspect NAME has failed, no acks received"
+			_, rest, _ := strings.Cut(s, "memberlist: Suspect ")
+			name, _, _ := strings.Cut(rest, " has failed")
+			w.event("suspect", name)
+		case strings.Contains(s, "memberlist: Refuting a suspect message"):
+			w.event("refute", "")
+		}
+	}
 	switch {
 	case strings.Contains(s, "[ERR]"):
 		w.l.Error(s)

@@ -16,6 +16,9 @@ func (n *Node) registerMetrics() {
 	gauge := func(name, help string, f func() float64) {
 		n.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "braid", Name: name, Help: help}, f))
 	}
+	n.reg.MustRegister(newHealthCollector(&n.health))
+	n.failoverPhases = newFailoverPhases()
+	n.reg.MustRegister(n.failoverPhases)
 	gauge("members_alive", "Members gossip sees alive, this node included.", func() float64 { return float64(n.ml.AliveCount()) })
 	gauge("raft_term", "Current Raft term.", func() float64 { return float64(n.coord.Status().Term) })
 	gauge("epoch_id", "Id of the committed epoch.", func() float64 { return float64(n.coord.State().Epoch.ID) })

@@ -24,6 +24,7 @@ import (
 	"github.com/braidml/braid/transport"
 	"github.com/braidml/braid/transport/pki"
 	"github.com/braidml/braid/transport/quic"
+	"github.com/braidml/braid/transport/tlstcp"
 )
 
 // Config is a node's configuration (`braid node` flags).
@@ -35,8 +36,16 @@ type Config struct {
 	DataDir string
 	// GossipAddr is host:port for memberlist (TCP and UDP).
 	GossipAddr string
-	// QUICAddr is host:port of the node's one QUIC (UDP) socket.
+	// QUICAddr is host:port of the node's one QUIC (UDP) socket; with
+	// BulkTransport "tls-tcp", the node also listens on TCP at the same
+	// port.
 	QUICAddr string
+	// BulkTransport carries the bulk protocols (ring all-reduce, shards,
+	// blobs): "tls-tcp" (the default: TLS 1.3 over TCP, a connection per
+	// stream, transport/tlstcp) or "quic" (everything on QUIC). Raft and
+	// control messages always travel on QUIC. Every member must use the
+	// same: a stream is dialled on the transport the dialler chose.
+	BulkTransport string
 	// Advertise is the host peers reach this node at, when the bind
 	// addresses are wildcards or behind NAT.
 	Advertise string
@@ -90,7 +99,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		GossipAddr: "0.0.0.0:7946", QUICAddr: "0.0.0.0:7947", HTTPAddr: "127.0.0.1:7950",
-		Profile: "lan", Coordinator: coordinator.DefaultConfig(), Build: "dev",
+		Profile: "lan", Coordinator: coordinator.DefaultConfig(), Build: "dev", BulkTransport: BulkTLSTCP,
 	}
 }
 
@@ -115,6 +124,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("node: --gc-grace %v, want 0 (%v) or at least %v", c.GCGrace, DefaultGCGrace, MinGCGrace)
 	case c.GCInterval < 0:
 		return fmt.Errorf("node: GCInterval %v, want ≥ 0 (0: %v)", c.GCInterval, DefaultGCInterval)
+	case c.BulkTransport != "" && c.BulkTransport != BulkTLSTCP && c.BulkTransport != BulkQUIC:
+		return fmt.Errorf("node: --bulk-transport %q, want %s or %s", c.BulkTransport, BulkTLSTCP, BulkQUIC)
 	}
 	if _, _, err := net.SplitHostPort(c.GossipAddr); err != nil {
 		return fmt.Errorf("node: --gossip-addr %q: %w", c.GossipAddr, err)
@@ -165,7 +176,14 @@ type Node struct {
 	ownTr bool
 	coord *coordinator.Coordinator
 	ml    *Membership
-	api   *API
+	// health is the control plane's timing (health.go); its parts lock
+	// themselves.
+	health controlHealth
+	// failures and failoverPhases time the epoch changes of running jobs
+	// (failover.go).
+	failures       memberFailures
+	failoverPhases *prometheus.HistogramVec
+	api            *API
 	// apiTokenFile holds the API's token ("" when configured).
 	apiTokenFile string
 	reg          *prometheus.Registry
@@ -232,7 +250,7 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	}
 	var err error
 	if n.tr == nil {
-		if n.tr, err = n.startQUIC(); err != nil {
+		if n.tr, err = n.startTransport(); err != nil {
 			return nil, err
 		}
 		n.ownTr = true
@@ -297,7 +315,8 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	p, _ := strconv.Atoi(port)
 	mcfg := MembershipConfig{Name: cfg.Name, BindAddr: host, BindPort: p, AdvertiseAddr: cfg.Advertise, AdvertisePort: p,
 		Seeds: cfg.Join, SecretKey: key, ExtraKeys: extraKeys, Insecure: deps.InsecureGossip, Profile: cfg.Profile,
-		Transport: deps.GossipTransport, Tune: deps.GossipTune}
+		Transport: deps.GossipTransport, Tune: deps.GossipTune,
+		OnProbe: n.health.probeRTT.observe, OnGossipEvent: n.gossipEvent}
 	if cfg.Advertise == "" {
 		mcfg.AdvertisePort = 0
 	}
@@ -337,23 +356,55 @@ func New(cfg Config, deps Deps) (*Node, error) {
 	go n.watchCerts()
 	n.wg.Add(1)
 	go n.gcLoop()
+	n.wg.Add(1)
+	go n.healthLoop()
 	logger.Info("node started", "quic", n.tr.Addr(), "gossip", n.ml.LocalAddr(), "raft_state", hasState, "bootstrap_expect", cfg.BootstrapExpect)
 	return n, nil
 }
 
-func (n *Node) startQUIC() (transport.Transport, error) {
+// The values of Config.BulkTransport.
+const (
+	BulkTLSTCP = "tls-tcp"
+	BulkQUIC   = "quic"
+)
+
+// BulkProtocols are the protocols Config.BulkTransport carries.
+var BulkProtocols = []transport.Protocol{transport.ProtoRing, transport.ProtoShard, transport.ProtoBlob}
+
+// startTransport starts the node's transports with its certificate: QUIC,
+// and TLS over TCP on the same port for the bulk protocols unless
+// Config.BulkTransport says "quic".
+func (n *Node) startTransport() (transport.Transport, error) {
 	creds, err := pki.NewReloader(n.cfg.TLSDir, n.cfg.Name)
 	if err != nil {
 		return nil, err
 	}
 	n.certs.creds = creds
-	qc := quic.DefaultConfig()
-	qc.ListenAddr, qc.Creds, qc.Logger = n.cfg.QUICAddr, creds, n.log
+	var advertise string
 	if n.cfg.Advertise != "" {
 		_, port, _ := net.SplitHostPort(n.cfg.QUICAddr)
-		qc.AdvertiseAddr = net.JoinHostPort(n.cfg.Advertise, port)
+		advertise = net.JoinHostPort(n.cfg.Advertise, port)
 	}
-	return quic.New(qc)
+	qc := quic.DefaultConfig()
+	qc.ListenAddr, qc.AdvertiseAddr, qc.Creds, qc.Logger = n.cfg.QUICAddr, advertise, creds, n.log
+	main, err := quic.New(qc)
+	if gso, why := quic.SegmentationOffload(); err == nil && !gso {
+		n.log.Info("quic: sending without UDP segmentation offload (GSO), at a higher CPU cost per byte", "why", why)
+	}
+	if err != nil || n.cfg.BulkTransport == BulkQUIC {
+		return main, err
+	}
+	// The TCP port is the UDP port QUIC bound (it may have picked it).
+	host, _, _ := net.SplitHostPort(n.cfg.QUICAddr)
+	_, port, _ := net.SplitHostPort(main.Addr())
+	tc := tlstcp.DefaultConfig()
+	tc.ListenAddr, tc.AdvertiseAddr, tc.Creds, tc.Logger = net.JoinHostPort(host, port), main.Addr(), creds, n.log
+	bulk, err := tlstcp.New(tc)
+	if err != nil {
+		main.Close()
+		return nil, fmt.Errorf("node: the bulk transport (TLS over TCP on the QUIC port %s; --bulk-transport quic to do without): %w", port, err)
+	}
+	return transport.Route(main, bulk, BulkProtocols...)
 }
 
 // meta is what this node gossips about itself.
@@ -382,12 +433,16 @@ func (n *Node) run(hasState bool) {
 			}
 			switch ev.Kind {
 			case MemberJoined, MemberUpdated:
+				if ev.Kind == MemberJoined {
+					n.failures.note("alive", ev.Name, time.Now())
+				}
 				n.wg.Add(1)
 				go n.admit(ev.Member)
 			case MemberLeft, MemberFailed:
 				n.bootMu.Lock()
 				delete(n.admitted, ev.Name)
 				n.bootMu.Unlock()
+				n.failures.note("failed", ev.Name, time.Now())
 				if ev.Kind == MemberLeft {
 					n.coord.MemberLeft(ev.Name)
 				} else {
@@ -440,6 +495,8 @@ func (n *Node) Status() Status {
 	s := Status{Self: n.cfg.Name, Leader: cs.Leader, Term: cs.Term,
 		Epoch: EpochStatus{ID: st.Epoch.ID, Members: append([]string{}, st.Epoch.Members...)},
 		Ring:  append([]string{}, st.Epoch.Members...)}
+	h := n.Health()
+	s.Health = &h
 	voter := map[string]bool{}
 	for _, sv := range cs.Servers {
 		voter[sv.Name] = sv.Voter

@@ -2,11 +2,12 @@
 """Job figures for docs/BENCHMARKS.md (issue 7), with real `braid node` processes on loopback
 (QUIC, mutual TLS, encrypted gossip):
 
-  failover: 4 nodes run a long job; ROUNDS times, `kill -9` of a member that is neither the leader
-            nor the API node, timed to the first step completed on the new ring (seen through the
-            API: the epoch without the victim committed, then the job's step moving past where it
-            stood then); the victim is restarted on its data directory and rejoins the job before
-            the next round.
+  failover: 4 nodes run a long job; ROUNDS times each, `kill -9` of a worker (not the leader) and
+            of the Raft leader, timed to the first step completed on the new ring (seen through
+            the API of a survivor, polled every 5 ms: the epoch without the victim, and the job's
+            step past where it stood at the kill), with the survivor's failover timeline; the
+            victim is restarted on its data directory and rejoins the job before the next kill.
+            A summary line per kind of kill: p50, p90, max.
   scaling:  the same job on N = 1, 2, 3, 4 nodes: mean step time and the part of it spent blocked
             on the all-reduce (what backward did not hide).
   modes:    3 nodes fine-tune models/base-en on a corpus domain with the same token budget in each
@@ -77,8 +78,29 @@ class Cluster:
     def status(self):
         return self.api_json("status")
 
+    def http(self, name):
+        """A direct client of name's API (polling without starting a process per request)."""
+        return API(f"http://127.0.0.1:{self.ports[name][2]}", f"{self.work}/{name}/api-token")
+
     def job(self, jid):
         return self.api_json("job", "status", arg=jid)
+
+
+class API:
+    def __init__(self, url, token_file):
+        import urllib.request
+        self.url, self.token, self.req = url, open(token_file).read().strip(), urllib.request
+
+    def get(self, path):
+        try:
+            r = self.req.Request(self.url + path, headers={"Authorization": "Bearer " + self.token})
+            with self.req.urlopen(r, timeout=5) as resp:
+                return json.load(resp)
+        except Exception:
+            return None
+
+    def job(self, jid):
+        return self.get("/v1/jobs/" + jid)
 
 
 def run(cmd, **kw):
@@ -105,34 +127,55 @@ def setup_job(c, braid, steps, work):
              "--seq-len", "128", "--shard-mib", "1", "--skip-bad"])
     run([braid, "data", "push", "--api", c.api, "--replicas", str(min(2, c.n)), ds])
     wait("replicas", lambda: (d := c.api_json("data", "status", arg="go")) and d["under_replicated"] == 0 and d.get("placement"))
-    jid = run([braid, "job", "submit", "--api", c.api, "--base", f"{ROOT}/models/base-en", "--dataset", "go", "--steps", str(steps),
+    jid = run([braid, "job", "submit", "--api", c.api, "--model", f"{ROOT}/models/base-en", "--dataset", "go", "--steps", str(steps),
                "--global-batch", "24", "--micro-batch", "8", "--lr", "1e-3", "--warmup", "5", "--seed", "1"]).strip()
     return jid
 
 
-def failover(braid, rounds):
+def failover(braid, rounds, kills):
+    """ROUNDS rounds of each kind of kill in KILLS (worker, leader); one JSON line per round with the
+    time from the kill to the first step on the new ring, and the failover timeline of the API node's
+    worker (node.EpochChange), then a summary line per kind with p50/p90/max."""
     work = tempfile.mkdtemp(prefix="braid-benchjob-")
     c = Cluster(braid, 4, "lan", work)
+    times = {k: [] for k in kills}
     try:
         jid = setup_job(c, braid, 100000, work)
-        wait("training", lambda: (j := c.job(jid)) and j["step"] >= 3)
+        wait("training", lambda: (j := c.job(jid)) and j["step"] >= 10)
         for r in range(1, rounds + 1):
-            st = c.status()
-            victim = next(n for n in ["n2", "n3", "n4"] if n != st["leader"])
-            epoch0 = st["epoch"]["id"]
-            t0 = time.time()
-            c.kill(victim)
-            j = wait("new epoch", lambda: (j := c.job(jid)) and j["epoch"] > epoch0 and victim not in j["members"] and j, every=0.01)
-            t_epoch, s0 = time.time(), j["step"]
-            j = wait("a step on the new ring", lambda: (j := c.job(jid)) and j["step"] > s0 and j, every=0.01)
-            t1 = time.time()
-            print(json.dumps({"bench": "job-failover", "round": r, "profile": "lan", "nodes": 4, "victim": victim,
-                              "kill_to_epoch_s": round(t_epoch - t0, 3), "kill_to_first_step_s": round(t1 - t0, 3),
-                              "step_ms": j["step_ms"]}), flush=True)
-            c.start(victim)  # rejoins: fetches the weights and enters at the next epoch
-            wait("rejoin", lambda: (j := c.job(jid)) and victim in j["members"] and any(w["node"] == victim and w["phase"] == "training" for w in j.get("workers", [])), timeout=180)
-            s1 = c.job(jid)["step"]
-            wait("steps after the rejoin", lambda: (j := c.job(jid)) and j["step"] >= s1 + 3)
+            for kind in kills:
+                st = c.status()
+                leader = st["leader"]
+                if kind == "leader":
+                    victim = leader
+                else:
+                    victim = next(n for n in ["n2", "n3", "n4"] if n != leader)
+                watcher = next(n for n in ["n1", "n2", "n3", "n4"] if n != victim)
+                http = c.http(watcher)
+                j0 = http.job(jid)
+                epoch0, s0 = j0["epoch"], j0["step"]
+                t0 = time.time()
+                c.kill(victim)
+                j = wait("a step on the new ring", lambda: (j := http.job(jid)) and j["epoch"] > epoch0
+                         and victim not in j["members"] and j["step"] > s0 and j, every=0.005)
+                t1 = time.time()
+                own = next((w for w in j.get("workers", []) if w["node"] == watcher), {})
+                change = (own.get("epoch_changes") or [{}])[-1]
+                times[kind].append(t1 - t0)
+                print(json.dumps({"bench": "job-failover", "kill": kind, "round": r, "profile": "lan", "nodes": 4, "victim": victim,
+                                  "kill_to_first_step_s": round(t1 - t0, 3), "step_ms": j["step_ms"], "seen_by": watcher,
+                                  "timeline_ms": {k: change.get(k) for k in ("suspected_ms", "declared_ms", "committed_ms", "resynced_ms",
+                                                                            "connected_ms", "first_step_ms", "resync", "via")}}), flush=True)
+                c.start(victim)  # rejoins: fetches the weights and enters at the next epoch
+                wait("rejoin", lambda: (j := http.job(jid)) and victim in j["members"] and any(
+                    w["node"] == victim and w["phase"] == "training" for w in j.get("workers", [])), timeout=180)
+                s1 = http.job(jid)["step"]
+                wait("steps after the rejoin", lambda: (j := http.job(jid)) and j["step"] >= s1 + 3)
+        for kind, ts in times.items():
+            ts = sorted(ts)
+            q = lambda p: ts[min(len(ts) - 1, int(math.ceil(p * len(ts))) - 1)]
+            print(json.dumps({"bench": "job-failover-summary", "kill": kind, "runs": len(ts), "p50_s": round(q(0.5), 3),
+                              "p90_s": round(q(0.9), 3), "max_s": round(ts[-1], 3), "all_s": [round(t, 3) for t in ts]}), flush=True)
     finally:
         c.stop(); shutil.rmtree(work, ignore_errors=True)
 
@@ -157,7 +200,7 @@ def scaling(braid, nodes):
 
 
 def submit(c, braid, dataset, steps, extra):
-    return run([braid, "job", "submit", "--api", c.api, "--base", f"{ROOT}/models/base-en", "--dataset", dataset,
+    return run([braid, "job", "submit", "--api", c.api, "--model", f"{ROOT}/models/base-en", "--dataset", dataset,
                 "--steps", str(steps), "--global-batch", "24", "--micro-batch", "8", "--warmup", "10", "--seed", "1",
                 "--eval-every", str(steps)] + extra).strip()
 
@@ -217,7 +260,7 @@ def federated(braid, corpora, steps):
             run([braid, "data", "register", "--local", "--api", api, f"{work}/{name}"])
             names.append(name)
         wait("placement", lambda: all((d := c.api_json("data", "status", arg=nm)) and d.get("placement") for nm in names))
-        jid = run([braid, "job", "submit", "--api", c.api, "--base", f"{ROOT}/models/base-en", "--federated",
+        jid = run([braid, "job", "submit", "--api", c.api, "--model", f"{ROOT}/models/base-en", "--federated",
                    "--dataset", ",".join(names), "--steps", str(steps), "--global-batch", "24", "--micro-batch", "8",
                    "--lr", "1e-3", "--warmup", "10", "--eval-every", str(steps), "--seed", "1"]).strip()
         j = wait("completion", lambda: (j := c.job(jid)) and j["state"] in ("completed", "failed") and j, timeout=1800, every=0.5)
@@ -251,7 +294,7 @@ def gpt2(braid, base, corpus, steps):
         run([braid, "data", "push", "--api", c.api, "--replicas", "2", f"{work}/ds"])
         wait("replicas", lambda: (d := c.api_json("data", "status", arg="legal-bpe")) and d["under_replicated"] == 0 and d.get("placement"))
         t0 = time.time()
-        jid = run([braid, "job", "submit", "--api", c.api, "--base", base, "--dataset", "legal-bpe", "--steps", str(steps),
+        jid = run([braid, "job", "submit", "--api", c.api, "--model", base, "--dataset", "legal-bpe", "--steps", str(steps),
                    "--global-batch", "6", "--micro-batch", "2", "--lora-rank", "8", "--warmup", "2", "--seed", "1"]).strip()
         j = wait("completion", lambda: (j := c.job(jid)) and j["state"] in ("completed", "failed") and j, timeout=1800, every=1)
         for w in j.get("workers") or []:
@@ -268,6 +311,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--braid", default=f"{ROOT}/bin/braid")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--kills", default="worker,leader", help="failover: the kinds of kill, each ROUNDS times")
     ap.add_argument("--nodes", default="1,2,3,4")
     ap.add_argument("--only", default="")
     ap.add_argument("--corpus", default=os.path.join(ROOT, "..", "shared", "corpora", "legal"))
@@ -276,7 +320,7 @@ if __name__ == "__main__":
     ap.add_argument("--base", default="/tmp/gpt2-124m", help="gpt2: the GPT-2 124M checkpoint (scripts/gen_reference.py --gpt2-124m DIR)")
     a = ap.parse_args()
     if a.only in ("", "failover"):
-        failover(a.braid, a.rounds)
+        failover(a.braid, a.rounds, a.kills.split(","))
     if a.only in ("", "scaling"):
         scaling(a.braid, [int(x) for x in a.nodes.split(",")])
     if a.only == "modes":

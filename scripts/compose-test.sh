@@ -232,7 +232,7 @@ bctl "$API_NODE" job --help >/dev/null 2>&1 || die "braid job --help failed in t
 
 t=$SECONDS
 log "submitting a job through $API_NODE: $JOB_STEPS steps, global batch 8 on $DATASET from /models/base-en"
-JOB=$(bctl "$API_NODE" job submit --api http://127.0.0.1:7950 --base /models/base-en --dataset "$DATASET" \
+JOB=$(bctl "$API_NODE" job submit --api http://127.0.0.1:7950 --model /models/base-en --dataset "$DATASET" \
   --steps "$JOB_STEPS" --global-batch 8 --lr 1e-3 --checkpoint-every 20 --eval-every 20 --seed 1) ||
   die "braid job submit failed"
 JOB=$(printf '%s' "$JOB" | tail -n 1 | tr -d '[:space:]')

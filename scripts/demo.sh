@@ -85,7 +85,7 @@ done
 
 echo
 echo "== 3. fine-tuning $BASE on it across the three nodes ($STEPS steps, 24 sequences of 128 bytes per step)"
-ID=$("$BRAID" job submit --device "$DEVICE" --base "$BASE" --dataset go-src --steps "$STEPS" --global-batch 24 --micro-batch 8 \
+ID=$("$BRAID" job submit --device "$DEVICE" --model "$BASE" --dataset go-src --steps "$STEPS" --global-batch 24 --micro-batch 8 \
 	--lr 1e-3 --warmup 10 --eval-every 50 --checkpoint-every 50 --seed 1)
 echo "job $ID"
 "$BRAID" job watch "$ID"

@@ -45,7 +45,7 @@ done
 echo "== the CLI on the GPU: fine-tune the bundled base on Go source, evaluate, sample"
 ft=/tmp/braid-ft
 rm -rf "$ft"
-if timeout 120 $BIN train --device cuda --init models/base-en --input kernels --input model --input train --input shard \
+if timeout 120 $BIN train --device cuda --model models/base-en --input kernels --input model --input train --input shard \
     --out "$ft" --steps 60 --batch 16 --lr 1e-3 --eval-every 30 --log-every 20 >"$OUTDIR/cli-train.log" 2>&1; then
   cat "$OUTDIR/cli-train.log" | grep -E 'device|model:|step +(1|20|40|60)/|held-out' | head -12
   for dev in cuda cpu; do

@@ -17,6 +17,6 @@ OUT=${OUT:-models/base-en}
 BRAID=${BRAID:-bin/braid}
 STEPS=${STEPS:-5000}
 make -s build
-"$BRAID" train --input "$CORPUS" --out "$OUT" --config small --seed 1 \
+"$BRAID" train --input "$CORPUS" --out "$OUT" --overwrite --config small --seed 1 \
   --steps "$STEPS" --batch 16 --seq-len 256 --lr 2e-3 --warmup 200 --weight-decay 0.1 --clip 1.0 \
   --holdout-every 20 --eval-every 500 --eval-batches 16 --log-every 100

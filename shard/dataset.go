@@ -81,15 +81,34 @@ func (d *Dataset) Locate(s Split, id int64) (ShardEntry, int64, error) {
 // and returns it; inputs are the first T tokens, targets the last T. The
 // shard that holds it is read and verified on first use.
 func (d *Dataset) Sequence(s Split, id int64, dst []int32) ([]int32, error) {
-	e, i, err := d.Locate(s, id)
-	if err != nil {
-		return dst, err
-	}
-	sh, err := d.Shard(e.Hash)
+	sh, i, err := d.locateShard(s, id)
 	if err != nil {
 		return dst, err
 	}
 	return sh.Sequence(i, dst), nil
+}
+
+// SequenceMask appends the T+1 loss-mask flags of global sequence id of
+// split s to dst and returns it, aligned with Sequence: the loss counts on
+// target j (token j+1 of the sequence) when flag j+1 is set. Without a loss
+// mask (Manifest.LossMask false) every flag is set.
+func (d *Dataset) SequenceMask(s Split, id int64, dst []bool) ([]bool, error) {
+	sh, i, err := d.locateShard(s, id)
+	if err != nil {
+		return dst, err
+	}
+	return sh.SequenceMask(i, dst), nil
+}
+
+// locateShard returns the shard that holds global sequence id of split s,
+// read on first use, and the sequence's index in it.
+func (d *Dataset) locateShard(s Split, id int64) (*Shard, int64, error) {
+	e, i, err := d.Locate(s, id)
+	if err != nil {
+		return nil, 0, err
+	}
+	sh, err := d.Shard(e.Hash)
+	return sh, i, err
 }
 
 // Shard returns the shard of a hash listed in the manifest, reading and
@@ -147,6 +166,8 @@ func checkAgainstManifest(m *Manifest, e ShardEntry, h Header) error {
 	switch {
 	case h.Tokenizer != m.Tokenizer:
 		return fmt.Errorf("%w: tokenizer %q, manifest %q", ErrMismatch, h.Tokenizer, m.Tokenizer)
+	case h.LossMask != m.LossMask:
+		return fmt.Errorf("%w: loss mask %v, manifest %v", ErrMismatch, h.LossMask, m.LossMask)
 	case h.Vocab != m.Vocab:
 		return fmt.Errorf("%w: vocab %d, manifest %d", ErrMismatch, h.Vocab, m.Vocab)
 	case h.SeqLen != m.SeqLen:

@@ -29,9 +29,36 @@
 // dropped (Totals reports how many).
 //
 // Consecutive sequences go into the same shard until it holds
-// Config.ShardBytes of token payload; a shard with N sequences stores the
-// N·T+1 tokens they span, so the first token of a shard repeats the last
-// of the one before it and every shard can be read on its own.
+// Config.ShardBytes of payload (tokens, and the loss mask if any); a shard
+// with N sequences stores the N·T+1 tokens they span, so the first token
+// of a shard repeats the last of the one before it and every shard can be
+// read on its own.
+//
+// # Chat data and the loss mask
+//
+// With Format chat or prompt-completion, each JSONL record is a
+// conversation ({"messages": [{"role", "content"}, ...]}, or {"prompt",
+// "completion"} read as a user message and the assistant's answer). It is
+// rendered with Config.ChatTemplate (package model/chat: Llama 3's or
+// ChatML) and tokenised with the template's control tokens as single ids,
+// followed by an EOT; each token gets a flag: trained, for the assistant
+// messages' content and the end-of-turn token after each, or not, for
+// everything else (system and user turns, headers, the EOT). The split of
+// such a record is decided by the hash of its messages' JSON encoding.
+//
+// Records are packed into the split's stream like documents, so a record
+// may straddle two sequences: a trained token that is a target of a
+// sequence which does not hold its record's start is predicted without the
+// whole prompt (SourceStats.TrainedCut counts them). A record whose prompt
+// (its tokens before the first trained one) is longer than a sequence is
+// left out (ReasonPromptTooLong), as is a conversation without an assistant
+// message (ReasonNoAnswer); both are counted.
+//
+// The flags are stored with the tokens as a loss mask (format version 2,
+// Manifest.LossMask). Dataset.SequenceMask returns a sequence's flags
+// beside Dataset.Sequence's tokens: the loss counts on target j when flag
+// j+1 is set, and a trainer passes the other targets as −1. A dataset
+// without a mask is version 1, as before: every target counts.
 //
 // # Shard file
 //
@@ -40,7 +67,7 @@
 //
 //	offset  size  field
 //	0       8     magic "BRDSHARD"
-//	8       2     format version, 1
+//	8       2     format version: 1, or 2 with a loss mask
 //	10      1     token width w in bytes: 2 (uint16) when vocab ≤ 65536, else 4 (uint32)
 //	11      1     n, length of the tokenizer name, 1..32
 //	12      4     vocab V: every token id is < V
@@ -51,17 +78,22 @@
 //	40      n     tokenizer name ("byte", "gpt2"): ASCII letters, digits, '_', '-', '.'
 //	40+n    4     CRC-32C of bytes [0, 40+n): the header checksum
 //	44+n    C     payload: one zstd frame that decompresses to (N·T+1)·w bytes,
-//	              the N·T+1 tokens, each w bytes
+//	              the N·T+1 tokens, each w bytes; in version 2 followed by
+//	              the loss mask, ceil((N·T+1)/8) bytes: bit i%8 of byte i/8
+//	              is 1 when the loss counts on token i as a target, the
+//	              unused high bits of the last byte 0
 //
 // The file is exactly 44+n+C bytes long. The uncompressed payload is at most
 // MaxPayloadBytes. A reader checks, in order: the header (magic, version,
 // fields, header checksum), the file length, the SHA-256 of the file against
-// its name, and then the payload (zstd, length, checksum, every token < V).
+// its name, and then the payload (zstd, length, checksum, every token < V,
+// the mask's unused bits).
 //
 // # Manifest
 //
 // manifest.json is a JSON object (schema in Manifest): the dataset's id and
-// name, format version, tokenizer, vocab, EOT, sequence length, held-out
+// name, format version, whether it has a loss mask (loss_mask, version 2
+// only), tokenizer, vocab, EOT, sequence length, held-out
 // fraction, one entry per shard (hash, split, sequences, tokens, file bytes)
 // in order — train shards first, then held-out ones, each in stream order —
 // the totals per split, and statistics of the source (files, documents,

@@ -21,8 +21,12 @@ import (
 // Format constants; the byte layout is in the package comment.
 const (
 	// FormatVersion is the version of the shard file and manifest format
-	// this package writes and reads.
+	// of a dataset without a loss mask.
 	FormatVersion = 1
+	// FormatVersionMasked is the version of a dataset whose shards carry a
+	// loss mask (the same layout, with the mask after the tokens). This
+	// package reads and writes both.
+	FormatVersionMasked = 2
 	// ShardExt ends every shard file name; the rest is the file's SHA-256.
 	ShardExt = ".shard"
 	// MaxSeqLen bounds the sequence length a header may declare.
@@ -57,7 +61,8 @@ var (
 
 // Header is the decoded header of a shard file.
 type Header struct {
-	Version    int    // FormatVersion
+	Version    int    // FormatVersion, or FormatVersionMasked with LossMask
+	LossMask   bool   // the payload holds a loss mask after the tokens (version 2)
 	TokenWidth int    // bytes per stored token: 2 or 4
 	Tokenizer  string // the tokenizer's Name
 	Vocab      int    // every token id is < Vocab
@@ -75,8 +80,26 @@ func (h Header) Size() int { return fixedHeaderSize + len(h.Tokenizer) + 4 }
 // Tokens is the number of tokens the shard stores: N·T+1.
 func (h Header) Tokens() int64 { return h.Sequences*int64(h.SeqLen) + 1 }
 
-// PayloadBytes is the length of the uncompressed payload.
-func (h Header) PayloadBytes() int64 { return h.Tokens() * int64(h.TokenWidth) }
+// PayloadBytes is the length of the uncompressed payload: the tokens, and
+// the loss mask if there is one.
+func (h Header) PayloadBytes() int64 {
+	n := h.Tokens() * int64(h.TokenWidth)
+	if h.LossMask {
+		n += MaskBytes(h.Tokens())
+	}
+	return n
+}
+
+// MaskBytes is the length of the loss mask of n tokens: one bit each.
+func MaskBytes(n int64) int64 { return (n + 7) / 8 }
+
+// headerVersion is the format version of a header with or without a mask.
+func headerVersion(mask bool) int {
+	if mask {
+		return FormatVersionMasked
+	}
+	return FormatVersion
+}
 
 // FileBytes is the length of the whole shard file.
 func (h Header) FileBytes() int64 { return int64(h.Size()) + h.CompressedBytes }
@@ -93,8 +116,8 @@ func TokenWidth(vocab int) int {
 // validate checks every field against the format's bounds.
 func (h Header) validate() error {
 	switch {
-	case h.Version != FormatVersion:
-		return fmt.Errorf("version %d, this build reads %d", h.Version, FormatVersion)
+	case h.Version != headerVersion(h.LossMask):
+		return fmt.Errorf("version %d with loss mask %v, want version %d", h.Version, h.LossMask, headerVersion(h.LossMask))
 	case !validTokenizerName(h.Tokenizer):
 		return fmt.Errorf("tokenizer name %q: want 1..%d of [a-zA-Z0-9_.-]", h.Tokenizer, MaxTokenizerName)
 	case h.Vocab < 1 || int64(h.Vocab) > 1<<32-1:
@@ -164,9 +187,10 @@ func DecodeHeader(b []byte) (Header, error) {
 		SeqLen:     int(binary.LittleEndian.Uint32(b[16:])),
 		PayloadCRC: binary.LittleEndian.Uint32(b[36:]),
 	}
-	if h.Version != FormatVersion {
-		return Header{}, fmt.Errorf("%w: version %d, this build reads %d", ErrBadHeader, h.Version, FormatVersion)
+	if h.Version != FormatVersion && h.Version != FormatVersionMasked {
+		return Header{}, fmt.Errorf("%w: version %d, this build reads %d and %d", ErrBadHeader, h.Version, FormatVersion, FormatVersionMasked)
 	}
+	h.LossMask = h.Version == FormatVersionMasked
 	seqs, comp := binary.LittleEndian.Uint64(b[20:]), binary.LittleEndian.Uint64(b[28:])
 	if seqs > MaxPayloadBytes || comp > 2*MaxPayloadBytes {
 		return Header{}, fmt.Errorf("%w: sequence count %d or compressed length %d out of range", ErrBadHeader, seqs, comp)
@@ -225,12 +249,13 @@ func zstdDecoder() *zstd.Decoder {
 }
 
 // encodeShard builds a shard file from a payload of little-endian tokens
-// (h.TokenWidth bytes each) and returns it with its hex SHA-256. h's
-// compressed length and checksum are filled in here; the payload must hold
-// h.Tokens() tokens. dst is reused for the file when large enough.
+// (h.TokenWidth bytes each), followed by their loss mask if h.LossMask, and
+// returns it with its hex SHA-256. h's compressed length and checksum are
+// filled in here; the payload must hold h.Tokens() tokens. dst is reused
+// for the file when large enough.
 func encodeShard(dst []byte, h Header, payload []byte) ([]byte, string, error) {
 	if int64(len(payload)) != h.PayloadBytes() {
-		return nil, "", fmt.Errorf("shard: payload of %d bytes for %d sequences of %d tokens", len(payload), h.Sequences, h.SeqLen)
+		return nil, "", fmt.Errorf("shard: payload of %d bytes for %d sequences of %d tokens (loss mask %v)", len(payload), h.Sequences, h.SeqLen, h.LossMask)
 	}
 	h.PayloadCRC = crc32.Checksum(payload, castagnoli)
 	// Compress after a placeholder header, then write the real header (its
@@ -252,22 +277,56 @@ func encodeShard(dst []byte, h Header, payload []byte) ([]byte, string, error) {
 // N·seqLen+1 tokens of N ≥ 1 sequences, each id in [0, vocab). It returns
 // the file and its name's hash. The result depends only on the arguments.
 func EncodeShard(tokenizer string, vocab, seqLen int, tokens []int32) (file []byte, hash string, err error) {
+	return EncodeMaskedShard(tokenizer, vocab, seqLen, tokens, nil)
+}
+
+// EncodeMaskedShard is EncodeShard for a shard with a loss mask: trained[i]
+// says whether the loss counts on token i as a target. trained must have
+// one flag per token; nil makes a shard without a mask (EncodeShard).
+func EncodeMaskedShard(tokenizer string, vocab, seqLen int, tokens []int32, trained []bool) (file []byte, hash string, err error) {
 	if seqLen < 1 || len(tokens) < seqLen+1 || (len(tokens)-1)%seqLen != 0 {
 		return nil, "", fmt.Errorf("shard: %d tokens are not N·%d+1 for any N ≥ 1", len(tokens), seqLen)
 	}
-	h := Header{Version: FormatVersion, TokenWidth: TokenWidth(vocab), Tokenizer: tokenizer, Vocab: vocab,
+	if trained != nil && len(trained) != len(tokens) {
+		return nil, "", fmt.Errorf("shard: %d loss mask flags for %d tokens", len(trained), len(tokens))
+	}
+	mask := trained != nil
+	h := Header{Version: headerVersion(mask), LossMask: mask, TokenWidth: TokenWidth(vocab), Tokenizer: tokenizer, Vocab: vocab,
 		SeqLen: seqLen, Sequences: int64((len(tokens) - 1) / seqLen)}
 	if err := h.validate(); err != nil {
 		return nil, "", fmt.Errorf("%w: %v", ErrBadHeader, err)
 	}
-	payload := make([]byte, 0, len(tokens)*h.TokenWidth)
+	payload := make([]byte, 0, h.PayloadBytes())
 	for i, t := range tokens {
 		if t < 0 || int(t) >= vocab {
 			return nil, "", fmt.Errorf("shard: token %d at %d is outside the vocabulary of %d", t, i, vocab)
 		}
 		payload = appendToken(payload, h.TokenWidth, t)
 	}
+	if mask {
+		flags := make([]byte, len(trained))
+		for i, t := range trained {
+			if t {
+				flags[i] = 1
+			}
+		}
+		payload = appendMask(payload, flags)
+	}
 	return encodeShard(nil, h, payload)
+}
+
+// appendMask appends the loss mask of flags (one byte per token, 0 or 1)
+// to b: bit i%8 of byte i/8 is token i's flag, the unused high bits of the
+// last byte zero.
+func appendMask(b, flags []byte) []byte {
+	for i := 0; i < len(flags); i += 8 {
+		var m byte
+		for j, f := range flags[i:min(i+8, len(flags))] {
+			m |= (f & 1) << j
+		}
+		b = append(b, m)
+	}
+	return b
 }
 
 func appendToken(b []byte, width int, t int32) []byte {
@@ -277,18 +336,43 @@ func appendToken(b []byte, width int, t int32) []byte {
 	return binary.LittleEndian.AppendUint32(b, uint32(t))
 }
 
-// Shard is a decoded, verified shard: its header and tokens. It is
-// read-only and safe for concurrent use.
+// Shard is a decoded, verified shard: its header, tokens and loss mask.
+// It is read-only and safe for concurrent use.
 type Shard struct {
 	Hash   string // hex SHA-256 of the file
 	Header Header
 	// payload holds the Header.Tokens() tokens, Header.TokenWidth bytes
-	// each, little-endian (the file's decompressed payload).
-	payload []byte
+	// each, little-endian; mask their loss mask, nil without one (the
+	// file's decompressed payload, cut in two).
+	payload, mask []byte
 }
 
 // NumTokens is the number of tokens the shard stores: N·T+1.
 func (s *Shard) NumTokens() int { return len(s.payload) / s.Header.TokenWidth }
+
+// Trained reports whether the loss counts on token i (0 ≤ i < NumTokens())
+// as a target: its loss mask bit, and true in a shard without a mask.
+func (s *Shard) Trained(i int) bool {
+	if s.mask == nil {
+		return true
+	}
+	return s.mask[i/8]>>(i%8)&1 == 1
+}
+
+// SequenceMask appends the T+1 flags of the shard's sequence i to dst and
+// returns it, aligned with Sequence: flag j is Trained of token j of the
+// sequence. The targets of the sequence are its tokens 1..T, so flag 0 is
+// not about it (it belongs to the sequence before).
+func (s *Shard) SequenceMask(i int64, dst []bool) []bool {
+	if i < 0 || i >= s.Header.Sequences {
+		panic(fmt.Sprintf("shard: sequence %d of a shard with %d", i, s.Header.Sequences))
+	}
+	T := int64(s.Header.SeqLen)
+	for j := i * T; j <= i*T+T; j++ {
+		dst = append(dst, s.Trained(int(j)))
+	}
+	return dst
+}
 
 // Token returns token i, 0 ≤ i < NumTokens().
 func (s *Shard) Token(i int) int32 {
@@ -348,7 +432,13 @@ func DecodeShard(file []byte) (*Shard, error) {
 	if got := crc32.Checksum(payload, castagnoli); got != h.PayloadCRC {
 		return nil, fmt.Errorf("%w: checksum %08x, the header says %08x", ErrBadPayload, got, h.PayloadCRC)
 	}
-	s := &Shard{Header: h, payload: payload}
+	s := &Shard{Header: h, payload: payload[:h.Tokens()*int64(h.TokenWidth)]}
+	if h.LossMask {
+		s.mask = payload[len(s.payload):]
+		if pad := s.mask[len(s.mask)-1] >> (8 - (8*len(s.mask) - s.NumTokens())); pad != 0 {
+			return nil, fmt.Errorf("%w: loss mask bits set after the last token", ErrBadPayload)
+		}
+	}
 	for i := range s.NumTokens() {
 		if t := s.Token(i); int(t) >= h.Vocab {
 			return nil, fmt.Errorf("%w: token %d at %d is outside the vocabulary of %d", ErrBadPayload, t, i, h.Vocab)

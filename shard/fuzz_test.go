@@ -10,7 +10,8 @@ import (
 	"github.com/braidml/braid/shard"
 )
 
-// seedShards returns valid shard files of both token widths.
+// seedShards returns valid shard files of both token widths, with and
+// without a loss mask.
 func seedShards(f *testing.F) [][]byte {
 	rng := rand.New(rand.NewPCG(30, 1))
 	var out [][]byte
@@ -21,6 +22,11 @@ func seedShards(f *testing.F) [][]byte {
 	}{{"byte", 257, 4, 3}, {"gpt2", 50257, 16, 2}, {"x", 1 << 20, 1, 1}} {
 		file, _, err := shard.EncodeShard(tc.name, tc.vocab, tc.T, randomTokens(rng, tc.n, tc.T, tc.vocab))
 		if err != nil {
+			f.Fatal(err)
+		}
+		out = append(out, file)
+		toks := randomTokens(rng, tc.n, tc.T, tc.vocab)
+		if file, _, err = shard.EncodeMaskedShard(tc.name, tc.vocab, tc.T, toks, randomFlags(rng, len(toks))); err != nil {
 			f.Fatal(err)
 		}
 		out = append(out, file)
@@ -53,7 +59,8 @@ func FuzzDecodeHeader(f *testing.F) {
 
 // FuzzDecodeShard: any bytes decode to a shard or an error, never a panic,
 // and a decoded shard holds the tokens its header promises, all in the
-// vocabulary.
+// vocabulary, and a mask flag for each; one without a loss mask trains on
+// every token.
 func FuzzDecodeShard(f *testing.F) {
 	for _, file := range seedShards(f) {
 		f.Add(file)
@@ -69,6 +76,14 @@ func FuzzDecodeShard(f *testing.F) {
 		for i := range s.NumTokens() {
 			if tok := s.Token(i); tok < 0 || int(tok) >= s.Header.Vocab {
 				t.Fatalf("token %d outside vocab %d", tok, s.Header.Vocab)
+			}
+			if !s.Header.LossMask && !s.Trained(i) {
+				t.Fatalf("token %d untrained in a shard without a mask", i)
+			}
+		}
+		for i := range s.Header.Sequences {
+			if m := s.SequenceMask(i, nil); len(m) != s.Header.SeqLen+1 {
+				t.Fatalf("sequence %d: %d flags", i, len(m))
 			}
 		}
 	})
@@ -99,6 +114,7 @@ func FuzzDecodeManifest(f *testing.F) {
 	enc := sampleManifest().Encode()
 	f.Add(enc)
 	f.Add(enc[:len(enc)/2])
+	f.Add(maskedManifest().Encode())
 	f.Add([]byte(`{"id":""}`))
 	f.Add([]byte(`null`))
 	f.Fuzz(func(t *testing.T, b []byte) {

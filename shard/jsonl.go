@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/braidml/braid/internal/safefile"
+	"github.com/braidml/braid/model/chat"
 )
 
 // jsonlFile reads a JSONL file line by line, each line a document, streaming:
@@ -97,6 +98,92 @@ func readLine(br *bufio.Reader, limit int, buf []byte) (line []byte, n int64, to
 // or holds something else than a string there gives an Issue instead
 // (without Path and Line, which the caller knows).
 func recordText(line []byte, field string) ([]byte, *Issue) {
+	obj, is := parseRecord(line)
+	if is != nil {
+		return nil, is
+	}
+	s, is := stringField(obj, field)
+	if is != nil {
+		return nil, is
+	}
+	if s == "" {
+		return nil, &Issue{Reason: ReasonEmpty, Detail: fmt.Sprintf("field %q is empty", field)}
+	}
+	return []byte(s), nil
+}
+
+// recordMessages returns the conversation of a chat record (its
+// "messages") or of a prompt-completion record (a user message, the
+// prompt, and the assistant's, the completion), or an Issue as
+// recordText does: ReasonBadMessages for a conversation that is not a
+// list of messages with known roles and string contents, ReasonNoAnswer
+// for one without an assistant message, ReasonEmpty for none at all or
+// an empty completion.
+func recordMessages(line []byte, f Format) ([]chat.Message, *Issue) {
+	obj, is := parseRecord(line)
+	if is != nil {
+		return nil, is
+	}
+	if f == FormatPromptCompletion {
+		prompt, is := stringField(obj, "prompt")
+		if is != nil {
+			return nil, is
+		}
+		completion, is := stringField(obj, "completion")
+		if is != nil {
+			return nil, is
+		}
+		if completion == "" {
+			return nil, &Issue{Reason: ReasonEmpty, Detail: `field "completion" is empty`}
+		}
+		return []chat.Message{{Role: chat.User, Content: prompt}, {Role: chat.Assistant, Content: completion}}, nil
+	}
+	raw, ok := obj["messages"]
+	if !ok {
+		return nil, &Issue{Reason: ReasonMissingField, Detail: `no field "messages"`}
+	}
+	var list []json.RawMessage
+	if len(raw) == 0 || raw[0] != '[' || json.Unmarshal(raw, &list) != nil {
+		return nil, &Issue{Reason: ReasonBadMessages, Detail: fmt.Sprintf(`field "messages" is %s, not an array`, jsonKind(raw))}
+	}
+	if len(list) == 0 {
+		return nil, &Issue{Reason: ReasonEmpty, Detail: `field "messages" is empty`}
+	}
+	msgs := make([]chat.Message, len(list))
+	answered := false
+	for i, m := range list {
+		bad := func(detail string) *Issue {
+			return &Issue{Reason: ReasonBadMessages, Detail: fmt.Sprintf("messages[%d]: %s", i, detail)}
+		}
+		var fields map[string]json.RawMessage
+		if len(m) == 0 || m[0] != '{' || json.Unmarshal(m, &fields) != nil {
+			return nil, bad(fmt.Sprintf("%s, not an object", jsonKind(m)))
+		}
+		role, is := stringField(fields, "role")
+		if is != nil {
+			return nil, bad(is.Detail)
+		}
+		content, is := stringField(fields, "content")
+		if is != nil {
+			return nil, bad(is.Detail)
+		}
+		switch r := chat.Role(role); r {
+		case chat.System, chat.User, chat.Assistant:
+			msgs[i] = chat.Message{Role: r, Content: content}
+			answered = answered || r == chat.Assistant
+		default:
+			return nil, bad(fmt.Sprintf("role %.32q (supported: system, user, assistant)", role))
+		}
+	}
+	if !answered {
+		return nil, &Issue{Reason: ReasonNoAnswer, Detail: fmt.Sprintf("%d messages, none from the assistant", len(msgs))}
+	}
+	return msgs, nil
+}
+
+// parseRecord decodes a JSONL line into its fields, or gives an Issue for
+// a line that is not UTF-8 or not a JSON object.
+func parseRecord(line []byte) (map[string]json.RawMessage, *Issue) {
 	if !utf8.Valid(line) {
 		return nil, &Issue{Reason: ReasonInvalidUTF8, Detail: invalidUTF8Detail(line)}
 	}
@@ -109,18 +196,22 @@ func recordText(line []byte, field string) ([]byte, *Issue) {
 		}
 		return nil, &Issue{Reason: ReasonBadJSON, Detail: detail}
 	}
+	return obj, nil
+}
+
+// stringField returns the string in obj's field, or an Issue if there is
+// no such field (ReasonMissingField) or it is not a string
+// (ReasonNotString).
+func stringField(obj map[string]json.RawMessage, field string) (string, *Issue) {
 	raw, ok := obj[field]
 	if !ok {
-		return nil, &Issue{Reason: ReasonMissingField, Detail: fmt.Sprintf("no field %q", field)}
+		return "", &Issue{Reason: ReasonMissingField, Detail: fmt.Sprintf("no field %q", field)}
 	}
 	var s string
 	if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
-		return nil, &Issue{Reason: ReasonNotString, Detail: fmt.Sprintf("field %q is %s, not a string", field, jsonKind(raw))}
+		return "", &Issue{Reason: ReasonNotString, Detail: fmt.Sprintf("field %q is %s, not a string", field, jsonKind(raw))}
 	}
-	if s == "" {
-		return nil, &Issue{Reason: ReasonEmpty, Detail: fmt.Sprintf("field %q is empty", field)}
-	}
-	return []byte(s), nil
+	return s, nil
 }
 
 // jsonKind names the kind of a JSON value for error messages.
@@ -131,6 +222,8 @@ func jsonKind(raw []byte) string {
 	switch raw[0] {
 	case '{':
 		return "an object"
+	case '"':
+		return "a string"
 	case '[':
 		return "an array"
 	case 'n':

@@ -15,6 +15,7 @@ import (
 
 	"github.com/braidml/braid/internal/atomicfile"
 	"github.com/braidml/braid/internal/safefile"
+	"github.com/braidml/braid/model/chat"
 )
 
 // ManifestName is the manifest's file name inside a dataset directory.
@@ -39,13 +40,18 @@ type Manifest struct {
 	// ID is the hex SHA-256 of the content (see the package comment).
 	ID string `json:"id"`
 	// Name labels the dataset for people; it is not part of the id.
-	Name          string  `json:"name"`
-	FormatVersion int     `json:"format_version"`
-	Tokenizer     string  `json:"tokenizer"`
-	Vocab         int     `json:"vocab"`
-	EOT           int32   `json:"eot"`
-	SeqLen        int     `json:"seq_len"`
-	Holdout       float64 `json:"holdout"` // fraction of documents held out
+	Name          string `json:"name"`
+	FormatVersion int    `json:"format_version"`
+	// LossMask says that every shard carries a loss mask (format version
+	// 2): the loss counts only on the targets it marks. Without one, every
+	// target counts. It is omitted when false, like every field added
+	// since version 1, so that older datasets keep their ids.
+	LossMask  bool    `json:"loss_mask,omitempty"`
+	Tokenizer string  `json:"tokenizer"`
+	Vocab     int     `json:"vocab"`
+	EOT       int32   `json:"eot"`
+	SeqLen    int     `json:"seq_len"`
+	Holdout   float64 `json:"holdout"` // fraction of documents held out
 	// Shards lists train shards, then held-out shards, each in stream
 	// order: global sequence ids follow this order.
 	Shards []ShardEntry `json:"shards"`
@@ -82,13 +88,22 @@ type SplitTotals struct {
 // SourceStats describes the input a dataset was prepared from. Paths are
 // left out so that the id does not depend on where the input lay.
 type SourceStats struct {
-	Format    Format `json:"format"`          // text or jsonl
-	Field     string `json:"field,omitempty"` // the JSONL field read
-	Files     int64  `json:"files"`           // regular files found
-	Documents int64  `json:"documents"`       // documents tokenised
-	Bytes     int64  `json:"bytes"`           // input bytes read as text (not binary or oversized files)
-	TextBytes int64  `json:"text_bytes"`      // bytes of the documents' text
-	Tokens    int64  `json:"tokens"`          // the documents' tokens, EOT included
+	Format Format `json:"format"`          // text, jsonl, chat or prompt-completion
+	Field  string `json:"field,omitempty"` // the JSONL field read
+	// ChatTemplate names the template chat and prompt-completion records
+	// were rendered with (chat.Template.Name).
+	ChatTemplate string `json:"chat_template,omitempty"`
+	Files        int64  `json:"files"`      // regular files found
+	Documents    int64  `json:"documents"`  // documents tokenised
+	Bytes        int64  `json:"bytes"`      // input bytes read as text (not binary or oversized files)
+	TextBytes    int64  `json:"text_bytes"` // bytes of the documents' text
+	Tokens       int64  `json:"tokens"`     // the documents' tokens, EOT included
+	// Trained counts the documents' tokens the loss counts on (with a loss
+	// mask); TrainedCut counts those of them that are targets of a
+	// sequence that does not hold the start of their record, which the
+	// model then predicts without the whole prompt.
+	Trained    int64 `json:"trained_tokens,omitempty"`
+	TrainedCut int64 `json:"trained_tokens_cut,omitempty"`
 	// Skipped counts files and records left out, by Reason.
 	Skipped map[Reason]int64 `json:"skipped,omitempty"`
 }
@@ -230,8 +245,10 @@ func (m *Manifest) Validate() error {
 		return fmt.Errorf("%w: "+format, append([]any{ErrBadManifest}, args...)...)
 	}
 	switch {
-	case m.FormatVersion != FormatVersion:
-		return bad("format_version %d, this build reads %d", m.FormatVersion, FormatVersion)
+	case m.FormatVersion != FormatVersion && m.FormatVersion != FormatVersionMasked:
+		return bad("format_version %d, this build reads %d and %d", m.FormatVersion, FormatVersion, FormatVersionMasked)
+	case m.FormatVersion != headerVersion(m.LossMask):
+		return bad("format_version %d with loss_mask %v, want format_version %d", m.FormatVersion, m.LossMask, headerVersion(m.LossMask))
 	case !validTokenizerName(m.Tokenizer):
 		return bad("tokenizer %q: want 1..%d of [a-zA-Z0-9_.-]", m.Tokenizer, MaxTokenizerName)
 	case m.Vocab < 1 || int64(m.Vocab) > 1<<32-1:
@@ -244,10 +261,23 @@ func (m *Manifest) Validate() error {
 		return bad("holdout %v, want a fraction in [0, 1]", m.Holdout)
 	case len(m.Name) > 256 || !utf8.ValidString(m.Name):
 		return bad("name: want at most 256 bytes of UTF-8")
-	case m.Source.Format != FormatText && m.Source.Format != FormatJSONL:
-		return bad("source.format %q, want text or jsonl", m.Source.Format)
+	case !m.Source.Format.valid():
+		return bad("source.format %q, want text, jsonl, chat or prompt-completion", m.Source.Format)
+	case m.Source.Format.Masked() != m.LossMask:
+		return bad("source.format %s with loss_mask %v: chat and prompt-completion datasets, and only they, have a loss mask", m.Source.Format, m.LossMask)
+	case (m.Source.ChatTemplate != "") != m.Source.Format.Masked():
+		return bad("source.chat_template %q with source.format %s", m.Source.ChatTemplate, m.Source.Format)
 	case m.Source.Files < 0 || m.Source.Documents < 0 || m.Source.Bytes < 0 || m.Source.TextBytes < 0 || m.Source.Tokens < 0:
 		return bad("source: negative count")
+	case m.Source.Trained < 0 || m.Source.Trained > m.Source.Tokens || m.Source.TrainedCut < 0 || m.Source.TrainedCut > m.Source.Trained:
+		return bad("source: trained_tokens %d and trained_tokens_cut %d, of %d tokens", m.Source.Trained, m.Source.TrainedCut, m.Source.Tokens)
+	case !m.LossMask && m.Source.Trained != 0:
+		return bad("source.trained_tokens %d without a loss mask", m.Source.Trained)
+	}
+	if m.LossMask {
+		if _, err := chat.ByName(m.Source.ChatTemplate); err != nil {
+			return bad("source.chat_template %q, want llama3 or chatml", m.Source.ChatTemplate)
+		}
 	}
 	for r, n := range m.Source.Skipped {
 		if n < 0 {
@@ -303,4 +333,25 @@ const (
 	// FormatJSONL: each line of each file is a JSON object, one document,
 	// whose text is the string in Config.Field.
 	FormatJSONL Format = "jsonl"
+	// FormatChat: each line is a JSON object whose "messages" is a
+	// conversation, [{"role": "system"|"user"|"assistant", "content":
+	// "..."}, ...], rendered with Config.ChatTemplate; the loss counts on
+	// the assistant messages.
+	FormatChat Format = "chat"
+	// FormatPromptCompletion: each line is a JSON object with strings
+	// "prompt" and "completion", rendered with Config.ChatTemplate as a
+	// user message and the assistant's answer; the loss counts on the
+	// completion.
+	FormatPromptCompletion Format = "prompt-completion"
 )
+
+func (f Format) valid() bool {
+	return f == FormatText || f == FormatJSONL || f.Masked()
+}
+
+// Masked reports whether a dataset of this format has a loss mask: chat
+// and prompt-completion datasets do.
+func (f Format) Masked() bool { return f == FormatChat || f == FormatPromptCompletion }
+
+// jsonLines reports whether files of this format hold one record a line.
+func (f Format) jsonLines() bool { return f == FormatJSONL || f.Masked() }

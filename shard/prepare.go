@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 	"github.com/braidml/braid/internal/atomicfile"
 	"github.com/braidml/braid/internal/safefile"
 	"github.com/braidml/braid/model"
+	"github.com/braidml/braid/model/chat"
 )
 
 // Prepare errors.
@@ -53,15 +55,21 @@ type Config struct {
 	SeqLen int
 	// Holdout is the fraction of documents held out (HeldOut), in [0, 1].
 	Holdout float64
-	// Format says what a document is: a whole text file, or a JSONL record.
+	// Format says what a document is: a whole text file, or a JSONL record
+	// (of text, a chat conversation, or a prompt and its completion).
 	Format Format
-	// Field is the JSONL field holding a record's text.
+	// Field is the JSONL field holding a record's text (FormatJSONL).
 	Field string
+	// ChatTemplate renders the records of FormatChat and
+	// FormatPromptCompletion; Tokenizer must have its control tokens
+	// (chat.NewEncoder).
+	ChatTemplate chat.Template
 	// SkipBad skips bad files and records (Reason.Bad), counting them;
 	// otherwise the first one fails Prepare.
 	SkipBad bool
-	// ShardBytes bounds the uncompressed token payload of a shard; a shard
-	// holds as many whole sequences as fit (at least one).
+	// ShardBytes bounds the uncompressed payload of a shard (its tokens,
+	// and its loss mask if any); a shard holds as many whole sequences as
+	// fit (at least one).
 	ShardBytes int64
 	// MaxDocumentBytes bounds a text file; a larger one is bad (too_large).
 	MaxDocumentBytes int64
@@ -109,10 +117,12 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("shard: Config.SeqLen %d, want 1..%d", c.SeqLen, MaxSeqLen)
 	case !(c.Holdout >= 0 && c.Holdout <= 1):
 		return fmt.Errorf("shard: Config.Holdout %v, want a fraction in [0, 1]", c.Holdout)
-	case c.Format != FormatText && c.Format != FormatJSONL:
-		return fmt.Errorf("shard: Config.Format %q, want text or jsonl", c.Format)
+	case !c.Format.valid():
+		return fmt.Errorf("shard: Config.Format %q, want text, jsonl, chat or prompt-completion", c.Format)
 	case c.Format == FormatJSONL && c.Field == "":
 		return errors.New("shard: Config.Field: empty, JSONL needs the name of the text field")
+	case c.Format.Masked() && c.ChatTemplate.Name == "":
+		return fmt.Errorf("shard: Config.ChatTemplate: none, the %s format needs one", c.Format)
 	case c.ShardBytes < 1 || c.ShardBytes > MaxPayloadBytes:
 		return fmt.Errorf("shard: Config.ShardBytes %d, want 1..%d", c.ShardBytes, MaxPayloadBytes)
 	case int64(c.SeqLen+1)*int64(TokenWidth(c.Tokenizer.Vocab())) > MaxPayloadBytes:
@@ -125,6 +135,11 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("shard: Config.Workers %d, want ≥ 0", c.Workers)
 	case len(c.Name) > 256 || !utf8.ValidString(c.Name):
 		return errors.New("shard: Config.Name: want at most 256 bytes of UTF-8")
+	}
+	if c.Format.Masked() {
+		if _, err := chat.NewEncoder(c.Tokenizer, c.ChatTemplate); err != nil {
+			return fmt.Errorf("shard: Config.ChatTemplate: %w", err)
+		}
 	}
 	return nil
 }
@@ -152,13 +167,17 @@ const (
 	ReasonBadJSON      Reason = "bad_json"      // a JSONL line that is not a JSON object
 	ReasonMissingField Reason = "missing_field" // a record without Config.Field
 	ReasonNotString    Reason = "not_string"    // a record whose Config.Field is not a string
+	ReasonBadMessages  Reason = "bad_messages"  // a chat record whose "messages" is not a list of {role, content} with known roles
+	// Chat and prompt-completion records with nothing to train on:
+	ReasonNoAnswer      Reason = "no_answer"       // a conversation without an assistant message
+	ReasonPromptTooLong Reason = "prompt_too_long" // more tokens before the first answer than a sequence holds
 )
 
 // Bad reports whether input left out for r fails Prepare without
 // Config.SkipBad.
 func (r Reason) Bad() bool {
 	switch r {
-	case ReasonBinary, ReasonEmpty, ReasonHidden, ReasonNotRegular:
+	case ReasonBinary, ReasonEmpty, ReasonHidden, ReasonNotRegular, ReasonNoAnswer, ReasonPromptTooLong:
 		return false
 	}
 	return true
@@ -381,6 +400,7 @@ type document struct {
 	issue   *Issue
 	err     error  // a failure that ends Prepare (an unreadable file)
 	tokens  []byte // the document's tokens and EOT, encoded for the shard
+	trained []byte // with a loss mask: per token, 1 if the loss counts on it
 	heldout bool
 	text    int64 // bytes of the document's text
 }
@@ -410,6 +430,14 @@ func prepare(ctx context.Context, cfg *Config, files []inputFile, walkIssues []I
 		workers = runtime.GOMAXPROCS(0)
 	}
 	width := TokenWidth(cfg.Tokenizer.Vocab())
+	masked := cfg.Format.Masked()
+	var enc *chat.Encoder
+	if masked {
+		var err error
+		if enc, err = chat.NewEncoder(cfg.Tokenizer, cfg.ChatTemplate); err != nil {
+			return nil, err
+		}
+	}
 
 	work := make(chan *inputChunk, workers)
 	ordered := make(chan *inputChunk, 2*workers)
@@ -426,7 +454,7 @@ func prepare(ctx context.Context, cfg *Config, files []inputFile, walkIssues []I
 	for range workers {
 		go func() {
 			defer wg.Done()
-			w := tokenizer{cfg: cfg, width: width}
+			w := tokenizer{cfg: cfg, width: width, enc: enc}
 			for b := range work {
 				if ctx.Err() == nil { // once stopping, only release the chunks
 					for i := range b.docs {
@@ -442,19 +470,27 @@ func prepare(ctx context.Context, cfg *Config, files []inputFile, walkIssues []I
 	defer budget.close()
 	defer cancel()
 
-	sw := newShardWriter(tmp, Header{Version: FormatVersion, TokenWidth: width, Tokenizer: cfg.Tokenizer.Name(),
+	sw := newShardWriter(tmp, Header{Version: headerVersion(masked), LossMask: masked, TokenWidth: width, Tokenizer: cfg.Tokenizer.Name(),
 		Vocab: cfg.Tokenizer.Vocab(), SeqLen: cfg.SeqLen}, workers)
 	defer sw.stop()
-	seqsPerShard := max(1, (cfg.ShardBytes/int64(width)-1)/int64(cfg.SeqLen))
+	tokensPerShard := cfg.ShardBytes / int64(width)
+	if masked { // each token also takes a bit of mask
+		tokensPerShard = (cfg.ShardBytes - 1) * 8 / int64(8*width+1)
+	}
+	seqsPerShard := max(1, (tokensPerShard-1)/int64(cfg.SeqLen))
 	packers := map[Split]*packer{}
 	for _, s := range []Split{Train, Heldout} {
-		packers[s] = &packer{split: s, width: width, seqLen: cfg.SeqLen, full: int((seqsPerShard*int64(cfg.SeqLen) + 1) * int64(width)), emit: sw.submit}
+		packers[s] = &packer{split: s, width: width, seqLen: cfg.SeqLen, masked: masked,
+			full: int((seqsPerShard*int64(cfg.SeqLen) + 1) * int64(width)), emit: sw.submit}
 	}
 
 	res := &Result{}
 	src := SourceStats{Format: cfg.Format, Files: int64(len(files)), Skipped: map[Reason]int64{}}
-	if cfg.Format == FormatJSONL {
+	switch {
+	case cfg.Format == FormatJSONL:
 		src.Field = cfg.Field
+	case masked:
+		src.ChatTemplate = cfg.ChatTemplate.Name
 	}
 	prog := Progress{FilesTotal: int64(len(files))}
 	for _, f := range files {
@@ -494,11 +530,14 @@ func prepare(ctx context.Context, cfg *Config, files []inputFile, walkIssues []I
 				src.Documents++
 				src.TextBytes += u.text
 				src.Tokens += int64(len(u.tokens) / width)
+				for _, f := range u.trained {
+					src.Trained += int64(f)
+				}
 				split := Train
 				if u.heldout {
 					split = Heldout
 				}
-				if err := packers[split].add(u.tokens); err != nil {
+				if err := packers[split].add(u.tokens, u.trained); err != nil {
 					return nil, err
 				}
 			}
@@ -524,6 +563,7 @@ func prepare(ctx context.Context, cfg *Config, files []inputFile, walkIssues []I
 			return nil, err
 		}
 		dropped.Of(s).Dropped = n
+		src.TrainedCut += packers[s].cut
 	}
 	entries, err := sw.finish()
 	if err != nil {
@@ -537,7 +577,8 @@ func prepare(ctx context.Context, cfg *Config, files []inputFile, walkIssues []I
 	}
 	m := &Manifest{
 		Name:          cfg.Name,
-		FormatVersion: FormatVersion,
+		FormatVersion: headerVersion(masked),
+		LossMask:      masked,
 		Tokenizer:     cfg.Tokenizer.Name(),
 		Vocab:         cfg.Tokenizer.Vocab(),
 		EOT:           cfg.Tokenizer.EOT(),
@@ -585,36 +626,84 @@ func formatCounts(c map[Reason]int64) string {
 }
 
 // packer cuts one split's token stream into shards of whole sequences.
-// The stream arrives as encoded tokens (width bytes each); buf holds the
-// shard being filled, whose first token repeats the previous shard's last.
+// The stream arrives as encoded tokens (width bytes each), with a loss
+// mask flag per token when masked; buf (and flags) hold the shard being
+// filled, whose first token repeats the previous shard's last.
 type packer struct {
 	split         Split
 	width, seqLen int
-	full          int // payload bytes of a full shard
+	full          int  // token bytes of a full shard
+	masked        bool // the payload carries the loss mask of flags
 	buf           []byte
-	emitted       bool // a shard has been emitted
-	emit          func(s Split, payload []byte) error
+	flags         []byte // with masked: per token of buf, 1 if trained
+	emitted       bool   // a shard has been emitted
+	emit          func(s Split, payload []byte, sequences int64) error
+
+	pos int64 // tokens of the stream so far
+	cut int64 // trained tokens that are targets of a sequence without their record's start
 }
 
-// add appends tokens to the stream, emitting each shard as it fills.
-func (p *packer) add(tokens []byte) error {
+// add appends a document's tokens (and, when masked, their flags) to the
+// stream, emitting each shard as it fills.
+func (p *packer) add(tokens, flags []byte) error {
 	if p.buf == nil {
-		p.buf = make([]byte, 0, p.full)
+		p.buf, p.flags = p.newBuf()
 	}
+	p.countCut(flags)
 	for len(tokens) > 0 {
 		n := min(len(tokens), p.full-len(p.buf))
 		p.buf = append(p.buf, tokens[:n]...)
 		tokens = tokens[n:]
+		if p.masked {
+			p.flags = append(p.flags, flags[:n/p.width]...)
+			flags = flags[n/p.width:]
+		}
 		if len(p.buf) == p.full {
-			next := make([]byte, 0, p.full)
+			next, nextFlags := p.newBuf()
 			next = append(next, p.buf[len(p.buf)-p.width:]...) // the shared token
-			if err := p.emit(p.split, p.buf); err != nil {
+			if p.masked {
+				nextFlags = append(nextFlags, p.flags[len(p.flags)-1])
+			}
+			if err := p.emit(p.split, p.payload(p.full/p.width), int64(p.full/p.width-1)/int64(p.seqLen)); err != nil {
 				return err
 			}
-			p.buf, p.emitted = next, true
+			p.buf, p.flags, p.emitted = next, nextFlags, true
 		}
 	}
 	return nil
+}
+
+// newBuf makes the buffers of a shard: room for its tokens and mask.
+func (p *packer) newBuf() (buf, flags []byte) {
+	if !p.masked {
+		return make([]byte, 0, p.full), nil
+	}
+	ntok := p.full / p.width
+	return make([]byte, 0, p.full+int(MaskBytes(int64(ntok)))), make([]byte, 0, ntok)
+}
+
+// payload returns the first ntok tokens of buf, followed by their loss
+// mask when masked. It reuses buf's memory.
+func (p *packer) payload(ntok int) []byte {
+	b := p.buf[:ntok*p.width]
+	if p.masked {
+		b = appendMask(b, p.flags[:ntok])
+	}
+	return b
+}
+
+// countCut counts the trained tokens of a document starting at stream
+// position p.pos that are targets of a sequence whose inputs start after
+// it: stream token j is a target of sequence (j-1)/T, whose inputs start
+// at token ((j-1)/T)·T.
+func (p *packer) countCut(flags []byte) {
+	T, start := int64(p.seqLen), p.pos
+	for k, f := range flags {
+		if j := start + int64(k); f == 1 && j >= 1 && (j-1)/T*T > start {
+			p.cut++
+		}
+	}
+	p.pos += int64(len(flags))
 }
 
 // finish emits the last, shorter shard (if the rest of the stream holds a
@@ -633,10 +722,10 @@ func (p *packer) finish() (dropped int64, err error) {
 		return ntok, nil
 	}
 	used := n*T + 1
-	if err := p.emit(p.split, p.buf[:used*int64(p.width)]); err != nil {
+	if err := p.emit(p.split, p.payload(int(used)), n); err != nil {
 		return 0, err
 	}
-	p.buf = nil
+	p.buf, p.flags = nil, nil
 	return ntok - used, nil
 }
 
@@ -660,7 +749,7 @@ func (r *reader) run(files []inputFile) {
 			return
 		}
 		var ok bool
-		if r.cfg.Format == FormatJSONL {
+		if r.cfg.Format.jsonLines() {
 			ok = r.jsonlFile(f)
 		} else {
 			ok = r.textFile(f)
@@ -801,13 +890,19 @@ func (b *budget) close() {
 
 // tokenizer checks and tokenises documents.
 type tokenizer struct {
-	cfg   *Config
-	width int
-	ids   []int32 // reused between documents
+	cfg     *Config
+	width   int
+	enc     *chat.Encoder // chat and prompt-completion records
+	ids     []int32       // reused between documents
+	trained []bool        // reused between documents
 }
 
 func (w *tokenizer) process(u *document) {
 	if u.issue != nil || u.err != nil {
+		return
+	}
+	if w.enc != nil {
+		w.processChat(u)
 		return
 	}
 	text := u.raw
@@ -827,6 +922,61 @@ func (w *tokenizer) process(u *document) {
 	u.heldout = HeldOut(text, w.cfg.Holdout)
 	w.ids = w.cfg.Tokenizer.Encode(w.ids[:0], text)
 	w.ids = append(w.ids, w.cfg.Tokenizer.EOT())
+	w.encode(u)
+}
+
+// processChat renders a chat or prompt-completion record with the chat
+// template and tokenises it with its loss mask, followed by an untrained
+// EOT. Its split is decided by the hash of its messages' JSON encoding,
+// so that a prompt-completion record and the same conversation as a chat
+// record land in the same split. A record whose prompt (the tokens before
+// its first trained one) is longer than a sequence is left out
+// (ReasonPromptTooLong): no sequence could show the model the whole
+// prompt before the answer.
+func (w *tokenizer) processChat(u *document) {
+	msgs, is := recordMessages(u.raw, w.cfg.Format)
+	if is != nil {
+		is.Path, is.Line = u.path, u.line
+		u.issue = is
+		return
+	}
+	segs, err := w.cfg.ChatTemplate.Format(msgs)
+	if err != nil { // recordMessages checked roles and the answer
+		u.err = fmt.Errorf("shard: %s:%d: %w", u.path, u.line, err)
+		return
+	}
+	w.ids, w.trained, err = w.enc.Encode(w.ids[:0], w.trained[:0], segs)
+	if err != nil {
+		u.err = fmt.Errorf("shard: %s:%d: %w", u.path, u.line, err)
+		return
+	}
+	if prompt := slices.Index(w.trained, true); prompt > w.cfg.SeqLen {
+		u.issue = &Issue{Path: u.path, Line: u.line, Reason: ReasonPromptTooLong,
+			Detail: fmt.Sprintf("%d tokens before the first answer, more than a sequence of %d", prompt, w.cfg.SeqLen)}
+		return
+	}
+	w.ids = append(w.ids, w.cfg.Tokenizer.EOT())
+	w.trained = append(w.trained, false)
+	canon, _ := json.Marshal(msgs) // cannot fail: strings only
+	u.raw = nil
+	for _, m := range msgs {
+		u.text += int64(len(m.Content))
+	}
+	u.heldout = HeldOut(canon, w.cfg.Holdout)
+	u.trained = make([]byte, len(w.trained))
+	for i, t := range w.trained {
+		if t {
+			u.trained[i] = 1
+		}
+	}
+	w.encode(u)
+	if cap(w.trained) > 1<<24 {
+		w.trained = nil
+	}
+}
+
+// encode sets u.tokens to w.ids encoded for the shard.
+func (w *tokenizer) encode(u *document) {
 	out := make([]byte, 0, len(w.ids)*w.width)
 	for _, id := range w.ids {
 		out = appendToken(out, w.width, id)
@@ -869,10 +1019,11 @@ func newShardWriter(dir string, h Header, parallel int) *shardWriter {
 	return &shardWriter{dir: dir, header: h, sem: make(chan struct{}, max(1, parallel))}
 }
 
-// submit starts writing a shard of the payload (which it takes over),
+// submit starts writing a shard of the payload, holding sequences
+// sequences (it takes the payload over),
 // waiting while as many as allowed are in flight. It returns the first
 // error of any shard written so far. It is called from one goroutine.
-func (w *shardWriter) submit(s Split, payload []byte) error {
+func (w *shardWriter) submit(s Split, payload []byte, sequences int64) error {
 	w.sem <- struct{}{}
 	w.mu.Lock()
 	err, i := w.err, len(w.out)
@@ -884,7 +1035,7 @@ func (w *shardWriter) submit(s Split, payload []byte) error {
 	}
 	w.wg.Go(func() {
 		defer func() { <-w.sem }()
-		e, err := w.write(s, payload)
+		e, err := w.write(s, payload, sequences)
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		if err != nil && w.err == nil {
@@ -896,9 +1047,9 @@ func (w *shardWriter) submit(s Split, payload []byte) error {
 }
 
 // write compresses one shard and writes it as dir/<hash>.shard.
-func (w *shardWriter) write(s Split, payload []byte) (ShardEntry, error) {
+func (w *shardWriter) write(s Split, payload []byte, sequences int64) (ShardEntry, error) {
 	h := w.header
-	h.Sequences = int64(len(payload)/h.TokenWidth-1) / int64(h.SeqLen)
+	h.Sequences = sequences
 	file, hash, err := encodeShard(nil, h, payload)
 	if err != nil {
 		return ShardEntry{}, err

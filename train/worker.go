@@ -288,8 +288,9 @@ type Worker struct {
 	T     int   // tokens per sequence: the dataset's seq_len
 	n     int64 // train sequences in the dataset
 
-	tokens, targets []int32 // (MicroBatch, T) inputs of one pass
+	tokens, targets []int32 // (MicroBatch, T) inputs of one pass; an untrained target is −1
 	seq             []int32 // (T+1) one sequence as the dataset returns it
+	mask            []bool  // (T+1) its loss mask, when the dataset has one
 
 	// Gradient buckets: runs of consecutive model.GradRanges (of grads),
 	// in the order Backward reports them. buckets[i] ends with range
@@ -302,7 +303,12 @@ type Worker struct {
 	nextRange int              // ranges reported so far in this backward
 	added     int              // buckets added to op so far
 
-	lossBuf [2]float32 // {this worker's share of the mean loss, its sequences}
+	// lossBuf is what the loss all-reduce sums: {this worker's share of the
+	// mean loss, its sequences, its counted targets ÷ 4096, its counted
+	// targets mod 4096}. The count travels in two parts so that its sum
+	// is exact in float32 (each part's sum stays below 2^24) for global
+	// batches of up to 2^36 targets over up to 4096 workers.
+	lossBuf [4]float32
 
 	reduced     []float32 // the reduced, unclipped gradient of step reducedStep
 	reducedStep int       // -1: none
@@ -367,6 +373,7 @@ func newWorker(cfg JobConfig, m *model.Model, data *shard.Dataset, maxB, maxT in
 		targets:     make([]int32, cfg.MicroBatch*T),
 		streams:     make([]uint64, cfg.MicroBatch),
 		seq:         make([]int32, 0, T+1),
+		mask:        make([]bool, 0, T+1),
 		reducedStep: -1,
 	}
 	layout := m.Config.Layout()
@@ -482,9 +489,22 @@ func (w *Worker) batchSize(step int) int {
 // Step runs global batch number w.Done: part is this worker's sequence ids
 // (shard.Train split) from shard.Assign for that batch. It zeroes the
 // gradients and runs forward/backward over part in micro-batches of
-// MicroBatch, accumulating gradients with scale (micro-batch size)/(global
-// batch size), so that the sum over all workers is the gradient of the mean
-// loss over the global batch. During the last micro-batch's backward it
+// MicroBatch, so that the sum over all workers is the gradient of the mean
+// loss over the global batch's counted targets: all of them, or, for a
+// dataset with a loss mask, those the mask marks (the others are −1,
+// targets model.Forward ignores).
+//
+// The mean is over the whole global batch's count, which no worker knows
+// before the step without another collective: each micro-batch's gradient
+// is accumulated with scale (its counted targets)/(size·T), size·T being
+// every target of the global batch; the loss all-reduce also sums the
+// counted targets N; then the reduced gradient and the loss are multiplied
+// by size·T/N, the same factor on every worker. One worker and N workers
+// thus compute the same mean, to the rounding of the sums' order. Without
+// a loss mask N is size·T and nothing is rescaled. A global batch with no
+// counted target has loss 0 and a zero gradient.
+//
+// During the last micro-batch's backward it
 // hands the gradient buckets to red.Start(ctx, Done) as they are final
 // (last layer first), so that communication overlaps compute; then it
 // waits, all-reduces the loss, keeps a copy of the reduced gradient
@@ -525,13 +545,17 @@ func (w *Worker) Step(ctx context.Context, part []int64, red Reducer) (StepResul
 		return StepResult{}, fmt.Errorf("train: step %d: %w", step, err)
 	}
 	w.op, w.nextRange, w.added = nil, 0, 0
-	var lossSum float64 // Σ micro-batch mean loss × sequences
+	all := float64(size) * float64(T) // the global batch's targets
+	var lossSum float64               // Σ micro-batch mean loss × counted targets ÷ T
+	var counted int64                 // targets the loss counts on in part
 	for lo := 0; lo < len(part); lo += MB {
 		ids := part[lo:min(lo+MB, len(part))]
 		B := len(ids)
-		if err := w.load(shard.Train, ids); err != nil {
+		n, err := w.load(shard.Train, ids)
+		if err != nil {
 			return StepResult{}, fmt.Errorf("train: step %d: %w", step, err)
 		}
+		counted += int64(n)
 		if err := w.setDropout(step, ids); err != nil {
 			return StepResult{}, fmt.Errorf("train: step %d: %w", step, err)
 		}
@@ -539,12 +563,12 @@ func (w *Worker) Step(ctx context.Context, part []int64, red Reducer) (StepResul
 		if err != nil {
 			return StepResult{}, fmt.Errorf("train: step %d: %w", step, err)
 		}
-		lossSum += float64(loss) * float64(B)
+		lossSum += float64(loss) * float64(n) / float64(T) // B·loss when every target counts
 		last := lo+MB >= len(part)
 		if last {
 			w.op = red.Start(ctx, uint64(step))
 		}
-		err = w.backward(float32(float64(B)/float64(size)), last)
+		err = w.backward(float32(float64(n)/all), last) // B/size when every target counts
 		if err != nil {
 			if w.op != nil {
 				w.op.Wait()
@@ -567,7 +591,7 @@ func (w *Worker) Step(ctx context.Context, part []int64, red Reducer) (StepResul
 	if err != nil {
 		return StepResult{}, fmt.Errorf("train: step %d: gradient all-reduce: %w", step, err)
 	}
-	w.lossBuf = [2]float32{float32(lossSum / float64(size)), float32(len(part))}
+	w.lossBuf = [4]float32{float32(lossSum / float64(size)), float32(len(part)), float32(counted / countSplit), float32(counted % countSplit)}
 	if err := red.AllReduce(ctx, uint64(step), w.lossBuf[:]); err != nil {
 		return StepResult{}, fmt.Errorf("train: step %d: loss all-reduce: %w", step, err)
 	}
@@ -575,7 +599,15 @@ func (w *Worker) Step(ctx context.Context, part []int64, red Reducer) (StepResul
 	if got := w.lossBuf[1]; got != float32(size) { // exact: counts are below 2^24
 		return StepResult{}, fmt.Errorf("%w: step %d: the workers' parts hold %v sequences, the global batch has %d", ErrPartition, step, got, size)
 	}
+	N := float64(w.lossBuf[2])*countSplit + float64(w.lossBuf[3])
+	if !(N >= 0 && N <= all) {
+		return StepResult{}, fmt.Errorf("%w: step %d: the workers' parts count %v targets, the global batch has %v", ErrPartition, step, N, all)
+	}
 	loss := float64(w.lossBuf[0])
+	if N > 0 && N < all { // the mean over the counted targets
+		loss *= all / N
+		kernels.Scale(w.grads, float32(all/N))
+	}
 	if math.IsNaN(loss) || math.IsInf(loss, 0) {
 		return StepResult{}, fmt.Errorf("%w: step %d: loss %v; lower the learning rate", ErrDiverged, step, loss)
 	}
@@ -602,23 +634,45 @@ func (w *Worker) setDropout(step int, ids []int64) error {
 	return w.Model.SetDropoutStreams(s)
 }
 
+// countSplit splits a count of targets in two for the loss all-reduce
+// (lossBuf).
+const countSplit = 4096
+
 // load fills the first len(ids) rows of w.tokens and w.targets with
 // sequences ids of split s: inputs are a sequence's first T tokens, targets
-// its last T.
-func (w *Worker) load(s shard.Split, ids []int64) error {
+// its last T, −1 where the dataset's loss mask leaves a target out. It
+// returns the number of targets the loss counts on.
+func (w *Worker) load(s shard.Split, ids []int64) (counted int, err error) {
 	T := w.T
+	masked := w.Data.Manifest.LossMask
 	for b, id := range ids {
 		seq, err := w.Data.Sequence(s, id, w.seq[:0])
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if len(seq) != T+1 {
-			return fmt.Errorf("train: %s sequence %d has %d tokens, want %d", s, id, len(seq), T+1)
+			return 0, fmt.Errorf("train: %s sequence %d has %d tokens, want %d", s, id, len(seq), T+1)
 		}
 		copy(w.tokens[b*T:(b+1)*T], seq[:T])
-		copy(w.targets[b*T:(b+1)*T], seq[1:])
+		targets := w.targets[b*T : (b+1)*T]
+		copy(targets, seq[1:])
+		if !masked {
+			counted += T
+			continue
+		}
+		mask, err := w.Data.SequenceMask(s, id, w.mask[:0])
+		if err != nil {
+			return 0, err
+		}
+		for j, trained := range mask[1:] {
+			if trained {
+				counted++
+			} else {
+				targets[j] = -1
+			}
+		}
 	}
-	return nil
+	return counted, nil
 }
 
 // apply finishes step with the reduced gradient in w.grads (Model.Grads,
@@ -724,9 +778,10 @@ func loraWeightsHash(base string, adapter []float32) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// Eval returns the mean loss over the first EvalSequences held-out
-// sequences (shard.Heldout), in micro-batches of MicroBatch. It uses the
-// model's activations, so call it between steps.
+// Eval returns the mean loss over the counted targets (all, or those the
+// loss mask marks) of the first EvalSequences held-out sequences
+// (shard.Heldout), in micro-batches of MicroBatch; ErrNoHeldout if none
+// counts. It uses the model's activations, so call it between steps.
 func (w *Worker) Eval() (float64, error) {
 	n := w.Data.NumSequences(shard.Heldout)
 	if n == 0 {
@@ -739,23 +794,27 @@ func (w *Worker) Eval() (float64, error) {
 	k = min(k, n)
 	w.Model.SetDropoutStreams(nil) // evaluation runs without dropout; Step sets it again
 	ids := make([]int64, 0, w.Config.MicroBatch)
-	var sum float64
+	var sum, weight float64 // in sequences' worth of targets: Σ loss·B and Σ B without a mask
 	for lo := int64(0); lo < k; lo += int64(len(ids)) {
 		ids = ids[:0]
 		for id := lo; id < min(lo+int64(w.Config.MicroBatch), k); id++ {
 			ids = append(ids, id)
 		}
-		if err := w.load(shard.Heldout, ids); err != nil {
-			return 0, fmt.Errorf("train: eval: %w", err)
-		}
-		B := len(ids)
-		loss, err := w.forward(B)
+		n, err := w.load(shard.Heldout, ids)
 		if err != nil {
 			return 0, fmt.Errorf("train: eval: %w", err)
 		}
-		sum += float64(loss) * float64(B)
+		loss, err := w.forward(len(ids))
+		if err != nil {
+			return 0, fmt.Errorf("train: eval: %w", err)
+		}
+		sum += float64(loss) * float64(n) / float64(w.T)
+		weight += float64(n) / float64(w.T)
 	}
-	return sum / float64(k), nil
+	if weight == 0 {
+		return 0, fmt.Errorf("%w: the loss mask of the first %d held-out sequences of %s counts no target", ErrNoHeldout, k, w.Data.Manifest.Name)
+	}
+	return sum / weight, nil
 }
 
 // Snapshot format: one safetensors file with three F32 tensors of shape

@@ -304,3 +304,33 @@ func TestGPUWorkerEmptyPart(t *testing.T) {
 		t.Errorf("reduced gradient with an empty part: relative error %.2e to one worker's", e)
 	}
 }
+
+// TestGPUMaskedWorkersMatchCPU: on a dataset with a loss mask, two GPU
+// workers (fp32) compute each step's loss over the counted targets as the
+// CPU worker that takes the whole batch does (≤ 1e-3), and hold the same
+// weights as each other.
+func TestGPUMaskedWorkersMatchCPU(t *testing.T) {
+	gpu(t)
+	data := prepareChatDataset(t, 150, 5, 0.1)
+	const steps = 6
+	cfg := testJob(steps, 12, 4)
+	two := []*train.Worker{newGPUWorker(t, cfg, chatModel, data, cuda.FP32), newGPUWorker(t, cfg, chatModel, data, cuda.FP32)}
+	cpu := newWorker(t, cfg, chatModel, data)
+	twoRed, cpuRed := traintest.Reducers(traintest.NewGroup(2)), traintest.Reducers(traintest.NewGroup(1))
+	for step := range steps {
+		ref, err := cpu.Step(context.Background(), partsFor(t, cpu, step, 1)[0], cpuRed[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, errs := stepAll(two, partsFor(t, two[0], step, 2), twoRed)
+		if err := errors.Join(errs...); err != nil {
+			t.Fatal(err)
+		}
+		if res[0].Loss != res[1].Loss || two[0].WeightsHash() != two[1].WeightsHash() {
+			t.Fatalf("step %d: the two GPU replicas differ (loss %v / %v)", step, res[0].Loss, res[1].Loss)
+		}
+		if rel := math.Abs(res[0].Loss-ref.Loss) / ref.Loss; !(rel <= 1e-3) {
+			t.Errorf("step %d: loss %.6f with 2 GPU workers, %.6f with one CPU worker", step, res[0].Loss, ref.Loss)
+		}
+	}
+}

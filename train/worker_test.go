@@ -311,26 +311,13 @@ func TestWorkerGradientIsBatchMean(t *testing.T) {
 			}
 			x, y = append(x, seq[:64]...), append(y, seq[1:]...)
 		}
-		copy(ref.Params, ws[0].Model.Params)
-		ref.ZeroGrad()
-		loss, err := ref.Forward(x, y, len(batch), 64)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := ref.Backward(1); err != nil {
-			t.Fatal(err)
-		}
+		loss := onePass(t, ref, ws[0].Model.Params, x, y, len(batch))
 		res, errs := stepAll(ws, parts, red)
 		if err := errors.Join(errs...); err != nil {
 			t.Fatal(err)
 		}
 		_, got, _ := ws[0].LastReduced()
-		var diff, norm float64
-		for i, g := range ref.Grads {
-			diff += float64(got[i]-g) * float64(got[i]-g)
-			norm += float64(g) * float64(g)
-		}
-		rel := math.Sqrt(diff / norm)
+		rel := relDiff(got, ref.Grads)
 		t.Logf("step %d: %d sequences, loss %.5f (one pass %.5f), gradient relative difference %.1e", step, len(batch), res[0].Loss, loss, rel)
 		if !(rel <= 1e-5) || far(res[0].Loss, float64(loss), 1e-5*float64(loss)) {
 			t.Errorf("step %d: loss %v and gradient %.1e off the one-pass mean over the batch (loss %v)", step, res[0].Loss, rel, loss)

@@ -71,7 +71,7 @@ func TestCLIOverTLS(t *testing.T) {
 		err  bool
 	}{
 		{"the CA and the token", []string{"--api", "https://" + addr, "--ca", ca, "--token", token}, "self n1", false},
-		{"the token is still required", []string{"--api", "https://" + addr, "--ca", ca}, "401", true},
+		{"the token is still required", []string{"--api", "https://" + addr, "--ca", ca}, "needs its API token", true},
 		{"a wrong token", []string{"--api", "https://" + addr, "--ca", ca, "--token", "wrong"}, "refused the token", true},
 		{"another cluster's CA", []string{"--api", "https://" + addr, "--ca", wrongCA, "--token", token}, "does not verify against the CA in " + wrongCA, true},
 		{"no CA", []string{"--api", "https://" + addr, "--token", token}, "give --ca", true},

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -22,7 +23,9 @@ import (
 // does, the record a `braid node` of the same user left in the user's runtime
 // directory for the API address the command talks to, which names the
 // node's token file (DATA_DIR/api-token, 0600): the node's user, and root,
-// need no flag on the node's own machine; anyone else gets 401.
+// need no flag on the node's own machine; anyone else gets 401. For an
+// HTTPS API the record also names the cluster CA to verify the node with,
+// and the node's name (nodeClient, api.go).
 
 // apiFlags are the flags of every command that talks to a node's HTTP API.
 func apiFlags() []cli.Flag {
@@ -169,4 +172,24 @@ func discoverRecords(apiURL string) []apiRecord {
 		}
 	}
 	return recs
+}
+
+// recordAPI leaves the record by which this user's CLI finds n's API token
+// and, for HTTPS, its CA (apitoken.go), when there is either; the returned
+// function removes it.
+func recordAPI(n *node.Node, name string, logger *slog.Logger) (remove func()) {
+	rec := apiRecord{API: n.APIURL(), TokenFile: n.APITokenFile(), CAFile: n.APICAFile()}
+	if rec.CAFile != "" {
+		rec.Node = name
+	}
+	if rec.API == "" || rec.TokenFile == "" && rec.CAFile == "" {
+		return func() {}
+	}
+	remove, err := writeAPIRecord(rec)
+	if err != nil {
+		logger.Warn("the CLI will not find the API's token and CA by itself (give it --token-file and --ca)",
+			"token_file", rec.TokenFile, "ca", rec.CAFile, "err", err)
+		return func() {}
+	}
+	return remove
 }

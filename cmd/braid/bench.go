@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/braidml/braid/kernels"
 	"github.com/braidml/braid/model"
 	"github.com/braidml/braid/transport/quic"
+	"github.com/braidml/braid/transport/transportbench"
 )
 
 func benchCommand() *cli.Command {
@@ -39,6 +41,7 @@ func benchCommand() *cli.Command {
 			Name:  "transport",
 			Usage: "point-to-point QUIC throughput (mutual TLS) on loopback with 1 and more connections",
 			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "transport", Value: strings.Join(transportbench.Kinds, ","), Usage: "comma-separated transports to measure: quic (control, gossip-adjacent and small messages), tls-tcp (the ring's bulk lane)"},
 				&cli.StringFlag{Name: "lanes", Value: "1,4", Usage: "comma-separated connection counts"},
 				&cli.Int64Flag{Name: "bytes", Value: 512 << 20, Usage: "bytes per measurement"},
 				&cli.IntFlag{Name: "repeat", Value: 3, Usage: "measurements per lane count (median reported)"},
@@ -190,38 +193,56 @@ func runBenchTransport(c *cli.Context) error {
 	if c.Int64("bytes") < 1<<20 || c.Int("repeat") < 1 {
 		return fmt.Errorf("--bytes must be at least 1 MiB and --repeat at least 1")
 	}
+	kinds := strings.Split(c.String("transport"), ",")
+	for _, k := range kinds {
+		if !slices.Contains(transportbench.Kinds, k) {
+			return fmt.Errorf("--transport %q: want one or more of %s", k, strings.Join(transportbench.Kinds, ","))
+		}
+	}
 	out := c.App.Writer
 	if links := c.Int("links"); links > 0 {
-		return benchLinks(c, links)
-	}
-	if !c.Bool("json") {
-		fmt.Fprintf(out, "# braid bench transport: QUIC (quic-go, TLS 1.3, mutual auth) on loopback, %d MiB per run, median of %d\n", c.Int64("bytes")>>20, c.Int("repeat"))
-	}
-	for _, l := range lanes {
-		var runs []float64
-		for range c.Int("repeat") {
-			g, err := quic.BenchThroughput(c.Context, l, c.Int64("bytes"))
-			if err != nil {
+		for _, k := range kinds {
+			if err := benchLinks(c, k, links); err != nil {
 				return err
 			}
-			runs = append(runs, g)
 		}
-		sort.Float64s(runs)
-		g := runs[len(runs)/2]
-		if c.Bool("json") {
-			b, _ := json.Marshal(map[string]any{"kind": "transport", "proto": "quic", "lanes": l, "bytes": c.Int64("bytes"), "gbit_per_s": round(g, 3)})
-			fmt.Fprintln(out, string(b))
+		return nil
+	}
+	if !c.Bool("json") {
+		fmt.Fprintf(out, "# braid bench transport: quic (quic-go) and tls-tcp (TLS over TCP), both TLS 1.3 with mutual auth, on loopback, %d MiB per run, median of %d\n", c.Int64("bytes")>>20, c.Int("repeat"))
+		if gso, why := quic.SegmentationOffload(); gso {
+			fmt.Fprintln(out, "# quic: UDP segmentation offload (GSO) available")
 		} else {
-			fmt.Fprintf(out, "quic  lanes=%-3d %8.3f Gbit/s\n", l, g)
+			fmt.Fprintf(out, "# quic: no UDP segmentation offload (GSO): %s\n", why)
+		}
+	}
+	for _, k := range kinds {
+		for _, l := range lanes {
+			var runs []float64
+			for range c.Int("repeat") {
+				g, err := transportbench.Throughput(c.Context, k, l, c.Int64("bytes"))
+				if err != nil {
+					return err
+				}
+				runs = append(runs, g)
+			}
+			sort.Float64s(runs)
+			g := runs[len(runs)/2]
+			if c.Bool("json") {
+				b, _ := json.Marshal(map[string]any{"kind": "transport", "proto": k, "lanes": l, "bytes": c.Int64("bytes"), "gbit_per_s": round(g, 3)})
+				fmt.Fprintln(out, string(b))
+			} else {
+				fmt.Fprintf(out, "%-8s lanes=%-3d %8.3f Gbit/s\n", k, l, g)
+			}
 		}
 	}
 	return nil
 }
 
-// benchLinks runs links point-to-point QUIC transfers at once (each its own
+// benchLinks runs links point-to-point transfers on transport kind at once (each its own
 // pair of endpoints) and reports the per-link average: the ceiling of the
 // transport when a ring's N links are all busy on one machine.
-func benchLinks(c *cli.Context, links int) error {
+func benchLinks(c *cli.Context, kind string, links int) error {
 	bytes := c.Int64("bytes")
 	var (
 		wg   sync.WaitGroup
@@ -233,7 +254,7 @@ func benchLinks(c *cli.Context, links int) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			g, err := quic.BenchThroughput(c.Context, 1, bytes)
+			g, err := transportbench.Throughput(c.Context, kind, 1, bytes)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -248,10 +269,10 @@ func benchLinks(c *cli.Context, links int) error {
 	}
 	gbps := sum / float64(links) / 8 // Gbit/s → GB/s per link
 	if c.Bool("json") {
-		b, _ := json.Marshal(map[string]any{"links": links, "bytes": bytes, "GBps": round(gbps, 4)})
+		b, _ := json.Marshal(map[string]any{"proto": kind, "links": links, "bytes": bytes, "GBps": round(gbps, 4)})
 		fmt.Fprintln(c.App.Writer, string(b))
 		return nil
 	}
-	fmt.Fprintf(c.App.Writer, "quic  %d simultaneous links  %.4f GB/s per link\n", links, gbps)
+	fmt.Fprintf(c.App.Writer, "%-8s %d simultaneous links  %.4f GB/s per link\n", kind, links, gbps)
 	return nil
 }

@@ -2,13 +2,12 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"runtime/pprof"
@@ -23,6 +22,7 @@ import (
 	"github.com/braidml/braid/transport"
 	"github.com/braidml/braid/transport/pki"
 	"github.com/braidml/braid/transport/quic"
+	"github.com/braidml/braid/transport/tlstcp"
 )
 
 // benchAllreduceCommand measures the ring all-reduce in one of three ways:
@@ -51,7 +51,8 @@ func benchAllreduceCommand() *cli.Command {
 			&cli.StringFlag{Name: "sizes", Value: "1MiB,16MiB,64MiB", Usage: "buffer sizes (B, KiB, MiB, GiB suffixes)"},
 			&cli.StringFlag{Name: "dtype", Value: "fp32", Usage: "wire type: fp32, bf16, fp16 or int8"},
 			&cli.IntFlag{Name: "iters", Value: 5, Usage: "timed iterations per size (after one warm-up)"},
-			&cli.IntFlag{Name: "streams", Value: def.Streams, Usage: "parallel streams (QUIC connections) to each neighbour"},
+			&cli.IntFlag{Name: "streams", Value: def.Streams, Usage: "parallel streams (connections) to each neighbour"},
+			&cli.StringFlag{Name: "transport", Value: node.BulkTLSTCP, Usage: "local mode: what carries the ring, tls-tcp (TLS 1.3 over TCP, what nodes use by default) or quic; a cluster (--api) uses its nodes' --bulk-transport"},
 			&cli.StringFlag{Name: "chunk", Value: "1MiB", Usage: "pipelining unit, in fp32 bytes"},
 			&cli.BoolFlag{Name: "json", Usage: "one JSON object per row"},
 			&cli.IntFlag{Name: "rank", Value: -1, Usage: "run only this rank of --ring"},
@@ -150,7 +151,7 @@ func runBenchAllreduce(c *cli.Context) error {
 		if err := pki.Issue(dir, name, []string{"127.0.0.1"}, time.Hour); err != nil {
 			return err
 		}
-		p, err := freeUDPPort()
+		p, err := freePort()
 		if err != nil {
 			return err
 		}
@@ -168,7 +169,7 @@ func runBenchAllreduce(c *cli.Context) error {
 		cmd := exec.CommandContext(ctx, self, "bench", "allreduce", "--json", "--rank", strconv.Itoa(i),
 			"--ring", strings.Join(ring, ","), "--tls-dir", dir, "--sizes", c.String("sizes"),
 			"--dtype", c.String("dtype"), "--iters", strconv.Itoa(plan.iters), "--streams", strconv.Itoa(plan.cfg.Streams),
-			"--chunk", c.String("chunk"), "--hop-timeout", plan.cfg.HopTimeout.String())
+			"--chunk", c.String("chunk"), "--hop-timeout", plan.cfg.HopTimeout.String(), "--transport", c.String("transport"))
 		cmd.Stderr = os.Stderr
 		if i == 0 {
 			pipe, err := cmd.StdoutPipe()
@@ -224,13 +225,23 @@ func (p *rowPrinter) row(r benchRow) {
 	fmt.Fprintf(p.w, "  %12d %12d %6s %10.2f %10.3f %10.3f %7d\n", r.Bytes, r.Bytes/4, r.Dtype, r.TimeMS, r.AlgBW, r.BusBW, r.Wrong)
 }
 
-func freeUDPPort() (int, error) {
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+// freePort returns a loopback port free for both TCP and UDP (the ring
+// may run on either).
+func freePort() (int, error) {
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+		l.Close()
+		if err == nil {
+			u.Close()
+			return port, nil
+		}
 	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port, nil
+	return 0, errors.New("no loopback port free for both TCP and UDP")
 }
 
 // parseRing parses NAME@HOST:PORT,... into members in ring order.
@@ -277,10 +288,20 @@ func benchAllreduceRank(c *cli.Context, plan benchPlan) error {
 	if err != nil {
 		return err
 	}
-	qc := quic.DefaultConfig()
-	qc.ListenAddr, qc.Creds = self.Addr, creds
-	qc.Lanes = min(max(qc.Lanes, plan.cfg.Streams), quic.MaxLanes)
-	tr, err := quic.New(qc)
+	var tr transport.Transport
+	switch c.String("transport") {
+	case node.BulkQUIC:
+		qc := quic.DefaultConfig()
+		qc.ListenAddr, qc.Creds = self.Addr, creds
+		qc.Lanes = min(max(qc.Lanes, plan.cfg.Streams), quic.MaxLanes)
+		tr, err = quic.New(qc)
+	case node.BulkTLSTCP:
+		tc := tlstcp.DefaultConfig()
+		tc.ListenAddr, tc.Creds = self.Addr, creds
+		tr, err = tlstcp.New(tc)
+	default:
+		err = fmt.Errorf("--transport %q: want %s or %s", c.String("transport"), node.BulkTLSTCP, node.BulkQUIC)
+	}
 	if err != nil {
 		return err
 	}
@@ -315,38 +336,17 @@ func benchAllreduceRank(c *cli.Context, plan benchPlan) error {
 // the members of its cluster's committed epoch (that node is rank 0) and
 // prints the rows it streams back.
 func benchAllreduceAPI(c *cli.Context, plan benchPlan) error {
-	body, _ := json.Marshal(node.BenchPlan{Sizes: plan.sizes, Dtype: plan.cfg.Dtype.String(), Iters: plan.iters,
-		Streams: plan.cfg.Streams, ChunkBytes: plan.cfg.ChunkBytes, HopTimeout: plan.cfg.HopTimeout})
-	req, err := newAPIRequest(c.Context, c, http.MethodPost, "/v1/bench/allreduce", bytes.NewReader(body))
+	cl, err := nodeClient(c)
 	if err != nil {
 		return err
 	}
-	resp, err := apiDo(c, req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the node API at %s (is `braid node` running there?): %w", c.String("api"), err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return apiError(c, req, resp, msg)
-	}
-	p := newRowPrinter(c, "the cluster behind "+c.String("api"), plan)
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		var line struct {
-			allreduce.BenchRow
-			Error string `json:"error"`
+	// The header once the node has accepted the plan, with its first row.
+	var p *rowPrinter
+	return cl.BenchAllReduce(c.Context, node.BenchPlan{Sizes: plan.sizes, Dtype: plan.cfg.Dtype.String(), Iters: plan.iters,
+		Streams: plan.cfg.Streams, ChunkBytes: plan.cfg.ChunkBytes, HopTimeout: plan.cfg.HopTimeout}, func(r allreduce.BenchRow) {
+		if p == nil {
+			p = newRowPrinter(c, "the cluster behind "+c.String("api"), plan)
 		}
-		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
-			return fmt.Errorf("node API at %s: bad line %q: %w", c.String("api"), sc.Text(), err)
-		}
-		if line.Error != "" {
-			return fmt.Errorf("bench across the cluster: %s", line.Error)
-		}
-		p.row(line.BenchRow)
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("node API at %s: %w", c.String("api"), err)
-	}
-	return nil
+		p.row(r)
+	})
 }

@@ -52,7 +52,7 @@ func benchTrainCommand() *cli.Command {
 
 func runBenchTrain(c *cli.Context) error {
 	if c.NArg() > 0 {
-		return fmt.Errorf("bench train takes no arguments, got %q (flags go before any argument)", c.Args().Slice())
+		return fmt.Errorf("bench train takes no arguments, got %q", c.Args().Slice())
 	}
 	bm, ok := benchModels[c.String("model")]
 	if !ok {

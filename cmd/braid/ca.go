@@ -2,14 +2,12 @@ package main
 
 import (
 	"fmt"
-	"net/http"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/node"
 	"github.com/braidml/braid/transport/pki"
 )
@@ -110,8 +108,12 @@ func runCARevoke(c *cli.Context) error {
 	if !pki.ValidSerial(serial) {
 		return fmt.Errorf("--serial %q: want the serial number in hexadecimal (at most 40 digits)", c.String("serial"))
 	}
-	var rev coordinator.Revocation
-	if err := callAPI(c.Context, c, http.MethodPost, "/v1/certs/revoke", node.RevokeRequest{Serial: serial, Name: name}, &rev, 40*time.Second); err != nil {
+	cl, err := nodeClient(c)
+	if err != nil {
+		return err
+	}
+	rev, err := cl.RevokeCert(c.Context, node.RevokeRequest{Serial: serial, Name: name})
+	if err != nil {
 		return err
 	}
 	fmt.Fprintf(c.App.Writer, "revoked the certificate of %s, serial %s, at %s: every node refuses it now\n",

@@ -293,6 +293,9 @@ func TestThreeProcessCluster(t *testing.T) {
 		!(js.HeldoutLoss > 0 && js.HeldoutLoss < js.BaseHeldoutLoss) {
 		t.Fatalf("job %q status: %v\n%s", id, err, out)
 	}
+	if out, err := run(t, "job", "events", "--api", p2.api, id); err != nil || !strings.Contains(out, "no epoch change") {
+		t.Fatalf("job events of a job whose members never changed: %v\n%s", err, out)
+	}
 	if out, err := run(t, "job", "list", "--api", p1.api); err != nil || !strings.Contains(out, id) || !strings.Contains(out, "completed") {
 		t.Fatalf("job list: %v\n%s", err, out)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/braidml/braid/model"
+	"github.com/braidml/braid/model/chat"
 	"github.com/braidml/braid/shard"
 )
 
@@ -33,19 +34,31 @@ func dataCommand() *cli.Command {
 				"in lexical order (symlinks and hidden names skipped); the same input gives the same bytes\n" +
 				"and dataset id. Binary and empty files are skipped; invalid UTF-8, bad JSONL records and\n" +
 				"oversized input fail the command unless --skip-bad. Nothing appears at --out until the\n" +
-				"dataset is complete.",
+				"dataset is complete.\n\n" +
+				"--format chat reads JSONL records {\"messages\": [{\"role\": \"system\"|\"user\"|\"assistant\", \"content\": ...}]},\n" +
+				"--format prompt-completion records {\"prompt\": ..., \"completion\": ...} (a user message and the\n" +
+				"assistant's answer). Each is rendered with the model's chat template (Llama 3 or ChatML,\n" +
+				"recognised from the chat_template of --tokenizer-config, or named by --chat-template), its\n" +
+				"control tokens encoded as single ids, and the dataset stores a loss mask: training counts the\n" +
+				"loss only on the assistant's answers and the end-of-turn token after each. Records are packed\n" +
+				"like documents and may straddle sequences; a record whose prompt is longer than --seq-len is\n" +
+				"skipped and counted. The tokenizer must have the template's control tokens (byte-chat has\n" +
+				"both templates' for trying this with byte-level models; byte and gpt2 have none).",
 			Flags: []cli.Flag{
 				&cli.StringSliceFlag{Name: "input", Aliases: []string{"i"}, Usage: "text or JSONL `PATH` (file or directory, repeatable)", Required: true},
-				&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Usage: "dataset `DIR` to create (must not exist, or be empty)", Required: true},
-				&cli.StringFlag{Name: "tokenizer", Value: def.Tokenizer.Name(), Usage: "byte or gpt2"},
+				&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Usage: "dataset `DIR` to create (must not exist, or be empty, unless --overwrite)", Required: true},
+				&cli.StringFlag{Name: "tokenizer", Value: def.Tokenizer.Name(), Usage: "byte, gpt2, byte-chat (bytes and the chat templates' control tokens), or a model directory with a tokenizer.json"},
 				&cli.IntFlag{Name: "seq-len", Value: def.SeqLen, Usage: "tokens per training sequence (default: the context of models/base-en)"},
 				&cli.Float64Flag{Name: "holdout", Value: def.Holdout, Usage: "fraction of documents held out, chosen by hash"},
-				&cli.StringFlag{Name: "format", Value: string(def.Format), Usage: "text (a file is a document) or jsonl (a line is a record)"},
+				&cli.StringFlag{Name: "format", Value: string(def.Format), Usage: "text (a file is a document), jsonl (a line is a record), chat or prompt-completion (a line is a conversation; loss on the answers)"},
 				&cli.StringFlag{Name: "field", Value: def.Field, Usage: "with --format jsonl: the field holding a record's text"},
+				&cli.StringFlag{Name: "tokenizer-config", Usage: "with --format chat or prompt-completion: the model's tokenizer_config.json `PATH` (or its directory), whose chat_template picks the template"},
+				&cli.StringFlag{Name: "chat-template", Usage: "with --format chat or prompt-completion: the template, llama3 or chatml (instead of --tokenizer-config's)"},
 				&cli.StringFlag{Name: "name", Usage: "dataset name (default: the base name of the first input)"},
 				&cli.BoolFlag{Name: "skip-bad", Usage: "skip and count bad files and records instead of failing"},
 				&cli.IntFlag{Name: "shard-mib", Value: int(def.ShardBytes >> 20), Usage: "uncompressed token payload per shard, in MiB"},
 				&cli.IntFlag{Name: "max-record-mib", Value: def.MaxRecordBytes >> 20, Usage: "with --format jsonl: longest record, in MiB"},
+				overwriteFlag("replace the dataset in a non-empty --out, once the new one is complete"),
 			},
 			Action: runDataPrepare,
 		}, {
@@ -61,7 +74,7 @@ func dataCommand() *cli.Command {
 
 func runDataPrepare(c *cli.Context) error {
 	cfg := shard.DefaultConfig()
-	tok, err := model.TokenizerByName(c.String("tokenizer"))
+	tok, err := tokenizerByName(c.String("tokenizer"))
 	if err != nil {
 		return fmt.Errorf("--tokenizer: %w", err)
 	}
@@ -75,9 +88,21 @@ func runDataPrepare(c *cli.Context) error {
 	cfg.Tokenizer, cfg.SeqLen, cfg.Holdout = tok, c.Int("seq-len"), c.Float64("holdout")
 	cfg.Format, cfg.Field, cfg.SkipBad = shard.Format(c.String("format")), c.String("field"), c.Bool("skip-bad")
 	cfg.ShardBytes, cfg.MaxRecordBytes = int64(c.Int("shard-mib"))<<20, c.Int("max-record-mib")<<20
+	if cfg.Format.Masked() {
+		if cfg.ChatTemplate, err = chatTemplate(c, c.String("tokenizer-config")); err != nil {
+			return fmt.Errorf("--format %s: %w", cfg.Format, err)
+		}
+	} else if c.IsSet("chat-template") || c.IsSet("tokenizer-config") {
+		return fmt.Errorf("--chat-template and --tokenizer-config apply to --format chat and prompt-completion, not %s", cfg.Format)
+	}
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	out, finish, err := wholeOutDir(c, "out", shard.ManifestName)
+	if err != nil {
+		return err
+	}
+	cfg.Out = out
 
 	progress := newProgress(c.App.ErrWriter)
 	cfg.Progress = progress.update
@@ -85,19 +110,27 @@ func runDataPrepare(c *cli.Context) error {
 	res, err := shard.Prepare(c.Context, cfg)
 	elapsed := time.Since(start)
 	progress.finish()
-	if err != nil {
+	if err = finish(err); err != nil {
 		if errors.Is(err, shard.ErrBadInput) {
 			return fmt.Errorf("%w (--skip-bad skips and counts bad files and records)", err)
 		}
 		return err
 	}
 
+	res.Dir = c.String("out") // (with --overwrite Prepare wrote beside it)
 	m := res.Manifest
 	printIssues(c.App.ErrWriter, res.Issues, m.Source.Skipped)
 	w := c.App.Writer
 	fmt.Fprintf(w, "wrote %s: dataset %s, id %s\n", res.Dir, m.Name, m.ID)
 	fmt.Fprintf(w, "  %d documents from %s (%s), tokenizer %s, %d tokens, seq_len %d, holdout %g\n",
 		m.Source.Documents, plural(int(m.Source.Files), "file"), megabytes(m.Source.Bytes), m.Tokenizer, m.Source.Tokens, m.SeqLen, m.Holdout)
+	if m.LossMask {
+		fmt.Fprintf(w, "  chat template %s: the loss counts on %d tokens (%.1f%%: the answers and their end-of-turn tokens), %d of them in a sequence without the start of their record\n",
+			m.Source.ChatTemplate, m.Source.Trained, 100*float64(m.Source.Trained)/float64(max(m.Source.Tokens, 1)), m.Source.TrainedCut)
+		if n := m.Source.Skipped[shard.ReasonPromptTooLong]; n > 0 {
+			fmt.Fprintf(w, "  %s skipped: the prompt is longer than --seq-len %d\n", plural(int(n), "record"), m.SeqLen)
+		}
+	}
 	for _, s := range []shard.Split{shard.Train, shard.Heldout} {
 		t := m.Totals.Of(s)
 		fmt.Fprintf(w, "  %-8s %d sequences in %s (%s), %d tokens dropped after the last sequence\n",
@@ -235,7 +268,36 @@ func runDataVerify(c *cli.Context) error {
 	if !r.OK() {
 		return fmt.Errorf("%s: %d of %d shards bad", dir, len(r.Problems), r.Checked)
 	}
-	fmt.Fprintf(w, "ok %s: dataset %s, id %s: %d shards (train %d sequences, held-out %d), every hash and checksum good\n",
-		dir, m.Name, m.ID, r.Checked, m.Totals.Train.Sequences, m.Totals.Heldout.Sequences)
+	mask := ""
+	if m.LossMask {
+		mask = " with loss masks"
+	}
+	fmt.Fprintf(w, "ok %s: dataset %s, id %s: %d shards%s (train %d sequences, held-out %d), every hash and checksum good\n",
+		dir, m.Name, m.ID, r.Checked, mask, m.Totals.Train.Sequences, m.Totals.Heldout.Sequences)
 	return nil
+}
+
+// tokenizerByName is model.TokenizerByName, and the byte-chat tokenizer.
+func tokenizerByName(name string) (model.Tokenizer, error) {
+	if name == chat.ByteTokenizerName {
+		return chat.ByteTokenizer{}, nil
+	}
+	return model.TokenizerFor(name)
+}
+
+// chatTemplate returns the template --chat-template names or, without it,
+// the one the chat_template of the tokenizer_config.json at config (a
+// file or a directory) implements.
+func chatTemplate(c *cli.Context, config string) (chat.Template, error) {
+	switch {
+	case c.IsSet("chat-template"):
+		return chat.ByName(c.String("chat-template"))
+	case config != "":
+		t, err := chat.FromTokenizerConfig(config)
+		if err != nil {
+			return t, fmt.Errorf("%w (or name the template: --chat-template llama3 or chatml)", err)
+		}
+		return t, nil
+	}
+	return chat.Template{}, fmt.Errorf("no chat template: give the model's tokenizer_config.json (--tokenizer-config) or name the template (--chat-template llama3 or chatml)")
 }

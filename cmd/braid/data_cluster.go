@@ -5,11 +5,9 @@ import (
 	"fmt"
 	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/node"
 	"github.com/braidml/braid/node/push"
 )
@@ -54,12 +52,13 @@ func dataRegisterCommand() *cli.Command {
 
 func pushDataset(c *cli.Context, local bool) error {
 	if c.NArg() != 1 {
-		if c.NArg() > 1 && strings.HasPrefix(c.Args().Get(1), "-") {
-			return fmt.Errorf("flags go before the directory: braid data %s %s DIR", c.Command.Name, strings.Join(c.Args().Slice()[1:], " "))
-		}
 		return fmt.Errorf("want one dataset directory, got %d arguments", c.NArg())
 	}
-	pushed, err := push.Dataset(c.Context, apiTarget{c}, c.Args().First(), local)
+	cl, err := nodeClient(c)
+	if err != nil {
+		return err
+	}
+	pushed, err := push.Dataset(c.Context, cl.PushTarget(), c.Args().First(), local)
 	if err != nil {
 		return err
 	}
@@ -67,8 +66,8 @@ func pushDataset(c *cli.Context, local bool) error {
 	if !local {
 		req.Replicas = c.Int("replicas")
 	}
-	var d coordinator.Dataset
-	if err := callAPI(c.Context, c, "POST", "/v1/datasets", req, &d, 10*time.Minute); err != nil {
+	d, err := cl.CreateDataset(c.Context, req)
+	if err != nil {
 		return err
 	}
 	if c.Bool("json") {
@@ -88,8 +87,12 @@ func dataLsCommand() *cli.Command {
 		Usage: "list the cluster's datasets",
 		Flags: append(apiFlags(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
 		Action: func(c *cli.Context) error {
-			var ds []coordinator.Dataset
-			if err := getJSON(c.Context, c, "/v1/datasets", &ds); err != nil {
+			cl, err := nodeClient(c)
+			if err != nil {
+				return err
+			}
+			ds, err := cl.Datasets(c.Context)
+			if err != nil {
 				return err
 			}
 			if c.Bool("json") {
@@ -125,9 +128,13 @@ func dataStatusCommand() *cli.Command {
 			if c.NArg() != 1 {
 				return fmt.Errorf("want one dataset name or id")
 			}
-			var st node.DatasetStatus
-			if err := getJSON(c.Context, c, "/v1/datasets/"+c.Args().First(), &st); err != nil {
+			cl, err := nodeClient(c)
+			if err != nil {
 				return err
+			}
+			st, err := cl.Dataset(c.Context, c.Args().First())
+			if err != nil {
+				return notFound(err, "no dataset %s (see `braid data ls`)", c.Args().First())
 			}
 			if c.Bool("json") {
 				return printJSON(c, st)

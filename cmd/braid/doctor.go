@@ -25,7 +25,7 @@ func doctorCommand() *cli.Command {
 
 func runDoctor(c *cli.Context) error {
 	if c.NArg() > 0 {
-		return fmt.Errorf("doctor takes no arguments, got %q (flags go before any argument)", c.Args().Slice())
+		return fmt.Errorf("doctor takes no arguments, got %q", c.Args().Slice())
 	}
 	r := cuda.Doctor()
 	w := c.App.Writer

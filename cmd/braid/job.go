@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/model"
 	"github.com/braidml/braid/node"
+	"github.com/braidml/braid/node/client"
 	"github.com/braidml/braid/node/push"
 )
 
@@ -24,7 +24,7 @@ func jobCommand() *cli.Command {
 		Name:  "job",
 		Usage: "fine-tuning jobs across the cluster: submit, watch, status, list, cancel, export",
 		Subcommands: []*cli.Command{
-			jobSubmitCommand(), jobWatchCommand(), jobStatusCommand(), jobListCommand(), jobCancelCommand(), jobExportCommand(),
+			jobSubmitCommand(), jobWatchCommand(), jobStatusCommand(), jobEventsCommand(), jobListCommand(), jobCancelCommand(), jobExportCommand(),
 		},
 	}
 }
@@ -33,11 +33,11 @@ func jobSubmitCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "submit",
 		Usage: "submit a fine-tuning job; prints its id",
-		Description: "--base is a model directory (config.json, model.safetensors), read here and uploaded to the node behind\n" +
-			"--api (unless it holds it already); the other nodes fetch it from that node by hash. --dataset is a\n" +
-			"dataset registered with `braid data push`.",
+		Description: "--model (old name: --base) is the model directory to start from (config.json, model.safetensors), read here\n" +
+			"and uploaded to the node behind --api (unless it holds it already); the other nodes fetch it from that node by\n" +
+			"hash. --dataset is a dataset registered with `braid data push`.",
 		Flags: append(apiFlags(),
-			&cli.StringFlag{Name: "base", Required: true, Usage: "base model `DIR`"},
+			&cli.StringFlag{Name: "model", Aliases: []string{"m", "base"}, Required: true, Usage: "the model `DIR` to start from (old name: --base)"},
 			&cli.StringSliceFlag{Name: "dataset", Required: true, Usage: "dataset `NAME` or id (with --federated: each unit's local dataset)"},
 			&cli.IntFlag{Name: "steps", Required: true, Usage: "optimizer steps"},
 			&cli.IntFlag{Name: "global-batch", Required: true, Usage: "sequences per step, summed over all nodes (kept when nodes come and go)"},
@@ -69,9 +69,13 @@ func jobSubmitCommand() *cli.Command {
 			if len(datasets) > 1 && !c.Bool("federated") {
 				return fmt.Errorf("--dataset: one dataset (several only with --federated)")
 			}
-			base, _, err := push.Model(c.Context, apiTarget{c}, c.String("base"))
+			cl, err := nodeClient(c)
 			if err != nil {
-				return fmt.Errorf("--base: %w", err)
+				return err
+			}
+			base, _, err := push.Model(c.Context, cl.PushTarget(), c.String("model"))
+			if err != nil {
+				return fmt.Errorf("--model: %w", err)
 			}
 			req := node.JobRequest{Base: base, Dataset: datasets[0], Federated: c.Bool("federated"), Steps: c.Int("steps"), GlobalBatch: c.Int("global-batch"),
 				MicroBatch: c.Int("micro-batch"), LR: c.Float64("lr"), Warmup: c.Int("warmup"), WeightDecay: c.Float64("weight-decay"),
@@ -89,8 +93,8 @@ func jobSubmitCommand() *cli.Command {
 			if req.Federated {
 				req.Datasets = datasets
 			}
-			var j coordinator.Job
-			if err := callAPI(c.Context, c, http.MethodPost, "/v1/jobs", req, &j, time.Minute); err != nil {
+			j, err := cl.SubmitJob(c.Context, req)
+			if err != nil {
 				return err
 			}
 			if c.Bool("json") {
@@ -109,14 +113,31 @@ func jobArg(c *cli.Context) (string, error) {
 	return c.Args().First(), nil
 }
 
-// jobStatusArg reads the job id argument and fetches the job's status.
-func jobStatusArg(c *cli.Context) (string, node.JobStatus, error) {
-	var js node.JobStatus
+// jobClientArg reads the job id argument and builds the client of the
+// node behind --api.
+func jobClientArg(c *cli.Context) (string, *client.Client, error) {
 	id, err := jobArg(c)
 	if err != nil {
-		return id, js, err
+		return "", nil, err
 	}
-	return id, js, getJSON(c.Context, c, "/v1/jobs/"+id, &js)
+	cl, err := nodeClient(c)
+	return id, cl, err
+}
+
+// jobStatusArg reads the job id argument and fetches the job's status.
+func jobStatusArg(c *cli.Context) (string, *client.Client, node.JobStatus, error) {
+	id, cl, err := jobClientArg(c)
+	if err != nil {
+		return id, cl, node.JobStatus{}, err
+	}
+	js, err := cl.Job(c.Context, id)
+	return id, cl, js, noJob(err, id)
+}
+
+// noJob is the error of a request about job id that the node does not
+// know (404), and err otherwise.
+func noJob(err error, id string) error {
+	return notFound(err, "no job %s (see `braid job list`)", id)
 }
 
 func jobStatusCommand() *cli.Command {
@@ -126,7 +147,7 @@ func jobStatusCommand() *cli.Command {
 		ArgsUsage: "ID",
 		Flags:     append(apiFlags(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
 		Action: func(c *cli.Context) error {
-			_, js, err := jobStatusArg(c)
+			_, _, js, err := jobStatusArg(c)
 			if err != nil {
 				return err
 			}
@@ -164,8 +185,12 @@ func jobListCommand() *cli.Command {
 		Usage: "the cluster's jobs",
 		Flags: append(apiFlags(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
 		Action: func(c *cli.Context) error {
-			var jobs []coordinator.Job
-			if err := getJSON(c.Context, c, "/v1/jobs", &jobs); err != nil {
+			cl, err := nodeClient(c)
+			if err != nil {
+				return err
+			}
+			jobs, err := cl.Jobs(c.Context)
+			if err != nil {
 				return err
 			}
 			if c.Bool("json") {
@@ -192,13 +217,16 @@ func jobCancelCommand() *cli.Command {
 		ArgsUsage: "ID",
 		Flags:     apiFlags(),
 		Action: func(c *cli.Context) error {
-			id, err := jobArg(c)
+			id, cl, err := jobClientArg(c)
 			if err != nil {
 				return err
 			}
-			var j coordinator.Job
-			if err := callAPI(c.Context, c, http.MethodPost, "/v1/jobs/"+id+"/cancel", struct{}{}, &j, 30*time.Second); err != nil {
-				return err
+			j, err := cl.CancelJob(c.Context, id)
+			if err != nil {
+				if nf := noJob(err, id); nf != err {
+					return nf
+				}
+				return fmt.Errorf("cannot cancel job %s: %w", id, err)
 			}
 			fmt.Fprintf(c.App.Writer, "job %s: %s\n", j.ID, j.State)
 			return nil
@@ -213,7 +241,7 @@ func jobWatchCommand() *cli.Command {
 		ArgsUsage: "ID",
 		Flags:     append(apiFlags(), &cli.DurationFlag{Name: "every", Value: 500 * time.Millisecond, Usage: "poll interval"}),
 		Action: func(c *cli.Context) error {
-			id, err := jobArg(c)
+			id, cl, err := jobClientArg(c)
 			if err != nil {
 				return err
 			}
@@ -223,9 +251,9 @@ func jobWatchCommand() *cli.Command {
 			tty := isTerminal(c.App.ErrWriter)
 			lastMembers, lastStep := "", -1
 			for {
-				var js node.JobStatus
-				if err := getJSON(c.Context, c, "/v1/jobs/"+id, &js); err != nil {
-					return err
+				js, err := cl.Job(c.Context, id)
+				if err != nil {
+					return noJob(err, id)
 				}
 				desc := fmt.Sprintf("%s loss %.3f", js.State, js.Loss)
 				if js.HeldoutLoss != 0 {
@@ -278,11 +306,17 @@ func jobExportCommand() *cli.Command {
 			"written in PEFT's layout (adapter_config.json, adapter_model.safetensors); --merged DIR also writes\n" +
 			"the base model with the adapter merged in, as a plain model.",
 		Flags: append(apiFlags(), &cli.StringFlag{Name: "out", Required: true, Usage: "output `DIR` (created)"},
-			&cli.StringFlag{Name: "merged", Usage: "LoRA jobs: also write the merged full model to `DIR`"}),
+			&cli.StringFlag{Name: "merged", Usage: "LoRA jobs: also write the merged full model to `DIR`"},
+			overwriteFlag("write into a non-empty --out or --merged, replacing the files of the names it writes")),
 		Action: func(c *cli.Context) error {
-			id, js, err := jobStatusArg(c)
+			id, cl, js, err := jobStatusArg(c)
 			if err != nil {
 				return err
+			}
+			for _, flag := range []string{"out", "merged"} {
+				if err := checkOutDir(c, flag); err != nil {
+					return err
+				}
 			}
 			out := c.String("out")
 			if err := os.MkdirAll(out, 0o755); err != nil {
@@ -296,7 +330,7 @@ func jobExportCommand() *cli.Command {
 				return fmt.Errorf("--merged: job %s trained the full model; its export is already a plain model", id)
 			}
 			for _, name := range files {
-				if err := downloadJobFile(c.Context, c, id, name, filepath.Join(out, name)); err != nil {
+				if err := cl.DownloadJobFile(c.Context, id, name, filepath.Join(out, name)); err != nil {
 					return err
 				}
 			}
@@ -308,7 +342,7 @@ func jobExportCommand() *cli.Command {
 				}
 				defer os.RemoveAll(base)
 				for _, f := range [][2]string{{"base-config.json", "config.json"}, {"base-model.safetensors", "model.safetensors"}} {
-					if err := downloadJobFile(c.Context, c, id, f[0], filepath.Join(base, f[1])); err != nil {
+					if err := cl.DownloadJobFile(c.Context, id, f[0], filepath.Join(base, f[1])); err != nil {
 						return err
 					}
 				}

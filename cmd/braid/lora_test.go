@@ -123,7 +123,7 @@ func TestTrainLoRABadFlags(t *testing.T) {
 		args []string
 		want string
 	}{
-		"rank without a base":       {[]string{"train", "--out", out, "--lora-rank", "4"}, "--init"},
+		"rank without a base":       {[]string{"train", "--out", out, "--lora-rank", "4"}, "--model"},
 		"alpha without a rank":      {[]string{"train", "--init", base, "--out", out, "--lora-alpha", "4"}, "need --lora-rank"},
 		"merged without a rank":     {[]string{"train", "--init", base, "--out", out, "--merged", out + "m"}, "--merged"},
 		"negative rank":             {[]string{"train", "--init", base, "--out", out, "--lora-rank", "-1"}, "--lora-rank -1"},

@@ -1,8 +1,10 @@
 // Command braid fine-tunes language models on an organisation's own data.
 //
-// This file wires the command-line interface (urfave/cli/v2); each command
-// lives in its own file and does no more than turn flags into the Config
-// structs of the packages that do the work, and format their output.
+// This file wires the command-line interface (urfave/cli/v2), and cli.go
+// says how braid reads a command line (flags anywhere, one-line usage
+// errors, exit codes); each command lives in its own file and does no more
+// than turn flags into the Config structs of the packages that do the
+// work, and format their output.
 package main
 
 import (
@@ -26,24 +28,27 @@ func main() {
 	// its checkpoint); after it, signals get their default effect again, so a
 	// second Ctrl-C ends the process at once.
 	go func() { <-ctx.Done(); stop() }()
-	if err := newApp().RunContext(ctx, os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "braid:", err)
-		code := 1
-		var ec cli.ExitCoder
-		if errors.As(err, &ec) {
+	if err := runApp(ctx, newApp(), os.Args); err != nil {
+		if _, ok := errors.AsType[*usageError](err); ok {
+			fmt.Fprintln(os.Stderr, err) // it names the command: "braid train: unknown flag ..."
+		} else {
+			fmt.Fprintln(os.Stderr, "braid:", err)
+		}
+		code := exitFailed
+		if ec, ok := errors.AsType[cli.ExitCoder](err); ok {
 			code = ec.ExitCode()
 		}
 		os.Exit(code)
 	}
 }
 
-// newApp builds the command tree; tests run it in-process.
+// newApp builds the command tree; tests run it in-process, with runApp.
 func newApp() *cli.App {
 	return &cli.App{
 		Name:    "braid",
 		Usage:   "fine-tune language models on your own data, across a cluster of identical nodes",
 		Version: version,
-		Commands: []*cli.Command{
+		Commands: prepareCommands(explainNodeErrors([]*cli.Command{
 			trainCommand(),
 			generateCommand(),
 			evalCommand(),
@@ -54,7 +59,10 @@ func newApp() *cli.App {
 			dataCommand(),
 			jobCommand(),
 			doctorCommand(),
-		},
+			versionCommand(),
+			completionCommand(),
+		})),
+		OnUsageError:   onUsageError,
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints errors once
 	}
 }

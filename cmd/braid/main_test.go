@@ -7,15 +7,22 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/urfave/cli/v2"
 )
 
-// run runs the CLI in-process and returns its output.
+// run runs the CLI in-process, as main does, and returns its output.
 func run(t *testing.T, args ...string) (string, error) {
 	t.Helper()
+	return runWith(t, newApp(), args...)
+}
+
+// runWith is run of app.
+func runWith(t *testing.T, app *cli.App, args ...string) (string, error) {
+	t.Helper()
 	var out bytes.Buffer
-	app := newApp()
 	app.Writer, app.ErrWriter = &out, &out
-	err := app.RunContext(context.Background(), append([]string{"braid"}, args...))
+	err := runApp(context.Background(), app, append([]string{"braid"}, args...))
 	return out.String(), err
 }
 
@@ -143,4 +150,32 @@ func TestBenchKernelsJSON(t *testing.T) {
 	if !strings.Contains(out, `"kind":"sgemm"`) || !strings.Contains(out, `"n":64`) || !strings.Contains(out, `"gflops"`) {
 		t.Errorf("bench output: %s", out)
 	}
+}
+
+// --model names the starting checkpoint in train, job submit, eval and
+// generate; train's --init and job submit's --base still work.
+func TestModelFlagEverywhere(t *testing.T) {
+	for _, path := range [][]string{{"train"}, {"job", "submit"}, {"eval"}, {"generate"}} {
+		cmd := findCommand(newApp().Commands, path)
+		if !hasFlag(cmd.Flags, "model") {
+			t.Errorf("%v has no --model", path)
+		}
+	}
+	if !hasFlag(findCommand(newApp().Commands, []string{"train"}).Flags, "init") ||
+		!hasFlag(findCommand(newApp().Commands, []string{"job", "submit"}).Flags, "base") {
+		t.Error("the old names --init (train) and --base (job submit) are gone")
+	}
+}
+
+// findCommand is the command at path in cmds, or nil.
+func findCommand(cmds []*cli.Command, path []string) *cli.Command {
+	for _, c := range cmds {
+		if c.Name == path[0] {
+			if len(path) == 1 {
+				return c
+			}
+			return findCommand(c.Subcommands, path[1:])
+		}
+	}
+	return nil
 }

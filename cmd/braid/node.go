@@ -37,7 +37,8 @@ func nodeCommand() *cli.Command {
 			&cli.StringFlag{Name: "name", EnvVars: env("name"), Usage: "this node's name (its certificate's)"},
 			&cli.StringFlag{Name: "data-dir", EnvVars: env("data-dir"), Usage: "`DIR` for Raft state"},
 			&cli.StringFlag{Name: "gossip-addr", Value: d.GossipAddr, EnvVars: env("gossip-addr"), Usage: "gossip `HOST:PORT` (TCP and UDP)"},
-			&cli.StringFlag{Name: "quic-addr", Value: d.QUICAddr, EnvVars: env("quic-addr"), Usage: "QUIC `HOST:PORT` (UDP)"},
+			&cli.StringFlag{Name: "quic-addr", Value: d.QUICAddr, EnvVars: env("quic-addr"), Usage: "QUIC `HOST:PORT` (UDP; the bulk transport listens on TCP at the same port)"},
+			&cli.StringFlag{Name: "bulk-transport", Value: d.BulkTransport, EnvVars: env("bulk-transport"), Usage: "what carries all-reduce, shard and checkpoint traffic: tls-tcp (TLS 1.3 over TCP, same certificates) or quic; the same on every node"},
 			&cli.StringFlag{Name: "advertise", EnvVars: env("advertise"), Usage: "`HOST` peers reach this node at"},
 			&cli.StringSliceFlag{Name: "join", EnvVars: env("join"), Usage: "gossip `HOST:PORT` of any members (comma-separated or repeated)"},
 			&cli.IntFlag{Name: "bootstrap-expect", EnvVars: env("bootstrap-expect"), Usage: "servers to wait for before forming a new cluster (0: join an existing one)"},
@@ -131,6 +132,7 @@ func runNode(c *cli.Context) error {
 	cfg.Advertise, cfg.BootstrapExpect, cfg.TLSDir = c.String("advertise"), c.Int("bootstrap-expect"), c.String("tls-dir")
 	cfg.HTTPAddr, cfg.HTTPTLS, cfg.Profile, cfg.Build = c.String("http"), c.Bool("http-tls"), c.String("profile"), version
 	cfg.MaxUploadBytes, cfg.MaxPendingUploadBytes, cfg.GCGrace = c.Int64("max-upload"), c.Int64("max-pending-upload"), c.Duration("gc-grace")
+	cfg.BulkTransport = c.String("bulk-transport")
 	tok, err := nodeToken(c)
 	if err != nil {
 		return err

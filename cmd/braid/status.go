@@ -18,16 +18,19 @@ func statusCommand() *cli.Command {
 		Usage: "show the cluster as a node sees it: members, leader, term, epoch",
 		Flags: append(apiFlags(), &cli.BoolFlag{Name: "json", Usage: "print the status JSON"}),
 		Action: func(c *cli.Context) error {
-			var st node.Status
-			if err := getJSON(c.Context, c, "/v1/status", &st); err != nil {
+			cl, err := nodeClient(c)
+			if err != nil {
+				return err
+			}
+			st, err := cl.Status(c.Context)
+			if err != nil {
 				return err
 			}
 			out := c.App.Writer
 			// Certificates near their end: a node whose certificate
 			// expires is refused by its peers, which partitions the
 			// cluster without another sign.
-			var certs node.CertsStatus
-			certErr := getJSON(c.Context, c, "/v1/certs", &certs)
+			certs, certErr := cl.Certs(c.Context)
 			if c.Bool("json") {
 				b, _ := json.MarshalIndent(st, "", "  ")
 				fmt.Fprintln(out, string(b))

@@ -22,20 +22,20 @@ func trainCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "train",
 		Usage: "train a model in this process on text files or directories",
-		Description: "Trains from scratch (--config, byte-level tokenizer) or from the checkpoint in --init\n" +
+		Description: "Trains from scratch (--config, byte-level tokenizer) or from the checkpoint in --model\n" +
 			"(with its tokenizer), or continues the run saved in --resume, printing step, loss, learning rate and tokens/s, and held-out loss every\n" +
 			"--eval-every steps. The checkpoint in --out is rewritten atomically at every evaluation\n" +
 			"and at the end (model.safetensors, config.json, training_state.safetensors).\n\n" +
-			"With --lora-rank R it trains a LoRA adapter on the frozen base in --init instead: --out then\n" +
+			"With --lora-rank R it trains a LoRA adapter on the frozen base in --model instead: --out then\n" +
 			"holds the adapter in PEFT's layout (adapter_model.safetensors, adapter_config.json, loadable\n" +
 			"with peft.PeftModel.from_pretrained) and training_state.safetensors; --merged DIR also writes\n" +
 			"the base with the adapter merged in, a plain checkpoint. Unless given, the learning rate is\n" +
 			fmt.Sprintf("then %g and weight decay %g. --resume of an adapter directory continues it on the base its\n", dl.LR, dl.WeightDecay) +
-			"adapter_config.json names (base_model_name_or_path), or on --init if given.",
+			"adapter_config.json names (base_model_name_or_path), or on --model if given.",
 		Flags: append([]cli.Flag{
 			&cli.StringSliceFlag{Name: "input", Aliases: []string{"i"}, Usage: "text `PATH` (file or directory, repeatable)", Required: true},
 			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Usage: "checkpoint `DIR` to write", Required: true},
-			&cli.StringFlag{Name: "init", Usage: "start from the checkpoint in `DIR` instead of a fresh model"},
+			&cli.StringFlag{Name: "model", Aliases: []string{"m", "init"}, Usage: "start from the checkpoint in `DIR` instead of a fresh model (old name: --init)"},
 			&cli.StringFlag{Name: "resume", Usage: "continue the run saved in `DIR` (weights, optimizer, step, data position); --steps is the total"},
 			&cli.StringFlag{Name: "config", Value: "tiny", Usage: "model preset for a fresh model: tiny or small"},
 			&cli.IntFlag{Name: "steps", Value: d.Steps, Usage: "optimizer steps"},
@@ -53,11 +53,12 @@ func trainCommand() *cli.Command {
 			&cli.IntFlag{Name: "log-every", Value: 10, Usage: "print a progress line every N steps"},
 			&cli.IntFlag{Name: "threads", Usage: "compute threads (default: all cores)"},
 			&cli.StringFlag{Name: "kernel", Value: "auto", Usage: "matmul micro-kernel: auto, avx512, avx2 or generic"},
-			&cli.IntFlag{Name: "lora-rank", Usage: "train a LoRA adapter of rank `R` on the frozen --init model (0: train every weight)"},
+			&cli.IntFlag{Name: "lora-rank", Usage: "train a LoRA adapter of rank `R` on the frozen model in --model (0: train every weight)"},
 			&cli.Float64Flag{Name: "lora-alpha", Usage: "the adapter's update is scaled by alpha/R (0: 2R)"},
 			&cli.Float64Flag{Name: "lora-dropout", Usage: "dropout on the adapter's input, in [0, 1)"},
 			&cli.StringFlag{Name: "lora-targets", Value: strings.Join(model.DefaultLoRATargets, ","), Usage: "projections to adapt: c_attn, c_proj (both), attn.c_proj, mlp.c_proj, c_fc"},
 			&cli.StringFlag{Name: "merged", Usage: "with --lora-rank: also write the base with the adapter merged in to `DIR` at the end"},
+			overwriteFlag("write into a non-empty --out or --merged, replacing the files of the names it writes (not needed for --out of the --resume directory)"),
 		}, deviceFlags()...),
 		Action: runTrain,
 	}
@@ -68,7 +69,15 @@ func runTrain(c *cli.Context) error {
 		return err
 	}
 	out := c.App.Writer
-	resume, initDir := c.String("resume"), c.String("init")
+	resume, modelDir := c.String("resume"), c.String("model")
+	if !sameDir(c.String("out"), resume) {
+		if err := checkOutDir(c, "out"); err != nil {
+			return err
+		}
+	}
+	if err := checkOutDir(c, "merged"); err != nil {
+		return err
+	}
 	lora, err := loraMode(c)
 	if err != nil {
 		return err
@@ -96,24 +105,24 @@ func runTrain(c *cli.Context) error {
 		tok    model.Tokenizer = model.ByteTokenizer{}
 		params []float32
 	)
-	if resume != "" && initDir != "" && lora != loraResume {
-		return fmt.Errorf("--init and --resume exclude each other: --resume continues a run, --init starts a new one from its weights (or, resuming a LoRA adapter, names its base)")
+	if resume != "" && modelDir != "" && lora != loraResume {
+		return fmt.Errorf("--model and --resume exclude each other: --resume continues a run, --model starts a new one from its weights (or, resuming a LoRA adapter, names its base)")
 	}
-	if (resume != "" || initDir != "") && c.IsSet("config") {
-		return fmt.Errorf("--config sets the shape of a new model; with --init or --resume the checkpoint's config.json does")
+	if (resume != "" || modelDir != "") && c.IsSet("config") {
+		return fmt.Errorf("--config sets the shape of a new model; with --model or --resume the checkpoint's config.json does")
 	}
-	baseDir := initDir + resume
-	if lora == loraResume && initDir == "" {
+	baseDir := modelDir + resume
+	if lora == loraResume && modelDir == "" {
 		ac, err := model.ReadAdapterConfig(resume)
 		if err != nil {
 			return err
 		}
 		if ac.BaseModel == "" {
-			return fmt.Errorf("%s/%s names no base model (base_model_name_or_path); give it with --init", resume, model.AdapterConfigFile)
+			return fmt.Errorf("%s/%s names no base model (base_model_name_or_path); give it with --model", resume, model.AdapterConfigFile)
 		}
 		baseDir = ac.BaseModel
 	} else if lora == loraResume {
-		baseDir = initDir
+		baseDir = modelDir
 	}
 	if baseDir != "" {
 		ck, err := model.LoadCheckpoint(baseDir)
@@ -156,7 +165,7 @@ func runTrain(c *cli.Context) error {
 	var adapter *model.LoRA
 	switch lora {
 	case loraNew:
-		lc := model.LoRAConfig{Rank: c.Int("lora-rank"), Alpha: c.Float64("lora-alpha"), Dropout: c.Float64("lora-dropout"), BaseModel: initDir}
+		lc := model.LoRAConfig{Rank: c.Int("lora-rank"), Alpha: c.Float64("lora-alpha"), Dropout: c.Float64("lora-dropout"), BaseModel: modelDir}
 		if lc.Alpha == 0 {
 			lc.Alpha = 2 * float64(lc.Rank)
 		}
@@ -171,8 +180,8 @@ func runTrain(c *cli.Context) error {
 		if adapter, err = model.LoadAdapter(resume, mc); err != nil {
 			return err
 		}
-		if initDir != "" {
-			adapter.Config.BaseModel = initDir
+		if modelDir != "" {
+			adapter.Config.BaseModel = modelDir
 		}
 	}
 	if adapter != nil {
@@ -256,7 +265,7 @@ func trainLoop(c *cli.Context, out io.Writer, tr *train.Trainer, tok model.Token
 			if err := save(); err != nil {
 				return err
 			}
-			return cli.Exit("interrupted", 130)
+			return cli.Exit("interrupted", exitInterrupted)
 		}
 		st, err := tr.Step()
 		if err != nil {
@@ -301,7 +310,7 @@ type loraUse int
 
 const (
 	loraOff    loraUse = iota // train every weight
-	loraNew                   // --lora-rank: a new adapter on --init
+	loraNew                   // --lora-rank: a new adapter on --model
 	loraResume                // --resume of an adapter directory
 )
 
@@ -329,8 +338,8 @@ func loraMode(c *cli.Context) (loraUse, error) {
 		return loraOff, nil
 	case resume != "":
 		return loraOff, fmt.Errorf("--resume %s holds no %s: it is not a LoRA run (drop --lora-rank to continue it)", resume, model.AdapterConfigFile)
-	case c.String("init") == "":
-		return loraOff, fmt.Errorf("--lora-rank adapts a trained model: give its checkpoint with --init")
+	case c.String("model") == "":
+		return loraOff, fmt.Errorf("--lora-rank adapts a trained model: give its checkpoint with --model")
 	}
 	return loraNew, nil
 }

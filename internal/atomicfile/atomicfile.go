@@ -4,7 +4,11 @@
 // renamed over the target, and then the directory is fsynced.
 //
 // It is braid's one implementation of that sequence (checkpoints,
-// safetensors files, certificates and keys all use it).
+// safetensors files, certificates and keys all use it). Stage and Commit
+// split Write in two for callers that replace several files together; each
+// file is still replaced atomically, the set as a whole is not: such
+// callers order their commits so that a reader never takes a half-replaced
+// set for a whole one (safetensors.WriteDir commits the index last).
 package atomicfile
 
 import (
@@ -24,11 +28,36 @@ var ErrSyncDir = errors.New("atomicfile: sync directory")
 // Write replaces path with what write produces, with mode perm. On an error
 // before the rename, path is left as it was and no temporary file remains.
 // Errors are returned unwrapped except for ErrSyncDir; callers add the path.
-func Write(path string, perm os.FileMode, write func(io.Writer) error) (err error) {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+func Write(path string, perm os.FileMode, write func(io.Writer) error) error {
+	p, err := Stage(path, perm, write)
 	if err != nil {
 		return err
+	}
+	if err := p.Commit(); err != nil {
+		return err
+	}
+	if err := SyncDir(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("%w: %v", ErrSyncDir, err)
+	}
+	return nil
+}
+
+// Pending is a file written in full and fsynced under a temporary name in
+// its target's directory, not yet in place: the first half of Write, for
+// callers that replace several files together (a sharded checkpoint) and
+// must not touch any target until every file is written. Commit or Abort
+// it exactly once. A Pending is not safe for concurrent use.
+type Pending struct {
+	tmp, path string
+}
+
+// Stage writes what write produces, with mode perm, to a new temporary file
+// beside path (a dot-name that starts with path's base name), fsyncs and
+// closes it. path itself is not touched. On error no temporary file remains.
+func Stage(path string, perm os.FileMode, write func(io.Writer) error) (_ *Pending, err error) {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return nil, err
 	}
 	defer func() {
 		if err != nil {
@@ -37,25 +66,33 @@ func Write(path string, perm os.FileMode, write func(io.Writer) error) (err erro
 		}
 	}()
 	if err = tmp.Chmod(perm); err != nil {
-		return err
+		return nil, err
 	}
 	if err = write(tmp); err != nil {
-		return err
+		return nil, err
 	}
 	if err = tmp.Sync(); err != nil {
-		return err
+		return nil, err
 	}
 	if err = tmp.Close(); err != nil {
-		return err
+		return nil, err
 	}
-	if err = os.Rename(tmp.Name(), path); err != nil {
+	return &Pending{tmp: tmp.Name(), path: path}, nil
+}
+
+// Commit renames the staged file over its path. It does not fsync the
+// directory: call SyncDir once after the last Commit for the renames to
+// survive a power cut. On error the temporary file is removed.
+func (p *Pending) Commit() error {
+	if err := os.Rename(p.tmp, p.path); err != nil {
+		os.Remove(p.tmp)
 		return err
-	}
-	if serr := syncDir(dir); serr != nil {
-		return fmt.Errorf("%w: %v", ErrSyncDir, serr)
 	}
 	return nil
 }
+
+// Abort removes the staged file; path is left as it was.
+func (p *Pending) Abort() error { return os.Remove(p.tmp) }
 
 // WriteBytes is Write for content already in memory.
 func WriteBytes(path string, data []byte, perm os.FileMode) error {
@@ -65,7 +102,9 @@ func WriteBytes(path string, data []byte, perm os.FileMode) error {
 	})
 }
 
-func syncDir(dir string) error {
+// SyncDir fsyncs a directory, making the renames and removals in it
+// durable.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err

@@ -42,3 +42,54 @@ func TestWriteReplacesOrLeavesAlone(t *testing.T) {
 		t.Error("writing into a missing directory: no error")
 	}
 }
+
+// Stage touches nothing at the target until Commit; Abort leaves no trace.
+func TestStageCommitAbort(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	if err := WriteBytes(a, []byte("old a"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	write := func(s string) func(io.Writer) error {
+		return func(w io.Writer) error { _, err := w.Write([]byte(s)); return err }
+	}
+	pa, err := Stage(a, 0o644, write("new a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pb, err := Stage(b, 0o600, write("new b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(a); string(got) != "old a" {
+		t.Fatalf("a = %q before Commit, want the old content", got)
+	}
+	if _, err := os.Stat(b); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("b exists before Commit: %v", err)
+	}
+	if err := pa.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := pb.Abort(); err != nil {
+		t.Fatal(err)
+	}
+	if err := SyncDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(a); string(got) != "new a" {
+		t.Errorf("a = %q after Commit", got)
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Errorf("after Commit and Abort the directory holds %v, want only a", entries)
+	}
+
+	// A failing write stages nothing.
+	boom := errors.New("boom")
+	if _, err := Stage(b, 0o644, func(io.Writer) error { return boom }); !errors.Is(err, boom) {
+		t.Fatalf("Stage: %v, want boom", err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("a failed Stage left %v", entries)
+	}
+}

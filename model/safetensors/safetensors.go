@@ -23,10 +23,19 @@
 // Decoding a file and encoding it again is therefore deterministic, and
 // encoding the result of decoding an encoded file reproduces it byte for byte.
 //
-// What this package does not do: memory mapping, lazy or streaming reads,
-// arithmetic on tensors, or the 8-bit float dtypes (F8_E4M3, F8_E5M2), which
-// are rejected as unsupported. Conversions exist only to float32 (Float32s)
-// and int32 (Int32s). It holds no global state and all functions are safe for
+// A checkpoint directory in Hugging Face's layout, one model.safetensors or
+// shards listed by model.safetensors.index.json, is read with OpenDir, which
+// checks every header and the index before any tensor data is read, and
+// Set.Each, which then reads the tensors one at a time; WriteDir writes one,
+// sharded as Hugging Face shards, replacing the old files only once every
+// new one is written (sharded.go).
+//
+// What this package does not do: memory mapping, arithmetic on tensors, or
+// the 8-bit float dtypes (F8_E4M3, F8_E5M2), which are rejected as
+// unsupported. Conversions exist to float32 (Float32s, CopyFloat32s), to
+// int32 (Int32s), from float32 to F32, F16 and BF16 (FloatTensor), and
+// between float32 and bfloat16 bits in bulk (BF16Bits, BF16ToFloat32s,
+// BF16FromFloat32s). It holds no global state and all functions are safe for
 // concurrent use on distinct values.
 package safetensors
 
@@ -45,8 +54,9 @@ import (
 )
 
 // Sentinel errors. Every error returned by this package wraps exactly one of
-// them (ReadFile and WriteFile may instead wrap an *fs.PathError or other I/O
-// error); the wrapping message names the offending tensor where there is one.
+// them (the functions that touch files may instead wrap an *fs.PathError,
+// another I/O error or an internal/safefile sentinel); the wrapping message
+// names the offending file and tensor where there is one.
 var (
 	// ErrTruncated: the input is shorter than the 8-byte header length.
 	ErrTruncated = errors.New("safetensors: file shorter than 8 bytes")
@@ -76,6 +86,15 @@ var (
 	ErrConvert = errors.New("safetensors: cannot convert dtype")
 	// ErrRange: an I64 value does not fit in int32.
 	ErrRange = errors.New("safetensors: value out of range")
+	// ErrIndex: an IndexFile that is not valid JSON of the expected shape,
+	// lists a tensor twice, or names a shard that is not a plain file name.
+	ErrIndex = errors.New("safetensors: malformed index")
+	// ErrSet: the files of a checkpoint directory disagree: a tensor
+	// missing from the shard the index names, in a shard the index does
+	// not name for it, or in two shards; a shard-named file the index does
+	// not list; both a SingleFile and an IndexFile; a file changed between
+	// OpenDir and Each.
+	ErrSet = errors.New("safetensors: inconsistent checkpoint files")
 )
 
 // MaxHeaderSize is the largest JSON header Decode accepts, in bytes. It is the
@@ -192,26 +211,8 @@ func (t *Tensor) Float32s() ([]float32, error) {
 		return nil, err
 	}
 	out := make([]float32, n)
-	d := t.Data
-	switch t.Dtype {
-	case F32:
-		for i := range out {
-			out[i] = math.Float32frombits(binary.LittleEndian.Uint32(d[4*i:]))
-		}
-	case F16:
-		for i := range out {
-			out[i] = F16ToFloat32(binary.LittleEndian.Uint16(d[2*i:]))
-		}
-	case BF16:
-		for i := range out {
-			out[i] = BF16ToFloat32(binary.LittleEndian.Uint16(d[2*i:]))
-		}
-	case F64:
-		for i := range out {
-			out[i] = float32(math.Float64frombits(binary.LittleEndian.Uint64(d[8*i:])))
-		}
-	default:
-		return nil, fmt.Errorf("%w: tensor %q: %s to float32", ErrConvert, t.Name, t.Dtype)
+	if err := t.CopyFloat32s(out); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -306,45 +307,69 @@ func Decode(b []byte) (*File, error) {
 	if len(b) < 8 {
 		return nil, fmt.Errorf("%w: got %d bytes", ErrTruncated, len(b))
 	}
-	n := binary.LittleEndian.Uint64(b)
+	n, err := headerLen(binary.LittleEndian.Uint64(b), int64(len(b)))
+	if err != nil {
+		return nil, err
+	}
+	data := b[8+n:]
+	f, spans, err := decodeHeader(b[8:8+n], int64(len(data)))
+	if err != nil {
+		return nil, err
+	}
+	for i, s := range spans {
+		f.Tensors[i].Data = data[s.begin:s.end:s.end]
+	}
+	return f, nil
+}
+
+// headerLen checks the header length n read from the first 8 bytes of a
+// file of fileSize bytes (at least 8) and returns it as an int.
+func headerLen(n uint64, fileSize int64) (int, error) {
 	if n > MaxHeaderSize {
-		return nil, fmt.Errorf("%w: %d bytes exceeds the limit of %d", ErrHeaderSize, n, MaxHeaderSize)
+		return 0, fmt.Errorf("%w: %d bytes exceeds the limit of %d", ErrHeaderSize, n, MaxHeaderSize)
 	}
-	if n > uint64(len(b)-8) {
-		return nil, fmt.Errorf("%w: %d bytes but only %d follow the length", ErrHeaderSize, n, len(b)-8)
+	if n > uint64(fileSize-8) {
+		return 0, fmt.Errorf("%w: %d bytes but only %d follow the length", ErrHeaderSize, n, fileSize-8)
 	}
-	header, data := b[8:8+n], b[8+n:]
+	return int(n), nil
+}
+
+// span is a tensor's byte range [begin, end) in the data section.
+type span struct{ begin, end int }
+
+// decodeHeader validates a header for a data section of dataLen bytes and
+// returns the tensors in file order, without their Data, and each one's
+// byte range, which tile the data section exactly.
+func decodeHeader(header []byte, dataLen int64) (*File, []span, error) {
 	if !utf8.Valid(header) {
-		return nil, fmt.Errorf("%w: not valid UTF-8", ErrHeader)
+		return nil, nil, fmt.Errorf("%w: not valid UTF-8", ErrHeader)
 	}
 	members, err := readObject(header)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrHeader, err)
+		return nil, nil, fmt.Errorf("%w: %v", ErrHeader, err)
 	}
 
 	f := &File{}
-	type span struct{ begin, end int }
 	spans := make([]span, 0, len(members))
 	seen := make(map[string]bool, len(members))
 	for _, m := range members {
 		if seen[m.key] {
 			if m.key == metadataKey {
-				return nil, fmt.Errorf("%w: %s appears twice", ErrMetadata, metadataKey)
+				return nil, nil, fmt.Errorf("%w: %s appears twice", ErrMetadata, metadataKey)
 			}
-			return nil, fmt.Errorf("%w: tensor %q", ErrDuplicate, m.key)
+			return nil, nil, fmt.Errorf("%w: tensor %q", ErrDuplicate, m.key)
 		}
 		seen[m.key] = true
 		if m.key == metadataKey {
 			if f.Metadata, err = decodeMetadata(m.raw); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			continue
 		}
-		t, begin, end, err := decodeEntry(m.key, m.raw, len(data))
+		t, begin, end, err := decodeEntry(m.key, m.raw, dataLen)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		t.Data = data[begin:end:end]
 		f.Tensors = append(f.Tensors, t)
 		spans = append(spans, span{begin, end})
 	}
@@ -365,23 +390,24 @@ func Decode(b []byte) (*File, error) {
 		return bytes.Compare([]byte(f.Tensors[i].Name), []byte(f.Tensors[j].Name))
 	})
 	sorted := make([]Tensor, len(idx))
+	sortedSpans := make([]span, len(idx))
 	pos, prev := 0, ""
 	for k, i := range idx {
 		s, name := spans[i], f.Tensors[i].Name
 		switch {
 		case s.begin < pos:
-			return nil, fmt.Errorf("%w: tensor %q [%d, %d) overlaps tensor %q ending at %d", ErrOffsets, name, s.begin, s.end, prev, pos)
+			return nil, nil, fmt.Errorf("%w: tensor %q [%d, %d) overlaps tensor %q ending at %d", ErrOffsets, name, s.begin, s.end, prev, pos)
 		case s.begin > pos:
-			return nil, fmt.Errorf("%w: gap in data section at [%d, %d) before tensor %q", ErrOffsets, pos, s.begin, name)
+			return nil, nil, fmt.Errorf("%w: gap in data section at [%d, %d) before tensor %q", ErrOffsets, pos, s.begin, name)
 		}
 		pos, prev = s.end, name
-		sorted[k] = f.Tensors[i]
+		sorted[k], sortedSpans[k] = f.Tensors[i], s
 	}
-	if pos != len(data) {
-		return nil, fmt.Errorf("%w: tensors cover %d bytes of a %d-byte data section", ErrOffsets, pos, len(data))
+	if int64(pos) != dataLen {
+		return nil, nil, fmt.Errorf("%w: tensors cover %d bytes of a %d-byte data section", ErrOffsets, pos, dataLen)
 	}
 	f.Tensors = sorted
-	return f, nil
+	return f, sortedSpans, nil
 }
 
 // member is one key and raw value of a JSON object, in input order.
@@ -517,7 +543,7 @@ func jsonInts(raw json.RawMessage) ([]int64, bool) {
 
 // decodeEntry validates one tensor entry against a data section of dataLen
 // bytes and returns the tensor (without Data) and its byte range.
-func decodeEntry(name string, raw json.RawMessage, dataLen int) (t Tensor, begin, end int, err error) {
+func decodeEntry(name string, raw json.RawMessage, dataLen int64) (t Tensor, begin, end int, err error) {
 	t.Name = name
 	if len(raw) == 0 || raw[0] != '{' {
 		return t, 0, 0, fmt.Errorf("%w: tensor %q: entry is not an object", ErrHeader, name)
@@ -594,7 +620,7 @@ func decodeEntry(name string, raw json.RawMessage, dataLen int) (t Tensor, begin
 	switch {
 	case b < 0 || e < b:
 		return t, 0, 0, fmt.Errorf("%w: tensor %q: [%d, %d] is not an ordered pair of non-negative offsets", ErrOffsets, name, b, e)
-	case e > int64(dataLen):
+	case e > dataLen:
 		return t, 0, 0, fmt.Errorf("%w: tensor %q: end %d beyond the %d-byte data section", ErrOffsets, name, e, dataLen)
 	case e-b != int64(nbytes):
 		return t, 0, 0, fmt.Errorf("%w: tensor %q: [%d, %d] spans %d bytes but shape %v of %s needs %d", ErrOffsets, name, b, e, e-b, t.Shape, t.Dtype, nbytes)

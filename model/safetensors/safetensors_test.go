@@ -584,6 +584,10 @@ func FuzzDecode(f *testing.F) {
 	f.Add(encode(f, nil, nil))
 	f.Add(rawFile(`{"z": {"dtype": "F16", "shape": [2], "data_offsets": [0, 4]}, "__metadata__": {"k": "v"}}`, make([]byte, 4)))
 	f.Add(rawFile(`{"a":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}`, nil))
+	// BF16 and F16 NaNs (signalling, quiet, with payload), infinities,
+	// subnormals and a value at the edge of overflow.
+	f.Add(rawFile(`{"b":{"dtype":"BF16","shape":[6],"data_offsets":[0,12]},"h":{"dtype":"F16","shape":[2],"data_offsets":[12,16]}}`,
+		[]byte{0x81, 0x7f, 0xc0, 0xff, 0x80, 0x7f, 0x01, 0x00, 0x7f, 0x7f, 0x01, 0x80, 0x01, 0x7c, 0xff, 0x03}))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		file, err := Decode(b)
@@ -594,6 +598,7 @@ func FuzzDecode(f *testing.F) {
 			x := &file.Tensors[i]
 			x.Float32s()
 			x.Int32s()
+			checkFloatPaths(t, x)
 		}
 		var buf bytes.Buffer
 		if err := Encode(&buf, file.Tensors, file.Metadata); err != nil {
@@ -612,6 +617,56 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("Encode is not canonical (err %v)", err)
 		}
 	})
+}
+
+// checkFloatPaths: for a decoded float tensor, CopyFloat32s agrees with
+// Float32s, writing the values back in the tensor's dtype (FloatTensor)
+// reproduces its bytes (F16 and BF16 NaNs may come back as other NaNs), and
+// for BF16 the raw bits and the bulk converters agree with the scalar ones.
+func checkFloatPaths(t *testing.T, x *Tensor) {
+	t.Helper()
+	vals, err := x.Float32s()
+	if err != nil {
+		return
+	}
+	dst := make([]float32, len(vals))
+	if err := x.CopyFloat32s(dst); err != nil || !sameBits(dst, vals) {
+		t.Fatalf("tensor %q: CopyFloat32s differs from Float32s (%v)", x.Name, err)
+	}
+	if x.Dtype != F32 && x.Dtype != F16 && x.Dtype != BF16 {
+		return
+	}
+	size := x.Dtype.Size()
+	back := FloatTensor(x.Name, x.Dtype, x.Shape, vals)
+	for i, v := range vals {
+		a, b := x.Data[size*i:size*(i+1)], back.Data[size*i:size*(i+1)]
+		if !bytes.Equal(a, b) && !(x.Dtype != F32 && math.IsNaN(float64(v))) {
+			t.Fatalf("tensor %q element %d: % x written back as % x", x.Name, i, a, b)
+		}
+	}
+	if x.Dtype != BF16 {
+		return
+	}
+	bits, err := x.BF16Bits()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wide := make([]float32, len(bits))
+	BF16ToFloat32s(wide, bits)
+	if !sameBits(wide, vals) {
+		t.Fatalf("tensor %q: BF16ToFloat32s differs from Float32s", x.Name)
+	}
+	narrow := make([]uint16, len(vals))
+	BF16FromFloat32s(narrow, vals)
+	for i, h := range bits {
+		if narrow[i] != h && !(math.IsNaN(float64(vals[i])) && narrow[i] == h|0x40) {
+			t.Fatalf("tensor %q element %d: %#04x rounds back to %#04x", x.Name, i, h, narrow[i])
+		}
+	}
+}
+
+func sameBits(a, b []float32) bool {
+	return slices.EqualFunc(a, b, func(x, y float32) bool { return math.Float32bits(x) == math.Float32bits(y) })
 }
 
 // TestDecodeRejectsHugeShapeArray: a shape of millions of dimensions is

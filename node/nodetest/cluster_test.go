@@ -131,3 +131,28 @@ func TestRestartedNodeRejoinsWithItsState(t *testing.T) {
 	}
 	t.Logf("%s back in epoch %d %v", victim, back.ID, back.Members)
 }
+
+// The health monitor hears the leader's heartbeats on a follower and times
+// gossip probes, and a quiet cluster has no leader change after it formed
+// and no suspicion.
+func TestHealthMonitor(t *testing.T) {
+	c := NewCluster(t, 3)
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
+	f := c.Node(c.Follower("n1", "n2"))
+	before := f.Health()
+	c.waitFor("heartbeats and probes timed on a follower", func() bool {
+		h := f.Health()
+		return h.ContactGap.Count >= 5 && h.ProbeRTT.Count >= 2
+	})
+	h := f.Health()
+	if h.LeaderChanges != before.LeaderChanges || h.Suspicions != 0 {
+		t.Errorf("quiet cluster: %+v (before %+v)", h, before)
+	}
+	if h.ContactGap.Max <= 0 || h.ContactGap.P99 > h.ContactGap.Max {
+		t.Errorf("contact gaps %+v", h.ContactGap)
+	}
+	if st := f.Status(); st.Health == nil || st.Health.ContactGap.Count < h.ContactGap.Count {
+		t.Errorf("Status.Health %+v", st.Health)
+	}
+	t.Logf("follower %s: %+v", f.Name(), h)
+}

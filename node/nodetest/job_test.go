@@ -173,6 +173,35 @@ func TestJobSurvivesKilledMembersAndLeader(t *testing.T) {
 		if w.Restores != 0 || w.ResumedFrom != 0 {
 			t.Errorf("survivor %s restored its state %d times (resumed from step %d)", w.Node, w.Restores, w.ResumedFrom)
 		}
+		requireFailoverTimeline(t, w, victim, leader)
+	}
+}
+
+// requireFailoverTimeline checks a survivor's timeline of the job's epoch
+// changes: one for each killed member, in order, each with the phases in
+// order and a step done on the new ring.
+func requireFailoverTimeline(t *testing.T, w node.JobProgress, killed ...string) {
+	t.Helper()
+	var lost []string
+	for _, ch := range w.EpochChanges {
+		if len(ch.Lost) == 1 {
+			lost = append(lost, ch.Lost[0])
+		}
+		if ch.Declared == nil {
+			continue // the member left the epoch before gossip declared it here
+		}
+		phases := []float64{*ch.Declared, ch.Committed, ch.Resynced, ch.Connected, ch.FirstStep}
+		if !slices.IsSorted(phases) || ch.Resync == "" || ch.Epoch <= ch.From {
+			t.Errorf("%s: epoch change %+v: phases out of order %v", w.Node, ch, phases)
+		}
+		if ch.Suspected != nil && *ch.Suspected > *ch.Declared {
+			t.Errorf("%s: suspected after declared: %+v", w.Node, ch)
+		}
+		t.Logf("%s: epoch %d→%d lost %v: declared %.0f ms, committed %.0f, resynced %.0f (%s), connected %.0f, first step %.0f",
+			w.Node, ch.From, ch.Epoch, ch.Lost, *ch.Declared, ch.Committed, ch.Resynced, ch.Resync, ch.Connected, ch.FirstStep)
+	}
+	if !slices.Equal(lost, killed) {
+		t.Errorf("%s: epoch changes lost %v, want %v: %+v", w.Node, lost, killed, w.EpochChanges)
 	}
 }
 

@@ -1,7 +1,6 @@
 package quic
 
 import (
-	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -9,7 +8,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/braidml/braid/transport"
 	"github.com/braidml/braid/transport/pki"
 )
 
@@ -50,26 +48,8 @@ type Config struct {
 }
 
 // Credentials are what a Transport authenticates with and checks peers
-// against: *pki.NodeCreds or *pki.Reloader. The TLS configurations are
-// asked for once (ServerConfig, when the Transport starts) or per dial
-// (ClientConfig); PeerIdentity is asked after every handshake and again by
-// Transport.Revalidate, so credentials that change (a reloaded CA bundle,
-// a revoked certificate) apply to connections already up when it runs.
-type Credentials interface {
-	// Self is this node's PeerID.
-	Self() transport.PeerID
-	// Certificate is the certificate and key presented; the Transport
-	// derives its stateless-reset key from the key it has when it starts.
-	Certificate() tls.Certificate
-	ServerConfig() *tls.Config
-	ClientConfig(expect transport.PeerID) *tls.Config
-	PeerIdentity(tls.ConnectionState) (transport.PeerID, error)
-}
-
-var (
-	_ Credentials = (*pki.NodeCreds)(nil)
-	_ Credentials = (*pki.Reloader)(nil)
-)
+// against (pki.Credentials: *pki.NodeCreds or *pki.Reloader).
+type Credentials = pki.Credentials
 
 // DefaultConfig listens on UDP port 7400 of every interface with 4 lanes,
 // a 5 s keep-alive, a 30 s idle timeout and a 10 s handshake timeout.

@@ -18,7 +18,7 @@
 //
 // Throughput: quic-go does crypto and packet handling in Go, roughly one
 // core's worth per connection; bulk traffic should spread over lanes
-// (BenchThroughput measures it).
+// (transport/transportbench measures it).
 //
 // What this package does not do: retries beyond redialling a connection found
 // dead, peer discovery, or address resolution other than the system

@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -601,37 +600,6 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
-func TestBenchThroughput(t *testing.T) {
-	for _, lanes := range []int{1, 3} {
-		gbps, err := BenchThroughput(ctxT(t, 30*time.Second), lanes, 8<<20+1)
-		if err != nil || gbps <= 0 {
-			t.Fatalf("%d lanes: %v Gbit/s, %v", lanes, gbps, err)
-		}
-		t.Logf("%d lanes: %.2f Gbit/s (8 MiB; not a measurement)", lanes, gbps)
-	}
-}
-
-// BenchmarkThroughput reports loopback throughput with 1 and 4 lanes:
-//
-//	go test -run '^$' -bench Throughput ./transport/quic/
-func BenchmarkThroughput(b *testing.B) {
-	const size = 256 << 20
-	for _, lanes := range []int{1, 4} {
-		b.Run(fmt.Sprintf("lanes=%d", lanes), func(b *testing.B) {
-			var sum float64
-			for b.Loop() {
-				g, err := BenchThroughput(context.Background(), lanes, size)
-				if err != nil {
-					b.Fatal(err)
-				}
-				sum += g
-			}
-			b.ReportMetric(sum/float64(b.N), "Gbit/s")
-			b.SetBytes(size)
-		})
-	}
-}
-
 // TestRedialAfterCrash: a peer that dies without closing its connections
 // and restarts on the same address resets them statelessly (its reset key
 // derives from its private key), so the next Dial redials at once instead
@@ -680,4 +648,15 @@ func TestSelfDial(t *testing.T) {
 		t.Fatalf("accepted %v", r)
 	}
 	r.Close()
+}
+
+// SegmentationOffload says no, and why, when quic-go is told not to use it.
+func TestSegmentationOffloadDisabled(t *testing.T) {
+	t.Setenv("QUIC_GO_DISABLE_GSO", "true")
+	if gso, why := SegmentationOffload(); gso || !strings.Contains(why, "QUIC_GO_DISABLE_GSO") {
+		t.Errorf("SegmentationOffload() = %v, %q with QUIC_GO_DISABLE_GSO=true", gso, why)
+	}
+	os.Unsetenv("QUIC_GO_DISABLE_GSO")
+	gso, why := SegmentationOffload()
+	t.Logf("this machine: GSO %v %s", gso, why)
 }

@@ -1,4 +1,8 @@
-package quic
+// Package transportbench measures what braid's transports move point to
+// point on loopback (`braid bench transport`): QUIC (transport/quic) and
+// TLS over TCP (transport/tlstcp), with the same throw-away CA and node
+// certificates, so the figures compare the transports and nothing else.
+package transportbench
 
 import (
 	"context"
@@ -11,22 +15,37 @@ import (
 
 	"github.com/braidml/braid/transport"
 	"github.com/braidml/braid/transport/pki"
+	"github.com/braidml/braid/transport/quic"
+	"github.com/braidml/braid/transport/tlstcp"
 )
 
-// BenchThroughput measures point-to-point throughput over loopback: it makes
-// a throw-away CA and two nodes in a temporary directory, opens one stream
-// on each of lanes connections (handshakes are not timed), sends bytes in
-// total split evenly across them, and returns the rate in Gbit/s (10^9 bits
-// per second) from the first byte written until the receiver has
-// acknowledged the last. Both endpoints run in this process, so they share
-// its CPUs: on loopback the figure is bounded by QUIC's CPU cost (crypto,
-// packet handling), not by a link.
-func BenchThroughput(ctx context.Context, lanes int, bytes int64) (gbps float64, err error) {
-	if lanes < 1 || lanes > MaxLanes {
-		return 0, fmt.Errorf("quic: bench: lanes %d, want 1..%d", lanes, MaxLanes)
+// The transports Throughput measures.
+const (
+	QUIC   = "quic"    // transport/quic: every stream of a lane on one QUIC connection
+	TLSTCP = "tls-tcp" // transport/tlstcp: a TCP connection per stream
+)
+
+// Kinds lists the transports Throughput measures.
+var Kinds = []string{QUIC, TLSTCP}
+
+// Throughput measures point-to-point throughput over loopback on the
+// transport kind: it makes a throw-away CA and two nodes in a temporary
+// directory, opens one stream on each of lanes lanes (handshakes are not
+// timed), sends bytes in total split evenly across them, and returns the
+// rate in Gbit/s (10^9 bits per second) from the first byte written until
+// the receiver has acknowledged the last. Both endpoints run in this
+// process, so they share its CPUs: on loopback the figure is bounded by the
+// transport's CPU cost (crypto, packet handling), not by a link.
+func Throughput(ctx context.Context, kind string, lanes int, bytes int64) (gbps float64, err error) {
+	if lanes < 1 || lanes > quic.MaxLanes {
+		return 0, fmt.Errorf("transportbench: lanes %d, want 1..%d", lanes, quic.MaxLanes)
 	}
 	if bytes < int64(lanes) {
-		return 0, fmt.Errorf("quic: bench: %d bytes for %d lanes", bytes, lanes)
+		return 0, fmt.Errorf("transportbench: %d bytes for %d lanes", bytes, lanes)
+	}
+	newNode, err := starter(kind)
+	if err != nil {
+		return 0, err
 	}
 	dir, err := os.MkdirTemp("", "braid-bench-pki-")
 	if err != nil {
@@ -36,7 +55,7 @@ func BenchThroughput(ctx context.Context, lanes int, bytes int64) (gbps float64,
 	if err := pki.InitCA(dir); err != nil {
 		return 0, err
 	}
-	node := func(name string) (*Transport, error) {
+	node := func(name string) (transport.Transport, error) {
 		if err := pki.Issue(dir, name, []string{"127.0.0.1"}, time.Hour); err != nil {
 			return nil, err
 		}
@@ -44,11 +63,7 @@ func BenchThroughput(ctx context.Context, lanes int, bytes int64) (gbps float64,
 		if err != nil {
 			return nil, err
 		}
-		cfg := DefaultConfig()
-		cfg.ListenAddr = "127.0.0.1:0"
-		cfg.Creds = creds
-		cfg.Lanes = lanes
-		return New(cfg)
+		return newNode(creds, lanes)
 	}
 	a, err := node("bench-a")
 	if err != nil {
@@ -145,7 +160,26 @@ func BenchThroughput(ctx context.Context, lanes int, bytes int64) (gbps float64,
 		if ctx.Err() != nil {
 			firstErr = errors.Join(ctx.Err(), firstErr)
 		}
-		return 0, fmt.Errorf("quic: bench: %w", firstErr)
+		return 0, fmt.Errorf("transportbench: %s: %w", kind, firstErr)
 	}
 	return float64(bytes) * 8 / elapsed.Seconds() / 1e9, nil
+}
+
+// starter returns how to start an endpoint of kind on a free loopback port.
+func starter(kind string) (func(creds pki.Credentials, lanes int) (transport.Transport, error), error) {
+	switch kind {
+	case QUIC:
+		return func(creds pki.Credentials, lanes int) (transport.Transport, error) {
+			cfg := quic.DefaultConfig()
+			cfg.ListenAddr, cfg.Creds, cfg.Lanes = "127.0.0.1:0", creds, lanes
+			return quic.New(cfg)
+		}, nil
+	case TLSTCP:
+		return func(creds pki.Credentials, _ int) (transport.Transport, error) {
+			cfg := tlstcp.DefaultConfig()
+			cfg.ListenAddr, cfg.Creds = "127.0.0.1:0", creds
+			return tlstcp.New(cfg)
+		}, nil
+	}
+	return nil, fmt.Errorf("transportbench: transport %q: want %s or %s", kind, QUIC, TLSTCP)
 }

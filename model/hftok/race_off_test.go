@@ -1,0 +1,5 @@
+//go:build !race
+
+package hftok_test
+
+const raceEnabled = false
