@@ -152,7 +152,7 @@ func (n *Node) SubmitJob(ctx context.Context, req JobRequest) (coordinator.Job, 
 	if ck.Config.Context < 1 {
 		return coordinator.Job{}, fmt.Errorf("node: base model (config %s) has no context", req.Base.Config[:12])
 	}
-	spec, err := jobSpec(req, ds.ID, fed)
+	spec, err := jobSpec(req, ck.Config, ds.ID, fed)
 	if err != nil {
 		return coordinator.Job{}, fmt.Errorf("node: %w", err)
 	}

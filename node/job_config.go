@@ -24,12 +24,14 @@ import (
 
 // jobSpec maps req to the spec to commit, for the dataset (ID) SubmitJob
 // resolved and, in a federated job, the units' datasets (IDs). The base
-// model is req.Base.
-func jobSpec(req JobRequest, dataset string, federated []string) (coordinator.JobSpec, error) {
+// model is req.Base, of shape base (a LoRA job adapts every projection of
+// its family unless the request names some).
+func jobSpec(req JobRequest, base model.Config, dataset string, federated []string) (coordinator.JobSpec, error) {
 	def := train.DefaultJobConfig()
 	if req.LoRARank > 0 {
 		def = train.DefaultLoRAJobConfig()
 		lc := model.DefaultLoRAConfig()
+		lc.Targets = model.DefaultLoRATargetsFor(base)
 		lc.Rank, lc.Alpha, lc.Dropout = req.LoRARank, orF(req.LoRAAlpha, float64(2*req.LoRARank)), req.LoRADropout
 		if len(req.LoRATargets) > 0 {
 			lc.Targets = req.LoRATargets

@@ -55,7 +55,7 @@ func jobSubmitCommand() *cli.Command {
 			&cli.IntFlag{Name: "lora-rank", Usage: "train a LoRA adapter of rank `R` instead of the full model (LR defaults to 5e-3, weight decay to 0)"},
 			&cli.Float64Flag{Name: "lora-alpha", Usage: "LoRA scale numerator (default 2R)"},
 			&cli.Float64Flag{Name: "lora-dropout", Usage: "dropout on the adapter's input"},
-			&cli.StringFlag{Name: "lora-targets", Usage: "projections to adapt: c_attn,c_proj,c_fc (default all)"},
+			&cli.StringFlag{Name: "lora-targets", Usage: "projections to adapt, PEFT's target_modules (GPT-2: c_attn, c_proj, c_fc; the Llama family: q_proj ... down_proj; default: every projection of the base model's family)"},
 			&cli.IntFlag{Name: "diloco", Usage: "low-communication mode: `H` local steps between all-reduces of the pseudo-gradient (DiLoCo; 0: every step)"},
 			&cli.Float64Flag{Name: "outer-lr", Usage: "DiLoCo's outer learning rate (default 0.7)"},
 			&cli.Float64Flag{Name: "outer-momentum", Usage: "DiLoCo's outer Nesterov momentum (default 0.9)"},

@@ -56,7 +56,7 @@ func trainCommand() *cli.Command {
 			&cli.IntFlag{Name: "lora-rank", Usage: "train a LoRA adapter of rank `R` on the frozen model in --model (0: train every weight)"},
 			&cli.Float64Flag{Name: "lora-alpha", Usage: "the adapter's update is scaled by alpha/R (0: 2R)"},
 			&cli.Float64Flag{Name: "lora-dropout", Usage: "dropout on the adapter's input, in [0, 1)"},
-			&cli.StringFlag{Name: "lora-targets", Value: strings.Join(model.DefaultLoRATargets, ","), Usage: "projections to adapt: c_attn, c_proj (both), attn.c_proj, mlp.c_proj, c_fc"},
+			&cli.StringFlag{Name: "lora-targets", Usage: "projections to adapt, PEFT's target_modules: GPT-2's c_attn, c_proj (both), attn.c_proj, mlp.c_proj, c_fc; the Llama family's q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (default: every projection of the model's family)"},
 			&cli.StringFlag{Name: "merged", Usage: "with --lora-rank: also write the base with the adapter merged in to `DIR` at the end"},
 			overwriteFlag("write into a non-empty --out or --merged, replacing the files of the names it writes (not needed for --out of the --resume directory)"),
 		}, deviceFlags()...),
@@ -169,8 +169,11 @@ func runTrain(c *cli.Context) error {
 		if lc.Alpha == 0 {
 			lc.Alpha = 2 * float64(lc.Rank)
 		}
-		if lc.Targets, err = model.ParseLoRATargets(c.String("lora-targets")); err != nil {
-			return fmt.Errorf("--lora-targets: %w", err)
+		lc.Targets = model.DefaultLoRATargetsFor(mc)
+		if c.IsSet("lora-targets") {
+			if lc.Targets, err = model.ParseLoRATargets(c.String("lora-targets")); err != nil {
+				return fmt.Errorf("--lora-targets: %w", err)
+			}
 		}
 		if adapter, err = model.NewLoRA(mc, lc); err != nil {
 			return err
