@@ -114,8 +114,12 @@ def wait(what, cond, timeout=120, every=0.02):
         if v:
             return v
         if time.time() > deadline:
-            raise SystemExit(f"bench_job: no {what} within {timeout}s")
+            raise Stuck(f"bench_job: no {what} within {timeout}s")
         time.sleep(every)
+
+
+class Stuck(Exception):
+    """A wait that timed out: the cluster's logs are kept (KEEP=1 keeps them always)."""
 
 
 def setup_job(c, braid, steps, work):
@@ -176,8 +180,13 @@ def failover(braid, rounds, kills):
             q = lambda p: ts[min(len(ts) - 1, int(math.ceil(p * len(ts))) - 1)]
             print(json.dumps({"bench": "job-failover-summary", "kill": kind, "runs": len(ts), "p50_s": round(q(0.5), 3),
                               "p90_s": round(q(0.9), 3), "max_s": round(ts[-1], 3), "all_s": [round(t, 3) for t in ts]}), flush=True)
-    finally:
+    except Stuck as e:
+        c.stop()
+        raise SystemExit(f"{e}; the nodes' logs are kept in {work}")
+    except BaseException:
         c.stop(); shutil.rmtree(work, ignore_errors=True)
+        raise
+    c.stop(); shutil.rmtree(work, ignore_errors=True)
 
 
 def scaling(braid, nodes):

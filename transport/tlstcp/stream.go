@@ -163,6 +163,13 @@ func (s *stream) Close() error {
 	s.closed = true
 	s.mu.Unlock()
 	s.untrack()
+	if !s.writeMu.TryLock() {
+		// A Write is under way, perhaps blocked on a peer that does not
+		// read: cut the connection (no close_notify), which unblocks it.
+		s.sock.Conn.Close()
+		return nil
+	}
+	s.writeMu.Unlock()
 	// tls.Conn.Close sends close_notify (bounded by its own 5 s deadline)
 	// unless a Write is in flight, then closes the socket, which unblocks
 	// Reads and Writes.

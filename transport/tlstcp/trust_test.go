@@ -192,3 +192,35 @@ func TestPendingConnectionsBounded(t *testing.T) {
 	l, _ := a.Listen(transport.ProtoControl)
 	open(t, a, b, l)
 }
+
+// Close while a Write is blocked on a peer that does not read returns at
+// once, and the Write fails.
+func TestCloseUnblocksWrite(t *testing.T) {
+	c := newCluster(t)
+	a, b := start(t, c.creds("a")), start(t, c.creds("b"))
+	l, _ := a.Listen(transport.ProtoRing)
+	d, _ := open(t, a, b, l)
+	wrote := make(chan error, 1)
+	go func() {
+		chunk := make([]byte, 1<<20)
+		for {
+			if _, err := d.Write(chunk); err != nil {
+				wrote <- err
+				return
+			}
+		}
+	}()
+	// The peer reads nothing: the writer blocks once the buffers are full.
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	d.Close()
+	select {
+	case err := <-wrote:
+		t.Logf("write after Close: %v (%v)", err, time.Since(start))
+	case <-time.After(3 * time.Second):
+		t.Fatal("Close did not unblock the Write")
+	}
+	if time.Since(start) > time.Second {
+		t.Errorf("Close took %v", time.Since(start))
+	}
+}
