@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/braidml/braid/allreduce"
 	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/kernels/cuda"
 	"github.com/braidml/braid/model"
@@ -209,40 +208,6 @@ func (r *jobRunner) run() {
 	}
 }
 
-// awaitNewEpoch asks the leader for a fresh epoch (if membership does not
-// bring one first) and waits until it is committed.
-func (r *jobRunner) awaitNewEpoch(epoch uint64) {
-	asked := false
-	deadline := time.Now().Add(renewAfter)
-	for r.ctx.Err() == nil {
-		st, changed := r.n.coord.Watch()
-		if st.Epoch.ID != epoch {
-			return
-		}
-		if j, ok := st.Job(r.id); !ok || j.State != coordinator.JobRunning {
-			return
-		}
-		if !asked && time.Now().After(deadline) {
-			r.n.renewEpoch(r.ctx, epoch)
-			asked = true
-		}
-		select {
-		case <-r.ctx.Done():
-		case <-changed:
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-// maxEpochFailures is how many epochs in a row may end in an error on a
-// node without any step getting done before the node fails the job.
-const maxEpochFailures = 8
-
-// renewAfter is how long a worker whose ring broke waits for membership to
-// produce a new epoch before it asks the leader for one (the ring may have
-// broken with everyone alive).
-const renewAfter = 1500 * time.Millisecond
-
 // prepare fetches the job's inputs and builds the worker.
 func (r *jobRunner) prepare() error {
 	n, spec := r.n, r.spec
@@ -395,17 +360,6 @@ func (r *jobRunner) readObject(h string) ([]byte, error) {
 	return os.ReadFile(p)
 }
 
-// ringReducer adapts an allreduce.Ring to train.Reducer.
-type ringReducer struct{ r *allreduce.Ring }
-
-func (rr ringReducer) Start(ctx context.Context, step uint64) train.ReduceOp {
-	return rr.r.Start(ctx, step)
-}
-
-func (rr ringReducer) AllReduce(ctx context.Context, step uint64, buf []float32) error {
-	return rr.r.AllReduce(ctx, step, buf)
-}
-
 // runEpoch syncs with epoch e's members and trains until the epoch or the
 // job changes. It returns errJobEnded when the job is over.
 func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
@@ -440,33 +394,13 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 		return err
 	}
 	r.change.synced(r)
-	var members []allreduce.Member
-	st := n.coord.State()
-	for _, name := range e.Members {
-		m, ok := st.Member(name)
-		if !ok {
-			return fmt.Errorf("epoch %d member %s is unknown", e.ID, name)
-		}
-		members = append(members, allreduce.Member{ID: transportPeer(name), Addr: m.Addr})
-	}
 	n.ringMu.Lock()
 	defer n.ringMu.Unlock()
-	rcfg := allreduce.DefaultConfig()
-	if r.spec.Wire != "" {
-		dt, err := allreduce.ParseDtype(r.spec.Wire)
-		if err != nil {
-			return err
-		}
-		rcfg.Dtype = dt
-	}
-	ring, err := allreduce.NewRing(rcfg, n.tr, members)
+	ring, err := r.epochRing(ctx, e)
 	if err != nil {
 		return err
 	}
 	defer ring.Close()
-	if err := ring.Connect(ctx); err != nil {
-		return err
-	}
 	r.change.ringUp()
 	red := ringReducer{ring}
 	r.setPhase(PhaseTraining)

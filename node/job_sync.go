@@ -8,8 +8,10 @@ import (
 	"math"
 	"time"
 
+	"github.com/braidml/braid/allreduce"
 	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/shard"
+	"github.com/braidml/braid/train"
 )
 
 // The sync protocol: how a member enters an epoch in step with the others
@@ -360,4 +362,80 @@ func decodeGrads(b []byte, n int) (int, []float32, error) {
 		g[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[16+4*i:]))
 	}
 	return int(step), g, nil
+}
+
+// awaitNewEpoch asks the leader for a fresh epoch (if membership does not
+// bring one first) and waits until it is committed.
+func (r *jobRunner) awaitNewEpoch(epoch uint64) {
+	asked := false
+	deadline := time.Now().Add(renewAfter)
+	for r.ctx.Err() == nil {
+		st, changed := r.n.coord.Watch()
+		if st.Epoch.ID != epoch {
+			return
+		}
+		if j, ok := st.Job(r.id); !ok || j.State != coordinator.JobRunning {
+			return
+		}
+		if !asked && time.Now().After(deadline) {
+			r.n.renewEpoch(r.ctx, epoch)
+			asked = true
+		}
+		select {
+		case <-r.ctx.Done():
+		case <-changed:
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// maxEpochFailures is how many epochs in a row may end in an error on a
+// node without any step getting done before the node fails the job.
+const maxEpochFailures = 8
+
+// renewAfter is how long a worker whose ring broke waits for membership to
+// produce a new epoch before it asks the leader for one (the ring may have
+// broken with everyone alive).
+const renewAfter = 1500 * time.Millisecond
+
+// epochRing makes epoch e's ring, with the job's wire type, and connects
+// it: every member's streams are up when it returns. n.ringMu is held.
+func (r *jobRunner) epochRing(ctx context.Context, e coordinator.Epoch) (*allreduce.Ring, error) {
+	var members []allreduce.Member
+	st := r.n.coord.State()
+	for _, name := range e.Members {
+		m, ok := st.Member(name)
+		if !ok {
+			return nil, fmt.Errorf("epoch %d member %s is unknown", e.ID, name)
+		}
+		members = append(members, allreduce.Member{ID: transportPeer(name), Addr: m.Addr})
+	}
+	rcfg := allreduce.DefaultConfig()
+	if r.spec.Wire != "" {
+		dt, err := allreduce.ParseDtype(r.spec.Wire)
+		if err != nil {
+			return nil, err
+		}
+		rcfg.Dtype = dt
+	}
+	ring, err := allreduce.NewRing(rcfg, r.n.tr, members)
+	if err != nil {
+		return nil, err
+	}
+	if err := ring.Connect(ctx); err != nil {
+		ring.Close()
+		return nil, err
+	}
+	return ring, nil
+}
+
+// ringReducer adapts an allreduce.Ring to train.Reducer.
+type ringReducer struct{ r *allreduce.Ring }
+
+func (rr ringReducer) Start(ctx context.Context, step uint64) train.ReduceOp {
+	return rr.r.Start(ctx, step)
+}
+
+func (rr ringReducer) AllReduce(ctx context.Context, step uint64, buf []float32) error {
+	return rr.r.AllReduce(ctx, step, buf)
 }
