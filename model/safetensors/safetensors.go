@@ -681,6 +681,17 @@ func encodeHeader(tensors []Tensor, metadata map[string]string) ([]byte, []int, 
 		}
 	}
 
+	header, err := layoutHeader(tensors, order, func(i int) int { return len(tensors[i].Data) }, metadata)
+	if err != nil {
+		return nil, nil, err
+	}
+	return header, order, nil
+}
+
+// layoutHeader writes the padded header of tensors (their names, dtypes and
+// shapes; not their data) laid out in the data section in order, tensor i
+// taking size(i) bytes, with metadata.
+func layoutHeader(tensors []Tensor, order []int, size func(i int) int, metadata map[string]string) ([]byte, error) {
 	var h bytes.Buffer
 	h.WriteByte('{')
 	first := true
@@ -694,7 +705,7 @@ func encodeHeader(tensors []Tensor, metadata map[string]string) ([]byte, []int, 
 		keys := make([]string, 0, len(metadata))
 		for k, v := range metadata {
 			if !utf8.ValidString(k) || !utf8.ValidString(v) {
-				return nil, nil, fmt.Errorf("%w: key %q or its value is not valid UTF-8", ErrMetadata, k)
+				return nil, fmt.Errorf("%w: key %q or its value is not valid UTF-8", ErrMetadata, k)
 			}
 			keys = append(keys, k)
 		}
@@ -729,7 +740,7 @@ func encodeHeader(tensors []Tensor, metadata map[string]string) ([]byte, []int, 
 		h.WriteString(`],"data_offsets":[`)
 		h.WriteString(strconv.Itoa(off))
 		h.WriteByte(',')
-		off += len(t.Data)
+		off += size(i)
 		h.WriteString(strconv.Itoa(off))
 		h.WriteString("]}")
 	}
@@ -738,9 +749,9 @@ func encodeHeader(tensors []Tensor, metadata map[string]string) ([]byte, []int, 
 		h.WriteByte(' ')
 	}
 	if h.Len() > MaxHeaderSize {
-		return nil, nil, fmt.Errorf("%w: header of %d bytes exceeds the limit of %d", ErrHeaderSize, h.Len(), MaxHeaderSize)
+		return nil, fmt.Errorf("%w: header of %d bytes exceeds the limit of %d", ErrHeaderSize, h.Len(), MaxHeaderSize)
 	}
-	return h.Bytes(), order, nil
+	return h.Bytes(), nil
 }
 
 func writeJSONString(buf *bytes.Buffer, s string) {
