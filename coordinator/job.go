@@ -55,10 +55,14 @@ type ModelRef struct {
 	Tokenizer map[string]string `json:"tokenizer,omitempty"`
 }
 
-// tokenizerFiles are the file names a model's Tokenizer may hold: those
-// package model's TokenizerFiles lists (a test in package node keeps them
-// equal), which this package does not import.
+// tokenizerFiles are the file names a model's Tokenizer may hold, sorted:
+// those package model's TokenizerFiles lists (a test in package node keeps
+// them equal), which this package does not import.
 var tokenizerFiles = []string{"chat_template.jinja", "tokenizer.json", "tokenizer_config.json"}
+
+// TokenizerFiles lists, sorted, the file names a model's Tokenizer may
+// hold. The slice is the caller's.
+func TokenizerFiles() []string { return slices.Clone(tokenizerFiles) }
 
 // ValidTokenizerFile reports whether name may be a file of a model's
 // tokenizer: tokenizer.json, tokenizer_config.json or chat_template.jinja.
