@@ -639,12 +639,7 @@ func Encode(w io.Writer, tensors []Tensor, metadata map[string]string) error {
 	if err != nil {
 		return err
 	}
-	var pre [8]byte
-	binary.LittleEndian.PutUint64(pre[:], uint64(len(header)))
-	if _, err := w.Write(pre[:]); err != nil {
-		return err
-	}
-	if _, err := w.Write(header); err != nil {
+	if err := writeHeader(w, header); err != nil {
 		return err
 	}
 	for _, i := range order {
@@ -653,6 +648,18 @@ func Encode(w io.Writer, tensors []Tensor, metadata map[string]string) error {
 		}
 	}
 	return nil
+}
+
+// writeHeader writes the header's length (8 bytes, little-endian), then
+// the header.
+func writeHeader(w io.Writer, header []byte) error {
+	var pre [8]byte
+	binary.LittleEndian.PutUint64(pre[:], uint64(len(header)))
+	if _, err := w.Write(pre[:]); err != nil {
+		return err
+	}
+	_, err := w.Write(header)
+	return err
 }
 
 // encodeHeader validates the tensors and returns the padded header and the

@@ -1,7 +1,6 @@
 package safetensors
 
 import (
-	"encoding/binary"
 	"fmt"
 	"io"
 )
@@ -52,12 +51,7 @@ func (s *Set) WriteSingle(w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var pre [8]byte
-	binary.LittleEndian.PutUint64(pre[:], uint64(len(h)))
-	if _, err := w.Write(pre[:]); err != nil {
-		return err
-	}
-	if _, err := w.Write(h); err != nil {
+	if err := writeHeader(w, h); err != nil {
 		return err
 	}
 	return s.Each(func(t *Tensor) error {
