@@ -2,7 +2,6 @@ package nodetest
 
 import (
 	"context"
-	"encoding/json"
 	"maps"
 	"os"
 	"path/filepath"
@@ -13,51 +12,12 @@ import (
 	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/model"
 	"github.com/braidml/braid/model/hftok"
+	"github.com/braidml/braid/model/modeltest"
 	"github.com/braidml/braid/node"
 )
 
 // Jobs on bases as Hugging Face publishes them: a tokenizer.json beside
 // config.json, and bf16 weights in shards.
-
-// hfBase writes a small randomly initialised GPT-2 in Hugging Face's
-// layout with a tokenizer.json: config.json without braid_tokenizer,
-// model.safetensors, and model/hftok's GPT-2 fixture (507 ids) as
-// tokenizer.json and tokenizer_config.json.
-func hfBase(t *testing.T) string {
-	t.Helper()
-	c := model.Config{Context: 64, Dim: 32, Layers: 2, Heads: 2, Vocab: 512}
-	m, err := model.NewInference(c, 1, 64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.Init(7)
-	dir := filepath.Join(t.TempDir(), "hf-base")
-	if err := model.SaveCheckpoint(dir, c, model.ByteTokenizer{}, m.Params); err != nil {
-		t.Fatal(err)
-	}
-	var cfg map[string]any
-	b, err := os.ReadFile(filepath.Join(dir, model.ConfigFile))
-	if err != nil || json.Unmarshal(b, &cfg) != nil {
-		t.Fatalf("config.json: %v", err)
-	}
-	delete(cfg, "braid_tokenizer")
-	if b, err = json.MarshalIndent(cfg, "", "  "); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, model.ConfigFile), b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []string{hftok.TokenizerFile, hftok.ConfigFile} {
-		b, err := os.ReadFile(filepath.Join("..", "..", "model", "hftok", "testdata", "gpt2", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
-}
 
 // checkpointDir writes the files of job checkpoint cp, read from its first
 // holder's store, into a directory named as an export names them.
@@ -89,7 +49,7 @@ func checkpointDir(t *testing.T, c *Cluster, cp coordinator.Checkpoint) string {
 func TestJobOnABaseWithATokenizerJSON(t *testing.T) {
 	c := NewCluster(t, 2)
 	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 2 })
-	base := hfBase(t)
+	base := modeltest.HFGPT2(t, model.Config{Context: 64, Dim: 32, Layers: 2, Heads: 2, Vocab: 512}, 7)
 	tok, err := model.LoadTokenizer(base)
 	if err != nil {
 		t.Fatal(err)
@@ -149,7 +109,7 @@ func TestJobOnABaseWithATokenizerJSON(t *testing.T) {
 func TestJobOnAShardedBF16Base(t *testing.T) {
 	c := NewCluster(t, 2)
 	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 2 })
-	base := filepath.Join("..", "..", "model", "testdata", "hf_tiny_bf16_sharded") // n_positions 32, vocab 300
+	base := modeltest.ShardedBF16(t) // n_positions 32, vocab_size 300
 	ds, _ := prepareDatasetWith(t, "legal", 40, model.ByteTokenizer{}, 32)
 	if _, err := c.PushDataset("n2", ds, node.DatasetOptions{}); err != nil {
 		t.Fatal(err)

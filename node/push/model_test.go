@@ -2,7 +2,6 @@ package push_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"maps"
@@ -14,45 +13,15 @@ import (
 
 	"github.com/braidml/braid/model"
 	"github.com/braidml/braid/model/hftok"
+	"github.com/braidml/braid/model/modeltest"
 	"github.com/braidml/braid/model/safetensors"
 	"github.com/braidml/braid/node/push"
 )
 
-// hfModel writes a small GPT-2 as Hugging Face publishes one: config.json
-// without braid_tokenizer, model.safetensors, and the hftok GPT-2 fixture's
-// tokenizer.json and tokenizer_config.json.
+// hfModel writes a small GPT-2 as Hugging Face publishes one, with a
+// tokenizer.json (modeltest.HFGPT2).
 func hfModel(t *testing.T) string {
-	t.Helper()
-	c := model.Config{Context: 16, Dim: 8, Layers: 1, Heads: 2, Vocab: 512}
-	m, err := model.NewInference(c, 1, 16)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.Init(1)
-	dir := t.TempDir()
-	if err := model.SaveCheckpoint(dir, c, model.ByteTokenizer{}, m.Params); err != nil {
-		t.Fatal(err)
-	}
-	var cfg map[string]any
-	b, _ := os.ReadFile(filepath.Join(dir, model.ConfigFile))
-	if err := json.Unmarshal(b, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	delete(cfg, "braid_tokenizer")
-	b, _ = json.Marshal(cfg)
-	if err := os.WriteFile(filepath.Join(dir, model.ConfigFile), b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []string{hftok.TokenizerFile, hftok.ConfigFile} {
-		b, err := os.ReadFile(filepath.Join("..", "..", "model", "hftok", "testdata", "gpt2", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
+	return modeltest.HFGPT2(t, model.Config{Context: 16, Dim: 8, Layers: 1, Heads: 2, Vocab: 512}, 1)
 }
 
 // A base whose tokenizer is a tokenizer.json travels with its files: the
@@ -113,7 +82,7 @@ func TestModelSendsTokenizerFiles(t *testing.T) {
 func TestModelRefusesABadTokenizerFirst(t *testing.T) {
 	dir := hfModel(t)
 	b, _ := os.ReadFile(filepath.Join(dir, model.ConfigFile))
-	if err := os.WriteFile(filepath.Join(dir, model.ConfigFile), []byte(strings.Replace(string(b), `"vocab_size":512`, `"vocab_size":300`, 1)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, model.ConfigFile), []byte(strings.Replace(string(b), `"vocab_size": 512`, `"vocab_size": 300`, 1)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	mem := push.NewMemory()
@@ -129,7 +98,7 @@ func TestModelRefusesABadTokenizerFirst(t *testing.T) {
 // tensors as stored (bf16), which decodes to the checkpoint LoadCheckpoint
 // reads from the shards; pushed again, nothing is sent.
 func TestModelSendsShardsAsOneObject(t *testing.T) {
-	dir := filepath.Join("..", "..", "model", "testdata", "hf_tiny_bf16_sharded")
+	dir := modeltest.ShardedBF16(t)
 	mem := push.NewMemory()
 	ref, _, err := push.Model(context.Background(), mem, dir)
 	if err != nil {
@@ -186,7 +155,7 @@ func (failingTarget) Put(_ context.Context, _ string, _ int64, r io.Reader, _ bo
 // A target that fails while a sharded set streams to it gets its error
 // back, and the push does not hang on the rest of the set.
 func TestModelShardsToAFailingTarget(t *testing.T) {
-	dir := filepath.Join("..", "..", "model", "testdata", "hf_tiny_bf16_sharded")
+	dir := modeltest.ShardedBF16(t)
 	if _, _, err := push.Model(context.Background(), failingTarget{push.NewMemory()}, dir); !errors.Is(err, errTarget) {
 		t.Errorf("push.Model: %v, want the target's error", err)
 	}
