@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 )
@@ -42,11 +43,67 @@ func (s JobState) valid() bool {
 	return s == JobSubmitted || s == JobRunning || s.Final()
 }
 
-// ModelRef names a model by the content hashes of its two files, fetched
-// from peers like dataset shards.
+// ModelRef names a model by the content hashes of its files, fetched from
+// peers like dataset shards.
 type ModelRef struct {
 	Config  string `json:"config"`  // config.json
 	Weights string `json:"weights"` // model.safetensors
+	// Tokenizer names the files of a tokenizer read from a tokenizer.json
+	// (file name → hash; see ValidTokenizerFile), none for a model whose
+	// tokenizer is built in. Omitted when empty, so a spec without them
+	// encodes, and hashes, as it did before they existed.
+	Tokenizer map[string]string `json:"tokenizer,omitempty"`
+}
+
+// tokenizerFiles are the file names a model's Tokenizer may hold, sorted:
+// those package model's TokenizerFiles lists (a test in package node keeps
+// them equal), which this package does not import.
+var tokenizerFiles = []string{"chat_template.jinja", "tokenizer.json", "tokenizer_config.json"}
+
+// TokenizerFiles lists, sorted, the file names a model's Tokenizer may
+// hold. The slice is the caller's.
+func TokenizerFiles() []string { return slices.Clone(tokenizerFiles) }
+
+// ValidTokenizerFile reports whether name may be a file of a model's
+// tokenizer: tokenizer.json, tokenizer_config.json or chat_template.jinja.
+// Such a name is a plain file name, safe to join to a directory.
+func ValidTokenizerFile(name string) bool { return slices.Contains(tokenizerFiles, name) }
+
+// validTokenizer checks the tokenizer files of a model: known names (so at
+// most one of each), tokenizer.json among them where there are any, and
+// hashes.
+func validTokenizer(files map[string]string) error {
+	if len(files) == 0 {
+		return nil
+	}
+	if len(files) > len(tokenizerFiles) {
+		return fmt.Errorf("%d tokenizer files, at most %d", len(files), len(tokenizerFiles))
+	}
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		if !ValidTokenizerFile(name) {
+			return fmt.Errorf("tokenizer file %q: want one of %v", truncate(name, 40), tokenizerFiles)
+		}
+		if err := validHash(files[name]); err != nil {
+			return fmt.Errorf("tokenizer file %s: %v", name, err)
+		}
+	}
+	if _, ok := files["tokenizer.json"]; !ok {
+		return fmt.Errorf("tokenizer files without tokenizer.json")
+	}
+	return nil
+}
+
+func (r ModelRef) validate() error {
+	if err := validHash(r.Config); err != nil {
+		return fmt.Errorf("base config: %v", err)
+	}
+	if err := validHash(r.Weights); err != nil {
+		return fmt.Errorf("base weights: %v", err)
+	}
+	if err := validTokenizer(r.Tokenizer); err != nil {
+		return fmt.Errorf("base: %v", err)
+	}
+	return nil
 }
 
 // JobSpec is what a job trains: fixed at submission.
@@ -121,6 +178,9 @@ type Checkpoint struct {
 	State   string   `json:"state"`   // the workers' snapshot (weights, optimizer, step)
 	Hash    string   `json:"weights_hash"`
 	Holders []string `json:"holders"`
+	// Tokenizer names the files of the tokenizer config.json names, as
+	// ModelRef.Tokenizer does (omitted when empty).
+	Tokenizer map[string]string `json:"tokenizer,omitempty"`
 }
 
 // Job is a submitted job.
@@ -136,9 +196,11 @@ type Job struct {
 
 // Clone returns a deep copy of j.
 func (j Job) Clone() Job {
+	j.Spec.Base.Tokenizer = maps.Clone(j.Spec.Base.Tokenizer)
 	j.Checkpoints = slices.Clone(j.Checkpoints)
 	for i := range j.Checkpoints {
 		j.Checkpoints[i].Holders = slices.Clone(j.Checkpoints[i].Holders)
+		j.Checkpoints[i].Tokenizer = maps.Clone(j.Checkpoints[i].Tokenizer)
 	}
 	return j
 }
@@ -210,11 +272,8 @@ func finite(name string, v float64, lo, hi float64) error {
 }
 
 func (s JobSpec) validate() error {
-	if err := validHash(s.Base.Config); err != nil {
-		return fmt.Errorf("base config: %v", err)
-	}
-	if err := validHash(s.Base.Weights); err != nil {
-		return fmt.Errorf("base weights: %v", err)
+	if err := s.Base.validate(); err != nil {
+		return err
 	}
 	if err := validHash(s.Dataset); err != nil {
 		return fmt.Errorf("dataset: %v", err)
@@ -325,6 +384,9 @@ func (c Checkpoint) validate() error {
 			return fmt.Errorf("checkpoint at step %d: holder: %v", c.Step, err)
 		}
 	}
+	if err := validTokenizer(c.Tokenizer); err != nil {
+		return fmt.Errorf("checkpoint at step %d: %v", c.Step, err)
+	}
 	return nil
 }
 
@@ -351,7 +413,7 @@ func (c SubmitJob) apply(s *fsmState) error {
 		return fmt.Errorf("%w: %s: %d jobs, limit %d", ErrLimit, c.Type(), len(s.jobs), MaxJobs)
 	}
 	s.jobSeq++
-	s.jobs[c.ID] = Job{ID: c.ID, Spec: c.Spec, State: JobSubmitted, SubmittedBy: c.SubmittedBy, Seq: s.jobSeq}
+	s.jobs[c.ID] = Job{ID: c.ID, Spec: c.Spec, State: JobSubmitted, SubmittedBy: c.SubmittedBy, Seq: s.jobSeq}.Clone()
 	return nil
 }
 
@@ -385,7 +447,7 @@ func (c RecordCheckpoint) apply(s *fsmState) error {
 	}
 	j = j.Clone()
 	cp := c.Checkpoint
-	cp.Holders = slices.Clone(cp.Holders)
+	cp.Holders, cp.Tokenizer = slices.Clone(cp.Holders), maps.Clone(cp.Tokenizer)
 	j.Checkpoints = append(j.Checkpoints, cp)
 	if len(j.Checkpoints) > MaxCheckpoints {
 		j.Checkpoints = j.Checkpoints[len(j.Checkpoints)-MaxCheckpoints:]

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
 	"reflect"
@@ -81,6 +82,16 @@ func TestJobSpecValidation(t *testing.T) {
 		"NaN clip":          func(s *JobSpec) { s.Clip = nan() },
 		"bad base hash":     func(s *JobSpec) { s.Base.Weights = "x" },
 		"no replicas":       func(s *JobSpec) { s.Replicas = 0 },
+		// A base's tokenizer files: the names join a directory on every
+		// member, so only the known ones pass.
+		"tokenizer path": func(s *JobSpec) {
+			s.Base.Tokenizer = map[string]string{"tokenizer.json": hexHash('1'), "../x": hexHash('2')}
+		},
+		"tokenizer vocab.json": func(s *JobSpec) {
+			s.Base.Tokenizer = map[string]string{"tokenizer.json": hexHash('1'), "vocab.json": hexHash('2')}
+		},
+		"tokenizer bad hash": func(s *JobSpec) { s.Base.Tokenizer = map[string]string{"tokenizer.json": "x"} },
+		"tokenizer no json":  func(s *JobSpec) { s.Base.Tokenizer = map[string]string{"tokenizer_config.json": hexHash('1')} },
 	} {
 		s := testJobSpec()
 		mut(&s)
@@ -90,6 +101,56 @@ func TestJobSpecValidation(t *testing.T) {
 	}
 	if _, err := EncodeCommand(SubmitJob{ID: "J_1", Spec: testJobSpec(), SubmittedBy: "n1"}); !errors.Is(err, ErrInvalidCommand) {
 		t.Error("a job id with upper case and _ accepted")
+	}
+	s := testJobSpec()
+	s.Base.Tokenizer = map[string]string{"tokenizer.json": hexHash('1'), "tokenizer_config.json": hexHash('2'), "chat_template.jinja": hexHash('3')}
+	if _, err := EncodeCommand(SubmitJob{ID: "j", Spec: s, SubmittedBy: "n1"}); err != nil {
+		t.Errorf("a base with its three tokenizer files: %v", err)
+	}
+	cp := testCheckpoint(20)
+	cp.Tokenizer = map[string]string{"tokenizer.json": hexHash('1'), "special_tokens_map.json": hexHash('2')}
+	if _, err := EncodeCommand(RecordCheckpoint{ID: "j", Checkpoint: cp}); !errors.Is(err, ErrInvalidCommand) {
+		t.Errorf("a checkpoint with an unknown tokenizer file: %v", err)
+	}
+}
+
+// A job whose base has no tokenizer files encodes (and so hashes and
+// replicates) exactly as before ModelRef and Checkpoint had them: the spec,
+// the command that submits it and a checkpoint record.
+func TestJobEncodingWithoutTokenizerUnchanged(t *testing.T) {
+	spec, err := json.Marshal(testJobSpec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const wantSpec = `{"base":{"config":"` + "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" + `","weights":"` +
+		"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb" + `"},"dataset":"` + "dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd" +
+		`","steps":100,"global_batch":16,"micro_batch":8,"lr":0.001,"min_lr_frac":0.1,"warmup":10,"weight_decay":0.1,"clip":1,"seed":1,` +
+		`"checkpoint_every":20,"eval_every":20,"hash_every":10,"replicas":2}`
+	if string(spec) != wantSpec {
+		t.Errorf("spec JSON\n got %s\nwant %s", spec, wantSpec)
+	}
+	cmd, err := EncodeCommand(SubmitJob{ID: "j1", Spec: testJobSpec(), SubmittedBy: "n1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `,"p":{"id":"j1","spec":` + wantSpec + `,"submitted_by":"n1"}}`; !bytes.HasSuffix(cmd, []byte(want)) {
+		t.Errorf("submit command\n got %s\nwant it ending %s", cmd, want)
+	}
+	cp, err := json.Marshal(testCheckpoint(20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const wantCp = `{"step":20,"config":"` + "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" + `","weights":"` + "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc" +
+		`","state":"` + "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee" + `","weights_hash":"` + "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff" +
+		`","holders":["n1","n2"]}`
+	if string(cp) != wantCp {
+		t.Errorf("checkpoint JSON\n got %s\nwant %s", cp, wantCp)
+	}
+	// An empty map is no files, and encodes as none.
+	s := testJobSpec()
+	s.Base.Tokenizer = map[string]string{}
+	if b, _ := json.Marshal(s); string(b) != wantSpec {
+		t.Errorf("spec with an empty tokenizer map: %s", b)
 	}
 }
 

@@ -147,25 +147,44 @@ func LoadTokenizer(dir string) (Tokenizer, error) {
 // braid_tokenizer name ("" for none) and vocab_size vocab (0 for none), as
 // LoadTokenizer says.
 func dirTokenizer(dir, name string, vocab int) (Tokenizer, error) {
+	return chooseTokenizer(name, vocab, tokenizerSource{
+		config: filepath.Join(dir, ConfigFile), tokenizer: filepath.Join(dir, hftok.TokenizerFile), holder: dir,
+		load: func() (*hftok.Tokenizer, error) { return hftok.Load(dir) },
+	})
+}
+
+// tokenizerSource is where a model's tokenizer files are: a directory, or
+// files given by name.
+type tokenizerSource struct {
+	config, tokenizer, holder string // config.json, tokenizer.json and what holds them, for errors
+	// load reads the tokenizer.json tokenizer; an error wrapping
+	// fs.ErrNotExist when there is no tokenizer.json.
+	load func() (*hftok.Tokenizer, error)
+}
+
+// chooseTokenizer chooses the tokenizer of a model whose config.json has
+// braid_tokenizer name ("" for none) and vocab_size vocab (0 for none), as
+// LoadTokenizer says, with the tokenizer.json of src.
+func chooseTokenizer(name string, vocab int, src tokenizerSource) (Tokenizer, error) {
 	if name != "" && !isFileTokenizer(name) {
 		tok, err := TokenizerByName(name)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", filepath.Join(dir, ConfigFile), err)
+			return nil, fmt.Errorf("%s: %w", src.config, err)
 		}
 		return tok, nil
 	}
-	hf, err := hftok.Load(dir)
+	hf, err := src.load()
 	switch {
 	case err == nil && name != "" && hf.Name() != name:
-		return nil, fmt.Errorf("%w: %s names tokenizer %s, but %s describes %s", ErrCheckpoint, filepath.Join(dir, ConfigFile), name, filepath.Join(dir, hftok.TokenizerFile), hf.Name())
+		return nil, fmt.Errorf("%w: %s names tokenizer %s, but %s describes %s", ErrCheckpoint, src.config, name, src.tokenizer, hf.Name())
 	case err == nil:
 		return hf, nil
 	case !errors.Is(err, fs.ErrNotExist):
 		return nil, fmt.Errorf("model: %w", err)
 	case name != "":
-		return nil, fmt.Errorf("%w: %s names tokenizer %s, but %s has no %s", ErrCheckpoint, filepath.Join(dir, ConfigFile), name, dir, hftok.TokenizerFile)
+		return nil, fmt.Errorf("%w: %s names tokenizer %s, but %s has no %s", ErrCheckpoint, src.config, name, src.holder, hftok.TokenizerFile)
 	case vocab == 0:
-		return nil, fmt.Errorf("%w: %s has neither %s nor a %s with a vocab_size", ErrCheckpoint, dir, hftok.TokenizerFile, ConfigFile)
+		return nil, fmt.Errorf("%w: %s has neither %s nor a %s with a vocab_size", ErrCheckpoint, src.holder, hftok.TokenizerFile, ConfigFile)
 	}
 	return TokenizerByName(defaultTokenizer(vocab))
 }

@@ -103,8 +103,14 @@ func referencedObjects(st coordinator.State) map[string]bool {
 	for _, j := range st.Jobs {
 		refs[j.Spec.Base.Config] = true
 		refs[j.Spec.Base.Weights] = true
+		for _, h := range j.Spec.Base.Tokenizer {
+			refs[h] = true
+		}
 		for _, c := range j.Checkpoints {
 			refs[c.Config], refs[c.Weights], refs[c.State] = true, true, true
+			for _, h := range c.Tokenizer {
+				refs[h] = true
+			}
 		}
 	}
 	return refs

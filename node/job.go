@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -22,7 +23,7 @@ import (
 // Jobs (ARCHITECTURE.md, "The data flow of one fine-tuning job", steps 3-8).
 //
 // A job is submitted to any node (SubmitJob) once the client has uploaded
-// the base model's two files into that node's store; the node checks them
+// the base model's files into that node's store; the node checks them
 // there, and the job is committed through the leader. The leader starts submitted jobs one at a time (jobLoop). Every
 // member of the committed epoch then runs the job (jobRunner, in
 // job_runner.go): it fetches what it lacks by hash, agrees with the other
@@ -35,10 +36,11 @@ import (
 // JobRequest is the body of POST /v1/jobs: a job as `braid job submit`
 // asks for it. Zero fields take train.DefaultJobConfig's values.
 type JobRequest struct {
-	// Base names the base model's two files, config.json and
-	// model.safetensors, by the hashes of the objects the client uploaded
-	// (PUT /v1/blobs; node/push.Model reads a model directory and does it).
-	// Nothing names a path: the node reads only its own store.
+	// Base names the base model's files — config.json, model.safetensors
+	// (a sharded set arrives as one) and its tokenizer's files, if any — by
+	// the hashes of the objects the client uploaded (PUT /v1/blobs;
+	// node/push.Model reads a model directory and does it). Nothing names
+	// a path: the node reads only its own store.
 	Base    coordinator.ModelRef `json:"base"`
 	Dataset string               `json:"dataset"` // name or ID
 
@@ -185,29 +187,58 @@ func (n *Node) SubmitJob(ctx context.Context, req JobRequest) (coordinator.Job, 
 	}
 }
 
-// readBaseModel reads and decodes the base model's two objects from the
-// store, each read once and size-limited; errors name the object and what
-// is wrong.
+// readBaseModel reads and decodes the base model's objects from the store
+// — config.json, the weights and its tokenizer's files — each read once and
+// size-limited; errors name the object and what is wrong.
 func (n *Node) readBaseModel(ref coordinator.ModelRef) (*model.Checkpoint, error) {
-	for _, f := range []struct{ name, hash string }{{"config.json", ref.Config}, {"model.safetensors", ref.Weights}} {
+	objects := baseObjects(ref)
+	for _, f := range objects {
 		if !blobstore.ValidHash(f.hash) {
 			return nil, fmt.Errorf("node: base model: %s %.80q: %w", f.name, f.hash, blobstore.ErrBadHash)
 		}
+		if f.max == 0 {
+			return nil, fmt.Errorf("node: base model: %.64q is not a tokenizer file (want one of %v)", f.name, model.TokenizerFiles())
+		}
 	}
-	n.touch(ref.Config, ref.Weights) // about to be named by a job: not collected meanwhile
-	cfg, err := n.readObject(ref.Config, model.MaxConfigBytes)
-	if err != nil {
-		return nil, fmt.Errorf("node: base model: config.json (object %s): %w", ref.Config[:12], err)
+	hashes := make([]string, len(objects))
+	for i, f := range objects {
+		hashes[i] = f.hash
 	}
-	w, err := n.readObject(ref.Weights, model.MaxWeightsBytes)
-	if err != nil {
-		return nil, fmt.Errorf("node: base model: model.safetensors (object %s): %w", ref.Weights[:12], err)
+	n.touch(hashes...) // about to be named by a job: not collected meanwhile
+	read := map[string][]byte{}
+	for _, f := range objects {
+		b, err := n.readObject(f.hash, f.max)
+		if err != nil {
+			return nil, fmt.Errorf("node: base model: %s (object %s): %w", f.name, f.hash[:12], err)
+		}
+		read[f.name] = b
 	}
-	ck, err := model.DecodeCheckpoint(cfg, "config.json (object "+ref.Config[:12]+")", w, "model.safetensors (object "+ref.Weights[:12]+")")
+	cfg, w := read[model.ConfigFile], read[model.WeightsFile]
+	delete(read, model.ConfigFile)
+	delete(read, model.WeightsFile)
+	ck, err := model.DecodeCheckpointFiles(cfg, "config.json (object "+ref.Config[:12]+")", w, "model.safetensors (object "+ref.Weights[:12]+")", read)
 	if err != nil {
 		return nil, fmt.Errorf("node: base model: %w", err)
 	}
 	return ck, nil
+}
+
+// baseObject is one object of a base model: the file name it has in a
+// model directory, its hash and the most bytes it may have (0: a name no
+// model file has).
+type baseObject struct {
+	name, hash string
+	max        int64
+}
+
+// baseObjects lists the objects ref names: config.json, model.safetensors,
+// then its tokenizer's files by name.
+func baseObjects(ref coordinator.ModelRef) []baseObject {
+	out := []baseObject{{model.ConfigFile, ref.Config, model.MaxConfigBytes}, {model.WeightsFile, ref.Weights, model.MaxWeightsBytes}}
+	for _, name := range slices.Sorted(maps.Keys(ref.Tokenizer)) {
+		out = append(out, baseObject{name, ref.Tokenizer[name], model.MaxTokenizerFileBytes(name)})
+	}
+	return out
 }
 
 // CancelJob cancels a submitted or running job.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -146,8 +147,11 @@ func (n *Node) awaitJob(ctx context.Context, id string) (coordinator.Job, bool) 
 //	POST /v1/jobs                        submit (JobRequest) → the job
 //	GET  /v1/jobs/{id}                   JobStatus
 //	POST /v1/jobs/{id}/cancel            cancel
-//	GET  /v1/jobs/{id}/files/{name}      config.json or model.safetensors of
-//	                                     the job's last checkpoint
+//	GET  /v1/jobs/{id}/files/{name}      a file of the job's last checkpoint:
+//	                                     config.json, model.safetensors (or a
+//	                                     LoRA job's adapter files), its
+//	                                     tokenizer's files (tokenizer.json,
+//	                                     ...); base-NAME: the base's file NAME
 //
 // A job this node does not know (after awaitJob) is 404 Not Found.
 func (n *Node) jobRoutes(mux *http.ServeMux) {
@@ -200,20 +204,27 @@ func (n *Node) jobRoutes(mux *http.ServeMux) {
 			http.Error(w, "braid: the job has no checkpoint yet", http.StatusNotFound)
 			return
 		}
-		// The checkpoint's two files (the model's, or a LoRA job's adapter
-		// files), and the job's base model under base/.
+		// The checkpoint's files (the model's, or a LoRA job's adapter
+		// files, and the tokenizer's), and the job's base model's under
+		// base-.
 		var h string
 		holders := cp.Holders
 		lora := j.Spec.LoRARank > 0
-		switch name := r.PathValue("name"); {
+		name := r.PathValue("name")
+		base, isBase := strings.CutPrefix(name, "base-")
+		switch {
 		case !lora && name == "config.json", lora && name == model.AdapterConfigFile:
 			h = cp.Config
 		case !lora && name == "model.safetensors", lora && name == model.AdapterWeightsFile:
 			h = cp.Weights
-		case name == "base-config.json":
+		case cp.Tokenizer[name] != "":
+			h = cp.Tokenizer[name]
+		case isBase && base == "config.json":
 			h, holders = j.Spec.Base.Config, nil
-		case name == "base-model.safetensors":
+		case isBase && base == "model.safetensors":
 			h, holders = j.Spec.Base.Weights, nil
+		case isBase && j.Spec.Base.Tokenizer[base] != "":
+			h, holders = j.Spec.Base.Tokenizer[base], nil
 		default:
 			http.Error(w, "braid: no such file of this job's checkpoint", http.StatusNotFound)
 			return

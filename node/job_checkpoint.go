@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,9 +20,10 @@ import (
 // committed meanwhile must not abort the recording of a checkpoint already
 // written (a restart of the whole cluster resumes from the last recorded).
 //
-// checkpoint writes the weights (Hugging Face layout) and the worker's
-// snapshot into the store, has the next Replicas−1 members of the ring
-// copy them, and records the checkpoint through the leader.
+// checkpoint writes the weights (Hugging Face layout), the tokenizer's
+// files (putTokenizer) and the worker's snapshot into the store, has the
+// next Replicas−1 members of the ring copy them, and records the
+// checkpoint through the leader.
 func (r *jobRunner) checkpoint(ctx context.Context, e coordinator.Epoch) error {
 	n := r.n
 	snap, err := r.snapshot()
@@ -62,13 +64,18 @@ func (r *jobRunner) checkpoint(ctx context.Context, e coordinator.Epoch) error {
 	if err != nil {
 		return err
 	}
+	tokHashes, err := r.putTokenizer()
+	if err != nil {
+		return err
+	}
+	hashes := append([]string{cfgHash, wHash, stateHash}, slices.Sorted(maps.Values(tokHashes))...)
 	holders := []string{n.cfg.Name}
 	rank := slices.Index(e.Members, n.cfg.Name)
 	for i := 1; i < len(e.Members) && len(holders) < r.spec.Replicas; i++ {
 		peer := e.Members[(rank+i)%len(e.Members)]
 		fctx, cancel := context.WithTimeout(ctx, time.Minute)
 		_, err := n.callControl(fctx, peer, n.memberAddr(peer), controlRequest{Op: opFetch,
-			Fetch: &fetchRequest{Hashes: []string{cfgHash, wHash, stateHash}, From: []string{n.cfg.Name}}})
+			Fetch: &fetchRequest{Hashes: hashes, From: []string{n.cfg.Name}}})
 		cancel()
 		if err != nil {
 			n.log.Warn("checkpoint replica failed", "job", r.id, "peer", peer, "err", err)
@@ -76,13 +83,36 @@ func (r *jobRunner) checkpoint(ctx context.Context, e coordinator.Epoch) error {
 		}
 		holders = append(holders, peer)
 	}
-	cp := coordinator.Checkpoint{Step: r.w.Done, Config: cfgHash, Weights: wHash, State: stateHash, Hash: r.w.WeightsHash(), Holders: holders}
+	cp := coordinator.Checkpoint{Step: r.w.Done, Config: cfgHash, Weights: wHash, State: stateHash, Hash: r.w.WeightsHash(), Holders: holders,
+		Tokenizer: tokHashes}
 	if err := n.applyAnywhere(ctx, coordinator.RecordCheckpoint{ID: r.id, Checkpoint: cp}); err != nil {
 		return err
 	}
 	r.lastCkpt = r.w.Done
 	n.log.Info("checkpoint recorded", "job", r.id, "step", cp.Step, "holders", holders)
 	return nil
+}
+
+// putTokenizer stores the files of the job's tokenizer, where it was read
+// from files (the base's tokenizer.json, ...: the same bytes, so the same
+// objects), and returns their hashes by file name; nil for a built-in
+// tokenizer. A checkpoint records them so that its config.json, which
+// names the tokenizer, can be loaded with it (an export writes them
+// beside it; an adapter's export too, for the merged model).
+func (r *jobRunner) putTokenizer() (map[string]string, error) {
+	ft, ok := r.tok.(model.FileTokenizer)
+	if !ok {
+		return nil, nil
+	}
+	out := map[string]string{}
+	for name, b := range ft.Files() {
+		h, _, err := r.n.store.Put(bytesReader(b))
+		if err != nil {
+			return nil, err
+		}
+		out[name] = h
+	}
+	return out, nil
 }
 
 // awaitUnitEvals waits (a bounded time) until every member of a federated

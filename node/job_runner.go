@@ -236,7 +236,13 @@ func (r *jobRunner) prepare() error {
 	if err := os.MkdirAll(filepath.Join(r.dir, "data"), dataDirPerm); err != nil {
 		return err
 	}
-	for _, f := range []struct{ hash, name string }{{spec.Base.Config, "config.json"}, {spec.Base.Weights, "model.safetensors"}} {
+	// The base's files under their names in a directory of this node's
+	// own: the names are model file names (the coordinator admits only
+	// those for a tokenizer's files), never a path.
+	for _, f := range baseObjects(spec.Base) {
+		if f.max == 0 {
+			return fmt.Errorf("the base model names %.64q, which is no model file", f.name)
+		}
 		if err := n.ensureObject(r.ctx, f.hash, blobstore.SizeUnknown, j.SubmittedBy); err != nil {
 			return fmt.Errorf("fetching the base model's %s: %w", f.name, err)
 		}

@@ -46,6 +46,34 @@ func TestAPIErrorText(t *testing.T) {
 	}
 }
 
+// startCLINode starts a one-node cluster in this process (its certificate
+// from a fresh CA) whose HTTP API takes token, which the CLI then sends
+// (BRAID_TOKEN); it returns the API's URL.
+func startCLINode(t *testing.T, token string) string {
+	t.Helper()
+	pkiDir := filepath.Join(t.TempDir(), "pki")
+	if err := pki.InitCA(pkiDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := pki.Issue(pkiDir, "n1", []string{"127.0.0.1"}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	n := startTLSNode(t, pkiDir, token)
+	t.Setenv("BRAID_TOKEN", token)
+	return "http://" + n.APIAddr()
+}
+
+// mustRunOut runs the CLI and returns its output, failing the test on an
+// error.
+func mustRunOut(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := run(t, args...)
+	if err != nil {
+		t.Fatalf("%q: %v\n%s", args, err, out)
+	}
+	return out
+}
+
 // waitJob waits until job id ends, through the CLI.
 func waitJob(t *testing.T, api, id string) {
 	t.Helper()
@@ -73,29 +101,11 @@ func TestClusterCommandsFlagsAndErrors(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a node and runs a job")
 	}
-	pkiDir := filepath.Join(t.TempDir(), "pki")
-	if err := pki.InitCA(pkiDir); err != nil {
-		t.Fatal(err)
-	}
-	if err := pki.Issue(pkiDir, "n1", []string{"127.0.0.1"}, time.Hour); err != nil {
-		t.Fatal(err)
-	}
-	const token = "cli-test-token"
-	n := startTLSNode(t, pkiDir, token)
-	t.Setenv("BRAID_TOKEN", token)
-	api := "http://" + n.APIAddr()
-	mustRunCLI := func(args ...string) string {
-		t.Helper()
-		out, err := run(t, args...)
-		if err != nil {
-			t.Fatalf("%q: %v\n%s", args, err, out)
-		}
-		return out
-	}
+	api := startCLINode(t, "cli-test-token")
 
 	ds := filepath.Join(t.TempDir(), "ds")
-	mustRunCLI("data", "prepare", "--input", corpusDir(t), "--out", ds, "--seq-len", "32", "--name", "docs")
-	mustRunCLI("data", "push", ds, "--api", api, "--replicas", "1")
+	mustRunOut(t, "data", "prepare", "--input", corpusDir(t), "--out", ds, "--seq-len", "32", "--name", "docs")
+	mustRunOut(t, "data", "push", ds, "--api", api, "--replicas", "1")
 	if _, err := run(t, "data", "verify", ds, "--json"); err == nil || !strings.Contains(err.Error(), "unknown flag --json") {
 		t.Errorf("data verify DIR --json: %v; want --json refused (verify has no such flag)", err)
 	}
@@ -109,16 +119,16 @@ func TestClusterCommandsFlagsAndErrors(t *testing.T) {
 	if err := model.SaveCheckpoint(base, bc, model.ByteTokenizer{}, bm.Params); err != nil {
 		t.Fatal(err)
 	}
-	id := strings.TrimSpace(mustRunCLI("job", "submit", "--api", api, "--model", base, "--dataset", "docs", "--steps", "2",
+	id := strings.TrimSpace(mustRunOut(t, "job", "submit", "--api", api, "--model", base, "--dataset", "docs", "--steps", "2",
 		"--global-batch", "2", "--micro-batch", "1", "--replicas", "1"))
 	waitJob(t, api, id)
 
 	var js node.JobStatus
-	if out := mustRunCLI("job", "status", id, "--json", "--api", api); json.Unmarshal([]byte(out), &js) != nil || js.ID != id || js.Step != 2 {
+	if out := mustRunOut(t, "job", "status", id, "--json", "--api", api); json.Unmarshal([]byte(out), &js) != nil || js.ID != id || js.Step != 2 {
 		t.Errorf("job status ID --json: %+v\n%s", js, out)
 	}
 	exp := filepath.Join(t.TempDir(), "exp")
-	mustRunCLI("job", "export", id, "--out", exp, "--api", api)
+	mustRunOut(t, "job", "export", id, "--out", exp, "--api", api)
 	if _, err := os.Stat(filepath.Join(exp, "model.safetensors")); err != nil {
 		t.Errorf("job export ID --out DIR: %v", err)
 	}
@@ -126,7 +136,7 @@ func TestClusterCommandsFlagsAndErrors(t *testing.T) {
 		!strings.Contains(err.Error(), "--overwrite") {
 		t.Errorf("export into a non-empty directory: %v", err)
 	}
-	mustRunCLI("job", "export", id, "--out", exp, "--api", api, "--overwrite")
+	mustRunOut(t, "job", "export", id, "--out", exp, "--api", api, "--overwrite")
 
 	// (At once: the node gives a job it does not know 3 s to arrive.)
 	noJob := "no job nope (see `braid job list`)"

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -21,14 +22,23 @@ import (
 
 // startTLSNode runs a one-node cluster on loopback (QUIC with mutual TLS,
 // encrypted gossip, the API with token) from the credentials in tlsDir,
-// and waits until it leads.
+// and waits until it leads. The bulk transport listens on TCP at the port
+// the system gave QUIC over UDP, which another process may hold: then it
+// tries again, on a new port.
 func startTLSNode(t *testing.T, tlsDir, token string) *node.Node {
 	t.Helper()
 	cfg := node.DefaultConfig()
-	cfg.Name, cfg.DataDir, cfg.TLSDir = "n1", t.TempDir(), tlsDir
+	cfg.Name, cfg.TLSDir = "n1", tlsDir
 	cfg.GossipAddr, cfg.QUICAddr, cfg.HTTPAddr, cfg.HTTPToken = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", token
 	cfg.BootstrapExpect, cfg.Profile, cfg.Coordinator = 1, "local", coordinator.LocalConfig()
-	n, err := node.New(cfg, node.Deps{})
+	var n *node.Node
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		cfg.DataDir = t.TempDir()
+		if n, err = node.New(cfg, node.Deps{}); err == nil || !errors.Is(err, syscall.EADDRINUSE) {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

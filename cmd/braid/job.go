@@ -2,8 +2,10 @@ package main
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -33,7 +35,8 @@ func jobSubmitCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "submit",
 		Usage: "submit a fine-tuning job; prints its id",
-		Description: "--model (old name: --base) is the model directory to start from (config.json, model.safetensors), read here\n" +
+		Description: "--model (old name: --base) is the model directory to start from (config.json, model.safetensors or the shards\n" +
+			"model.safetensors.index.json lists, and a tokenizer.json with tokenizer_config.json if the model has one), read here\n" +
 			"and uploaded to the node behind --api (unless it holds it already); the other nodes fetch it from that node by\n" +
 			"hash. --dataset is a dataset registered with `braid data push`.",
 		Flags: append(apiFlags(),
@@ -300,7 +303,7 @@ func jobWatchCommand() *cli.Command {
 func jobExportCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "export",
-		Usage:     "write a job's model (its last checkpoint): config.json + model.safetensors, or a LoRA job's PEFT adapter",
+		Usage:     "write a job's model (its last checkpoint): config.json + model.safetensors (+ its tokenizer's files), or a LoRA job's PEFT adapter",
 		ArgsUsage: "ID",
 		Description: "A full fine-tuning job's model is written in Hugging Face's GPT-2 layout. A LoRA job's adapter is\n" +
 			"written in PEFT's layout (adapter_config.json, adapter_model.safetensors); --merged DIR also writes\n" +
@@ -329,6 +332,11 @@ func jobExportCommand() *cli.Command {
 			} else if c.String("merged") != "" {
 				return fmt.Errorf("--merged: job %s trained the full model; its export is already a plain model", id)
 			}
+			// The tokenizer's files (a tokenizer.json's), which config.json
+			// names: without them the model would not load.
+			if n := len(js.Checkpoints); n > 0 {
+				files = append(files, tokenizerFiles(js.Checkpoints[n-1].Tokenizer)...)
+			}
 			for _, name := range files {
 				if err := cl.DownloadJobFile(c.Context, id, name, filepath.Join(out, name)); err != nil {
 					return err
@@ -341,8 +349,8 @@ func jobExportCommand() *cli.Command {
 					return err
 				}
 				defer os.RemoveAll(base)
-				for _, f := range [][2]string{{"base-config.json", "config.json"}, {"base-model.safetensors", "model.safetensors"}} {
-					if err := cl.DownloadJobFile(c.Context, id, f[0], filepath.Join(base, f[1])); err != nil {
+				for _, f := range append([]string{"config.json", "model.safetensors"}, tokenizerFiles(js.Spec.Base.Tokenizer)...) {
+					if err := cl.DownloadJobFile(c.Context, id, "base-"+f, filepath.Join(base, f)); err != nil {
 						return err
 					}
 				}
@@ -354,4 +362,18 @@ func jobExportCommand() *cli.Command {
 			return nil
 		},
 	}
+}
+
+// tokenizerFiles lists, sorted, the names of a model's tokenizer files
+// (coordinator.ModelRef.Tokenizer, Checkpoint.Tokenizer) that are safe to
+// write into a directory: the names the coordinator admits (a node that
+// sent another is ignored).
+func tokenizerFiles(files map[string]string) []string {
+	var out []string
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		if coordinator.ValidTokenizerFile(name) {
+			out = append(out, name)
+		}
+	}
+	return out
 }

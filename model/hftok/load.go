@@ -67,11 +67,7 @@ func Load(dir string) (*Tokenizer, error) {
 		if err != nil {
 			return nil, err
 		}
-		if len(tmpl) > 0 {
-			t.defaultChatTemplate = string(tmpl)
-			t.chatTemplates = map[string]string{"default": string(tmpl)}
-			t.files[ChatTemplateFile] = tmpl
-		}
+		t.useChatTemplateFile(tmpl)
 	}
 	return t, nil
 }

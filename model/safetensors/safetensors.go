@@ -639,12 +639,7 @@ func Encode(w io.Writer, tensors []Tensor, metadata map[string]string) error {
 	if err != nil {
 		return err
 	}
-	var pre [8]byte
-	binary.LittleEndian.PutUint64(pre[:], uint64(len(header)))
-	if _, err := w.Write(pre[:]); err != nil {
-		return err
-	}
-	if _, err := w.Write(header); err != nil {
+	if err := writeHeader(w, header); err != nil {
 		return err
 	}
 	for _, i := range order {
@@ -653,6 +648,18 @@ func Encode(w io.Writer, tensors []Tensor, metadata map[string]string) error {
 		}
 	}
 	return nil
+}
+
+// writeHeader writes the header's length (8 bytes, little-endian), then
+// the header.
+func writeHeader(w io.Writer, header []byte) error {
+	var pre [8]byte
+	binary.LittleEndian.PutUint64(pre[:], uint64(len(header)))
+	if _, err := w.Write(pre[:]); err != nil {
+		return err
+	}
+	_, err := w.Write(header)
+	return err
 }
 
 // encodeHeader validates the tensors and returns the padded header and the
@@ -681,6 +688,17 @@ func encodeHeader(tensors []Tensor, metadata map[string]string) ([]byte, []int, 
 		}
 	}
 
+	header, err := layoutHeader(tensors, order, func(i int) int { return len(tensors[i].Data) }, metadata)
+	if err != nil {
+		return nil, nil, err
+	}
+	return header, order, nil
+}
+
+// layoutHeader writes the padded header of tensors (their names, dtypes and
+// shapes; not their data) laid out in the data section in order, tensor i
+// taking size(i) bytes, with metadata.
+func layoutHeader(tensors []Tensor, order []int, size func(i int) int, metadata map[string]string) ([]byte, error) {
 	var h bytes.Buffer
 	h.WriteByte('{')
 	first := true
@@ -694,7 +712,7 @@ func encodeHeader(tensors []Tensor, metadata map[string]string) ([]byte, []int, 
 		keys := make([]string, 0, len(metadata))
 		for k, v := range metadata {
 			if !utf8.ValidString(k) || !utf8.ValidString(v) {
-				return nil, nil, fmt.Errorf("%w: key %q or its value is not valid UTF-8", ErrMetadata, k)
+				return nil, fmt.Errorf("%w: key %q or its value is not valid UTF-8", ErrMetadata, k)
 			}
 			keys = append(keys, k)
 		}
@@ -729,7 +747,7 @@ func encodeHeader(tensors []Tensor, metadata map[string]string) ([]byte, []int, 
 		h.WriteString(`],"data_offsets":[`)
 		h.WriteString(strconv.Itoa(off))
 		h.WriteByte(',')
-		off += len(t.Data)
+		off += size(i)
 		h.WriteString(strconv.Itoa(off))
 		h.WriteString("]}")
 	}
@@ -738,9 +756,9 @@ func encodeHeader(tensors []Tensor, metadata map[string]string) ([]byte, []int, 
 		h.WriteByte(' ')
 	}
 	if h.Len() > MaxHeaderSize {
-		return nil, nil, fmt.Errorf("%w: header of %d bytes exceeds the limit of %d", ErrHeaderSize, h.Len(), MaxHeaderSize)
+		return nil, fmt.Errorf("%w: header of %d bytes exceeds the limit of %d", ErrHeaderSize, h.Len(), MaxHeaderSize)
 	}
-	return h.Bytes(), order, nil
+	return h.Bytes(), nil
 }
 
 func writeJSONString(buf *bytes.Buffer, s string) {

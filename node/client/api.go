@@ -66,8 +66,8 @@ func (c *Client) CancelJob(ctx context.Context, id string) (coordinator.Job, err
 
 // DownloadJobFile is GET /v1/jobs/{id}/files/{name}: it streams the file
 // name of the job's last checkpoint (config.json, model.safetensors, a
-// LoRA job's adapter files, or base-config.json and
-// base-model.safetensors, its base model) into path. The file is written
+// LoRA job's adapter files, the files its Tokenizer names, or base- and
+// the name of a file of its base model: base-config.json, ...) into path. The file is written
 // whole or not at all (internal/atomicfile), and only when its bytes hash
 // to the X-Braid-Sha256 the node sends with it (ErrHashMismatch
 // otherwise); on an error path is left as it was. A file system that

@@ -22,6 +22,13 @@ import (
 // with small shards (several per dataset); it returns the dataset directory.
 func prepareDataset(t *testing.T, name string, docs int) (string, *shard.Manifest) {
 	t.Helper()
+	return prepareDatasetWith(t, name, docs, model.ByteTokenizer{}, 64)
+}
+
+// prepareDatasetWith is prepareDataset with tokenizer tok (as `braid data
+// prepare --tokenizer` gives it) and sequences of seqLen tokens.
+func prepareDatasetWith(t *testing.T, name string, docs int, tok model.Tokenizer, seqLen int) (string, *shard.Manifest) {
+	t.Helper()
 	in := filepath.Join(t.TempDir(), name)
 	os.MkdirAll(in, 0o755)
 	for i := range docs {
@@ -31,8 +38,8 @@ func prepareDataset(t *testing.T, name string, docs int) (string, *shard.Manifes
 		}
 	}
 	cfg := shard.DefaultConfig()
-	cfg.Inputs, cfg.Out, cfg.Tokenizer = []string{in}, filepath.Join(t.TempDir(), name+"-ds"), model.ByteTokenizer{}
-	cfg.SeqLen, cfg.ShardBytes, cfg.Holdout = 64, 8<<10, 0.1
+	cfg.Inputs, cfg.Out, cfg.Tokenizer = []string{in}, filepath.Join(t.TempDir(), name+"-ds"), tok
+	cfg.SeqLen, cfg.ShardBytes, cfg.Holdout = seqLen, 8<<10, 0.1
 	res, err := shard.Prepare(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)

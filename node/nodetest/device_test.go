@@ -22,7 +22,7 @@ func registerDataset(t *testing.T, c *Cluster, name string) {
 func submitJob(t *testing.T, c *Cluster, name string, req node.JobRequest) string {
 	t.Helper()
 	req.Dataset = "legal"
-	if req.Base == (coordinator.ModelRef{}) {
+	if req.Base.Config == "" {
 		req.Base = pushBase(t, c, name)
 	}
 	j, err := c.Node(name).SubmitJob(context.Background(), req)

@@ -13,9 +13,10 @@
 // shard must hash to its name and be as long as the manifest says, so a
 // file swapped for another after the directory was listed is refused here
 // — and is then sent from the same descriptor; the node hashes what it
-// receives again and refuses bytes that changed in between. Objects the
-// node already holds are not sent again, so a push that failed half-way is
-// resumed by running it again.
+// receives again and refuses bytes that changed in between. (A sharded
+// model's shards are the exception: they are sent as one object, read
+// twice — see Model.) Objects the node already holds are not sent again,
+// so a push that failed half-way is resumed by running it again.
 //
 // What it does not do: speak HTTP (a Target does: the CLI's sends over the
 // node's API, node/nodetest's calls a node in process), register the
@@ -30,12 +31,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/internal/safefile"
 	"github.com/braidml/braid/model"
+	"github.com/braidml/braid/model/safetensors"
 	"github.com/braidml/braid/shard"
 )
 
@@ -52,6 +57,9 @@ type Target interface {
 // ErrChanged: a file's bytes are not those its name or the manifest
 // promise (it was replaced, or changed, after the directory was written).
 var ErrChanged = errors.New("push: the file is not what the dataset lists")
+
+// errStopped ends the writing of an object that Put stopped reading.
+var errStopped = errors.New("push: the target stopped reading")
 
 // Result says what a push sent.
 type Result struct {
@@ -109,12 +117,33 @@ func Dataset(ctx context.Context, t Target, dir string, private bool) (Result, e
 	return r, nil
 }
 
-// Model pushes a model directory's config.json and model.safetensors (a
-// Hugging Face GPT-2 layout, as `braid train` and `braid job export`
-// write): the config is decoded here first, so a directory that is not a
-// model fails before its weights are sent. Its files may be symbolic links
-// (a download cache's): they are followed, and what they reach must be
-// regular files within model.MaxConfigBytes and model.MaxWeightsBytes.
+// Model pushes a model directory as a job's base: config.json, the
+// weights and the files of its tokenizer, each as an object, and returns
+// the ModelRef that names them. It reads the directory as
+// model.LoadCheckpoint does, and checks it before it sends anything:
+//
+//   - the tokenizer is the one model.DecodeConfigFiles chooses from
+//     config.json and the tokenizer files the directory has
+//     (model.TokenizerFiles: a Hugging Face tokenizer.json, ...); only the
+//     files it was read from are sent (ModelRef.Tokenizer), none for a
+//     built-in tokenizer;
+//   - the weights are model.safetensors or the shards that
+//     model.safetensors.index.json lists (every header is read and checked
+//     by safetensors.OpenDir). Shards are sent as one safetensors object
+//     holding their tensors exactly as stored, in their dtypes
+//     (safetensors.Set.WriteSingle): a node reads one weights object,
+//     whatever the layout on the client.
+//
+// config.json, the tokenizer files, model.safetensors and the index may be
+// symbolic links (a download cache's): they are followed, and what they
+// reach must be a regular file within its limit (model.MaxConfigBytes,
+// model.MaxTokenizerFileBytes, model.MaxWeightsBytes); a shard may not be
+// a link (safetensors.OpenDir).
+//
+// Memory: config.json and the tokenizer files are held (within their
+// limits); weights never are. A sharded set is read twice, tensor by
+// tensor (one buffer of its largest tensor): once to hash the object, and
+// once more to send it unless the node holds it already.
 func Model(ctx context.Context, t Target, dir string) (coordinator.ModelRef, Result, error) {
 	var ref coordinator.ModelRef
 	var r Result
@@ -123,23 +152,103 @@ func Model(ctx context.Context, t Target, dir string) (coordinator.ModelRef, Res
 	if err != nil {
 		return ref, r, fmt.Errorf("push: base model: %w", err)
 	}
-	if _, _, err := model.DecodeConfig(cb, path); err != nil {
-		return ref, r, fmt.Errorf("push: base model: %w", err)
+	files := map[string][]byte{}
+	for _, name := range model.TokenizerFiles() {
+		b, err := safefile.ReadFile(filepath.Join(dir, name), model.MaxTokenizerFileBytes(name))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return ref, r, fmt.Errorf("push: base model: %w", err)
+		}
+		files[name] = b
 	}
-	wpath := filepath.Join(dir, model.WeightsFile)
-	f, size, err := safefile.Open(wpath, model.MaxWeightsBytes)
+	_, tok, err := model.DecodeConfigFiles(cb, path, files)
 	if err != nil {
 		return ref, r, fmt.Errorf("push: base model: %w", err)
 	}
-	defer f.Close()
-	if ref.Weights, err = send(ctx, t, f, size, "", false, &r); err != nil {
+	set, err := safetensors.OpenDir(dir)
+	if err != nil {
+		return ref, r, fmt.Errorf("push: base model: %w", err)
+	}
+	if set.Index == nil {
+		ref.Weights, err = sendWeightsFile(ctx, t, filepath.Join(dir, model.WeightsFile), &r)
+	} else {
+		ref.Weights, err = sendSet(ctx, t, set, &r)
+	}
+	if err != nil {
 		return ref, r, err
+	}
+	if ft, ok := tok.(model.FileTokenizer); ok {
+		ref.Tokenizer = map[string]string{}
+		for _, name := range slices.Sorted(maps.Keys(ft.Files())) {
+			b := ft.Files()[name]
+			if err := sendBytes(ctx, t, b, false, &r); err != nil {
+				return ref, r, fmt.Errorf("push: base model %s: %w", filepath.Join(dir, name), err)
+			}
+			ref.Tokenizer[name] = sum(b)
+		}
 	}
 	ref.Config = sum(cb)
 	if err := sendBytes(ctx, t, cb, false, &r); err != nil {
 		return ref, r, fmt.Errorf("push: base model %s: %w", path, err)
 	}
 	return ref, r, nil
+}
+
+// sendWeightsFile sends a model.safetensors from one descriptor (see send).
+func sendWeightsFile(ctx context.Context, t Target, path string, r *Result) (string, error) {
+	f, size, err := safefile.Open(path, model.MaxWeightsBytes)
+	if err != nil {
+		return "", fmt.Errorf("push: base model: %w", err)
+	}
+	defer f.Close()
+	return send(ctx, t, f, size, "", false, r)
+}
+
+// sendSet sends a sharded set of weights as one safetensors object
+// (Set.WriteSingle), hashed on a first pass over the shards and sent on a
+// second unless the node holds it. A shard changed in between makes the
+// second pass fail (the set's check) or the node refuse the bytes (their
+// hash).
+func sendSet(ctx context.Context, t Target, set *safetensors.Set, r *Result) (string, error) {
+	name := filepath.Join(set.Dir, safetensors.IndexFile)
+	size, err := set.SingleSize()
+	if err != nil {
+		return "", fmt.Errorf("push: base model %s: %w", name, err)
+	}
+	if size > model.MaxWeightsBytes {
+		return "", fmt.Errorf("push: base model %s: %d bytes of weights, more than the %d a base may have", name, size, int64(model.MaxWeightsBytes))
+	}
+	hh := sha256.New()
+	if err := set.WriteSingle(hh); err != nil {
+		return "", fmt.Errorf("push: base model: %w", err)
+	}
+	h := hex.EncodeToString(hh.Sum(nil))
+	r.Objects++
+	if has, err := t.Has(ctx, h); err != nil {
+		return "", fmt.Errorf("push: %s: %w", name, err)
+	} else if has {
+		return h, nil
+	}
+	pr, pw := io.Pipe()
+	written := make(chan error, 1)
+	go func() {
+		err := set.WriteSingle(pw)
+		pw.CloseWithError(err)
+		written <- err
+	}()
+	err = t.Put(ctx, h, size, pr, false)
+	pr.CloseWithError(errStopped) // unblocks the writer if Put returned before reading it all
+	if werr := <-written; werr != nil && !errors.Is(werr, errStopped) {
+		return "", fmt.Errorf("push: base model: %w", werr) // Put failed for it
+	}
+	if err != nil {
+		return "", fmt.Errorf("push: %s: %w", name, err)
+	}
+	r.Sent++
+	r.Bytes += size
+	return h, nil
 }
 
 // send hashes the size bytes of f, checks them against want (when not
