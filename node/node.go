@@ -388,6 +388,7 @@ func (n *Node) run(hasState bool) {
 			case MemberJoined, MemberUpdated:
 				if ev.Kind == MemberJoined {
 					n.failures.note("alive", ev.Name, time.Now())
+					n.forgetConnections(ev.Name)
 				}
 				n.wg.Add(1)
 				go n.admit(ev.Member)
@@ -567,5 +568,16 @@ func kick(ch chan<- struct{}) {
 	select {
 	case ch <- struct{}{}:
 	default:
+	}
+}
+
+// forgetConnections drops the transport's connections to a member that
+// joined (again): after a restart, connections to its previous life would
+// hold Raft and control dials until their idle timeout.
+func (n *Node) forgetConnections(name string) {
+	if f, ok := n.tr.(interface{ Forget(transport.PeerID) int }); ok && name != n.cfg.Name {
+		if k := f.Forget(transport.PeerID(name)); k > 0 {
+			n.log.Info("dropped connections to a member that joined again", "member", name, "connections", k)
+		}
 	}
 }

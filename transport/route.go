@@ -72,3 +72,15 @@ func (r *Routed) Revalidate() []PeerID {
 	}
 	return cut
 }
+
+// Forget drops both transports' connections to or from peer, where they
+// keep any (transport/quic does; transport/tlstcp makes one per stream).
+func (r *Routed) Forget(peer PeerID) int {
+	n := 0
+	for _, t := range []Transport{r.main, r.bulk} {
+		if f, ok := t.(interface{ Forget(PeerID) int }); ok {
+			n += f.Forget(peer)
+		}
+	}
+	return n
+}

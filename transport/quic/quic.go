@@ -522,6 +522,37 @@ func (t *Transport) Revalidate() []transport.PeerID {
 	return cut
 }
 
+// Forget closes every connection to or from peer, dialled or accepted, so
+// that the next Dial makes a new one. Call it when peer is known to have
+// restarted (gossip saw it join again): a connection to its previous life
+// otherwise holds Dials until a stateless reset or the idle timeout ends
+// it, which a peer that only receives may never send. It returns how many
+// connections it closed.
+func (t *Transport) Forget(peer transport.PeerID) int {
+	t.mu.Lock()
+	var conns []*quicgo.Conn
+	for k, d := range t.dialed {
+		select {
+		case <-d.ready:
+			if d.err == nil && d.peer == peer {
+				conns = append(conns, d.conn)
+				delete(t.dialed, k)
+			}
+		default: // a dial under way reaches the peer as it is now
+		}
+	}
+	for c, p := range t.accepted {
+		if p == peer {
+			conns = append(conns, c)
+		}
+	}
+	t.mu.Unlock()
+	for _, c := range conns {
+		c.CloseWithError(connShutdown, "peer restarted")
+	}
+	return len(conns)
+}
+
 // Listen registers the listener for p.
 func (t *Transport) Listen(p transport.Protocol) (transport.Listener, error) {
 	if !transport.ValidProtocol(p) {

@@ -660,3 +660,30 @@ func TestSegmentationOffloadDisabled(t *testing.T) {
 	gso, why := SegmentationOffload()
 	t.Logf("this machine: GSO %v %s", gso, why)
 }
+
+// Forget drops the connections to a peer, and the next Dial makes a new
+// one: what a node does when gossip sees that peer join again.
+func TestForget(t *testing.T) {
+	c := newCluster(t)
+	a, _ := start(t, c.creds("a"))
+	b, _ := start(t, c.creds("b"))
+	listen(t, b, transport.ProtoControl)
+	s, err := a.Dial(ctxT(t, 10*time.Second), "b", b.Addr(), transport.ProtoControl, transport.DialOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := a.Forget("b"); n != 1 {
+		t.Fatalf("Forget closed %d connections, want 1", n)
+	}
+	if _, err := io.ReadAll(s); err == nil {
+		t.Error("a stream of the forgotten connection still reads")
+	}
+	if n := a.Forget("b"); n != 0 {
+		t.Errorf("a second Forget closed %d", n)
+	}
+	s, err = a.Dial(ctxT(t, 10*time.Second), "b", b.Addr(), transport.ProtoControl, transport.DialOptions{})
+	if err != nil {
+		t.Fatalf("dial after Forget: %v", err)
+	}
+	s.Close()
+}
