@@ -167,6 +167,13 @@ func Encode(d Dtype, dst []byte, src []float32) []byte {
 			binary.LittleEndian.PutUint32(out[4*i:], math.Float32bits(v))
 		}
 	case BF16:
+		if w, ok := uint16View(out); ok {
+			w = w[:len(src)]
+			for i, v := range src {
+				w[i] = toBF16(v)
+			}
+			break
+		}
 		for i, v := range src {
 			binary.LittleEndian.PutUint16(out[2*i:], toBF16(v))
 		}
@@ -241,6 +248,19 @@ func decode(d Dtype, dst []float32, src []byte, add bool) error {
 			put(i, math.Float32frombits(binary.LittleEndian.Uint32(src[4*i:])))
 		}
 	case BF16:
+		if w, ok := uint16View(src); ok {
+			w = w[:len(dst)]
+			if add {
+				for i, h := range w {
+					dst[i] += fromBF16(h)
+				}
+			} else {
+				for i, h := range w {
+					dst[i] = fromBF16(h)
+				}
+			}
+			break
+		}
 		for i := range dst {
 			put(i, fromBF16(binary.LittleEndian.Uint16(src[2*i:])))
 		}
@@ -289,6 +309,16 @@ func fp32Bytes(f []float32) (b []byte, ok bool) {
 		return nil, false
 	}
 	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(f))), 4*len(f)), true
+}
+
+// uint16View is b as uint16s without a copy when the machine is
+// little-endian and b is 2-byte aligned (the bf16 and fp16 encodings);
+// ok is false otherwise and the caller converts element by element.
+func uint16View(b []byte) (w []uint16, ok bool) {
+	if !littleEndian || len(b) < 2 || uintptr(unsafe.Pointer(unsafe.SliceData(b)))%2 != 0 {
+		return nil, false
+	}
+	return unsafe.Slice((*uint16)(unsafe.Pointer(unsafe.SliceData(b))), len(b)/2), true
 }
 
 // Round replaces each element of x with decode(encode(x)), which is what
