@@ -511,7 +511,12 @@ func TestLoRASkipsFrozenWork(t *testing.T) {
 		})
 		return float64(res.NsPerOp()) / 1e6
 	}
-	full, lora := step(false), step(true)
+	// The best of three interleaved measurements of each: a busy machine
+	// slows some runs of either, not the best of both.
+	full, lora := math.Inf(1), math.Inf(1)
+	for range 3 {
+		full, lora = min(full, step(false)), min(lora, step(true))
+	}
 	t.Logf("tiny preset, batch 8×64: forward+backward %.2f ms full, %.2f ms with a rank-8 adapter on every projection (%.2fx)", full, lora, full/lora)
 	if lora > 1.25*full {
 		t.Errorf("a LoRA step (%.2f ms) is slower than a full one (%.2f ms)", lora, full)
