@@ -16,7 +16,8 @@
   federated: 3 nodes each register a different domain as local data; one federated job; each
             domain's held-out loss before and after; the shard servers' counters (no shard sent).
 
-Prints one JSON line per measurement. Usage:
+Prints one JSON line per measurement. LOG_LEVEL sets the nodes' --log-level (warn), and KEEP=1
+keeps their logs (failover). Usage:
   /usr/bin/python3 scripts/bench_job.py [--braid bin/braid] [--rounds 5] [--nodes 1,2,3,4] [--only failover|scaling]
 """
 import argparse, json, math, os, shutil, signal, socket, subprocess, sys, tempfile, time
@@ -56,7 +57,7 @@ class Cluster:
             [self.braid, "node", "--name", name, "--data-dir", f"{self.work}/{name}", "--tls-dir", f"{self.work}/tls",
              "--profile", self.profile, "--gossip-addr", f"127.0.0.1:{g}", "--quic-addr", f"127.0.0.1:{q}",
              "--http", f"127.0.0.1:{h}", "--join", f"127.0.0.1:{seed}", "--bootstrap-expect", str(min(self.n, 3)),
-             "--log-level", "warn"], stdout=log, stderr=log)
+             "--log-level", os.environ.get("LOG_LEVEL", "warn")], stdout=log, stderr=log)
 
     def kill(self, name):
         self.procs[name].send_signal(signal.SIGKILL); self.procs[name].wait()
@@ -181,12 +182,19 @@ def failover(braid, rounds, kills):
             print(json.dumps({"bench": "job-failover-summary", "kill": kind, "runs": len(ts), "p50_s": round(q(0.5), 3),
                               "p90_s": round(q(0.9), 3), "max_s": round(ts[-1], 3), "all_s": [round(t, 3) for t in ts]}), flush=True)
     except Stuck as e:
+        for p in c.procs.values():
+            p.send_signal(signal.SIGQUIT)  # Go writes every goroutine's stack to the log and exits
+        time.sleep(2)
         c.stop()
-        raise SystemExit(f"{e}; the nodes' logs are kept in {work}")
+        raise SystemExit(f"{e}; the nodes' logs (with their goroutines' stacks) are kept in {work}")
     except BaseException:
         c.stop(); shutil.rmtree(work, ignore_errors=True)
         raise
-    c.stop(); shutil.rmtree(work, ignore_errors=True)
+    c.stop()
+    if os.environ.get("KEEP"):
+        print(json.dumps({"bench": "job-failover-logs", "dir": work}), flush=True)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def scaling(braid, nodes):
