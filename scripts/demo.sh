@@ -90,7 +90,7 @@ ID=$("$BRAID" job submit --device "$DEVICE" --model "$BASE" --dataset go-src --s
 echo "job $ID"
 "$BRAID" job watch "$ID"
 "$BRAID" job status "$ID"
-"$BRAID" job export --out "$OUT" "$ID"
+"$BRAID" job export --overwrite --out "$OUT" "$ID"  # the demo's own output: replaced on every run
 
 echo
 echo "== 4. held-out Go source (documents the fine-tune never saw), before and after"
