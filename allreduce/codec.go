@@ -169,8 +169,13 @@ func Encode(d Dtype, dst []byte, src []float32) []byte {
 	case BF16:
 		if w, ok := uint16View(out); ok {
 			w = w[:len(src)]
-			for i, v := range src {
-				w[i] = toBF16(v)
+			done := 0
+			if haveBF16Asm && len(src) >= 16 {
+				done = len(src) &^ 15
+				encodeBF16AVX512(&w[0], &src[0], done)
+			}
+			for i, v := range src[done:] {
+				w[done+i] = toBF16(v)
 			}
 			break
 		}
@@ -250,6 +255,11 @@ func decode(d Dtype, dst []float32, src []byte, add bool) error {
 	case BF16:
 		if w, ok := uint16View(src); ok {
 			w = w[:len(dst)]
+			if haveBF16Asm && len(dst) >= 16 {
+				done := len(dst) &^ 15
+				decodeBF16AVX512(&dst[0], &w[0], done, add)
+				dst, w = dst[done:], w[done:]
+			}
 			if add {
 				for i, h := range w {
 					dst[i] += fromBF16(h)

@@ -2,10 +2,12 @@ package allreduce
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
 	"math/rand"
+	"slices"
 	"sort"
 	"testing"
 )
@@ -514,4 +516,53 @@ func BenchmarkCodec(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestCodecBF16FastPathMatchesScalar: the vectorised bf16 paths (16 at a
+// time, where the CPU has them) give toBF16's and fromBF16's bits for every
+// kind of float32: random bit patterns (NaNs, infinities, subnormals) and
+// exact ties, at lengths with and without a tail.
+func TestCodecBF16FastPathMatchesScalar(t *testing.T) {
+	rng := rand.New(rand.NewSource(7))
+	for _, n := range []int{16, 17, 1000, 4099} {
+		x := make([]float32, n)
+		for i := range x {
+			b := rng.Uint32()
+			switch i % 4 {
+			case 1:
+				b = b&^0xffff | 0x8000 // a tie
+			case 2:
+				b = b&0x807fffff | 0x7f800000 // Inf or NaN
+			}
+			x[i] = math.Float32frombits(b)
+		}
+		enc := Encode(BF16, make([]byte, 0, 2*n), x)
+		for i, v := range x {
+			if got, want := binary.LittleEndian.Uint16(enc[2*i:]), toBF16(v); got != want {
+				t.Fatalf("n=%d: element %d (%08x) encodes to %04x, want %04x", n, i, math.Float32bits(v), got, want)
+			}
+		}
+		dec := make([]float32, n)
+		if err := Decode(BF16, dec, enc); err != nil {
+			t.Fatal(err)
+		}
+		sum := make([]float32, n)
+		for i := range sum {
+			sum[i] = float32(rng.NormFloat64())
+		}
+		base := slices.Clone(sum)
+		if err := DecodeAdd(BF16, sum, enc); err != nil {
+			t.Fatal(err)
+		}
+		for i := range x {
+			h := binary.LittleEndian.Uint16(enc[2*i:])
+			if math.Float32bits(dec[i]) != math.Float32bits(fromBF16(h)) {
+				t.Fatalf("n=%d: element %d decodes to %08x", n, i, math.Float32bits(dec[i]))
+			}
+			if want := base[i] + fromBF16(h); math.Float32bits(sum[i]) != math.Float32bits(want) && !(sum[i] != sum[i] && want != want) {
+				t.Fatalf("n=%d: element %d decode-adds to %v, want %v", n, i, sum[i], want)
+			}
+		}
+	}
+	t.Logf("vectorised bf16: %v", haveBF16Asm)
 }
