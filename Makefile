@@ -34,7 +34,7 @@ gpu-test-bin:
 	CGO_ENABLED=0 $(GO) test -tags cuda -c -ldflags '-s -w' -o bin/nodetest.test ./node/nodetest
 
 ## test: every test with the race detector, then without it the tests the race detector skips or
-## shortens (allocation counts, the LoRA speed check, the full corpora round trip)
+## shortens (allocation counts, the full corpora round trip)
 ## (the race detector makes sync.Pool drop items, so those skip under -race)
 test:
 	$(GO) test -race -count=1 ./...
