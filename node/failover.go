@@ -106,7 +106,10 @@ func (f *memberFailures) earliest(names []string, by time.Time) (suspected, decl
 	if !declared.IsZero() {
 		by = declared
 	}
-	if !suspected.IsZero() && by.Sub(suspected) > suspicionWindow {
+	// A suspicion counts if it came before the failure was known here (this
+	// node may suspect a member after gossip from others declared it) and
+	// not too long before (an older one was refuted).
+	if !suspected.IsZero() && (suspected.After(by) || by.Sub(suspected) > suspicionWindow) {
 		suspected = time.Time{}
 	}
 	return suspected, declared

@@ -61,3 +61,31 @@ func TestGossipEventsFromLogLines(t *testing.T) {
 		t.Error("collector names")
 	}
 }
+
+// The start of a failure is the first suspicion before it was declared
+// here: a suspicion after the declaration (this node probing a member that
+// gossip from others already declared) or a refuted one long before does
+// not count.
+func TestMemberFailuresEarliest(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	var f memberFailures
+	f.note("suspect", "a", t0)
+	f.note("failed", "a", t0.Add(800*time.Millisecond))
+	if s, d := f.earliest([]string{"a"}, t0.Add(time.Second)); !s.Equal(t0) || !d.Equal(t0.Add(800*time.Millisecond)) {
+		t.Errorf("suspected %v, declared %v", s, d)
+	}
+	f.note("failed", "b", t0)
+	f.note("suspect", "b", t0.Add(100*time.Millisecond)) // after the declaration
+	if s, _ := f.earliest([]string{"b"}, t0.Add(time.Second)); !s.IsZero() {
+		t.Errorf("a suspicion after the declaration counted: %v", s)
+	}
+	f.note("suspect", "c", t0)
+	f.note("failed", "c", t0.Add(time.Minute)) // the suspicion was refuted long before
+	if s, _ := f.earliest([]string{"c"}, t0.Add(time.Minute)); !s.IsZero() {
+		t.Errorf("a refuted suspicion counted: %v", s)
+	}
+	f.note("alive", "a", t0.Add(2*time.Second))
+	if s, d := f.earliest([]string{"a"}, t0.Add(3*time.Second)); !s.IsZero() || !d.IsZero() {
+		t.Errorf("a member that joined again still has %v, %v", s, d)
+	}
+}
