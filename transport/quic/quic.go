@@ -74,7 +74,7 @@ type Transport struct {
 
 	mu        sync.Mutex
 	closed    bool
-	listeners map[transport.Protocol]*listener
+	listeners map[transport.Protocol]*transport.Queue
 	dialed    map[laneKey]*dialing
 	accepted  map[*quicgo.Conn]transport.PeerID
 }
@@ -115,7 +115,7 @@ func New(cfg Config) (*Transport, error) {
 		addr:      cfg.AdvertiseAddr,
 		log:       cfg.Logger,
 		udp:       udp,
-		listeners: make(map[transport.Protocol]*listener),
+		listeners: make(map[transport.Protocol]*transport.Queue),
 		dialed:    make(map[laneKey]*dialing),
 		accepted:  make(map[*quicgo.Conn]transport.PeerID),
 	}
@@ -463,8 +463,8 @@ func (t *Transport) serveStream(conn *quicgo.Conn, peer transport.PeerID, qs *qu
 	}
 	s := newStream(qs, conn, peer, p)
 	select {
-	case l.ch <- s:
-	case <-l.done:
+	case l.In() <- s:
+	case <-l.Done():
 		reset(streamDropped)
 	case <-conn.Context().Done():
 	case <-t.ctx.Done():
@@ -566,7 +566,14 @@ func (t *Transport) Listen(p transport.Protocol) (transport.Listener, error) {
 	if t.listeners[p] != nil {
 		return nil, fmt.Errorf("%w: %s on %s", transport.ErrAlreadyListens, p, t.self)
 	}
-	l := &listener{t: t, p: p, ch: make(chan *stream), done: make(chan struct{})}
+	var l *transport.Queue
+	l = transport.NewQueue(p, func() {
+		t.mu.Lock()
+		if t.listeners[p] == l {
+			delete(t.listeners, p)
+		}
+		t.mu.Unlock()
+	})
 	t.listeners[p] = l
 	return l, nil
 }
@@ -581,7 +588,7 @@ func (t *Transport) Close() error {
 		return nil
 	}
 	t.closed = true
-	var ls []*listener
+	var ls []*transport.Queue
 	for _, l := range t.listeners {
 		ls = append(ls, l)
 	}
@@ -618,47 +625,5 @@ func (t *Transport) Close() error {
 	if err != nil {
 		return fmt.Errorf("quic: close: %w", err)
 	}
-	return nil
-}
-
-// listener implements transport.Listener.
-type listener struct {
-	t    *Transport
-	p    transport.Protocol
-	ch   chan *stream // unbuffered: serveStream goroutines wait to hand over
-	done chan struct{}
-	once sync.Once
-}
-
-func (l *listener) Protocol() transport.Protocol { return l.p }
-
-// Accept returns the next stream a peer opened for the protocol.
-func (l *listener) Accept(ctx context.Context) (transport.Stream, error) {
-	select {
-	case <-l.done:
-		return nil, transport.ErrClosed
-	default:
-	}
-	select {
-	case s := <-l.ch:
-		return s, nil
-	case <-l.done:
-		return nil, transport.ErrClosed
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
-// Close stops accepting; streams not yet accepted are reset, and the
-// protocol can be listened for again.
-func (l *listener) Close() error {
-	l.once.Do(func() {
-		l.t.mu.Lock()
-		if l.t.listeners[l.p] == l {
-			delete(l.t.listeners, l.p)
-		}
-		l.t.mu.Unlock()
-		close(l.done)
-	})
 	return nil
 }

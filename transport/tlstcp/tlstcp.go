@@ -108,7 +108,7 @@ type Transport struct {
 	mu        sync.Mutex
 	closed    bool
 	pending   int // accepted connections before their header
-	listeners map[transport.Protocol]*listener
+	listeners map[transport.Protocol]*transport.Queue
 	streams   map[*stream]struct{} // open streams, dialled and accepted
 }
 
@@ -125,7 +125,7 @@ func New(cfg Config) (*Transport, error) {
 		return nil, fmt.Errorf("tlstcp: %w", err)
 	}
 	t := &Transport{cfg: cfg, self: cfg.Creds.Self(), addr: cfg.AdvertiseAddr, log: cfg.Logger, ln: ln,
-		srv: cfg.Creds.ServerConfig(), listeners: map[transport.Protocol]*listener{}, streams: map[*stream]struct{}{}}
+		srv: cfg.Creds.ServerConfig(), listeners: map[transport.Protocol]*transport.Queue{}, streams: map[*stream]struct{}{}}
 	if t.addr == "" {
 		t.addr = ln.Addr().String()
 	}
@@ -341,8 +341,8 @@ func (t *Transport) serveConn(raw net.Conn) {
 		return
 	}
 	select {
-	case l.ch <- s:
-	case <-l.done:
+	case l.In() <- s:
+	case <-l.Done():
 		s.Close()
 	case <-t.ctx.Done():
 		s.Close()
@@ -388,7 +388,14 @@ func (t *Transport) Listen(p transport.Protocol) (transport.Listener, error) {
 	if t.listeners[p] != nil {
 		return nil, fmt.Errorf("%w: %s on %s", transport.ErrAlreadyListens, p, t.self)
 	}
-	l := &listener{t: t, p: p, ch: make(chan *stream), done: make(chan struct{})}
+	var l *transport.Queue
+	l = transport.NewQueue(p, func() {
+		t.mu.Lock()
+		if t.listeners[p] == l {
+			delete(t.listeners, p)
+		}
+		t.mu.Unlock()
+	})
 	t.listeners[p] = l
 	return l, nil
 }
@@ -402,7 +409,7 @@ func (t *Transport) Close() error {
 		return nil
 	}
 	t.closed = true
-	var ls []*listener
+	var ls []*transport.Queue
 	for _, l := range t.listeners {
 		ls = append(ls, l)
 	}
@@ -423,47 +430,5 @@ func (t *Transport) Close() error {
 	if err != nil {
 		return fmt.Errorf("tlstcp: close: %w", err)
 	}
-	return nil
-}
-
-// listener implements transport.Listener.
-type listener struct {
-	t    *Transport
-	p    transport.Protocol
-	ch   chan *stream // unbuffered: serveConn goroutines wait to hand over
-	done chan struct{}
-	once sync.Once
-}
-
-func (l *listener) Protocol() transport.Protocol { return l.p }
-
-// Accept returns the next stream a peer opened for the protocol.
-func (l *listener) Accept(ctx context.Context) (transport.Stream, error) {
-	select {
-	case <-l.done:
-		return nil, transport.ErrClosed
-	default:
-	}
-	select {
-	case s := <-l.ch:
-		return s, nil
-	case <-l.done:
-		return nil, transport.ErrClosed
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
-// Close stops accepting; streams not yet accepted are closed, and the
-// protocol can be listened for again.
-func (l *listener) Close() error {
-	l.once.Do(func() {
-		l.t.mu.Lock()
-		if l.t.listeners[l.p] == l {
-			delete(l.t.listeners, l.p)
-		}
-		l.t.mu.Unlock()
-		close(l.done)
-	})
 	return nil
 }
