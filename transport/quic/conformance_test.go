@@ -13,7 +13,7 @@ func TestConformance(t *testing.T) {
 	transporttest.Run(t, func(t *testing.T) transporttest.Factory {
 		c := newCluster(t)
 		return transporttest.FactoryFunc(func(t *testing.T, id transport.PeerID) transport.Transport {
-			tr, _ := start(t, c.creds(string(id)))
+			tr, _ := start(t, c.Creds(string(id)))
 			return tr
 		})
 	})

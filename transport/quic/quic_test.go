@@ -21,41 +21,19 @@ import (
 
 	"github.com/braidml/braid/transport"
 	"github.com/braidml/braid/transport/pki"
+	"github.com/braidml/braid/transport/pki/pkitest"
 )
+
+// cluster is a CA that issues node credentials (pkitest).
+type cluster = pkitest.CA
+
+func newCluster(t *testing.T) *cluster { return pkitest.NewCA(t) }
 
 func TestMain(m *testing.M) {
 	// quic-go warns once per process when it cannot enlarge the UDP
 	// buffers (containers); the warning is noise in tests.
 	os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
 	goleak.VerifyTestMain(m)
-}
-
-// cluster is a CA directory that issues node credentials.
-type cluster struct {
-	t   *testing.T
-	dir string
-}
-
-func newCluster(t *testing.T) *cluster {
-	t.Helper()
-	dir := filepath.Join(t.TempDir(), "pki")
-	if err := pki.InitCA(dir); err != nil {
-		t.Fatal(err)
-	}
-	return &cluster{t, dir}
-}
-
-// creds issues (short-lived) credentials for name.
-func (c *cluster) creds(name string) *pki.NodeCreds {
-	c.t.Helper()
-	if err := pki.Issue(c.dir, name, []string{"127.0.0.1"}, time.Hour); err != nil {
-		c.t.Fatal(err)
-	}
-	cr, err := pki.LoadNode(c.dir, name)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	return cr
 }
 
 // rawCreds builds credentials without LoadNode's checks: certificate and
@@ -154,8 +132,8 @@ func accept(l transport.Listener, d time.Duration) <-chan transport.Stream {
 
 func TestStreamRoundTrip(t *testing.T) {
 	c := newCluster(t)
-	a, _ := start(t, c.creds("a"))
-	b, _ := start(t, c.creds("b"))
+	a, _ := start(t, c.Creds("a"))
+	b, _ := start(t, c.Creds("b"))
 	l := listen(t, b, transport.ProtoRing)
 	got := accept(l, 10*time.Second)
 
@@ -203,8 +181,8 @@ func TestStreamRoundTrip(t *testing.T) {
 
 func TestListenRules(t *testing.T) {
 	c := newCluster(t)
-	a, _ := start(t, c.creds("a"))
-	b, _ := start(t, c.creds("b"))
+	a, _ := start(t, c.Creds("a"))
+	b, _ := start(t, c.Creds("b"))
 	ctx := ctxT(t, 10*time.Second)
 
 	if _, err := a.Dial(ctx, "b", b.Addr(), "shard", transport.DialOptions{}); !errors.Is(err, transport.ErrNotListening) {
@@ -241,8 +219,8 @@ func TestListenRules(t *testing.T) {
 
 func TestWrongPeer(t *testing.T) {
 	c := newCluster(t)
-	a, _ := start(t, c.creds("a"))
-	b, _ := start(t, c.creds("b"))
+	a, _ := start(t, c.Creds("a"))
+	b, _ := start(t, c.Creds("b"))
 	listen(t, b, transport.ProtoControl)
 	ctx := ctxT(t, 10*time.Second)
 
@@ -267,11 +245,11 @@ func TestWrongPeer(t *testing.T) {
 // the peer and the address.
 func TestHandshakeRefused(t *testing.T) {
 	c := newCluster(t)
-	b, _ := start(t, c.creds("b"))
+	b, _ := start(t, c.Creds("b"))
 	l := listen(t, b, transport.ProtoRaft)
 	other := newCluster(t)
-	other.creds("a")
-	if err := pki.IssueBetween(c.dir, "old", nil, time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour)); err != nil {
+	other.Creds("a")
+	if err := pki.IssueBetween(c.Dir, "old", nil, time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 
@@ -281,8 +259,8 @@ func TestHandshakeRefused(t *testing.T) {
 	}{
 		// Signed by another CA, but trusting ours, so only the server can
 		// say no.
-		{"other CA", rawCreds(t, other.dir, "a", c.dir)},
-		{"expired", rawCreds(t, c.dir, "old", c.dir)},
+		{"other CA", rawCreds(t, other.Dir, "a", c.Dir)},
+		{"expired", rawCreds(t, c.Dir, "old", c.Dir)},
 	} {
 		t.Run(tc.what, func(t *testing.T) {
 			a, _ := start(t, tc.creds)
@@ -298,7 +276,7 @@ func TestHandshakeRefused(t *testing.T) {
 	}
 
 	t.Run("no client certificate", func(t *testing.T) {
-		cc := c.creds("a").ClientConfig("b")
+		cc := c.Creds("a").ClientConfig("b")
 		cc.Certificates = nil
 		err := rawDial(t, b.Addr(), cc)
 		if err == nil {
@@ -307,7 +285,7 @@ func TestHandshakeRefused(t *testing.T) {
 		t.Logf("refused as expected: %v", err)
 	})
 	t.Run("ALPN mismatch", func(t *testing.T) {
-		cc := c.creds("a").ClientConfig("b")
+		cc := c.Creds("a").ClientConfig("b")
 		cc.NextProtos = []string{"h3"}
 		err := rawDial(t, b.Addr(), cc)
 		if err == nil || !strings.Contains(err.Error(), "application protocol") {
@@ -352,8 +330,8 @@ func rawDial(t *testing.T, addr string, tc *tls.Config) error {
 // TestLanes: four lanes are four connections; lane numbers wrap.
 func TestLanes(t *testing.T) {
 	c := newCluster(t)
-	a, _ := start(t, c.creds("a"))
-	b, _ := start(t, c.creds("b"))
+	a, _ := start(t, c.Creds("a"))
+	b, _ := start(t, c.Creds("b"))
 	listen(t, b, transport.ProtoRing)
 	ctx := ctxT(t, 10*time.Second)
 
@@ -396,11 +374,11 @@ func TestLanes(t *testing.T) {
 // connection and the node go on serving.
 func TestMalformedHeader(t *testing.T) {
 	c := newCluster(t)
-	b, blog := start(t, c.creds("b"), func(cfg *Config) { cfg.HeaderTimeout = 500 * time.Millisecond })
+	b, blog := start(t, c.Creds("b"), func(cfg *Config) { cfg.HeaderTimeout = 500 * time.Millisecond })
 	l := listen(t, b, transport.ProtoControl)
 	ctx := ctxT(t, 10*time.Second)
 
-	conn, err := quicgo.DialAddr(ctx, b.Addr(), c.creds("a").ClientConfig("b"), nil)
+	conn, err := quicgo.DialAddr(ctx, b.Addr(), c.Creds("a").ClientConfig("b"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -452,8 +430,8 @@ func TestMalformedHeader(t *testing.T) {
 // connection is found dead and redialled.
 func TestRedial(t *testing.T) {
 	c := newCluster(t)
-	a, _ := start(t, c.creds("a"))
-	bc := c.creds("b")
+	a, _ := start(t, c.Creds("a"))
+	bc := c.Creds("b")
 	b, _ := start(t, bc)
 	addr := b.Addr()
 	listen(t, b, transport.ProtoBlob)
@@ -476,8 +454,8 @@ func TestRedial(t *testing.T) {
 // TestClose: Close unblocks readers, acceptors and later calls.
 func TestClose(t *testing.T) {
 	c := newCluster(t)
-	a, _ := start(t, c.creds("a"))
-	b, _ := start(t, c.creds("b"))
+	a, _ := start(t, c.Creds("a"))
+	b, _ := start(t, c.Creds("b"))
 	l := listen(t, b, transport.ProtoRing)
 	got := accept(l, 10*time.Second)
 	ctx := ctxT(t, 10*time.Second)
@@ -524,8 +502,8 @@ func TestClose(t *testing.T) {
 // stream is closed.
 func TestCloseUnblocksWrite(t *testing.T) {
 	c := newCluster(t)
-	a, _ := start(t, c.creds("a"))
-	b, _ := start(t, c.creds("b"))
+	a, _ := start(t, c.Creds("a"))
+	b, _ := start(t, c.Creds("b"))
 	l := listen(t, b, transport.ProtoRing)
 	got := accept(l, 10*time.Second)
 	s, err := a.Dial(ctxT(t, 10*time.Second), "b", b.Addr(), transport.ProtoRing, transport.DialOptions{})
@@ -550,7 +528,7 @@ func TestCloseUnblocksWrite(t *testing.T) {
 
 func TestDialContext(t *testing.T) {
 	c := newCluster(t)
-	a, _ := start(t, c.creds("a"))
+	a, _ := start(t, c.Creds("a"))
 	// A UDP socket that never answers.
 	silent, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -572,7 +550,7 @@ func TestDialContext(t *testing.T) {
 func TestConfigValidate(t *testing.T) {
 	c := newCluster(t)
 	good := DefaultConfig()
-	good.Creds = c.creds("a")
+	good.Creds = c.Creds("a")
 	if err := good.Validate(); err != nil {
 		t.Fatalf("default config: %v", err)
 	}
@@ -606,8 +584,8 @@ func TestConfigValidate(t *testing.T) {
 // of waiting for the idle timeout.
 func TestRedialAfterCrash(t *testing.T) {
 	c := newCluster(t)
-	a, _ := start(t, c.creds("a"))
-	bc := c.creds("b")
+	a, _ := start(t, c.Creds("a"))
+	bc := c.Creds("b")
 	b, _ := start(t, bc)
 	addr := b.Addr()
 	listen(t, b, transport.ProtoBlob)
@@ -635,7 +613,7 @@ func TestRedialAfterCrash(t *testing.T) {
 // TestSelfDial: a node can open streams to itself.
 func TestSelfDial(t *testing.T) {
 	c := newCluster(t)
-	a, _ := start(t, c.creds("a"))
+	a, _ := start(t, c.Creds("a"))
 	l := listen(t, a, transport.ProtoControl)
 	got := accept(l, 10*time.Second)
 	s, err := a.Dial(ctxT(t, 10*time.Second), "a", a.Addr(), transport.ProtoControl, transport.DialOptions{})
@@ -665,8 +643,8 @@ func TestSegmentationOffloadDisabled(t *testing.T) {
 // one: what a node does when gossip sees that peer join again.
 func TestForget(t *testing.T) {
 	c := newCluster(t)
-	a, _ := start(t, c.creds("a"))
-	b, _ := start(t, c.creds("b"))
+	a, _ := start(t, c.Creds("a"))
+	b, _ := start(t, c.Creds("b"))
 	listen(t, b, transport.ProtoControl)
 	s, err := a.Dial(ctxT(t, 10*time.Second), "b", b.Addr(), transport.ProtoControl, transport.DialOptions{})
 	if err != nil {

@@ -3,8 +3,6 @@ package quic
 import (
 	"errors"
 	"io"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -12,37 +10,12 @@ import (
 	"github.com/braidml/braid/transport/pki"
 )
 
-// reloader issues name's credentials into a directory of its own and
-// loads them as a *pki.Reloader.
-func (c *cluster) reloader(name string) *pki.Reloader {
-	c.t.Helper()
-	if err := pki.Issue(c.dir, name, []string{"127.0.0.1"}, time.Hour); err != nil {
-		c.t.Fatal(err)
-	}
-	dir := filepath.Join(c.t.TempDir(), name)
-	os.MkdirAll(dir, 0o700)
-	for _, f := range []string{pki.CAFile, pki.CertFile(name), pki.KeyFile(name)} {
-		b, err := os.ReadFile(filepath.Join(c.dir, f))
-		if err != nil {
-			c.t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, f), b, 0o600); err != nil {
-			c.t.Fatal(err)
-		}
-	}
-	r, err := pki.NewReloader(dir, name)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	return r
-}
-
 // Revoking b's certificate on a and revalidating cuts b off: a stream b
 // had open to a fails on b's side, and b's next dials are refused at the
 // handshake, while a and c still talk.
 func TestRevalidateCutsOffRevokedPeer(t *testing.T) {
 	cl := newCluster(t)
-	ra, rb, rc := cl.reloader("a"), cl.reloader("b"), cl.reloader("c")
+	ra, rb, rc := cl.Reloader("a"), cl.Reloader("b"), cl.Reloader("c")
 	a, _ := start(t, ra)
 	b, _ := start(t, rb)
 	cNode, _ := start(t, rc)

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -18,31 +16,6 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-// reloader issues name's credentials into a directory of its own and
-// loads them as a *pki.Reloader.
-func (c *cluster) reloader(name string) *pki.Reloader {
-	c.t.Helper()
-	if err := pki.Issue(c.dir, name, []string{"127.0.0.1"}, time.Hour); err != nil {
-		c.t.Fatal(err)
-	}
-	dir := filepath.Join(c.t.TempDir(), name)
-	os.MkdirAll(dir, 0o700)
-	for _, f := range []string{pki.CAFile, pki.CertFile(name), pki.KeyFile(name)} {
-		b, err := os.ReadFile(filepath.Join(c.dir, f))
-		if err != nil {
-			c.t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, f), b, 0o600); err != nil {
-			c.t.Fatal(err)
-		}
-	}
-	r, err := pki.NewReloader(dir, name)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	return r
 }
 
 // open dials a stream from b to a for p and returns both ends.
@@ -69,8 +42,8 @@ func open(t *testing.T, a, b *Transport, l transport.Listener) (dialled, accepte
 // A node of another cluster (another CA) can neither dial in nor be
 // dialled: the handshake fails and nothing reaches a listener.
 func TestOtherClusterRefused(t *testing.T) {
-	a := start(t, newCluster(t).creds("a"))
-	mallory := start(t, newCluster(t).creds("a")) // same name, other CA
+	a := start(t, newCluster(t).Creds("a"))
+	mallory := start(t, newCluster(t).Creds("a")) // same name, other CA
 	l, err := a.Listen(transport.ProtoRing)
 	if err != nil {
 		t.Fatal(err)
@@ -95,7 +68,7 @@ func TestOtherClusterRefused(t *testing.T) {
 // are dropped without harm; the transport goes on serving.
 func TestGarbageAndSilentClients(t *testing.T) {
 	c := newCluster(t)
-	a, b := start(t, c.creds("a")), start(t, c.creds("b"))
+	a, b := start(t, c.Creds("a")), start(t, c.Creds("b"))
 	l, _ := a.Listen(transport.ProtoControl)
 	junk, err := net.Dial("tcp", a.Addr())
 	if err != nil {
@@ -128,7 +101,7 @@ func TestGarbageAndSilentClients(t *testing.T) {
 // next dials are refused, while c still talks to a.
 func TestRevalidateCutsOffRevokedPeer(t *testing.T) {
 	cl := newCluster(t)
-	ra, rb, rc := cl.reloader("a"), cl.reloader("b"), cl.reloader("c")
+	ra, rb, rc := cl.Reloader("a"), cl.Reloader("b"), cl.Reloader("c")
 	a, b, cNode := start(t, ra), start(t, rb), start(t, rc)
 	l, _ := a.Listen(transport.ProtoRing)
 	d, _ := open(t, a, b, l)
@@ -158,7 +131,7 @@ func TestRevalidateCutsOffRevokedPeer(t *testing.T) {
 func TestPendingConnectionsBounded(t *testing.T) {
 	c := newCluster(t)
 	cfg := DefaultConfig()
-	cfg.ListenAddr, cfg.Creds, cfg.MaxPending, cfg.HandshakeTimeout = "127.0.0.1:0", c.creds("a"), 2, 500*time.Millisecond
+	cfg.ListenAddr, cfg.Creds, cfg.MaxPending, cfg.HandshakeTimeout = "127.0.0.1:0", c.Creds("a"), 2, 500*time.Millisecond
 	a, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -188,7 +161,7 @@ func TestPendingConnectionsBounded(t *testing.T) {
 		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 		io.ReadAll(conn)
 	}
-	b := start(t, c.creds("b"))
+	b := start(t, c.Creds("b"))
 	l, _ := a.Listen(transport.ProtoControl)
 	open(t, a, b, l)
 }
@@ -197,7 +170,7 @@ func TestPendingConnectionsBounded(t *testing.T) {
 // once, and the Write fails.
 func TestCloseUnblocksWrite(t *testing.T) {
 	c := newCluster(t)
-	a, b := start(t, c.creds("a")), start(t, c.creds("b"))
+	a, b := start(t, c.Creds("a")), start(t, c.Creds("b"))
 	l, _ := a.Listen(transport.ProtoRing)
 	d, _ := open(t, a, b, l)
 	wrote := make(chan error, 1)
