@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"fmt"
 	"sync"
 )
 
@@ -57,4 +58,62 @@ func (q *Queue) Close() error {
 		close(q.done)
 	})
 	return nil
+}
+
+// Listeners is an implementation's table of protocol listeners, one Queue
+// per protocol. The zero value is ready; safe for concurrent use.
+type Listeners struct {
+	mu     sync.Mutex
+	closed bool
+	m      map[Protocol]*Queue
+}
+
+// Listen registers the listener for p on the endpoint self: ErrBadProtocol,
+// ErrAlreadyListens, or ErrClosed after Close.
+func (ls *Listeners) Listen(p Protocol, self PeerID) (*Queue, error) {
+	if !ValidProtocol(p) {
+		return nil, fmt.Errorf("%w: %q", ErrBadProtocol, p)
+	}
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.closed {
+		return nil, ErrClosed
+	}
+	if ls.m[p] != nil {
+		return nil, fmt.Errorf("%w: %s on %s", ErrAlreadyListens, p, self)
+	}
+	if ls.m == nil {
+		ls.m = map[Protocol]*Queue{}
+	}
+	var q *Queue
+	q = NewQueue(p, func() {
+		ls.mu.Lock()
+		if ls.m[p] == q {
+			delete(ls.m, p)
+		}
+		ls.mu.Unlock()
+	})
+	ls.m[p] = q
+	return q, nil
+}
+
+// Get returns the listener of p, or nil.
+func (ls *Listeners) Get(p Protocol) *Queue {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	return ls.m[p]
+}
+
+// Close closes every listener and refuses Listen from then on.
+func (ls *Listeners) Close() {
+	ls.mu.Lock()
+	ls.closed = true
+	qs := make([]*Queue, 0, len(ls.m))
+	for _, q := range ls.m {
+		qs = append(qs, q)
+	}
+	ls.mu.Unlock()
+	for _, q := range qs {
+		q.Close()
+	}
 }

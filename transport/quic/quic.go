@@ -74,7 +74,7 @@ type Transport struct {
 
 	mu        sync.Mutex
 	closed    bool
-	listeners map[transport.Protocol]*transport.Queue
+	listeners transport.Listeners
 	dialed    map[laneKey]*dialing
 	accepted  map[*quicgo.Conn]transport.PeerID
 }
@@ -110,14 +110,13 @@ func New(cfg Config) (*Transport, error) {
 		return nil, fmt.Errorf("quic: %w", err)
 	}
 	t := &Transport{
-		cfg:       cfg,
-		self:      cfg.Creds.Self(),
-		addr:      cfg.AdvertiseAddr,
-		log:       cfg.Logger,
-		udp:       udp,
-		listeners: make(map[transport.Protocol]*transport.Queue),
-		dialed:    make(map[laneKey]*dialing),
-		accepted:  make(map[*quicgo.Conn]transport.PeerID),
+		cfg:      cfg,
+		self:     cfg.Creds.Self(),
+		addr:     cfg.AdvertiseAddr,
+		log:      cfg.Logger,
+		udp:      udp,
+		dialed:   make(map[laneKey]*dialing),
+		accepted: make(map[*quicgo.Conn]transport.PeerID),
 	}
 	if t.addr == "" {
 		t.addr = udp.LocalAddr().String()
@@ -448,9 +447,7 @@ func (t *Transport) serveStream(conn *quicgo.Conn, peer transport.PeerID, qs *qu
 		return
 	}
 	qs.SetReadDeadline(time.Time{})
-	t.mu.Lock()
-	l := t.listeners[p]
-	t.mu.Unlock()
+	l := t.listeners.Get(p)
 	if l == nil {
 		qs.Write([]byte{transport.StatusNotListening})
 		qs.CancelRead(streamClosed)
@@ -555,26 +552,10 @@ func (t *Transport) Forget(peer transport.PeerID) int {
 
 // Listen registers the listener for p.
 func (t *Transport) Listen(p transport.Protocol) (transport.Listener, error) {
-	if !transport.ValidProtocol(p) {
-		return nil, fmt.Errorf("%w: %q", transport.ErrBadProtocol, p)
+	l, err := t.listeners.Listen(p, t.self)
+	if err != nil {
+		return nil, err // not a nil *Queue in a non-nil Listener
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
-		return nil, transport.ErrClosed
-	}
-	if t.listeners[p] != nil {
-		return nil, fmt.Errorf("%w: %s on %s", transport.ErrAlreadyListens, p, t.self)
-	}
-	var l *transport.Queue
-	l = transport.NewQueue(p, func() {
-		t.mu.Lock()
-		if t.listeners[p] == l {
-			delete(t.listeners, p)
-		}
-		t.mu.Unlock()
-	})
-	t.listeners[p] = l
 	return l, nil
 }
 
@@ -588,10 +569,6 @@ func (t *Transport) Close() error {
 		return nil
 	}
 	t.closed = true
-	var ls []*transport.Queue
-	for _, l := range t.listeners {
-		ls = append(ls, l)
-	}
 	var conns []*quicgo.Conn
 	for _, d := range t.dialed {
 		select {
@@ -608,9 +585,7 @@ func (t *Transport) Close() error {
 	t.mu.Unlock()
 
 	t.cancel()
-	for _, l := range ls {
-		l.Close()
-	}
+	t.listeners.Close()
 	var wg sync.WaitGroup
 	for _, c := range conns {
 		wg.Go(func() { c.CloseWithError(connShutdown, "node closing") })

@@ -108,7 +108,7 @@ type Transport struct {
 	mu        sync.Mutex
 	closed    bool
 	pending   int // accepted connections before their header
-	listeners map[transport.Protocol]*transport.Queue
+	listeners transport.Listeners
 	streams   map[*stream]struct{} // open streams, dialled and accepted
 }
 
@@ -125,7 +125,7 @@ func New(cfg Config) (*Transport, error) {
 		return nil, fmt.Errorf("tlstcp: %w", err)
 	}
 	t := &Transport{cfg: cfg, self: cfg.Creds.Self(), addr: cfg.AdvertiseAddr, log: cfg.Logger, ln: ln,
-		srv: cfg.Creds.ServerConfig(), listeners: map[transport.Protocol]*transport.Queue{}, streams: map[*stream]struct{}{}}
+		srv: cfg.Creds.ServerConfig(), streams: map[*stream]struct{}{}}
 	if t.addr == "" {
 		t.addr = ln.Addr().String()
 	}
@@ -328,9 +328,7 @@ func (t *Transport) serveConn(raw net.Conn) {
 		raw.Close()
 		return
 	}
-	t.mu.Lock()
-	l := t.listeners[p]
-	t.mu.Unlock()
+	l := t.listeners.Get(p)
 	if l == nil {
 		tc.Write([]byte{transport.StatusNotListening})
 		s.Close()
@@ -377,26 +375,10 @@ func (t *Transport) Revalidate() []transport.PeerID {
 
 // Listen registers the listener for p.
 func (t *Transport) Listen(p transport.Protocol) (transport.Listener, error) {
-	if !transport.ValidProtocol(p) {
-		return nil, fmt.Errorf("%w: %q", transport.ErrBadProtocol, p)
+	l, err := t.listeners.Listen(p, t.self)
+	if err != nil {
+		return nil, err // not a nil *Queue in a non-nil Listener
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
-		return nil, transport.ErrClosed
-	}
-	if t.listeners[p] != nil {
-		return nil, fmt.Errorf("%w: %s on %s", transport.ErrAlreadyListens, p, t.self)
-	}
-	var l *transport.Queue
-	l = transport.NewQueue(p, func() {
-		t.mu.Lock()
-		if t.listeners[p] == l {
-			delete(t.listeners, p)
-		}
-		t.mu.Unlock()
-	})
-	t.listeners[p] = l
 	return l, nil
 }
 
@@ -409,10 +391,6 @@ func (t *Transport) Close() error {
 		return nil
 	}
 	t.closed = true
-	var ls []*transport.Queue
-	for _, l := range t.listeners {
-		ls = append(ls, l)
-	}
 	open := make([]*stream, 0, len(t.streams))
 	for s := range t.streams {
 		open = append(open, s)
@@ -420,9 +398,7 @@ func (t *Transport) Close() error {
 	t.mu.Unlock()
 	t.cancel()
 	err := t.ln.Close()
-	for _, l := range ls {
-		l.Close()
-	}
+	t.listeners.Close()
 	for _, s := range open {
 		s.Close()
 	}
