@@ -32,6 +32,7 @@ gpu-test-bin:
 	CGO_ENABLED=0 $(GO) test -tags cuda -c -ldflags '-s -w' -o bin/cuda.test ./kernels/cuda
 	CGO_ENABLED=0 $(GO) test -tags cuda -c -ldflags '-s -w' -o bin/train.test ./train
 	CGO_ENABLED=0 $(GO) test -tags cuda -c -ldflags '-s -w' -o bin/nodetest.test ./node/nodetest
+	CGO_ENABLED=0 $(GO) test -c -ldflags '-s -w' -o bin/model.test ./model
 
 ## test: every test with the race detector, then without it the tests the race detector skips or
 ## shortens (allocation counts, the full corpora round trip)

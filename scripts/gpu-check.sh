@@ -79,6 +79,16 @@ elif [ "$MODE" = full ]; then
   echo "peer script $PEER not found: no peer rows"
 fi
 
+echo "== Hugging Face's classes on what braid writes (issue 16: transformers' Llama/Mistral/Qwen2, peft's LoRA)"
+if [ -x bin/model.test ] && python3 -c 'import transformers, peft, safetensors' 2>/dev/null; then
+  hf=/tmp/braid-hf; rm -rf "$hf"
+  (cd model && timeout 120 "$OLDPWD/bin/model.test" -test.run '^TestLlamaWritesForPyTorch$' -pytorch-out "$hf" >"$OUTDIR/hf-write.log" 2>&1)
+  timeout 180 python3 scripts/check_transformers.py "$hf"/llama_tiny "$hf"/qwen2_tiny "$hf"/mistral_tiny "$hf"/llama_lora_tiny 2>"$OUTDIR/hf.err" |
+    while read -r line; do emit "$line"; done
+else
+  emit "{\"check\":\"hf classes\",\"skipped\":\"needs bin/model.test (make gpu-test-bin) and python3 with transformers, peft, safetensors\"}"
+fi
+
 echo "== a 2-node cluster on the GPU: two braid-cuda node processes sharing it (scripts/demo.sh)"
 if BRAID=$BIN DEVICE=cuda NODES=2 STEPS=${DEMO_STEPS:-80} OUT=/tmp/braid-demo-gpu \
     INPUTS="kernels model train shard node allreduce transport coordinator" timeout 200 scripts/demo.sh >"$OUTDIR/demo-gpu.log" 2>&1; then
