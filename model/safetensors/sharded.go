@@ -291,8 +291,10 @@ type setFile struct {
 //     knowable.
 //
 // Shards are opened with safefile.OpenNoFollow: a symbolic link is refused
-// (ErrSymlink), so that an index cannot reach outside dir through one, while
-// SingleFile and IndexFile, fixed names the caller chose with dir, are opened
+// (ErrSymlink), so that an index cannot reach outside dir through one, but
+// for the one layout that is made of links, Hugging Face's cache (dir is
+// REPO/snapshots/REVISION and each shard links to a file in REPO/blobs,
+// cacheBlob); SingleFile and IndexFile, fixed names the caller chose with dir, are opened
 // with safefile.Open, which follows links. Errors name the file, and the
 // tensor where there is one, and wrap ErrIndex, ErrSet, a Decode sentinel, a
 // safefile sentinel or an I/O error (fs.ErrNotExist when dir holds neither
@@ -409,6 +411,9 @@ func openSetFile(dir, name string, noFollow bool) (*os.File, int64, []byte, erro
 	open := safefile.Open
 	if noFollow {
 		open = safefile.OpenNoFollow
+		if blob, ok := cacheBlob(dir, name); ok {
+			path = blob
+		}
 	}
 	f, size, err := open(path, MaxFileBytes)
 	if err != nil {
@@ -770,4 +775,31 @@ func removeStaleShards(dir string, keep []string) error {
 		}
 	}
 	return nil
+}
+
+// cacheBlob returns the file that dir/name links to when dir is a snapshot
+// of Hugging Face's hub cache (REPO/snapshots/REVISION, as
+// huggingface_hub's snapshot_download leaves it) and the link resolves to
+// a regular file in REPO/blobs, where the cache keeps every file's
+// content: the one place a shard's link may lead. Anything else (not a
+// link, another layout, a link out of the repository's blobs) is not
+// resolved, and the caller's OpenNoFollow refuses a link.
+func cacheBlob(dir, name string) (string, bool) {
+	path := filepath.Join(dir, name)
+	if fi, err := os.Lstat(path); err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+		return "", false
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil || filepath.Base(filepath.Dir(abs)) != "snapshots" {
+		return "", false
+	}
+	blobs, err := filepath.EvalSymlinks(filepath.Join(filepath.Dir(filepath.Dir(abs)), "blobs"))
+	if err != nil {
+		return "", false
+	}
+	target, err := filepath.EvalSymlinks(path)
+	if err != nil || filepath.Dir(target) != blobs {
+		return "", false
+	}
+	return target, true
 }

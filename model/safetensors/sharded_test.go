@@ -766,3 +766,61 @@ func FuzzOpenDir(f *testing.F) {
 		}
 	})
 }
+
+// hubCache lays the set of threeShards out as huggingface_hub's cache
+// does: every file's bytes in REPO/blobs under a content name, and
+// REPO/snapshots/REV holding relative links to them. It returns the
+// snapshot directory and the repository directory.
+func hubCache(t *testing.T) (snap, repo string) {
+	t.Helper()
+	src := threeShards(t)
+	repo = filepath.Join(t.TempDir(), "models--org--tiny")
+	snap = filepath.Join(repo, "snapshots", "0123abcd")
+	for _, d := range []string{filepath.Join(repo, "blobs"), snap} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, name := range listDir(t, src) {
+		blob := fmt.Sprintf("blob%02d", i)
+		if err := os.Rename(filepath.Join(src, name), filepath.Join(repo, "blobs", blob)); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(filepath.Join("..", "..", "blobs", blob), filepath.Join(snap, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return snap, repo
+}
+
+// A sharded model in Hugging Face's hub cache, whose shards are links into
+// the repository's blobs, opens and reads; a link in the same layout that
+// leads anywhere but into those blobs is still refused.
+func TestOpenDirReadsTheHubCache(t *testing.T) {
+	snap, repo := hubCache(t)
+	f, err := ReadDir(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameTensors(t, f.Tensors, sixTensors())
+	s, err := OpenDir(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shard := s.Files()[1]
+	outside := filepath.Join(repo, "elsewhere.safetensors")
+	target, err := filepath.EvalSymlinks(filepath.Join(snap, shard))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(target, outside); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(filepath.Join(snap, shard))
+	if err := os.Symlink(outside, filepath.Join(snap, shard)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenDir(snap); !errors.Is(err, safefile.ErrSymlink) || !strings.Contains(err.Error(), shard) {
+		t.Errorf("a shard linked out of the cache's blobs: %v, want ErrSymlink naming %s", err, shard)
+	}
+}
