@@ -62,6 +62,7 @@ func benchAllreduceCommand() *cli.Command {
 			&cli.StringFlag{Name: "api", EnvVars: []string{"BRAID_API"}, Usage: "run across the members of the cluster behind this node API URL"},
 			&cli.StringFlag{Name: "token", EnvVars: []string{"BRAID_TOKEN"}, Usage: "bearer token for --api (default: the node's, if it runs on this machine as this user)"},
 			&cli.StringFlag{Name: "token-file", EnvVars: []string{"BRAID_TOKEN_FILE"}, Usage: "read the bearer token for --api from `FILE`"},
+			&cli.StringFlag{Name: "ca", EnvVars: []string{"BRAID_CA"}, Usage: "for an https --api: the cluster CA certificate `FILE` (ca.pem) to verify the node with (default: the CA of the node behind --api, if it runs on this machine as this user)"},
 		},
 		Action: runBenchAllreduce,
 	}
