@@ -371,6 +371,7 @@ var kernelNames = []string{
 	"encoder_forward", "encoder_backward_wpe", "encoder_backward_wte", "layernorm_forward", "layernorm_backward",
 	"permute_qkv", "permute_qkv_backward", "unpermute", "unpermute_backward", "softmax_forward", "softmax_backward",
 	"crossentropy_forward", "crossentropy_backward", "sumsq_partials", "adamw",
+	"rmsnorm_forward", "rmsnorm_backward", "permute_qkv_gqa", "permute_qkv_gqa_backward", "swiglu_forward", "swiglu_backward",
 }
 
 // Module returns braid's kernels compiled for precision p, compiling them

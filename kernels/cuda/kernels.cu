@@ -290,6 +290,119 @@ extern "C" __global__ void softmax_backward(act_t* dpreatt, const act_t* att, co
         st(dpreatt, off + j, j <= t ? scale * ld(att, off + j) * (datt[off + j] - s) : 0.0f);
 }
 
+// ---- the Llama family: RMSNorm, rotary embeddings, grouped-query heads, SwiGLU
+
+// rmsnorm_forward: out (N, C) = inp·rstd·w, rstd = 1/√(mean(inp²) + eps)
+// saved (N) for backward; inp is the float residual stream. One warp per
+// row, as layernorm_forward.
+extern "C" __global__ void rmsnorm_forward(act_t* out, float* rstd, const float* inp, const float* w, int N, int C, float eps) {
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (row >= N) return;
+    const float* x = inp + (long)row * C;
+    float ss = 0.0f;
+    for (int c = lane; c < C; c += 32) ss += x[c] * x[c];
+    float r = rsqrtf(warp_sum(ss) / C + eps);
+    act_t* o = out + (long)row * C;
+    for (int c = lane; c < C; c += 32) st(o, c, x[c] * r * w[c]);
+    if (lane == 0) rstd[row] = r;
+}
+
+// rmsnorm_backward: dinp (N, C) += rstd·(g − x·rstd²·mean(g·x)) with
+// g = dout·w; writes dwx (N, C) = dout·x·rstd, whose column sums are the
+// weight's gradient.
+extern "C" __global__ void rmsnorm_backward(float* dinp, float* dwx, const act_t* dout, const float* inp, const float* w, const float* rstd, int N, int C) {
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (row >= N) return;
+    long off = (long)row * C;
+    const float* x = inp + off;
+    float r = rstd[row], gx = 0.0f;
+    for (int c = lane; c < C; c += 32) gx += ld(dout, off + c) * w[c] * x[c];
+    float k = r * r * warp_sum(gx) / C;
+    for (int c = lane; c < C; c += 32) {
+        float d = ld(dout, off + c);
+        dinp[off + c] += r * (d * w[c] - x[c] * k);
+        dwx[off + c] = d * x[c] * r;
+    }
+}
+
+// permute_qkv_gqa: qkv (B, T, Q+2K) [q | k | v] of NH query heads and KVH
+// key/value heads of hd channels (Q = NH·hd, K = KVH·hd), plus bias (Q+2K)
+// → q, k, v (B, NH, T, hd), with rotary embeddings applied to q and k
+// (Hugging Face's rotate_half: channel j < hd/2 pairs with j + hd/2, the
+// pair rotated by θ_j·t; cos, sin (≥ T, hd/2)) and each key/value head
+// repeated for the NH/KVH query heads that share it.
+extern "C" __global__ void permute_qkv_gqa(act_t* q, act_t* k, act_t* v, const act_t* qkv, const float* bias, const float* cos, const float* sin,
+                                           int B, int T, int NH, int KVH, int hd) {
+    int Q = NH * hd, W = (NH + 2 * KVH) * hd, half = hd / 2;
+    GRID_LOOP(i, B * NH * T * hd) {
+        int b, h, t, d;
+        bhtd(i, T, NH, hd, &b, &h, &t, &d);
+        int kh = h / (NH / KVH), j = d < half ? d : d - half;
+        float cs = cos[t * half + j], sn = sin[t * half + j];
+        long row = ((long)b * T + t) * W;
+        int qc = h * hd, kc = Q + kh * hd, vc = Q + KVH * hd + kh * hd;
+        // x[d]·cos ∓ x[pair]·sin: the first half subtracts, the second adds
+        int pd = d < half ? d + half : d - half;
+        float sg = d < half ? -sn : sn;
+        st(q, i, (ld(qkv, row + qc + d) + bias[qc + d]) * cs + (ld(qkv, row + qc + pd) + bias[qc + pd]) * sg);
+        st(k, i, (ld(qkv, row + kc + d) + bias[kc + d]) * cs + (ld(qkv, row + kc + pd) + bias[kc + pd]) * sg);
+        st(v, i, ld(qkv, row + vc + d) + bias[vc + d]);
+    }
+}
+
+// permute_qkv_gqa_backward: the gradient of permute_qkv_gqa, dq, dk, dv
+// (B, NH, T, hd) → dqkv (B, T, Q+2K), overwritten: each key/value head's
+// gradient sums its query heads', and q's and k's are rotated back by
+// −θ_j·t.
+extern "C" __global__ void permute_qkv_gqa_backward(act_t* dqkv, const act_t* dq, const act_t* dk, const act_t* dv, const float* cos, const float* sin,
+                                                    int B, int T, int NH, int KVH, int hd) {
+    int Q = NH * hd, W = (NH + 2 * KVH) * hd, half = hd / 2, rep = NH / KVH;
+    GRID_LOOP(i, B * T * W) {
+        int c = i % W, bt = i / W, t = bt % T, b = bt / T;
+        int kind = c < Q ? 0 : c < Q + KVH * hd ? 1 : 2;
+        int hc = kind == 0 ? c : kind == 1 ? c - Q : c - Q - KVH * hd;
+        int h = hc / hd, d = hc % hd;
+        int j = d < half ? d : d - half, pd = d < half ? d + half : d - half;
+        float cs = cos[t * half + j], sn = sin[t * half + j];
+        // the transpose of the rotation: dx[d] = dy[d]·cos ± dy[pair]·sin
+        float sg = d < half ? sn : -sn;
+        float g = 0.0f;
+        if (kind == 0) {
+            long base = (((long)b * NH + h) * T + t) * hd;
+            g = ld(dq, base + d) * cs + ld(dq, base + pd) * sg;
+        } else {
+            for (int r = 0; r < rep; r++) {
+                long base = (((long)b * NH + h * rep + r) * T + t) * hd;
+                g += kind == 1 ? ld(dk, base + d) * cs + ld(dk, base + pd) * sg : ld(dv, base + d);
+            }
+        }
+        st(dqkv, i, g);
+    }
+}
+
+// swiglu_forward: out (N, H) = silu(gate)·up for rows gu (N, 2H) [gate | up].
+extern "C" __global__ void swiglu_forward(act_t* out, const act_t* gu, int N, int H) {
+    GRID_LOOP(i, N * H) {
+        int n = i / H, j = i % H;
+        float g = ld(gu, (long)n * 2 * H + j), u = ld(gu, (long)n * 2 * H + H + j);
+        st(out, i, g / (1.0f + expf(-g)) * u);
+    }
+}
+
+// swiglu_backward: dgu (N, 2H) = the gradient of swiglu_forward given
+// dout (N, H), overwritten: dgate = dout·up·σ(g)·(1 + g·(1 − σ(g))),
+// dup = dout·silu(g).
+extern "C" __global__ void swiglu_backward(act_t* dgu, const act_t* dout, const act_t* gu, int N, int H) {
+    GRID_LOOP(i, N * H) {
+        int n = i / H, j = i % H;
+        long gi = (long)n * 2 * H + j;
+        float g = ld(gu, gi), u = ld(gu, gi + H), d = ld(dout, i);
+        float s = 1.0f / (1.0f + expf(-g));
+        st(dgu, gi, d * u * s * (1.0f + g * (1.0f - s)));
+        st(dgu, gi + H, d * g * s);
+    }
+}
+
 // ---- cross-entropy (one block per row) -------------------------------
 
 // crossentropy_forward: for each row n of logits (N, V) with row stride

@@ -223,6 +223,41 @@ func (d *Device) UnpermuteBackward(p Precision, dy, dout Buffer, B, T, NH, hs in
 	return d.Launch(p, "unpermute_backward", grid(int64(B*T*NH*hs), ewThreads), ewThreads, P(dy), P(dout), I(B), I(T), I(NH), I(hs))
 }
 
+// RMSNormForward: out (N, C) activations = inp·rstd·w, rstd (N) saved.
+func (d *Device) RMSNormForward(p Precision, out, rstd, inp, w Buffer, N, C int, eps float32) error {
+	return d.Launch(p, "rmsnorm_forward", rowBlocks(N), 32*rowsPerBlk, P(out), P(rstd), P(inp), P(w), I(N), I(C), F(eps))
+}
+
+// RMSNormBackward: dinp += ∂L/∂inp; dwx = dout·x·rstd (scratch, N×C float).
+func (d *Device) RMSNormBackward(p Precision, dinp, dwx, dout, inp, w, rstd Buffer, N, C int) error {
+	return d.Launch(p, "rmsnorm_backward", rowBlocks(N), 32*rowsPerBlk, P(dinp), P(dwx), P(dout), P(inp), P(w), P(rstd), I(N), I(C))
+}
+
+// PermuteQKVGQA: qkv (B, T, (NH+2·KVH)·hd) + bias → q, k, v (B, NH, T, hd),
+// q and k rotated by the rotary tables cos, sin (≥ T, hd/2), key and value
+// heads repeated for the query heads that share them.
+func (d *Device) PermuteQKVGQA(p Precision, q, k, v, qkv, bias, cos, sin Buffer, B, T, NH, KVH, hd int) error {
+	return d.Launch(p, "permute_qkv_gqa", grid(int64(B*T*NH*hd), ewThreads), ewThreads,
+		P(q), P(k), P(v), P(qkv), P(bias), P(cos), P(sin), I(B), I(T), I(NH), I(KVH), I(hd))
+}
+
+// PermuteQKVGQABackward: dq, dk, dv (B, NH, T, hd) → dqkv (overwritten),
+// rotated back and summed over the heads that share a key/value head.
+func (d *Device) PermuteQKVGQABackward(p Precision, dqkv, dq, dk, dv, cos, sin Buffer, B, T, NH, KVH, hd int) error {
+	return d.Launch(p, "permute_qkv_gqa_backward", grid(int64(B*T*(NH+2*KVH)*hd), ewThreads), ewThreads,
+		P(dqkv), P(dq), P(dk), P(dv), P(cos), P(sin), I(B), I(T), I(NH), I(KVH), I(hd))
+}
+
+// SwiGLUForward: out (N, H) = silu(gate)·up of gu (N, 2H) [gate | up].
+func (d *Device) SwiGLUForward(p Precision, out, gu Buffer, N, H int) error {
+	return d.Launch(p, "swiglu_forward", grid(int64(N*H), ewThreads), ewThreads, P(out), P(gu), I(N), I(H))
+}
+
+// SwiGLUBackward: dgu (N, 2H) = ∂L/∂gu given dout (N, H) (overwritten).
+func (d *Device) SwiGLUBackward(p Precision, dgu, dout, gu Buffer, N, H int) error {
+	return d.Launch(p, "swiglu_backward", grid(int64(N*H), ewThreads), ewThreads, P(dgu), P(dout), P(gu), I(N), I(H))
+}
+
 // SoftmaxForward: att (rows, T) = causal softmax(scale·preatt).
 func (d *Device) SoftmaxForward(p Precision, att, preatt Buffer, scale float32, rows, T int) error {
 	return d.Launch(p, "softmax_forward", rowBlocks(rows), 32*rowsPerBlk, P(att), P(preatt), F(scale), I(rows), I(T))

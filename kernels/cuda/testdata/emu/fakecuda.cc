@@ -8,7 +8,7 @@
 // (streams and events only keep their order); kernels are braid's own,
 // kernels.cu compiled twice into this library (fp32 and bf16, namespaces
 // f32 and b16: the build strips their extern "C") and run thread by thread
-// (emu.h), except the six that synchronise their threads, which run as
+// (emu.h), except the eight that synchronise their threads, which run as
 // their sequential references (reference.h, checked against the real
 // kernels by kernels_test.cc); GEMMs are naive loops. The device reports compute capability 1.0, so that its
 // "cubins" never share a cache entry with a real GPU's. It is for
@@ -77,6 +77,8 @@ static void launch(const Kernel* k, int grid, int block, void** params) {
     R(ns, layernorm_forward), R(ns, layernorm_backward), K(ns, permute_qkv), K(ns, permute_qkv_backward), \
     K(ns, unpermute), K(ns, unpermute_backward), R(ns, softmax_forward), R(ns, softmax_backward), \
     R(ns, crossentropy_forward), K(ns, crossentropy_backward), R(ns, sumsq_partials), K(ns, adamw), \
+    R(ns, rmsnorm_forward), R(ns, rmsnorm_backward), K(ns, permute_qkv_gqa), K(ns, permute_qkv_gqa_backward), \
+    K(ns, swiglu_forward), K(ns, swiglu_backward), \
     {nullptr, nullptr, false} }
 static const Kernel tableF32[] = TABLE(f32);
 static const Kernel tableB16[] = TABLE(b16);

@@ -261,6 +261,14 @@ int main() {
         emu_launch((N + 7) / 8, 256, layernorm_backward, di1.data(), dw1.data(), (const act_t*)dout.data(), x.data(), w.data(), m1.data(), r1.data(), N, CC);
         ref_layernorm_backward(di2.data(), dw2.data(), dout.data(), x.data(), w.data(), m1.data(), r1.data(), N, CC);
         check("ref_layernorm_backward", di2, di1, std::max(TOL, 1e-5));
+        std::vector<float> rr1(N), rr2(N), rd1(N * CC, 0.f), rd2(N * CC, 0.f);
+        emu_launch((N + 7) / 8, 256, rmsnorm_forward, o1.data(), rr1.data(), x.data(), w.data(), N, CC, 1e-5f);
+        ref_rmsnorm_forward(o2.data(), rr2.data(), x.data(), w.data(), N, CC, 1e-5f);
+        check("ref_rmsnorm_forward", fromact(o2), fromact(o1));
+        emu_launch((N + 7) / 8, 256, rmsnorm_backward, rd1.data(), dw1.data(), (const act_t*)dout.data(), x.data(), w.data(), rr1.data(), N, CC);
+        ref_rmsnorm_backward(rd2.data(), dw2.data(), dout.data(), x.data(), w.data(), rr1.data(), N, CC);
+        check("ref_rmsnorm_backward", rd2, rd1, std::max(TOL, 1e-5));
+        check("ref_rmsnorm_backward dwx", dw2, dw1, std::max(TOL, 1e-5));
         auto pre = randf(rows * TT, 3.0f), datt = randf(rows * TT);
         std::vector<act_t> a1(rows * TT), a2(rows * TT), p1(rows * TT), p2(rows * TT);
         emu_launch((rows + 7) / 8, 256, softmax_forward, a1.data(), pre.data(), 0.5f, rows, TT);

@@ -37,6 +37,31 @@ static void ref_layernorm_backward(float* dinp, float* dwx, const act_t* dout, c
     }
 }
 
+static void ref_rmsnorm_forward(act_t* out, float* rstd, const float* inp, const float* w, int N, int C, float eps) {
+    for (int n = 0; n < N; n++) {
+        const float* x = inp + (long)n * C;
+        float ss = 0;
+        for (int c = 0; c < C; c++) ss += x[c] * x[c];
+        float r = 1.0f / sqrtf(ss / C + eps);
+        for (int c = 0; c < C; c++) st(out, (long)n * C + c, x[c] * r * w[c]);
+        rstd[n] = r;
+    }
+}
+
+static void ref_rmsnorm_backward(float* dinp, float* dwx, const act_t* dout, const float* inp, const float* w, const float* rstd, int N, int C) {
+    for (int n = 0; n < N; n++) {
+        long off = (long)n * C;
+        float r = rstd[n], gx = 0;
+        for (int c = 0; c < C; c++) gx += ld(dout, off + c) * w[c] * inp[off + c];
+        float k = r * r * gx / C;
+        for (int c = 0; c < C; c++) {
+            float d = ld(dout, off + c);
+            dinp[off + c] += r * (d * w[c] - inp[off + c] * k);
+            dwx[off + c] = d * inp[off + c] * r;
+        }
+    }
+}
+
 static void ref_softmax_forward(act_t* att, const float* preatt, float scale, int rows, int T) {
     for (int row = 0; row < rows; row++) {
         int t = row % T;
