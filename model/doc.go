@@ -26,7 +26,8 @@
 // kernels spread each step over the CPU's cores.
 //
 // What this package does not do: optimisation (package train), data loading
-// (package train, later shard), or distributed anything; nor, for the Llama
-// family, the GPU (package cudamodel computes GPT-2 only), rotary scaling
-// other than Llama 3's, or Qwen2's per-layer sliding windows.
+// (package train, later shard), or distributed anything (package
+// cudamodel computes both architectures on a GPU); nor, for the Llama
+// family, rotary scaling other than Llama 3's, or Qwen2's per-layer sliding
+// windows.
 package model

@@ -250,6 +250,12 @@ func (m *Model) newLlama(inference bool) {
 	}
 }
 
+// RopeTables returns the rotary embedding tables of a Llama family config
+// c for positions t < maxT, cos and sin of θ_j·t at [t, j], (maxT,
+// HeadDim/2) each: what a device backend uploads to compute as this
+// package does.
+func RopeTables(c Config, maxT int) (cos, sin []float32) { return ropeTables(c, maxT) }
+
 // ropeTables returns cos and sin of θ_j·t for positions t < maxT and the
 // config's frequencies θ_j (ropeFrequencies), (maxT, HeadDim/2) each,
 // computed in float64 and rounded once.

@@ -15,16 +15,25 @@ import (
 // GradRanges are the adapter's.
 
 // Projections of a block, in the adapter's buffer order
-// (model.LoRAProjectionShape's numbering).
+// (model.LoRAProjectionShape's numbering): GPT-2's four, then the Llama
+// family's seven. A model has one architecture's.
 const (
 	projQKV = iota
 	projAttnOut
 	projFC
 	projMLPOut
+	projQ
+	projK
+	projV
+	projO
+	projGate
+	projUp
+	projDown
 	numProjections
 )
 
-var projNames = [numProjections]string{".attn.c_attn.", ".attn.c_proj.", ".mlp.c_fc.", ".mlp.c_proj."}
+var projNames = [numProjections]string{".attn.c_attn.", ".attn.c_proj.", ".mlp.c_fc.", ".mlp.c_proj.",
+	".self_attn.q_proj.", ".self_attn.k_proj.", ".self_attn.v_proj.", ".self_attn.o_proj.", ".mlp.gate_proj.", ".mlp.up_proj.", ".mlp.down_proj."}
 
 // adapter is the attached adapter's device state.
 type adapter struct {
@@ -67,9 +76,17 @@ func (m *Model) AttachLoRA(a *model.LoRA) (err error) {
 		spans[i] = [2]int{-1, -1}
 	}
 	for _, p := range layout {
+		// the block: transformer.h.N. (GPT-2) or model.layers.N. (Llama)
 		var l int
-		rest := p.Name[strings.Index(p.Name, "h.")+2:]
-		if _, err := fmt.Sscanf(rest, "%d", &l); err != nil || l < 0 || l >= L {
+		marker := ".h."
+		if !strings.Contains(p.Name, marker) {
+			marker = ".layers."
+		}
+		i := strings.Index(p.Name, marker)
+		if i < 0 {
+			return fmt.Errorf("cudamodel: adapter tensor %s: no block", p.Name)
+		}
+		if _, err := fmt.Sscanf(p.Name[i+len(marker):], "%d", &l); err != nil || l < 0 || l >= L {
 			return fmt.Errorf("cudamodel: adapter tensor %s: no block", p.Name)
 		}
 		proj := -1
@@ -163,31 +180,32 @@ func (m *Model) adapterMat(off, ld int, trans bool) cuda.Mat {
 	return mat(m.ad.set.pact.Off(m.Prec.ActBytes()*int64(off)), m.Prec.Act(), ld, trans)
 }
 
-// loraForward adds the adapter's update to out (BT, o), the output of
-// projection p of block l on inp (BT, in): u = s·inp·Aᵀ, out += u·Bᵀ.
-func (m *Model) loraForward(l, p int, out, inp cuda.Buffer, BT int) error {
+// loraForward adds the adapter's update to out (BT, o; rows ldo apart:
+// the projection's columns of a stacked output), the output of projection
+// p of block l on inp (BT, in): u = s·inp·Aᵀ, out += u·Bᵀ.
+func (m *Model) loraForward(l, p int, out cuda.Buffer, ldo int, inp cuda.Buffer, BT int) error {
 	in, o := model.LoRAProjectionShape(m.Config, p)
 	ad, d, at := m.ad, m.dev, m.Prec.Act()
 	r := ad.rank
 	if err := d.GemmScaled(m.Prec, BT, r, in, mat(inp, at, in, false), m.adapterMat(ad.a[l][p], in, true), mat(ad.u[l][p], at, r, false), ad.scale, false); err != nil {
 		return err
 	}
-	return d.Gemm(m.Prec, BT, o, r, mat(ad.u[l][p], at, r, false), m.adapterMat(ad.b[l][p], r, true), mat(out, at, o, false), true)
+	return d.Gemm(m.Prec, BT, o, r, mat(ad.u[l][p], at, r, false), m.adapterMat(ad.b[l][p], r, true), mat(out, at, ldo, false), true)
 }
 
 // loraBackward adds the adapter's gradients for projection p of block l
-// given dout (BT, o) and the forward input inp (BT, in), and its share of
-// the input gradient into dinp (when dinp.Ptr != 0):
+// given dout (BT, o; rows ldd apart) and the forward input inp (BT, in),
+// and its share of the input gradient into dinp (when dinp.Ptr != 0):
 //
 //	dB += doutᵀ·u;  g = s·dout·B;  dA += gᵀ·inp;  dinp += g·A
-func (m *Model) loraBackward(l, p int, dinp, dout, inp cuda.Buffer, BT int) error {
+func (m *Model) loraBackward(l, p int, dinp, dout cuda.Buffer, ldd int, inp cuda.Buffer, BT int) error {
 	in, o := model.LoRAProjectionShape(m.Config, p)
 	ad, d, at, pr := m.ad, m.dev, m.Prec.Act(), m.Prec
 	r := ad.rank
 	gA, gB := ad.set.grads.Off(4*int64(ad.a[l][p])), ad.set.grads.Off(4*int64(ad.b[l][p]))
 	for _, e := range []error{
-		d.Gemm(pr, o, r, BT, mat(dout, at, o, true), mat(ad.u[l][p], at, r, false), mat(gB, cuda.F32, r, false), true),
-		d.GemmScaled(pr, BT, r, o, mat(dout, at, o, false), m.adapterMat(ad.b[l][p], r, false), mat(ad.g, at, r, false), ad.scale, false),
+		d.Gemm(pr, o, r, BT, mat(dout, at, ldd, true), mat(ad.u[l][p], at, r, false), mat(gB, cuda.F32, r, false), true),
+		d.GemmScaled(pr, BT, r, o, mat(dout, at, ldd, false), m.adapterMat(ad.b[l][p], r, false), mat(ad.g, at, r, false), ad.scale, false),
 		d.Gemm(pr, r, in, BT, mat(ad.g, at, r, true), mat(inp, at, in, false), mat(gA, cuda.F32, in, false), true),
 	} {
 		if e != nil {

@@ -1,6 +1,7 @@
-// Package cudamodel is braid's GPT-2 model on a CUDA GPU: the same
-// architecture, parameter layout and numerics as package model (which stays
-// the reference), with parameters, gradients, optimizer moments and
+// Package cudamodel is braid's model on a CUDA GPU, GPT-2 and the Llama
+// family (Llama, Mistral, Qwen2; llama.go): the same architectures,
+// parameter layout and numerics as package model (which stays the
+// reference), with parameters, gradients, optimizer moments and
 // activations in device memory and every operation run by package cuda's
 // kernels and cuBLAS.
 //
@@ -35,7 +36,7 @@ import (
 	"github.com/braidml/braid/model"
 )
 
-// Model is a GPT-2 model on one GPU.
+// Model is a model on one GPU.
 type Model struct {
 	Config model.Config
 	Prec   cuda.Precision
@@ -62,8 +63,9 @@ type Model struct {
 	tr   *trainSet
 	ad   *adapter // the attached LoRA adapter, or nil
 
-	act  activations
-	bw   backwardScratch
+	act   activations
+	bw    backwardScratch
+	llama *llamaState // the Llama family's buffers (llama.go), or nil for GPT-2
 	bufs []cuda.Buffer // every allocation, for Close
 
 	// state of the last Forward call
@@ -147,6 +149,9 @@ var ErrOutOfMemory = cuda.ErrOutOfMemory
 // MemoryBytes estimates the device memory New (or NewInference) needs for
 // config c, a batch of maxB × maxT and precision p.
 func MemoryBytes(c model.Config, maxB, maxT int, p cuda.Precision, inference bool) int64 {
+	if c.Arch != model.ArchGPT2 {
+		return llamaMemoryBytes(c, maxB, maxT, p, inference)
+	}
 	a := p.ActBytes()
 	BT, C, V, NH, L := int64(maxB)*int64(maxT), int64(c.Dim), int64(roundUp(c.Vocab, 64)), int64(c.Heads), int64(c.Layers)
 	att := int64(maxB) * NH * int64(maxT) * int64(maxT)
@@ -182,28 +187,48 @@ func newModel(dev *cuda.Device, c model.Config, maxB, maxT int, p cuda.Precision
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	if c.Arch != model.ArchGPT2 {
-		return nil, fmt.Errorf("%w: arch %s: the GPU computes GPT-2 only (the Llama family runs on the CPU)", model.ErrConfig, c.Arch)
-	}
+	llama := c.Arch != model.ArchGPT2
 	if maxB < 1 || maxT < 1 || maxT > c.Context {
 		return nil, fmt.Errorf("%w: batch %d×%d does not fit (want ≥ 1 sequences of 1..%d tokens)", model.ErrConfig, maxB, maxT, c.Context)
+	}
+	if llama {
+		if err := checkLlama(c, maxT); err != nil {
+			return nil, err
+		}
 	}
 	// The kernels index every buffer with 32-bit integers, which must not
 	// overflow when a grid-stride loop steps past the end (by at most
 	// cuda.MaxGridStride).
 	BT64 := int64(maxB) * int64(maxT)
-	for _, n := range []int64{BT64 * int64(roundUp(c.Vocab, 64)), BT64 * 4 * int64(c.Dim), int64(maxB) * int64(c.Heads) * int64(maxT) * int64(maxT), int64(c.NumParams())} {
+	for _, n := range []int64{BT64 * int64(roundUp(c.Vocab, 64)), BT64 * 4 * int64(c.Dim), int64(maxB) * int64(c.Heads) * int64(maxT) * int64(maxT), int64(c.NumParams()),
+		BT64 * 2 * int64(c.Hidden), BT64 * int64(c.Heads+2*c.KVHeads) * int64(c.HeadDim)} {
 		if n > math.MaxInt32-cuda.MaxGridStride {
 			return nil, fmt.Errorf("%w: a batch of %d×%d needs buffers of more than 2³¹ elements (%d) on the GPU; lower the batch (--batch, --micro-batch) or the sequence length (--seq-len)", model.ErrConfig, maxB, maxT, n)
 		}
 	}
 	m = &Model{Config: c, Prec: p, dev: dev, maxB: maxB, maxT: maxT, vp: roundUp(c.Vocab, 64), inference: inference,
 		layout: c.Layout(), n: c.NumParams(), gradScale: 1}
+	// The head is wte (GPT-2), or the Llama family's tied embedding or
+	// lm_head, the last tensor.
+	headEnd := c.Vocab * c.Dim
+	if llama && c.Untied {
+		headEnd = c.NumParams()
+	}
 	m.vg = c.Vocab
-	if c.NumParams()-c.Vocab*c.Dim >= (m.vp-c.Vocab)*c.Dim {
+	if c.NumParams()-headEnd >= (m.vp-c.Vocab)*c.Dim {
 		m.vg = m.vp
 	}
-	m.base = trainSet{layout: m.layout, n: m.n, gradRanges: gradRanges(m.layout, c.Layers)}
+	var ranges [][2]int
+	if llama {
+		per := (len(m.layout) - 2) / c.Layers
+		if c.Untied {
+			per = (len(m.layout) - 3) / c.Layers
+		}
+		ranges = llamaGradRanges(m.layout, c.Layers, per)
+	} else {
+		ranges = gradRanges(m.layout, c.Layers)
+	}
+	m.base = trainSet{layout: m.layout, n: m.n, gradRanges: ranges}
 	m.tr = &m.base
 	unlock := dev.Lock()
 	defer unlock()
@@ -222,9 +247,7 @@ func newModel(dev *cuda.Device, c model.Config, maxB, maxT int, p cuda.Precision
 			}
 		}
 	}()
-	ab := p.ActBytes()
-	BT, C, V, NH := int64(maxB*maxT), int64(c.Dim), int64(m.vp), int64(c.Heads)
-	att := int64(maxB) * NH * int64(maxT) * int64(maxT)
+	ab, BT := p.ActBytes(), int64(maxB*maxT)
 	alloc := func(bytes int64, what string) cuda.Buffer {
 		if err != nil {
 			return cuda.Buffer{}
@@ -242,6 +265,46 @@ func newModel(dev *cuda.Device, c model.Config, maxB, maxT int, p cuda.Precision
 	if p == cuda.BF16 {
 		m.pact = alloc(2*n, "bf16 weights")
 	}
+	if llama {
+		m.allocLlama(alloc, inference)
+	} else {
+		m.allocGPT2(alloc, inference)
+	}
+	m.hostLoss = make([]float32, BT)
+	if llama && err == nil {
+		err = m.initLlama()
+	}
+	if inference || err != nil {
+		return m, err
+	}
+	m.base.grads, m.base.mom, m.base.vel = alloc(4*n, "gradients"), alloc(4*n, "AdamW moments"), alloc(4*n, "AdamW moments")
+	m.base.params, m.base.pact = m.params, m.pact
+	d := &m.bw
+	d.onesF32, d.onesAct = alloc(4*BT, "ones"), alloc(ab*BT, "ones")
+	d.order, d.starts, d.utok = alloc(4*BT, "token order"), alloc(4*(BT+1), "token order"), alloc(4*BT, "token order")
+	d.partials = alloc(8*cuda.SumSqBlocks, "norm partials")
+	if err != nil {
+		return m, err
+	}
+	m.partials = make([]float64, cuda.SumSqBlocks)
+	if err = dev.Fill(cuda.FP32, d.onesF32, 1, int(BT)); err != nil {
+		return m, err
+	}
+	if err = dev.Fill(p, d.onesAct, 1, int(BT)); err != nil {
+		return m, err
+	}
+	if err = m.zero(m.base.mom, m.base.vel, m.base.grads); err != nil {
+		return m, err
+	}
+	return m, dev.Sync()
+}
+
+// allocGPT2 allocates GPT-2's activations (and, for training, its backward
+// scratch) with alloc, newModel's allocator, which records the first error.
+func (m *Model) allocGPT2(alloc func(int64, string) cuda.Buffer, inference bool) {
+	c, ab := m.Config, m.Prec.ActBytes()
+	BT, C, V, NH := int64(m.maxB*m.maxT), int64(c.Dim), int64(m.vp), int64(c.Heads)
+	att := int64(m.maxB) * NH * int64(m.maxT) * int64(m.maxT)
 	a := &m.act
 	a.tokens, a.targets = alloc(4*BT, "tokens"), alloc(4*BT, "targets")
 	a.encoded = alloc(4*BT*C, "embeddings")
@@ -261,16 +324,13 @@ func newModel(dev *cuda.Device, c model.Config, maxB, maxT int, p cuda.Precision
 	a.losses, a.lse = alloc(4*BT, "losses"), alloc(4*BT, "losses")
 	a.preatt = alloc(4*att, "attention scores")
 	a.y = alloc(ab*BT*C, "activations")
-	m.hostLoss = make([]float32, BT)
-	if inference || err != nil {
-		return m, err
+	if inference {
+		return
 	}
-	m.base.grads, m.base.mom, m.base.vel = alloc(4*n, "gradients"), alloc(4*n, "AdamW moments"), alloc(4*n, "AdamW moments")
-	m.base.params, m.base.pact = m.params, m.pact
 	d := &m.bw
 	d.dres = alloc(4*BT*C, "backward scratch")
 	d.dresAct = d.dres
-	if p == cuda.BF16 {
+	if m.Prec == cuda.BF16 {
 		d.dresAct = alloc(ab*BT*C, "backward scratch")
 	}
 	d.dln, d.datty, d.dy = alloc(ab*BT*C, "backward scratch"), alloc(ab*BT*C, "backward scratch"), alloc(ab*BT*C, "backward scratch")
@@ -279,23 +339,6 @@ func newModel(dev *cuda.Device, c model.Config, maxB, maxT int, p cuda.Precision
 	d.dfch, d.dfchG = alloc(ab*BT*4*C, "backward scratch"), alloc(ab*BT*4*C, "backward scratch")
 	d.datt, d.dpreatt = alloc(4*att, "attention backward"), alloc(ab*att, "attention backward")
 	d.dwx = alloc(4*BT*C, "backward scratch")
-	d.onesF32, d.onesAct = alloc(4*BT, "ones"), alloc(ab*BT, "ones")
-	d.order, d.starts, d.utok = alloc(4*BT, "token order"), alloc(4*(BT+1), "token order"), alloc(4*BT, "token order")
-	d.partials = alloc(8*cuda.SumSqBlocks, "norm partials")
-	if err != nil {
-		return m, err
-	}
-	m.partials = make([]float64, cuda.SumSqBlocks)
-	if err = dev.Fill(cuda.FP32, d.onesF32, 1, int(BT)); err != nil {
-		return m, err
-	}
-	if err = dev.Fill(p, d.onesAct, 1, int(BT)); err != nil {
-		return m, err
-	}
-	if err = m.zero(m.base.mom, m.base.vel, m.base.grads); err != nil {
-		return m, err
-	}
-	return m, dev.Sync()
 }
 
 func (m *Model) zero(bufs ...cuda.Buffer) error {

@@ -523,13 +523,3 @@ func TestLoRAMatchesCPU(t *testing.T) {
 		})
 	}
 }
-
-// TestRefusesLlama: the GPU computes GPT-2 only; a Llama family config is
-// refused before any device memory is touched.
-func TestRefusesLlama(t *testing.T) {
-	c := model.Config{Arch: model.ArchLlama, Vocab: 300, Context: 64, Dim: 16, Layers: 2, Heads: 4, KVHeads: 2,
-		Hidden: 32, HeadDim: 4, NormEps: 1e-5, RopeTheta: 10000}
-	if _, err := New(nil, c, 1, 8, cuda.FP32); !errors.Is(err, model.ErrConfig) || !strings.Contains(err.Error(), "llama") {
-		t.Errorf("error %v, want ErrConfig naming llama", err)
-	}
-}

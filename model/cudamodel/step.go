@@ -96,6 +96,9 @@ func (m *Model) Forward(tokens, targets []int32, B, T int) (float32, error) {
 }
 
 func (m *Model) forward(tokens, targets []int32) error {
+	if m.llama != nil {
+		return m.llamaForward(tokens, targets)
+	}
 	d, p, c, a := m.dev, m.Prec, m.Config, &m.act
 	B, T := m.B, m.T
 	BT, C, V, NH, hs := B*T, c.Dim, c.Vocab, c.Heads, c.HeadSize()
@@ -118,7 +121,7 @@ func (m *Model) forward(tokens, targets []int32) error {
 	linear := func(l, proj int, out, inp cuda.Buffer, w, in, o int) {
 		do(d.Gemm(p, BT, o, in, mat(inp, at, in, false), mat(m.pa(w), at, in, true), mat(out, at, o, false), false))
 		if m.adapted(l, proj) {
-			do(m.loraForward(l, proj, out, inp, BT))
+			do(m.loraForward(l, proj, out, o, inp, BT))
 		}
 	}
 	scale := float32(1 / math.Sqrt(float64(hs)))
@@ -213,6 +216,9 @@ func (m *Model) Backward(scale float32) error {
 }
 
 func (m *Model) backward(dloss float32) error {
+	if m.llama != nil {
+		return m.llamaBackward(dloss)
+	}
 	d, p, c, a, w := m.dev, m.Prec, m.Config, &m.act, &m.bw
 	B, T := m.B, m.T
 	BT, C, V, NH, hs := B*T, c.Dim, c.Vocab, c.Heads, c.HeadSize()
@@ -250,7 +256,7 @@ func (m *Model) backward(dloss float32) error {
 			do(d.Gemm(p, o, in, BT, mat(dout, at, o, true), mat(inp, at, in, false), mat(m.g(wi), cuda.F32, in, false), true))
 			colsum(m.g(bi), dout, at, o)
 		} else if m.adapted(l, proj) {
-			do(m.loraBackward(l, proj, dinp, dout, inp, BT))
+			do(m.loraBackward(l, proj, dinp, dout, o, inp, BT))
 		}
 	}
 	lnBack := func(dinp, dout, inp, wi, mean, rstd cuda.Buffer, gw, gb cuda.Buffer) {
