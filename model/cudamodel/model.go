@@ -65,8 +65,8 @@ type Model struct {
 
 	act   activations
 	bw    backwardScratch
-	llama *llamaState // the Llama family's buffers (llama.go), or nil for GPT-2
-	bufs []cuda.Buffer // every allocation, for Close
+	llama *llamaState   // the Llama family's buffers (llama.go), or nil for GPT-2
+	bufs  []cuda.Buffer // every allocation, for Close
 
 	// state of the last Forward call
 	B, T     int
