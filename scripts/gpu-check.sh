@@ -71,12 +71,19 @@ brow gpt2-124m bf16 16 10 --profile 3
 brow gpt2-124m bf16 16 10 --lora-rank 8
 brow gpt2-124m tf32 16 10
 brow gpt2-124m fp32 16 5
+brow smollm2-135m bf16 16 10
+brow smollm2-135m bf16 16 10 --lora-rank 8
+brow smollm2-135m tf32 16 5
 grep -A40 '^# braid-cuda' "$OUTDIR/bench.err" | head -45
 if [ "$MODE" = full ] && [ -f "$PEER" ]; then
   PYTHONUNBUFFERED=1 timeout 300 python3 "$PEER" --rows small:bf16@8,small:bf16@64,gpt2-124m:fp32,gpt2-124m:bf16,gpt2-124m:bf16+lora8,gpt2-124m:bf16+compile 2>"$OUTDIR/peer.err" |
     while read -r line; do emit "$line"; done
 elif [ "$MODE" = full ]; then
   echo "peer script $PEER not found: no peer rows"
+fi
+if [ "$MODE" = full ]; then # the Llama family's peer (issue 16): transformers' LlamaForCausalLM
+  PYTHONUNBUFFERED=1 timeout 240 python3 scripts/torch_llama_gpu.py --rows smollm2-135m:fp32,smollm2-135m:bf16,smollm2-135m:bf16+lora8 2>"$OUTDIR/peer-llama.err" |
+    while read -r line; do emit "$line"; done
 fi
 
 echo "== Hugging Face's classes on what braid writes (issue 16: transformers' Llama/Mistral/Qwen2, peft's LoRA)"

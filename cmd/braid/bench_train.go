@@ -17,14 +17,17 @@ import (
 )
 
 // benchModels are the shapes `braid bench train` knows by name, those of
-// the GPU peer (../shared/bench/torch_gpu.py): GPT-2 124M and the bundled
-// base.
+// the GPU peers: GPT-2 124M and the bundled base
+// (../shared/bench/torch_gpu.py), and SmolLM2-135M's Llama shape
+// (scripts/torch_llama_gpu.py).
 var benchModels = map[string]struct {
 	cfg  model.Config
 	B, T int
 }{
 	"gpt2-124m": {model.Config{Vocab: 50257, Context: 1024, Dim: 768, Layers: 12, Heads: 12}, 16, 1024},
 	"small":     {model.Config{Vocab: 257, Context: 256, Dim: 192, Layers: 6, Heads: 6}, 8, 256},
+	"smollm2-135m": {model.Config{Arch: model.ArchLlama, Vocab: 49152, Context: 8192, Dim: 576, Layers: 30, Heads: 9, KVHeads: 3,
+		Hidden: 1536, HeadDim: 64, NormEps: 1e-5, RopeTheta: 100000}, 16, 1024},
 }
 
 func benchTrainCommand() *cli.Command {
@@ -32,17 +35,18 @@ func benchTrainCommand() *cli.Command {
 		Name:  "train",
 		Usage: "tokens/s of a full fine-tuning step (forward, backward, clip, AdamW) on random tokens",
 		Description: "Times the training step the way ../shared/bench/torch_gpu.py times PyTorch's, with\n" +
-			"the same shapes and random initialisation: --model gpt2-124m (batch 16 × 1024) or small\n" +
-			"(the bundled base's shapes, batch 8 × 256), after --warmup steps, over --steps steps.\n" +
+			"the same shapes and random initialisation: --model gpt2-124m (batch 16 × 1024), small\n" +
+			"(the bundled base's shapes, batch 8 × 256) or smollm2-135m (a Llama, batch 16 × 1024;\n" +
+			"its peer is scripts/torch_llama_gpu.py), after --warmup steps, over --steps steps.\n" +
 			"peak_gib is the device memory the model holds (it allocates everything up front).",
 		Flags: append([]cli.Flag{
-			&cli.StringFlag{Name: "model", Value: "gpt2-124m", Usage: "gpt2-124m or small"},
+			&cli.StringFlag{Name: "model", Value: "gpt2-124m", Usage: "gpt2-124m, small or smollm2-135m"},
 			&cli.IntFlag{Name: "batch", Usage: "sequences per step (default: the model's)"},
 			&cli.IntFlag{Name: "seq", Usage: "tokens per sequence (default: the model's)"},
 			&cli.IntFlag{Name: "steps", Value: 10, Usage: "timed steps"},
 			&cli.IntFlag{Name: "warmup", Value: 3, Usage: "steps before timing"},
 			&cli.BoolFlag{Name: "json", Usage: "one JSON object"},
-			&cli.IntFlag{Name: "lora-rank", Usage: "train a LoRA adapter of rank `R` on c_attn, c_proj and c_fc (alpha 2R) instead of every weight, as the peer's bf16+lora8 row"},
+			&cli.IntFlag{Name: "lora-rank", Usage: "train a LoRA adapter of rank `R` (alpha 2R) instead of every weight, as the peer's bf16+lora8 row: on GPT-2's c_attn, c_proj and c_fc, on a Llama's seven projections"},
 			&cli.IntFlag{Name: "profile", Usage: "on a GPU: after timing, run `N` more steps with per-kernel timing and print the device time per kernel on stderr"},
 			&cli.BoolFlag{Name: "breakdown", Usage: "on a GPU: also time forward, backward, clip and AdamW apart (waiting for the GPU after each)"},
 		}, deviceFlags()...),
@@ -56,7 +60,7 @@ func runBenchTrain(c *cli.Context) error {
 	}
 	bm, ok := benchModels[c.String("model")]
 	if !ok {
-		return fmt.Errorf("--model %q: want gpt2-124m or small", c.String("model"))
+		return fmt.Errorf("--model %q: want gpt2-124m, small or smollm2-135m", c.String("model"))
 	}
 	B, T := bm.B, bm.T
 	if c.Int("batch") > 0 {
@@ -98,7 +102,7 @@ func runBenchTrain(c *cli.Context) error {
 	)
 	var adapter *model.LoRA
 	if r := c.Int("lora-rank"); r > 0 {
-		if adapter, err = model.NewLoRA(bm.cfg, model.LoRAConfig{Rank: r, Alpha: 2 * float64(r), Targets: model.DefaultLoRATargets}); err != nil {
+		if adapter, err = model.NewLoRA(bm.cfg, model.LoRAConfig{Rank: r, Alpha: 2 * float64(r), Targets: model.DefaultLoRATargetsFor(bm.cfg)}); err != nil {
 			return err
 		}
 		adapter.Init(0)
