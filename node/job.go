@@ -270,6 +270,7 @@ func (n *Node) jobLoop() {
 			<-done
 			n.jobMu.Lock()
 			n.finished[runner.id] = runner.progress() // still served after the job ends
+			n.keepHistory(runner)
 			runner.mu.Lock()
 			n.finishedLosses[runner.id] = runner.losses
 			runner.mu.Unlock()
