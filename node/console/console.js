@@ -202,8 +202,9 @@
   }
 
   async function renderJob(view, id) {
-    const [st, js, hist] = await Promise.all([api('/v1/status'), api(`/v1/jobs/${encodeURIComponent(id)}`),
-      api(`/v1/jobs/${encodeURIComponent(id)}/history`)]);
+    const [st, js, hist, datasets] = await Promise.all([api('/v1/status'), api(`/v1/jobs/${encodeURIComponent(id)}`),
+      api(`/v1/jobs/${encodeURIComponent(id)}/history`), api('/v1/datasets')]);
+    const ds = (datasets || []).find(d => d.id === js.spec.dataset);
     setClusterLine(st);
     const frag = document.createDocumentFragment();
     frag.append(el('p', {}, el('a', { href: '/', text: '← the cluster' })),
@@ -213,7 +214,7 @@
     frag.append(el('section', {}, jobFigures(js, hist)));
     frag.append(el('section', {}, el('h2', { text: `Loss${hist.node ? ` (as ${hist.node} ran it)` : ''}` }), chart(hist, 900, 320)));
     frag.append(el('h2', { text: 'Settings' }), el('section', { class: 'grid' },
-      figure('dataset', js.spec.dataset), figure('device', js.spec.device || 'cpu'),
+      figure('dataset', ds ? ds.name : js.spec.dataset.slice(0, 12)), figure('device', js.spec.device || 'cpu'),
       figure('global batch', fmtNum(js.spec.global_batch)), figure('micro batch', fmtNum(js.spec.micro_batch)),
       figure('learning rate', String(js.spec.lr)), figure('warmup', fmtNum(js.spec.warmup)),
       figure('eval every', js.spec.eval_every ? fmtNum(js.spec.eval_every) : 'never'),
