@@ -313,7 +313,8 @@ func (n *Node) serveJobHistory(_ context.Context, req controlRequest, resp *cont
 
 // JobHistory returns the history of job id from the worker that ran it
 // furthest, asking the current epoch's members besides this node; a tie
-// goes to the one with more evaluated steps. An error means no such job;
+// goes to the one with more evaluated steps, then to one with the base
+// model's held-out loss (rank 0's). An error means no such job;
 // a job no worker has run yet has no points.
 func (n *Node) JobHistory(ctx context.Context, id string) (JobHistory, error) {
 	if _, ok := n.awaitJob(ctx, id); !ok {
@@ -324,8 +325,16 @@ func (n *Node) JobHistory(ctx context.Context, id string) (JobHistory, error) {
 	consider := func(h JobHistory) {
 		mu.Lock()
 		defer mu.Unlock()
-		if h.last() > best.last() || h.last() == best.last() && h.evaluated() > best.evaluated() ||
-			best.Node == "" && h.BaseHeldoutLoss != nil {
+		switch {
+		case h.last() != best.last():
+			if h.last() > best.last() {
+				best = h
+			}
+		case h.evaluated() != best.evaluated():
+			if h.evaluated() > best.evaluated() {
+				best = h
+			}
+		case h.BaseHeldoutLoss != nil && best.BaseHeldoutLoss == nil:
 			best = h
 		}
 	}

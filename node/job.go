@@ -268,9 +268,9 @@ func (n *Node) jobLoop() {
 		if runner != nil {
 			runner.cancel()
 			<-done
+			n.keepHistory(runner) // before jobMu: it writes a file
 			n.jobMu.Lock()
 			n.finished[runner.id] = runner.progress() // still served after the job ends
-			n.keepHistory(runner)
 			runner.mu.Lock()
 			n.finishedLosses[runner.id] = runner.losses
 			runner.mu.Unlock()
