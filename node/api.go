@@ -183,6 +183,7 @@ func StartAPI(cfg APIConfig, status func() Status, reg *prometheus.Registry) (*A
 		enc.Encode(status())
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	consoleRoutes(mux, cfg.Token)
 	if cfg.Bench != nil {
 		mux.HandleFunc("POST /v1/bench/allreduce", func(w http.ResponseWriter, r *http.Request) {
 			var plan BenchPlan
@@ -335,12 +336,18 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 // requireToken refuses (401) a request without "Authorization: Bearer
-// token", but GET /v1/health.
+// token", but GET /v1/health and the console's page (console.go). A GET
+// or HEAD may carry the console's session cookie instead of the header;
+// a request that changes state needs the header.
 func requireToken(token string, next http.Handler) http.Handler {
 	want := []byte("Bearer " + token)
+	session := consoleSession(token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		health := (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.URL.Path == "/v1/health"
-		if !health && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+		read := r.Method == http.MethodGet || r.Method == http.MethodHead
+		public := read && (r.URL.Path == "/v1/health" || consoleAsset(r.URL.Path))
+		authorized := subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) == 1 ||
+			read && hasConsoleSession(r, session)
+		if !public && !authorized {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="braid"`)
 			http.Error(w, "braid: missing or wrong bearer token (the node's is in its data directory's "+APITokenFile+
 				" unless set with --token; braid finds it for the node's user, or give --token or --token-file)", http.StatusUnauthorized)

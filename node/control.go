@@ -45,6 +45,7 @@ const (
 	opJobGrad        = "job-grad"     // your reduced gradient of this step, as an object
 	opJobSnapshot    = "job-snapshot" // your worker's snapshot, as an object
 	opJobProgress    = "job-progress" // your progress (and weights hash after a step)
+	opJobHistory     = "job-history"  // your worker's history of a job (history.go)
 )
 
 // controlRequest is one control call. Exactly the field of Op is set.
@@ -105,6 +106,7 @@ type controlResponse struct {
 	JobSync     *syncStatus     `json:"job_sync,omitempty"`
 	Object      *objectRef      `json:"object,omitempty"`
 	JobProgress *JobProgress    `json:"job_progress,omitempty"`
+	JobHistory  *JobHistory     `json:"job_history,omitempty"`
 }
 
 // decodeControlRequest parses and validates a request frame.

@@ -35,6 +35,7 @@ var controlOps = map[string]controlOp{
 	opJobSnapshot:    {role: roleEpochMember, check: checkJobObject, serve: (*Node).serveJobSnapshot},
 	// Progress and hashes, no data: the API node of a job status asks.
 	opJobProgress: {role: roleMember, check: checkJobObject, serve: (*Node).serveJobProgress},
+	opJobHistory:  {role: roleMember, check: checkJobObject, serve: (*Node).serveJobHistory},
 }
 
 // The shapes of the requests.

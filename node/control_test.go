@@ -56,7 +56,7 @@ func FuzzDecodeControlRequest(f *testing.F) {
 // TestControlOpsDeclared: every operation of the protocol is declared once
 // with its sender's role, its request check and its answer.
 func TestControlOpsDeclared(t *testing.T) {
-	ops := []string{opBenchAllreduce, opApply, opInventory, opFetch, opRenewEpoch, opJobSync, opJobGrad, opJobSnapshot, opJobProgress}
+	ops := []string{opBenchAllreduce, opApply, opInventory, opFetch, opRenewEpoch, opJobSync, opJobGrad, opJobSnapshot, opJobProgress, opJobHistory}
 	if len(controlOps) != len(ops) {
 		t.Errorf("%d operations declared, %d named", len(controlOps), len(ops))
 	}

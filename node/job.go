@@ -268,6 +268,7 @@ func (n *Node) jobLoop() {
 		if runner != nil {
 			runner.cancel()
 			<-done
+			n.keepHistory(runner) // before jobMu: it writes a file
 			n.jobMu.Lock()
 			n.finished[runner.id] = runner.progress() // still served after the job ends
 			runner.mu.Lock()

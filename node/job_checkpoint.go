@@ -180,5 +180,10 @@ func (r *jobRunner) eval(base bool) {
 		r.prog.BaseHeldoutLoss = loss
 	}
 	r.prog.HeldoutLoss, r.prog.HeldoutStep = loss, r.w.Done
+	if base {
+		r.hist.heldout(0, loss)
+	} else {
+		r.hist.heldout(r.w.Done, loss)
+	}
 	r.mu.Unlock()
 }

@@ -100,6 +100,7 @@ func (r *jobRunner) recordStepLocked(res train.StepResult, elapsed time.Duration
 		}
 		r.losses[i] = res.Loss
 	}
+	r.recordHistoryLocked(res)
 }
 
 // JobLosses returns the global loss of every step of job id that this

@@ -97,6 +97,7 @@ type jobRunner struct {
 	mu      sync.Mutex
 	prog    JobProgress
 	losses  []float64     // global loss of each step this worker ran, by step (NaN: not run here)
+	hist    JobHistory    // the steps this worker ran, bounded (history.go)
 	sumStep time.Duration // over the timed steps (see JobProgress.MeanStepMS)
 	sumWait time.Duration
 	frozen  map[uint64]syncStatus // epoch → status as this node entered it
@@ -112,6 +113,10 @@ func (n *Node) newJobRunner(parent context.Context, j coordinator.Job) *jobRunne
 	r := &jobRunner{n: n, id: j.ID, spec: j.Spec, ctx: ctx, cancel: cancel,
 		dir: filepath.Join(n.cfg.DataDir, "jobs", j.ID), frozen: map[uint64]syncStatus{}, hashes: map[int]string{}}
 	r.prog = JobProgress{Job: j.ID, Node: n.cfg.Name, Phase: PhasePreparing, Rank: -1, Device: r.deviceName()}
+	// A worker that runs the job again (this node restarted) goes on with
+	// the history it kept; the steps it runs again replace theirs.
+	r.hist, _ = n.savedHistory(j.ID)
+	r.hist.Job, r.hist.Node = j.ID, n.cfg.Name
 	return r
 }
 

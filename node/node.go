@@ -203,6 +203,7 @@ type Node struct {
 	// that their final figures are still served once they end.
 	finished       map[string]JobProgress
 	finishedLosses map[string][]float64
+	histories      historyStore // of the jobs whose runners ended here (history.go)
 	deps           Deps
 
 	wireBytes atomic.Int64 // sent by this node's job rings (braid_allreduce_bytes_sent_total)
@@ -546,6 +547,7 @@ func (n *Node) routes(mux *http.ServeMux) {
 	n.blobRoutes(mux)
 	n.dataRoutes(mux)
 	n.jobRoutes(mux)
+	n.historyRoutes(mux)
 	n.certRoutes(mux)
 }
 

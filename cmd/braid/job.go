@@ -26,7 +26,7 @@ func jobCommand() *cli.Command {
 		Name:  "job",
 		Usage: "fine-tuning jobs across the cluster: submit, watch, status, list, cancel, export",
 		Subcommands: []*cli.Command{
-			jobSubmitCommand(), jobWatchCommand(), jobStatusCommand(), jobEventsCommand(), jobListCommand(), jobCancelCommand(), jobExportCommand(),
+			jobSubmitCommand(), jobWatchCommand(), jobStatusCommand(), jobEventsCommand(), jobHistoryCommand(), jobListCommand(), jobCancelCommand(), jobExportCommand(),
 		},
 	}
 }

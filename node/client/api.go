@@ -58,6 +58,13 @@ func (c *Client) Job(ctx context.Context, id string) (node.JobStatus, error) {
 	return call[node.JobStatus](ctx, c, c.timeouts.Read, http.MethodGet, nil, "v1", "jobs", id)
 }
 
+// JobHistory is GET /v1/jobs/{id}/history: the job's steps (loss, held-out
+// loss where evaluated, learning rate, tokens/s, bytes sent) as the worker
+// that ran it furthest kept them. Bounded by Timeouts.Read.
+func (c *Client) JobHistory(ctx context.Context, id string) (node.JobHistory, error) {
+	return call[node.JobHistory](ctx, c, c.timeouts.Read, http.MethodGet, nil, "v1", "jobs", id, "history")
+}
+
 // CancelJob is POST /v1/jobs/{id}/cancel: the job, cancelled. Bounded by
 // Timeouts.CancelJob.
 func (c *Client) CancelJob(ctx context.Context, id string) (coordinator.Job, error) {

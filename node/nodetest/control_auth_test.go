@@ -63,6 +63,7 @@ func TestControlRefusesNonMembers(t *testing.T) {
 	for _, req := range []map[string]any{
 		{"op": "apply", "apply": del},
 		{"op": "job-progress", "job_object": map[string]any{"job": "job-x"}},
+		{"op": "job-history", "job_object": map[string]any{"job": "job-x"}},
 		{"op": "inventory", "inventory": map[string]any{"dataset": "legal", "hashes": []string{}}},
 	} {
 		got := control(t, c, "mallory", "n1", req)
