@@ -147,7 +147,8 @@ func (n *Node) CollectGarbage(ctx context.Context) (blobstore.Collected, error) 
 	return c, nil
 }
 
-// gcLoop runs CollectGarbage every Config.GCInterval until the node stops.
+// gcLoop runs CollectGarbage (and ReapMembers) every Config.GCInterval
+// until the node stops.
 func (n *Node) gcLoop() {
 	defer n.wg.Done()
 	ctx, cancel := n.stopContext()
@@ -164,6 +165,7 @@ func (n *Node) gcLoop() {
 			return
 		case <-t.C:
 		}
+		n.ReapMembers(ctx)
 		if _, err := n.CollectGarbage(ctx); errors.Is(err, coordinator.ErrStateNotCurrent) {
 			n.log.Info("collection skipped until the state is current", "err", err)
 		} else if err != nil && ctx.Err() == nil {
