@@ -396,7 +396,7 @@ func (n *Node) ReapMembers(ctx context.Context) {
 //	DELETE /v1/jobs/{id}[?force=1]       remove a job → the job removed
 //	POST   /v1/jobs/{id}/resume          resume a failed or cancelled job → the job
 //	GET    /v1/members                   []MemberInfo
-//	POST   /v1/leave                     this node leaves (202; it stops after answering)
+//	POST   /v1/leave                     this node leaves (it stops after answering)
 //	POST   /v1/members/{name}/force-leave[?force=1]  remove a member that is gone
 //
 // Unknown names are 404, what is in use or in the wrong state 409.
@@ -421,7 +421,7 @@ func (n *Node) lifecycleRoutes(mux *http.ServeMux) {
 		writeJSON(w, http.StatusOK, n.Members())
 	})
 	mux.HandleFunc("POST /v1/leave", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusAccepted, map[string]string{"node": n.cfg.Name, "state": "leaving"})
+		writeJSON(w, http.StatusOK, map[string]string{"node": n.cfg.Name, "state": "leaving"})
 		if f, ok := w.(http.Flusher); ok {
 			f.Flush()
 		}
