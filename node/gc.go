@@ -22,7 +22,8 @@ import (
 // a lagging ring member asks for). The replicated state names what must
 // stay: every dataset's manifest and shards, every job's base model and
 // the objects of the checkpoints it still records (the newest
-// coordinator.MaxCheckpoints per job, of every job, finished or not). The
+// JobSpec.KeepCheckpoints per job, coordinator.MaxCheckpoints by default, of
+// every job, finished or not; a removed job's or dataset's none). The
 // rest — uploads never registered, the objects of deleted datasets,
 // checkpoints the state no longer records, catch-up gradients and
 // snapshots — is collected once it is older than Config.GCGrace:
