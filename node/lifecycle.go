@@ -142,7 +142,6 @@ func (n *Node) Members() []MemberInfo {
 		role[cs.Leader] = "leader"
 	}
 	st := n.coord.State()
-	now := n.now()
 	var out []MemberInfo
 	seen := map[string]bool{}
 	for _, m := range n.ml.Members() {
@@ -151,7 +150,7 @@ func (n *Node) Members() []MemberInfo {
 		}
 		mi := MemberInfo{Name: m.Name, Addr: m.GossipAddr, State: m.State, Role: or2(role[m.Name], "none")}
 		if m.State == "alive" {
-			if at, ok := n.failures.suspectedAt(m.Name); ok && now.Sub(at) < suspectFor {
+			if at, ok := n.failures.suspectedAt(m.Name); ok && time.Since(at) < suspectFor { // the clock failures.note uses
 				mi.State = "suspect"
 			}
 		} else {

@@ -128,7 +128,7 @@ func TestRemovedJobsAndDatasetsAreCollected(t *testing.T) {
 func TestResumeCancelledJob(t *testing.T) {
 	c := NewCluster(t, 2)
 	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 2 })
-	const steps, every = 200, 5
+	const steps, every = 60, 5
 	id := submit(t, c, "n1", node.JobRequest{Steps: steps, GlobalBatch: 4, MicroBatch: 2, CheckpointEvery: every})
 	waitJob(c, "n1", id, func(js node.JobStatus) bool { return len(js.Checkpoints) >= 2 })
 	n := c.Node("n1")
