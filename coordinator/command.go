@@ -64,7 +64,8 @@ const (
 // ones in this file (JoinMember, LeaveMember, FailMember, CommitEpoch,
 // SetSetting, DeleteSetting), in dataset.go (RegisterDataset,
 // PlaceDataset, DeleteDataset), in job.go (SubmitJob, SetJobState,
-// RecordCheckpoint) and in revoke.go (RevokeCert); the interface is sealed so that every command
+// RecordCheckpoint), in revoke.go (RevokeCert) and in lifecycle.go
+// (DeleteJob, ResumeJob, RemoveMember); the interface is sealed so that every command
 // has a decoder, a validator and a deterministic apply.
 type Command interface {
 	// Type is the command's name in the envelope.
@@ -142,6 +143,10 @@ var decoders = map[CommandType]func([]byte) (Command, error){
 	TypeRecordCheckpoint: decodePayload[RecordCheckpoint],
 
 	TypeRevokeCert: decodePayload[RevokeCert],
+
+	TypeDeleteJob:    decodePayload[DeleteJob],
+	TypeResumeJob:    decodePayload[ResumeJob],
+	TypeRemoveMember: decodePayload[RemoveMember],
 }
 
 // envelope is the wire form of a command.

@@ -13,7 +13,8 @@ import (
 
 // Bounds on datasets.
 const (
-	// MaxDatasets bounds the datasets the FSM holds.
+	// MaxDatasets bounds the datasets the FSM holds (deleted ones no
+	// longer count).
 	MaxDatasets = 256
 	// MaxDatasetShards bounds the shards of one dataset.
 	MaxDatasetShards = 4096
@@ -92,7 +93,8 @@ type PlaceDataset struct {
 	Placement map[string][]string `json:"placement"`
 }
 
-// DeleteDataset removes a dataset; removing an absent one is not an error.
+// DeleteDataset removes a dataset; removing an absent one is not an error,
+// removing one a running job trains on is (ErrInUse).
 type DeleteDataset struct {
 	ID string `json:"id"`
 }
@@ -231,7 +233,7 @@ func (c RegisterDataset) apply(s *fsmState) error {
 		}
 	}
 	if len(s.datasets) >= MaxDatasets {
-		return fmt.Errorf("%w: %s: %d datasets, limit %d", ErrLimit, c.Type(), len(s.datasets), MaxDatasets)
+		return fmt.Errorf("%w: %s: %d datasets, limit %d; delete unused ones (braid data rm)", ErrLimit, c.Type(), len(s.datasets), MaxDatasets)
 	}
 	s.datasets[d.ID] = d.Clone()
 	return nil
@@ -259,6 +261,9 @@ func (c PlaceDataset) apply(s *fsmState) error {
 }
 
 func (c DeleteDataset) apply(s *fsmState) error {
+	if err := checkDatasetUnused(s, c.Type(), c.ID); err != nil {
+		return err
+	}
 	delete(s.datasets, c.ID)
 	return nil
 }

@@ -386,7 +386,7 @@ func decodeState(b []byte) (*fsmState, error) {
 		if err := (SubmitJob{ID: j.ID, Spec: j.Spec, SubmittedBy: j.SubmittedBy}).validate(); err != nil {
 			return nil, restoreErr(err)
 		}
-		if !j.State.valid() || len(j.Checkpoints) > MaxCheckpoints || j.Seq == 0 || j.Seq > st.JobSeq {
+		if !j.State.valid() || len(j.Checkpoints) > j.Spec.keepCheckpoints() || j.Seq == 0 || j.Seq > st.JobSeq {
 			return nil, fmt.Errorf("%w: job %s: state %q, %d checkpoints, seq %d", ErrInvalidSnapshot, j.ID, truncate(string(j.State), 20), len(j.Checkpoints), j.Seq)
 		}
 		for _, cp := range j.Checkpoints {

@@ -63,6 +63,9 @@ func validCommands() []Command {
 		SetJobState{ID: "job-1", State: JobFailed, Error: "n3's weights differ", From: []JobState{JobRunning}},
 		RecordCheckpoint{ID: "job-1", Checkpoint: testCheckpoint(20)},
 		RevokeCert{Serial: "5a1f00c3", Name: "n2", At: 1767225600},
+		ResumeJob{ID: "job-1"},
+		DeleteJob{ID: "job-1", Force: true},
+		RemoveMember{Name: "n2"},
 	}
 }
 

@@ -14,10 +14,11 @@ import (
 
 // Bounds on jobs.
 const (
-	// MaxJobs bounds the jobs the FSM holds (finished ones included).
+	// MaxJobs bounds the jobs the FSM holds (finished ones included,
+	// deleted ones not: see DeleteJob).
 	MaxJobs = 256
 	// MaxCheckpoints bounds the checkpoint records kept per job (the
-	// newest are kept).
+	// newest are kept), and is the default of JobSpec.KeepCheckpoints.
 	MaxCheckpoints = 8
 	// MaxJobSteps bounds a job's steps.
 	MaxJobSteps = 100_000_000
@@ -136,6 +137,12 @@ type JobSpec struct {
 	HashEvery int `json:"hash_every"`
 	// Replicas is how many members hold each checkpoint.
 	Replicas int `json:"replicas"`
+	// KeepCheckpoints is how many of the job's newest checkpoint records
+	// the state keeps, 1..MaxCheckpoints (0: MaxCheckpoints); the objects
+	// of older ones are collected. Omitted when 0, so a spec without it
+	// encodes as it did before it existed. It does not change what is
+	// trained.
+	KeepCheckpoints int `json:"keep_checkpoints,omitempty"`
 
 	// Wire is the all-reduce's element type on the wire: fp32 (the
 	// default, exact), bf16, fp16 or int8.
@@ -289,6 +296,8 @@ func (s JobSpec) validate() error {
 		return fmt.Errorf("warmup, checkpoint_every, eval_every and hash_every must not be negative")
 	case s.Replicas < 1 || s.Replicas > MaxReplicas:
 		return fmt.Errorf("replicas %d out of range 1..%d", s.Replicas, MaxReplicas)
+	case s.KeepCheckpoints < 0 || s.KeepCheckpoints > MaxCheckpoints:
+		return fmt.Errorf("keep_checkpoints %d out of range 1..%d (0: %d)", s.KeepCheckpoints, MaxCheckpoints, MaxCheckpoints)
 	}
 	switch s.Wire {
 	case "", "fp32", "bf16", "fp16", "int8":
@@ -410,7 +419,7 @@ func (c SubmitJob) apply(s *fsmState) error {
 		}
 	}
 	if len(s.jobs) >= MaxJobs {
-		return fmt.Errorf("%w: %s: %d jobs, limit %d", ErrLimit, c.Type(), len(s.jobs), MaxJobs)
+		return fmt.Errorf("%w: %s: %d jobs, limit %d; delete finished ones (braid job rm)", ErrLimit, c.Type(), len(s.jobs), MaxJobs)
 	}
 	s.jobSeq++
 	s.jobs[c.ID] = Job{ID: c.ID, Spec: c.Spec, State: JobSubmitted, SubmittedBy: c.SubmittedBy, Seq: s.jobSeq}.Clone()
@@ -449,8 +458,8 @@ func (c RecordCheckpoint) apply(s *fsmState) error {
 	cp := c.Checkpoint
 	cp.Holders, cp.Tokenizer = slices.Clone(cp.Holders), maps.Clone(cp.Tokenizer)
 	j.Checkpoints = append(j.Checkpoints, cp)
-	if len(j.Checkpoints) > MaxCheckpoints {
-		j.Checkpoints = j.Checkpoints[len(j.Checkpoints)-MaxCheckpoints:]
+	if keep := j.Spec.keepCheckpoints(); len(j.Checkpoints) > keep {
+		j.Checkpoints = j.Checkpoints[len(j.Checkpoints)-keep:]
 	}
 	s.jobs[c.ID] = j
 	return nil

@@ -46,18 +46,20 @@ const (
 	opJobSnapshot    = "job-snapshot" // your worker's snapshot, as an object
 	opJobProgress    = "job-progress" // your progress (and weights hash after a step)
 	opJobHistory     = "job-history"  // your worker's history of a job (history.go)
+	opForceLeave     = "force-leave"  // remove this gone member (to the leader; lifecycle.go)
 )
 
 // controlRequest is one control call. Exactly the field of Op is set.
 type controlRequest struct {
-	Op        string            `json:"op"`
-	Bench     *benchRequest     `json:"bench,omitempty"`
-	Apply     []byte            `json:"apply,omitempty"` // an encoded coordinator command
-	Inventory *inventoryRequest `json:"inventory,omitempty"`
-	Fetch     *fetchRequest     `json:"fetch,omitempty"`
-	Renew     *renewRequest     `json:"renew,omitempty"`
-	JobSync   *jobSyncRequest   `json:"job_sync,omitempty"`
-	JobObject *jobObjectRequest `json:"job_object,omitempty"`
+	Op         string             `json:"op"`
+	Bench      *benchRequest      `json:"bench,omitempty"`
+	Apply      []byte             `json:"apply,omitempty"` // an encoded coordinator command
+	Inventory  *inventoryRequest  `json:"inventory,omitempty"`
+	Fetch      *fetchRequest      `json:"fetch,omitempty"`
+	Renew      *renewRequest      `json:"renew,omitempty"`
+	JobSync    *jobSyncRequest    `json:"job_sync,omitempty"`
+	JobObject  *jobObjectRequest  `json:"job_object,omitempty"`
+	ForceLeave *forceLeaveRequest `json:"force_leave,omitempty"`
 
 	// Peer is the asker as its certificate names it, set by the server
 	// (never read from the request).

@@ -36,6 +36,9 @@ var controlOps = map[string]controlOp{
 	// Progress and hashes, no data: the API node of a job status asks.
 	opJobProgress: {role: roleMember, check: checkJobObject, serve: (*Node).serveJobProgress},
 	opJobHistory:  {role: roleMember, check: checkJobObject, serve: (*Node).serveJobHistory},
+	// An operator's force-leave, forwarded by the API node that took it
+	// (with the API's token) to the leader (lifecycle.go).
+	opForceLeave: {role: roleMember, check: checkForceLeave, serve: (*Node).serveForceLeave},
 }
 
 // The shapes of the requests.

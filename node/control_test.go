@@ -22,6 +22,7 @@ func TestDecodeControlRequest(t *testing.T) {
 		"bad dtype":     `{"op":"bench-allreduce","bench":{"ring":[{"ID":"a"}],"plan":{"sizes":[1024],"dtype":"fp64","iters":1}}}`,
 		"huge size":     `{"op":"bench-allreduce","bench":{"ring":[{"ID":"a"}],"plan":{"sizes":[99999999999],"dtype":"fp32","iters":1}}}`,
 		"no iters":      `{"op":"bench-allreduce","bench":{"ring":[{"ID":"a"}],"plan":{"sizes":[1024],"dtype":"fp32","iters":0}}}`,
+		"no member":     `{"op":"force-leave","force_leave":{"name":""}}`,
 	} {
 		if _, err := decodeControlRequest([]byte(b)); err == nil {
 			t.Errorf("%s: accepted", name)
@@ -56,7 +57,7 @@ func FuzzDecodeControlRequest(f *testing.F) {
 // TestControlOpsDeclared: every operation of the protocol is declared once
 // with its sender's role, its request check and its answer.
 func TestControlOpsDeclared(t *testing.T) {
-	ops := []string{opBenchAllreduce, opApply, opInventory, opFetch, opRenewEpoch, opJobSync, opJobGrad, opJobSnapshot, opJobProgress, opJobHistory}
+	ops := []string{opBenchAllreduce, opApply, opInventory, opFetch, opRenewEpoch, opJobSync, opJobGrad, opJobSnapshot, opJobProgress, opJobHistory, opForceLeave}
 	if len(controlOps) != len(ops) {
 		t.Errorf("%d operations declared, %d named", len(controlOps), len(ops))
 	}

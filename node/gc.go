@@ -22,7 +22,8 @@ import (
 // a lagging ring member asks for). The replicated state names what must
 // stay: every dataset's manifest and shards, every job's base model and
 // the objects of the checkpoints it still records (the newest
-// coordinator.MaxCheckpoints per job, of every job, finished or not). The
+// JobSpec.KeepCheckpoints per job, coordinator.MaxCheckpoints by default, of
+// every job, finished or not; a removed job's or dataset's none). The
 // rest — uploads never registered, the objects of deleted datasets,
 // checkpoints the state no longer records, catch-up gradients and
 // snapshots — is collected once it is older than Config.GCGrace:
@@ -147,7 +148,8 @@ func (n *Node) CollectGarbage(ctx context.Context) (blobstore.Collected, error) 
 	return c, nil
 }
 
-// gcLoop runs CollectGarbage every Config.GCInterval until the node stops.
+// gcLoop runs CollectGarbage (and ReapMembers) every Config.GCInterval
+// until the node stops.
 func (n *Node) gcLoop() {
 	defer n.wg.Done()
 	ctx, cancel := n.stopContext()
@@ -164,6 +166,7 @@ func (n *Node) gcLoop() {
 			return
 		case <-t.C:
 		}
+		n.ReapMembers(ctx)
 		if _, err := n.CollectGarbage(ctx); errors.Is(err, coordinator.ErrStateNotCurrent) {
 			n.log.Info("collection skipped until the state is current", "err", err)
 		} else if err != nil && ctx.Err() == nil {

@@ -56,6 +56,10 @@ type JobRequest struct {
 	EvalEvery       int     `json:"eval_every,omitempty"`
 	HashEvery       int     `json:"hash_every,omitempty"`
 	Replicas        int     `json:"replicas,omitempty"`
+	// KeepCheckpoints is how many of the newest checkpoints the cluster
+	// keeps (1..coordinator.MaxCheckpoints; 0: all MaxCheckpoints); older
+	// ones are collected.
+	KeepCheckpoints int `json:"keep_checkpoints,omitempty"`
 	// Wire is the all-reduce's element type: fp32 (default), bf16, fp16, int8.
 	Wire string `json:"wire,omitempty"`
 	// Device is the device kind the job runs on: cpu (default) or cuda.

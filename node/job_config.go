@@ -51,7 +51,7 @@ func jobSpec(req JobRequest, base model.Config, dataset string, federated []stri
 		WeightDecay: orF(req.WeightDecay, def.WeightDecay), Clip: orF(req.Clip, def.Clip), Seed: req.Seed,
 		Beta1: def.Beta1, Beta2: def.Beta2, Eps: def.Eps, BucketBytes: train.DefaultBucketBytes,
 		CheckpointEvery: req.CheckpointEvery, EvalEvery: req.EvalEvery,
-		HashEvery: or(req.HashEvery, DefaultHashEvery), Replicas: or(req.Replicas, DefaultReplicas),
+		HashEvery: or(req.HashEvery, DefaultHashEvery), Replicas: or(req.Replicas, DefaultReplicas), KeepCheckpoints: req.KeepCheckpoints,
 		Wire: req.Wire, Device: coordinator.JobSpec{Device: req.Device}.DeviceKind(),
 		InnerSteps: req.InnerSteps, OuterLR: req.OuterLR, OuterMomentum: req.OuterMomentum,
 		LoRARank: req.LoRARank, LoRAAlpha: req.LoRAAlpha, LoRADropout: req.LoRADropout, LoRATargets: req.LoRATargets,

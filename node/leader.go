@@ -67,6 +67,8 @@ var forwardable = map[coordinator.CommandType]bool{
 	coordinator.TypeSetJobState:      true,
 	coordinator.TypeRecordCheckpoint: true,
 	coordinator.TypeRevokeCert:       true,
+	coordinator.TypeDeleteJob:        true,
+	coordinator.TypeResumeJob:        true,
 }
 
 // awaitState waits until cond holds for this node's copy of the replicated

@@ -97,8 +97,9 @@ type Membership struct {
 	mu       sync.Mutex
 	meta     Meta
 	queue    []MemberEvent
-	live     map[string]Member // alive members (this node included), from events
-	departed map[string]Member // nodes that failed or left, until they rejoin
+	live     map[string]Member    // alive members (this node included), from events
+	departed map[string]Member    // nodes that failed or left, until they rejoin or are forgotten
+	goneAt   map[string]time.Time // when each departed node's departure arrived
 	wake     chan struct{}
 	done     chan struct{}
 	wg       sync.WaitGroup
@@ -145,7 +146,7 @@ func NewMembership(cfg MembershipConfig, meta Meta, logger *slog.Logger) (*Membe
 		}
 	}
 	m := &Membership{cfg: cfg, log: logger, meta: meta, events: make(chan MemberEvent),
-		live: map[string]Member{}, departed: map[string]Member{},
+		live: map[string]Member{}, departed: map[string]Member{}, goneAt: map[string]time.Time{},
 		wake: make(chan struct{}, 1), done: make(chan struct{})}
 	mc.Name = cfg.Name
 	mc.BindAddr, mc.BindPort = cfg.BindAddr, cfg.BindPort
@@ -205,7 +206,8 @@ func (m *Membership) Events() <-chan MemberEvent { return m.events }
 func (m *Membership) LocalAddr() string { return m.localAddr }
 
 // Members lists every node gossip knows, sorted by name: the live ones and
-// those that failed or left since this node started. The table is kept from
+// those that failed or left since this node started, until forgotten
+// (Node.ForceLeave, or after Config.ReapAfter). The table is kept from
 // memberlist's events (reading memberlist's own node structs outside its
 // callbacks races with its updates).
 func (m *Membership) Members() []Member {
@@ -220,6 +222,23 @@ func (m *Membership) Members() []Member {
 	m.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// departedAt is when the departure of node name arrived here (zero if it
+// has not departed, or was forgotten).
+func (m *Membership) departedAt(name string) time.Time {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.goneAt[name]
+}
+
+// forget drops a departed node from Members (force-leave, reaping); an
+// alive one is kept: gossip would report it again at once.
+func (m *Membership) forget(name string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.departed, name)
+	delete(m.goneAt, name)
 }
 
 // AliveCount is the number of live members, this node included.
@@ -318,6 +337,7 @@ func (m *Membership) push(kind EventKind, n *memberlist.Node) {
 	case MemberJoined, MemberUpdated:
 		m.live[n.Name] = ev.Member
 		delete(m.departed, n.Name)
+		delete(m.goneAt, n.Name)
 	case MemberFailed:
 		ev.Kind, ev.State = MemberFailed, "dead"
 		if last, ok := m.live[n.Name]; ok && last.Meta.Leaving || ev.Meta.Leaving {
@@ -325,6 +345,7 @@ func (m *Membership) push(kind EventKind, n *memberlist.Node) {
 		}
 		delete(m.live, n.Name)
 		m.departed[n.Name] = ev.Member
+		m.goneAt[n.Name] = time.Now()
 	}
 	m.queue = append(m.queue, ev)
 	m.mu.Unlock()

@@ -91,6 +91,9 @@ type Config struct {
 	GCGrace time.Duration
 	// GCInterval is how often the collector runs; 0: DefaultGCInterval.
 	GCInterval time.Duration
+	// ReapAfter is how long a member that failed or left stays listed
+	// before it is forgotten (lifecycle.go); 0: DefaultReapAfter.
+	ReapAfter time.Duration
 }
 
 // DefaultConfig is a LAN node with the usual ports.
@@ -120,6 +123,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("node: --max-pending-upload %d is less than --max-upload %d: no object of the largest size could be uploaded", c.MaxPendingUploadBytes, c.maxUpload())
 	case c.GCGrace != 0 && c.GCGrace < MinGCGrace:
 		return fmt.Errorf("node: --gc-grace %v, want 0 (%v) or at least %v", c.GCGrace, DefaultGCGrace, MinGCGrace)
+	case c.ReapAfter < 0:
+		return fmt.Errorf("node: --reap-after %v, want ≥ 0 (0: %v)", c.ReapAfter, DefaultReapAfter)
 	case c.GCInterval < 0:
 		return fmt.Errorf("node: GCInterval %v, want ≥ 0 (0: %v)", c.GCInterval, DefaultGCInterval)
 	case c.BulkTransport != "" && c.BulkTransport != BulkTLSTCP && c.BulkTransport != BulkQUIC:
@@ -180,6 +185,7 @@ type Node struct {
 	// failures and failoverPhases time the epoch changes of running jobs
 	// (failover.go).
 	failures       memberFailures
+	reaper         memberReaper // departed members' timers (lifecycle.go)
 	failoverPhases *prometheus.HistogramVec
 	api            *API
 	// apiTokenFile holds the API's token ("" when configured).
@@ -549,6 +555,7 @@ func (n *Node) routes(mux *http.ServeMux) {
 	n.jobRoutes(mux)
 	n.historyRoutes(mux)
 	n.certRoutes(mux)
+	n.lifecycleRoutes(mux)
 }
 
 // stopContext returns a context that ends when the node stops, or when

@@ -68,7 +68,7 @@ func dataCommand() *cli.Command {
 			Description: "Names each bad shard (missing, truncated, wrong hash, bad header, bad payload, or a header\n" +
 				"that disagrees with the manifest) and exits non-zero if there is any.",
 			Action: runDataVerify,
-		}, dataPushCommand(), dataRegisterCommand(), dataLsCommand(), dataStatusCommand()},
+		}, dataPushCommand(), dataRegisterCommand(), dataLsCommand(), dataStatusCommand(), dataRmCommand()},
 	}
 }
 

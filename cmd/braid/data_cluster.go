@@ -24,10 +24,11 @@ func dataPushCommand() *cli.Command {
 			"to the node behind --api (only those it lacks: run the command again to resume a push that failed);\n" +
 			"the node verifies every shard and registers the dataset; the leader places each shard on --replicas\n" +
 			"members, which pull it over QUIC. `braid data status NAME` shows the replicas.",
-		Flags: append(apiFlags(),
+		Flags: append(append(apiFlags(),
 			&cli.IntFlag{Name: "replicas", Value: node.DefaultReplicas, Usage: "copies of each shard (r)"},
 			&cli.StringFlag{Name: "name", Usage: "register under this name instead of the manifest's"},
 			&cli.BoolFlag{Name: "json", Usage: "print the registered dataset as JSON"}),
+			pushWaitFlags()...), // --wait, --timeout (lifecycle.go)
 		Action: func(c *cli.Context) error { return pushDataset(c, false) },
 	}
 }
@@ -71,13 +72,19 @@ func pushDataset(c *cli.Context, local bool) error {
 		return err
 	}
 	if c.Bool("json") {
-		return printJSON(c, d)
+		if err := printJSON(c, d); err != nil {
+			return err
+		}
+	} else {
+		kind := fmt.Sprintf("%d replicas", d.Replicas)
+		if d.Local {
+			kind = "local to " + d.Source
+		}
+		fmt.Fprintf(c.App.Writer, "registered %s (%s): %d shards, %s\n", d.Name, d.ID[:12], len(d.Shards), kind)
 	}
-	kind := fmt.Sprintf("%d replicas", d.Replicas)
-	if d.Local {
-		kind = "local to " + d.Source
+	if !local && c.Bool("wait") {
+		return waitForReplicas(c, cl, d.ID)
 	}
-	fmt.Fprintf(c.App.Writer, "registered %s (%s): %d shards, %s\n", d.Name, d.ID[:12], len(d.Shards), kind)
 	return nil
 }
 

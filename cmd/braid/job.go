@@ -27,6 +27,7 @@ func jobCommand() *cli.Command {
 		Usage: "fine-tuning jobs across the cluster: submit, watch, status, list, cancel, export",
 		Subcommands: []*cli.Command{
 			jobSubmitCommand(), jobWatchCommand(), jobStatusCommand(), jobEventsCommand(), jobHistoryCommand(), jobListCommand(), jobCancelCommand(), jobExportCommand(),
+			jobRmCommand(), jobResumeCommand(),
 		},
 	}
 }
@@ -38,8 +39,8 @@ func jobSubmitCommand() *cli.Command {
 		Description: "--model (old name: --base) is the model directory to start from (config.json, model.safetensors or the shards\n" +
 			"model.safetensors.index.json lists, and a tokenizer.json with tokenizer_config.json if the model has one), read here\n" +
 			"and uploaded to the node behind --api (unless it holds it already); the other nodes fetch it from that node by\n" +
-			"hash. --dataset is a dataset registered with `braid data push`.",
-		Flags: append(apiFlags(),
+			"hash. --dataset is a dataset registered with `braid data push`.\n\n" + jobExitHelp,
+		Flags: append(append(apiFlags(),
 			&cli.StringFlag{Name: "model", Aliases: []string{"m", "base"}, Required: true, Usage: "the model `DIR` to start from (old name: --base)"},
 			&cli.StringSliceFlag{Name: "dataset", Required: true, Usage: "dataset `NAME` or id (with --federated: each unit's local dataset)"},
 			&cli.IntFlag{Name: "steps", Required: true, Usage: "optimizer steps"},
@@ -64,8 +65,12 @@ func jobSubmitCommand() *cli.Command {
 			&cli.Float64Flag{Name: "outer-momentum", Usage: "DiLoCo's outer Nesterov momentum (default 0.9)"},
 			&cli.BoolFlag{Name: "federated", Usage: "train each node only on its own local dataset (--dataset, repeated or comma-separated: one per unit); no shard crosses the wire"},
 			&cli.BoolFlag{Name: "json", Usage: "print the submitted job as JSON"}),
+			waitFlags()...), // --wait, --watch, --keep-checkpoints (lifecycle.go)
 		Action: func(c *cli.Context) error {
 			datasets := c.StringSlice("dataset")
+			if err := checkKeepCheckpoints(c); err != nil {
+				return err
+			}
 			if err := coordinator.ValidDevice(c.String("device")); err != nil {
 				return fmt.Errorf("--device: %v", err)
 			}
@@ -83,7 +88,7 @@ func jobSubmitCommand() *cli.Command {
 			req := node.JobRequest{Base: base, Dataset: datasets[0], Federated: c.Bool("federated"), Steps: c.Int("steps"), GlobalBatch: c.Int("global-batch"),
 				MicroBatch: c.Int("micro-batch"), LR: c.Float64("lr"), Warmup: c.Int("warmup"), WeightDecay: c.Float64("weight-decay"),
 				Clip: c.Float64("clip"), Seed: c.Uint64("seed"), CheckpointEvery: c.Int("checkpoint-every"), EvalEvery: c.Int("eval-every"),
-				Replicas: c.Int("replicas"), Wire: c.String("wire"), Device: c.String("device"),
+				Replicas: c.Int("replicas"), Wire: c.String("wire"), Device: c.String("device"), KeepCheckpoints: c.Int("keep-checkpoints"),
 				InnerSteps: c.Int("diloco"), OuterLR: c.Float64("outer-lr"), OuterMomentum: c.Float64("outer-momentum"),
 				LoRARank: c.Int("lora-rank"), LoRAAlpha: c.Float64("lora-alpha"), LoRADropout: c.Float64("lora-dropout")}
 			if t := c.String("lora-targets"); t != "" {
@@ -101,10 +106,13 @@ func jobSubmitCommand() *cli.Command {
 				return err
 			}
 			if c.Bool("json") {
-				return printJSON(c, j)
+				if err := printJSON(c, j); err != nil {
+					return err
+				}
+			} else {
+				fmt.Fprintln(c.App.Writer, j.ID)
 			}
-			fmt.Fprintln(c.App.Writer, j.ID)
-			return nil
+			return afterSubmit(c, cl, j.ID)
 		},
 	}
 }
@@ -248,55 +256,64 @@ func jobWatchCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			// A live bar on a terminal; otherwise (a log, a pipe) a line
-			// every tenth of the job and whenever the members change.
-			var bar *progressbar.ProgressBar
-			tty := isTerminal(c.App.ErrWriter)
-			lastMembers, lastStep := "", -1
-			for {
-				js, err := cl.Job(c.Context, id)
-				if err != nil {
-					return noJob(err, id)
-				}
-				desc := fmt.Sprintf("%s loss %.3f", js.State, js.Loss)
-				if js.HeldoutLoss != 0 {
-					desc += fmt.Sprintf(" held-out %.3f", js.HeldoutLoss)
-				}
-				members := strings.Join(js.Members, ",")
-				desc += fmt.Sprintf(" %.0f tok/s [%s]", js.TokensPerSec, members)
-				if js.Waiting != "" {
-					desc += " waiting: " + js.Waiting
-				}
-				if tty {
-					if bar == nil {
-						bar = progressbar.NewOptions(js.Steps, progressbar.OptionSetWriter(c.App.ErrWriter),
-							progressbar.OptionSetWidth(30), progressbar.OptionShowCount(), progressbar.OptionSetPredictTime(true),
-							progressbar.OptionSetElapsedTime(true), progressbar.OptionThrottle(200*time.Millisecond))
-					}
-					bar.Describe(desc)
-					bar.Set(js.Step)
-				} else if members != lastMembers || js.Step >= lastStep+max(js.Steps/10, 1) || js.State.Final() && js.Step != lastStep {
-					fmt.Fprintf(c.App.Writer, "step %4d/%d  %s\n", js.Step, js.Steps, desc)
-					lastMembers, lastStep = members, js.Step
-				}
-				if js.State.Final() {
-					if bar != nil {
-						bar.Finish()
-					}
-					fmt.Fprintf(c.App.Writer, "\njob %s %s at step %d/%d: loss %.4f, held-out loss %.4f (base %.4f)\n",
-						js.ID, js.State, js.Step, js.Steps, js.Loss, js.HeldoutLoss, js.BaseHeldoutLoss)
-					if js.State != coordinator.JobCompleted {
-						return fmt.Errorf("job %s %s: %s", js.ID, js.State, js.Error)
-					}
-					return nil
-				}
-				select {
-				case <-c.Context.Done():
-					return c.Context.Err()
-				case <-time.After(c.Duration("every")):
-				}
-			}
+			return watchJob(c, cl, id, c.Duration("every"), true)
 		},
+	}
+}
+
+// watchJob polls job id every interval until it ends, showing its
+// progress when show is set (a live bar on a terminal, else a line every
+// tenth of the job), and returns jobEnded's error: nil when it completed,
+// an exit code saying how it ended otherwise.
+func watchJob(c *cli.Context, cl *client.Client, id string, every time.Duration, show bool) error {
+	// A live bar on a terminal; otherwise (a log, a pipe) a line
+	// every tenth of the job and whenever the members change.
+	var bar *progressbar.ProgressBar
+	tty := isTerminal(c.App.ErrWriter)
+	lastMembers, lastStep := "", -1
+	for {
+		js, err := cl.Job(c.Context, id)
+		if err != nil {
+			return noJob(err, id)
+		}
+		desc := fmt.Sprintf("%s loss %.3f", js.State, js.Loss)
+		if js.HeldoutLoss != 0 {
+			desc += fmt.Sprintf(" held-out %.3f", js.HeldoutLoss)
+		}
+		members := strings.Join(js.Members, ",")
+		desc += fmt.Sprintf(" %.0f tok/s [%s]", js.TokensPerSec, members)
+		if js.Waiting != "" {
+			desc += " waiting: " + js.Waiting
+		}
+		if !show {
+			// --wait: nothing until the end.
+		} else if tty {
+			if bar == nil {
+				bar = progressbar.NewOptions(js.Steps, progressbar.OptionSetWriter(c.App.ErrWriter),
+					progressbar.OptionSetWidth(30), progressbar.OptionShowCount(), progressbar.OptionSetPredictTime(true),
+					progressbar.OptionSetElapsedTime(true), progressbar.OptionThrottle(200*time.Millisecond))
+			}
+			bar.Describe(desc)
+			bar.Set(js.Step)
+		} else if members != lastMembers || js.Step >= lastStep+max(js.Steps/10, 1) || js.State.Final() && js.Step != lastStep {
+			fmt.Fprintf(c.App.Writer, "step %4d/%d  %s\n", js.Step, js.Steps, desc)
+			lastMembers, lastStep = members, js.Step
+		}
+		if js.State.Final() {
+			if bar != nil {
+				bar.Finish()
+			}
+			if show {
+				fmt.Fprintf(c.App.Writer, "\njob %s %s at step %d/%d: loss %.4f, held-out loss %.4f (base %.4f)\n",
+					js.ID, js.State, js.Step, js.Steps, js.Loss, js.HeldoutLoss, js.BaseHeldoutLoss)
+			}
+			return jobEnded(js)
+		}
+		select {
+		case <-c.Context.Done():
+			return c.Context.Err()
+		case <-time.After(every):
+		}
 	}
 }
 

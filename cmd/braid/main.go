@@ -58,6 +58,7 @@ func newApp() *cli.App {
 			caCommand(),
 			dataCommand(),
 			jobCommand(),
+			membersCommand(), leaveCommand(), forceLeaveCommand(), // lifecycle.go
 			doctorCommand(),
 			versionCommand(),
 			completionCommand(),

@@ -55,6 +55,7 @@ func nodeCommand() *cli.Command {
 			&cli.Int64Flag{Name: "max-upload", EnvVars: env("max-upload"), Usage: "largest object (a shard, a model's weights) a client may upload through the API, in `BYTES` (0: 64 GiB)"},
 			&cli.Int64Flag{Name: "max-pending-upload", EnvVars: env("max-pending-upload"), Usage: "most `BYTES` of uploaded objects that no dataset or job names yet (awaiting registration or collection); an upload beyond it is refused with 507. At least --max-upload, and at least the largest dataset or model pushed here (0: 4 × --max-upload)"},
 			&cli.DurationFlag{Name: "gc-grace", EnvVars: env("gc-grace"), Usage: "objects that no dataset or job names are deleted once older than `DURATION`: long enough to upload a whole dataset and register it (0: 1h; at least 1m)"},
+			&cli.DurationFlag{Name: "reap-after", EnvVars: env("reap-after"), Usage: "a member that failed or left is forgotten (no longer listed, free to join again as new) after `DURATION` (0: 72h)"},
 		},
 		Before: loadConfigFile,
 		Action: runNode,
@@ -132,6 +133,7 @@ func runNode(c *cli.Context) error {
 	cfg.Advertise, cfg.BootstrapExpect, cfg.TLSDir = c.String("advertise"), c.Int("bootstrap-expect"), c.String("tls-dir")
 	cfg.HTTPAddr, cfg.HTTPTLS, cfg.Profile, cfg.Build = c.String("http"), c.Bool("http-tls"), c.String("profile"), version
 	cfg.MaxUploadBytes, cfg.MaxPendingUploadBytes, cfg.GCGrace = c.Int64("max-upload"), c.Int64("max-pending-upload"), c.Duration("gc-grace")
+	cfg.ReapAfter = c.Duration("reap-after")
 	cfg.BulkTransport = c.String("bulk-transport")
 	tok, err := nodeToken(c)
 	if err != nil {
@@ -173,7 +175,10 @@ func runNode(c *cli.Context) error {
 	}
 	stopReload := reloadOnSIGHUP(n, logger)
 	defer stopReload()
-	<-c.Context.Done()
+	select {
+	case <-c.Context.Done():
+	case <-n.Stopped(): // braid leave, or a GPU fault: it has left already
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	return n.Shutdown(ctx)
