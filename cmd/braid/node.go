@@ -152,6 +152,11 @@ func runNode(c *cli.Context) error {
 		return fmt.Errorf("--tls-dir is required: nodes only talk over mutual TLS (create one with `braid ca init` and `braid ca issue`)")
 	}
 	logger := slog.New(h)
+	// What libraries log to slog.Default or the standard log package
+	// (a transport without a logger of its own, quic-go's warnings) goes
+	// through the same handler: one format on stderr, JSON lines only
+	// with --log-format json.
+	slog.SetDefault(logger)
 	kind, gpu, why, err := chooseDevice(c.String("device"), cuda.Devices)
 	if err != nil {
 		return err
