@@ -167,9 +167,18 @@ func runNode(c *cli.Context) error {
 	} else {
 		logger.Info("computing on the CPU", "node", cfg.Name, "why", why)
 	}
+	// From here an error that ends the node goes through its logger, so
+	// that with --log-format json even the last line on stderr is JSON.
+	logged := func(err error) error {
+		if err == nil {
+			return nil
+		}
+		logger.Error("the node stopped on an error", "err", err)
+		return loggedError{err}
+	}
 	n, err := node.New(cfg, node.Deps{Logger: logger})
 	if err != nil {
-		return err
+		return logged(err)
 	}
 	if u := n.APIURL(); u != "" {
 		fmt.Fprintf(c.App.Writer, "braid node %s: API %s\n", cfg.Name, u)
@@ -181,8 +190,14 @@ func runNode(c *cli.Context) error {
 	<-c.Context.Done()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	return n.Shutdown(ctx)
+	return logged(n.Shutdown(ctx))
 }
+
+// loggedError is an error the command has logged already: main does not
+// print it again.
+type loggedError struct{ error }
+
+func (e loggedError) Unwrap() error { return e.error }
 
 // reloadOnSIGHUP makes every SIGHUP reload n's credentials and gossip
 // keys (node.Node.Reload) until the returned function is called.
