@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -59,9 +60,48 @@ func (h *slogHclog) Log(level hclog.Level, msg string, args ...any) {
 	if h.name != "" {
 		all = append(all, "logger", h.name)
 	}
-	all = append(all, h.implied...)
-	all = append(all, args...)
+	all = appendAttrs(all, h.implied)
+	all = appendAttrs(all, args)
 	h.l.Log(context.Background(), toSlogLevel(level), msg, all...)
+}
+
+// appendAttrs appends hclog's key/value args to all as slog's, with the
+// values hclog formats itself formatted as it would: hclog.Fmt("%+v", x)
+// as the string it makes, not a list holding the format (in JSON:
+// ["%+v",...]); Hex, Octal, Binary and Quote as hclog writes them. A
+// value without a key gets hclog's key for it.
+func appendAttrs(all, args []any) []any {
+	if len(args)%2 != 0 {
+		args = append(append(args[:len(args)-1:len(args)-1], hclog.MissingKey), args[len(args)-1])
+	}
+	for i := 0; i < len(args); i += 2 {
+		all = append(all, args[i], hclogValue(args[i+1]))
+	}
+	return all
+}
+
+// hclogValue is v as hclog's formatter would write it, for the types it
+// treats specially; other values as they are.
+func hclogValue(v any) any {
+	switch v := v.(type) {
+	case hclog.Format:
+		if len(v) == 0 {
+			return ""
+		}
+		if f, ok := v[0].(string); ok {
+			return fmt.Sprintf(f, v[1:]...)
+		}
+		return fmt.Sprint(v...)
+	case hclog.Hex:
+		return fmt.Sprintf("0x%x", int(v))
+	case hclog.Octal:
+		return fmt.Sprintf("0%o", int(v))
+	case hclog.Binary:
+		return fmt.Sprintf("0b%b", int(v))
+	case hclog.Quote:
+		return fmt.Sprintf("%q", string(v))
+	}
+	return v
 }
 
 func (h *slogHclog) Trace(msg string, args ...any) { h.Log(hclog.Trace, msg, args...) }

@@ -84,6 +84,10 @@ type APIConfig struct {
 	Bench func(ctx context.Context, plan BenchPlan, emit func(allreduce.BenchRow)) error
 	// Routes, when set, adds the node's further endpoints to the mux.
 	Routes func(mux *http.ServeMux)
+	// Ready, when set, serves GET /v1/ready without the token, like
+	// /v1/health: 200 {"ready": true} when it returns nil, else 503
+	// {"ready": false, "reason": its error}.
+	Ready func() error
 }
 
 // APILimits bound the time and connections a client can hold, so that slow
@@ -140,9 +144,9 @@ func (l APILimits) Validate() error {
 // ErrAPIToken is returned when the API would start without a bearer token.
 var ErrAPIToken = errors.New("node: the HTTP API needs a bearer token")
 
-// API serves /v1/health, /v1/status, /metrics and POST /v1/bench/allreduce,
-// and the routes APIConfig.Routes adds. Every request but GET /v1/health
-// must carry the token and a Host naming this API; every request that
+// API serves /v1/health, /v1/ready, /v1/status, /metrics and POST
+// /v1/bench/allreduce, and the routes APIConfig.Routes adds. Every request
+// but GET /v1/health and /v1/ready must carry the token and a Host naming this API; every request that
 // writes (POST, PUT, PATCH, DELETE) must have Content-Type
 // application/json, which a web page cannot send to another origin
 // without the browser asking first (a CORS preflight this API never grants);
@@ -176,6 +180,15 @@ func StartAPI(cfg APIConfig, status func() Status, reg *prometheus.Registry) (*A
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
+	if cfg.Ready != nil {
+		mux.HandleFunc("GET /v1/ready", func(w http.ResponseWriter, r *http.Request) {
+			if err := cfg.Ready(); err != nil {
+				writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "reason": err.Error()})
+				return
+			}
+			writeJSON(w, http.StatusOK, map[string]any{"ready": true})
+		})
+	}
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
@@ -336,15 +349,16 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 // requireToken refuses (401) a request without "Authorization: Bearer
-// token", but GET /v1/health and the console's page (console.go). A GET
-// or HEAD may carry the console's session cookie instead of the header;
-// a request that changes state needs the header.
+// token", but GET /v1/health, /v1/ready (probes, which say nothing a
+// stranger could use) and the console's page (console.go). A GET or HEAD
+// may carry the console's session cookie instead of the header; a request
+// that changes state needs the header.
 func requireToken(token string, next http.Handler) http.Handler {
 	want := []byte("Bearer " + token)
 	session := consoleSession(token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		read := r.Method == http.MethodGet || r.Method == http.MethodHead
-		public := read && (r.URL.Path == "/v1/health" || consoleAsset(r.URL.Path))
+		public := read && (r.URL.Path == "/v1/health" || r.URL.Path == "/v1/ready" || consoleAsset(r.URL.Path))
 		authorized := subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) == 1 ||
 			read && hasConsoleSession(r, session)
 		if !public && !authorized {

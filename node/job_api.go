@@ -18,19 +18,21 @@ import (
 // JobStatus is a job as `braid job status --json` prints it: the committed
 // job merged with the progress its workers report.
 type JobStatus struct {
-	ID              string               `json:"id"`
-	State           coordinator.JobState `json:"state"`
-	Error           string               `json:"error,omitempty"`
-	Waiting         string               `json:"waiting,omitempty"` // why a job that has not ended cannot train now, when known
-	Step            int                  `json:"step"`
-	Steps           int                  `json:"steps"`
-	Loss            float64              `json:"loss"`
-	HeldoutLoss     float64              `json:"heldout_loss,omitempty"`
-	HeldoutStep     int                  `json:"heldout_step,omitempty"`
-	BaseHeldoutLoss float64              `json:"base_heldout_loss,omitempty"`
-	TokensPerSec    float64              `json:"tokens_per_sec"`
-	StepMS          float64              `json:"step_ms"`
-	WaitMS          float64              `json:"wait_ms"`
+	ID      string               `json:"id"`
+	State   coordinator.JobState `json:"state"`
+	Error   string               `json:"error,omitempty"`
+	Waiting string               `json:"waiting,omitempty"` // why a job that has not ended cannot train now, when known
+	Step    int                  `json:"step"`
+	Steps   int                  `json:"steps"`
+	Loss    float64              `json:"loss"`
+	// The held-out losses are 0, and absent from the JSON, until
+	// evaluated: absent means "not evaluated", never a loss of 0.
+	HeldoutLoss     float64 `json:"heldout_loss,omitempty"`
+	HeldoutStep     int     `json:"heldout_step,omitempty"`
+	BaseHeldoutLoss float64 `json:"base_heldout_loss,omitempty"`
+	TokensPerSec    float64 `json:"tokens_per_sec"`
+	StepMS          float64 `json:"step_ms"`
+	WaitMS          float64 `json:"wait_ms"`
 	// WireBytesPerStep is the most any worker sent in its last step.
 	WireBytesPerStep int64                    `json:"wire_bytes_per_step"`
 	Epoch            uint64                   `json:"epoch"`

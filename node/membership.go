@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -475,13 +476,18 @@ func (w slogWriter) Write(p []byte) (int, error) {
 			w.event("refute", "")
 		}
 	}
+	// "[WARN] memberlist: Refuting ...": the level is the record's, and
+	// the component an attribute already.
+	level := slog.LevelDebug
 	switch {
 	case strings.Contains(s, "[ERR]"):
-		w.l.Error(s)
+		level = slog.LevelError
 	case strings.Contains(s, "[WARN]"):
-		w.l.Warn(s)
-	default:
-		w.l.Debug(s)
+		level = slog.LevelWarn
 	}
+	if _, rest, ok := strings.Cut(s, "] memberlist: "); ok {
+		s = rest
+	}
+	w.l.Log(context.Background(), level, s)
 	return len(p), nil
 }

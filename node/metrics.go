@@ -29,25 +29,7 @@ func (n *Node) registerMetrics() {
 		}
 		return 0
 	})
-	// The running job, as this node's worker sees it (0 when none).
-	job := func(f func(JobProgress) float64) func() float64 {
-		return func() float64 {
-			n.jobMu.Lock()
-			r := n.runner
-			n.jobMu.Unlock()
-			if r == nil {
-				return 0
-			}
-			return f(r.progress())
-		}
-	}
-	gauge("job_step", "Steps the running job's worker here has applied.", job(func(p JobProgress) float64 { return float64(p.Step) }))
-	gauge("job_loss", "Global training loss of the last step.", job(func(p JobProgress) float64 { return p.Loss }))
-	gauge("job_heldout_loss", "Last held-out loss (rank 0).", job(func(p JobProgress) float64 { return p.HeldoutLoss }))
-	gauge("job_tokens_per_second", "Tokens this worker processed per second in the last step.", job(func(p JobProgress) float64 { return p.TokensPerSec }))
-	gauge("job_step_seconds", "Duration of the last step.", job(func(p JobProgress) float64 { return p.StepMS / 1e3 }))
-	gauge("job_allreduce_wait_seconds", "Time the last step was blocked on the all-reduce after backward.", job(func(p JobProgress) float64 { return p.WaitMS / 1e3 }))
-	gauge("job_wire_bytes_per_step", "Bytes this node sent to its ring neighbour in the last step.", job(func(p JobProgress) float64 { return float64(p.WireBytesPerStep) }))
+	n.reg.MustRegister(newJobCollector(n)) // job_metrics.go
 	n.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "braid", Name: "allreduce_bytes_sent_total",
 		Help: "Bytes this node's job rings have sent to their right neighbours."}, func() float64 { return float64(n.wireBytes.Load()) }))
 	n.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "braid", Name: "control_refused_total",

@@ -342,7 +342,7 @@ func New(cfg Config, deps Deps) (*Node, error) {
 		}
 		if n.api, err = StartAPI(APIConfig{Addr: cfg.HTTPAddr, Token: token, TLS: tlsConf,
 			Hosts: append([]string{cfg.Name, cfg.Advertise}, certHosts...),
-			Bench: n.BenchAllreduce, Routes: n.routes}, n.Status, n.reg); err != nil {
+			Bench: n.BenchAllreduce, Routes: n.routes, Ready: n.Ready}, n.Status, n.reg); err != nil {
 			return fail(err)
 		}
 		warnCleartextAPI(logger, n.api.Addr(), tlsConf != nil)

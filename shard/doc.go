@@ -18,7 +18,10 @@
 //	DIR/<sha256 hex>.shard   one file per shard, named by the SHA-256 of
 //	                         the whole file (64 lowercase hex digits)
 //
-// Prepare writes it. Each document (a text file, or one JSONL record) is
+// Prepare writes it. Each document (a text file, or one JSONL record; a
+// text file over Config.CutAbove is cut into documents of about
+// Config.DocumentBytes by CutDocuments, at blank lines or else into
+// fixed-size pieces, so that a one-file corpus gets a held-out split) is
 // tokenised, followed by the tokenizer's end-of-text id (EOT), and put in
 // the train or the held-out split by a hash of its bytes (HeldOut). The
 // documents of a split are concatenated, in input order, into one token

@@ -106,6 +106,18 @@ type SourceStats struct {
 	TrainedCut int64 `json:"trained_tokens_cut,omitempty"`
 	// Skipped counts files and records left out, by Reason.
 	Skipped map[Reason]int64 `json:"skipped,omitempty"`
+	// Cut counts the files over Config.CutAbove that were cut into
+	// documents; nil when none was.
+	Cut *CutStats `json:"cut,omitempty"`
+}
+
+// CutStats counts the text files cut into documents (CutDocuments).
+type CutStats struct {
+	Above         int64 `json:"above"`          // Config.CutAbove: files of more bytes were cut
+	DocumentBytes int64 `json:"document_bytes"` // Config.DocumentBytes, the target size
+	Paragraphs    int64 `json:"paragraphs"`     // files cut at blank lines (CutParagraphs)
+	Fixed         int64 `json:"fixed"`          // files without blank lines, cut into fixed-size pieces (CutFixed)
+	Documents     int64 `json:"documents"`      // documents the cut files gave
 }
 
 // Of returns the totals of split s.
@@ -273,6 +285,9 @@ func (m *Manifest) Validate() error {
 		return bad("source: trained_tokens %d and trained_tokens_cut %d, of %d tokens", m.Source.Trained, m.Source.TrainedCut, m.Source.Tokens)
 	case !m.LossMask && m.Source.Trained != 0:
 		return bad("source.trained_tokens %d without a loss mask", m.Source.Trained)
+	case m.Source.Cut != nil && (m.Source.Cut.Above < 1 || m.Source.Cut.DocumentBytes < 1 || m.Source.Cut.Paragraphs < 0 || m.Source.Cut.Fixed < 0 ||
+		m.Source.Cut.Documents < m.Source.Cut.Paragraphs+m.Source.Cut.Fixed || m.Source.Cut.Documents > m.Source.Documents):
+		return bad("source.cut %+v: counts out of range (of %d documents)", *m.Source.Cut, m.Source.Documents)
 	}
 	if m.LossMask {
 		if _, err := chat.ByName(m.Source.ChatTemplate); err != nil {

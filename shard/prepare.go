@@ -73,6 +73,14 @@ type Config struct {
 	ShardBytes int64
 	// MaxDocumentBytes bounds a text file; a larger one is bad (too_large).
 	MaxDocumentBytes int64
+	// CutAbove: a text file (FormatText) of more bytes is cut into
+	// documents of about DocumentBytes (CutDocuments: at blank lines, or
+	// into fixed-size pieces when it has none), so that a corpus of one
+	// large file gets a held-out split. 0: never cut.
+	CutAbove int64
+	// DocumentBytes is the target size of the documents a file over
+	// CutAbove is cut into.
+	DocumentBytes int64
 	// MaxRecordBytes bounds a JSONL line (without its line ending); a
 	// longer one is a bad record (too_large).
 	MaxRecordBytes int
@@ -86,7 +94,9 @@ type Config struct {
 
 // DefaultConfig is the configuration `braid data prepare` starts from: the
 // byte tokenizer and the context length of the bundled base model
-// (models/base-en: 256), 5% held out, 16 MiB shards.
+// (models/base-en: 256), 5% held out, 16 MiB shards, text files over 1 MiB
+// cut into documents of about 8 KiB (a 1 MiB file gives about 128, of
+// which none is held out with a chance of about 0.1%).
 func DefaultConfig() Config {
 	return Config{
 		Tokenizer:        model.ByteTokenizer{},
@@ -97,6 +107,8 @@ func DefaultConfig() Config {
 		ShardBytes:       16 << 20,
 		MaxDocumentBytes: 256 << 20,
 		MaxRecordBytes:   16 << 20,
+		CutAbove:         1 << 20,
+		DocumentBytes:    8 << 10,
 	}
 }
 
@@ -129,6 +141,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("shard: Config.SeqLen %d: one sequence is more than a shard may hold", c.SeqLen)
 	case c.MaxDocumentBytes < 1:
 		return fmt.Errorf("shard: Config.MaxDocumentBytes %d, want ≥ 1", c.MaxDocumentBytes)
+	case c.CutAbove < 0:
+		return fmt.Errorf("shard: Config.CutAbove %d, want ≥ 0 (0: never cut a file into documents)", c.CutAbove)
+	case c.CutAbove > 0 && (c.DocumentBytes < 64 || c.DocumentBytes > 1<<30):
+		return fmt.Errorf("shard: Config.DocumentBytes %d, want 64..%d when files over CutAbove are cut", c.DocumentBytes, 1<<30)
 	case c.MaxRecordBytes < 1:
 		return fmt.Errorf("shard: Config.MaxRecordBytes %d, want ≥ 1", c.MaxRecordBytes)
 	case c.Workers < 0:
@@ -403,6 +419,10 @@ type document struct {
 	trained []byte // with a loss mask: per token, 1 if the loss counts on it
 	heldout bool
 	text    int64 // bytes of the document's text
+	// A document cut from a larger file (Config.CutAbove): how, and
+	// whether it is the file's first.
+	cut      CutMethod
+	firstCut bool
 }
 
 // inputChunk is a run of documents, about chunkBytes of input; done is closed when
@@ -528,6 +548,9 @@ func prepare(ctx context.Context, cfg *Config, files []inputFile, walkIssues []I
 				}
 			default:
 				src.Documents++
+				if u.cut != "" {
+					src.countCut(cfg, u)
+				}
 				src.TextBytes += u.text
 				src.Tokens += int64(len(u.tokens) / width)
 				for _, f := range u.trained {
@@ -843,6 +866,15 @@ func (r *reader) textFile(f inputFile) bool {
 		return r.add(document{issue: &Issue{Path: f.path, Reason: ReasonEmpty}})
 	case int64(n) > r.cfg.MaxDocumentBytes:
 		return tooLarge(int64(n))
+	}
+	if r.cfg.Format == FormatText && r.cfg.CutAbove > 0 && int64(n) > r.cfg.CutAbove && utf8.Valid(data) {
+		docs, method := CutDocuments(data, int(r.cfg.DocumentBytes))
+		for i, d := range docs {
+			if !r.add(document{path: f.path, raw: d, cut: method, firstCut: i == 0}) {
+				return false
+			}
+		}
+		return true
 	}
 	return r.add(document{path: f.path, raw: data})
 }

@@ -378,7 +378,7 @@ func assertNothingWritten(t *testing.T, out string) {
 }
 
 // TestPrepareGiantLine: a 20 MiB text file without a newline is one
-// document; a JSONL record of 20 MiB works when the limit allows it.
+// document (when large files are not cut into documents); a JSONL record of 20 MiB works when the limit allows it.
 func TestPrepareGiantLine(t *testing.T) {
 	if testing.Short() {
 		t.Skip("20 MiB of input")
@@ -389,7 +389,7 @@ func TestPrepareGiantLine(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := config(filepath.Join(t.TempDir(), "ds"), in)
-	c.SeqLen, c.Holdout, c.ShardBytes = 256, 0, 1<<20
+	c.SeqLen, c.Holdout, c.ShardBytes, c.CutAbove = 256, 0, 1<<20, 0
 	res := prepare(t, c)
 	tot := res.Manifest.Totals.Train
 	if want := int64(len(line)+1-1) / 256; tot.Sequences != want {
@@ -559,11 +559,17 @@ func TestPrepareSharedCorpora(t *testing.T) {
 				return err
 			}
 			b, _ := os.ReadFile(path)
-			docs++
-			if shard.HeldOut(b, c.Holdout) {
-				held++
-			} else if first == nil {
-				first = b
+			pieces := [][]byte{b}
+			if int64(len(b)) > c.CutAbove {
+				pieces, _ = shard.CutDocuments(b, int(c.DocumentBytes))
+			}
+			for _, p := range pieces {
+				docs++
+				if shard.HeldOut(p, c.Holdout) {
+					held++
+				} else if first == nil {
+					first = p
+				}
 			}
 			return nil
 		})

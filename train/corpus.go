@@ -15,6 +15,7 @@ import (
 
 	"github.com/braidml/braid/internal/safefile"
 	"github.com/braidml/braid/model"
+	"github.com/braidml/braid/shard"
 )
 
 // Corpus errors. Each is wrapped with the path at fault.
@@ -35,6 +36,11 @@ type CorpusOptions struct {
 	// MaxBytes stops reading once this many bytes are in (0: no limit;
 	// remaining files are skipped, in sorted path order).
 	MaxBytes int64
+	// CutAbove: a file of more bytes is cut into documents of about
+	// DocumentBytes (shard.CutDocuments), so that a corpus of one large
+	// file gets a held-out split, as `braid data prepare` does (0: a file
+	// is always one document).
+	CutAbove, DocumentBytes int64
 }
 
 // Corpus is a tokenised text corpus: documents separated by EOT, split into a
@@ -44,10 +50,15 @@ type Corpus struct {
 	Files          int      // text files read
 	Skipped        int      // files in directories skipped as not text or empty
 	Bytes          int64    // bytes of text read
+	Documents      int      // documents: a file, or the pieces it was cut into
+	// Files over CutAbove, cut at blank lines (CutParagraphs) or into
+	// fixed-size pieces (CutFixed).
+	CutParagraphs, CutFixed int
 }
 
 // LoadCorpus reads text files and directories (walked recursively, in sorted
-// order) and tokenises each file as one document. A path named explicitly
+// order) and tokenises each file as one document, or a file over
+// opt.CutAbove as the documents it is cut into. A path named explicitly
 // that is missing, empty or not UTF-8 text is an error naming it; inside a
 // directory such files are skipped and counted. Hidden files and directories
 // (starting with ".") inside a walked directory are skipped.
@@ -58,19 +69,35 @@ func LoadCorpus(paths []string, tok model.Tokenizer, opt CorpusOptions) (*Corpus
 	if tok.Vocab() > 1<<16 {
 		return nil, fmt.Errorf("train: tokenizer %s has %d ids, more than a corpus can hold", tok.Name(), tok.Vocab())
 	}
+	if opt.CutAbove < 0 || (opt.CutAbove > 0 && opt.DocumentBytes < 64) {
+		return nil, fmt.Errorf("train: CorpusOptions: CutAbove %d and DocumentBytes %d, want CutAbove ≥ 0 and, when cutting, documents of ≥ 64 bytes", opt.CutAbove, opt.DocumentBytes)
+	}
 	c := &Corpus{}
 	var ids []int32
 	add := func(path string, text []byte) {
-		ids = tok.Encode(ids[:0], text)
-		dst := &c.Train
-		if opt.HoldoutEvery > 0 && HeldOut(text, opt.HoldoutEvery) {
-			dst = &c.Heldout
+		docs := [][]byte{text}
+		if opt.CutAbove > 0 && int64(len(text)) > opt.CutAbove {
+			var how shard.CutMethod
+			docs, how = shard.CutDocuments(text, int(opt.DocumentBytes))
+			if how == shard.CutParagraphs {
+				c.CutParagraphs++
+			} else {
+				c.CutFixed++
+			}
 		}
-		for _, id := range ids {
-			*dst = append(*dst, uint16(id))
+		for _, doc := range docs {
+			ids = tok.Encode(ids[:0], doc)
+			dst := &c.Train
+			if opt.HoldoutEvery > 0 && HeldOut(doc, opt.HoldoutEvery) {
+				dst = &c.Heldout
+			}
+			for _, id := range ids {
+				*dst = append(*dst, uint16(id))
+			}
+			*dst = append(*dst, uint16(tok.EOT()))
 		}
-		*dst = append(*dst, uint16(tok.EOT()))
 		c.Files++
+		c.Documents += len(docs)
 		c.Bytes += int64(len(text))
 	}
 	full := func() bool { return opt.MaxBytes > 0 && c.Bytes >= opt.MaxBytes }

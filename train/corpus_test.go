@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -161,5 +162,46 @@ func TestCorpusRefusesDevices(t *testing.T) {
 	_, err := train.LoadCorpus([]string{"/dev/zero"}, model.ByteTokenizer{}, train.CorpusOptions{})
 	if err == nil || !strings.Contains(err.Error(), "/dev/zero") {
 		t.Fatalf("reading /dev/zero: %v, want an error naming it", err)
+	}
+}
+
+// TestCorpusCutsLargeFile: a corpus of one large file (synthetic, and the
+// Jargon File of ../shared/corpora where present) is cut into documents,
+// so about one token in HoldoutEvery is held out; uncut, it is one
+// document and nothing or everything is.
+func TestCorpusCutsLargeFile(t *testing.T) {
+	var b strings.Builder
+	for i := 0; b.Len() < 2<<20; i++ {
+		b.WriteString(strings.Repeat("a line of text in paragraph ", 1+i%13))
+		b.WriteString(strconv.Itoa(i))
+		b.WriteString("\n\n")
+	}
+	synthetic := filepath.Join(t.TempDir(), "book.txt")
+	writeFile(t, synthetic, []byte(b.String()))
+	cut := train.CorpusOptions{HoldoutEvery: 20, CutAbove: 1 << 20, DocumentBytes: 8 << 10}
+	for _, path := range []string{synthetic, filepath.Join("..", "..", "shared", "corpora", "jargon", "jargon.txt")} {
+		if _, err := os.Stat(path); err != nil {
+			t.Logf("skipping %s: %v", path, err)
+			continue
+		}
+		c, err := train.LoadCorpus([]string{path}, model.ByteTokenizer{}, cut)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held := float64(len(c.Heldout)) / float64(len(c.Heldout)+len(c.Train))
+		t.Logf("%s: %d documents (cut at paragraphs %d, fixed %d), %.3f of the tokens held out", filepath.Base(path), c.Documents, c.CutParagraphs, c.CutFixed, held)
+		if c.Files != 1 || c.CutParagraphs != 1 || c.Documents < 100 {
+			t.Errorf("%s: %d files, %d documents, %d cut at paragraphs: want 1 file cut into about 8 KiB documents", path, c.Files, c.Documents, c.CutParagraphs)
+		}
+		if held < 0.01 || held > 0.12 {
+			t.Errorf("%s: %.3f of the tokens held out, want about 1/20", path, held)
+		}
+		whole, err := train.LoadCorpus([]string{path}, model.ByteTokenizer{}, train.CorpusOptions{HoldoutEvery: 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if whole.Documents != 1 || (len(whole.Heldout) != 0 && len(whole.Train) != 0) {
+			t.Errorf("%s uncut: %d documents, train %d and held-out %d tokens", path, whole.Documents, len(whole.Train), len(whole.Heldout))
+		}
 	}
 }

@@ -35,6 +35,11 @@ func dataCommand() *cli.Command {
 				"and dataset id. Binary and empty files are skipped; invalid UTF-8, bad JSONL records and\n" +
 				"oversized input fail the command unless --skip-bad. Nothing appears at --out until the\n" +
 				"dataset is complete.\n\n" +
+				"A text file over --cut-above-mib is cut into documents of about --document-kib, so that a\n" +
+				"corpus of one large file still gets a held-out split: at blank lines, whole paragraphs\n" +
+				"grouped up to the size (a paragraph over twice the size is cut like text without blank\n" +
+				"lines), or, in a file without blank lines, into fixed-size pieces at line ends. The output\n" +
+				"says which, and manifest.json counts it (source.cut).\n\n" +
 				"--format chat reads JSONL records {\"messages\": [{\"role\": \"system\"|\"user\"|\"assistant\", \"content\": ...}]},\n" +
 				"--format prompt-completion records {\"prompt\": ..., \"completion\": ...} (a user message and the\n" +
 				"assistant's answer). Each is rendered with the model's chat template (Llama 3 or ChatML,\n" +
@@ -57,6 +62,8 @@ func dataCommand() *cli.Command {
 				&cli.StringFlag{Name: "name", Usage: "dataset name (default: the base name of the first input)"},
 				&cli.BoolFlag{Name: "skip-bad", Usage: "skip and count bad files and records instead of failing"},
 				&cli.IntFlag{Name: "shard-mib", Value: int(def.ShardBytes >> 20), Usage: "uncompressed token payload per shard, in MiB"},
+				&cli.IntFlag{Name: "cut-above-mib", Value: int(def.CutAbove >> 20), Usage: "with --format text: cut a file of more MiB into documents of about --document-kib (0: a file is always one document)"},
+				&cli.IntFlag{Name: "document-kib", Value: int(def.DocumentBytes >> 10), Usage: "the size, in KiB, of the documents a file over --cut-above-mib is cut into"},
 				&cli.IntFlag{Name: "max-record-mib", Value: def.MaxRecordBytes >> 20, Usage: "with --format jsonl: longest record, in MiB"},
 				overwriteFlag("replace the dataset in a non-empty --out, once the new one is complete"),
 			},
@@ -88,6 +95,10 @@ func runDataPrepare(c *cli.Context) error {
 	cfg.Tokenizer, cfg.SeqLen, cfg.Holdout = tok, c.Int("seq-len"), c.Float64("holdout")
 	cfg.Format, cfg.Field, cfg.SkipBad = shard.Format(c.String("format")), c.String("field"), c.Bool("skip-bad")
 	cfg.ShardBytes, cfg.MaxRecordBytes = int64(c.Int("shard-mib"))<<20, c.Int("max-record-mib")<<20
+	if c.Int("cut-above-mib") < 0 || c.Int("document-kib") < 1 {
+		return fmt.Errorf("--cut-above-mib %d and --document-kib %d: want ≥ 0 and ≥ 1", c.Int("cut-above-mib"), c.Int("document-kib"))
+	}
+	cfg.CutAbove, cfg.DocumentBytes = int64(c.Int("cut-above-mib"))<<20, int64(c.Int("document-kib"))<<10
 	if cfg.Format.Masked() {
 		if cfg.ChatTemplate, err = chatTemplate(c, c.String("tokenizer-config")); err != nil {
 			return fmt.Errorf("--format %s: %w", cfg.Format, err)
@@ -124,6 +135,10 @@ func runDataPrepare(c *cli.Context) error {
 	fmt.Fprintf(w, "wrote %s: dataset %s, id %s\n", res.Dir, m.Name, m.ID)
 	fmt.Fprintf(w, "  %d documents from %s (%s), tokenizer %s, %d tokens, seq_len %d, holdout %g\n",
 		m.Source.Documents, plural(int(m.Source.Files), "file"), megabytes(m.Source.Bytes), m.Tokenizer, m.Source.Tokens, m.SeqLen, m.Holdout)
+	if cut := m.Source.Cut; cut != nil {
+		fmt.Fprintf(w, "  cut %s over %d MiB into %d documents of about %d KiB: %d at blank lines (paragraphs), %d without blank lines into fixed-size pieces\n",
+			plural(int(cut.Paragraphs+cut.Fixed), "file"), cut.Above>>20, cut.Documents, cut.DocumentBytes>>10, cut.Paragraphs, cut.Fixed)
+	}
 	if m.LossMask {
 		fmt.Fprintf(w, "  chat template %s: the loss counts on %d tokens (%.1f%%: the answers and their end-of-turn tokens), %d of them in a sequence without the start of their record\n",
 			m.Source.ChatTemplate, m.Source.Trained, 100*float64(m.Source.Trained)/float64(max(m.Source.Tokens, 1)), m.Source.TrainedCut)
@@ -139,13 +154,28 @@ func runDataPrepare(c *cli.Context) error {
 	if len(m.Source.Skipped) > 0 {
 		fmt.Fprintf(w, "  skipped: %s\n", countsText(m.Source.Skipped))
 	}
-	if m.Totals.Train.Sequences == 0 {
-		fmt.Fprintln(w, "  warning: the train split is empty (lower --holdout or --seq-len)")
-	}
+	warnEmptySplits(c.App.ErrWriter, m)
 	secs := elapsed.Seconds()
 	fmt.Fprintf(w, "prepared %s in %.2fs: %.1f MB/s of input, %s tokens/s\n",
 		megabytes(m.Source.Bytes), secs, float64(m.Source.Bytes)/1e6/secs, si(float64(m.Source.Tokens)/secs))
 	return nil
+}
+
+// warnEmptySplits warns, one line each, when a split is empty: a dataset
+// without held-out sequences cannot measure held-out loss, and one without
+// train sequences cannot train.
+func warnEmptySplits(w io.Writer, m *shard.Manifest) {
+	if m.Totals.Train.Sequences == 0 {
+		fmt.Fprintf(w, "warning: the train split is empty: lower --holdout (%g) or --seq-len (%d)\n", m.Holdout, m.SeqLen)
+	}
+	if m.Totals.Heldout.Sequences == 0 && m.Holdout > 0 {
+		fix := "raise --holdout, or give more, smaller documents"
+		if m.Source.Format == shard.FormatText {
+			fix = "raise --holdout, or cut large files into more documents with a lower --cut-above-mib or --document-kib"
+		}
+		fmt.Fprintf(w, "warning: the held-out split is empty (none of %d documents was held out at --holdout %g, or they fill no sequence of %d tokens): %s\n",
+			m.Source.Documents, m.Holdout, m.SeqLen, fix)
+	}
 }
 
 // printIssues lists what was left out, the first few of each kind.

@@ -1,6 +1,9 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -142,5 +145,56 @@ func TestDataCommandErrors(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "manifest.json"), []byte(`{"id": "ab`), 0o644)
 	if _, err := run(t, "data", "verify", dir); err == nil || !strings.Contains(err.Error(), "truncated") {
 		t.Errorf("truncated manifest: %v", err)
+	}
+}
+
+// TestDataPrepareOneFileCorpus: a corpus of one large file is cut into
+// documents, the output says how, and both splits have sequences; without
+// cutting, its held-out split is empty and a one-line warning on stderr
+// names the fix.
+func TestDataPrepareOneFileCorpus(t *testing.T) {
+	var b strings.Builder
+	for i := 0; b.Len() < 3<<20/2; i++ {
+		fmt.Fprintf(&b, "Paragraph %d. %s\n\n", i, strings.Repeat("the quick brown fox jumps over the lazy dog ", 2+i%9))
+	}
+	in := filepath.Join(t.TempDir(), "book.txt")
+	if err := os.WriteFile(in, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	prepare := func(extra ...string) (stdout, stderr string, m *shard.Manifest) {
+		out := filepath.Join(t.TempDir(), "ds")
+		app := newApp()
+		var o, e bytes.Buffer
+		app.Writer, app.ErrWriter = &o, &e
+		if err := runApp(context.Background(), app, append([]string{"braid", "data", "prepare", "--input", in, "--out", out}, extra...)); err != nil {
+			t.Fatalf("prepare %v: %v\n%s%s", extra, err, o.String(), e.String())
+		}
+		m, err := shard.ReadManifest(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o.String(), e.String(), m
+	}
+
+	stdout, stderr, m := prepare()
+	if !strings.Contains(stdout, "cut 1 file over 1 MiB into ") || !strings.Contains(stdout, "1 at blank lines (paragraphs)") {
+		t.Errorf("the output does not say how the file was cut:\n%s", stdout)
+	}
+	if m.Totals.Heldout.Sequences == 0 || m.Totals.Train.Sequences == 0 || strings.Contains(stderr, "warning") {
+		t.Errorf("train %d and held-out %d sequences; stderr:\n%s", m.Totals.Train.Sequences, m.Totals.Heldout.Sequences, stderr)
+	}
+
+	stdout, stderr, m = prepare("--cut-above-mib", "0")
+	if m.Totals.Heldout.Sequences != 0 || strings.Contains(stdout, "cut ") {
+		t.Fatalf("uncut: %d held-out sequences:\n%s", m.Totals.Heldout.Sequences, stdout)
+	}
+	var warnings []string
+	for _, l := range strings.Split(stderr, "\n") {
+		if strings.HasPrefix(l, "warning:") {
+			warnings = append(warnings, l)
+		}
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0], "held-out split is empty") || !strings.Contains(warnings[0], "--cut-above-mib") {
+		t.Errorf("want one warning naming the empty held-out split and the fix, got %q", warnings)
 	}
 }

@@ -28,8 +28,9 @@ func evalCommand() *cli.Command {
 			&cli.IntFlag{Name: "batch", Value: 8, Usage: "windows per forward pass"},
 			&cli.IntFlag{Name: "max-tokens", Usage: "score at most this many tokens (0: all)"},
 			&cli.Int64Flag{Name: "max-bytes", Usage: "read at most about this many bytes of text (0: all)"},
+			cutAboveFlag(), documentKiBFlag(),
 			&cli.IntFlag{Name: "threads", Usage: "compute threads (default: all cores)"},
-			&cli.BoolFlag{Name: "json", Usage: `print {"loss":F,"perplexity":F,"bits_per_byte":F,"tokens":N}`},
+			&cli.BoolFlag{Name: "json", Usage: `print {"loss":F,"perplexity":F,"bits_per_byte":F,"tokens":N}, or {"tokens":0,"not_evaluated":REASON} without a loss when the split is empty`},
 		}, deviceFlags()...),
 		Action: runEval,
 	}
@@ -59,7 +60,11 @@ func runEval(c *cli.Context) error {
 			return fmt.Errorf("--holdout-every must be ≥ 1 with --split %s", split)
 		}
 	}
-	corpus, err := train.LoadCorpus(c.StringSlice("input"), ck.Tokenizer, train.CorpusOptions{HoldoutEvery: holdout, MaxBytes: c.Int64("max-bytes")})
+	opt, err := corpusOptions(c, holdout)
+	if err != nil {
+		return err
+	}
+	corpus, err := train.LoadCorpus(c.StringSlice("input"), ck.Tokenizer, opt)
 	if err != nil {
 		return err
 	}
@@ -78,6 +83,22 @@ func runEval(c *cli.Context) error {
 	name := c.String("model")
 	if dir := c.String("adapter"); dir != "" {
 		name += " + " + dir
+	}
+	if len(tokens) < 2 {
+		// Nothing to score (an empty held-out split): say so, rather than
+		// a loss of 0 that reads as a perfect score.
+		why := fmt.Sprintf("the %s split of %s is empty", split, plural(corpus.Documents, "document"))
+		if c.Bool("json") {
+			b, _ := json.Marshal(struct {
+				Tokens       int    `json:"tokens"`
+				NotEvaluated string `json:"not_evaluated"`
+			}{0, why})
+			fmt.Fprintln(c.App.Writer, string(b))
+			return nil
+		}
+		fmt.Fprintf(c.App.Writer, "%s on %d files (%s split): not evaluated: %s (lower --holdout-every, or cut large files into more documents with --cut-above-mib and --document-kib, as in training)\n",
+			name, corpus.Files, split, why)
+		return nil
 	}
 	r, err := train.Evaluate(m, ck.Tokenizer, tokens, B, T, c.Int("max-tokens"))
 	if err != nil {

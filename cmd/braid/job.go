@@ -151,6 +151,20 @@ func noJob(err error, id string) error {
 	return notFound(err, "no job %s (see `braid job list`)", id)
 }
 
+// heldoutText says a job's held-out losses, or that none was evaluated:
+// the API omits a loss that was not (0), which must not read as a
+// perfect score.
+func heldoutText(js *node.JobStatus) string {
+	if js.HeldoutLoss == 0 {
+		return "held-out loss not evaluated"
+	}
+	base := "base not evaluated"
+	if js.BaseHeldoutLoss != 0 {
+		base = fmt.Sprintf("base %.4f", js.BaseHeldoutLoss)
+	}
+	return fmt.Sprintf("held-out loss %.4f (step %d; %s)", js.HeldoutLoss, js.HeldoutStep, base)
+}
+
 func jobStatusCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "status",
@@ -166,10 +180,7 @@ func jobStatusCommand() *cli.Command {
 				return printJSON(c, js)
 			}
 			w := c.App.Writer
-			fmt.Fprintf(w, "job %s: %s on %s, step %d/%d, loss %.4f", js.ID, js.State, js.Spec.DeviceKind(), js.Step, js.Steps, js.Loss)
-			if js.HeldoutLoss != 0 {
-				fmt.Fprintf(w, ", held-out loss %.4f (step %d; base %.4f)", js.HeldoutLoss, js.HeldoutStep, js.BaseHeldoutLoss)
-			}
+			fmt.Fprintf(w, "job %s: %s on %s, step %d/%d, loss %.4f, %s", js.ID, js.State, js.Spec.DeviceKind(), js.Step, js.Steps, js.Loss, heldoutText(&js))
 			fmt.Fprintf(w, "\nepoch %d, members %s, %.0f tokens/s, step %.0f ms (%.0f ms waiting on the all-reduce), %.2f MB sent per node per step\n",
 				js.Epoch, strings.Join(js.Members, ","), js.TokensPerSec, js.StepMS, js.WaitMS, float64(js.WireBytesPerStep)/1e6)
 			if js.WeightsHash != "" {
@@ -304,8 +315,8 @@ func watchJob(c *cli.Context, cl *client.Client, id string, every time.Duration,
 				bar.Finish()
 			}
 			if show {
-				fmt.Fprintf(c.App.Writer, "\njob %s %s at step %d/%d: loss %.4f, held-out loss %.4f (base %.4f)\n",
-					js.ID, js.State, js.Step, js.Steps, js.Loss, js.HeldoutLoss, js.BaseHeldoutLoss)
+				fmt.Fprintf(c.App.Writer, "\njob %s %s at step %d/%d: loss %.4f, %s\n",
+					js.ID, js.State, js.Step, js.Steps, js.Loss, heldoutText(&js))
 			}
 			return jobEnded(js)
 		}

@@ -31,7 +31,7 @@ func main() {
 	if err := runApp(ctx, newApp(), os.Args); err != nil {
 		if _, ok := errors.AsType[*usageError](err); ok {
 			fmt.Fprintln(os.Stderr, err) // it names the command: "braid train: unknown flag ..."
-		} else {
+		} else if _, ok := errors.AsType[loggedError](err); !ok { // braid node logs its own
 			fmt.Fprintln(os.Stderr, "braid:", err)
 		}
 		code := exitFailed

@@ -154,6 +154,11 @@ func runNode(c *cli.Context) error {
 		return fmt.Errorf("--tls-dir is required: nodes only talk over mutual TLS (create one with `braid ca init` and `braid ca issue`)")
 	}
 	logger := slog.New(h)
+	// What libraries log to slog.Default or the standard log package
+	// (a transport without a logger of its own, quic-go's warnings) goes
+	// through the same handler: one format on stderr, JSON lines only
+	// with --log-format json.
+	slog.SetDefault(logger)
 	kind, gpu, why, err := chooseDevice(c.String("device"), cuda.Devices)
 	if err != nil {
 		return err
@@ -164,9 +169,18 @@ func runNode(c *cli.Context) error {
 	} else {
 		logger.Info("computing on the CPU", "node", cfg.Name, "why", why)
 	}
+	// From here an error that ends the node goes through its logger, so
+	// that with --log-format json even the last line on stderr is JSON.
+	logged := func(err error) error {
+		if err == nil {
+			return nil
+		}
+		logger.Error("the node stopped on an error", "err", err)
+		return loggedError{err}
+	}
 	n, err := node.New(cfg, node.Deps{Logger: logger})
 	if err != nil {
-		return err
+		return logged(err)
 	}
 	if u := n.APIURL(); u != "" {
 		fmt.Fprintf(c.App.Writer, "braid node %s: API %s\n", cfg.Name, u)
@@ -181,8 +195,14 @@ func runNode(c *cli.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	return n.Shutdown(ctx)
+	return logged(n.Shutdown(ctx))
 }
+
+// loggedError is an error the command has logged already: main does not
+// print it again.
+type loggedError struct{ error }
+
+func (e loggedError) Unwrap() error { return e.error }
 
 // reloadOnSIGHUP makes every SIGHUP reload n's credentials and gossip
 // keys (node.Node.Reload) until the returned function is called.

@@ -14,6 +14,7 @@ import (
 	"github.com/braidml/braid/kernels"
 	"github.com/braidml/braid/model"
 	"github.com/braidml/braid/model/cudamodel"
+	"github.com/braidml/braid/shard"
 	"github.com/braidml/braid/train"
 )
 
@@ -50,6 +51,7 @@ func trainCommand() *cli.Command {
 			&cli.IntFlag{Name: "eval-batches", Value: d.EvalBatches, Usage: "batches per held-out evaluation"},
 			&cli.IntFlag{Name: "holdout-every", Value: 20, Usage: "hold out about one document in N (by content hash)"},
 			&cli.Int64Flag{Name: "max-bytes", Usage: "read at most about this many bytes of corpus (0: all)"},
+			cutAboveFlag(), documentKiBFlag(),
 			&cli.IntFlag{Name: "log-every", Value: 10, Usage: "print a progress line every N steps"},
 			&cli.IntFlag{Name: "threads", Usage: "compute threads (default: all cores)"},
 			&cli.StringFlag{Name: "kernel", Value: "auto", Usage: "matmul micro-kernel: auto, avx512, avx2 or generic"},
@@ -58,6 +60,7 @@ func trainCommand() *cli.Command {
 			&cli.Float64Flag{Name: "lora-dropout", Usage: "dropout on the adapter's input, in [0, 1)"},
 			&cli.StringFlag{Name: "lora-targets", Usage: "projections to adapt, PEFT's target_modules: GPT-2's c_attn, c_proj (both), attn.c_proj, mlp.c_proj, c_fc; the Llama family's q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (default: every projection of the model's family)"},
 			&cli.StringFlag{Name: "merged", Usage: "with --lora-rank: also write the base with the adapter merged in to `DIR` at the end"},
+			&cli.StringFlag{Name: "metrics", Usage: "write a JSON line per step to `FILE` as training goes (step, loss, lr, grad_norm, tokens, tokens_per_sec, elapsed_s, and heldout_loss where evaluated); - is stdout, the progress lines then go to stderr"},
 			overwriteFlag("write into a non-empty --out or --merged, replacing the files of the names it writes (not needed for --out of the --resume directory)"),
 		}, deviceFlags()...),
 		Action: runTrain,
@@ -82,6 +85,11 @@ func runTrain(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	metrics, out, err := openMetrics(c, resume != "")
+	if err != nil {
+		return err
+	}
+	defer metrics.Close()
 	cfg := train.DefaultConfig()
 	if lora != loraOff {
 		cfg = train.DefaultLoRAConfig()
@@ -194,13 +202,20 @@ func runTrain(c *cli.Context) error {
 	}
 
 	start := time.Now()
-	corpus, err := train.LoadCorpus(c.StringSlice("input"), tok, train.CorpusOptions{
-		HoldoutEvery: c.Int("holdout-every"), MaxBytes: c.Int64("max-bytes")})
+	opt, err := corpusOptions(c, c.Int("holdout-every"))
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "corpus: %d files (%d skipped as empty or binary), %.1f MB, %d training and %d held-out tokens, read in %s\n",
-		corpus.Files, corpus.Skipped, float64(corpus.Bytes)/1e6, len(corpus.Train), len(corpus.Heldout), time.Since(start).Round(time.Millisecond))
+	corpus, err := train.LoadCorpus(c.StringSlice("input"), tok, opt)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "corpus: %d files (%d skipped as empty or binary), %.1f MB, %s, %d training and %d held-out tokens, read in %s\n",
+		corpus.Files, corpus.Skipped, float64(corpus.Bytes)/1e6, documentsText(corpus), len(corpus.Train), len(corpus.Heldout), time.Since(start).Round(time.Millisecond))
+	if len(corpus.Heldout) < 2 && opt.HoldoutEvery > 0 {
+		fmt.Fprintf(c.App.ErrWriter, "warning: the held-out split is empty (none of %d documents was held out at --holdout-every %d): held-out loss will not be evaluated; lower --holdout-every, or cut large files into more documents with a lower --cut-above-mib or --document-kib\n",
+			corpus.Documents, opt.HoldoutEvery)
+	}
 	where := fmt.Sprintf("kernels %s on %d threads", kernels.ActiveImpl(), kernels.Threads())
 	if dev != nil {
 		where = fmt.Sprintf("on %s in %s", dev.Info, prec)
@@ -237,19 +252,25 @@ func runTrain(c *cli.Context) error {
 			fmt.Fprintf(out, "note: the saved run was planned for %d steps; the learning-rate schedule is stretched to %d from here\n", tr.SavedSteps, cfg.Steps)
 		}
 	}
-	if cfg.EvalEvery > 0 && resume == "" {
+	if cfg.EvalEvery > 0 && resume == "" && len(tr.Corpus.Heldout) > 1 {
 		r, err := tr.Eval()
 		if err != nil {
 			return err
 		}
 		printEval(out, 0, r)
+		if err := metrics.write(withEval(metricsLine{}, r)); err != nil {
+			return err
+		}
 	}
-	return trainLoop(c, out, tr, tok)
+	if err := trainLoop(c, out, tr, tok, metrics); err != nil {
+		return err
+	}
+	return metrics.Close()
 }
 
 // trainLoop runs the steps, logging and checkpointing; on interrupt it saves
 // and stops.
-func trainLoop(c *cli.Context, out io.Writer, tr *train.Trainer, tok model.Tokenizer) error {
+func trainLoop(c *cli.Context, out io.Writer, tr *train.Trainer, tok model.Tokenizer, metrics *metricsLog) error {
 	cfg := tr.Config
 	dir, logEvery := c.String("out"), max(1, c.Int("log-every"))
 	var (
@@ -281,6 +302,7 @@ func trainLoop(c *cli.Context, out io.Writer, tr *train.Trainer, tok model.Token
 				step, cfg.Steps, st.Loss, st.LR, st.GradNorm, float64(tokens)/elapsed.Seconds())
 			tokens, elapsed = 0, 0
 		}
+		line := metrics.step(st)
 		if (cfg.EvalEvery > 0 && step%cfg.EvalEvery == 0) || step == cfg.Steps {
 			if len(tr.Corpus.Heldout) > 1 {
 				r, err := tr.Eval()
@@ -288,10 +310,16 @@ func trainLoop(c *cli.Context, out io.Writer, tr *train.Trainer, tok model.Token
 					return err
 				}
 				printEval(out, step, r)
+				line = withEval(line, r)
+			} else if step == cfg.Steps {
+				fmt.Fprintf(out, "step %5d | held-out loss not evaluated: the held-out split is empty\n", step)
 			}
 			if err := save(); err != nil {
 				return err
 			}
+		}
+		if err := metrics.write(line); err != nil {
+			return err
 		}
 	}
 	fmt.Fprintf(out, "saved %s\n", dir)
@@ -362,6 +390,42 @@ func setCompute(threads int, impl string) error {
 	}
 	kernels.SetThreads(threads)
 	return nil
+}
+
+// cutAboveFlag and documentKiBFlag say how train and eval cut a large file
+// into documents, as data prepare does by default.
+func cutAboveFlag() cli.Flag {
+	return &cli.IntFlag{Name: "cut-above-mib", Value: int(shard.DefaultConfig().CutAbove >> 20),
+		Usage: "cut a file of more MiB into documents of about --document-kib, at blank lines or else into fixed-size pieces, so that one large file gets a held-out split (0: a file is one document)"}
+}
+
+func documentKiBFlag() cli.Flag {
+	return &cli.IntFlag{Name: "document-kib", Value: int(shard.DefaultConfig().DocumentBytes >> 10),
+		Usage: "the size, in KiB, of the documents a file over --cut-above-mib is cut into"}
+}
+
+// corpusOptions reads the corpus flags shared by train and eval.
+func corpusOptions(c *cli.Context, holdoutEvery int) (train.CorpusOptions, error) {
+	if c.Int("cut-above-mib") < 0 || c.Int("document-kib") < 1 {
+		return train.CorpusOptions{}, fmt.Errorf("--cut-above-mib %d and --document-kib %d: want ≥ 0 and ≥ 1", c.Int("cut-above-mib"), c.Int("document-kib"))
+	}
+	return train.CorpusOptions{HoldoutEvery: holdoutEvery, MaxBytes: c.Int64("max-bytes"),
+		CutAbove: int64(c.Int("cut-above-mib")) << 20, DocumentBytes: int64(c.Int("document-kib")) << 10}, nil
+}
+
+// documentsText says how many documents a corpus has and how large files
+// were cut: "199 documents (1 file cut at blank lines)".
+func documentsText(c *train.Corpus) string {
+	s := plural(c.Documents, "document")
+	switch {
+	case c.CutParagraphs > 0 && c.CutFixed > 0:
+		s += fmt.Sprintf(" (%s cut at blank lines, %d without them into fixed-size pieces)", plural(c.CutParagraphs, "file"), c.CutFixed)
+	case c.CutParagraphs > 0:
+		s += fmt.Sprintf(" (%s cut at blank lines)", plural(c.CutParagraphs, "file"))
+	case c.CutFixed > 0:
+		s += fmt.Sprintf(" (%s without blank lines cut into fixed-size pieces)", plural(c.CutFixed, "file"))
+	}
+	return s
 }
 
 // printEval prints a held-out evaluation line.

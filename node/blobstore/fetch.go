@@ -163,7 +163,15 @@ func (s *Store) Fetch(ctx context.Context, tr transport.Transport, proto transpo
 		if ctx.Err() != nil {
 			break
 		}
-		opts.Logger.Warn("blobstore: source failed", "proto", string(proto), "hash", short(h), "peer", string(src.Peer), "addr", src.Addr, "err", err)
+		// A source that does not hold the object yet is routine while a
+		// dataset's replicas are being made (a placed holder is asked
+		// before its own copy arrives): the next source is tried, and the
+		// caller hears of it if all fail. Other failures are worth a warning.
+		level := slog.LevelWarn
+		if errors.Is(err, ErrNotFound) {
+			level = slog.LevelDebug
+		}
+		opts.Logger.Log(ctx, level, "blobstore: source failed", "proto", string(proto), "hash", short(h), "peer", string(src.Peer), "addr", src.Addr, "err", err)
 	}
 	return fe
 }

@@ -559,3 +559,35 @@ func TestFetchConcurrent(t *testing.T) {
 		t.Errorf("stats %+v, want %d ok and none active", st, len(clients)*len(hashes))
 	}
 }
+
+// A source that lacks the object (a replica not made yet) is routine: the
+// fetch goes on to the next, and says so at debug level, not as a warning;
+// other failures stay warnings.
+func TestFetchNotFoundIsNoWarning(t *testing.T) {
+	n := newTestNet(t, 11)
+	a, c, b := n.addServer("a"), n.addServer("c"), n.addClient("b")
+	obj := randomBytes(11, 1000)
+	h := c.put(t, obj)
+	log, logger := newTestLog(t)
+	if err := b.fetch(n.ctx, h, int64(len(obj)), blobstore.FetchOptions{Logger: logger}, a, c); err != nil {
+		t.Fatal(err)
+	}
+	b.requireObject(t, obj)
+	if line, ok := log.find("source failed", "peer=a"); !ok || !strings.Contains(line, "level=DEBUG") {
+		t.Errorf("the source without the object logged %q, want one line at debug level", line)
+	}
+	if line, ok := log.find("level=WARN"); ok {
+		t.Errorf("a fetch that found its object at the second source warned: %s", line)
+	}
+
+	n.mem.Isolate("a")
+	defer n.mem.Heal()
+	obj2 := randomBytes(12, 1000)
+	h2 := c.put(t, obj2)
+	if err := b.fetch(n.ctx, h2, int64(len(obj2)), blobstore.FetchOptions{Logger: logger}, a, c); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := log.find("level=WARN", "source failed", "peer=a"); !ok {
+		t.Errorf("an unreachable source logged no warning")
+	}
+}
