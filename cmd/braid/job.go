@@ -335,11 +335,16 @@ func jobExportCommand() *cli.Command {
 		ArgsUsage: "ID",
 		Description: "A full fine-tuning job's model is written in Hugging Face's GPT-2 layout. A LoRA job's adapter is\n" +
 			"written in PEFT's layout (adapter_config.json, adapter_model.safetensors); --merged DIR also writes\n" +
-			"the base model with the adapter merged in, as a plain model.",
-		Flags: append(apiFlags(), &cli.StringFlag{Name: "out", Required: true, Usage: "output `DIR` (created)"},
+			"the base model with the adapter merged in, as a plain model. --format gguf also writes the model (a LoRA\n" +
+			"job's: its base with the adapter merged in) as " + ggufFileName + " in --out, for llama.cpp and Ollama.",
+		Flags: append(append(apiFlags(), &cli.StringFlag{Name: "out", Required: true, Usage: "output `DIR` (created)"},
 			&cli.StringFlag{Name: "merged", Usage: "LoRA jobs: also write the merged full model to `DIR`"},
-			overwriteFlag("write into a non-empty --out or --merged, replacing the files of the names it writes")),
+			overwriteFlag("write into a non-empty --out or --merged, replacing the files of the names it writes")), formatFlags()...),
 		Action: func(c *cli.Context) error {
+			format, ggufType, err := exportFormat(c)
+			if err != nil {
+				return err
+			}
 			id, cl, js, err := jobStatusArg(c)
 			if err != nil {
 				return err
@@ -371,9 +376,9 @@ func jobExportCommand() *cli.Command {
 				}
 			}
 			fmt.Fprintf(c.App.Writer, "wrote %s (%s)\n", out, strings.Join(files, ", "))
-			if merged := c.String("merged"); merged != "" && lora {
-				base, err := os.MkdirTemp("", "braid-base-")
-				if err != nil {
+			var base string // a LoRA job's base, downloaded once for --merged and --format gguf
+			if lora && (c.String("merged") != "" || format == formatGGUF) {
+				if base, err = os.MkdirTemp("", "braid-base-"); err != nil {
 					return err
 				}
 				defer os.RemoveAll(base)
@@ -382,10 +387,15 @@ func jobExportCommand() *cli.Command {
 						return err
 					}
 				}
+			}
+			if merged := c.String("merged"); merged != "" && lora {
 				if err := model.MergeAdapterFiles(base, out, merged); err != nil {
 					return err
 				}
 				fmt.Fprintf(c.App.Writer, "wrote %s (the base with the adapter merged in)\n", merged)
+			}
+			if format == formatGGUF {
+				return exportJobGGUF(c, id, out, base, ggufType)
 			}
 			return nil
 		},

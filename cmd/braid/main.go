@@ -52,6 +52,7 @@ func newApp() *cli.App {
 			trainCommand(),
 			generateCommand(),
 			evalCommand(),
+			exportCommand(),
 			statusCommand(),
 			nodeCommand(),
 			benchCommand(),
