@@ -18,6 +18,19 @@
 // matrix whose rows are not a multiple of 32 values is written F16, as the
 // converter falls back.
 //
+// Checked two ways: every test reads the files back with an independent
+// reader (github.com/gpustack/gguf-parser-go), and, where llama.cpp is at
+// hand (scripts/llamacpp_check.cpp; go test -run TestLlamaCpp -args
+// -llamacpp PATH), llama.cpp itself loads them, computes the PyTorch
+// fixtures' logits, tokenizes as Hugging Face does and generates braid's
+// greedy text.
+//
+// Tokenizers llama.cpp cannot match whatever a file says: Qwen2's NFC
+// normalization, a Metaspace tokenizer that adds no ▁ before text that
+// starts with a space (Mistral's tokenizer.json; llama.cpp, like
+// SentencePiece, always adds one), and the spaces around a non-special
+// added token; TestLlamaCppTokenizes lists the texts.
+//
 // What it does not do: read GGUF files (the tests use an independent
 // reader), k-quants or any other quantisation than Q8_0, or Mistral's
 // sliding window: llama.cpp's llama architecture, which the converter
