@@ -124,6 +124,10 @@ func writeGGUF(c *cli.Context, path string, ck *model.Checkpoint, opt gguf.Optio
 	if err := gguf.WriteFile(path, ck, opt); err != nil {
 		return err
 	}
+	if w := ck.Config.SlidingWindow; w > 0 {
+		fmt.Fprintf(c.App.ErrWriter, "note: llama.cpp runs this %s as llama, without its sliding window of %d: it computes the same only on contexts of at most %d tokens\n",
+			ck.Config.Arch, w, w)
+	}
 	st, err := os.Stat(path)
 	if err != nil {
 		return err

@@ -138,6 +138,12 @@ func TestExportGGUF(t *testing.T) {
 			t.Fatalf("merged attn_qkv[%d] = %g, MergeAdapterFiles wrote %g", i, got[i], want[i])
 		}
 	}
+	// Mistral's sliding window: written, with a note that llama.cpp has none.
+	log = mustRunOut(t, "export", "--format", "gguf", "--model", "../../model/testdata/mistral_tiny", "--out", filepath.Join(dir, "mistral.gguf"))
+	if !strings.Contains(log, "without its sliding window of 5") {
+		t.Errorf("mistral export says %q, nothing about the sliding window", log)
+	}
+
 	st := filepath.Join(dir, "st")
 	mustRunOut(t, "export", "--format", "safetensors", "--model", "../../model/testdata/hf_tiny", "--adapter", "../../model/testdata/lora_tiny", "--out", st)
 	ck, err := model.LoadCheckpoint(st)
