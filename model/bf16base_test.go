@@ -1,0 +1,225 @@
+package model_test
+
+import (
+	"errors"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/braidml/braid/model"
+	"github.com/braidml/braid/model/safetensors"
+)
+
+// bf16Configs are small Llama-family shapes for the bf16-held base: tied
+// and untied heads, grouped queries, Qwen2's biases. The vocabulary is
+// larger than the scratch's rows (2·Hidden), so the head is widened in
+// several chunks, the last one partial.
+var bf16Configs = map[string]model.Config{
+	"llama tied GQA": {Arch: model.ArchLlama, Vocab: 300, Context: 16, Dim: 16, Layers: 2, Heads: 4, KVHeads: 2,
+		Hidden: 40, HeadDim: 4, NormEps: 1e-6, RopeTheta: 10000},
+	"llama untied": {Arch: model.ArchLlama, Vocab: 300, Context: 16, Dim: 16, Layers: 2, Heads: 4, KVHeads: 4,
+		Hidden: 40, HeadDim: 4, NormEps: 1e-6, RopeTheta: 10000, Untied: true},
+	"qwen2 biases": {Arch: model.ArchQwen2, Vocab: 300, Context: 16, Dim: 16, Layers: 2, Heads: 4, KVHeads: 2,
+		Hidden: 40, HeadDim: 4, NormEps: 1e-6, RopeTheta: 10000},
+}
+
+// TestFrozenBF16MatchesRounded: a model holding its base in bf16 computes
+// what a float32 model computes whose matrices were rounded to bf16 — the
+// logits, the loss and every gradient of the adapter, within 1e-5 — by
+// both routes to it (HoldBaseBF16 on a loaded model, NewFrozenBF16 with
+// SetBaseWeights), and BaseWeights gives the rounded weights back exactly.
+func TestFrozenBF16MatchesRounded(t *testing.T) {
+	for name, c := range bf16Configs {
+		t.Run(name, func(t *testing.T) {
+			const B, T = 2, 7
+			rng := rand.New(rand.NewPCG(1, 2))
+			params := make([]float32, c.NumParams())
+			for i := range params {
+				params[i] = float32(rng.NormFloat64() * 0.3) // large enough that rounding shows
+			}
+			rounded := make([]float32, len(params))
+			copy(rounded, params)
+			for _, p := range c.Layout() {
+				if len(p.Shape) == 2 {
+					for i := p.Offset; i < p.Offset+p.Size; i++ {
+						rounded[i] = safetensors.BF16ToFloat32(safetensors.BF16FromFloat32(params[i]))
+					}
+				}
+			}
+			tokens, targets := make([]int32, B*T), make([]int32, B*T)
+			for i := range tokens {
+				tokens[i], targets[i] = int32(rng.IntN(c.Vocab)), int32(rng.IntN(c.Vocab))
+			}
+			targets[3] = -1
+			adapter := func() *model.LoRA {
+				a, err := model.NewLoRA(c, model.LoRAConfig{Rank: 3, Alpha: 6, Targets: model.DefaultLlamaLoRATargets})
+				if err != nil {
+					t.Fatal(err)
+				}
+				a.Init(4)
+				for i := range a.Params { // B non-zero, so that every gradient is
+					a.Params[i] += 0.05
+				}
+				return a
+			}
+			run := func(m *model.Model) (loss float32, logits, grads []float32) {
+				t.Helper()
+				a := adapter()
+				if err := m.AttachLoRA(a); err != nil {
+					t.Fatal(err)
+				}
+				if !m.BaseHeldBF16() {
+					if err := m.DropBaseGrads(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				return forwardBackward(t, m, a, tokens, targets, B, T)
+			}
+
+			ref, err := model.New(c, B, T)
+			if err != nil {
+				t.Fatal(err)
+			}
+			copy(ref.Params, rounded)
+			wantLoss, wantLogits, wantGrads := run(ref)
+
+			// Route 1: a float32 model, frozen, then held in bf16.
+			held, err := model.New(c, B, T)
+			if err != nil {
+				t.Fatal(err)
+			}
+			copy(held.Params, params)
+			if held.BaseIsBF16() {
+				t.Fatal("BaseIsBF16 of random float32 weights")
+			}
+			a := adapter()
+			if err := held.AttachLoRA(a); err != nil {
+				t.Fatal(err)
+			}
+			if err := held.HoldBaseBF16(); !errors.Is(err, model.ErrBF16Base) {
+				t.Fatalf("HoldBaseBF16 with the base's gradients still there: %v, want ErrBF16Base", err)
+			}
+			if err := held.DropBaseGrads(); err != nil {
+				t.Fatal(err)
+			}
+			if err := held.HoldBaseBF16(); err != nil {
+				t.Fatal(err)
+			}
+			if held.Params != nil || !held.BaseHeldBF16() || !held.BaseIsBF16() {
+				t.Fatalf("after HoldBaseBF16: Params %d long, held %v", len(held.Params), held.BaseHeldBF16())
+			}
+			loss, logits, grads := forwardBackward(t, held, a, tokens, targets, B, T)
+			compare(t, "HoldBaseBF16", loss, logits, grads, wantLoss, wantLogits, wantGrads)
+
+			// Route 2: never a float32 base.
+			fresh, err := model.NewFrozenBF16(c, B, T)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fresh.SetBaseWeights(params)
+			if got := fresh.BaseWeights(); !equalBits(got, rounded) {
+				t.Fatal("BaseWeights is not the base rounded to bf16 (vectors kept)")
+			}
+			loss, logits, grads = run(fresh)
+			compare(t, "NewFrozenBF16", loss, logits, grads, wantLoss, wantLogits, wantGrads)
+
+			// Inference without an adapter: the logits alone.
+			fresh.DetachLoRA()
+			if _, err := fresh.Forward(tokens, nil, B, T); err != nil {
+				t.Fatal(err)
+			}
+			ref.DetachLoRA()
+			if _, err := ref.Forward(tokens, nil, B, T); err != nil {
+				t.Fatal(err)
+			}
+			if d, _ := maxAbsDiff(fresh.Logits(), ref.Logits()); d > 1e-5 {
+				t.Errorf("logits without an adapter differ by %g", d)
+			}
+			if err := fresh.Backward(1); err == nil {
+				t.Error("Backward on a bf16-held base without an adapter succeeded")
+			}
+		})
+	}
+}
+
+// TestFrozenBF16Init: Init on a bf16-held base draws what Init draws for a
+// float32 one, rounded.
+func TestFrozenBF16Init(t *testing.T) {
+	c := bf16Configs["qwen2 biases"]
+	f32, err := model.New(c, 1, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f32.Init(9)
+	b16, err := model.NewFrozenBF16(c, 1, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b16.Init(9)
+	for i, p := range c.Layout() {
+		want := f32.Params[p.Offset : p.Offset+p.Size]
+		got := b16.BaseWeights()[p.Offset : p.Offset+p.Size]
+		for j := range want {
+			w := want[j]
+			if len(p.Shape) == 2 {
+				w = safetensors.BF16ToFloat32(safetensors.BF16FromFloat32(w))
+			}
+			if got[j] != w {
+				t.Fatalf("tensor %d %s[%d] = %g, want %g", i, p.Name, j, got[j], w)
+			}
+		}
+	}
+	if _, err := model.NewFrozenBF16(model.Config{Arch: model.ArchGPT2, Vocab: 10, Context: 4, Dim: 4, Layers: 1, Heads: 1}, 1, 4); !errors.Is(err, model.ErrBF16Base) {
+		t.Errorf("NewFrozenBF16 of a GPT-2: %v, want ErrBF16Base", err)
+	}
+}
+
+// forwardBackward runs one step of the adapter a attached to m and returns
+// the loss, the logits and the adapter's gradients (copies).
+func forwardBackward(t *testing.T, m *model.Model, a *model.LoRA, tokens, targets []int32, B, T int) (float32, []float32, []float32) {
+	t.Helper()
+	m.ZeroGrad()
+	loss, err := m.Forward(tokens, targets, B, T)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logits := append([]float32(nil), m.Logits()...)
+	if err := m.Backward(1); err != nil {
+		t.Fatal(err)
+	}
+	return loss, logits, append([]float32(nil), a.Grads...)
+}
+
+func compare(t *testing.T, what string, loss float32, logits, grads []float32, wantLoss float32, wantLogits, wantGrads []float32) {
+	t.Helper()
+	if d := math.Abs(float64(loss - wantLoss)); d > 1e-5 {
+		t.Errorf("%s: loss %g, want %g", what, loss, wantLoss)
+	}
+	if d, _ := maxAbsDiff(logits, wantLogits); d > 1e-5 {
+		t.Errorf("%s: logits differ by up to %g", what, d)
+	}
+	if d, _ := maxAbsDiff(grads, wantGrads); d > 1e-5 {
+		t.Errorf("%s: adapter gradients differ by up to %g", what, d)
+	}
+	nonzero := 0
+	for _, g := range grads {
+		if g != 0 {
+			nonzero++
+		}
+	}
+	if nonzero < len(grads)/2 {
+		t.Errorf("%s: only %d of %d adapter gradients are non-zero", what, nonzero, len(grads))
+	}
+}
+
+func equalBits(a, b []float32) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
+			return false
+		}
+	}
+	return true
+}
