@@ -284,3 +284,27 @@ func (m *Model) initBF16(rng *rand.Rand) {
 		}
 	}
 }
+
+// VisitBaseWeights calls fn with the base's weights in Layout order, in
+// float32, a piece at a time: Params whole, or, with the base held in
+// bf16, widened into a buffer of 64 Ki values that fn must not keep. It
+// lets a caller hash or write the base without a float32 copy of it.
+func (m *Model) VisitBaseWeights(fn func(piece []float32)) {
+	if !m.BaseHeldBF16() {
+		fn(m.Params)
+		return
+	}
+	s := m.llama
+	buf := make([]float32, 1<<16)
+	for i, p := range m.Config.Layout() {
+		if len(p.Shape) != 2 {
+			fn(s.small[s.smallOff[i] : s.smallOff[i]+p.Size])
+			continue
+		}
+		for lo := p.Offset; lo < p.Offset+p.Size; lo += len(buf) {
+			hi := min(lo+len(buf), p.Offset+p.Size)
+			safetensors.BF16ToFloat32s(buf[:hi-lo], s.flat16[lo:hi])
+			fn(buf[:hi-lo])
+		}
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"os"
+	"strings"
 	"testing"
 
 	"github.com/braidml/braid/model"
@@ -222,4 +224,70 @@ func equalBits(a, b []float32) bool {
 		}
 	}
 	return true
+}
+
+// TestMergeAdapterFilesKeepsDtype: merging an adapter into a base stored
+// in bf16 writes the merged model in bf16 (torch_dtype bfloat16), its
+// weights the float32 merge rounded once; a float32 base stays float32.
+func TestMergeAdapterFilesKeepsDtype(t *testing.T) {
+	c := bf16Configs["llama tied GQA"]
+	for _, dtype := range []safetensors.Dtype{safetensors.BF16, safetensors.F32} {
+		t.Run(string(dtype), func(t *testing.T) {
+			tmp := t.TempDir()
+			base, ad, out := tmp+"/base", tmp+"/adapter", tmp+"/merged"
+			m, err := model.New(c, 1, 4)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m.Init(5)
+			if err := model.SaveCheckpointAs(base, c, model.ByteTokenizer{}, m.Params, model.WeightsFormat{Dtype: dtype}); err != nil {
+				t.Fatal(err)
+			}
+			a, err := model.NewLoRA(c, model.LoRAConfig{Rank: 2, Alpha: 4, Targets: []string{"q_proj", "down_proj"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			a.Init(6)
+			for i := range a.Params {
+				a.Params[i] += 0.1
+			}
+			if err := model.SaveAdapter(ad, a); err != nil {
+				t.Fatal(err)
+			}
+			if err := model.MergeAdapterFiles(base, ad, out); err != nil {
+				t.Fatal(err)
+			}
+			ck, err := model.LoadCheckpoint(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ck.Format.Dtype != dtype {
+				t.Errorf("merged model stored in %s, the base in %s", ck.Format.Dtype, dtype)
+			}
+			cfg, err := os.ReadFile(out + "/config.json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantTorch := map[safetensors.Dtype]string{safetensors.BF16: `"torch_dtype": "bfloat16"`, safetensors.F32: `"torch_dtype": "float32"`}[dtype]
+			if !strings.Contains(string(cfg), wantTorch) {
+				t.Errorf("config.json lacks %s:\n%s", wantTorch, cfg)
+			}
+			baseCk, err := model.LoadCheckpoint(base)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := model.MergeLoRA(c, baseCk.Params, a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if dtype == safetensors.BF16 {
+				for i, w := range want {
+					want[i] = safetensors.BF16ToFloat32(safetensors.BF16FromFloat32(w))
+				}
+			}
+			if !equalBits(ck.Params, want) {
+				t.Error("the merged weights are not the merge of the base and the adapter in the base's dtype")
+			}
+		})
+	}
 }

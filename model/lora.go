@@ -610,7 +610,8 @@ func dropoutLanes(p float64) (q uint16, scale float32) {
 
 // MergeAdapterFiles writes to outDir the base checkpoint in baseDir with
 // the adapter in adapterDir (PEFT layout) merged into its weights: a plain
-// model, as `braid job export --merged` gives it. Both inputs are checked
+// model, as `braid job export --merged` gives it, in the base's dtype and
+// shard layout (Checkpoint.Format). Both inputs are checked
 // as LoadCheckpoint and LoadAdapter check them.
 func MergeAdapterFiles(baseDir, adapterDir, outDir string) error {
 	ck, err := LoadCheckpoint(baseDir)
@@ -625,5 +626,5 @@ func MergeAdapterFiles(baseDir, adapterDir, outDir string) error {
 	if err != nil {
 		return err
 	}
-	return SaveCheckpoint(outDir, ck.Config, ck.Tokenizer, params)
+	return SaveCheckpointAs(outDir, ck.Config, ck.Tokenizer, params, ck.Format) // the base's dtype and shards
 }
