@@ -392,6 +392,14 @@ func newWorker(cfg JobConfig, m *model.Model, data *shard.Dataset, maxB, maxT in
 		if err := m.DropBaseGrads(); err != nil {
 			return nil, err
 		}
+		// A Llama-family base whose matrices are all bf16 values (a
+		// checkpoint stored in bf16) is held in bf16: half the memory,
+		// and the same maths (model.Model.HoldBaseBF16).
+		if !onDevice && m.Config.Arch != model.ArchGPT2 && m.BaseIsBF16() {
+			if err := m.HoldBaseBF16(); err != nil {
+				return nil, err
+			}
+		}
 	}
 	w.Opt = NewLayoutOptimizer(layout, float32(cfg.Beta1), float32(cfg.Beta2), float32(cfg.Eps), float32(cfg.WeightDecay))
 	w.ready = w.gradReady
