@@ -157,7 +157,9 @@ func New(c Config, maxB, maxT int) (*Model, error) { return newModel(c, maxB, ma
 
 // NewInference is New without gradients or backward buffers (about half the
 // memory): Forward works, Backward returns an error. For eval and generate.
-func NewInference(c Config, maxB, maxT int) (*Model, error) { return newModel(c, maxB, maxT, true, false) }
+func NewInference(c Config, maxB, maxT int) (*Model, error) {
+	return newModel(c, maxB, maxT, true, false)
+}
 
 // newModel is New or NewInference, or with held16 NewFrozenBF16 (a Llama
 // family config): the base in bf16, no Params or Grads.
