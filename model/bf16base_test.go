@@ -291,3 +291,44 @@ func TestMergeAdapterFilesKeepsDtype(t *testing.T) {
 		})
 	}
 }
+
+// TestLlamaBF16Reference: llama_bf16_tiny, stored in BF16 as transformers
+// saves a bfloat16 model, loads as BF16 and computes PyTorch's float64
+// logits and loss of its bf16 weights (within llamaTol), as a float32
+// model and held in bf16 alike. cmd/braid's TestEvalBF16Checkpoint checks
+// `braid eval`'s loss on its eval.txt.
+func TestLlamaBF16Reference(t *testing.T) {
+	const dir = "testdata/llama_bf16_tiny"
+	ref, tokens, targets, B, T := llamaRef(t, dir)
+	ck, err := model.LoadCheckpoint(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ck.Format.Dtype != safetensors.BF16 {
+		t.Fatalf("%s loads as %s, want BF16", dir, ck.Format.Dtype)
+	}
+	f32, err := model.NewInference(ck.Config, B, T)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f32.SetBaseWeights(ck.Params)
+	held, err := model.NewFrozenBF16(ck.Config, B, T)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held.SetBaseWeights(ck.Params)
+	if !equalBits(held.BaseWeights(), ck.Params) {
+		t.Fatal("holding a bf16-stored checkpoint in bf16 changed its weights")
+	}
+	want := ref.f32("loss")[0]
+	for name, m := range map[string]*model.Model{"float32": f32, "bf16-held": held} {
+		loss, err := m.Forward(tokens, targets, B, T)
+		if err != nil {
+			t.Fatal(err)
+		}
+		within(t, name+" logits", m.Logits(), ref.f32("logits"))
+		if d := math.Abs(float64(loss-want)) / float64(want); d > 5e-4 || math.Abs(float64(loss-want)) > llamaTol {
+			t.Errorf("%s: loss %.7f, PyTorch %.7f", name, loss, want)
+		}
+	}
+}

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"encoding/json"
+	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -65,5 +68,52 @@ func TestTrainLoRABF16Base(t *testing.T) {
 	}
 	if log, err := run(t, append([]string{"train", "--out", filepath.Join(tmp, "gpt2"), "--bf16-base"}, common[:len(common)-4]...)...); err == nil || !strings.Contains(err.Error(), "--bf16-base") {
 		t.Errorf("--bf16-base without LoRA: %v\n%s", err, log)
+	}
+}
+
+// TestEvalBF16Checkpoint is issue 16's bf16 target: `braid eval` of a
+// Llama checkpoint stored in bf16 (model/testdata/llama_bf16_tiny) gives
+// the loss PyTorch computes on its eval.txt within 5e-4 relative: the
+// float64 loss of the bf16 weights and PyTorch's bfloat16 forward alike
+// (gen_llama_reference.py's bf16_fixture records both).
+func TestEvalBF16Checkpoint(t *testing.T) {
+	dir := filepath.Join("..", "..", "model", "testdata", "llama_bf16_tiny")
+	f, err := safetensors.ReadFile(filepath.Join(dir, "reference.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	refLoss := func(name string) float64 {
+		t.Helper()
+		tt, ok := f.Tensor(name)
+		if !ok {
+			t.Fatalf("reference.safetensors has no %s", name)
+		}
+		v, err := tt.Float32s()
+		if err != nil || len(v) != 1 {
+			t.Fatalf("%s: %v, %d values", name, err, len(v))
+		}
+		return float64(v[0])
+	}
+	out, err := run(t, "eval", "--model", dir, "--input", filepath.Join(dir, "eval.txt"), "--seq-len", f.Metadata["eval_seq_len"], "--json")
+	if err != nil {
+		t.Fatalf("eval: %v\n%s", err, out)
+	}
+	var r struct {
+		Loss   float64
+		Tokens int
+	}
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("eval --json: %v\n%s", err, out)
+	}
+	if want := f.Metadata["eval_tokens"]; strconv.Itoa(r.Tokens) != want {
+		t.Errorf("eval scored %d tokens, the reference %s", r.Tokens, want)
+	}
+	for _, name := range []string{"eval_loss", "eval_loss_bf16"} {
+		want := refLoss(name)
+		rel := math.Abs(r.Loss-want) / want
+		t.Logf("braid eval loss %.6f, PyTorch %s %.6f: %.2e relative", r.Loss, name, want, rel)
+		if !(rel <= 5e-4) {
+			t.Errorf("braid eval loss %.6f, PyTorch's %s %.6f: %.2e relative > 5e-4", r.Loss, name, want, rel)
+		}
 	}
 }
