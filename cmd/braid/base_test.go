@@ -9,6 +9,7 @@ import (
 	"github.com/braidml/braid/model"
 	"github.com/braidml/braid/model/hftok"
 	"github.com/braidml/braid/model/modeltest"
+	"github.com/braidml/braid/model/safetensors"
 )
 
 // Jobs through the CLI on bases as Hugging Face publishes them. One whose
@@ -63,6 +64,9 @@ func TestJobOnHuggingFaceBases(t *testing.T) {
 	adapter, merged := filepath.Join(t.TempDir(), "adapter"), filepath.Join(t.TempDir(), "merged")
 	mustRunOut(t, "job", "export", lora, "--out", adapter, "--merged", merged, "--api", api)
 	loads(merged)
+	if ck, err := model.LoadCheckpoint(merged); err != nil || ck.Format.Dtype != safetensors.F32 {
+		t.Errorf("the merged export of an F32 base: %v, stored as %v, want F32", err, ck.Format.Dtype)
+	}
 	if _, err := os.Stat(filepath.Join(adapter, hftok.TokenizerFile)); err != nil {
 		t.Errorf("the adapter's export lacks the tokenizer: %v", err)
 	}
@@ -83,5 +87,7 @@ func TestJobOnHuggingFaceBases(t *testing.T) {
 	}
 	if ck, err := model.LoadCheckpoint(exp); err != nil || ck.Config != want.Config || ck.Tokenizer.Name() != "byte" {
 		t.Errorf("the sharded base's export: %v (want a %+v with the byte tokenizer)", err, want.Config)
+	} else if ck.Format.Dtype != safetensors.BF16 {
+		t.Errorf("the bf16 base's export is %s, want BF16 (the base's dtype)", ck.Format.Dtype)
 	}
 }
