@@ -124,6 +124,18 @@ func TestFrozenBF16MatchesRounded(t *testing.T) {
 			}
 			loss, logits, grads = run(fresh)
 			compare(t, "NewFrozenBF16", loss, logits, grads, wantLoss, wantLogits, wantGrads)
+			step := func() {
+				fresh.ZeroGrad()
+				if _, err := fresh.Forward(tokens, targets, B, T); err != nil {
+					t.Fatal(err)
+				}
+				if err := fresh.Backward(1); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if n := allocsPerRun(10, step); n != 0 {
+				t.Errorf("a step on the bf16-held base allocates %v times", n)
+			}
 
 			// Inference without an adapter: the logits alone.
 			fresh.DetachLoRA()
