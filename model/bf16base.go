@@ -47,8 +47,74 @@ func NewFrozenBF16(c Config, maxB, maxT int) (*Model, error) {
 	if !c.llamaFamily() {
 		return nil, fmt.Errorf("%w: %s is not of the Llama family (llama, mistral, qwen2)", ErrBF16Base, c.Arch)
 	}
-	return newModel(c, maxB, maxT, false, true)
+	return newModel(c, maxB, maxT, false, newHeldBase(c))
 }
+
+// NewFrozenBF16From is NewFrozenBF16 around a base already held in bf16
+// (LoadCheckpointHeld), which the model takes over without a copy.
+func NewFrozenBF16From(b *HeldBase, maxB, maxT int) (*Model, error) {
+	if b == nil || b.flat16 == nil {
+		return nil, fmt.Errorf("%w: NewFrozenBF16From without a base (or with one another model took)", ErrBF16Base)
+	}
+	if !b.Config.llamaFamily() {
+		return nil, fmt.Errorf("%w: %s is not of the Llama family (llama, mistral, qwen2)", ErrBF16Base, b.Config.Arch)
+	}
+	m, err := newModel(b.Config, maxB, maxT, false, b)
+	if err == nil {
+		b.flat16, b.small = nil, nil // the model's now
+	}
+	return m, err
+}
+
+// HeldBase is a Llama-family base's weights held in bf16 outside a model:
+// what LoadCheckpointHeld reads for NewFrozenBF16From, the matrices as
+// bf16 bits and the vectors in float32.
+type HeldBase struct {
+	Config   Config
+	flat16   []uint16  // every weight in Layout order; the vectors' entries are unused
+	small    []float32 // the vectors, in Layout order without the matrices
+	smallOff []int     // for each Layout entry that is a vector, its offset in small
+}
+
+// newHeldBase allocates a zero base of config c.
+func newHeldBase(c Config) *HeldBase {
+	b := &HeldBase{Config: c, flat16: make([]uint16, c.NumParams())}
+	ps := c.Layout()
+	b.smallOff = make([]int, len(ps))
+	n := 0
+	for i, p := range ps {
+		if len(p.Shape) != 2 {
+			b.smallOff[i] = n
+			n += p.Size
+		}
+	}
+	b.small = make([]float32, n)
+	return b
+}
+
+// setTensor reads Layout entry i, p, from t: a matrix's bf16 bits as they
+// are, any other dtype rounded to bf16 through *scratch (grown as needed);
+// a vector in float32.
+func (b *HeldBase) setTensor(i int, p Param, t *safetensors.Tensor, scratch *[]float32) error {
+	if len(p.Shape) != 2 {
+		return t.CopyFloat32s(b.small[b.smallOff[i] : b.smallOff[i]+p.Size])
+	}
+	dst := b.flat16[p.Offset : p.Offset+p.Size]
+	if t.Dtype == safetensors.BF16 {
+		return t.CopyBF16Bits(dst)
+	}
+	if len(*scratch) < p.Size {
+		*scratch = make([]float32, p.Size)
+	}
+	if err := t.CopyFloat32s((*scratch)[:p.Size]); err != nil {
+		return err
+	}
+	safetensors.BF16FromFloat32s(dst, (*scratch)[:p.Size])
+	return nil
+}
+
+// embedding returns element i of the token embedding, widened.
+func (b *HeldBase) embedding(i int) float32 { return safetensors.BF16ToFloat32(b.flat16[i]) }
 
 // BaseHeldBF16 reports whether the model holds its base in bf16
 // (NewFrozenBF16, HoldBaseBF16).
@@ -70,7 +136,7 @@ func (m *Model) HoldBaseBF16() error {
 		return fmt.Errorf("%w: the base is not frozen (attach a LoRA adapter and call DropBaseGrads first)", ErrBF16Base)
 	}
 	params := m.Params
-	m.holdBF16()
+	m.holdBF16(newHeldBase(m.Config))
 	m.SetBaseWeights(params)
 	m.Params = nil
 	return nil
@@ -142,30 +208,18 @@ func (m *Model) BaseWeights() []float32 {
 
 // bf16Held is what llamaState keeps for a base held in bf16.
 type bf16Held struct {
-	flat16   []uint16             // every weight in Layout order; the vectors' entries are unused
+	HeldBase                      // the weights; llamaState.p's vectors point into small
 	p16      llamaViewsOf[uint16] // the matrices' views into flat16 (vectors nil); blocks nil when not held
-	small    []float32            // the vectors, in Layout order without the matrices: llamaState.p's vectors point here
-	smallOff []int                // for each Layout entry that is a vector, its offset in small
 	wbuf     []float32            // the widened matrix (or chunk of the head) in use
 	widen    widenTask            // widens into wbuf in parallel
 }
 
-// holdBF16 allocates the bf16 buffers of a Llama-family model and points
-// the parameter views at them: matrices in flat16, vectors in small. The
-// values are zero.
-func (m *Model) holdBF16() {
+// holdBF16 makes a Llama-family model hold its base in b and points the
+// parameter views at it: matrices in flat16, vectors in small.
+func (m *Model) holdBF16(b *HeldBase) {
 	c, s := m.Config, m.llama
 	ps := c.llamaLayout()
-	s.flat16 = make([]uint16, c.NumParams())
-	s.smallOff = make([]int, len(ps))
-	n := 0
-	for i, p := range ps {
-		if len(p.Shape) != 2 {
-			s.smallOff[i] = n
-			n += p.Size
-		}
-	}
-	s.small = make([]float32, n)
+	s.HeldBase = *b
 	s.p16 = llamaViewsFrom(c, func(i, j int) []uint16 {
 		if len(ps[i].Shape) != 2 {
 			return nil

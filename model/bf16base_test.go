@@ -2,9 +2,11 @@ package model_test
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -342,5 +344,72 @@ func TestLlamaBF16Reference(t *testing.T) {
 		if d := math.Abs(float64(loss-want)) / float64(want); d > 5e-4 || math.Abs(float64(loss-want)) > llamaTol {
 			t.Errorf("%s: loss %.7f, PyTorch %.7f", name, loss, want)
 		}
+	}
+}
+
+// TestLoadCheckpointHeld: a bf16-stored checkpoint loads straight into a
+// HeldBase (no float32 Params) that computes as the float32 load does; an
+// F32 one loads as LoadCheckpoint does unless asked to round, and then
+// holds what SetBaseWeights rounds; a GPT-2 is never held.
+func TestLoadCheckpointHeld(t *testing.T) {
+	logits := func(m *model.Model, tokens []int32, B, T int) []float32 {
+		t.Helper()
+		if _, err := m.Forward(tokens, nil, B, T); err != nil {
+			t.Fatal(err)
+		}
+		return append([]float32(nil), m.Logits()...)
+	}
+	for _, tc := range []struct {
+		dir         string
+		round, bf16 bool
+	}{
+		{"testdata/llama_bf16_tiny", false, true},
+		{"testdata/llama_tiny", false, false},
+		{"testdata/llama_tiny", true, true},
+		{"testdata/qwen2_tiny", true, true},
+		{"testdata/hf_tiny_bf16_sharded", true, false}, // GPT-2
+	} {
+		t.Run(fmt.Sprintf("%s round=%v", filepath.Base(tc.dir), tc.round), func(t *testing.T) {
+			ck, held, err := model.LoadCheckpointHeld(tc.dir, tc.round)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (held != nil) != tc.bf16 || (ck.Params == nil) != tc.bf16 {
+				t.Fatalf("held %v, Params %d long; want held %v", held != nil, len(ck.Params), tc.bf16)
+			}
+			ref, err := model.LoadCheckpoint(tc.dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ck.Config != ref.Config || ck.Format != ref.Format {
+				t.Errorf("config or format differ from LoadCheckpoint's: %+v %+v", ck.Format, ref.Format)
+			}
+			if !tc.bf16 {
+				if !equalBits(ck.Params, ref.Params) {
+					t.Error("not held, yet other weights than LoadCheckpoint's")
+				}
+				return
+			}
+			const B, T = 1, 9
+			m, err := model.NewFrozenBF16From(held, B, T)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := model.NewFrozenBF16(ref.Config, B, T)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want.SetBaseWeights(ref.Params)
+			if !equalBits(m.BaseWeights(), want.BaseWeights()) {
+				t.Fatal("the held base differs from the float32 load rounded to bf16")
+			}
+			tokens := []int32{1, 5, 9, 200, 17, 3, 3, 250, 0}
+			if d, _ := maxAbsDiff(logits(m, tokens, B, T), logits(want, tokens, B, T)); d != 0 {
+				t.Errorf("logits differ by %g", d)
+			}
+			if _, err := model.NewFrozenBF16From(held, B, T); err == nil {
+				t.Error("a HeldBase went into two models")
+			}
+		})
 	}
 }

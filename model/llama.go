@@ -228,9 +228,10 @@ func llamaMemoryBytes(c Config, maxB, maxT int, inference bool) int64 {
 }
 
 // newLlama allocates the Llama family's buffers of a Model that newModel
-// has made (Params, the batch bounds); with held16, the base's buffers in
+// has made (Params, the batch bounds); with held, the base held there in
 // bf16 instead of Params, and no Grads.
-func (m *Model) newLlama(inference, held16 bool) {
+func (m *Model) newLlama(inference bool, held *HeldBase) {
+	held16 := held != nil
 	c := m.Config
 	BT, C, V, H := m.maxB*m.maxT, c.Dim, c.Vocab, c.Hidden
 	NH, hd := c.Heads, c.HeadDim
@@ -240,7 +241,7 @@ func (m *Model) newLlama(inference, held16 bool) {
 	s := &llamaState{eps: float32(c.NormEps)}
 	m.llama = s
 	if held16 {
-		m.holdBF16()
+		m.holdBF16(held)
 	} else {
 		s.p = makeLlamaViews(c, m.Params)
 	}

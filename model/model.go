@@ -153,17 +153,18 @@ func MemoryBytes(c Config, maxB, maxT int, inference bool) int64 {
 // to maxB sequences of up to maxT ≤ c.Context tokens, for training (with a
 // gradient buffer and backward scratch). Parameters are zero; call Init or
 // load a checkpoint. It fails if the model would need more than MemoryLimit.
-func New(c Config, maxB, maxT int) (*Model, error) { return newModel(c, maxB, maxT, false, false) }
+func New(c Config, maxB, maxT int) (*Model, error) { return newModel(c, maxB, maxT, false, nil) }
 
 // NewInference is New without gradients or backward buffers (about half the
 // memory): Forward works, Backward returns an error. For eval and generate.
 func NewInference(c Config, maxB, maxT int) (*Model, error) {
-	return newModel(c, maxB, maxT, true, false)
+	return newModel(c, maxB, maxT, true, nil)
 }
 
-// newModel is New or NewInference, or with held16 NewFrozenBF16 (a Llama
-// family config): the base in bf16, no Params or Grads.
-func newModel(c Config, maxB, maxT int, inference, held16 bool) (*Model, error) {
+// newModel is New or NewInference, or with held (a Llama family config's)
+// NewFrozenBF16From: the base in held, no Params or Grads.
+func newModel(c Config, maxB, maxT int, inference bool, held *HeldBase) (*Model, error) {
+	held16 := held != nil
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
@@ -185,7 +186,7 @@ func newModel(c Config, maxB, maxT int, inference, held16 bool) (*Model, error) 
 		m.Params = make([]float32, n)
 	}
 	if c.llamaFamily() {
-		m.newLlama(inference, held16)
+		m.newLlama(inference, held)
 		return m, nil
 	}
 	m.p = makeViews(c, m.Params)
