@@ -14,7 +14,6 @@ import (
 	"github.com/braidml/braid/kernels"
 	"github.com/braidml/braid/model"
 	"github.com/braidml/braid/model/cudamodel"
-	"github.com/braidml/braid/model/safetensors"
 	"github.com/braidml/braid/shard"
 	"github.com/braidml/braid/train"
 )
@@ -137,8 +136,18 @@ func runTrain(c *cli.Context) error {
 	} else if lora == loraResume {
 		baseDir = modelDir
 	}
+	// A LoRA run's frozen Llama-family base is read straight into bf16
+	// when stored so (the same maths in half the memory), or rounded on
+	// --bf16-base: held, and params stays nil.
+	var held *model.HeldBase
 	if baseDir != "" {
-		ck, err := model.LoadCheckpoint(baseDir)
+		var ck *model.Checkpoint
+		var err error
+		if lora != loraOff {
+			ck, held, err = model.LoadCheckpointHeld(baseDir, c.Bool("bf16-base"))
+		} else {
+			ck, err = model.LoadCheckpoint(baseDir)
+		}
 		if err != nil {
 			return err
 		}
@@ -161,27 +170,31 @@ func runTrain(c *cli.Context) error {
 	if dev != nil {
 		defer dev.Close()
 	}
-	// A LoRA run's frozen Llama-family base is held in bf16 when stored
-	// so (the same maths in half the memory), or rounded on --bf16-base.
-	held16 := dev == nil && lora != loraOff && mc.Arch != model.ArchGPT2 &&
-		(baseFormat.Dtype == safetensors.BF16 || c.Bool("bf16-base"))
-	if c.Bool("bf16-base") && !held16 {
+	if c.Bool("bf16-base") && (held == nil || dev != nil) {
 		return fmt.Errorf("--bf16-base holds the frozen base of a LoRA run (--lora-rank or --resume of an adapter) of a Llama-family model on the CPU; this run is none")
+	}
+	if dev != nil && held != nil { // the GPU takes float32 weights
+		ck, err := model.LoadCheckpoint(baseDir)
+		if err != nil {
+			return err
+		}
+		params, held = ck.Params, nil
 	}
 	var m *model.Model
 	if dev != nil {
 		m, err = model.NewInference(mc, 1, 1) // the host copy of the weights; the GPU holds the activations
-	} else if held16 {
-		m, err = model.NewFrozenBF16(mc, cfg.Batch, T)
+	} else if held != nil {
+		m, err = model.NewFrozenBF16From(held, cfg.Batch, T)
 	} else {
 		m, err = model.New(mc, cfg.Batch, T)
 	}
 	if err != nil {
 		return err
 	}
-	if params != nil {
+	switch {
+	case params != nil:
 		m.SetBaseWeights(params)
-	} else {
+	case held == nil:
 		m.Init(cfg.Seed)
 	}
 	var adapter *model.LoRA
