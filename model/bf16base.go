@@ -206,6 +206,21 @@ func (m *Model) BaseWeights() []float32 {
 	return out
 }
 
+// MergedWeights is MergeLoRA of the base's weights (BaseWeights) and
+// adapter a: with the base held in bf16, merged into BaseWeights' copy, so
+// that the float32 model exists once.
+func (m *Model) MergedWeights(a *LoRA) ([]float32, error) {
+	if !m.BaseHeldBF16() {
+		return MergeLoRA(m.Config, m.Params, a)
+	}
+	if a.Base != m.Config {
+		return nil, fmt.Errorf("model: MergedWeights: the adapter is for %+v, the model is %+v", a.Base, m.Config)
+	}
+	out := m.BaseWeights()
+	mergeLoRAInto(m.Config, out, a)
+	return out, nil
+}
+
 // bf16Held is what llamaState keeps for a base held in bf16.
 type bf16Held struct {
 	HeldBase                      // the weights; llamaState.p's vectors point into small

@@ -413,3 +413,33 @@ func TestLoadCheckpointHeld(t *testing.T) {
 		})
 	}
 }
+
+// TestMergedWeights: merging an adapter into a bf16-held base gives
+// MergeLoRA of the base's (rounded) weights, bit for bit.
+func TestMergedWeights(t *testing.T) {
+	c := bf16Configs["qwen2 biases"]
+	m, err := model.NewFrozenBF16(c, 1, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Init(3)
+	a, err := model.NewLoRA(c, model.LoRAConfig{Rank: 2, Alpha: 4, Targets: []string{"k_proj", "up_proj"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Init(4)
+	for i := range a.Params {
+		a.Params[i] += 0.1
+	}
+	want, err := model.MergeLoRA(c, m.BaseWeights(), a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := m.MergedWeights(a)
+	if err != nil || !equalBits(got, want) {
+		t.Fatalf("MergedWeights: %v, or other weights than MergeLoRA's", err)
+	}
+	if equalBits(got, m.BaseWeights()) {
+		t.Fatal("the merge changed nothing")
+	}
+}

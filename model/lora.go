@@ -486,6 +486,12 @@ func MergeLoRA(c Config, params []float32, a *LoRA) ([]float32, error) {
 		return nil, fmt.Errorf("model: MergeLoRA: %d parameters, config needs %d", len(params), c.NumParams())
 	}
 	out := slices.Clone(params)
+	mergeLoRAInto(c, out, a)
+	return out, nil
+}
+
+// mergeLoRAInto is MergeLoRA in place, on checked arguments.
+func mergeLoRAInto(c Config, out []float32, a *LoRA) {
 	ws := projectionWeights(c, out)
 	r := a.Config.Rank
 	var sb []float32
@@ -504,7 +510,6 @@ func MergeLoRA(c Config, params []float32, a *LoRA) ([]float32, error) {
 			kernels.Gemm(false, false, o, in, r, sb, r, pair.a, in, w[p], in, true) // W (out, in) += s·B·A
 		}
 	}
-	return out, nil
 }
 
 // ---- Dropout ----

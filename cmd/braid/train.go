@@ -356,7 +356,7 @@ func trainLoop(c *cli.Context, out io.Writer, tr *train.Trainer, tok model.Token
 	}
 	fmt.Fprintf(out, "saved %s\n", dir)
 	if merged := c.String("merged"); merged != "" {
-		params, err := model.MergeLoRA(tr.Model.Config, tr.Model.BaseWeights(), tr.LoRA)
+		params, err := tr.Model.MergedWeights(tr.LoRA)
 		if err != nil {
 			return err
 		}
