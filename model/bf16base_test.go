@@ -443,3 +443,51 @@ func TestMergedWeights(t *testing.T) {
 		t.Fatal("the merge changed nothing")
 	}
 }
+
+// FuzzLoadCheckpointHeld: arbitrary weights and config bytes read into a
+// bf16-held base give a base, a float32 checkpoint or an error, never a
+// panic; a base read agrees with LoadCheckpoint's weights rounded.
+func FuzzLoadCheckpointHeld(f *testing.F) {
+	for _, dir := range []string{"testdata/llama_bf16_tiny", "testdata/qwen2_tiny", "testdata/llama_tiny"} {
+		weights, _ := os.ReadFile(filepath.Join(dir, model.WeightsFile))
+		config, _ := os.ReadFile(filepath.Join(dir, model.ConfigFile))
+		f.Add(weights, config, false)
+		f.Add(weights, config, true)
+		f.Add(weights[:len(weights)/2], config, true)
+	}
+	f.Fuzz(func(t *testing.T, weights, config []byte, round bool) {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, model.WeightsFile), weights, 0o644)
+		os.WriteFile(filepath.Join(dir, model.ConfigFile), config, 0o644)
+		ck, held, err := model.LoadCheckpointHeld(dir, round)
+		if err != nil {
+			return
+		}
+		if held == nil {
+			if len(ck.Params) != ck.Config.NumParams() {
+				t.Fatalf("loaded %d params for a config of %d", len(ck.Params), ck.Config.NumParams())
+			}
+			return
+		}
+		ref, err := model.LoadCheckpoint(dir)
+		if err != nil {
+			t.Fatalf("held, yet LoadCheckpoint fails: %v", err)
+		}
+		m, err := model.NewFrozenBF16From(held, 1, 1)
+		if err != nil {
+			return // a config too large for MemoryLimit
+		}
+		want, err := model.NewFrozenBF16(ref.Config, 1, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want.SetBaseWeights(ref.Params)
+		got, wantW := m.BaseWeights(), want.BaseWeights()
+		for i := range got {
+			// A NaN's payload may differ: rounding quiets a signalling one.
+			if math.Float32bits(got[i]) != math.Float32bits(wantW[i]) && !(got[i] != got[i] && wantW[i] != wantW[i]) {
+				t.Fatalf("weight %d: held %g, LoadCheckpoint's rounded %g", i, got[i], wantW[i])
+			}
+		}
+	})
+}
