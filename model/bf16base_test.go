@@ -485,7 +485,7 @@ func FuzzLoadCheckpointHeld(f *testing.F) {
 		got, wantW := m.BaseWeights(), want.BaseWeights()
 		for i := range got {
 			// A NaN's payload may differ: rounding quiets a signalling one.
-			if math.Float32bits(got[i]) != math.Float32bits(wantW[i]) && !(got[i] != got[i] && wantW[i] != wantW[i]) {
+			if math.Float32bits(got[i]) != math.Float32bits(wantW[i]) && !(math.IsNaN(float64(got[i])) && math.IsNaN(float64(wantW[i]))) {
 				t.Fatalf("weight %d: held %g, LoadCheckpoint's rounded %g", i, got[i], wantW[i])
 			}
 		}
