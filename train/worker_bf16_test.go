@@ -3,6 +3,7 @@ package train_test
 import (
 	"context"
 	"math"
+	"strings"
 	"testing"
 
 	"github.com/braidml/braid/model"
@@ -48,6 +49,29 @@ func TestLoRAWorkerHoldsBF16Base(t *testing.T) {
 		return w
 	}
 	held, ref := worker(false), worker(true)
+	// A model made with its base in bf16 from the start (as a node makes
+	// one for a bf16-stored base) trains exactly as the one held by
+	// NewWorker.
+	fresh, err := model.NewFrozenBF16(mc, cfg.MicroBatch, data.Manifest.SeqLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh.Init(1)
+	if got, want := train.BaseWeightsHash(fresh), train.BaseWeightsHash(held.Model); got != want {
+		t.Fatalf("NewFrozenBF16 and Init: base hash %.12s…, the held one's %.12s…", got, want)
+	}
+	early, err := train.NewWorker(cfg, fresh, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := testJob(3, 6, 3)
+	other, err := model.NewFrozenBF16(mc, cfg.MicroBatch, data.Manifest.SeqLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := train.NewWorker(full, other, data); err == nil || !strings.Contains(err.Error(), "bf16") {
+		t.Errorf("full fine-tuning of a bf16-held base: %v, want an error naming bf16", err)
+	}
 	if held.Model.Params != nil {
 		t.Error("a worker holding its base in bf16 kept the float32 Params")
 	}
@@ -63,6 +87,13 @@ func TestLoRAWorkerHoldsBF16Base(t *testing.T) {
 		}
 		if math.Abs(a.Loss-b.Loss) > 1e-5 || math.IsNaN(a.Loss) {
 			t.Errorf("step %d: loss %g on the bf16-held base, %g on the float32 one", step, a.Loss, b.Loss)
+		}
+		e, err := early.Step(context.Background(), partsFor(t, early, step, 1)[0], red)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Loss != a.Loss {
+			t.Errorf("step %d: loss %g with NewFrozenBF16's base, %g with NewWorker's holding", step, e.Loss, a.Loss)
 		}
 	}
 	d := 0.0
