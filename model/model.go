@@ -225,7 +225,8 @@ func (m *Model) MaxBatch() (B, T int) { return m.maxB, m.maxT }
 // N(0, 0.02²), the residual projections (attn.c_proj, mlp.c_proj) N(0,
 // (0.02/sqrt(2L))²), LayerNorm weights 1, biases 0. The Llama family's is
 // Hugging Face's: every matrix N(0, 0.02²), RMSNorm weights 1, biases 0.
-// The same seed gives the same bytes on every machine.
+// The same seed gives the same bytes on every machine. A base held in bf16
+// (NewFrozenBF16) gets the same draws, rounded to bf16.
 func (m *Model) Init(seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 0x6272616964)) // "braid"
 	if m.BaseHeldBF16() {
