@@ -326,13 +326,44 @@ func checkTokenizer(c Config, tok Tokenizer, path string) error {
 // float32; never the files' bytes. A BF16 checkpoint of 1.1B parameters
 // (2.2 GB in five shards) loads at 4.6 GB peak RSS, its parameters 4.45 GB.
 func LoadCheckpoint(dir string) (*Checkpoint, error) {
+	ck, _, err := loadCheckpoint(dir, holdNever)
+	return ck, err
+}
+
+// LoadCheckpointHeld is LoadCheckpoint for the frozen base of a LoRA run:
+// a Llama-family checkpoint stored in BF16 (or, with round, in any dtype)
+// is read straight into a HeldBase for NewFrozenBF16From — its matrices'
+// bf16 bits as they are (or rounded to bf16), its vectors in float32 —
+// and the Checkpoint has no Params; any other comes back as LoadCheckpoint
+// returns it, and a nil HeldBase. The checks are LoadCheckpoint's. The
+// peak memory is then the base in bf16 (2 bytes a weight) plus the largest
+// tensor's bytes as stored: a Llama-3.2-1B never exists in float32.
+func LoadCheckpointHeld(dir string, round bool) (*Checkpoint, *HeldBase, error) {
+	mode := holdIfBF16
+	if round {
+		mode = holdAlways
+	}
+	return loadCheckpoint(dir, mode)
+}
+
+// A holdMode says where loadWeights puts the weights: float32 Params, or
+// a HeldBase.
+type holdMode int
+
+const (
+	holdNever  holdMode = iota // Params
+	holdIfBF16                 // a HeldBase if the family is Llama's and the weights are all BF16
+	holdAlways                 // a HeldBase for the Llama family, rounding other dtypes
+)
+
+func loadCheckpoint(dir string, hold holdMode) (*Checkpoint, *HeldBase, error) {
 	c, tok, err := ReadConfig(dir)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	set, err := safetensors.OpenDir(dir)
 	if err != nil {
-		return nil, weightsError(err)
+		return nil, nil, weightsError(err)
 	}
 	src := weightSource{name: filepath.Join(dir, WeightsFile), each: set.Each, shards: set.MaxShardBytes()}
 	if set.Index != nil {
@@ -341,7 +372,7 @@ func LoadCheckpoint(dir string) (*Checkpoint, error) {
 	for _, t := range set.Tensors {
 		src.tensors = append(src.tensors, weightInfo{safetensors.Tensor{Name: t.Name, Dtype: t.Dtype, Shape: t.Shape}, filepath.Join(dir, t.File)})
 	}
-	return loadWeights(c, tok, src)
+	return loadWeights(c, tok, src, hold)
 }
 
 // tensorName returns the Layout name of a tensor named name in a
@@ -395,7 +426,8 @@ func decodeWeights(c Config, tok Tokenizer, b []byte, path string) (*Checkpoint,
 	for _, t := range f.Tensors {
 		src.tensors = append(src.tensors, weightInfo{t, path})
 	}
-	return loadWeights(c, tok, src)
+	ck, _, err := loadWeights(c, tok, src, holdNever)
+	return ck, err
 }
 
 // weightSource is a checkpoint's tensors, one file's or a sharded set's:
@@ -415,8 +447,9 @@ type weightInfo struct {
 	file string
 }
 
-// loadWeights reads the parameters of a model of config c from src.
-func loadWeights(c Config, tok Tokenizer, src weightSource) (*Checkpoint, error) {
+// loadWeights reads the parameters of a model of config c from src: into
+// the Checkpoint's Params, or, as hold says, into a HeldBase.
+func loadWeights(c Config, tok Tokenizer, src weightSource, hold holdMode) (*Checkpoint, *HeldBase, error) {
 	bad := func(file, format string, args ...any) error {
 		return fmt.Errorf("%w: %s: "+format, append([]any{ErrCheckpoint, file}, args...)...)
 	}
@@ -447,12 +480,12 @@ func loadWeights(c Config, tok Tokenizer, src weightSource) (*Checkpoint, error)
 		switch {
 		case isParam:
 			if found[k] != nil {
-				return nil, bad(t.file, "tensor %s appears twice (as %s and %s)", name, found[k].Name, t.Name)
+				return nil, nil, bad(t.file, "tensor %s appears twice (as %s and %s)", name, found[k].Name, t.Name)
 			}
 			found[k] = t
 		case name == "lm_head.weight":
 			if lmHead != nil {
-				return nil, bad(t.file, "tensor lm_head.weight appears twice (as %s and %s)", lmHead.Name, t.Name)
+				return nil, nil, bad(t.file, "tensor lm_head.weight appears twice (as %s and %s)", lmHead.Name, t.Name)
 			}
 			lmHead = t
 		case buffer[name]:
@@ -472,26 +505,26 @@ func loadWeights(c Config, tok Tokenizer, src weightSource) (*Checkpoint, error)
 			more = fmt.Sprintf(" (and %d more: %s)", n, strings.Join(unexpected[1:], ", "))
 		}
 		if c.llamaFamily() {
-			return nil, bad(unexpectedFile, "unexpected tensor %s%s: not a parameter of the %s config.json describes (num_hidden_layers = %d, tie_word_embeddings = %v)",
+			return nil, nil, bad(unexpectedFile, "unexpected tensor %s%s: not a parameter of the %s config.json describes (num_hidden_layers = %d, tie_word_embeddings = %v)",
 				unexpected[0], more, c.Arch, c.Layers, !c.Untied)
 		}
-		return nil, bad(unexpectedFile, "unexpected tensor %s%s: neither a parameter of the GPT-2 config.json describes (n_layer = %d) nor a known GPT-2 buffer",
+		return nil, nil, bad(unexpectedFile, "unexpected tensor %s%s: neither a parameter of the GPT-2 config.json describes (n_layer = %d) nor a known GPT-2 buffer",
 			unexpected[0], more, c.Layers)
 	}
 	for i, p := range layout {
 		t := found[i]
 		if t == nil {
-			return nil, bad(src.name, "tensor %s is missing", p.Name)
+			return nil, nil, bad(src.name, "tensor %s is missing", p.Name)
 		}
 		if !isFloat(t.Dtype) {
-			return nil, bad(t.file, "tensor %s has dtype %s, want F32, F16, BF16 or F64", p.Name, t.Dtype)
+			return nil, nil, bad(t.file, "tensor %s has dtype %s, want F32, F16, BF16 or F64", p.Name, t.Dtype)
 		}
 		want := p.Shape
 		if p.Linear {
 			want = []int{p.Shape[1], p.Shape[0]}
 		}
 		if !equalShape(t.Shape, want) {
-			return nil, bad(t.file, "tensor %s has shape %v, config.json implies %v", p.Name, t.Shape, want)
+			return nil, nil, bad(t.file, "tensor %s has shape %v, config.json implies %v", p.Name, t.Shape, want)
 		}
 	}
 	untied := "untied output heads are not supported"
@@ -500,16 +533,29 @@ func loadWeights(c Config, tok Tokenizer, src weightSource) (*Checkpoint, error)
 	}
 	if lmHead != nil {
 		if !isFloat(lmHead.Dtype) {
-			return nil, bad(lmHead.file, "tensor lm_head.weight has dtype %s, want F32, F16, BF16 or F64", lmHead.Dtype)
+			return nil, nil, bad(lmHead.file, "tensor lm_head.weight has dtype %s, want F32, F16, BF16 or F64", lmHead.Dtype)
 		}
 		if !equalShape(lmHead.Shape, layout[0].Shape) {
-			return nil, bad(lmHead.file, "tensor lm_head.weight has shape %v, %s %v: %s", lmHead.Shape, layout[0].Name, layout[0].Shape, untied)
+			return nil, nil, bad(lmHead.file, "tensor lm_head.weight has shape %v, %s %v: %s", lmHead.Shape, layout[0].Name, layout[0].Shape, untied)
 		}
 	}
+	format := WeightsFormat{Dtype: found[0].Dtype, MaxShardBytes: src.shards}
+	for _, t := range found {
+		if t.Dtype != format.Dtype || t.Dtype == safetensors.F64 {
+			format.Dtype = safetensors.F32 // holds every F16 and BF16 value
+		}
+	}
+	var held *HeldBase
+	if c.llamaFamily() && (hold == holdAlways || hold == holdIfBF16 && format.Dtype == safetensors.BF16) {
+		held = newHeldBase(c)
+	}
 	// Convert each tensor as it is read, straight into the parameters (a
-	// linear weight through one scratch buffer, to transpose it).
-	params := make([]float32, c.NumParams())
-	var scratch, head []float32
+	// linear weight through one scratch buffer, to transpose it), or into
+	// the held base.
+	var params, scratch, head []float32
+	if held == nil {
+		params = make([]float32, c.NumParams())
+	}
 	for _, p := range layout {
 		if p.Linear && p.Size > len(scratch) {
 			scratch = make([]float32, p.Size)
@@ -525,6 +571,8 @@ func loadWeights(c Config, tok Tokenizer, src weightSource) (*Checkpoint, error)
 			if err = t.CopyFloat32s(head); err != nil {
 				return bad(lmHead.file, "tensor lm_head.weight: %v", err)
 			}
+		case isParam && held != nil:
+			err = held.setTensor(k, layout[k], t, &scratch)
 		case isParam && layout[k].Linear:
 			p := layout[k]
 			if err = t.CopyFloat32s(scratch[:p.Size]); err == nil {
@@ -540,23 +588,23 @@ func loadWeights(c Config, tok Tokenizer, src weightSource) (*Checkpoint, error)
 		return nil
 	})
 	if err != nil {
-		return nil, weightsError(err)
+		return nil, nil, weightsError(err)
 	}
 	if head != nil {
-		wte := params[layout[0].Offset : layout[0].Offset+layout[0].Size]
+		wte := func(i int) float32 { return params[layout[0].Offset+i] }
+		if held != nil {
+			wte = held.embedding // the same rounding as the embedding's
+			for i, v := range head {
+				head[i] = safetensors.BF16ToFloat32(safetensors.BF16FromFloat32(v))
+			}
+		}
 		for i := range head {
-			if math.Float32bits(head[i]) != math.Float32bits(wte[i]) { // a tied head is a bitwise copy
-				return nil, bad(lmHead.file, "tensor lm_head.weight differs from %s at element %d (%g, %g): %s", layout[0].Name, i, head[i], wte[i], untied)
+			if math.Float32bits(head[i]) != math.Float32bits(wte(i)) { // a tied head is a bitwise copy
+				return nil, nil, bad(lmHead.file, "tensor lm_head.weight differs from %s at element %d (%g, %g): %s", layout[0].Name, i, head[i], wte(i), untied)
 			}
 		}
 	}
-	format := WeightsFormat{Dtype: found[0].Dtype, MaxShardBytes: src.shards}
-	for _, t := range found {
-		if t.Dtype != format.Dtype || t.Dtype == safetensors.F64 {
-			format.Dtype = safetensors.F32 // holds every F16 and BF16 value
-		}
-	}
-	return &Checkpoint{Config: c, Tokenizer: tok, Params: params, Format: format}, nil
+	return &Checkpoint{Config: c, Tokenizer: tok, Params: params, Format: format}, held, nil
 }
 
 // isFloat reports whether Tensor.Float32s converts dtype d.

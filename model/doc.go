@@ -22,6 +22,11 @@
 // adapter's gradient needs, and GradRanges describe the adapter's gradient
 // buffer; MergeLoRA folds an adapter into a plain model.
 //
+// A LoRA run's frozen base of the Llama family can be held in bf16 instead
+// (bf16base.go: NewFrozenBF16, HoldBaseBF16): its matrices as bf16 bits,
+// widened exactly into a shared float32 scratch per use, Params and Grads
+// nil; it computes what a float32 model of the bf16-rounded base computes.
+//
 // A Model is not safe for concurrent use: one goroutine drives it, and the
 // kernels spread each step over the CPU's cores.
 //

@@ -76,45 +76,55 @@ func (c Config) llamaBlockParams() int {
 	return 9
 }
 
-// llamaBlock are the views of one block's tensors inside a flat buffer
-// (parameters or gradients).
-type llamaBlock struct {
-	attnNorm []float32 // (C) input_layernorm
-	qkvw     []float32 // (Q+2K, C) q_proj, k_proj, v_proj stacked; Q = NH·hd, K = KVH·hd
-	qkvb     []float32 // (Q+2K) their biases, or nil
-	ow       []float32 // (C, Q) o_proj
-	mlpNorm  []float32 // (C) post_attention_layernorm
-	guw      []float32 // (2H, C) gate_proj, up_proj stacked
-	downw    []float32 // (C, H) down_proj
+// llamaBlockOf are the views of one block's tensors inside a flat buffer
+// (parameters or gradients in float32, llamaBlock; or a frozen base's
+// matrices held in bf16, llamaBlockOf[uint16], whose vectors are nil).
+type llamaBlockOf[E float32 | uint16] struct {
+	attnNorm []E // (C) input_layernorm
+	qkvw     []E // (Q+2K, C) q_proj, k_proj, v_proj stacked; Q = NH·hd, K = KVH·hd
+	qkvb     []E // (Q+2K) their biases, or nil
+	ow       []E // (C, Q) o_proj
+	mlpNorm  []E // (C) post_attention_layernorm
+	guw      []E // (2H, C) gate_proj, up_proj stacked
+	downw    []E // (C, H) down_proj
 }
+
+type llamaBlock = llamaBlockOf[float32]
 
 // projectionWeights returns the block's projection weights, each (out, in),
 // indexed by projection.
-func (b llamaBlock) projectionWeights(c Config) (w [numProjections][]float32) {
+func (b llamaBlockOf[E]) projectionWeights(c Config) (w [numProjections][]E) {
 	C, H, Q, K := c.Dim, c.Hidden, c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
 	w[projQ], w[projK], w[projV] = b.qkvw[:Q*C], b.qkvw[Q*C:(Q+K)*C], b.qkvw[(Q+K)*C:]
 	w[projO], w[projGate], w[projUp], w[projDown] = b.ow, b.guw[:H*C], b.guw[H*C:], b.downw
 	return w
 }
 
-// llamaViews are named slices into one flat buffer, in llamaLayout order.
-type llamaViews struct {
-	embed  []float32 // (V, C) model.embed_tokens
-	blocks []llamaBlock
-	norm   []float32 // (C) model.norm
-	head   []float32 // (V, C) lm_head, or embed when tied
+// llamaViewsOf are named slices into one flat buffer, in llamaLayout order.
+type llamaViewsOf[E float32 | uint16] struct {
+	embed  []E // (V, C) model.embed_tokens
+	blocks []llamaBlockOf[E]
+	norm   []E // (C) model.norm
+	head   []E // (V, C) lm_head, or embed when tied
 }
+
+type llamaViews = llamaViewsOf[float32]
 
 func makeLlamaViews(c Config, flat []float32) llamaViews {
 	ps := c.llamaLayout()
-	span := func(i, j int) []float32 { // tensors i..j, adjacent in the buffer
+	return llamaViewsFrom(c, func(i, j int) []float32 { // tensors i..j, adjacent in the buffer
 		lo, hi := ps[i].Offset, ps[j].Offset+ps[j].Size
 		return flat[lo:hi:hi]
-	}
-	v := llamaViews{embed: span(0, 0)}
+	})
+}
+
+// llamaViewsFrom builds the views from span, which returns the slice
+// holding tensors i..j of llamaLayout (adjacent tensors of one kind).
+func llamaViewsFrom[E float32 | uint16](c Config, span func(i, j int) []E) llamaViewsOf[E] {
+	v := llamaViewsOf[E]{embed: span(0, 0)}
 	i := 1
 	for range c.Layers {
-		b := llamaBlock{attnNorm: span(i, i), qkvw: span(i+1, i+3)}
+		b := llamaBlockOf[E]{attnNorm: span(i, i), qkvw: span(i+1, i+3)}
 		i += 4
 		if c.QKVBias() {
 			b.qkvb = span(i, i+2)
@@ -159,6 +169,7 @@ type llamaState struct {
 	eps      float32   // RMSNorm's ε
 	act      llamaActs
 	bw       llamaScratch
+	bf16Held // the base's matrices, when held in bf16 (bf16base.go); then p's matrices are nil
 }
 
 // llamaActs are the forward activations the backward pass needs, for
@@ -217,15 +228,23 @@ func llamaMemoryBytes(c Config, maxB, maxT int, inference bool) int64 {
 }
 
 // newLlama allocates the Llama family's buffers of a Model that newModel
-// has made (Params, the batch bounds).
-func (m *Model) newLlama(inference bool) {
+// has made (Params, the batch bounds); with held, the base held there in
+// bf16 instead of Params, and no Grads.
+func (m *Model) newLlama(inference bool, held *HeldBase) {
+	held16 := held != nil
 	c := m.Config
 	BT, C, V, H := m.maxB*m.maxT, c.Dim, c.Vocab, c.Hidden
 	NH, hd := c.Heads, c.HeadDim
 	Q, W := NH*hd, (NH+2*c.KVHeads)*hd
 	att := m.maxB * NH * m.maxT * m.maxT
 	f := func(k int) []float32 { return make([]float32, k) }
-	s := &llamaState{p: makeLlamaViews(c, m.Params), eps: float32(c.NormEps)}
+	s := &llamaState{eps: float32(c.NormEps)}
+	m.llama = s
+	if held16 {
+		m.holdBF16(held)
+	} else {
+		s.p = makeLlamaViews(c, m.Params)
+	}
 	s.cos, s.sin = ropeTables(c, m.maxT)
 	a := &s.act
 	a.embedded, a.proj, a.xnf, a.rstdf = f(BT*C), f(BT*C), f(BT*C), f(BT)
@@ -236,13 +255,16 @@ func (m *Model) newLlama(inference bool) {
 		})
 	}
 	m.act.logits, m.act.probs, m.act.losses = f(BT*V), f(BT*V), f(BT)
-	m.llama = s
 	m.gradRanges = llamaGradRanges(c)
 	if inference {
 		return
 	}
-	m.Grads = f(len(m.Params))
-	s.g = makeLlamaViews(c, m.Grads)
+	if held16 {
+		s.g = llamaViews{blocks: make([]llamaBlock, c.Layers)} // as after DropBaseGrads
+	} else {
+		m.Grads = f(len(m.Params))
+		s.g = makeLlamaViews(c, m.Grads)
+	}
 	m.bw = backwardScratch{dres: f(BT * C), dln: f(BT * C), dlogits: f(BT * V)}
 	s.bw = llamaScratch{datty: f(BT * Q), dqkv: f(BT * W), dgu: f(BT * 2 * H), dh: f(BT * H), datt: f(att)}
 	if c.KVHeads != c.Heads {
@@ -282,25 +304,25 @@ func (m *Model) llamaForward(targets []int32) float32 {
 	NH, KVH, hd := c.Heads, c.KVHeads, c.HeadDim
 	W := (NH + 2*KVH) * hd
 	a := &s.act
-	kernels.EmbeddingForward(a.embedded, m.tokens, s.p.embed, BT, C)
+	m.embedForward(a.embedded, BT)
 	x := a.embedded
 	for l := range c.Layers {
-		p, z := &s.p.blocks[l], &a.blocks[l]
+		p, h, z := &s.p.blocks[l], s.block16(l), &a.blocks[l]
 		kernels.RMSNormForward(z.xn1, z.rstd1, x, p.attnNorm, BT, C, s.eps)
-		m.stackedForward(l, projQ, projV, z.qkv, z.xn1, p.qkvw, p.qkvb, BT)
+		m.stackedForward(l, projQ, projV, z.qkv, z.xn1, s.weight(p.qkvw, h.qkvw), p.qkvb, BT)
 		kernels.RoPEForward(z.qkv, s.cos, s.sin, B, T, NH+KVH, hd, W)
 		kernels.AttentionForwardGQA(z.atty, z.att, z.qkv, B, T, NH, KVH, hd, c.SlidingWindow)
-		m.linearForward(l, projO, a.proj, z.atty, p.ow, nil, BT)
+		m.linearForward(l, projO, a.proj, z.atty, s.weight(p.ow, h.ow), nil, BT)
 		kernels.ResidualForward(z.res2[:BT*C], x[:BT*C], a.proj[:BT*C])
 		kernels.RMSNormForward(z.xn2, z.rstd2, z.res2, p.mlpNorm, BT, C, s.eps)
-		m.stackedForward(l, projGate, projUp, z.gu, z.xn2, p.guw, nil, BT)
+		m.stackedForward(l, projGate, projUp, z.gu, z.xn2, s.weight(p.guw, h.guw), nil, BT)
 		kernels.SwiGLUForward(z.h, z.gu, BT, H)
-		m.linearForward(l, projDown, a.proj, z.h, p.downw, nil, BT)
+		m.linearForward(l, projDown, a.proj, z.h, s.weight(p.downw, h.downw), nil, BT)
 		kernels.ResidualForward(z.res3[:BT*C], z.res2[:BT*C], a.proj[:BT*C])
 		x = z.res3
 	}
 	kernels.RMSNormForward(a.xnf, a.rstdf, x, s.p.norm, BT, C, s.eps)
-	kernels.LinearForward(m.act.logits, a.xnf, s.p.head, nil, BT, C, V)
+	m.headForward(m.act.logits, a.xnf, BT)
 	if targets == nil {
 		return 0
 	}
@@ -333,7 +355,7 @@ func (m *Model) llamaBackward(scale float32) {
 	dln := m.bw.dln[:BT*C]
 	clear(dln)
 	if frozen {
-		kernels.Gemm(false, false, BT, C, V, dlogits, V, s.p.head, C, dln, C, true) // dln += dlogits·head
+		m.headBackwardInput(dln, dlogits, BT) // dln += dlogits·head
 	} else {
 		kernels.LinearBackward(dln, s.g.head, nil, dlogits, a.xnf, s.p.head, BT, C, V)
 	}
@@ -348,7 +370,7 @@ func (m *Model) llamaBackward(scale float32) {
 		m.gradReady(0) // model.norm (and lm_head)
 	}
 	for l := c.Layers - 1; l >= 0; l-- {
-		p, g, z := &s.p.blocks[l], &s.g.blocks[l], &a.blocks[l]
+		p, g, h, z := &s.p.blocks[l], &s.g.blocks[l], s.block16(l), &a.blocks[l]
 		x := a.embedded
 		if l > 0 {
 			x = a.blocks[l-1].res3
@@ -359,18 +381,18 @@ func (m *Model) llamaBackward(scale float32) {
 		// MLP branch: dres holds ∂L/∂res3, which is also ∂L/∂(down_proj's output).
 		dh := d.dh[:BT*H]
 		clear(dh)
-		m.linearBackward(l, projDown, dh, g.downw, nil, dres, z.h, p.downw, BT)
+		m.linearBackward(l, projDown, dh, g.downw, nil, dres, z.h, s.weight(p.downw, h.downw), BT)
 		dgu := d.dgu[:BT*2*H]
 		clear(dgu)
 		kernels.SwiGLUBackward(dgu, dh, z.gu, BT, H)
 		clear(dln)
-		m.stackedBackward(l, projGate, projUp, dln, g.guw, nil, dgu, z.xn2, p.guw, BT)
+		m.stackedBackward(l, projGate, projUp, dln, g.guw, nil, dgu, z.xn2, s.weight(p.guw, h.guw), BT)
 		// dres becomes ∂L/∂res2.
 		kernels.RMSNormBackward(dres, normGrad(g.mlpNorm), dln, z.res2, p.mlpNorm, z.rstd2, BT, C)
 		// Attention branch.
 		datty := d.datty[:BT*Q]
 		clear(datty)
-		m.linearBackward(l, projO, datty, g.ow, nil, dres, z.atty, p.ow, BT)
+		m.linearBackward(l, projO, datty, g.ow, nil, dres, z.atty, s.weight(p.ow, h.ow), BT)
 		dqkv := d.dqkv[:BT*W]
 		clear(dqkv)
 		kernels.AttentionBackwardGQA(dqkv, d.datt, d.dkv, datty, z.qkv, z.att, B, T, NH, KVH, hd, c.SlidingWindow)
@@ -380,7 +402,7 @@ func (m *Model) llamaBackward(scale float32) {
 			clear(dln)
 			dxn1 = dln
 		}
-		m.stackedBackward(l, projQ, projV, dxn1, g.qkvw, g.qkvb, dqkv, z.xn1, p.qkvw, BT)
+		m.stackedBackward(l, projQ, projV, dxn1, g.qkvw, g.qkvb, dqkv, z.xn1, s.weight(p.qkvw, h.qkvw), BT)
 		if needInput {
 			// dres becomes ∂L/∂x, the block's input.
 			kernels.RMSNormBackward(dres, normGrad(g.attnNorm), dln, x, p.attnNorm, z.rstd1, BT, C)

@@ -774,6 +774,15 @@ func BenchmarkLlamaTrainStep(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Run("smollm2-135m/lora", run)
+	// The same adapter on the base held in bf16 (HoldBaseBF16): what
+	// widening each matrix per use costs.
+	if err := m.DropBaseGrads(); err != nil {
+		b.Fatal(err)
+	}
+	if err := m.HoldBaseBF16(); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("smollm2-135m/lora-bf16", run)
 }
 
 // TestLlamaCheckpointFormats: a Llama family checkpoint saved in BF16 and

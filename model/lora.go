@@ -486,6 +486,12 @@ func MergeLoRA(c Config, params []float32, a *LoRA) ([]float32, error) {
 		return nil, fmt.Errorf("model: MergeLoRA: %d parameters, config needs %d", len(params), c.NumParams())
 	}
 	out := slices.Clone(params)
+	mergeLoRAInto(c, out, a)
+	return out, nil
+}
+
+// mergeLoRAInto is MergeLoRA in place, on checked arguments.
+func mergeLoRAInto(c Config, out []float32, a *LoRA) {
 	ws := projectionWeights(c, out)
 	r := a.Config.Rank
 	var sb []float32
@@ -504,7 +510,6 @@ func MergeLoRA(c Config, params []float32, a *LoRA) ([]float32, error) {
 			kernels.Gemm(false, false, o, in, r, sb, r, pair.a, in, w[p], in, true) // W (out, in) += s·B·A
 		}
 	}
-	return out, nil
 }
 
 // ---- Dropout ----
@@ -610,7 +615,8 @@ func dropoutLanes(p float64) (q uint16, scale float32) {
 
 // MergeAdapterFiles writes to outDir the base checkpoint in baseDir with
 // the adapter in adapterDir (PEFT layout) merged into its weights: a plain
-// model, as `braid job export --merged` gives it. Both inputs are checked
+// model, as `braid job export --merged` gives it, in the base's dtype and
+// shard layout (Checkpoint.Format). Both inputs are checked
 // as LoadCheckpoint and LoadAdapter check them.
 func MergeAdapterFiles(baseDir, adapterDir, outDir string) error {
 	ck, err := LoadCheckpoint(baseDir)
@@ -625,5 +631,5 @@ func MergeAdapterFiles(baseDir, adapterDir, outDir string) error {
 	if err != nil {
 		return err
 	}
-	return SaveCheckpoint(outDir, ck.Config, ck.Tokenizer, params)
+	return SaveCheckpointAs(outDir, ck.Config, ck.Tokenizer, params, ck.Format) // the base's dtype and shards
 }

@@ -153,28 +153,40 @@ func MemoryBytes(c Config, maxB, maxT int, inference bool) int64 {
 // to maxB sequences of up to maxT ≤ c.Context tokens, for training (with a
 // gradient buffer and backward scratch). Parameters are zero; call Init or
 // load a checkpoint. It fails if the model would need more than MemoryLimit.
-func New(c Config, maxB, maxT int) (*Model, error) { return newModel(c, maxB, maxT, false) }
+func New(c Config, maxB, maxT int) (*Model, error) { return newModel(c, maxB, maxT, false, nil) }
 
 // NewInference is New without gradients or backward buffers (about half the
 // memory): Forward works, Backward returns an error. For eval and generate.
-func NewInference(c Config, maxB, maxT int) (*Model, error) { return newModel(c, maxB, maxT, true) }
+func NewInference(c Config, maxB, maxT int) (*Model, error) {
+	return newModel(c, maxB, maxT, true, nil)
+}
 
-func newModel(c Config, maxB, maxT int, inference bool) (*Model, error) {
+// newModel is New or NewInference, or with held (a Llama family config's)
+// NewFrozenBF16From: the base in held, no Params or Grads.
+func newModel(c Config, maxB, maxT int, inference bool, held *HeldBase) (*Model, error) {
+	held16 := held != nil
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
 	if maxB < 1 || maxT < 1 || maxT > c.Context {
 		return nil, fmt.Errorf("%w: batch %d×%d does not fit (want ≥ 1 sequences of 1..%d tokens)", ErrConfig, maxB, maxT, c.Context)
 	}
-	if need := MemoryBytes(c, maxB, maxT, inference); need > MemoryLimit {
+	need := MemoryBytes(c, maxB, maxT, inference)
+	if held16 { // no float32 Params or Grads: the base in bf16, and a scratch for its largest matrix
+		C, H, W := int64(c.Dim), int64(c.Hidden), int64(c.Heads+2*c.KVHeads)*int64(c.HeadDim)
+		need -= 6*int64(c.NumParams()) - 4*max(W*C, 2*H*C)
+	}
+	if need > MemoryLimit {
 		return nil, fmt.Errorf("%w: a %d-layer, %d-channel model with batch %d×%d needs %.1f GiB, more than the %.1f GiB limit (use a smaller batch or sequence length)",
 			ErrConfig, c.Layers, c.Dim, maxB, maxT, float64(need)/(1<<30), float64(MemoryLimit)/(1<<30))
 	}
 	n := c.NumParams()
-	m := &Model{Config: c, Params: make([]float32, n), maxB: maxB, maxT: maxT,
-		streams: make([]uint64, maxB), fwdStream: make([]uint64, maxB)}
+	m := &Model{Config: c, maxB: maxB, maxT: maxT, streams: make([]uint64, maxB), fwdStream: make([]uint64, maxB)}
+	if !held16 {
+		m.Params = make([]float32, n)
+	}
 	if c.llamaFamily() {
-		m.newLlama(inference)
+		m.newLlama(inference, held)
 		return m, nil
 	}
 	m.p = makeViews(c, m.Params)
@@ -213,9 +225,14 @@ func (m *Model) MaxBatch() (B, T int) { return m.maxB, m.maxT }
 // N(0, 0.02²), the residual projections (attn.c_proj, mlp.c_proj) N(0,
 // (0.02/sqrt(2L))²), LayerNorm weights 1, biases 0. The Llama family's is
 // Hugging Face's: every matrix N(0, 0.02²), RMSNorm weights 1, biases 0.
-// The same seed gives the same bytes on every machine.
+// The same seed gives the same bytes on every machine. A base held in bf16
+// (NewFrozenBF16) gets the same draws, rounded to bf16.
 func (m *Model) Init(seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 0x6272616964)) // "braid"
+	if m.BaseHeldBF16() {
+		m.initBF16(rng)
+		return
+	}
 	for _, p := range m.Config.Layout() {
 		w := m.Params[p.Offset : p.Offset+p.Size]
 		switch {
@@ -320,7 +337,7 @@ func (m *Model) AttachLoRA(a *LoRA) error {
 			}
 		}
 	}
-	if m.Grads != nil {
+	if m.bw.dres != nil { // a model for training, its base trainable or frozen
 		la.g, la.dlnw, la.dlnb = make([]float32, BT*r), make([]float32, c.Dim), make([]float32, c.Dim)
 		if a.Config.Dropout > 0 {
 			la.t = make([]float32, BT*c.widestProjectionInput())

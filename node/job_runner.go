@@ -15,6 +15,7 @@ import (
 	"github.com/braidml/braid/kernels/cuda"
 	"github.com/braidml/braid/model"
 	"github.com/braidml/braid/model/cudamodel"
+	"github.com/braidml/braid/model/safetensors"
 	"github.com/braidml/braid/node/blobstore"
 	"github.com/braidml/braid/shard"
 	"github.com/braidml/braid/train"
@@ -330,11 +331,15 @@ func (r *jobRunner) prepare() error {
 func (r *jobRunner) newWorker(cfg train.JobConfig, ck *model.Checkpoint, data *shard.Dataset) (*train.Worker, error) {
 	g := r.gpu()
 	if g == nil {
-		m, err := model.New(ck.Config, cfg.MicroBatch, data.Manifest.SeqLen)
+		newModel := model.New
+		if _, lora := cfg.LoRA(); lora && ck.Config.Arch != model.ArchGPT2 && ck.Format.Dtype == safetensors.BF16 {
+			newModel = model.NewFrozenBF16 // the frozen base stays in bf16: no float32 copy of it
+		}
+		m, err := newModel(ck.Config, cfg.MicroBatch, data.Manifest.SeqLen)
 		if err != nil {
 			return nil, err
 		}
-		copy(m.Params, ck.Params)
+		m.SetBaseWeights(ck.Params)
 		return train.NewWorker(cfg, m, data)
 	}
 	dev, err := cuda.Open(g.Index)

@@ -19,12 +19,19 @@ writes
 (vocabulary 260, so that braid's default byte tokenizer fits; 8 channels, 2 layers)
     model/testdata/llama_lora_tiny/             a PEFT LoRA adapter on llama_tiny adapting
                                                 all seven projections
+    model/testdata/llama_bf16_tiny/             llama_tiny's shape stored in BF16 (torch_dtype
+                                                bfloat16) and an eval.txt: the loss of `braid eval`
+                                                on it (see bf16_fixture)
 
 Each model directory holds config.json and model.safetensors as the architecture's
 save_pretrained writes them (F32), and reference.safetensors: tokens, targets (one -1:
 ignored), the logits, the mean loss and grad.<tensor name> for every parameter. The
 adapter directory holds adapter_config.json, adapter_model.safetensors and
 reference.safetensors (logits, loss, the adapter tensors' gradients, merged_logits).
+
+    /usr/bin/python3 scripts/gen_llama_reference.py --bf16
+
+writes only llama_bf16_tiny.
 
     /usr/bin/python3 scripts/gen_llama_reference.py --check-braid DIR [DIR ...]
     /usr/bin/python3 scripts/gen_llama_reference.py --check-adapter DIR [DIR ...]
@@ -554,6 +561,74 @@ def kernel_fixtures():
     gr.write_safetensors(os.path.join(ROOT, "kernels", "testdata", "llama_kernels.safetensors"), out, md)
 
 
+# A checkpoint stored in bfloat16, as model.to(torch.bfloat16).save_pretrained
+# writes one, and the loss `braid eval --seq-len EVAL_T` reports on eval.txt:
+# the file's bytes then end-of-text (256) as one token stream, cut into
+# consecutive windows of up to EVAL_T predicted tokens (train.Evaluate), the
+# mean cross-entropy over every predicted token. "eval_loss" computes in
+# float64 on the bfloat16 weights (what braid computes, widening them
+# exactly); "eval_loss_bf16" is PyTorch's own bfloat16 forward (the model in
+# bfloat16, as transformers evaluates a torch_dtype=bfloat16 checkpoint), for
+# the record.
+BF16 = dict(name="llama_bf16_tiny", like="llama_tiny", seed=SEED + 50)
+EVAL_T = 16
+EVAL_TEXT = b"The quick brown fox jumps over the lazy dog; then the dog sleeps.\n"
+
+
+def eval_windows(stream, T):
+    n = len(stream) - 1
+    for pos in range(0, n, T):
+        t = min(T, n - pos)
+        yield stream[pos:pos + t], stream[pos + 1:pos + t + 1]
+
+
+def eval_loss(model, stream, T):
+    nats, count = 0.0, 0
+    with torch.no_grad():
+        for inp, tgt in eval_windows(stream, T):
+            logits = model(torch.tensor([inp])).to(torch.float64)
+            nats += F.cross_entropy(logits[0], torch.tensor(tgt), reduction="sum").item()
+            count += len(tgt)
+    return nats / count
+
+
+def bf16_fixture():
+    import gen_sharded as gs
+    cfg_json = dict(dict(MODELS)[BF16["like"]], torch_dtype="bfloat16")
+    cfg = read_config(cfg_json)
+    model = ForCausalLM(cfg)
+    g = torch.Generator().manual_seed(BF16["seed"])
+    randomize(model, g)
+    with torch.no_grad():
+        for p in model.parameters():  # every tensor rounded to bfloat16, norms included, as save_pretrained stores them
+            p.copy_(p.to(torch.bfloat16).to(torch.float64))
+    tokens, targets = batch(g, cfg["vocab_size"])
+    logits = logits_of(model, tokens)
+    stream = list(EVAL_TEXT) + [256]
+    params = params_of(model, cfg)
+    d = os.path.join(ROOT, "model", "testdata", BF16["name"])
+    gr.write_bytes(os.path.join(d, "model.safetensors"), gs.safetensors_bytes(
+        {n: p.detach().to(torch.bfloat16) for n, p in params.items()}, {"format": "pt"}))
+    gr.write_bytes(os.path.join(d, "config.json"), (json.dumps(cfg_json, indent=2, sort_keys=True) + "\n").encode())
+    gr.write_bytes(os.path.join(d, "eval.txt"), EVAL_TEXT)
+    loss64 = eval_loss(model, stream, EVAL_T)
+    bf = ForCausalLM(cfg)
+    bf.load_state_dict(model.state_dict())
+    bf = bf.to(torch.bfloat16)
+    loss16 = eval_loss(bf, stream, EVAL_T)
+    gr.write_safetensors(os.path.join(d, "reference.safetensors"), {
+        "tokens": tokens.to(torch.int32), "targets": targets.to(torch.int32), "logits": logits,
+        "loss": loss_of(logits, targets).reshape(1),
+        "eval_loss": torch.tensor([loss64], dtype=torch.float64),
+        "eval_loss_bf16": torch.tensor([loss16], dtype=torch.float64)},
+        meta(eval_seq_len=EVAL_T, eval_tokens=len(stream) - 1))
+    again = check_dir(d, tokens)
+    if not torch.equal(again, logits):
+        raise SystemExit("%s: logits after a reload differ" % BF16["name"])
+    print("%s: eval loss %.6f (float64 on the bfloat16 weights), %.6f (PyTorch's bfloat16 forward, %.2e relative)" % (
+        BF16["name"], loss64, loss16, abs(loss16 - loss64) / loss64))
+
+
 # ----------------------------------------------------------------------------
 # reverse checks
 
@@ -654,6 +729,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check-braid", metavar="DIR", nargs="+", help="check braid checkpoint directories")
     ap.add_argument("--check-adapter", metavar="DIR", nargs="+", help="check braid LoRA adapter directories")
+    ap.add_argument("--bf16", action="store_true", help="write only the bfloat16 fixture, llama_bf16_tiny")
     ap.add_argument("--bench", metavar="THREADS", type=int, help="time PyTorch's training step at SmolLM2-135M's shape instead")
     args = ap.parse_args()
     if args.bench:
@@ -665,9 +741,13 @@ def main():
         fails = sum(check_braid(d) for d in args.check_braid or [])
         fails += sum(check_adapter(d) for d in args.check_adapter or [])
         return 1 if fails else 0
+    if args.bf16:
+        bf16_fixture()
+        return 0
     kernel_fixtures()
     model_fixtures()
     lora_fixture()
+    bf16_fixture()
     return 0
 
 

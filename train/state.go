@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"maps"
 	"math"
 	"path/filepath"
@@ -74,10 +75,10 @@ func loraSettings(c model.LoRAConfig) model.LoRAConfig {
 	return c
 }
 
-// baseHash is WeightsHash of the frozen base weights, computed once.
+// baseHash is BaseWeightsHash of the model, computed once.
 func (t *Trainer) baseHash() string {
 	if t.baseSum == "" {
-		t.baseSum = WeightsHash(t.Model.Params)
+		t.baseSum = BaseWeightsHash(t.Model)
 	}
 	return t.baseSum
 }
@@ -86,6 +87,22 @@ func (t *Trainer) baseHash() string {
 // Replicas that hold the same weights have the same hash.
 func WeightsHash(params []float32) string {
 	h := sha256.New()
+	hashWeights(h, params)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// BaseWeightsHash is WeightsHash of m's base weights, whether Params or
+// held in bf16 (model.Model.HoldBaseBF16: the hash of their float32
+// values, the same as of the base loaded in float32), computed without a
+// float32 copy of the base.
+func BaseWeightsHash(m *model.Model) string {
+	h := sha256.New()
+	m.VisitBaseWeights(func(piece []float32) { hashWeights(h, piece) })
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// hashWeights writes the float32 bits of params, little-endian, into h.
+func hashWeights(h io.Writer, params []float32) {
 	var buf [4096]byte
 	for len(params) > 0 {
 		n := min(len(params), len(buf)/4)
@@ -95,7 +112,6 @@ func WeightsHash(params []float32) string {
 		h.Write(buf[:4*n])
 		params = params[n:]
 	}
-	return hex.EncodeToString(h.Sum(nil))
 }
 
 // corpusHash identifies the training tokens, so that a sampler position is

@@ -343,8 +343,11 @@ func newWorker(cfg JobConfig, m *model.Model, data *shard.Dataset, maxB, maxT in
 	if m == nil || data == nil || data.Manifest == nil {
 		return nil, fmt.Errorf("train: NewWorker needs a model and an opened dataset")
 	}
-	if m.Grads == nil && m.LoRA() == nil && !onDevice {
+	if m.Grads == nil && m.LoRA() == nil && !onDevice && !m.BaseHeldBF16() {
 		return nil, fmt.Errorf("train: the model has no gradients (made by NewInference?); a worker needs model.New")
+	}
+	if m.BaseHeldBF16() && (onDevice || cfg.LoRARank == 0) {
+		return nil, fmt.Errorf("train: the model holds its base in bf16 (model.NewFrozenBF16), which only a LoRA job on the CPU trains; use model.New")
 	}
 	man := data.Manifest
 	T := man.SeqLen
@@ -387,10 +390,18 @@ func newWorker(cfg JobConfig, m *model.Model, data *shard.Dataset, maxB, maxT in
 			return nil, err
 		}
 		w.params, w.grads, layout = a.Params, a.Grads, a.Layout()
-		w.baseHash = WeightsHash(m.Params)
+		w.baseHash = BaseWeightsHash(m)
 		// The frozen base's gradient buffer is never written in LoRA mode.
 		if err := m.DropBaseGrads(); err != nil {
 			return nil, err
+		}
+		// A Llama-family base whose matrices are all bf16 values (a
+		// checkpoint stored in bf16) is held in bf16: half the memory,
+		// and the same maths (model.Model.HoldBaseBF16).
+		if !onDevice && m.Config.Arch != model.ArchGPT2 && m.BaseIsBF16() {
+			if err := m.HoldBaseBF16(); err != nil {
+				return nil, err
+			}
 		}
 	}
 	w.Opt = NewLayoutOptimizer(layout, float32(cfg.Beta1), float32(cfg.Beta2), float32(cfg.Eps), float32(cfg.WeightDecay))

@@ -9,13 +9,15 @@ import (
 	"github.com/braidml/braid/model"
 	"github.com/braidml/braid/model/hftok"
 	"github.com/braidml/braid/model/modeltest"
+	"github.com/braidml/braid/model/safetensors"
 )
 
 // Jobs through the CLI on bases as Hugging Face publishes them. One whose
 // tokenizer is a tokenizer.json trains on a dataset prepared with it
 // (`data prepare --tokenizer DIR`), and `job export` writes a model that
 // loads with that tokenizer, which eval and generate use; a LoRA job's
-// --merged export too. One in bf16 shards trains and exports.
+// --merged export too. One in bf16 shards trains and exports in bf16, and
+// a LoRA job on a bf16 Llama base exports its merged model in bf16.
 func TestJobOnHuggingFaceBases(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a node and runs jobs")
@@ -63,6 +65,9 @@ func TestJobOnHuggingFaceBases(t *testing.T) {
 	adapter, merged := filepath.Join(t.TempDir(), "adapter"), filepath.Join(t.TempDir(), "merged")
 	mustRunOut(t, "job", "export", lora, "--out", adapter, "--merged", merged, "--api", api)
 	loads(merged)
+	if ck, err := model.LoadCheckpoint(merged); err == nil && ck.Format.Dtype != safetensors.F32 {
+		t.Errorf("the merged export of an F32 base is stored as %s, want F32", ck.Format.Dtype)
+	}
 	if _, err := os.Stat(filepath.Join(adapter, hftok.TokenizerFile)); err != nil {
 		t.Errorf("the adapter's export lacks the tokenizer: %v", err)
 	}
@@ -83,5 +88,21 @@ func TestJobOnHuggingFaceBases(t *testing.T) {
 	}
 	if ck, err := model.LoadCheckpoint(exp); err != nil || ck.Config != want.Config || ck.Tokenizer.Name() != "byte" {
 		t.Errorf("the sharded base's export: %v (want a %+v with the byte tokenizer)", err, want.Config)
+	} else if ck.Format.Dtype != safetensors.BF16 {
+		t.Errorf("the bf16 base's export is %s, want BF16 (the base's dtype)", ck.Format.Dtype)
+	}
+
+	// A LoRA job on a bf16-stored Llama base (each worker holds it in
+	// bf16): --merged gives the merged model in bf16.
+	llamaBF16 := filepath.Join("..", "..", "model", "testdata", "llama_bf16_tiny")
+	id = strings.TrimSpace(mustRunOut(t, "job", "submit", "--api", api, "--model", llamaBF16, "--dataset", "bytes", "--steps", "2",
+		"--global-batch", "2", "--micro-batch", "1", "--replicas", "1", "--lora-rank", "2"))
+	waitJob(t, api, id)
+	adapter, merged = filepath.Join(t.TempDir(), "adapter-bf16"), filepath.Join(t.TempDir(), "merged-bf16")
+	mustRunOut(t, "job", "export", id, "--out", adapter, "--merged", merged, "--api", api)
+	if ck, err := model.LoadCheckpoint(merged); err != nil {
+		t.Errorf("the merged export of a bf16 Llama base: %v", err)
+	} else if ck.Format.Dtype != safetensors.BF16 {
+		t.Errorf("the merged export of a bf16 Llama base is stored as %s, want BF16", ck.Format.Dtype)
 	}
 }

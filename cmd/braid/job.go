@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"maps"
 	"os"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/model"
+	"github.com/braidml/braid/model/safetensors"
 	"github.com/braidml/braid/node"
 	"github.com/braidml/braid/node/client"
 	"github.com/braidml/braid/node/push"
@@ -333,10 +335,11 @@ func jobExportCommand() *cli.Command {
 		Name:      "export",
 		Usage:     "write a job's model (its last checkpoint): config.json + model.safetensors (+ its tokenizer's files), or a LoRA job's PEFT adapter",
 		ArgsUsage: "ID",
-		Description: "A full fine-tuning job's model is written in Hugging Face's GPT-2 layout. A LoRA job's adapter is\n" +
-			"written in PEFT's layout (adapter_config.json, adapter_model.safetensors); --merged DIR also writes\n" +
-			"the base model with the adapter merged in, as a plain model. --format gguf also writes the model (a LoRA\n" +
-			"job's: its base with the adapter merged in) as " + ggufFileName + " in --out, for llama.cpp and Ollama.",
+		Description: "A full fine-tuning job's model is written in Hugging Face's layout, in the dtype the base is stored in\n" +
+			"(a bf16 base gives bf16). A LoRA job's adapter is written in PEFT's layout (adapter_config.json,\n" +
+			"adapter_model.safetensors); --merged DIR also writes the base model with the adapter merged in, as a\n" +
+			"plain model in the base's dtype. --format gguf also writes the model (a LoRA job's: its base with the\n" +
+			"adapter merged in) as " + ggufFileName + " in --out, for llama.cpp and Ollama.",
 		Flags: append(append(apiFlags(), &cli.StringFlag{Name: "out", Required: true, Usage: "output `DIR` (created)"},
 			&cli.StringFlag{Name: "merged", Usage: "LoRA jobs: also write the merged full model to `DIR`"},
 			overwriteFlag("write into a non-empty --out or --merged, replacing the files of the names it writes")), formatFlags()...),
@@ -375,6 +378,11 @@ func jobExportCommand() *cli.Command {
 					return err
 				}
 			}
+			if !lora {
+				if err := exportInBaseDtype(c, cl, id, out); err != nil {
+					return err
+				}
+			}
 			fmt.Fprintf(c.App.Writer, "wrote %s (%s)\n", out, strings.Join(files, ", "))
 			var base string // a LoRA job's base, downloaded once for --merged and --format gguf
 			if lora && (c.String("merged") != "" || format == formatGGUF) {
@@ -400,6 +408,43 @@ func jobExportCommand() *cli.Command {
 			return nil
 		},
 	}
+}
+
+// exportInBaseDtype rewrites the full fine-tuning export in out in the
+// dtype the job's base is stored in (its config.json's torch_dtype), as
+// transformers' save_pretrained of a bfloat16 model would: the job trains
+// float32 weights and its checkpoints keep them (a resumed job continues
+// from them exactly), so rounding happens here, on the way out. A float32
+// base leaves the export as it is.
+func exportInBaseDtype(c *cli.Context, cl *client.Client, id, out string) error {
+	tmp, err := os.MkdirTemp("", "braid-base-config-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	path := filepath.Join(tmp, "config.json")
+	if err := cl.DownloadJobFile(c.Context, id, "base-config.json", path); err != nil {
+		return err
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var base struct {
+		TorchDtype string `json:"torch_dtype"`
+	}
+	if err := json.Unmarshal(b, &base); err != nil {
+		return fmt.Errorf("the job's base config.json: %w", err)
+	}
+	dtype, ok := map[string]safetensors.Dtype{"bfloat16": safetensors.BF16, "float16": safetensors.F16}[base.TorchDtype]
+	if !ok {
+		return nil
+	}
+	ck, err := model.LoadCheckpoint(out)
+	if err != nil {
+		return err
+	}
+	return model.SaveCheckpointAs(out, ck.Config, ck.Tokenizer, ck.Params, model.WeightsFormat{Dtype: dtype})
 }
 
 // tokenizerFiles lists, sorted, the names of a model's tokenizer files

@@ -59,7 +59,8 @@ func trainCommand() *cli.Command {
 			&cli.Float64Flag{Name: "lora-alpha", Usage: "the adapter's update is scaled by alpha/R (0: 2R)"},
 			&cli.Float64Flag{Name: "lora-dropout", Usage: "dropout on the adapter's input, in [0, 1)"},
 			&cli.StringFlag{Name: "lora-targets", Usage: "projections to adapt, PEFT's target_modules: GPT-2's c_attn, c_proj (both), attn.c_proj, mlp.c_proj, c_fc; the Llama family's q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (default: every projection of the model's family)"},
-			&cli.StringFlag{Name: "merged", Usage: "with --lora-rank: also write the base with the adapter merged in to `DIR` at the end"},
+			&cli.StringFlag{Name: "merged", Usage: "with --lora-rank: also write the base with the adapter merged in to `DIR` at the end, in the base's dtype and shard layout"},
+			&cli.BoolFlag{Name: "bf16-base", Usage: "LoRA on a Llama-family base stored in F32 or F16: hold the frozen base in bf16 too, rounded (a base stored in bf16 is held so anyway)"},
 			&cli.StringFlag{Name: "metrics", Usage: "write a JSON line per step to `FILE` as training goes (step, loss, lr, grad_norm, tokens, tokens_per_sec, elapsed_s, and heldout_loss where evaluated); - is stdout, the progress lines then go to stderr"},
 			overwriteFlag("write into a non-empty --out or --merged, replacing the files of the names it writes (not needed for --out of the --resume directory)"),
 		}, deviceFlags()...),
@@ -112,6 +113,9 @@ func runTrain(c *cli.Context) error {
 		mc     model.Config
 		tok    model.Tokenizer = model.ByteTokenizer{}
 		params []float32
+		// baseFormat is how the base's weights are stored: --merged
+		// writes the merged model so.
+		baseFormat model.WeightsFormat
 	)
 	if resume != "" && modelDir != "" && lora != loraResume {
 		return fmt.Errorf("--model and --resume exclude each other: --resume continues a run, --model starts a new one from its weights (or, resuming a LoRA adapter, names its base)")
@@ -132,12 +136,22 @@ func runTrain(c *cli.Context) error {
 	} else if lora == loraResume {
 		baseDir = modelDir
 	}
+	// A LoRA run's frozen Llama-family base is read straight into bf16
+	// when stored so (the same maths in half the memory), or rounded on
+	// --bf16-base: held, and params stays nil.
+	var held *model.HeldBase
 	if baseDir != "" {
-		ck, err := model.LoadCheckpoint(baseDir)
+		var ck *model.Checkpoint
+		var err error
+		if lora != loraOff {
+			ck, held, err = model.LoadCheckpointHeld(baseDir, c.Bool("bf16-base"))
+		} else {
+			ck, err = model.LoadCheckpoint(baseDir)
+		}
 		if err != nil {
 			return err
 		}
-		mc, tok, params = ck.Config, ck.Tokenizer, ck.Params
+		mc, tok, params, baseFormat = ck.Config, ck.Tokenizer, ck.Params, ck.Format
 	} else {
 		var err error
 		if mc, err = model.Preset(c.String("config"), tok.Vocab()); err != nil {
@@ -156,18 +170,31 @@ func runTrain(c *cli.Context) error {
 	if dev != nil {
 		defer dev.Close()
 	}
+	if c.Bool("bf16-base") && (held == nil || dev != nil) {
+		return fmt.Errorf("--bf16-base holds the frozen base of a LoRA run (--lora-rank or --resume of an adapter) of a Llama-family model on the CPU; this run is none")
+	}
+	if dev != nil && held != nil { // the GPU takes float32 weights
+		ck, err := model.LoadCheckpoint(baseDir)
+		if err != nil {
+			return err
+		}
+		params, held = ck.Params, nil
+	}
 	var m *model.Model
 	if dev != nil {
 		m, err = model.NewInference(mc, 1, 1) // the host copy of the weights; the GPU holds the activations
+	} else if held != nil {
+		m, err = model.NewFrozenBF16From(held, cfg.Batch, T)
 	} else {
 		m, err = model.New(mc, cfg.Batch, T)
 	}
 	if err != nil {
 		return err
 	}
-	if params != nil {
-		copy(m.Params, params)
-	} else {
+	switch {
+	case params != nil:
+		m.SetBaseWeights(params)
+	case held == nil:
 		m.Init(cfg.Seed)
 	}
 	var adapter *model.LoRA
@@ -224,9 +251,13 @@ func runTrain(c *cli.Context) error {
 		mc.Layers, mc.Dim, mc.Heads, mc.Context, mc.Vocab, float64(mc.NumParams())/1e6, where)
 	if adapter != nil {
 		lc := adapter.Config
-		fmt.Fprintf(out, "LoRA: rank %d, alpha %g (scale %g), dropout %g, on %s: %d trainable parameters (%.2f%% of the model's); the base in %s stays frozen\n",
+		held := ""
+		if m.BaseHeldBF16() {
+			held = ", held in bf16"
+		}
+		fmt.Fprintf(out, "LoRA: rank %d, alpha %g (scale %g), dropout %g, on %s: %d trainable parameters (%.2f%% of the model's); the base in %s stays frozen%s\n",
 			lc.Rank, lc.Alpha, lc.Scale(), lc.Dropout, strings.Join(lc.Targets, ","), adapter.NumParams(),
-			100*float64(adapter.NumParams())/float64(mc.NumParams()), baseDir)
+			100*float64(adapter.NumParams())/float64(mc.NumParams()), baseDir, held)
 	}
 
 	var tr *train.Trainer
@@ -262,15 +293,16 @@ func runTrain(c *cli.Context) error {
 			return err
 		}
 	}
-	if err := trainLoop(c, out, tr, tok, metrics); err != nil {
+	if err := trainLoop(c, out, tr, tok, baseFormat, metrics); err != nil {
 		return err
 	}
 	return metrics.Close()
 }
 
 // trainLoop runs the steps, logging and checkpointing; on interrupt it saves
-// and stops.
-func trainLoop(c *cli.Context, out io.Writer, tr *train.Trainer, tok model.Tokenizer, metrics *metricsLog) error {
+// and stops. --merged writes the merged model as baseFormat says (the
+// base's dtype and shards).
+func trainLoop(c *cli.Context, out io.Writer, tr *train.Trainer, tok model.Tokenizer, baseFormat model.WeightsFormat, metrics *metricsLog) error {
 	cfg := tr.Config
 	dir, logEvery := c.String("out"), max(1, c.Int("log-every"))
 	var (
@@ -324,11 +356,11 @@ func trainLoop(c *cli.Context, out io.Writer, tr *train.Trainer, tok model.Token
 	}
 	fmt.Fprintf(out, "saved %s\n", dir)
 	if merged := c.String("merged"); merged != "" {
-		params, err := model.MergeLoRA(tr.Model.Config, tr.Model.Params, tr.LoRA)
+		params, err := tr.Model.MergedWeights(tr.LoRA)
 		if err != nil {
 			return err
 		}
-		if err := model.SaveCheckpoint(merged, tr.Model.Config, tok, params); err != nil {
+		if err := model.SaveCheckpointAs(merged, tr.Model.Config, tok, params, baseFormat); err != nil {
 			return err
 		}
 		fmt.Fprintf(out, "saved the merged model (base + adapter) to %s\n", merged)

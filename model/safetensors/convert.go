@@ -92,6 +92,27 @@ func (t *Tensor) BF16Bits() ([]uint16, error) {
 	return out, nil
 }
 
+// CopyBF16Bits is BF16Bits into dst, without allocating: dst must hold
+// exactly as many elements as t (ErrDataSize otherwise), which must be
+// BF16 (ErrConvert otherwise). On error dst is left untouched.
+func (t *Tensor) CopyBF16Bits(dst []uint16) error {
+	n, err := t.check()
+	if err != nil {
+		return err
+	}
+	if t.Dtype != BF16 {
+		return fmt.Errorf("%w: tensor %q: %s is not BF16", ErrConvert, t.Name, t.Dtype)
+	}
+	if len(dst) != n {
+		return fmt.Errorf("%w: tensor %q: %d elements into a slice of %d", ErrDataSize, t.Name, n, len(dst))
+	}
+	d := t.Data[:2*n]
+	for i := range dst {
+		dst[i] = uint16(d[2*i]) | uint16(d[2*i+1])<<8
+	}
+	return nil
+}
+
 // BF16ToFloat32s widens every element of src into dst exactly, as
 // BF16ToFloat32 does. It allocates nothing and panics if the lengths
 // differ. dst and src must not overlap.

@@ -277,6 +277,23 @@ func TestBF16BitsAndCopyFloat32s(t *testing.T) {
 	if allocs := testing.AllocsPerRun(10, func() { x.CopyFloat32s(dst) }); allocs != 0 {
 		t.Errorf("CopyFloat32s allocates %v times", allocs)
 	}
+	raw := make([]uint16, 3)
+	if err := x.CopyBF16Bits(raw); err != nil || !slices.Equal(raw, bits) {
+		t.Errorf("CopyBF16Bits() = %#04x, %v, want BF16Bits' %#04x", raw, err, bits)
+	}
+	if err := x.CopyBF16Bits(make([]uint16, 2)); !errors.Is(err, ErrDataSize) {
+		t.Errorf("CopyBF16Bits into 2: %v, want ErrDataSize", err)
+	}
+	if err := f32.CopyBF16Bits(raw[:1]); !errors.Is(err, ErrConvert) {
+		t.Errorf("F32 CopyBF16Bits: %v, want ErrConvert", err)
+	}
+	short := Tensor{Name: "s", Dtype: BF16, Shape: []int{3}, Data: []byte{1, 2, 3}}
+	if err := short.CopyBF16Bits(raw); err == nil {
+		t.Error("CopyBF16Bits of a tensor with too few bytes succeeded")
+	}
+	if allocs := testing.AllocsPerRun(10, func() { x.CopyBF16Bits(raw) }); allocs != 0 {
+		t.Errorf("CopyBF16Bits allocates %v times", allocs)
+	}
 }
 
 // torch's float32 → bfloat16 conversion (round to nearest even, NaN to
