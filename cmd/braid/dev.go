@@ -36,7 +36,9 @@ import (
 // (child processes would, were dev itself killed with SIGKILL); and no
 // binary has to be found again on disk. The nodes are the same node.Node
 // that `braid node` runs, with the same QUIC, mutual TLS, gossip
-// encryption and Raft on disk: only their logs go to files.
+// encryption and Raft on disk: only their logs go to files. What this
+// costs: one node cannot be killed alone to watch a failover (scripts/demo.sh
+// therefore keeps its separate `braid node` processes).
 
 // devDefaultAPIPort is the first node's API port: the CLI's default --api,
 // so that `braid status` needs no flag while a dev cluster runs.
