@@ -6,4 +6,7 @@
 // something other than the intended manifests fails `go test` on a machine
 // without helm or Kubernetes. What they cannot check: the manifests
 // against the Kubernetes API's schema, and the chart under a real helm.
+//
+// BRAID_HELM_DUMP=1 go test ./deploy -run TestHelmChartRenders -v prints
+// the rendered manifests.
 package deploy

@@ -202,7 +202,7 @@ func renderChartErr(t *testing.T, set map[string]any) (map[string]map[string]any
 		if err := tmpl.ExecuteTemplate(&out, name, top); err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
-		if os.Getenv("DUMP") != "" {
+		if os.Getenv("BRAID_HELM_DUMP") != "" {
 			t.Log(out.String())
 		}
 		docs, err := parseYAML(out.Bytes())

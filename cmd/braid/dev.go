@@ -84,7 +84,7 @@ type devNode struct {
 	unrec   func() // removes the CLI's record of its API
 }
 
-func runDev(c *cli.Context) error {
+func runDev(c *cli.Context) (err error) {
 	nodes, apiPort := c.Int("nodes"), c.Int("api-port")
 	if nodes < 1 || nodes > 16 {
 		return fmt.Errorf("--nodes %d: want 1 to 16 (a dev cluster shares this machine's cores)", nodes)
@@ -101,12 +101,22 @@ func runDev(c *cli.Context) error {
 		return err
 	}
 	unix.Umask(0o077) // as `braid node`: what the nodes write is the user's own
-	dir, removeDir, err := devDir(c.String("dir"))
+	dir, temp, err := devDir(c.String("dir"))
 	if err != nil {
 		return err
 	}
-	defer removeDir()
 	out := c.App.Writer
+	defer func() { // after devStop (deferred below): the nodes no longer write
+		switch {
+		case !temp:
+		case err != nil:
+			fmt.Fprintf(c.App.ErrWriter, "braid dev: kept %s for the nodes' logs\n", dir)
+		default:
+			if rmErr := os.RemoveAll(dir); rmErr != nil {
+				fmt.Fprintf(c.App.ErrWriter, "braid dev: removing %s: %v\n", dir, rmErr)
+			}
+		}
+	}()
 
 	tlsDir := filepath.Join(dir, "tls")
 	if err := pki.InitCA(tlsDir); err != nil {
@@ -169,30 +179,23 @@ func runDev(c *cli.Context) error {
 }
 
 // devDir makes the dev cluster's directory: flagDir, which must be new or
-// empty and is kept, or a new temporary one that remove deletes.
-func devDir(flagDir string) (dir string, remove func(), err error) {
+// empty and is kept, or a new temporary one (temp), removed on exit.
+func devDir(flagDir string) (dir string, temp bool, err error) {
 	if flagDir == "" {
 		dir, err := os.MkdirTemp("", "braid-dev-")
-		if err != nil {
-			return "", nil, err
-		}
-		return dir, func() {
-			if err := os.RemoveAll(dir); err != nil {
-				fmt.Fprintf(os.Stderr, "braid dev: removing %s: %v\n", dir, err)
-			}
-		}, nil
+		return dir, true, err
 	}
 	if err := os.MkdirAll(flagDir, 0o700); err != nil {
-		return "", nil, fmt.Errorf("--dir: %w", err)
+		return "", false, fmt.Errorf("--dir: %w", err)
 	}
 	entries, err := os.ReadDir(flagDir)
 	if err != nil {
-		return "", nil, fmt.Errorf("--dir: %w", err)
+		return "", false, fmt.Errorf("--dir: %w", err)
 	}
 	if len(entries) > 0 {
-		return "", nil, fmt.Errorf("--dir %s is not empty: braid dev starts a new cluster every time; give a new or empty directory, or none for a temporary one", flagDir)
+		return "", false, fmt.Errorf("--dir %s is not empty: braid dev starts a new cluster every time; give a new or empty directory, or none for a temporary one", flagDir)
 	}
-	return flagDir, func() {}, nil
+	return flagDir, false, nil
 }
 
 // devToken makes the cluster's API token and writes it to DIR/api-token,

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -114,8 +116,16 @@ func TestDevClusterStatusAndCtrlC(t *testing.T) {
 	}
 }
 
-// What braid dev refuses before it starts anything.
+// What braid dev refuses, and a taken --api-port, named with the way out.
 func TestDevRefuses(t *testing.T) {
+	ownRuntimeDir(t)
+	t.Setenv("TMPDIR", t.TempDir()) // the directory of the failed start is kept there
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	port := fmt.Sprint(taken.Addr().(*net.TCPAddr).Port)
 	full := t.TempDir()
 	if err := os.WriteFile(filepath.Join(full, "x"), nil, 0o600); err != nil {
 		t.Fatal(err)
@@ -128,6 +138,7 @@ func TestDevRefuses(t *testing.T) {
 		{[]string{"dev", "--api-port", "70000"}, "--api-port 70000"},
 		{[]string{"dev", "--dir", full}, "is not empty"},
 		{[]string{"dev", "--log-level", "loud"}, "--log-level"},
+		{[]string{"dev", "--nodes", "1", "--api-port", port}, "--api-port " + port + " is in use (another braid node or dev cluster?): stop it, or give --api-port 0"},
 	} {
 		out, err := run(t, tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
