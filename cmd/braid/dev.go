@@ -81,6 +81,7 @@ type devNode struct {
 	api     string // http://127.0.0.1:port
 	logPath string
 	logFile *os.File
+	log     *slog.Logger // to logFile
 	unrec   func() // removes the CLI's record of its API
 }
 
@@ -160,7 +161,9 @@ func runDev(c *cli.Context) (err error) {
 	}
 	api, tokenFile := started[0].api, filepath.Join(dir, node.APITokenFile)
 	fmt.Fprintf(out, "\nAPI    %s (every node's API takes the same token)\n", api)
-	fmt.Fprintf(out, "token  %s (also in %s)\n\n", token, tokenFile)
+	fmt.Fprintf(out, "token  %s (also in %s)\n", token, tokenFile)
+	// The console takes the token from the URL once and keeps a cookie.
+	fmt.Fprintf(out, "web console  %s/?token=%s\n\n", api, token)
 	fmt.Fprintln(out, "In another shell:")
 	fmt.Fprintf(out, "  export BRAID_API=%s BRAID_TOKEN=%s\n", api, token)
 	fmt.Fprintln(out, "  braid status")
@@ -252,7 +255,7 @@ func devStartNode(ctx context.Context, dir, tlsDir, name, join string, expect, a
 		}
 		n, err := node.New(cfg, node.Deps{Logger: logger})
 		if err == nil {
-			d := &devNode{name: name, n: n, gossip: cfg.GossipAddr, quic: cfg.QUICAddr, api: n.APIURL(), logPath: logPath, logFile: logFile}
+			d := &devNode{name: name, n: n, gossip: cfg.GossipAddr, quic: cfg.QUICAddr, api: n.APIURL(), logPath: logPath, logFile: logFile, log: logger}
 			d.unrec = recordAPI(n, name, logger)
 			return d, nil
 		}
@@ -339,23 +342,34 @@ func devStop(nodes []*devNode, out io.Writer) {
 			break
 		}
 	}
+	var order []*devNode
 	for _, d := range nodes {
 		if d != leader {
-			devStopNode(d, out)
+			order = append(order, d)
 		}
 	}
 	if leader != nil {
-		devStopNode(leader, out)
+		order = append(order, leader)
+	}
+	for i, d := range order {
+		devStopNode(d, out, i == len(order)-1)
 	}
 	fmt.Fprintf(out, "braid dev: stopped %d node(s) in %.1fs\n", len(nodes), time.Since(start).Seconds())
 }
 
-func devStopNode(d *devNode, out io.Writer) {
+// devStopNode stops d. The last node's leave fails more often than not
+// (the follower before it left a Raft configuration of two it cannot
+// shrink without it): that goes to its log, not to the user.
+func devStopNode(d *devNode, out io.Writer, last bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	d.unrec()
 	if err := d.n.Shutdown(ctx); err != nil {
-		fmt.Fprintf(out, "braid dev: stopping %s: %v (its log: %s)\n", d.name, err, d.logPath)
+		if last {
+			d.log.Info("the last node of the dev cluster stopped without a committed leave", "err", err)
+		} else {
+			fmt.Fprintf(out, "braid dev: stopping %s: %v (its log: %s)\n", d.name, err, d.logPath)
+		}
 	}
 	d.logFile.Close()
 }

@@ -77,6 +77,9 @@ func TestDevClusterStatusAndCtrlC(t *testing.T) {
 	if api == "" || len(token) != 64 {
 		t.Fatalf("the output names no API and token to export (api %q, token %q):\n%s", api, token, strings.Join(out, "\n"))
 	}
+	if !strings.Contains(strings.Join(out, "\n"), "web console  "+api+"/?token="+token) {
+		t.Errorf("no console URL with the token in the output:\n%s", strings.Join(out, "\n"))
+	}
 	dirs, _ := filepath.Glob(filepath.Join(tmp, "braid-dev-*"))
 	if len(dirs) != 1 || !strings.Contains(out[0], dirs[0]) {
 		t.Fatalf("the first line should name the cluster's directory %v: %q", dirs, out[0])
