@@ -82,7 +82,7 @@ type devNode struct {
 	logPath string
 	logFile *os.File
 	log     *slog.Logger // to logFile
-	unrec   func() // removes the CLI's record of its API
+	unrec   func()       // removes the CLI's record of its API
 }
 
 func runDev(c *cli.Context) (err error) {
