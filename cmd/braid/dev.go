@@ -31,8 +31,8 @@ import (
 //
 // The nodes run inside this process rather than as child processes of this
 // binary. One process gets the signal, so Ctrl-C and SIGTERM stop every
-// node in the order dev chooses (followers, then the leader, each leaving
-// gracefully) and then remove the directory; no node can outlive dev
+// node in the order dev chooses (followers one at a time, then the leader:
+// devStop) and then remove the directory; no node can outlive dev
 // (child processes would, were dev itself killed with SIGKILL); and no
 // binary has to be found again on disk. The nodes are the same node.Node
 // that `braid node` runs, with the same QUIC, mutual TLS, gossip
@@ -65,6 +65,8 @@ func devCommand() *cli.Command {
 			&cli.IntFlag{Name: "nodes", Value: 3, Usage: "how many nodes (1 to 16)"},
 			&cli.StringFlag{Name: "dir", Usage: "`DIR` for the CA, the token, the nodes' data and logs: new or empty, kept on exit (default: a temporary directory, removed on exit)"},
 			&cli.IntFlag{Name: "api-port", Value: devDefaultAPIPort, Usage: "the first node's HTTP API `PORT` on 127.0.0.1 (0: any free port); the others get free ports"},
+			// cpu rather than braid node's auto: a dev cluster's nodes share
+			// one device, and a trial run should not take a GPU unasked.
 			&cli.StringFlag{Name: "device", Value: "cpu", Usage: "where the nodes compute: cpu, cuda, cuda:N or auto (all nodes share the device)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "the nodes' log files' level: debug, info, warn or error"},
 		},
