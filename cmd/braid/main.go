@@ -55,6 +55,7 @@ func newApp() *cli.App {
 			exportCommand(),
 			statusCommand(),
 			nodeCommand(),
+			devCommand(),
 			benchCommand(),
 			caCommand(),
 			dataCommand(),
