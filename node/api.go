@@ -3,7 +3,6 @@ package node
 import (
 	"bytes"
 	"context"
-	"crypto/subtle"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -12,11 +11,11 @@ import (
 	"mime"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/braidml/braid/allreduce"
+	"github.com/braidml/braid/internal/httpauth"
 	"github.com/braidml/braid/kernels/cuda"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -231,7 +230,7 @@ func StartAPI(cfg APIConfig, status func() Status, reg *prometheus.Registry) (*A
 	if err != nil {
 		return nil, fmt.Errorf("node: HTTP API: %w", err)
 	}
-	hosts, err := allowedHosts(ln.Addr().(*net.TCPAddr).IP, cfg.Hosts)
+	hosts, err := httpauth.AllowedHosts(ln.Addr().(*net.TCPAddr).IP, cfg.Hosts)
 	if err != nil {
 		ln.Close()
 		return nil, err
@@ -354,13 +353,11 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 // may carry the console's session cookie instead of the header; a request
 // that changes state needs the header.
 func requireToken(token string, next http.Handler) http.Handler {
-	want := []byte("Bearer " + token)
 	session := consoleSession(token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		read := r.Method == http.MethodGet || r.Method == http.MethodHead
 		public := read && (r.URL.Path == "/v1/health" || r.URL.Path == "/v1/ready" || consoleAsset(r.URL.Path))
-		authorized := subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) == 1 ||
-			read && hasConsoleSession(r, session)
+		authorized := httpauth.BearerOK(r, token) || read && hasConsoleSession(r, session)
 		if !public && !authorized {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="braid"`)
 			http.Error(w, "braid: missing or wrong bearer token (the node's is in its data directory's "+APITokenFile+
@@ -389,45 +386,13 @@ func requireJSONWrites(next http.Handler) http.Handler {
 }
 
 // checkHost refuses (421) a request whose Host header, port aside, is not
-// one of hosts (lower case).
-func checkHost(hosts map[string]bool, next http.Handler) http.Handler {
+// one of hosts.
+func checkHost(hosts httpauth.Hosts, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		host := r.Host
-		if h, _, err := net.SplitHostPort(host); err == nil {
-			host = h
-		}
-		host = strings.ToLower(strings.TrimSuffix(strings.Trim(host, "[]"), "."))
-		if !hosts[host] {
+		if !hosts.Allow(r) {
 			http.Error(w, "braid: this API does not answer to the host name "+fmt.Sprintf("%.100q", r.Host), http.StatusMisdirectedRequest)
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
-}
-
-// allowedHosts is what a request's Host may name: loopback and localhost,
-// the listen IP (every address of the machine's interfaces when it is a
-// wildcard), and extra.
-func allowedHosts(listen net.IP, extra []string) (map[string]bool, error) {
-	hosts := map[string]bool{"localhost": true, "127.0.0.1": true, "::1": true}
-	add := func(ip net.IP) { hosts[ip.String()] = true }
-	if listen.IsUnspecified() {
-		addrs, err := net.InterfaceAddrs()
-		if err != nil {
-			return nil, fmt.Errorf("node: HTTP API: the machine's addresses: %w", err)
-		}
-		for _, a := range addrs {
-			if n, ok := a.(*net.IPNet); ok {
-				add(n.IP)
-			}
-		}
-	} else {
-		add(listen)
-	}
-	for _, h := range extra {
-		if h != "" {
-			hosts[strings.ToLower(strings.Trim(h, "[]"))] = true
-		}
-	}
-	return hosts, nil
 }
