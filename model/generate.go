@@ -53,7 +53,7 @@ func (m *Model) LogitsAt(dst []float32, b, t int) error {
 // activations for one sequence (New(c, 1, T)); when the text outgrows T, the
 // model sees the last T tokens. An empty prompt starts from end-of-text.
 func Generate(m LanguageModel, tok Tokenizer, prompt []int32, opt SampleOptions) ([]int32, error) {
-	if err := opt.check(); err != nil {
+	if err := opt.Check(); err != nil {
 		return nil, err
 	}
 	_, maxT := m.MaxBatch()
@@ -151,8 +151,8 @@ func Prefill(kv *KVCache, slot int, tokens []int32, logits []float32) error {
 	return nil
 }
 
-// check reports options Generate and a Sampler cannot follow.
-func (opt SampleOptions) check() error {
+// Check reports options Generate and a Sampler cannot follow.
+func (opt SampleOptions) Check() error {
 	if opt.Temperature < 0 || math.IsNaN(opt.Temperature) {
 		return fmt.Errorf("model: temperature %g, want ≥ 0", opt.Temperature)
 	}
@@ -176,7 +176,7 @@ type Sampler struct {
 }
 
 // NewSampler returns a sampler over a vocabulary of V tokens. Options that
-// check refuses are the caller's to reject first (Generate does).
+// Check refuses are the caller's to reject first (Generate does).
 func NewSampler(V int, opt SampleOptions) *Sampler {
 	return &Sampler{opt: opt, rng: rand.New(rand.NewPCG(opt.Seed, 0x67656e)),
 		probs: make([]float64, V), idx: make([]int, V)}
