@@ -51,6 +51,7 @@ func newApp() *cli.App {
 		Commands: prepareCommands(explainNodeErrors([]*cli.Command{
 			trainCommand(),
 			generateCommand(),
+			serveCommand(),
 			evalCommand(),
 			exportCommand(),
 			statusCommand(),
