@@ -218,3 +218,32 @@ func TestSamplerTopP(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkKVCacheDecode times one decoded token of the bundled base
+// model's shape, at positions 64..255 (refilled with a 64-token prompt
+// when the cache is full).
+func BenchmarkKVCacheDecode(b *testing.B) {
+	c := model.Config{Vocab: 257, Context: 256, Dim: 192, Layers: 6, Heads: 6}
+	m, err := model.NewInference(c, 1, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	m.Init(1)
+	kv, err := m.NewKVCache(1, 256, 64)
+	if err != nil {
+		b.Fatal(err)
+	}
+	prompt := make([]int32, 64)
+	logits := make([]float32, c.Vocab)
+	for b.Loop() {
+		if kv.Len(0) == 0 || kv.Len(0) == kv.MaxLen() {
+			kv.Reset(0)
+			if err := model.Prefill(kv, 0, prompt, logits); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := kv.Step([]model.KVChunk{{Slot: 0, Tokens: prompt[:1]}}, [][]float32{logits}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -24,7 +24,7 @@ func benchCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "bench",
 		Usage: "measure kernels, links and collectives",
-		Subcommands: []*cli.Command{benchTrainCommand(), {
+		Subcommands: []*cli.Command{benchTrainCommand(), benchGenerateCommand(), {
 			Name:  "kernels",
 			Usage: "sgemm GFLOPS and training tokens/s on this machine",
 			Flags: []cli.Flag{
