@@ -61,12 +61,18 @@ func serveCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			copy(m.Params, ck.Params)
-			if a := c.String("adapter"); a != "" {
-				if err := attachAdapter(m, a); err != nil {
+			params := ck.Params
+			if dir := c.String("adapter"); dir != "" {
+				// Merged once: no adapter arithmetic on every token.
+				a, err := model.LoadAdapter(dir, ck.Config)
+				if err != nil {
+					return err
+				}
+				if params, err = model.MergeLoRA(ck.Config, ck.Params, a); err != nil {
 					return err
 				}
 			}
+			copy(m.Params, params)
 			enc, err := serveChat(c, dir, ck.Tokenizer)
 			if err != nil {
 				return err
