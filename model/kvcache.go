@@ -205,10 +205,10 @@ func (kv *KVCache) Step(chunks []KVChunk, logits [][]float32) error {
 		last, lastN := kv.last[:n*C], kv.lastN[:n*C]
 		if s := m.llama; s != nil {
 			kernels.RMSNormForward(lastN, kv.lastRstd, last, s.p.norm, n, C, s.eps)
-			kernels.LinearForward(kv.logits, lastN, s.p.head, nil, n, C, V)
+			linearRows(kv.logits, lastN, s.p.head, nil, n, C, V)
 		} else {
 			kernels.LayerNormForward(lastN, kv.lastMean, kv.lastRstd, last, m.p.lnfw, m.p.lnfb, n, C)
-			kernels.LinearForward(kv.logits, lastN, m.p.wte, nil, n, C, V)
+			linearRows(kv.logits, lastN, m.p.wte, nil, n, C, V)
 		}
 		n = 0
 		for i := range chunks {
@@ -288,6 +288,22 @@ func (kv *KVCache) llamaLayers(R int) {
 	}
 }
 
+// fewRows is up to how many rows linearRows multiplies without packing the
+// weight (kernels.LinearForwardFew): a decoding step has a row per
+// sequence, and packing a weight for so few rows costs more than the
+// multiply.
+const fewRows = 8
+
+// linearRows is kernels.LinearForward, or LinearForwardFew for up to
+// fewRows rows.
+func linearRows(out, inp, w, b []float32, R, in, o int) {
+	if R <= fewRows {
+		kernels.LinearForwardFew(out, inp, w, b, R, in, o)
+		return
+	}
+	kernels.LinearForward(out, inp, w, b, R, in, o)
+}
+
 // linear computes the stacked projections first..last of block l (one
 // projection when first == last) on R rows, out = inp·wᵀ + b, plus the
 // attached adapter's update of each projection it adapts (without dropout:
@@ -295,7 +311,7 @@ func (kv *KVCache) llamaLayers(R int) {
 func (kv *KVCache) linear(l int, first, last projection, out, inp, w, b []float32, R int) {
 	m := kv.m
 	in, ld := m.stackedShape(first, last)
-	kernels.LinearForward(out, inp, w, b, R, in, ld)
+	linearRows(out, inp, w, b, R, in, ld)
 	lr := m.lora
 	if lr == nil {
 		return
