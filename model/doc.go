@@ -27,6 +27,10 @@
 // widened exactly into a shared float32 scratch per use, Params and Grads
 // nil; it computes what a float32 model of the bf16-rounded base computes.
 //
+// For inference, a KVCache (kvcache.go) keeps each layer's keys and values
+// of up to Slots sequences, so that generation computes a prompt once and
+// then one token a step, several sequences in one step; Generate uses it.
+//
 // A Model is not safe for concurrent use: one goroutine drives it, and the
 // kernels spread each step over the CPU's cores.
 //

@@ -52,6 +52,10 @@ func (m *Model) LogitsAt(dst []float32, b, t int) error {
 // and returns the generated token ids (prompt excluded). The model needs
 // activations for one sequence (New(c, 1, T)); when the text outgrows T, the
 // model sees the last T tokens. An empty prompt starts from end-of-text.
+// On the CPU (*Model) it computes the prompt once and then one token a step
+// with a KV cache (its activations are not used); other models recompute
+// the whole window for every token. Both sample the same tokens for the
+// same options, within float32 rounding of the logits.
 func Generate(m LanguageModel, tok Tokenizer, prompt []int32, opt SampleOptions) ([]int32, error) {
 	if err := opt.Check(); err != nil {
 		return nil, err
