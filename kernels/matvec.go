@@ -29,6 +29,7 @@ var matVecTasks taskPool[matVecTask, *matVecTask]
 // Run computes output features [lo, hi) of every row.
 func (t *matVecTask) Run(lo, hi int) {
 	C := t.C
+	simd := ActiveImpl() != ImplGeneric // AVX2 is a subset of AVX-512
 	for o := lo; o < hi; o++ {
 		w := t.w[o*C : (o+1)*C]
 		var bias float32
@@ -36,7 +37,13 @@ func (t *matVecTask) Run(lo, hi int) {
 			bias = t.b[o]
 		}
 		for r := range t.BT {
-			t.out[r*t.OC+o] = bias + dot(t.inp[r*C:(r+1)*C], w)
+			x := t.inp[r*C : (r+1)*C]
+			if simd && C >= 32 {
+				n := C &^ 31
+				t.out[r*t.OC+o] = bias + dotAVX2(&x[0], &w[0], n) + dot(x[n:], w[n:])
+				continue
+			}
+			t.out[r*t.OC+o] = bias + dot(x, w)
 		}
 	}
 }
