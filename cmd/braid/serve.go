@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/braidml/braid/model"
 	"github.com/braidml/braid/model/chat"
 	"github.com/braidml/braid/node"
+	"github.com/braidml/braid/node/client"
 	"github.com/braidml/braid/serve"
 )
 
@@ -28,7 +30,11 @@ func serveCommand() *cli.Command {
 			"API key. Requests are batched (--max-batch sequences are decoded together, --max-queue more wait);\n" +
 			"chat completions use the model's chat template (its tokenizer_config.json, or --chat-template).",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "model", Aliases: []string{"m"}, Usage: "checkpoint `DIR`", Required: true},
+			&cli.StringFlag{Name: "model", Aliases: []string{"m"}, Usage: "checkpoint `DIR` (or --job)"},
+			&cli.StringFlag{Name: "job", Usage: "instead of --model: the latest checkpoint of job `ID` (with its base, for a LoRA job), fetched once from the node at --api"},
+			&cli.StringFlag{Name: "api", Value: "http://127.0.0.1:7950", EnvVars: []string{"BRAID_API"}, Usage: "with --job: the node's HTTP API `URL`"},
+			&cli.StringFlag{Name: "api-token", EnvVars: []string{"BRAID_TOKEN"}, Usage: "with --job: the node API's bearer token (default: that of the node behind --api, if it runs on this machine as this user)"},
+			&cli.StringFlag{Name: "ca", EnvVars: []string{"BRAID_CA"}, Usage: "with --job and an https --api: the cluster CA certificate `FILE`"},
 			&cli.StringFlag{Name: "adapter", Usage: "LoRA adapter `DIR` (PEFT layout) to apply to --model"},
 			&cli.StringFlag{Name: "name", Usage: "the model's id in the API (default: --model's directory name)"},
 			&cli.StringFlag{Name: "addr", Value: "127.0.0.1:8080", Usage: "`HOST:PORT` to listen on (plain HTTP: keep it on loopback or behind a TLS proxy)"},
@@ -50,7 +56,27 @@ func serveCommand() *cli.Command {
 			if err := setCompute(c.Int("threads"), "auto"); err != nil {
 				return err
 			}
-			dir := c.String("model")
+			dir, adapter := c.String("model"), c.String("adapter")
+			name := c.String("name")
+			switch id := c.String("job"); {
+			case (dir == "") == (id == ""):
+				return fmt.Errorf("give --model DIR or --job ID (one of them)")
+			case id != "":
+				if adapter != "" {
+					return fmt.Errorf("--adapter applies to --model; a LoRA job's adapter comes with --job")
+				}
+				tmp, err := os.MkdirTemp("", "braid-serve-job-")
+				if err != nil {
+					return err
+				}
+				defer os.RemoveAll(tmp)
+				if dir, adapter, err = fetchJobModel(c, id, tmp); err != nil {
+					return err
+				}
+				if name == "" {
+					name = "job-" + id
+				}
+			}
 			ck, err := model.LoadCheckpoint(dir)
 			if err != nil {
 				return err
@@ -62,9 +88,9 @@ func serveCommand() *cli.Command {
 				return err
 			}
 			params := ck.Params
-			if dir := c.String("adapter"); dir != "" {
+			if adapter != "" {
 				// Merged once: no adapter arithmetic on every token.
-				a, err := model.LoadAdapter(dir, ck.Config)
+				a, err := model.LoadAdapter(adapter, ck.Config)
 				if err != nil {
 					return err
 				}
@@ -81,7 +107,6 @@ func serveCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			name := c.String("name")
 			if name == "" {
 				abs, _ := filepath.Abs(dir)
 				name = filepath.Base(abs)
@@ -115,6 +140,50 @@ func serveCommand() *cli.Command {
 			return s.Close(ctx)
 		},
 	}
+}
+
+// fetchJobModel downloads the latest checkpoint of job id from the node
+// at --api into tmp, as `braid job export` does: the model, or a LoRA
+// job's adapter and its base. It returns the model's directory and the
+// adapter's ("" for a full fine-tuning job).
+func fetchJobModel(c *cli.Context, id, tmp string) (modelDir, adapterDir string, err error) {
+	api := c.String("api")
+	tok := c.String("api-token")
+	if tok == "" {
+		tok = discoverToken(api)
+	}
+	cl, err := client.New(client.Config{URL: api, CAFile: c.String("ca"), Token: tok})
+	if err != nil {
+		return "", "", fmt.Errorf("--api: %w", err)
+	}
+	js, err := cl.Job(c.Context, id)
+	if err != nil {
+		return "", "", noJob(err, id)
+	}
+	n := len(js.Checkpoints)
+	if n == 0 {
+		return "", "", fmt.Errorf("job %s has no checkpoint yet (see braid job status %s)", id, id)
+	}
+	get := func(dir, prefix string, names []string) error {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		for _, name := range names {
+			if err := cl.DownloadJobFile(c.Context, id, prefix+name, filepath.Join(dir, name)); err != nil {
+				return fmt.Errorf("job %s: %w", id, err)
+			}
+		}
+		return nil
+	}
+	modelDir = filepath.Join(tmp, "model")
+	if js.Spec.LoRARank == 0 {
+		return modelDir, "", get(modelDir, "", append([]string{"config.json", "model.safetensors"}, tokenizerFiles(js.Checkpoints[n-1].Tokenizer)...))
+	}
+	adapterDir = filepath.Join(tmp, "adapter")
+	if err := get(adapterDir, "", []string{model.AdapterConfigFile, model.AdapterWeightsFile}); err != nil {
+		return "", "", err
+	}
+	return modelDir, adapterDir, get(modelDir, "base-", append([]string{"config.json", "model.safetensors"}, tokenizerFiles(js.Spec.Base.Tokenizer)...))
 }
 
 // serveToken is the bearer token: --token, --token-file, or a new random
