@@ -5,6 +5,7 @@ import (
 	"math"
 
 	"github.com/braidml/braid/kernels"
+	"github.com/braidml/braid/model/safetensors"
 )
 
 // This file is incremental decoding with a key-value cache, for inference:
@@ -205,7 +206,11 @@ func (kv *KVCache) Step(chunks []KVChunk, logits [][]float32) error {
 		last, lastN := kv.last[:n*C], kv.lastN[:n*C]
 		if s := m.llama; s != nil {
 			kernels.RMSNormForward(lastN, kv.lastRstd, last, s.p.norm, n, C, s.eps)
-			linearRows(kv.logits, lastN, s.p.head, nil, n, C, V)
+			if s.p16.blocks == nil {
+				linearRows(kv.logits, lastN, s.p.head, nil, n, C, V)
+			} else {
+				m.headForward(kv.logits, lastN, n) // widened a chunk at a time
+			}
 		} else {
 			kernels.LayerNormForward(lastN, kv.lastMean, kv.lastRstd, last, m.p.lnfw, m.p.lnfb, n, C)
 			linearRows(kv.logits, lastN, m.p.wte, nil, n, C, V)
@@ -257,12 +262,19 @@ func (kv *KVCache) llamaLayers(R int) {
 	c, s := kv.m.Config, kv.m.llama
 	C, H, NH, KVH, hd := c.Dim, c.Hidden, c.Heads, c.KVHeads, c.HeadDim
 	W, half := (NH+2*KVH)*hd, hd/2
-	kernels.EmbeddingForward(kv.x, kv.tokens[:R], s.p.embed, R, C)
+	if s.p16.blocks == nil {
+		kernels.EmbeddingForward(kv.x, kv.tokens[:R], s.p.embed, R, C)
+	} else { // a base held in bf16 (bf16base.go): widen the rows used
+		for i, t := range kv.tokens[:R] {
+			row := int(t) * C
+			safetensors.BF16ToFloat32s(kv.x[i*C:(i+1)*C], s.p16.embed[row:row+C])
+		}
+	}
 	x := kv.x[:R*C]
 	for l := range c.Layers {
-		p := &s.p.blocks[l]
+		p, h := &s.p.blocks[l], s.block16(l)
 		kernels.RMSNormForward(kv.xn, kv.rstd, x, p.attnNorm, R, C, s.eps)
-		kv.linear(l, projQ, projV, kv.qkv, kv.xn, p.qkvw, p.qkvb, R)
+		kv.linear(l, projQ, projV, kv.qkv, kv.xn, s.weight(p.qkvw, h.qkvw), p.qkvb, R)
 		// RoPE at each row's own position, as kernels.RoPEForward computes it.
 		for r := range R {
 			pos := kv.rowPos[r]
@@ -278,12 +290,12 @@ func (kv *KVCache) llamaLayers(R int) {
 			}
 		}
 		kv.attention(l, R)
-		kv.linear(l, projO, projO, kv.proj, kv.atty, p.ow, nil, R)
+		kv.linear(l, projO, projO, kv.proj, kv.atty, s.weight(p.ow, h.ow), nil, R)
 		kernels.ResidualForward(x, x, kv.proj[:R*C])
 		kernels.RMSNormForward(kv.xn, kv.rstd, x, p.mlpNorm, R, C, s.eps)
-		kv.linear(l, projGate, projUp, kv.hid, kv.xn, p.guw, nil, R)
+		kv.linear(l, projGate, projUp, kv.hid, kv.xn, s.weight(p.guw, h.guw), nil, R)
 		kernels.SwiGLUForward(kv.act, kv.hid, R, H)
-		kv.linear(l, projDown, projDown, kv.proj, kv.act, p.downw, nil, R)
+		kv.linear(l, projDown, projDown, kv.proj, kv.act, s.weight(p.downw, h.downw), nil, R)
 		kernels.ResidualForward(x, x, kv.proj[:R*C])
 	}
 }

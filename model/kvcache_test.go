@@ -1,6 +1,7 @@
 package model_test
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -11,22 +12,34 @@ import (
 
 // kvFixtures are the checkpoints the KV cache is checked on: one of each
 // family member, and an adapter on each family.
-var kvFixtures = []struct{ dir, adapter string }{
-	{"testdata/hf_tiny", ""},
-	{"testdata/hf_tiny", "testdata/lora_tiny"},
-	{"testdata/llama_tiny", ""},
-	{"testdata/llama_tiny", "testdata/llama_lora_tiny"},
-	{"testdata/mistral_tiny", ""}, // sliding window 5: the sequences below outgrow it
-	{"testdata/qwen2_tiny", ""},
+var kvFixtures = []struct {
+	dir, adapter string
+	bf16         bool // hold the base in bf16 (NewFrozenBF16)
+}{
+	{"testdata/hf_tiny", "", false},
+	{"testdata/hf_tiny", "testdata/lora_tiny", false},
+	{"testdata/llama_tiny", "", false},
+	{"testdata/llama_tiny", "testdata/llama_lora_tiny", false},
+	{"testdata/llama_tiny", "testdata/llama_lora_tiny", true},
+	{"testdata/mistral_tiny", "", false}, // sliding window 5: the sequences below outgrow it
+	{"testdata/qwen2_tiny", "", true},
 }
 
-// loadKV loads fixture dir (with its adapter, if any) for a batch of one
-// sequence of up to T tokens.
-func loadKV(t *testing.T, dir, adapter string, T int) *model.Model {
+// loadKV loads fixture dir (with its adapter, if any; with its base held
+// in bf16 if bf16) for a batch of one sequence of up to T tokens.
+func loadKV(t *testing.T, dir, adapter string, bf16 bool, T int) *model.Model {
 	t.Helper()
 	m, _, err := model.Load(dir, 1, T)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if bf16 {
+		held, err := model.NewFrozenBF16(m.Config, 1, T)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held.SetBaseWeights(m.Params)
+		m = held
 	}
 	if adapter != "" {
 		a, err := model.LoadAdapter(adapter, m.Config)
@@ -47,8 +60,8 @@ func loadKV(t *testing.T, dir, adapter string, T int) *model.Model {
 func TestKVCacheMatchesForward(t *testing.T) {
 	const T, prompt = 12, 5
 	for _, fx := range kvFixtures {
-		t.Run(fx.dir+"+"+fx.adapter, func(t *testing.T) {
-			m := loadKV(t, fx.dir, fx.adapter, T)
+		t.Run(fmt.Sprintf("%s+%s/bf16=%v", fx.dir, fx.adapter, fx.bf16), func(t *testing.T) {
+			m := loadKV(t, fx.dir, fx.adapter, fx.bf16, T)
 			V := m.Config.Vocab
 			rng := rand.New(rand.NewPCG(7, 1))
 			seqs := make([][]int32, 2)
@@ -109,7 +122,7 @@ func TestKVCacheMatchesForward(t *testing.T) {
 // slot out of range or twice in a step, an empty chunk, a chunk past the
 // slot's capacity, too many rows, and tokens outside the vocabulary.
 func TestKVCacheRefusesBadSteps(t *testing.T) {
-	m := loadKV(t, "testdata/llama_tiny", "", 8)
+	m := loadKV(t, "testdata/llama_tiny", "", false, 8)
 	kv, err := m.NewKVCache(2, 8, 4)
 	if err != nil {
 		t.Fatal(err)
@@ -157,7 +170,7 @@ func (h hideModel) Forward(tokens, targets []int32, B, T int) (float32, error) {
 func TestGenerateCachedSameText(t *testing.T) {
 	const maxT = 10
 	for _, dir := range []string{"testdata/hf_tiny", "testdata/mistral_tiny"} {
-		m := loadKV(t, dir, "", maxT)
+		m := loadKV(t, dir, "", false, maxT)
 		tok := smallTok{m.Config.Vocab}
 		prompt := []int32{3, 1, 4, 1, 5}
 		for _, opt := range []model.SampleOptions{
