@@ -21,7 +21,7 @@ var forbidden = map[string][]string{
 	"transport":   {mod + "coordinator", mod + "node", mod + "model", mod + "train", mod + "kernels", mod + "cmd", "github.com/hashicorp/"},
 	"coordinator": {mod + "node", mod + "train", mod + "model", mod + "kernels", mod + "cmd", mod + "transport/quic", "github.com/hashicorp/memberlist", "github.com/quic-go/"},
 	"node":        {mod + "cmd"},
-	"provenance":  {mod + "kernels", mod + "model", mod + "train", mod + "transport", mod + "coordinator", mod + "node", mod + "cmd", mod + "shard", mod + "allreduce", "github.com/"},
+	"provenance":  {mod + "kernels", mod + "model", mod + "train", mod + "transport", mod + "coordinator", mod + "node", mod + "cmd", mod + "shard", mod + "allreduce"},
 	"shard":       {mod + "transport", mod + "coordinator", mod + "node", mod + "train", mod + "allreduce", mod + "cmd", "github.com/hashicorp/", "github.com/quic-go/"},
 }
 
