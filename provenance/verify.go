@@ -165,33 +165,43 @@ func caNames(cas []*x509.Certificate) string {
 // verifyFiles hashes every file the record names, and looks for weights
 // files it does not name.
 func verifyFiles(rep *Report, dir string) {
+	matched, problems := CheckFiles(dir, rep.Record)
+	rep.Matched = matched
+	rep.Problems = append(rep.Problems, problems...)
+}
+
+// CheckFiles hashes every file rec names in dir and returns those that
+// match, and a problem naming each that does not (missing, another hash)
+// and each weights file in dir that rec does not name.
+func CheckFiles(dir string, rec *Record) (matched []File, problems []string) {
 	named := map[string]bool{}
-	for _, want := range rep.Record.Files {
+	for _, want := range rec.Files {
 		named[want.Name] = true
 		got, err := HashFile(filepath.Join(dir, want.Name))
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
-			rep.problem("%s: missing (the record names it with sha256 %s)", want.Name, want.SHA256)
+			problems = append(problems, fmt.Sprintf("%s: missing (the record names it with sha256 %s)", want.Name, want.SHA256))
 		case err != nil:
-			rep.problem("%s: %v", want.Name, err)
+			problems = append(problems, fmt.Sprintf("%s: %v", want.Name, err))
 		case got.SHA256 != want.SHA256:
-			rep.problem("%s: sha256 %s does not match the recorded %s (%d bytes here, %d recorded)", want.Name, got.SHA256, want.SHA256, got.Bytes, want.Bytes)
+			problems = append(problems, fmt.Sprintf("%s: sha256 %s does not match the recorded %s (%d bytes here, %d recorded)",
+				want.Name, got.SHA256, want.SHA256, got.Bytes, want.Bytes))
 		default:
-			rep.Matched = append(rep.Matched, got)
+			matched = append(matched, got)
 		}
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		rep.problem("%s: %v", dir, err)
-		return
+		return matched, append(problems, fmt.Sprintf("%s: %v", dir, err))
 	}
 	for _, e := range entries {
 		name := e.Name()
 		if named[name] || !slices.Contains(weightsExt, strings.ToLower(filepath.Ext(name))) {
 			continue
 		}
-		rep.problem("%s: a weights file the record does not name", name)
+		problems = append(problems, fmt.Sprintf("%s: a weights file the record does not name", name))
 	}
+	return matched, problems
 }
 
 // readBounded reads at most max bytes of path, refusing a larger file.
