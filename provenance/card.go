@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,24 +16,52 @@ import (
 // WriteDir writes into dir the record (the exact bytes that sig covers),
 // its signature (nil: unsigned, and a provenance.sig left from an earlier
 // export is removed, so that it cannot be taken for this record's) and the
-// model card rendered from the record. Each file is written atomically.
-func WriteDir(dir string, record, sig []byte) error {
+// model card rendered from the record. Each file is replaced atomically;
+// the signature goes in before the record, so that a crash between the
+// two leaves a pair that fails to verify rather than one that passes.
+func WriteDir(dir string, record, sig []byte) (err error) {
 	rec, err := Decode(record)
 	if err != nil {
 		return err
 	}
-	if err := atomicfile.WriteBytes(filepath.Join(dir, RecordFile), record, 0o644); err != nil {
+	var staged []*atomicfile.Pending
+	defer func() {
+		for _, p := range staged {
+			p.Abort() // those not committed
+		}
+	}()
+	stage := func(name string, b []byte) error {
+		p, err := atomicfile.Stage(filepath.Join(dir, name), 0o644, func(w io.Writer) error { _, err := w.Write(b); return err })
+		if err == nil {
+			staged = append(staged, p)
+		}
 		return err
 	}
-	sigPath := filepath.Join(dir, SignatureFile)
 	if sig != nil {
-		if err := atomicfile.WriteBytes(sigPath, sig, 0o644); err != nil {
+		if err := stage(SignatureFile, sig); err != nil {
 			return err
 		}
-	} else if err := os.Remove(sigPath); err != nil && !os.IsNotExist(err) {
+	} else if err := os.Remove(filepath.Join(dir, SignatureFile)); err != nil && !os.IsNotExist(err) {
 		return err
 	}
-	return atomicfile.WriteBytes(filepath.Join(dir, CardFile), Card(rec), 0o644)
+	if err := stage(RecordFile, record); err != nil {
+		return err
+	}
+	if err := stage(CardFile, Card(rec)); err != nil {
+		return err
+	}
+	for len(staged) > 0 {
+		p := staged[0]
+		staged = staged[1:]
+		if err := p.Commit(); err != nil {
+			return err
+		}
+	}
+	// One fsync of the directory for the three renames.
+	if err := atomicfile.SyncDir(dir); err != nil {
+		return fmt.Errorf("provenance: %s: %w", dir, err)
+	}
+	return nil
 }
 
 // yamlString quotes s for YAML front matter (a JSON string is a YAML

@@ -73,6 +73,11 @@ func Sign(record []byte, key crypto.Signer, chain [][]byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The key must be the certificate's: a signature no one could verify
+	// is worse than none.
+	if pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(leaf.PublicKey) {
+		return nil, fmt.Errorf("provenance: the signing key does not match the certificate of %s", leaf.Subject.CommonName)
+	}
 	sum := sha256.Sum256(record)
 	var sig []byte
 	if alg == x509.PureEd25519 {
@@ -82,11 +87,6 @@ func Sign(record []byte, key crypto.Signer, chain [][]byte) ([]byte, error) {
 	}
 	if err != nil {
 		return nil, fmt.Errorf("provenance: signing: %w", err)
-	}
-	// Check at once that the key is the certificate's: a signature that no
-	// one could verify is worse than none.
-	if err := leaf.CheckSignature(alg, record, sig); err != nil {
-		return nil, fmt.Errorf("provenance: the signing key does not match the certificate of %s: %w", leaf.Subject.CommonName, err)
 	}
 	var buf bytes.Buffer
 	pem.Encode(&buf, &pem.Block{Type: SignatureBlock, Headers: map[string]string{
