@@ -108,18 +108,16 @@ func (n *Node) JobProvenance(ctx context.Context, id string, merged bool) (Prove
 		rec.Started = unixMilli(j.Epochs[0].At)
 	}
 	rec.Finished = unixMilli(cp.At)
-	b, err := rec.Encode()
-	if err != nil {
-		return ProvenanceExport{}, err
-	}
-	return n.signRecord(rec, b)
+	return n.signRecord(rec)
 }
 
-// signRecord signs the record with this node's certificate. The record
-// names the signer, so it is encoded again once that is known.
-func (n *Node) signRecord(rec *provenance.Record, unsigned []byte) (ProvenanceExport, error) {
+// signRecord encodes the record and signs it with this node's
+// certificate, naming the node as its signer; unsigned when the node has
+// no certificate of its own.
+func (n *Node) signRecord(rec *provenance.Record) (ProvenanceExport, error) {
 	if n.certs.creds == nil {
-		return ProvenanceExport{Record: unsigned}, nil
+		b, err := rec.Encode()
+		return ProvenanceExport{Record: b}, err
 	}
 	cert := n.certs.creds.Current().Cert
 	key, ok := cert.PrivateKey.(crypto.Signer)
