@@ -81,6 +81,12 @@ func (c *Client) CancelJob(ctx context.Context, id string) (coordinator.Job, err
 // cannot sync the directory is not an error: the file is whole. Bounded
 // by ctx only.
 func (c *Client) DownloadJobFile(ctx context.Context, id, name, path string) error {
+	return c.downloadJobFile(ctx, id, name, path, "")
+}
+
+// downloadJobFile is DownloadJobFile; a want other than "" is the SHA-256
+// the file must have, whatever the node sends.
+func (c *Client) downloadJobFile(ctx context.Context, id, name, path, want string) error {
 	u := c.endpoint("v1", "jobs", id, "files", name)
 	resp, err := c.send(ctx, request{method: http.MethodGet, url: u})
 	if err != nil {
@@ -92,8 +98,12 @@ func (c *Client) DownloadJobFile(ctx context.Context, id, name, path string) err
 		if _, err := io.Copy(io.MultiWriter(w, h), resp.Body); err != nil {
 			return fmt.Errorf("client: GET %s: %w", u, err)
 		}
-		if want := resp.Header.Get("X-Braid-Sha256"); want != "" && hex.EncodeToString(h.Sum(nil)) != want {
+		got := hex.EncodeToString(h.Sum(nil))
+		if sent := resp.Header.Get("X-Braid-Sha256"); sent != "" && got != sent {
 			return fmt.Errorf("%w: GET %s", ErrHashMismatch, u)
+		}
+		if want != "" && got != want {
+			return fmt.Errorf("%w: GET %s: sha256 %s, want %s", ErrHashMismatch, u, got, want)
 		}
 		return nil
 	})

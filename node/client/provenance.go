@@ -25,3 +25,11 @@ func (c *Client) JobProvenance(ctx context.Context, id string, merged bool) (nod
 	var out node.ProvenanceExport
 	return out, c.callJSON(ctx, provenanceTimeout, http.MethodGet, u, nil, &out)
 }
+
+// DownloadRecordedFile is DownloadJobFile of a file a provenance record
+// names, which must hash to the record's sha256: otherwise (the job
+// recorded a newer checkpoint since the record was made) it fails with
+// ErrHashMismatch and path is left as it was.
+func (c *Client) DownloadRecordedFile(ctx context.Context, id, name, path, sha256 string) error {
+	return c.downloadJobFile(ctx, id, name, path, sha256)
+}
