@@ -387,7 +387,7 @@ func jobExportCommand() *cli.Command {
 				}
 			}
 			fmt.Fprintf(c.App.Writer, "wrote %s (%s)\n", out, strings.Join(files, ", "))
-			if err := exportProvenance(c, cl, id, out, false); err != nil {
+			if err := exportProvenance(c, cl, id, out); err != nil {
 				return err
 			}
 			if merged := c.String("merged"); merged != "" && lora {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -8,17 +9,20 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/braidml/braid/node"
 	"github.com/braidml/braid/node/client"
 	"github.com/braidml/braid/provenance"
 )
 
 // exportProvenance writes the provenance record of job id's last
-// checkpoint, as the node built and signed it, into dir, beside the files
-// just downloaded there, after checking that they are the files it names:
-// a checkpoint recorded between the download and the record would
-// otherwise give a record of other weights.
-func exportProvenance(c *cli.Context, cl *client.Client, id, dir string, merged bool) error {
-	pe, err := cl.JobProvenance(c.Context, id, merged)
+// checkpoint, built and signed by the node from the replicated state, into
+// dir beside the files just written there (in the base's dtype where the
+// export rounds them: the node rounds them alike to hash them), after
+// checking that they are the files it names: a checkpoint recorded
+// between the download and the record would otherwise pair a record with
+// other weights.
+func exportProvenance(c *cli.Context, cl *client.Client, id, dir string) error {
+	pe, err := cl.JobProvenance(c.Context, id, false)
 	if err != nil {
 		return fmt.Errorf("the provenance of job %s: %w", id, err)
 	}
@@ -27,19 +31,16 @@ func exportProvenance(c *cli.Context, cl *client.Client, id, dir string, merged 
 		return fmt.Errorf("the provenance the node sent: %w", err)
 	}
 	if _, problems := provenance.CheckFiles(dir, rec); len(problems) > 0 {
-		return fmt.Errorf("the files written to %s are not those of the record the node sent (the job recorded a newer checkpoint meanwhile? export it again): %s",
+		return fmt.Errorf("the files written to %s are not those the node's record names (the job recorded a newer checkpoint meanwhile? export it again): %s",
 			dir, strings.Join(problems, "; "))
 	}
-	if err := provenance.WriteDir(dir, pe.Record, pe.Signature); err != nil {
-		return err
-	}
-	fmt.Fprintf(c.App.Writer, "wrote %s\n", provenanceFiles(pe.Signature != nil, rec.Signer))
-	return nil
+	return writeProvenance(c, dir, pe, rec)
 }
 
 // exportMerged writes job id's base with its adapter merged in, merged by
-// the node (so that the signed record names these very bytes), into dir,
-// and its provenance.
+// the node, into dir, and its record: a merge here could round
+// differently (its kernels), and the record would name bytes the node
+// never saw. Each file must hash to what the record names.
 func exportMerged(c *cli.Context, cl *client.Client, id, dir string) error {
 	pe, err := cl.JobProvenance(c.Context, id, true)
 	if err != nil {
@@ -54,26 +55,28 @@ func exportMerged(c *cli.Context, cl *client.Client, id, dir string) error {
 	}
 	var names []string
 	for _, f := range rec.Files {
-		if err := cl.DownloadJobFile(c.Context, id, "merged-"+f.Name, filepath.Join(dir, f.Name)); err != nil {
-			return noJob(err, id)
+		err := cl.DownloadRecordedFile(c.Context, id, "merged-"+f.Name, filepath.Join(dir, f.Name), f.SHA256)
+		if errors.Is(err, client.ErrHashMismatch) {
+			return fmt.Errorf("%s of job %s's merged model is not the file its record names: the job recorded a newer checkpoint during the export; export it again", f.Name, id)
+		}
+		if err != nil {
+			return err
 		}
 		names = append(names, f.Name)
 	}
 	fmt.Fprintf(c.App.Writer, "wrote %s (the base with the adapter merged in: %s)\n", dir, strings.Join(names, ", "))
-	if _, problems := provenance.CheckFiles(dir, rec); len(problems) > 0 {
-		return fmt.Errorf("the merged files in %s are not those the node's record names (export again): %s", dir, strings.Join(problems, "; "))
-	}
+	return writeProvenance(c, dir, pe, rec)
+}
+
+// writeProvenance writes the record, its signature and the model card.
+func writeProvenance(c *cli.Context, dir string, pe node.ProvenanceExport, rec *provenance.Record) error {
 	if err := provenance.WriteDir(dir, pe.Record, pe.Signature); err != nil {
 		return err
 	}
-	fmt.Fprintf(c.App.Writer, "wrote %s\n", provenanceFiles(pe.Signature != nil, rec.Signer))
-	return nil
-}
-
-// provenanceFiles says which provenance files an export wrote.
-func provenanceFiles(signed bool, signer string) string {
-	if !signed {
-		return fmt.Sprintf("%s (unsigned: the node has no certificate of its own) and the model card %s", provenance.RecordFile, provenance.CardFile)
+	if pe.Signature == nil {
+		fmt.Fprintf(c.App.Writer, "wrote %s (unsigned: the node has no certificate of its own) and the model card %s\n", provenance.RecordFile, provenance.CardFile)
+	} else {
+		fmt.Fprintf(c.App.Writer, "wrote %s, %s (signed by node %s) and the model card %s\n", provenance.RecordFile, provenance.SignatureFile, rec.Signer, provenance.CardFile)
 	}
-	return fmt.Sprintf("%s, %s (signed by node %s) and the model card %s", provenance.RecordFile, provenance.SignatureFile, signer, provenance.CardFile)
+	return nil
 }
