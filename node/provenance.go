@@ -197,7 +197,8 @@ func (n *Node) modelName(configHash string) string {
 // provenanceDatasets describes the job's datasets from the replicated
 // state, with the counts of their manifests where this node can read them
 // (a federated unit's manifest may be on its unit only: then the counts of
-// sequences come from the state). Never the data.
+// sequences come from the state, and its documents and tokens are left
+// out). Never the data.
 func (n *Node) provenanceDatasets(ctx context.Context, st coordinator.State, spec coordinator.JobSpec) []provenance.Dataset {
 	ids := spec.Datasets
 	if len(ids) == 0 {
@@ -221,9 +222,16 @@ func (n *Node) provenanceDatasets(ctx context.Context, st coordinator.State, spe
 				pd.TrainSequences += int64(s.Sequences)
 			}
 		}
-		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := n.ensureObject(fctx, d.Manifest, blobstore.SizeUnknown, d.Source)
-		cancel()
+		// A local dataset's manifest is read only where it is: its unit
+		// serves no byte of it.
+		err := errors.New("not here")
+		if n.store.Has(d.Manifest) {
+			err = nil
+		} else if !d.Local {
+			fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err = n.ensureObject(fctx, d.Manifest, blobstore.SizeUnknown, d.Source)
+			cancel()
+		}
 		if err == nil {
 			if b, err := n.readObject(d.Manifest, shard.MaxManifestBytes); err == nil {
 				if m, err := shard.DecodeManifest(b); err == nil {

@@ -136,3 +136,71 @@ func TestProvenanceNamesTheRingOfEveryStep(t *testing.T) {
 	}
 	t.Logf("epochs %+v", rec.Epochs)
 }
+
+// A federated job's record names each unit's dataset and the unit that
+// held it, and building it moves no byte of any unit's data.
+func TestFederatedProvenanceNamesEachUnit(t *testing.T) {
+	c := NewCluster(t, 2)
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 2 })
+	var names, objects []string
+	for i, unit := range []string{"n1", "n2"} {
+		name := []string{"legal", "bio"}[i]
+		dir, m := prepareDataset(t, name, 20+10*i)
+		d, err := c.PushDataset(unit, dir, node.DatasetOptions{Local: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		names, objects = append(names, name), append(objects, d.Manifest)
+		for _, s := range m.Shards {
+			objects = append(objects, s.Hash)
+		}
+	}
+	j, err := c.Node("n2").SubmitJob(context.Background(), node.JobRequest{Base: pushBase(t, c, "n2"), Federated: true, Datasets: names,
+		Steps: 10, GlobalBatch: 8, MicroBatch: 4, LR: 3e-3, Warmup: 2, EvalEvery: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if js := waitJob(c, "n2", j.ID, final); js.State != coordinator.JobCompleted {
+		t.Fatalf("job %s: %s", js.State, js.Error)
+	}
+	_, rec := jobProvenance(t, c, "n2", j.ID)
+	if len(rec.Datasets) != 2 {
+		t.Fatalf("datasets %+v", rec.Datasets)
+	}
+	for i, d := range rec.Datasets {
+		if d.Name != names[i] || d.Holder != []string{"n1", "n2"}[i] || d.TrainSequences == 0 {
+			t.Errorf("dataset %+v, want %s held by n%d with its sequences", d, names[i], i+1)
+		}
+	}
+	// n2 reads its own manifest; n1's stays with n1.
+	if rec.Datasets[1].Documents != 30 || rec.Datasets[0].Documents != 0 {
+		t.Errorf("documents %d and %d, want 0 (n1's manifest is not read here) and 30", rec.Datasets[0].Documents, rec.Datasets[1].Documents)
+	}
+	units := map[string]bool{}
+	for _, h := range rec.Heldout {
+		units[h.Unit] = h.Step == 10
+	}
+	if !units["n1"] || !units["n2"] {
+		t.Errorf("held-out %+v, want each unit's at step 10", rec.Heldout)
+	}
+	for _, name := range []string{"n1", "n2"} {
+		for _, h := range objects {
+			if b := c.Node(name).ShardServer().BytesServed(h); b != 0 {
+				t.Errorf("%s served %d bytes of %s", name, b, h[:12])
+			}
+		}
+	}
+}
+
+// DiLoCo: the epoch is recorded at its first outer step, from the round's
+// first step.
+func TestDiLoCoProvenanceEpochs(t *testing.T) {
+	c := NewCluster(t, 2)
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 2 })
+	id := submit(t, c, "n1", node.JobRequest{Steps: 12, GlobalBatch: 8, MicroBatch: 4, LR: 3e-3, Warmup: 2, InnerSteps: 4})
+	if js := waitJob(c, "n1", id, final); js.State != coordinator.JobCompleted {
+		t.Fatalf("job %s: %s", js.State, js.Error)
+	}
+	_, rec := jobProvenance(t, c, "n1", id)
+	checkEpochsCover(t, rec, 12)
+}
