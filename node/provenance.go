@@ -99,12 +99,18 @@ func (n *Node) JobProvenance(ctx context.Context, id string, merged bool) (Prove
 		pc.Files["state"] = c.State
 		rec.Checkpoints = append(rec.Checkpoints, pc)
 	}
-	if len(j.Checkpoints) == coordinator.MaxCheckpoints {
-		rec.CheckpointsNote = fmt.Sprintf("the cluster keeps the newest %d checkpoint records; any before step %d are not in its state",
-			coordinator.MaxCheckpoints, j.Checkpoints[0].Step)
+	keep := j.Spec.KeepCheckpoints
+	if keep == 0 {
+		keep = coordinator.MaxCheckpoints
 	}
-	rec.Heldout = n.heldoutHistory(ctx, j)
-	if len(j.Epochs) > 0 && j.Epochs[0].FirstStep == 1 {
+	if len(j.Checkpoints) == keep {
+		rec.CheckpointsNote = fmt.Sprintf("the cluster keeps the newest %d checkpoint records of this job; any before step %d are not in its state",
+			keep, j.Checkpoints[0].Step)
+	}
+	var firstStep *time.Time
+	rec.Heldout, firstStep = n.heldoutHistory(ctx, j)
+	rec.Started = firstStep
+	if len(j.Epochs) > 0 && j.Epochs[0].FirstStep == 1 && j.Epochs[0].At > 0 {
 		rec.Started = unixMilli(j.Epochs[0].At)
 	}
 	rec.Finished = unixMilli(cp.At)
@@ -272,29 +278,47 @@ func epochRanges(epochs []coordinator.JobEpoch, last int) ([]provenance.Epoch, s
 	return out, ""
 }
 
-// heldoutHistory is the job's held-out losses by step. This build has the
-// figures JobStatus gathers from the workers: the base model's (step 0),
-// the latest of the job, and each federated unit's own. A per-job history
-// of evaluations, when the node keeps one, belongs here.
-func (n *Node) heldoutHistory(ctx context.Context, j coordinator.Job) []provenance.Heldout {
-	js, err := n.JobStatus(ctx, j.ID)
-	if err != nil {
-		return nil
-	}
+// heldoutHistory is the job's held-out losses by step, from its history
+// (JobHistory: the base model's at step 0, then every evaluated step of
+// the worker that ran furthest), and the time of its first step. In a
+// federated job each unit evaluates its own split: that worker's figures
+// are its unit's, and the other units' latest come from their progress
+// (JobStatus).
+func (n *Node) heldoutHistory(ctx context.Context, j coordinator.Job) ([]provenance.Heldout, *time.Time) {
 	var out []provenance.Heldout
-	if js.BaseHeldoutLoss != 0 {
-		out = append(out, provenance.Heldout{Step: 0, Loss: js.BaseHeldoutLoss})
-	}
+	var first *time.Time
+	h, err := n.JobHistory(ctx, j.ID)
+	unit := ""
 	if j.Spec.Federated {
-		for _, w := range js.Workers {
-			if w.HeldoutLoss != 0 {
-				out = append(out, provenance.Heldout{Step: w.HeldoutStep, Loss: w.HeldoutLoss, Unit: w.Node})
+		unit = h.Node
+	}
+	if err == nil {
+		if h.BaseHeldoutLoss != nil {
+			out = append(out, provenance.Heldout{Step: 0, Loss: *h.BaseHeldoutLoss, Unit: unit})
+		}
+		for _, p := range h.Points {
+			if p.HeldoutLoss != nil {
+				out = append(out, provenance.Heldout{Step: p.Step, Loss: *p.HeldoutLoss, Unit: unit})
 			}
 		}
-	} else if js.HeldoutLoss != 0 {
-		out = append(out, provenance.Heldout{Step: js.HeldoutStep, Loss: js.HeldoutLoss})
+		if len(h.Points) > 0 && h.Points[0].Step == 1 && !h.Points[0].Time.IsZero() {
+			t := h.Points[0].Time.UTC()
+			first = &t
+		}
 	}
-	return out
+	if !j.Spec.Federated {
+		return out, first
+	}
+	js, err := n.JobStatus(ctx, j.ID)
+	if err != nil {
+		return out, first
+	}
+	for _, w := range js.Workers {
+		if w.Node != unit && w.HeldoutLoss != 0 {
+			out = append(out, provenance.Heldout{Step: w.HeldoutStep, Loss: w.HeldoutLoss, Unit: w.Node})
+		}
+	}
+	return out, first
 }
 
 func unixMilli(ms int64) *time.Time {

@@ -91,8 +91,10 @@ func TestExportedModelHasASignedProvenance(t *testing.T) {
 	if len(rec.Checkpoints) != 2 || rec.Checkpoints[1].Files["model.safetensors"] != last.Weights || rec.Checkpoints[1].At == nil {
 		t.Errorf("checkpoints %+v", rec.Checkpoints)
 	}
-	if len(rec.Heldout) != 2 || rec.Heldout[0].Step != 0 || rec.Heldout[1].Step != 20 || !(rec.Heldout[1].Loss < rec.Heldout[0].Loss) {
-		t.Errorf("held-out %+v, want the base's and step 20's, lower", rec.Heldout)
+	// Every evaluation, from the job's history: the base's, then steps 10
+	// and 20's, lower.
+	if h := rec.Heldout; len(h) != 3 || h[0].Step != 0 || h[1].Step != 10 || h[2].Step != 20 || !(h[2].Loss < h[0].Loss) {
+		t.Errorf("held-out %+v, want the base's and steps 10 and 20's, lower", h)
 	}
 	// Tampered weights are named.
 	if err := os.WriteFile(filepath.Join(dir, "model.safetensors"), []byte("not the weights"), 0o644); err != nil {
