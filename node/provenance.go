@@ -107,8 +107,12 @@ func (n *Node) JobProvenance(ctx context.Context, id string, merged bool) (Prove
 		rec.CheckpointsNote = fmt.Sprintf("the cluster keeps the newest %d checkpoint records of this job; any before step %d are not in its state",
 			keep, j.Checkpoints[0].Step)
 	}
-	var firstStep *time.Time
-	rec.Heldout, firstStep = n.heldoutHistory(ctx, j)
+	heldout, firstStep := n.heldoutHistory(ctx, j)
+	for _, h := range heldout {
+		if h.Step <= cp.Step { // not the figures of steps after these weights (a running job)
+			rec.Heldout = append(rec.Heldout, h)
+		}
+	}
 	rec.Started = firstStep
 	if len(j.Epochs) > 0 && j.Epochs[0].FirstStep == 1 && j.Epochs[0].At > 0 {
 		rec.Started = unixMilli(j.Epochs[0].At)
