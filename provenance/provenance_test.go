@@ -137,6 +137,19 @@ func TestVerifyMissingAndUnrecordedWeights(t *testing.T) {
 	}
 }
 
+// A GGUF file converted after the export is not covered: a warning, not
+// a failure.
+func TestVerifyWarnsOfAConvertedGGUF(t *testing.T) {
+	dir, ca, _ := signedDir(t)
+	if err := os.WriteFile(filepath.Join(dir, "model.gguf"), []byte("GGUF"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rep := verify(t, dir, Options{Roots: roots(t, ca)})
+	if !rep.OK() || len(rep.Warnings) != 1 || !strings.Contains(rep.Warnings[0], "model.gguf: not covered by the record") {
+		t.Fatalf("problems %q, warnings %q: want OK with a warning about model.gguf", rep.Problems, rep.Warnings)
+	}
+}
+
 func TestVerifyTamperedRecord(t *testing.T) {
 	dir, ca, rec := signedDir(t)
 	// One changed figure, the file hashes untouched: only the signature

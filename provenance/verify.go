@@ -57,7 +57,13 @@ func (r *Report) problem(format string, args ...any) {
 // weightsExt are the extensions of files that hold weights: such a file
 // in the directory that the record does not name is a problem (it could
 // be loaded instead of the recorded one).
-var weightsExt = []string{".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt", ".npz", ".h5", ".onnx"}
+var weightsExt = []string{".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npz", ".h5", ".onnx"}
+
+// derivedExt are the extensions of files an exporter converts from the
+// recorded weights after the record is made (`job export --format gguf`
+// writes model.gguf): the record cannot name them, so Verify warns that
+// they are not checked rather than failing.
+var derivedExt = []string{".gguf"}
 
 // Verify checks directory dir against its provenance.json: the signature
 // in provenance.sig over the record's exact bytes, the signer's chain to
@@ -168,6 +174,17 @@ func verifyFiles(rep *Report, dir string) {
 	matched, problems := CheckFiles(dir, rep.Record)
 	rep.Matched = matched
 	rep.Problems = append(rep.Problems, problems...)
+	named := map[string]bool{}
+	for _, f := range rep.Record.Files {
+		named[f.Name] = true
+	}
+	entries, _ := os.ReadDir(dir) // CheckFiles named an error reading it
+	for _, e := range entries {
+		if !named[e.Name()] && slices.Contains(derivedExt, strings.ToLower(filepath.Ext(e.Name()))) {
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: not covered by the record (converted from the recorded weights after it was made), so not checked; "+
+				"convert the verified weights again (`braid export --format gguf --model DIR`) to have one you can trust", e.Name()))
+		}
+	}
 }
 
 // CheckFiles hashes every file rec names in dir and returns those that
