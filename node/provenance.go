@@ -16,6 +16,7 @@ import (
 
 	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/model"
+	"github.com/braidml/braid/model/safetensors"
 	"github.com/braidml/braid/node/blobstore"
 	"github.com/braidml/braid/provenance"
 	"github.com/braidml/braid/shard"
@@ -83,6 +84,10 @@ func (n *Node) JobProvenance(ctx context.Context, id string, merged bool) (Prove
 	if merged {
 		rec.MergedFrom = rec.Files
 		if rec.Files, err = n.mergedModel(ctx, j, cp); err != nil {
+			return ProvenanceExport{}, err
+		}
+	} else if dtype, ok := n.exportDtype(j.Spec.Base.Config); ok && !lora {
+		if rec.Files, err = n.roundedModel(ctx, j, cp, dtype); err != nil {
 			return ProvenanceExport{}, err
 		}
 	}
@@ -202,6 +207,75 @@ func (n *Node) modelName(configHash string) string {
 		return ""
 	}
 	return cfg.Name
+}
+
+// exportDtype is the dtype `braid job export` writes a full fine-tuning
+// job's model in when it is not the checkpoint's float32: the base's, by
+// its config.json's torch_dtype (cmd/braid's exportInBaseDtype).
+func (n *Node) exportDtype(baseConfig string) (safetensors.Dtype, bool) {
+	b, err := n.readObject(baseConfig, 1<<20)
+	if err != nil {
+		return "", false
+	}
+	var cfg struct {
+		TorchDtype string `json:"torch_dtype"`
+	}
+	if json.Unmarshal(b, &cfg) != nil {
+		return "", false
+	}
+	d, ok := map[string]safetensors.Dtype{"bfloat16": safetensors.BF16, "float16": safetensors.F16}[cfg.TorchDtype]
+	return d, ok
+}
+
+// roundedModel writes checkpoint cp's model in dtype as the export does
+// (rounding to nearest, ties to even: the same bytes on any machine) and
+// describes its files, so that the record names what the export writes.
+func (n *Node) roundedModel(ctx context.Context, j coordinator.Job, cp coordinator.Checkpoint, dtype safetensors.Dtype) ([]provenance.File, error) {
+	tmp, err := n.exportTemp()
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	in, out := filepath.Join(tmp, "in"), filepath.Join(tmp, "out")
+	if err := os.MkdirAll(in, 0o700); err != nil {
+		return nil, err
+	}
+	for name, h := range checkpointFiles(cp, false) {
+		if err := n.ensureObject(ctx, h, blobstore.SizeUnknown, append(slices.Clone(cp.Holders), j.SubmittedBy)...); err != nil {
+			return nil, fmt.Errorf("node: provenance: %s: %w", name, err)
+		}
+		if err := n.linkObject(h, in, name); err != nil {
+			return nil, err
+		}
+	}
+	ck, err := model.LoadCheckpoint(in)
+	if err != nil {
+		return nil, err
+	}
+	if err := model.SaveCheckpointAs(out, ck.Config, ck.Tokenizer, ck.Params, model.WeightsFormat{Dtype: dtype}); err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(out)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range entries {
+		if e.Type().IsRegular() {
+			names = append(names, e.Name())
+		}
+	}
+	return provenance.HashFiles(out, names)
+}
+
+// exportTemp makes a temporary directory for an export's files under the
+// node's jobs directory (on the store's file system: linked, not copied).
+func (n *Node) exportTemp() (string, error) {
+	jobs := filepath.Join(n.cfg.DataDir, "jobs")
+	if err := os.MkdirAll(jobs, 0o700); err != nil {
+		return "", err
+	}
+	return os.MkdirTemp(jobs, "export-")
 }
 
 // provenanceDatasets describes the job's datasets from the replicated
@@ -388,11 +462,7 @@ func (n *Node) mergedFile(j coordinator.Job, name string) string {
 // mergedModel merges the adapter of checkpoint cp into job j's base here,
 // stores the files and describes them.
 func (n *Node) mergedModel(ctx context.Context, j coordinator.Job, cp coordinator.Checkpoint) ([]provenance.File, error) {
-	jobs := filepath.Join(n.cfg.DataDir, "jobs")
-	if err := os.MkdirAll(jobs, 0o700); err != nil {
-		return nil, err
-	}
-	tmp, err := os.MkdirTemp(jobs, "merge-")
+	tmp, err := n.exportTemp()
 	if err != nil {
 		return nil, err
 	}
