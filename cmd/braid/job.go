@@ -376,10 +376,13 @@ func jobExportCommand() *cli.Command {
 			if n := len(js.Checkpoints); n > 0 {
 				files = append(files, tokenizerFiles(js.Checkpoints[n-1].Tokenizer)...)
 			}
+			downloaded := map[string]string{} // file name → sha256, for the provenance record
 			for _, name := range files {
-				if err := cl.DownloadJobFile(c.Context, id, name, filepath.Join(out, name)); err != nil {
+				h, err := cl.DownloadJobFileSHA256(c.Context, id, name, filepath.Join(out, name))
+				if err != nil {
 					return err
 				}
+				downloaded[name] = h
 			}
 			if !lora {
 				if err := exportInBaseDtype(c, cl, id, out); err != nil {
@@ -387,7 +390,7 @@ func jobExportCommand() *cli.Command {
 				}
 			}
 			fmt.Fprintf(c.App.Writer, "wrote %s (%s)\n", out, strings.Join(files, ", "))
-			if err := exportProvenance(c, cl, id, out); err != nil {
+			if err := exportProvenance(c, cl, id, out, downloaded); err != nil {
 				return err
 			}
 			if merged := c.String("merged"); merged != "" && lora {
