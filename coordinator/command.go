@@ -58,14 +58,16 @@ const (
 	TypeSubmitJob        CommandType = "job.submit"
 	TypeSetJobState      CommandType = "job.state"
 	TypeRecordCheckpoint CommandType = "job.checkpoint"
+	TypeRecordJobEpoch   CommandType = "job.epoch"
 )
 
 // Command is one change to the replicated state. The concrete types are the
 // ones in this file (JoinMember, LeaveMember, FailMember, CommitEpoch,
 // SetSetting, DeleteSetting), in dataset.go (RegisterDataset,
 // PlaceDataset, DeleteDataset), in job.go (SubmitJob, SetJobState,
-// RecordCheckpoint), in revoke.go (RevokeCert) and in lifecycle.go
-// (DeleteJob, ResumeJob, RemoveMember); the interface is sealed so that every command
+// RecordCheckpoint), in job_epoch.go (RecordJobEpoch), in revoke.go
+// (RevokeCert) and in lifecycle.go (DeleteJob, ResumeJob, RemoveMember);
+// the interface is sealed so that every command
 // has a decoder, a validator and a deterministic apply.
 type Command interface {
 	// Type is the command's name in the envelope.
@@ -141,6 +143,7 @@ var decoders = map[CommandType]func([]byte) (Command, error){
 	TypeSubmitJob:        decodePayload[SubmitJob],
 	TypeSetJobState:      decodePayload[SetJobState],
 	TypeRecordCheckpoint: decodePayload[RecordCheckpoint],
+	TypeRecordJobEpoch:   decodePayload[RecordJobEpoch],
 
 	TypeRevokeCert: decodePayload[RevokeCert],
 

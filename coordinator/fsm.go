@@ -394,6 +394,9 @@ func decodeState(b []byte) (*fsmState, error) {
 				return nil, fmt.Errorf("%w: job %s: %v", ErrInvalidSnapshot, j.ID, err)
 			}
 		}
+		if err := validJobEpochs(j.Epochs); err != nil {
+			return nil, fmt.Errorf("%w: job %s: %v", ErrInvalidSnapshot, j.ID, err)
+		}
 		if _, dup := s.jobs[j.ID]; dup {
 			return nil, fmt.Errorf("%w: job %s listed twice", ErrInvalidSnapshot, j.ID)
 		}

@@ -62,6 +62,7 @@ func validCommands() []Command {
 		SubmitJob{ID: "job-1", Spec: testJobSpec(), SubmittedBy: "n1"},
 		SetJobState{ID: "job-1", State: JobFailed, Error: "n3's weights differ", From: []JobState{JobRunning}},
 		RecordCheckpoint{ID: "job-1", Checkpoint: testCheckpoint(20)},
+		RecordJobEpoch{ID: "job-1", Epoch: JobEpoch{Epoch: 3, Members: []string{"n2", "n1"}, FirstStep: 21, At: 1767225600000}},
 		RevokeCert{Serial: "5a1f00c3", Name: "n2", At: 1767225600},
 		ResumeJob{ID: "job-1"},
 		DeleteJob{ID: "job-1", Force: true},

@@ -188,6 +188,9 @@ type Checkpoint struct {
 	// Tokenizer names the files of the tokenizer config.json names, as
 	// ModelRef.Tokenizer does (omitted when empty).
 	Tokenizer map[string]string `json:"tokenizer,omitempty"`
+	// At is when the checkpoint was taken, in Unix milliseconds by the
+	// recording member's clock (0: unknown, in records made before it).
+	At int64 `json:"at,omitempty"`
 }
 
 // Job is a submitted job.
@@ -199,6 +202,9 @@ type Job struct {
 	SubmittedBy string       `json:"submitted_by"`
 	Seq         uint64       `json:"seq"` // submission order
 	Checkpoints []Checkpoint `json:"checkpoints,omitempty"`
+	// Epochs are the epochs that served the job's steps, oldest first
+	// (job_epoch.go).
+	Epochs []JobEpoch `json:"epochs,omitempty"`
 }
 
 // Clone returns a deep copy of j.
@@ -208,6 +214,10 @@ func (j Job) Clone() Job {
 	for i := range j.Checkpoints {
 		j.Checkpoints[i].Holders = slices.Clone(j.Checkpoints[i].Holders)
 		j.Checkpoints[i].Tokenizer = maps.Clone(j.Checkpoints[i].Tokenizer)
+	}
+	j.Epochs = slices.Clone(j.Epochs)
+	for i := range j.Epochs {
+		j.Epochs[i] = j.Epochs[i].Clone()
 	}
 	return j
 }
@@ -379,6 +389,9 @@ func (c SetJobState) validate() error {
 func (c Checkpoint) validate() error {
 	if c.Step < 0 || c.Step > MaxJobSteps {
 		return fmt.Errorf("checkpoint step %d", c.Step)
+	}
+	if c.At < 0 {
+		return fmt.Errorf("checkpoint at step %d: time %d before 1970", c.Step, c.At)
 	}
 	for _, h := range []string{c.Config, c.Weights, c.State, c.Hash} {
 		if err := validHash(h); err != nil {

@@ -2,6 +2,7 @@ package node
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/braidml/braid/coordinator"
@@ -79,14 +80,18 @@ func (req controlRequest) epoch() uint64 {
 }
 
 // authorizeApply checks the commands a member may have applied on its
-// behalf beyond being a member: a checkpoint is recorded by a member of the
-// job's ring, and a local (federated) dataset is deleted only by the node
+// behalf beyond being a member: a checkpoint, or the epoch that served a
+// job's steps, is recorded by a member of the job's ring, and a local (federated) dataset is deleted only by the node
 // that registered it.
 func authorizeApply(st coordinator.State, peer string, cmd coordinator.Command) error {
 	switch c := cmd.(type) {
 	case coordinator.RecordCheckpoint:
 		if !st.Epoch.Has(peer) {
 			return fmt.Errorf("refused %s from %s: checkpoints are recorded by a member of the job's ring", cmd.Type(), peer)
+		}
+	case coordinator.RecordJobEpoch:
+		if !st.Epoch.Has(peer) || !slices.Contains(c.Epoch.Members, peer) {
+			return fmt.Errorf("refused %s from %s: an epoch's service is recorded by a member of that epoch's ring", cmd.Type(), peer)
 		}
 	case coordinator.DeleteDataset:
 		if d, ok := st.Dataset(c.ID); ok && d.Local && d.Source != peer {

@@ -153,7 +153,10 @@ func (n *Node) awaitJob(ctx context.Context, id string) (coordinator.Job, bool) 
 //	                                     config.json, model.safetensors (or a
 //	                                     LoRA job's adapter files), its
 //	                                     tokenizer's files (tokenizer.json,
-//	                                     ...); base-NAME: the base's file NAME
+//	                                     ...); base-NAME: the base's file NAME;
+//	                                     merged-NAME: a file of the merged
+//	                                     model of the last provenance
+//	                                     export with merged (provenance.go)
 //
 // A job this node does not know (after awaitJob) is 404 Not Found.
 func (n *Node) jobRoutes(mux *http.ServeMux) {
@@ -214,6 +217,7 @@ func (n *Node) jobRoutes(mux *http.ServeMux) {
 		lora := j.Spec.LoRARank > 0
 		name := r.PathValue("name")
 		base, isBase := strings.CutPrefix(name, "base-")
+		merged, isMerged := strings.CutPrefix(name, "merged-")
 		switch {
 		case !lora && name == "config.json", lora && name == model.AdapterConfigFile:
 			h = cp.Config
@@ -227,6 +231,8 @@ func (n *Node) jobRoutes(mux *http.ServeMux) {
 			h, holders = j.Spec.Base.Weights, nil
 		case isBase && j.Spec.Base.Tokenizer[base] != "":
 			h, holders = j.Spec.Base.Tokenizer[base], nil
+		case isMerged && n.mergedFile(j, merged) != "":
+			h, holders = n.mergedFile(j, merged), nil
 		default:
 			http.Error(w, "braid: no such file of this job's checkpoint", http.StatusNotFound)
 			return

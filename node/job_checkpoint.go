@@ -84,7 +84,7 @@ func (r *jobRunner) checkpoint(ctx context.Context, e coordinator.Epoch) error {
 		holders = append(holders, peer)
 	}
 	cp := coordinator.Checkpoint{Step: r.w.Done, Config: cfgHash, Weights: wHash, State: stateHash, Hash: r.w.WeightsHash(), Holders: holders,
-		Tokenizer: tokHashes}
+		Tokenizer: tokHashes, At: time.Now().UnixMilli()}
 	if err := n.applyAnywhere(ctx, coordinator.RecordCheckpoint{ID: r.id, Checkpoint: cp}); err != nil {
 		return err
 	}

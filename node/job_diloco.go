@@ -24,6 +24,7 @@ import (
 func (r *jobRunner) trainDiLoCo(ctx context.Context, e coordinator.Epoch, rank int, ring *allreduce.Ring) error {
 	n, spec, d := r.n, r.spec, r.dl
 	red := ringReducer{ring}
+	recorded := false // this epoch's service (recordEpochServed)
 	for d.Boundary() < spec.Steps {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -50,6 +51,7 @@ func (r *jobRunner) trainDiLoCo(ctx context.Context, e coordinator.Epoch, rank i
 			continue
 		}
 		// The outer step: H inner steps done (or the job's last).
+		roundStart := d.Boundary()
 		start, sent0 := time.Now(), ring.BytesSent()
 		err := d.OuterStep(ctx, red, len(e.Members))
 		sent := ring.BytesSent() - sent0
@@ -58,6 +60,12 @@ func (r *jobRunner) trainDiLoCo(ctx context.Context, e coordinator.Epoch, rank i
 			return err
 		}
 		r.steppedAfterChange()
+		// A round broken by a failure is redone from its start: an epoch
+		// served the steps of the rounds it completed.
+		if !recorded && rank == 0 {
+			r.recordEpochServed(e, roundStart+1)
+			recorded = true
+		}
 		if n.deps.PerturbWeights != nil && n.deps.PerturbWeights(r.w.Done) {
 			d.Base[0] += 1e-3 // a fault injected by a test: replicas diverge
 		}

@@ -457,6 +457,9 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 		}
 		elapsed := time.Since(start)
 		r.steppedAfterChange()
+		if epochSteps == 0 && rank == 0 {
+			r.recordEpochServed(e, r.w.Done)
+		}
 		r.mu.Lock()
 		r.recordStepLocked(res, elapsed)
 		r.prog.WireBytesPerStep = sent

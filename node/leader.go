@@ -66,6 +66,7 @@ var forwardable = map[coordinator.CommandType]bool{
 	coordinator.TypeSubmitJob:        true,
 	coordinator.TypeSetJobState:      true,
 	coordinator.TypeRecordCheckpoint: true,
+	coordinator.TypeRecordJobEpoch:   true,
 	coordinator.TypeRevokeCert:       true,
 	coordinator.TypeDeleteJob:        true,
 	coordinator.TypeResumeJob:        true,

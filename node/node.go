@@ -220,6 +220,9 @@ type Node struct {
 	// The collector and the upload backlog (gc.go).
 	gc gcState
 
+	// merged are the merged models computed for exports (provenance.go).
+	merged mergedExports
+
 	// The dataset plane (data.go).
 	store    *blobstore.Store
 	shardSrv *blobstore.Server
@@ -554,6 +557,7 @@ func (n *Node) routes(mux *http.ServeMux) {
 	n.dataRoutes(mux)
 	n.jobRoutes(mux)
 	n.historyRoutes(mux)
+	n.provenanceRoutes(mux)
 	n.certRoutes(mux)
 	n.lifecycleRoutes(mux)
 }

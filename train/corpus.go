@@ -41,6 +41,10 @@ type CorpusOptions struct {
 	// file gets a held-out split, as `braid data prepare` does (0: a file
 	// is always one document).
 	CutAbove, DocumentBytes int64
+	// File, if set, is called for every file read, in order, with its
+	// path, its bytes (not to be kept), and the documents and tokens (EOT
+	// included) it gave: a provenance record names the files a run read.
+	File func(path string, text []byte, documents, tokens int)
 }
 
 // Corpus is a tokenised text corpus: documents separated by EOT, split into a
@@ -85,8 +89,10 @@ func LoadCorpus(paths []string, tok model.Tokenizer, opt CorpusOptions) (*Corpus
 				c.CutFixed++
 			}
 		}
+		tokens := 0
 		for _, doc := range docs {
 			ids = tok.Encode(ids[:0], doc)
+			tokens += len(ids) + 1
 			dst := &c.Train
 			if opt.HoldoutEvery > 0 && HeldOut(doc, opt.HoldoutEvery) {
 				dst = &c.Heldout
@@ -95,6 +101,9 @@ func LoadCorpus(paths []string, tok model.Tokenizer, opt CorpusOptions) (*Corpus
 				*dst = append(*dst, uint16(id))
 			}
 			*dst = append(*dst, uint16(tok.EOT()))
+		}
+		if opt.File != nil {
+			opt.File(path, text, len(docs), tokens)
 		}
 		c.Files++
 		c.Documents += len(docs)

@@ -44,7 +44,7 @@ func TestCompletionScripts(t *testing.T) {
 		{"braid job --api http://x st", []string{"status"}},
 		{"braid train --out fi", []string{"file.txt"}},
 		{"braid data verify fi", []string{"file.txt"}},
-		{"braid ", []string{"bench", "ca", "completion", "data", "dev", "doctor", "eval", "export", "force-leave", "generate", "help", "job", "leave", "members", "node", "serve", "status", "train", "version"}},
+		{"braid ", []string{"bench", "ca", "completion", "data", "dev", "doctor", "eval", "export", "force-leave", "generate", "help", "job", "leave", "members", "node", "serve", "status", "train", "verify", "version"}},
 	} {
 		words := strings.Split(c.line, " ")
 		sh := fmt.Sprintf(`cd %q && source %q && COMP_WORDS=(%s) && COMP_CWORD=%d && _braid braid %q %q && printf '%%s\n' "${COMPREPLY[@]}"`,

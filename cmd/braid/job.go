@@ -338,8 +338,11 @@ func jobExportCommand() *cli.Command {
 		Description: "A full fine-tuning job's model is written in Hugging Face's layout, in the dtype the base is stored in\n" +
 			"(a bf16 base gives bf16). A LoRA job's adapter is written in PEFT's layout (adapter_config.json,\n" +
 			"adapter_model.safetensors); --merged DIR also writes the base model with the adapter merged in, as a\n" +
-			"plain model in the base's dtype. --format gguf also writes the model (a LoRA job's: its base with the\n" +
-			"adapter merged in) as " + ggufFileName + " in --out, for llama.cpp and Ollama.",
+			"plain model in the base's dtype (merged by the node). --format gguf also writes the model (a LoRA job's: its\n" +
+			"base with the adapter merged in) as " + ggufFileName + " in --out, for llama.cpp and Ollama.\n" +
+			"Beside the files go provenance.json (base, datasets, spec, the members that trained each range of\n" +
+			"steps, checkpoints, held-out losses, every file's sha256), provenance.sig (signed by the node's cluster\n" +
+			"certificate) and a README.md model card; check them with `braid verify --ca ca.pem DIR`.",
 		Flags: append(append(apiFlags(), &cli.StringFlag{Name: "out", Required: true, Usage: "output `DIR` (created)"},
 			&cli.StringFlag{Name: "merged", Usage: "LoRA jobs: also write the merged full model to `DIR`"},
 			overwriteFlag("write into a non-empty --out or --merged, replacing the files of the names it writes")), formatFlags()...),
@@ -373,10 +376,13 @@ func jobExportCommand() *cli.Command {
 			if n := len(js.Checkpoints); n > 0 {
 				files = append(files, tokenizerFiles(js.Checkpoints[n-1].Tokenizer)...)
 			}
+			downloaded := map[string]string{} // file name → sha256, for the provenance record
 			for _, name := range files {
-				if err := cl.DownloadJobFile(c.Context, id, name, filepath.Join(out, name)); err != nil {
+				h, err := cl.DownloadJobFileSHA256(c.Context, id, name, filepath.Join(out, name))
+				if err != nil {
 					return err
 				}
+				downloaded[name] = h
 			}
 			if !lora {
 				if err := exportInBaseDtype(c, cl, id, out); err != nil {
@@ -384,8 +390,16 @@ func jobExportCommand() *cli.Command {
 				}
 			}
 			fmt.Fprintf(c.App.Writer, "wrote %s (%s)\n", out, strings.Join(files, ", "))
-			var base string // a LoRA job's base, downloaded once for --merged and --format gguf
-			if lora && (c.String("merged") != "" || format == formatGGUF) {
+			if err := exportProvenance(c, cl, id, out, downloaded); err != nil {
+				return err
+			}
+			if merged := c.String("merged"); merged != "" && lora {
+				if err := exportMerged(c, cl, id, merged); err != nil {
+					return err
+				}
+			}
+			var base string // a LoRA job's base, downloaded once for --format gguf
+			if lora && format == formatGGUF {
 				if base, err = os.MkdirTemp("", "braid-base-"); err != nil {
 					return err
 				}
@@ -395,12 +409,6 @@ func jobExportCommand() *cli.Command {
 						return err
 					}
 				}
-			}
-			if merged := c.String("merged"); merged != "" && lora {
-				if err := model.MergeAdapterFiles(base, out, merged); err != nil {
-					return err
-				}
-				fmt.Fprintf(c.App.Writer, "wrote %s (the base with the adapter merged in)\n", merged)
 			}
 			if format == formatGGUF {
 				return exportJobGGUF(c, id, out, base, ggufType)

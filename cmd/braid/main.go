@@ -62,6 +62,7 @@ func newApp() *cli.App {
 			dataCommand(),
 			jobCommand(),
 			membersCommand(), leaveCommand(), forceLeaveCommand(), // lifecycle.go
+			verifyCommand(),
 			doctorCommand(),
 			versionCommand(),
 			completionCommand(),

@@ -14,6 +14,7 @@ import (
 	"github.com/braidml/braid/kernels"
 	"github.com/braidml/braid/model"
 	"github.com/braidml/braid/model/cudamodel"
+	"github.com/braidml/braid/provenance"
 	"github.com/braidml/braid/shard"
 	"github.com/braidml/braid/train"
 )
@@ -32,7 +33,10 @@ func trainCommand() *cli.Command {
 			"with peft.PeftModel.from_pretrained) and training_state.safetensors; --merged DIR also writes\n" +
 			"the base with the adapter merged in, a plain checkpoint. Unless given, the learning rate is\n" +
 			fmt.Sprintf("then %g and weight decay %g. --resume of an adapter directory continues it on the base its\n", dl.LR, dl.WeightDecay) +
-			"adapter_config.json names (base_model_name_or_path), or on --model if given.",
+			"adapter_config.json names (base_model_name_or_path), or on --model if given.\n\n" +
+			"Every save also writes provenance.json (the base's files, each input file's name, sha256, documents and\n" +
+			"tokens, the configuration, held-out losses, every file's sha256) and a README.md model card; unsigned\n" +
+			"unless --sign-key and --sign-cert are given (then provenance.sig). Check with `braid verify [--allow-unsigned] DIR`.",
 		Flags: append([]cli.Flag{
 			&cli.StringSliceFlag{Name: "input", Aliases: []string{"i"}, Usage: "text `PATH` (file or directory, repeatable)", Required: true},
 			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Usage: "checkpoint `DIR` to write", Required: true},
@@ -63,7 +67,7 @@ func trainCommand() *cli.Command {
 			&cli.BoolFlag{Name: "bf16-base", Usage: "LoRA on a Llama-family base stored in F32 or F16: hold the frozen base in bf16 too, rounded (a base stored in bf16 is held so anyway)"},
 			&cli.StringFlag{Name: "metrics", Usage: "write a JSON line per step to `FILE` as training goes (step, loss, lr, grad_norm, tokens, tokens_per_sec, elapsed_s, and heldout_loss where evaluated); - is stdout, the progress lines then go to stderr"},
 			overwriteFlag("write into a non-empty --out or --merged, replacing the files of the names it writes (not needed for --out of the --resume directory)"),
-		}, deviceFlags()...),
+		}, append(deviceFlags(), trainProvenanceFlags()...)...),
 		Action: runTrain,
 	}
 }
@@ -91,6 +95,10 @@ func runTrain(c *cli.Context) error {
 		return err
 	}
 	defer metrics.Close()
+	prov, err := newTrainRecord(c)
+	if err != nil {
+		return err
+	}
 	cfg := train.DefaultConfig()
 	if lora != loraOff {
 		cfg = train.DefaultLoRAConfig()
@@ -135,6 +143,9 @@ func runTrain(c *cli.Context) error {
 		baseDir = ac.BaseModel
 	} else if lora == loraResume {
 		baseDir = modelDir
+	}
+	if err := prov.setBase(baseDir, c.String("config")); err != nil {
+		return err
 	}
 	// A LoRA run's frozen Llama-family base is read straight into bf16
 	// when stored so (the same maths in half the memory), or rounded on
@@ -233,6 +244,7 @@ func runTrain(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	opt.File = prov.file
 	corpus, err := train.LoadCorpus(c.StringSlice("input"), tok, opt)
 	if err != nil {
 		return err
@@ -260,6 +272,16 @@ func runTrain(c *cli.Context) error {
 			100*float64(adapter.NumParams())/float64(mc.NumParams()), baseDir, held)
 	}
 
+	spec := trainSpec{Train: cfg, Resume: resume}
+	if baseDir == "" {
+		spec.Preset = c.String("config")
+	}
+	if adapter != nil {
+		spec.LoRA = &adapter.Config
+	}
+	if err := prov.setSpec(spec); err != nil {
+		return err
+	}
 	var tr *train.Trainer
 	if dev != nil {
 		var dm *cudamodel.Model
@@ -289,31 +311,35 @@ func runTrain(c *cli.Context) error {
 			return err
 		}
 		printEval(out, 0, r)
+		prov.eval(0, r.Loss)
 		if err := metrics.write(withEval(metricsLine{}, r)); err != nil {
 			return err
 		}
 	}
-	if err := trainLoop(c, out, tr, tok, baseFormat, metrics); err != nil {
+	if err := trainLoop(c, out, tr, tok, baseFormat, metrics, prov); err != nil {
 		return err
 	}
 	return metrics.Close()
 }
 
-// trainLoop runs the steps, logging and checkpointing; on interrupt it saves
-// and stops. --merged writes the merged model as baseFormat says (the
-// base's dtype and shards).
-func trainLoop(c *cli.Context, out io.Writer, tr *train.Trainer, tok model.Tokenizer, baseFormat model.WeightsFormat, metrics *metricsLog) error {
+// trainLoop runs the steps, logging and checkpointing (with the provenance
+// record beside each save); on interrupt it saves and stops. --merged
+// writes the merged model as baseFormat says (the base's dtype and shards).
+func trainLoop(c *cli.Context, out io.Writer, tr *train.Trainer, tok model.Tokenizer, baseFormat model.WeightsFormat, metrics *metricsLog, prov *trainRecord) error {
 	cfg := tr.Config
 	dir, logEvery := c.String("out"), max(1, c.Int("log-every"))
 	var (
 		tokens  int
 		elapsed time.Duration
+		saved   []provenance.File // the files of the last save, as its record names them
 	)
 	save := func() error {
 		if err := tr.SaveCheckpoint(dir, tok); err != nil {
 			return err
 		}
-		return nil
+		var err error
+		saved, err = prov.write(dir, tr.Opt.Step, nil)
+		return err
 	}
 	for step := tr.Opt.Step + 1; step <= cfg.Steps; step++ {
 		if err := c.Context.Err(); err != nil {
@@ -342,6 +368,7 @@ func trainLoop(c *cli.Context, out io.Writer, tr *train.Trainer, tok model.Token
 					return err
 				}
 				printEval(out, step, r)
+				prov.eval(step, r.Loss)
 				line = withEval(line, r)
 			} else if step == cfg.Steps {
 				fmt.Fprintf(out, "step %5d | held-out loss not evaluated: the held-out split is empty\n", step)
@@ -361,6 +388,9 @@ func trainLoop(c *cli.Context, out io.Writer, tr *train.Trainer, tok model.Token
 			return err
 		}
 		if err := model.SaveCheckpointAs(merged, tr.Model.Config, tok, params, baseFormat); err != nil {
+			return err
+		}
+		if _, err := prov.write(merged, tr.Opt.Step, saved); err != nil {
 			return err
 		}
 		fmt.Fprintf(out, "saved the merged model (base + adapter) to %s\n", merged)

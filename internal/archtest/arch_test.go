@@ -22,6 +22,7 @@ var forbidden = map[string][]string{
 	"coordinator": {mod + "node", mod + "train", mod + "model", mod + "kernels", mod + "cmd", mod + "transport/quic", "github.com/hashicorp/memberlist", "github.com/quic-go/"},
 	"node":        {mod + "cmd"},
 	"serve":       {mod + "train", mod + "transport", mod + "coordinator", mod + "node", mod + "cmd"},
+	"provenance":  {mod + "kernels", mod + "model", mod + "train", mod + "transport", mod + "coordinator", mod + "node", mod + "cmd", mod + "shard", mod + "allreduce"},
 	"shard":       {mod + "transport", mod + "coordinator", mod + "node", mod + "train", mod + "allreduce", mod + "cmd", "github.com/hashicorp/", "github.com/quic-go/"},
 }
 

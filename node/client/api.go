@@ -81,26 +81,42 @@ func (c *Client) CancelJob(ctx context.Context, id string) (coordinator.Job, err
 // cannot sync the directory is not an error: the file is whole. Bounded
 // by ctx only.
 func (c *Client) DownloadJobFile(ctx context.Context, id, name, path string) error {
+	_, err := c.downloadJobFile(ctx, id, name, path, "")
+	return err
+}
+
+// downloadJobFile is DownloadJobFile, returning the SHA-256 of the bytes
+// written; a want other than "" is the SHA-256 the file must have,
+// whatever the node sends.
+func (c *Client) downloadJobFile(ctx context.Context, id, name, path, want string) (string, error) {
 	u := c.endpoint("v1", "jobs", id, "files", name)
 	resp, err := c.send(ctx, request{method: http.MethodGet, url: u})
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer resp.Body.Close()
+	var got string
 	err = atomicfile.Write(path, 0o644, func(w io.Writer) error {
 		h := sha256.New()
 		if _, err := io.Copy(io.MultiWriter(w, h), resp.Body); err != nil {
 			return fmt.Errorf("client: GET %s: %w", u, err)
 		}
-		if want := resp.Header.Get("X-Braid-Sha256"); want != "" && hex.EncodeToString(h.Sum(nil)) != want {
+		got = hex.EncodeToString(h.Sum(nil))
+		if sent := resp.Header.Get("X-Braid-Sha256"); sent != "" && got != sent {
 			return fmt.Errorf("%w: GET %s", ErrHashMismatch, u)
+		}
+		if want != "" && got != want {
+			return fmt.Errorf("%w: GET %s: sha256 %s, want %s", ErrHashMismatch, u, got, want)
 		}
 		return nil
 	})
 	if errors.Is(err, atomicfile.ErrSyncDir) {
-		return nil
+		return got, nil
 	}
-	return err
+	if err != nil {
+		return "", err
+	}
+	return got, nil
 }
 
 // Datasets is GET /v1/datasets: every registered dataset. Bounded by

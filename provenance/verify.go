@@ -1,0 +1,275 @@
+package provenance
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Options are what Verify checks a directory against.
+type Options struct {
+	// Roots are the cluster CA certificates (ca.pem: during a rotation a
+	// bundle of two). A signed record with no roots fails: there is
+	// nothing to chain its signer to.
+	Roots []*x509.Certificate
+	// AllowUnsigned accepts a record without provenance.sig (a
+	// single-process `braid train` run), with a warning; otherwise an
+	// unsigned record is a problem.
+	AllowUnsigned bool
+	// Revoked are certificate serials (pki.Serial's form) known to be
+	// revoked; a signer among them fails. The cluster's list is in `braid
+	// ca` / GET /v1/certs; Verify fetches nothing.
+	Revoked []string
+	// Now is the time certificates are compared with for warnings (the
+	// signature is checked at the record's export time); zero: time.Now.
+	Now time.Time
+}
+
+// Report is what Verify found.
+type Report struct {
+	Record *Record
+	// Signer and Serial name the signing certificate (empty: unsigned).
+	Signer, Serial string
+	// Matched are the files whose hashes matched the record.
+	Matched []File
+	// Problems name each thing that does not match: a file, a hash, the
+	// signature, the chain. The directory verifies when there are none.
+	Problems []string
+	// Warnings are what a reader should know but does not fail the check.
+	Warnings []string
+}
+
+// OK reports whether nothing failed.
+func (r *Report) OK() bool { return len(r.Problems) == 0 }
+
+func (r *Report) problem(format string, args ...any) {
+	r.Problems = append(r.Problems, fmt.Sprintf(format, args...))
+}
+
+// weightsExt are the extensions of files that hold weights: such a file
+// in the directory that the record does not name is a problem (it could
+// be loaded instead of the recorded one).
+var weightsExt = []string{".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npz", ".h5", ".onnx"}
+
+// derivedExt are the extensions of files an exporter converts from the
+// recorded weights after the record is made (`job export --format gguf`
+// writes model.gguf): the record cannot name them, so Verify warns that
+// they are not checked rather than failing.
+var derivedExt = []string{".gguf"}
+
+// Verify checks directory dir against its provenance.json: the signature
+// in provenance.sig over the record's exact bytes, the signer's chain to
+// opt.Roots at the time the record says it was exported, the revoked
+// serials, and the SHA-256 of every file the record names. Every problem
+// found is listed in the report (Verify does not stop at the first). The
+// error is for a directory that has no readable record at all.
+func Verify(dir string, opt Options) (*Report, error) {
+	raw, err := readBounded(filepath.Join(dir, RecordFile), MaxRecordBytes)
+	if err != nil {
+		return nil, fmt.Errorf("provenance: %w (export the model with `braid job export`, or train it with `braid train`, to have one)", err)
+	}
+	rec, err := Decode(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, RecordFile), err)
+	}
+	rep := &Report{Record: rec}
+	if opt.Now.IsZero() {
+		opt.Now = time.Now()
+	}
+	verifySignature(rep, dir, raw, opt)
+	verifyFiles(rep, dir)
+	return rep, nil
+}
+
+// verifySignature checks provenance.sig.
+func verifySignature(rep *Report, dir string, raw []byte, opt Options) {
+	rec := rep.Record
+	sb, err := readBounded(filepath.Join(dir, SignatureFile), MaxSignatureBytes)
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && rec.Signer != "":
+		rep.problem("%s is missing: the record says node %s signed it", SignatureFile, rec.Signer)
+		return
+	case errors.Is(err, fs.ErrNotExist) && opt.AllowUnsigned:
+		rep.Warnings = append(rep.Warnings, "unsigned: the record has no signature, so anyone could have written it; the file hashes below are checked against it")
+		return
+	case errors.Is(err, fs.ErrNotExist):
+		rep.problem("unsigned: %s has no %s (a single-process `braid train` record without --sign-key); accept it with --allow-unsigned", RecordFile, SignatureFile)
+		return
+	case err != nil:
+		rep.problem("%s: %v", SignatureFile, err)
+		return
+	}
+	sig, err := ParseSignature(sb)
+	if err != nil {
+		rep.problem("%s: %v", SignatureFile, err)
+		return
+	}
+	leaf := sig.Chain[0]
+	rep.Signer, rep.Serial = leaf.Subject.CommonName, serialText(leaf)
+	if err := leaf.CheckSignature(sig.Algorithm, raw, sig.Value); err != nil {
+		rep.problem("signature invalid: %s is not the record %s signed (it was changed after signing, or the signature is not %s's)", RecordFile, rep.Signer, rep.Signer)
+	}
+	if rec.Signer != rep.Signer {
+		rep.problem("signer mismatch: the record names %q, the signature's certificate is %q's", rec.Signer, rep.Signer)
+	}
+	if slices.Contains(opt.Revoked, rep.Serial) {
+		rep.problem("revoked: the certificate of %s (serial %s) that signed the record is revoked", rep.Signer, rep.Serial)
+	}
+	if len(opt.Roots) == 0 {
+		rep.problem("unknown CA: no cluster CA to check %s's certificate against; give it with --ca (the ca.pem of `braid ca init`)", rep.Signer)
+		return
+	}
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	for _, c := range opt.Roots {
+		roots.AddCert(c)
+	}
+	for _, c := range sig.Chain[1:] {
+		inter.AddCert(c)
+	}
+	// The chain is checked as of the signing: a model outlives the
+	// certificate of the node that exported it.
+	at := rec.Exported
+	if at.IsZero() {
+		at = opt.Now
+	}
+	_, err = leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	var unknown x509.UnknownAuthorityError
+	var invalid x509.CertificateInvalidError
+	switch {
+	case err == nil:
+	case errors.As(err, &unknown):
+		rep.problem("unknown CA: the certificate of %s (serial %s, issued by %q) does not chain to the given CA (%s)", rep.Signer, rep.Serial,
+			leaf.Issuer.CommonName, caNames(opt.Roots))
+	case errors.As(err, &invalid) && invalid.Reason == x509.Expired:
+		rep.problem("expired: the certificate of %s (serial %s, valid %s to %s) was not valid when the record was signed (%s)", rep.Signer, rep.Serial,
+			leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339), at.UTC().Format(time.RFC3339))
+	default:
+		rep.problem("certificate of %s (serial %s): %v", rep.Signer, rep.Serial, err)
+	}
+	if err == nil && opt.Now.After(leaf.NotAfter) {
+		rep.Warnings = append(rep.Warnings, fmt.Sprintf("the certificate of %s has expired since signing (at %s); the signature was made while it was valid",
+			rep.Signer, leaf.NotAfter.UTC().Format(time.RFC3339)))
+	}
+}
+
+func caNames(cas []*x509.Certificate) string {
+	var names []string
+	for _, c := range cas {
+		names = append(names, fmt.Sprintf("%q serial %s", c.Subject.CommonName, serialText(c)))
+	}
+	return strings.Join(names, ", ")
+}
+
+// verifyFiles hashes every file the record names, and looks for weights
+// files it does not name.
+func verifyFiles(rep *Report, dir string) {
+	matched, problems := CheckFiles(dir, rep.Record)
+	rep.Matched = matched
+	rep.Problems = append(rep.Problems, problems...)
+	named := map[string]bool{}
+	for _, f := range rep.Record.Files {
+		named[f.Name] = true
+	}
+	entries, _ := os.ReadDir(dir) // CheckFiles named an error reading it
+	for _, e := range entries {
+		if !named[e.Name()] && slices.Contains(derivedExt, strings.ToLower(filepath.Ext(e.Name()))) {
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: not covered by the record (converted from the recorded weights after it was made), so not checked; "+
+				"convert the verified weights again (`braid export --format gguf --model DIR`) to have one you can trust", e.Name()))
+		}
+	}
+}
+
+// CheckFiles hashes every file rec names in dir and returns those that
+// match, and a problem naming each that does not (missing, another hash)
+// and each weights file in dir that rec does not name.
+func CheckFiles(dir string, rec *Record) (matched []File, problems []string) {
+	named := map[string]bool{}
+	for _, want := range rec.Files {
+		named[want.Name] = true
+		got, err := HashFile(filepath.Join(dir, want.Name))
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			problems = append(problems, fmt.Sprintf("%s: missing (the record names it with sha256 %s)", want.Name, want.SHA256))
+		case err != nil:
+			problems = append(problems, fmt.Sprintf("%s: %v", want.Name, err))
+		case got.SHA256 != want.SHA256:
+			problems = append(problems, fmt.Sprintf("%s: sha256 %s does not match the recorded %s (%d bytes here, %d recorded)",
+				want.Name, got.SHA256, want.SHA256, got.Bytes, want.Bytes))
+		default:
+			matched = append(matched, got)
+		}
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return matched, append(problems, fmt.Sprintf("%s: %v", dir, err))
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if named[name] || !slices.Contains(weightsExt, strings.ToLower(filepath.Ext(name))) {
+			continue
+		}
+		problems = append(problems, fmt.Sprintf("%s: a weights file the record does not name", name))
+	}
+	return matched, problems
+}
+
+// readBounded reads at most max bytes of path, refusing a larger file.
+func readBounded(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("%s: more than %d bytes", path, max)
+	}
+	return b, nil
+}
+
+// CAFile is the name of the cluster CA bundle in a PKI directory (as
+// transport/pki writes it).
+const CAFile = "ca.pem"
+
+// ReadCAs reads the CA certificates of a PEM bundle: path is the file, or
+// a PKI directory holding ca.pem (`braid ca init --dir`).
+func ReadCAs(path string) ([]*x509.Certificate, error) {
+	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+		path = filepath.Join(path, CAFile)
+	}
+	b, err := readBounded(path, 1<<20)
+	if err != nil {
+		return nil, fmt.Errorf("provenance: the CA: %w", err)
+	}
+	var out []*x509.Certificate
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("provenance: the CA %s: %w", path, err)
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("provenance: %s holds no certificate (want the cluster's ca.pem)", path)
+	}
+	return out, nil
+}
