@@ -91,6 +91,35 @@ func waitJob(t *testing.T, api, id string) {
 	t.Fatalf("job %s did not end in 2 minutes", id)
 }
 
+// pushDocs prepares the test corpus as dataset "docs" (byte tokenizer,
+// 32-token sequences), pushes it to the node behind api and returns the
+// prepared directory.
+func pushDocs(t *testing.T, api string) string {
+	t.Helper()
+	ds := filepath.Join(t.TempDir(), "ds")
+	mustRunOut(t, "data", "prepare", "--input", corpusDir(t), "--out", ds, "--seq-len", "32", "--name", "docs")
+	mustRunOut(t, "data", "push", ds, "--api", api, "--replicas", "1")
+	return ds
+}
+
+// byteBase writes a one-layer GPT-2 of width dim with the byte tokenizer,
+// context 32, randomly initialised, and returns its directory: a base for
+// jobs on pushDocs' dataset.
+func byteBase(t *testing.T, dim int) string {
+	t.Helper()
+	base := filepath.Join(t.TempDir(), "base")
+	bc := model.Config{Context: 32, Dim: dim, Layers: 1, Heads: 2, Vocab: model.ByteTokenizer{}.Vocab()}
+	bm, err := model.NewInference(bc, 1, 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bm.Init(1)
+	if err := model.SaveCheckpoint(base, bc, model.ByteTokenizer{}, bm.Params); err != nil {
+		t.Fatal(err)
+	}
+	return base
+}
+
 // The issue's cluster examples on a one-node cluster: flags after a job
 // id or a directory are honoured; an unknown job or dataset is "no job ID
 // (see `braid job list`)", not a 409 with the node's internals; an export
@@ -102,22 +131,11 @@ func TestClusterCommandsFlagsAndErrors(t *testing.T) {
 	}
 	api := startCLINode(t, "cli-test-token")
 
-	ds := filepath.Join(t.TempDir(), "ds")
-	mustRunOut(t, "data", "prepare", "--input", corpusDir(t), "--out", ds, "--seq-len", "32", "--name", "docs")
-	mustRunOut(t, "data", "push", ds, "--api", api, "--replicas", "1")
+	ds := pushDocs(t, api)
 	if _, err := run(t, "data", "verify", ds, "--json"); err == nil || !strings.Contains(err.Error(), "unknown flag --json") {
 		t.Errorf("data verify DIR --json: %v; want --json refused (verify has no such flag)", err)
 	}
-	base := filepath.Join(t.TempDir(), "base")
-	bc := model.Config{Context: 32, Dim: 16, Layers: 1, Heads: 2, Vocab: model.ByteTokenizer{}.Vocab()}
-	bm, err := model.NewInference(bc, 1, 32)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bm.Init(1)
-	if err := model.SaveCheckpoint(base, bc, model.ByteTokenizer{}, bm.Params); err != nil {
-		t.Fatal(err)
-	}
+	base := byteBase(t, 16)
 	id := strings.TrimSpace(mustRunOut(t, "job", "submit", "--api", api, "--model", base, "--dataset", "docs", "--steps", "2",
 		"--global-batch", "2", "--micro-batch", "1", "--replicas", "1"))
 	waitJob(t, api, id)
@@ -151,7 +169,7 @@ func TestClusterCommandsFlagsAndErrors(t *testing.T) {
 	if _, err := run(t, "data", "status", "nope", "--api", api); err == nil || err.Error() != "no dataset nope (see `braid data ls`)" {
 		t.Errorf("data status of an unknown dataset: %v", err)
 	}
-	_, err = run(t, "job", "cancel", id, "--api", api)
+	_, err := run(t, "job", "cancel", id, "--api", api)
 	if err == nil || !strings.HasPrefix(err.Error(), "cannot cancel job "+id+": ") || !strings.Contains(err.Error(), "the job is already completed") {
 		t.Fatalf("cancel of a completed job: %v", err)
 	}

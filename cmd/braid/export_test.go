@@ -174,19 +174,8 @@ func TestJobExportGGUF(t *testing.T) {
 		t.Skip("starts a node and runs jobs")
 	}
 	api := startCLINode(t, "gguf-test-token")
-	ds := filepath.Join(t.TempDir(), "ds")
-	mustRunOut(t, "data", "prepare", "--input", corpusDir(t), "--out", ds, "--seq-len", "32", "--name", "docs")
-	mustRunOut(t, "data", "push", ds, "--api", api, "--replicas", "1")
-	base := filepath.Join(t.TempDir(), "base")
-	bc := model.Config{Context: 32, Dim: 32, Layers: 1, Heads: 2, Vocab: model.ByteTokenizer{}.Vocab()}
-	bm, err := model.NewInference(bc, 1, 32)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bm.Init(1)
-	if err := model.SaveCheckpoint(base, bc, model.ByteTokenizer{}, bm.Params); err != nil {
-		t.Fatal(err)
-	}
+	pushDocs(t, api)
+	base := byteBase(t, 32)
 	for _, lora := range []bool{false, true} {
 		args := []string{"job", "submit", "--api", api, "--model", base, "--dataset", "docs", "--steps", "2",
 			"--global-batch", "2", "--micro-batch", "1", "--replicas", "1"}

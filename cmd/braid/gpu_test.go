@@ -28,19 +28,7 @@ func TestGPUTrainEvalGenerate(t *testing.T) {
 	if !strings.Contains(got, "device: cuda:0") || !strings.Contains(got, "held-out loss") {
 		t.Errorf("train output does not say it ran on the GPU and evaluated:\n%s", got)
 	}
-	score := func(device string) float64 {
-		got, err := run(t, "eval", "--device", device, "--precision", "fp32", "--model", out, "--input", corpus, "--seq-len", "32", "--max-tokens", "2000", "--json")
-		if err != nil {
-			t.Fatalf("eval --device %s: %v\n%s", device, err, got)
-		}
-		var r struct{ Loss float64 }
-		lines := strings.Split(strings.TrimSpace(got), "\n")
-		if err := json.Unmarshal([]byte(lines[len(lines)-1]), &r); err != nil || r.Loss <= 0 {
-			t.Fatalf("eval --device %s: %q: %v", device, got, err)
-		}
-		return r.Loss
-	}
-	if g, c := score("cuda"), score("cpu"); !(math.Abs(g-c) <= 1e-4*c) {
+	if g, c := evalLoss(t, "cuda", out, corpus), evalLoss(t, "cpu", out, corpus); !(math.Abs(g-c) <= 1e-4*c) {
 		t.Errorf("held-out loss %v on the GPU, %v on the CPU", g, c)
 	}
 	if got, err := run(t, "generate", "--device", "cuda", "--model", out, "--prompt", "the quick", "--tokens", "8", "--temperature", "0"); err != nil || len(got) < len("the quick") {
@@ -80,22 +68,26 @@ func TestGPULlama(t *testing.T) {
 		if lora {
 			continue
 		}
-		score := func(device string) float64 {
-			got, err := run(t, "eval", "--device", device, "--precision", "fp32", "--model", out, "--input", corpus, "--seq-len", "32", "--max-tokens", "2000", "--json")
-			if err != nil {
-				t.Fatalf("eval --device %s: %v\n%s", device, err, got)
-			}
-			var r struct{ Loss float64 }
-			lines := strings.Split(strings.TrimSpace(got), "\n")
-			if err := json.Unmarshal([]byte(lines[len(lines)-1]), &r); err != nil || r.Loss <= 0 {
-				t.Fatalf("eval --device %s: %q: %v", device, got, err)
-			}
-			return r.Loss
-		}
-		if g, c := score("cuda"), score("cpu"); !(math.Abs(g-c) <= 1e-4*c) {
+		if g, c := evalLoss(t, "cuda", out, corpus), evalLoss(t, "cpu", out, corpus); !(math.Abs(g-c) <= 1e-4*c) {
 			t.Errorf("loss %v on the GPU, %v on the CPU", g, c)
 		}
 	}
+}
+
+// evalLoss is `braid eval --device device --json`'s loss of the model in
+// dir on corpus (fp32, 32-token sequences, 2000 tokens).
+func evalLoss(t *testing.T, device, dir, corpus string) float64 {
+	t.Helper()
+	got, err := run(t, "eval", "--device", device, "--precision", "fp32", "--model", dir, "--input", corpus, "--seq-len", "32", "--max-tokens", "2000", "--json")
+	if err != nil {
+		t.Fatalf("eval --device %s: %v\n%s", device, err, got)
+	}
+	var r struct{ Loss float64 }
+	lines := strings.Split(strings.TrimSpace(got), "\n")
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &r); err != nil || r.Loss <= 0 {
+		t.Fatalf("eval --device %s: %q: %v", device, got, err)
+	}
+	return r.Loss
 }
 
 // TestMain points the GPU tests at the CPU stand-in for the CUDA libraries

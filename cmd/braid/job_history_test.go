@@ -3,12 +3,10 @@ package main
 import (
 	"encoding/csv"
 	"encoding/json"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
-	"github.com/braidml/braid/model"
 	"github.com/braidml/braid/node"
 )
 
@@ -21,19 +19,8 @@ func TestJobHistoryCommand(t *testing.T) {
 		t.Skip("starts a node and runs a job")
 	}
 	api := startCLINode(t, "history-test-token")
-	ds := filepath.Join(t.TempDir(), "ds")
-	mustRunOut(t, "data", "prepare", "--input", corpusDir(t), "--out", ds, "--seq-len", "32", "--name", "docs")
-	mustRunOut(t, "data", "push", ds, "--api", api, "--replicas", "1")
-	base := filepath.Join(t.TempDir(), "base")
-	bc := model.Config{Context: 32, Dim: 16, Layers: 1, Heads: 2, Vocab: model.ByteTokenizer{}.Vocab()}
-	bm, err := model.NewInference(bc, 1, 32)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bm.Init(1)
-	if err := model.SaveCheckpoint(base, bc, model.ByteTokenizer{}, bm.Params); err != nil {
-		t.Fatal(err)
-	}
+	pushDocs(t, api)
+	base := byteBase(t, 16)
 	const steps, evalEvery = 6, 3
 	id := strings.TrimSpace(mustRunOut(t, "job", "submit", "--api", api, "--model", base, "--dataset", "docs", "--steps", strconv.Itoa(steps),
 		"--global-batch", "2", "--micro-batch", "1", "--replicas", "1", "--eval-every", strconv.Itoa(evalEvery), "--lr", "3e-3", "--warmup", "1"))

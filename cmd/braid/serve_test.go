@@ -11,8 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/braidml/braid/model"
 )
 
 // TestServeRefuses: braid serve refuses, before it listens, a device other
@@ -64,19 +62,8 @@ func TestServeJob(t *testing.T) {
 		t.Skip("starts a node and runs jobs")
 	}
 	api := startCLINode(t, "serve-job-token") // sets BRAID_TOKEN, which --api-token reads
-	ds := filepath.Join(t.TempDir(), "ds")
-	mustRunOut(t, "data", "prepare", "--input", corpusDir(t), "--out", ds, "--seq-len", "32", "--name", "docs")
-	mustRunOut(t, "data", "push", ds, "--api", api, "--replicas", "1")
-	base := filepath.Join(t.TempDir(), "base")
-	bc := model.Config{Context: 32, Dim: 16, Layers: 1, Heads: 2, Vocab: model.ByteTokenizer{}.Vocab()}
-	bm, err := model.NewInference(bc, 1, 32)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bm.Init(1)
-	if err := model.SaveCheckpoint(base, bc, model.ByteTokenizer{}, bm.Params); err != nil {
-		t.Fatal(err)
-	}
+	pushDocs(t, api)
+	base := byteBase(t, 16)
 	for _, extra := range [][]string{nil, {"--lora-rank", "2"}} {
 		id := strings.TrimSpace(mustRunOut(t, append([]string{"job", "submit", "--api", api, "--model", base, "--dataset", "docs", "--steps", "2",
 			"--global-batch", "2", "--micro-batch", "1", "--replicas", "1"}, extra...)...))

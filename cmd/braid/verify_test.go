@@ -59,19 +59,8 @@ func TestExportedModelVerifies(t *testing.T) {
 	n := startTLSNode(t, pkiDir, "verify-test-token")
 	t.Setenv("BRAID_TOKEN", "verify-test-token")
 	api := "http://" + n.APIAddr()
-	ds := filepath.Join(t.TempDir(), "ds")
-	mustRunOut(t, "data", "prepare", "--input", corpusDir(t), "--out", ds, "--seq-len", "32", "--name", "docs")
-	mustRunOut(t, "data", "push", ds, "--api", api, "--replicas", "1")
-	base := filepath.Join(t.TempDir(), "base")
-	bc := model.Config{Context: 32, Dim: 16, Layers: 1, Heads: 2, Vocab: model.ByteTokenizer{}.Vocab()}
-	bm, err := model.NewInference(bc, 1, 32)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bm.Init(1)
-	if err := model.SaveCheckpoint(base, bc, model.ByteTokenizer{}, bm.Params); err != nil {
-		t.Fatal(err)
-	}
+	pushDocs(t, api)
+	base := byteBase(t, 16)
 	id := strings.TrimSpace(mustRunOut(t, "job", "submit", "--api", api, "--model", base, "--dataset", "docs", "--steps", "2",
 		"--global-batch", "2", "--micro-batch", "1", "--replicas", "1", "--eval-every", "1"))
 	waitJob(t, api, id)

@@ -466,60 +466,72 @@ func TestLoRAMatchesCPU(t *testing.T) {
 			for i := range a.Params {
 				a.Params[i] += float32(rng.NormFloat64() * 0.02)
 			}
-			gpu, err := New(dev, c, B, T, tc.p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer gpu.Close()
-			if err := gpu.WriteParams(cpu.Params); err != nil {
-				t.Fatal(err)
-			}
-			if err := gpu.AttachLoRA(a); err != nil {
-				t.Fatal(err)
-			}
-			if err := cpu.AttachLoRA(a); err != nil {
-				t.Fatal(err)
-			}
-			tokens, targets := randomBatch(rng, c.Vocab, B*T)
-			cpu.ZeroGrad()
-			want, _ := cpu.Forward(tokens, targets, B, T)
-			cpu.Backward(1)
-			gpu.ZeroGrad()
-			got, err := gpu.Forward(tokens, targets, B, T)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := gpu.Backward(1); err != nil {
-				t.Fatal(err)
-			}
-			if d := math.Abs(float64(got-want)) / float64(want); !(d <= tc.tol) {
-				t.Errorf("loss %v, CPU %v", got, want)
-			}
-			grads := make([]float32, a.NumParams())
-			if err := gpu.ReadGrads(grads); err != nil {
-				t.Fatal(err)
-			}
-			for _, p := range a.Layout() {
-				if e := relErr(grads[p.Offset:p.Offset+p.Size], a.Grads[p.Offset:p.Offset+p.Size]); !(e <= tc.tol) {
-					t.Errorf("%s: relative error %.2e > %.0e", p.Name, e, tc.tol)
-				}
-			}
-			// The frozen base's gradient buffer was never written.
-			base := make([]float32, c.NumParams())
-			gpu.tr = &gpu.base
-			err = gpu.ReadGrads(base)
-			gpu.tr = &gpu.ad.set
-			if err != nil {
-				t.Fatal(err)
-			}
-			for i, g := range base {
-				if g != 0 {
-					t.Fatalf("base gradient %d is %v with the base frozen", i, g)
-				}
-			}
-			if g := gpu.GradRanges(); len(g) != c.Layers {
-				t.Errorf("adapter GradRanges %v, want one per block", g)
-			}
+			checkLoRAMatchesCPU(t, dev, cpu, a, rng, tc.p, tc.tol)
 		})
+	}
+}
+
+// checkLoRAMatchesCPU attaches adapter a to cpu (a model holding the
+// base's weights, batch as allocated) and to a GPU copy of it at
+// precision prec, runs a step of random tokens on both, and compares the
+// loss and every adapter gradient within tol; the GPU base's gradient must
+// stay untouched, and GradRanges must be the adapter's, one per block.
+func checkLoRAMatchesCPU(t *testing.T, dev *cuda.Device, cpu *model.Model, a *model.LoRA, rng *rand.Rand, prec cuda.Precision, tol float64) {
+	t.Helper()
+	c := cpu.Config
+	B, T := cpu.MaxBatch()
+	gpu, err := New(dev, c, B, T, prec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gpu.Close()
+	if err := gpu.WriteParams(cpu.Params); err != nil {
+		t.Fatal(err)
+	}
+	if err := gpu.AttachLoRA(a); err != nil {
+		t.Fatal(err)
+	}
+	if err := cpu.AttachLoRA(a); err != nil {
+		t.Fatal(err)
+	}
+	tokens, targets := randomBatch(rng, c.Vocab, B*T)
+	cpu.ZeroGrad()
+	want, _ := cpu.Forward(tokens, targets, B, T)
+	cpu.Backward(1)
+	gpu.ZeroGrad()
+	got, err := gpu.Forward(tokens, targets, B, T)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gpu.Backward(1); err != nil {
+		t.Fatal(err)
+	}
+	if d := math.Abs(float64(got-want)) / float64(want); !(d <= tol) {
+		t.Errorf("loss %v, CPU %v", got, want)
+	}
+	grads := make([]float32, a.NumParams())
+	if err := gpu.ReadGrads(grads); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range a.Layout() {
+		if e := relErr(grads[p.Offset:p.Offset+p.Size], a.Grads[p.Offset:p.Offset+p.Size]); !(e <= tol) {
+			t.Errorf("%s: relative error %.2e > %.0e", p.Name, e, tol)
+		}
+	}
+	// The frozen base's gradient buffer was never written.
+	base := make([]float32, c.NumParams())
+	gpu.tr = &gpu.base
+	err = gpu.ReadGrads(base)
+	gpu.tr = &gpu.ad.set
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, g := range base {
+		if g != 0 {
+			t.Fatalf("base gradient %d is %v with the base frozen", i, g)
+		}
+	}
+	if g := gpu.GradRanges(); len(g) != c.Layers {
+		t.Errorf("adapter GradRanges %v, want one per block", g)
 	}
 }
