@@ -92,7 +92,7 @@ func loadConfigFile(c *cli.Context) error {
 		switch v := v.(type) {
 		case string:
 			s = v
-		case float64:
+		case float64, bool:
 			s = fmt.Sprint(v)
 		case []any:
 			var parts []string
