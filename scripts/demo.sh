@@ -76,11 +76,7 @@ else
 	for p in net/http strings bytes bufio sort strconv io os; do inputs+=(--input "$SRC/$p"); done
 fi
 "$BRAID" data prepare "${inputs[@]}" --out "$WORK/go-src" --name go-src --seq-len 128 --shard-mib 1 --holdout 0.05 --skip-bad 2>&1 | tail -1
-"$BRAID" data push --replicas 2 "$WORK/go-src"
-for _ in $(seq 1 150); do
-	if "$BRAID" data status --json go-src 2>/dev/null | python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s["under_replicated"]==0 and s.get("placement") else 1)' 2>/dev/null; then break; fi
-	sleep 0.2
-done
+"$BRAID" data push --replicas 2 --wait --timeout 1m "$WORK/go-src"  # returns once both replicas of every shard exist
 "$BRAID" data ls
 
 echo
