@@ -195,7 +195,7 @@ func StartAPI(cfg APIConfig, status func() Status, reg *prometheus.Registry) (*A
 		enc.Encode(status())
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	consoleRoutes(mux, cfg.Token)
+	consoleRoutes(mux)
 	if cfg.Bench != nil {
 		mux.HandleFunc("POST /v1/bench/allreduce", func(w http.ResponseWriter, r *http.Request) {
 			var plan BenchPlan
@@ -349,16 +349,15 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 // requireToken refuses (401) a request without "Authorization: Bearer
 // token", but GET /v1/health, /v1/ready (probes, which say nothing a
-// stranger could use) and the console's page (console.go). A GET or HEAD
-// may carry the console's session cookie instead of the header; a request
-// that changes state needs the header.
+// stranger could use) and the console's page (console.go). No cookie
+// stands for the token (the console sends the header too): a cookie is
+// shared by every port of a host, so any other local server the browser
+// visits would receive it.
 func requireToken(token string, next http.Handler) http.Handler {
-	session := consoleSession(token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		read := r.Method == http.MethodGet || r.Method == http.MethodHead
 		public := read && (r.URL.Path == "/v1/health" || r.URL.Path == "/v1/ready" || consoleAsset(r.URL.Path))
-		authorized := httpauth.BearerOK(r, token) || read && hasConsoleSession(r, session)
-		if !public && !authorized {
+		if !public && !httpauth.BearerOK(r, token) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="braid"`)
 			http.Error(w, "braid: missing or wrong bearer token (the node's is in its data directory's "+APITokenFile+
 				" unless set with --token; braid finds it for the node's user, or give --token or --token-file)", http.StatusUnauthorized)

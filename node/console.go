@@ -1,11 +1,7 @@
 package node
 
 import (
-	"crypto/hmac"
-	"crypto/sha256"
-	"crypto/subtle"
 	"embed"
-	"encoding/hex"
 	"net/http"
 	"net/url"
 	"strings"
@@ -17,37 +13,27 @@ import (
 // HTML, CSS and JavaScript are embedded in the binary: no external asset,
 // no build step, and it works offline.
 //
-// Authentication is the API's: the page itself loads without a token and
-// shows a login form, and its data come from the API. A browser cannot
-// send a bearer header on a navigation, so the token given once in the URL
-// (/?token=..., or through the login form, which does the same) sets a
-// cookie, and the API accepts that cookie in place of the header, for
-// GET and HEAD requests only. Everything that changes state stays
-// bearer-only: a page of another origin can make the browser send the
-// cookie (SameSite=Strict aside), never the header. The cookie is HttpOnly
-// (the page's script cannot read it), Secure and SameSite=Strict, and holds
-// a value derived from the token (consoleSession), not the token itself.
+// Authentication is the API's, and there is no cookie: the page and its
+// assets load without a token (they hold no data) and show a login form;
+// the data come from the API, which the page's script calls with
+// "Authorization: Bearer" like any client. The token reaches the script in
+// the URL's fragment (/#token=..., which the browser never sends to the
+// server, so it lands in no access log) or through the login form; the
+// script keeps it in sessionStorage (per tab, and per origin, so per port:
+// another server on the same host cannot read it, as it could a cookie,
+// which ignores ports), takes it out of the address bar, and forgets it on
+// "log out" or when the tab closes. A page of another origin cannot make
+// the browser send the header. An old /?token=... URL is answered with a
+// redirect to the clean URL (the token in it is ignored, never checked).
 
 //go:embed console/index.html console/console.js console/console.css
 var consoleFiles embed.FS
-
-// consoleCookie is the name of the console's session cookie.
-const consoleCookie = "braid_console"
 
 // consoleCSP allows the page its own script, styles and API only: no inline
 // script (the JavaScript is a file of its own), no other origin, no
 // framing.
 const consoleCSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; " +
 	"frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-
-// consoleSession is the cookie value that stands for token: an HMAC of a
-// fixed label under it, so that the cookie, should it leak, is no bearer
-// token, and so that changing the token ends every session.
-func consoleSession(token string) string {
-	mac := hmac.New(sha256.New, []byte(token))
-	mac.Write([]byte("braid console session v1"))
-	return hex.EncodeToString(mac.Sum(nil))
-}
 
 // consoleAsset reports whether path is part of the console's page, which
 // loads without a token.
@@ -59,30 +45,17 @@ func consoleAsset(path string) bool {
 	return strings.HasPrefix(path, "/jobs/") && !strings.Contains(path[len("/jobs/"):], "/")
 }
 
-// hasConsoleSession reports whether r carries the console's cookie for
-// token.
-func hasConsoleSession(r *http.Request, session string) bool {
-	c, err := r.Cookie(consoleCookie)
-	return err == nil && subtle.ConstantTimeCompare([]byte(c.Value), []byte(session)) == 1
-}
-
 // consoleRoutes serves the console's page at / and /jobs/{id}, and its
 // script and style sheet.
-func consoleRoutes(mux *http.ServeMux, token string) {
-	session := consoleSession(token)
+func consoleRoutes(mux *http.ServeMux) {
 	page := func(w http.ResponseWriter, r *http.Request) {
-		if q := r.URL.Query(); q.Has("token") {
-			// Log in, and take the token out of the address bar (and of the
-			// history: the redirect replaces the entry).
-			clean := url.URL{Path: r.URL.Path}
-			if subtle.ConstantTimeCompare([]byte(q.Get("token")), []byte(token)) == 1 {
-				http.SetCookie(w, &http.Cookie{Name: consoleCookie, Value: session, Path: "/", HttpOnly: true, Secure: true,
-					SameSite: http.SameSiteStrictMode})
-			} else {
-				clean.Fragment = "wrong-token"
-			}
+		if r.URL.Query().Has("token") {
+			// The token of an old console URL, or of a form without the
+			// script: take it out of the address bar (and of the history: the
+			// redirect replaces the entry). It logs nothing in: the token
+			// belongs in the fragment, which the server never sees.
 			consoleHeaders(w)
-			http.Redirect(w, r, clean.String(), http.StatusSeeOther)
+			http.Redirect(w, r, (&url.URL{Path: r.URL.Path, Fragment: "token-in-query"}).String(), http.StatusSeeOther)
 			return
 		}
 		serveConsoleFile(w, "console/index.html", "text/html; charset=utf-8")

@@ -11,6 +11,39 @@
 
   class AuthError extends Error {}
 
+  // The API token: in this tab's sessionStorage (per tab, per origin, so
+  // per port), never in a cookie. It arrives in the URL's fragment
+  // (/#token=..., which the browser does not send to the server) or
+  // through the login form, and is sent as "Authorization: Bearer" to this
+  // node's API only.
+  const TOKEN_KEY = 'braid-api-token';
+  function storedToken() {
+    try { return sessionStorage.getItem(TOKEN_KEY) || ''; } catch (e) { return ''; }
+  }
+  function storeToken(t) {
+    try {
+      if (t) sessionStorage.setItem(TOKEN_KEY, t); else sessionStorage.removeItem(TOKEN_KEY);
+    } catch (e) { /* storage refused: the token lasts until the page is left */ }
+    memToken = t;
+  }
+  let memToken = storedToken();
+  let loginMsg = '';
+  (function takeTokenFromFragment() {
+    const m = location.hash.match(/^#token=(.+)$/);
+    if (location.hash === '#token-in-query') {
+      loginMsg = 'Give the token after # (/#token=...), not in the query: a query is sent to the server.';
+    }
+    if (m || location.hash === '#token-in-query') {
+      if (m) {
+        let t = m[1];
+        try { t = decodeURIComponent(t); } catch (e) { /* kept as given */ }
+        storeToken(t);
+      }
+      // Out of the address bar and of the history.
+      history.replaceState(null, '', location.pathname + location.search);
+    }
+  })();
+
   // el builds an element: attrs are attributes ("text" sets its text);
   // children are nodes or strings.
   function el(tag, attrs, ...children) {
@@ -35,8 +68,10 @@
   }
 
   async function api(path) {
-    const r = await fetch(path, { credentials: 'same-origin', headers: { Accept: 'application/json' } });
-    if (r.status === 401) throw new AuthError('not logged in');
+    if (!memToken) throw new AuthError('not logged in');
+    const r = await fetch(path, { credentials: 'omit', cache: 'no-store',
+      headers: { Accept: 'application/json', Authorization: `Bearer ${memToken}` } });
+    if (r.status === 401) throw new AuthError('wrong token');
     if (!r.ok) {
       const msg = (await r.text()).trim().replace(/^braid: /, '');
       throw new Error(`${path}: ${msg || r.status}`);
@@ -244,8 +279,28 @@
   function showLogin(msg) {
     document.getElementById('login').hidden = false;
     document.getElementById('app').hidden = true;
+    document.getElementById('logout').hidden = true;
+    document.getElementById('cluster-line').textContent = '';
+    document.getElementById('updated').textContent = '';
     document.getElementById('login-msg').textContent = msg;
   }
+
+  document.getElementById('login-form').addEventListener('submit', ev => {
+    ev.preventDefault();
+    const input = document.getElementById('login-token');
+    storeToken(input.value.trim());
+    input.value = '';
+    loginMsg = '';
+    if (timer !== null) clearTimeout(timer);
+    refresh();
+  });
+  document.getElementById('logout').addEventListener('click', () => {
+    storeToken('');
+    if (timer !== null) clearTimeout(timer);
+    timer = null;
+    document.getElementById('view').replaceChildren();
+    showLogin('Logged out.');
+  });
 
   let timer = null;
   async function refresh() {
@@ -257,13 +312,18 @@
       else await renderOverview(view);
       document.getElementById('login').hidden = true;
       document.getElementById('app').hidden = false;
+      document.getElementById('logout').hidden = false;
       errBox.hidden = true;
       document.getElementById('updated').textContent = `updated ${new Date().toLocaleTimeString()}`;
     } catch (e) {
       if (e instanceof AuthError) {
-        // Nothing is shown without the token; the form logs in.
+        // Nothing is shown without the token; the form logs in. A token
+        // the API refuses is forgotten.
+        const had = memToken !== '';
+        storeToken('');
         view.replaceChildren();
-        showLogin(location.hash === '#wrong-token' ? 'That token is not this node\'s.' : '');
+        showLogin(had ? 'That token is not this node\'s.' : loginMsg);
+        timer = null;
         return;
       }
       document.getElementById('login').hidden = true;

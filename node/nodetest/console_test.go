@@ -36,10 +36,12 @@ func headlessChromium(t *testing.T, bin, url string, extra ...string) string {
 }
 
 // The console in a real browser: headless Chromium loads a node's console
-// with the token in the URL, which logs it in (the cookie) and lands on the
-// clean URL; the overview shows both members, the finished job with its
-// loss curve; the job's page draws a point per step of the job's history.
-// Without the token the page shows the login form and no data.
+// with the token in the URL's fragment (/#token=..., never sent to the
+// server), which the script keeps in the tab's sessionStorage and sends as
+// a bearer header; the overview shows both members, the finished job with
+// its loss curve; the job's page draws a point per step of the job's
+// history. Without the token the page shows the login form and no data,
+// and so it does with a token in the query instead (an old URL: ignored).
 func TestConsoleInChromium(t *testing.T) {
 	bin, err := exec.LookPath("chromium")
 	if err != nil {
@@ -60,7 +62,7 @@ func TestConsoleInChromium(t *testing.T) {
 	}
 	base := "http://" + n.APIAddr()
 
-	dom := headlessChromium(t, bin, base+"/?token="+token, "--dump-dom")
+	dom := headlessChromium(t, bin, base+"/#token="+token, "--dump-dom")
 	for _, name := range []string{"n1", "n2"} {
 		if !strings.Contains(dom, `<span class="mono member-name">`+name+`</span>`) {
 			t.Errorf("the overview does not list member %s:\n%s", name, dom)
@@ -76,7 +78,7 @@ func TestConsoleInChromium(t *testing.T) {
 		t.Errorf("the overview's loss curve has %d points, want %d", got, steps)
 	}
 
-	dom = headlessChromium(t, bin, base+"/jobs/"+id+"?token="+token, "--dump-dom")
+	dom = headlessChromium(t, bin, base+"/jobs/"+id+"#token="+token, "--dump-dom")
 	if !strings.Contains(dom, `<span class="mono job-id">`+id+`</span>`) {
 		t.Errorf("the job's page does not name job %s:\n%s", id, dom)
 	}
@@ -92,15 +94,17 @@ func TestConsoleInChromium(t *testing.T) {
 	}
 	if dir := os.Getenv("BRAID_CONSOLE_SCREENSHOT"); dir != "" { // for a person to look at
 		shot := filepath.Join(dir, "braid-console-job.png")
-		headlessChromium(t, bin, base+"/jobs/"+id+"?token="+token, "--screenshot="+shot)
-		headlessChromium(t, bin, base+"/?token="+token, "--screenshot="+filepath.Join(dir, "braid-console.png"))
+		headlessChromium(t, bin, base+"/jobs/"+id+"#token="+token, "--screenshot="+shot)
+		headlessChromium(t, bin, base+"/#token="+token, "--screenshot="+filepath.Join(dir, "braid-console.png"))
 		t.Logf("screenshots in %s", dir)
 	}
 
-	dom = headlessChromium(t, bin, base+"/", "--dump-dom")
-	if !strings.Contains(dom, `name="token"`) || !regexp.MustCompile(`<section id="login">`).MatchString(dom) ||
-		!strings.Contains(dom, `<div id="app" hidden="">`) || strings.Contains(dom, "member-name") || strings.Contains(dom, id) {
-		t.Errorf("without the token: want the login form and no data:\n%s", dom)
+	for _, path := range []string{"/", "/?token=" + token} {
+		dom = headlessChromium(t, bin, base+path, "--dump-dom")
+		if !strings.Contains(dom, `id="login-token"`) || !regexp.MustCompile(`<section id="login">`).MatchString(dom) ||
+			!strings.Contains(dom, `<div id="app" hidden="">`) || strings.Contains(dom, "member-name") || strings.Contains(dom, id) {
+			t.Errorf("%s: want the login form and no data:\n%s", path, dom)
+		}
 	}
 }
 
