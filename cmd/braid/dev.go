@@ -164,8 +164,9 @@ func runDev(c *cli.Context) (err error) {
 	api, tokenFile := started[0].api, filepath.Join(dir, node.APITokenFile)
 	fmt.Fprintf(out, "\nAPI    %s (every node's API takes the same token)\n", api)
 	fmt.Fprintf(out, "token  %s (also in %s)\n", token, tokenFile)
-	// The console takes the token from the URL once and keeps a cookie.
-	fmt.Fprintf(out, "web console  %s/?token=%s\n\n", api, token)
+	// The token goes in the URL's fragment, which the browser never sends:
+	// the console's script keeps it in the tab and sends a bearer header.
+	fmt.Fprintf(out, "web console  %s/#token=%s\n\n", api, token)
 	fmt.Fprintln(out, "In another shell:")
 	fmt.Fprintf(out, "  export BRAID_API=%s BRAID_TOKEN=%s\n", api, token)
 	fmt.Fprintln(out, "  braid status")

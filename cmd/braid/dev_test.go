@@ -77,7 +77,7 @@ func TestDevClusterStatusAndCtrlC(t *testing.T) {
 	if api == "" || len(token) != 64 {
 		t.Fatalf("the output names no API and token to export (api %q, token %q):\n%s", api, token, strings.Join(out, "\n"))
 	}
-	if !strings.Contains(strings.Join(out, "\n"), "web console  "+api+"/?token="+token) {
+	if !strings.Contains(strings.Join(out, "\n"), "web console  "+api+"/#token="+token) {
 		t.Errorf("no console URL with the token in the output:\n%s", strings.Join(out, "\n"))
 	}
 	dirs, _ := filepath.Glob(filepath.Join(tmp, "braid-dev-*"))
