@@ -222,6 +222,9 @@ type Node struct {
 
 	// merged are the merged models computed for exports (provenance.go).
 	merged mergedExports
+	// provBuilds counts the provenance records being built, at most
+	// maxProvenanceBuilds (provenance.go).
+	provBuilds buildSlots
 
 	// The dataset plane (data.go).
 	store    *blobstore.Store

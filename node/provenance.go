@@ -505,9 +505,51 @@ func (n *Node) mergedModel(ctx context.Context, j coordinator.Job, cp coordinato
 	return provenance.SortFiles(out), nil
 }
 
-// provenanceRoutes serves GET /v1/jobs/{id}/provenance.
+// maxProvenanceBuilds bounds the provenance records a node builds at once:
+// a build reads the checkpoint and base model, may merge or round the
+// weights (the model in memory, new objects in the store) and signs.
+const maxProvenanceBuilds = 2
+
+// buildSlots is a counting semaphore that never waits (its zero value is
+// ready).
+type buildSlots struct {
+	mu   sync.Mutex
+	busy int
+}
+
+// tryAcquire takes a slot if fewer than max are taken, and reports whether
+// it did.
+func (s *buildSlots) tryAcquire(max int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.busy >= max {
+		return false
+	}
+	s.busy++
+	return true
+}
+
+func (s *buildSlots) release() {
+	s.mu.Lock()
+	s.busy--
+	s.mu.Unlock()
+}
+
+// provenanceRoutes serves GET /v1/jobs/{id}/provenance. At most
+// maxProvenanceBuilds requests build at once on a node; one more is
+// refused at once with 429 and Retry-After rather than queued: a build
+// may take minutes, and a queue would hold API connections (and the
+// client's patience) for as long, while the refusal says what to do.
 func (n *Node) provenanceRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/jobs/{id}/provenance", func(w http.ResponseWriter, r *http.Request) {
+		if !n.provBuilds.tryAcquire(maxProvenanceBuilds) {
+			w.Header().Set("Retry-After", "30")
+			http.Error(w, fmt.Sprintf("braid: node: %d provenance records (model exports) are being built on this node already, "+
+				"the most it builds at once (each may load and merge the model); retry in a while", maxProvenanceBuilds),
+				http.StatusTooManyRequests)
+			return
+		}
+		defer n.provBuilds.release()
 		if _, ok := n.awaitJob(r.Context(), r.PathValue("id")); !ok {
 			http.Error(w, fmt.Sprintf("braid: node: no job %q", r.PathValue("id")), http.StatusNotFound)
 			return
