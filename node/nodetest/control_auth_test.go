@@ -85,3 +85,40 @@ func TestControlRefusesNonMembers(t *testing.T) {
 		t.Fatal("n2 had n1's local dataset deleted")
 	}
 }
+
+// A member may not delete or resume a job another node submitted: only
+// the submitter forwards them (or the leader's own API applies them).
+func TestControlRefusesOthersJobDeleteResume(t *testing.T) {
+	c := NewCluster(t, 3)
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
+	leader := c.WaitLeader()
+	var others []string
+	for _, name := range []string{"n1", "n2", "n3"} {
+		if name != leader {
+			others = append(others, name)
+		}
+	}
+	submitter, other := others[0], others[1]
+	id := submit(t, c, submitter, node.JobRequest{Steps: 1_000_000, GlobalBatch: 4, MicroBatch: 2})
+	waitJob(c, submitter, id, func(js node.JobStatus) bool { return js.State == coordinator.JobRunning })
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	if err := c.Node(submitter).CancelJob(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	waitJob(c, submitter, id, func(js node.JobStatus) bool { return js.State == coordinator.JobCancelled })
+	c.Kill(other) // free its name on memnet; it is still a member
+	for _, cmd := range []coordinator.Command{coordinator.ResumeJob{ID: id}, coordinator.DeleteJob{ID: id, Force: true}} {
+		b, err := coordinator.EncodeCommand(cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := control(t, c, other, leader, map[string]any{"op": "apply", "apply": b})
+		if !strings.Contains(got, "refused") || !strings.Contains(got, "which submitted it") {
+			t.Errorf("%s of %s's job from %s: %q, want a refusal", cmd.Type(), submitter, other, got)
+		}
+	}
+	if j, ok := c.Node(leader).Coordinator().State().Job(id); !ok || j.State != coordinator.JobCancelled {
+		t.Fatalf("job after another member's resume and delete: %+v %v, want it cancelled", j, ok)
+	}
+}
