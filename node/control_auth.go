@@ -95,6 +95,11 @@ func authorizeApply(st coordinator.State, peer string, cmd coordinator.Command) 
 		if !st.Epoch.Has(peer) || !slices.Contains(c.Epoch.Members, peer) {
 			return fmt.Errorf("refused %s from %s: an epoch's service is recorded by a member of that epoch's ring", cmd.Type(), peer)
 		}
+		// The committed epoch with its own ring (the FSM checks it again):
+		// no future epoch, no invented members (validated: no duplicates).
+		if c.Epoch.Epoch != st.Epoch.ID || len(c.Epoch.Members) != len(st.Epoch.Members) || slices.ContainsFunc(c.Epoch.Members, func(m string) bool { return !st.Epoch.Has(m) }) {
+			return fmt.Errorf("refused %s from %s: epoch %d with members %v is not the committed epoch %d", cmd.Type(), peer, c.Epoch.Epoch, c.Epoch.Members, st.Epoch.ID)
+		}
 	case coordinator.DeleteJob:
 		if j, ok := st.Job(c.ID); ok && j.SubmittedBy != peer {
 			return fmt.Errorf("refused %s of %s from %s: a job is deleted through %s, which submitted it, or the leader's own API", cmd.Type(), c.ID, peer, j.SubmittedBy)
