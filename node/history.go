@@ -16,7 +16,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/internal/atomicfile"
+	"github.com/braidml/braid/internal/safefile"
 	"github.com/braidml/braid/train"
 )
 
@@ -272,7 +274,12 @@ func (n *Node) savedHistory(id string) (JobHistory, bool) {
 	if h, ok := n.histories.get(id); ok {
 		return h.clone(), true
 	}
-	f, err := os.Open(n.historyPath(id))
+	if coordinator.ValidJobID(id) != nil {
+		return JobHistory{}, false // never a path
+	}
+	// Opened once, non-blocking, and only as a regular file within the
+	// bound decodeHistory reads.
+	f, _, err := safefile.OpenNoFollow(n.historyPath(id), maxHistoryFileBytes)
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
 			n.log.Warn("job history unreadable", "job", id, "err", err)

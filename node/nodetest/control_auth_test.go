@@ -3,6 +3,8 @@ package nodetest
 import (
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -120,5 +122,28 @@ func TestControlRefusesOthersJobDeleteResume(t *testing.T) {
 	}
 	if j, ok := c.Node(leader).Coordinator().State().Job(id); !ok || j.State != coordinator.JobCancelled {
 		t.Fatalf("job after another member's resume and delete: %+v %v, want it cancelled", j, ok)
+	}
+}
+
+// A job object's ID is a job ID, never a path: a member asking for the
+// history of job "../../planted" is refused, and the history file planted
+// there, outside the data directory, is not read.
+func TestControlRefusesJobPaths(t *testing.T) {
+	c := NewCluster(t, 2)
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 2 })
+	planted := filepath.Join(filepath.Dir(c.DataDir("n1")), "planted")
+	if err := os.MkdirAll(planted, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(node.JobHistory{Job: "job-x", Node: "n1", Points: []node.HistoryPoint{}})
+	if err := os.WriteFile(filepath.Join(planted, "history.json"), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.Kill("n2")
+	for _, op := range []string{"job-history", "job-progress"} {
+		got := control(t, c, "n2", "n1", map[string]any{"op": op, "job_object": map[string]any{"job": "../../planted"}})
+		if !strings.Contains(got, "job id") {
+			t.Errorf("%s of job ../../planted: %q, want it refused as a job id", op, got)
+		}
 	}
 }
