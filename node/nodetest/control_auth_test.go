@@ -147,3 +147,66 @@ func TestControlRefusesJobPaths(t *testing.T) {
 		}
 	}
 }
+
+// A ring member's answer to job-history is taken as its own: one that
+// claims to be another node's history, with steps far beyond the job's,
+// neither wins nor appears under the other node's name.
+func TestJobHistoryFromPeersIsTheirs(t *testing.T) {
+	c := NewCluster(t, 3)
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
+	const steps = 6
+	id := submit(t, c, "n1", node.JobRequest{Steps: steps, GlobalBatch: 6, MicroBatch: 2})
+	if js := waitJob(c, "n1", id, final); js.State != coordinator.JobCompleted {
+		t.Fatalf("job %s", js.State)
+	}
+	// n3 is replaced by a liar that keeps its certificate's name.
+	c.Kill("n3")
+	tr, err := c.Net.Node("n3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	l, err := tr.Listen(transport.ProtoControl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	loss := 0.001
+	lie, _ := json.Marshal(map[string]any{"job_history": node.JobHistory{Job: id, Node: "n1", Points: []node.HistoryPoint{
+		{Step: steps + 1, Loss: loss, HeldoutLoss: &loss}, {Step: 1_000_000, Loss: loss, HeldoutLoss: &loss}}}})
+	asked := make(chan struct{}, 16)
+	go func() {
+		for {
+			s, err := l.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			go func() {
+				defer s.Close()
+				if _, err := transport.ReadFrame(s, nil, 1<<20); err != nil {
+					return
+				}
+				asked <- struct{}{}
+				transport.WriteFrame(s, lie)
+			}()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	h, err := c.Node("n1").JobHistory(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-asked:
+	default:
+		t.Fatal("the liar (a member of the job's ring) was not asked")
+	}
+	if len(h.Points) == 0 || h.Points[len(h.Points)-1].Step != steps || h.Node == "n3" {
+		t.Fatalf("history by %q with %d points, last %+v: want a worker's %d steps, not the liar's", h.Node, len(h.Points), h.Points[len(h.Points)-1:], steps)
+	}
+	for _, p := range h.Points {
+		if p.Step > steps || p.Loss == loss {
+			t.Fatalf("the liar's point %+v is in %s's history", p, h.Node)
+		}
+	}
+}
