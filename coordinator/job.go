@@ -268,6 +268,10 @@ func (SubmitJob) Type() CommandType        { return TypeSubmitJob }
 func (SetJobState) Type() CommandType      { return TypeSetJobState }
 func (RecordCheckpoint) Type() CommandType { return TypeRecordCheckpoint }
 
+// ValidJobID checks a job ID as the state does (1..64 bytes of a-z, 0-9
+// and -): one that passes is safe as a file name.
+func ValidJobID(id string) error { return validJobID(id) }
+
 func validJobID(id string) error {
 	if len(id) < 1 || len(id) > 64 {
 		return fmt.Errorf("job id %q: want 1..64 bytes", truncate(id, 70))

@@ -60,7 +60,8 @@ func (e JobEpoch) validate() error {
 }
 
 // RecordJobEpoch appends an epoch record to a job that has not ended; its
-// epoch must come after the last record's. Records from its first step on
+// epoch must come after the last record's, and be the committed epoch with
+// its members. Records from its first step on
 // are dropped: their steps were redone.
 type RecordJobEpoch struct {
 	ID    string   `json:"id"`
@@ -89,6 +90,15 @@ func (c RecordJobEpoch) apply(s *fsmState) error {
 	}
 	if n := len(j.Epochs); n > 0 && c.Epoch.Epoch <= j.Epochs[n-1].Epoch {
 		return fmt.Errorf("%w: %s %s: epoch %d is not after the last record's %d", ErrStaleEpoch, c.Type(), c.ID, c.Epoch.Epoch, j.Epochs[n-1].Epoch)
+	}
+	// Only the committed epoch is recorded, with its own ring: a member of
+	// the ring must not be able to credit a future or invented ring with
+	// the job's steps (the record goes into signed provenance).
+	if c.Epoch.Epoch < s.epoch.ID {
+		return fmt.Errorf("%w: %s %s: epoch %d, the committed epoch is %d", ErrStaleEpoch, c.Type(), c.ID, c.Epoch.Epoch, s.epoch.ID)
+	}
+	if c.Epoch.Epoch != s.epoch.ID || !sameMembers(c.Epoch.Members, s.epoch.Members) {
+		return fmt.Errorf("%w: %s %s: epoch %d with members %v is not the committed epoch %d (members %v)", ErrInvalidCommand, c.Type(), c.ID, c.Epoch.Epoch, c.Epoch.Members, s.epoch.ID, s.epoch.Members)
 	}
 	if c.Epoch.FirstStep > j.Spec.Steps {
 		return fmt.Errorf("%w: %s %s: step %d beyond the job's %d steps", ErrInvalidCommand, c.Type(), c.ID, c.Epoch.FirstStep, j.Spec.Steps)
@@ -123,4 +133,15 @@ func validJobEpochs(epochs []JobEpoch) error {
 		}
 	}
 	return nil
+}
+
+// sameMembers reports whether a and b list the same names, in any order.
+func sameMembers(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
 }

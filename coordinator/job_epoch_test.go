@@ -25,6 +25,9 @@ func runningJob(t *testing.T) *fsm {
 func TestRecordJobEpoch(t *testing.T) {
 	f := runningJob(t)
 	rec := func(epoch uint64, first int, members ...string) error {
+		if epoch > f.s.epoch.ID {
+			f.s.epoch = Epoch{ID: epoch, Members: members} // committed (CommitEpoch's own rules aside)
+		}
 		return applyCmd(t, f, RecordJobEpoch{ID: "j1", Epoch: JobEpoch{Epoch: epoch, Members: members, FirstStep: first, At: 1767225600000}})
 	}
 	if err := rec(1, 1, "n1", "n2", "n3"); err != nil {
@@ -64,7 +67,8 @@ func TestRecordJobEpoch(t *testing.T) {
 	if !reflect.DeepEqual(j.Epochs, want) {
 		t.Fatalf("epochs %+v, want %+v", j.Epochs, want)
 	}
-	// They survive a snapshot.
+	// They survive a snapshot (the test's epochs named no joined member).
+	f.s.epoch = Epoch{}
 	g := newFSM()
 	if err := g.Restore(io.NopCloser(bytes.NewReader(snapshotBytes(t, f)))); err != nil {
 		t.Fatal(err)
@@ -81,9 +85,38 @@ func TestRecordJobEpoch(t *testing.T) {
 	}
 }
 
+// A member of the ring cannot record a future epoch, or the committed
+// epoch with invented members: only the committed epoch with its ring,
+// and the job's records are unchanged by a refused one.
+func TestRecordJobEpochOnlyTheCommittedEpoch(t *testing.T) {
+	f := runningJob(t)
+	f.s.epoch = Epoch{ID: 4, Members: []string{"n1", "n2"}}
+	rec := func(epoch uint64, members ...string) error {
+		return applyCmd(t, f, RecordJobEpoch{ID: "j1", Epoch: JobEpoch{Epoch: epoch, Members: members, FirstStep: 1}})
+	}
+	for _, bad := range []struct {
+		epoch   uint64
+		members []string
+	}{{5, []string{"n1", "n2"}}, {99, []string{"n1"}}, {4, []string{"n1", "n9"}}, {4, []string{"n1"}}, {4, []string{"n1", "n2", "n3"}}} {
+		if err := rec(bad.epoch, bad.members...); !errors.Is(err, ErrInvalidCommand) {
+			t.Errorf("epoch %d members %v with epoch 4 (n1, n2) committed: %v, want refused", bad.epoch, bad.members, err)
+		}
+	}
+	if err := rec(3, "n1", "n2"); !errors.Is(err, ErrStaleEpoch) {
+		t.Errorf("an older epoch: %v, want stale", err)
+	}
+	if j, _ := f.state().Job("j1"); len(j.Epochs) != 0 {
+		t.Fatalf("refused records were kept: %+v", j.Epochs)
+	}
+	if err := rec(4, "n2", "n1"); err != nil {
+		t.Fatalf("the committed epoch, members in another order: %v", err)
+	}
+}
+
 func TestRecordJobEpochKeepsTheNewest(t *testing.T) {
 	f := runningJob(t)
 	for i := 1; i <= MaxJobEpochs+5; i++ {
+		f.s.epoch = Epoch{ID: uint64(i), Members: []string{"n1"}}
 		if err := applyCmd(t, f, RecordJobEpoch{ID: "j1", Epoch: JobEpoch{Epoch: uint64(i), Members: []string{"n1"}, FirstStep: i}}); err != nil {
 			t.Fatal(err)
 		}

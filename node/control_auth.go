@@ -81,8 +81,10 @@ func (req controlRequest) epoch() uint64 {
 
 // authorizeApply checks the commands a member may have applied on its
 // behalf beyond being a member: a checkpoint, or the epoch that served a
-// job's steps, is recorded by a member of the job's ring, and a local (federated) dataset is deleted only by the node
-// that registered it.
+// job's steps, is recorded by a member of the job's ring; a local
+// (federated) dataset is deleted only by the node that registered it; a
+// job is deleted or resumed only by the node that submitted it (the
+// leader's own API applies them without forwarding).
 func authorizeApply(st coordinator.State, peer string, cmd coordinator.Command) error {
 	switch c := cmd.(type) {
 	case coordinator.RecordCheckpoint:
@@ -92,6 +94,19 @@ func authorizeApply(st coordinator.State, peer string, cmd coordinator.Command) 
 	case coordinator.RecordJobEpoch:
 		if !st.Epoch.Has(peer) || !slices.Contains(c.Epoch.Members, peer) {
 			return fmt.Errorf("refused %s from %s: an epoch's service is recorded by a member of that epoch's ring", cmd.Type(), peer)
+		}
+		// The committed epoch with its own ring (the FSM checks it again):
+		// no future epoch, no invented members (validated: no duplicates).
+		if c.Epoch.Epoch != st.Epoch.ID || len(c.Epoch.Members) != len(st.Epoch.Members) || slices.ContainsFunc(c.Epoch.Members, func(m string) bool { return !st.Epoch.Has(m) }) {
+			return fmt.Errorf("refused %s from %s: epoch %d with members %v is not the committed epoch %d", cmd.Type(), peer, c.Epoch.Epoch, c.Epoch.Members, st.Epoch.ID)
+		}
+	case coordinator.DeleteJob:
+		if j, ok := st.Job(c.ID); ok && j.SubmittedBy != peer {
+			return fmt.Errorf("refused %s of %s from %s: a job is deleted through %s, which submitted it, or the leader's own API", cmd.Type(), c.ID, peer, j.SubmittedBy)
+		}
+	case coordinator.ResumeJob:
+		if j, ok := st.Job(c.ID); ok && j.SubmittedBy != peer {
+			return fmt.Errorf("refused %s of %s from %s: a job is resumed through %s, which submitted it, or the leader's own API", cmd.Type(), c.ID, peer, j.SubmittedBy)
 		}
 	case coordinator.DeleteDataset:
 		if d, ok := st.Dataset(c.ID); ok && d.Local && d.Source != peer {

@@ -98,6 +98,11 @@ func checkJobObject(req controlRequest) error {
 	if req.JobObject == nil || req.JobObject.Job == "" || req.JobObject.Step < 0 {
 		return fmt.Errorf("node: control request %s without a job", req.Op)
 	}
+	// The ID names files under the data directory (job-history): only
+	// one the state would accept, never a path.
+	if err := coordinator.ValidJobID(req.JobObject.Job); err != nil {
+		return fmt.Errorf("node: control request %s: %v", req.Op, err)
+	}
 	return nil
 }
 

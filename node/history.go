@@ -16,7 +16,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/internal/atomicfile"
+	"github.com/braidml/braid/internal/safefile"
 	"github.com/braidml/braid/train"
 )
 
@@ -272,7 +274,12 @@ func (n *Node) savedHistory(id string) (JobHistory, bool) {
 	if h, ok := n.histories.get(id); ok {
 		return h.clone(), true
 	}
-	f, err := os.Open(n.historyPath(id))
+	if coordinator.ValidJobID(id) != nil {
+		return JobHistory{}, false // never a path
+	}
+	// Opened once, non-blocking, and only as a regular file within the
+	// bound decodeHistory reads.
+	f, _, err := safefile.OpenNoFollow(n.historyPath(id), maxHistoryFileBytes)
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
 			n.log.Warn("job history unreadable", "job", id, "err", err)
@@ -312,12 +319,15 @@ func (n *Node) serveJobHistory(_ context.Context, req controlRequest, resp *cont
 }
 
 // JobHistory returns the history of job id from the worker that ran it
-// furthest, asking the current epoch's members besides this node; a tie
+// furthest, asking the members of the job's rings besides this node (an
+// answer is named after the peer that gave it, and cut at the job's last
+// step); a tie
 // goes to the one with more evaluated steps, then to one with the base
 // model's held-out loss (rank 0's). An error means no such job;
 // a job no worker has run yet has no points.
 func (n *Node) JobHistory(ctx context.Context, id string) (JobHistory, error) {
-	if _, ok := n.awaitJob(ctx, id); !ok {
+	j, ok := n.awaitJob(ctx, id)
+	if !ok {
 		return JobHistory{}, fmt.Errorf("node: no job %q (see `braid job list`)", id)
 	}
 	best := JobHistory{Job: id, Points: []HistoryPoint{}}
@@ -342,7 +352,7 @@ func (n *Node) JobHistory(ctx context.Context, id string) (JobHistory, error) {
 		consider(h)
 	}
 	var wg sync.WaitGroup
-	for _, name := range n.coord.State().Epoch.Members {
+	for _, name := range historyRing(j, n.coord.State().Epoch) {
 		if name == n.cfg.Name {
 			continue
 		}
@@ -354,8 +364,11 @@ func (n *Node) JobHistory(ctx context.Context, id string) (JobHistory, error) {
 				return // a member that never ran the job, or cannot be reached: the others may have it
 			}
 			if h := *resp.JobHistory; h.validate() == nil {
-				h.Job = id
-				consider(h)
+				// A peer's answer is its own, whatever it says: named by
+				// the certificate it answered with, and no step beyond
+				// the job's.
+				h.Job, h.Node = id, name
+				consider(h.upTo(j.Spec.Steps))
 			}
 		})
 	}
@@ -364,6 +377,36 @@ func (n *Node) JobHistory(ctx context.Context, id string) (JobHistory, error) {
 		best.Points = []HistoryPoint{}
 	}
 	return best, nil
+}
+
+// historyRing is whom JobHistory asks for a job's history: the members
+// of the rings that recorded serving it (its epoch records), or the
+// committed epoch's while it has none. Nobody else ran its steps, so
+// nobody else's figures are taken.
+func historyRing(j coordinator.Job, current coordinator.Epoch) []string {
+	if len(j.Epochs) == 0 {
+		return slices.Clone(current.Members)
+	}
+	var ring []string
+	for _, e := range j.Epochs {
+		for _, m := range e.Members {
+			if !slices.Contains(ring, m) {
+				ring = append(ring, m)
+			}
+		}
+	}
+	return ring
+}
+
+// upTo returns h without its points past step last (the job's steps: a
+// worker cannot have done more).
+func (h JobHistory) upTo(last int) JobHistory {
+	i := len(h.Points)
+	for i > 0 && h.Points[i-1].Step > last {
+		i--
+	}
+	h.Points = h.Points[:i]
+	return h
 }
 
 // historyRoutes serves GET /v1/jobs/{id}/history (JobHistory; 404 for a

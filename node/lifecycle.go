@@ -225,18 +225,20 @@ const forceLeaveWait = 30 * time.Second
 // ForceLeave removes member name from the cluster: from the Raft
 // configuration, the epoch and the member list, so that it is no longer
 // listed. A member gossip sees alive is refused unless force is set (it
-// should leave itself: braid leave on it); a member forced out while still
-// running joins again at its next gossip update, so stop it first. This
-// node itself is refused (braid leave). The leader carries it out (this
-// node forwards it).
+// should leave itself: braid leave on it), and force is honoured only on
+// the leader (its own API): a forwarded force-leave never removes a member
+// the leader sees alive, since any member may send one. A member forced
+// out while still running joins again at its next gossip update, so stop
+// it first. This node itself is refused (braid leave). The leader carries
+// it out (this node forwards it).
 func (n *Node) ForceLeave(ctx context.Context, name string, force bool) error {
 	if name == n.cfg.Name {
 		return fmt.Errorf("%w: %s is this node: to take it out, run braid leave against it", coordinator.ErrInUse, name)
 	}
-	alive, known := false, false
+	alive, known := n.gossipAlive(name), false
 	for _, m := range n.ml.Members() {
 		if m.Name == name {
-			known, alive = true, m.State == "alive"
+			known = true
 		}
 	}
 	if _, ok := n.coord.State().Member(name); ok {
@@ -260,6 +262,9 @@ func (n *Node) ForceLeave(ctx context.Context, name string, force bool) error {
 	}
 	if leader == name {
 		return fmt.Errorf("node: force-leave %s: it is still the leader; wait for a new leader to be elected", name)
+	}
+	if alive {
+		return fmt.Errorf("%w: %s is alive: --force removes a live member only through the leader's own API (the leader is %s), or run braid leave against it", coordinator.ErrInUse, name, leader)
 	}
 	_, err := n.callControl(ctx, leader, addr, controlRequest{Op: opForceLeave, ForceLeave: &req})
 	if err == nil {
@@ -314,6 +319,13 @@ func (n *Node) serveForceLeave(ctx context.Context, req controlRequest, _ *contr
 	}
 	if req.ForceLeave.Name == n.cfg.Name {
 		return fmt.Errorf("%w: %s is the leader: it leaves with braid leave", coordinator.ErrInUse, req.ForceLeave.Name)
+	}
+	// Whatever the request's Force says: a member may send this operation,
+	// and members of other units must not be able to remove a live one. A
+	// live member is forced out only through the leader's own API.
+	if n.gossipAlive(req.ForceLeave.Name) {
+		n.controlRefused.Add(1)
+		return fmt.Errorf("%w: refused force-leave of %s from %s: %s is alive to the leader; a forwarded force-leave never removes a live member (run braid leave against it, or braid members force-leave --force against the leader's own API)", coordinator.ErrInUse, req.ForceLeave.Name, req.Peer, req.ForceLeave.Name)
 	}
 	return n.forceLeaveAsLeader(ctx, *req.ForceLeave)
 }

@@ -3,6 +3,8 @@ package nodetest
 import (
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -83,5 +85,128 @@ func TestControlRefusesNonMembers(t *testing.T) {
 	}
 	if _, ok := c.Node("n1").Coordinator().State().Dataset(ds.ID); !ok {
 		t.Fatal("n2 had n1's local dataset deleted")
+	}
+}
+
+// A member may not delete or resume a job another node submitted: only
+// the submitter forwards them (or the leader's own API applies them).
+func TestControlRefusesOthersJobDeleteResume(t *testing.T) {
+	c := NewCluster(t, 3)
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
+	leader := c.WaitLeader()
+	var others []string
+	for _, name := range []string{"n1", "n2", "n3"} {
+		if name != leader {
+			others = append(others, name)
+		}
+	}
+	submitter, other := others[0], others[1]
+	id := submit(t, c, submitter, node.JobRequest{Steps: 1_000_000, GlobalBatch: 4, MicroBatch: 2})
+	waitJob(c, submitter, id, func(js node.JobStatus) bool { return js.State == coordinator.JobRunning })
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	if err := c.Node(submitter).CancelJob(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	waitJob(c, submitter, id, func(js node.JobStatus) bool { return js.State == coordinator.JobCancelled })
+	c.Kill(other) // free its name on memnet; it is still a member
+	for _, cmd := range []coordinator.Command{coordinator.ResumeJob{ID: id}, coordinator.DeleteJob{ID: id, Force: true}} {
+		b, err := coordinator.EncodeCommand(cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := control(t, c, other, leader, map[string]any{"op": "apply", "apply": b})
+		if !strings.Contains(got, "refused") || !strings.Contains(got, "which submitted it") {
+			t.Errorf("%s of %s's job from %s: %q, want a refusal", cmd.Type(), submitter, other, got)
+		}
+	}
+	if j, ok := c.Node(leader).Coordinator().State().Job(id); !ok || j.State != coordinator.JobCancelled {
+		t.Fatalf("job after another member's resume and delete: %+v %v, want it cancelled", j, ok)
+	}
+}
+
+// A job object's ID is a job ID, never a path: a member asking for the
+// history of job "../../planted" is refused, and the history file planted
+// there, outside the data directory, is not read.
+func TestControlRefusesJobPaths(t *testing.T) {
+	c := NewCluster(t, 2)
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 2 })
+	planted := filepath.Join(filepath.Dir(c.DataDir("n1")), "planted")
+	if err := os.MkdirAll(planted, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(node.JobHistory{Job: "job-x", Node: "n1", Points: []node.HistoryPoint{}})
+	if err := os.WriteFile(filepath.Join(planted, "history.json"), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.Kill("n2")
+	for _, op := range []string{"job-history", "job-progress"} {
+		got := control(t, c, "n2", "n1", map[string]any{"op": op, "job_object": map[string]any{"job": "../../planted"}})
+		if !strings.Contains(got, "job id") {
+			t.Errorf("%s of job ../../planted: %q, want it refused as a job id", op, got)
+		}
+	}
+}
+
+// A ring member's answer to job-history is taken as its own: one that
+// claims to be another node's history, with steps far beyond the job's,
+// neither wins nor appears under the other node's name.
+func TestJobHistoryFromPeersIsTheirs(t *testing.T) {
+	c := NewCluster(t, 3)
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
+	const steps = 6
+	id := submit(t, c, "n1", node.JobRequest{Steps: steps, GlobalBatch: 6, MicroBatch: 2})
+	if js := waitJob(c, "n1", id, final); js.State != coordinator.JobCompleted {
+		t.Fatalf("job %s", js.State)
+	}
+	// n3 is replaced by a liar that keeps its certificate's name.
+	c.Kill("n3")
+	tr, err := c.Net.Node("n3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	l, err := tr.Listen(transport.ProtoControl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	loss := 0.001
+	lie, _ := json.Marshal(map[string]any{"job_history": node.JobHistory{Job: id, Node: "n1", Points: []node.HistoryPoint{
+		{Step: steps + 1, Loss: loss, HeldoutLoss: &loss}, {Step: 1_000_000, Loss: loss, HeldoutLoss: &loss}}}})
+	asked := make(chan struct{}, 16)
+	go func() {
+		for {
+			s, err := l.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			go func() {
+				defer s.Close()
+				if _, err := transport.ReadFrame(s, nil, 1<<20); err != nil {
+					return
+				}
+				asked <- struct{}{}
+				transport.WriteFrame(s, lie)
+			}()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	h, err := c.Node("n1").JobHistory(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-asked:
+	default:
+		t.Fatal("the liar (a member of the job's ring) was not asked")
+	}
+	if len(h.Points) == 0 || h.Points[len(h.Points)-1].Step != steps || h.Node == "n3" {
+		t.Fatalf("history by %q with %d points, last %+v: want a worker's %d steps, not the liar's", h.Node, len(h.Points), h.Points[len(h.Points)-1:], steps)
+	}
+	for _, p := range h.Points {
+		if p.Step > steps || p.Loss == loss {
+			t.Fatalf("the liar's point %+v is in %s's history", p, h.Node)
+		}
 	}
 }

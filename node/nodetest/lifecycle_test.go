@@ -218,6 +218,15 @@ func TestMembersForceLeaveReapAndLeave(t *testing.T) {
 	if err := c.Node(asker).ForceLeave(ctx, asker, true); !errors.Is(err, coordinator.ErrInUse) {
 		t.Fatalf("force-leave of the node asked: %v", err)
 	}
+	// A forwarded --force does not remove a live member: only the
+	// leader's own API honours it (TestMemberCannotForceLeaveLiveMember).
+	if err := c.Node(asker).ForceLeave(ctx, dead, true); !errors.Is(err, coordinator.ErrInUse) || !strings.Contains(err.Error(), "leader's own API") {
+		t.Fatalf("forwarded --force of a live member: %v", err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if m, ok := c.Node(leader).Coordinator().State().Member(dead); !ok || m.State != coordinator.MemberAlive || !c.Node(leader).Coordinator().State().Epoch.Has(dead) {
+		t.Fatalf("%s removed by a member's force-leave: %+v %v", dead, m, ok)
+	}
 
 	gone := func(name string) func() bool {
 		return func() bool {
@@ -273,4 +282,33 @@ func TestMembersForceLeaveReapAndLeave(t *testing.T) {
 		return ok && m.State == coordinator.MemberLeft
 	})
 	c.Leave(leaving) // the harness's bookkeeping; the node has stopped
+}
+
+// A member (another business unit's) that sends force-leave straight to the
+// leader over the control protocol, Force set, cannot have a member the
+// leader sees alive removed: the leader refuses it whatever Force says.
+func TestMemberCannotForceLeaveLiveMember(t *testing.T) {
+	c := NewCluster(t, 3)
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
+	leader := c.WaitLeader()
+	var others []string
+	for _, name := range []string{"n1", "n2", "n3"} {
+		if name != leader {
+			others = append(others, name)
+		}
+	}
+	sender, victim := others[0], others[1]
+	c.Kill(sender) // its certificate's name, now free on memnet; still a member
+	got := control(t, c, sender, leader, map[string]any{"op": "force-leave", "force_leave": map[string]any{"name": victim, "force": true}})
+	if !strings.Contains(got, "refused force-leave") || !strings.Contains(got, "alive") {
+		t.Fatalf("%s's forced force-leave of live %s: %q, want a refusal", sender, victim, got)
+	}
+	time.Sleep(500 * time.Millisecond)
+	st := c.Node(leader).Coordinator().State()
+	if m, ok := st.Member(victim); !ok || m.State != coordinator.MemberAlive {
+		t.Fatalf("%s removed by a member's force-leave: %+v %v", victim, m, ok)
+	}
+	if !slices.ContainsFunc(c.Node(leader).Coordinator().Status().Servers, func(s coordinator.ServerStatus) bool { return s.Name == victim }) {
+		t.Fatalf("%s taken out of the raft configuration by a member's force-leave", victim)
+	}
 }
