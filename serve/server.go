@@ -234,10 +234,16 @@ func (s *Server) request(p params, isChat bool) (Request, *apiError) {
 	if maxTokens == 0 {
 		maxTokens = maxCtx - n
 	}
-	if n >= maxCtx || n+maxTokens > maxCtx {
+	// maxTokens > maxCtx-n, not n+maxTokens > maxCtx: max_tokens is the
+	// client's, and near MaxInt the sum wraps negative.
+	if n >= maxCtx || maxTokens > maxCtx-n {
 		code := "context_length_exceeded"
-		return req, &apiError{status: 400, Message: fmt.Sprintf("this model's maximum context length is %d tokens, but %d were asked for (%d in the prompt, %d for the completion); shorten the prompt or lower max_tokens",
-			maxCtx, n+max(maxTokens, 1), n, max(maxTokens, 1)), Type: "invalid_request_error", Param: ptr("messages"), Code: &code}
+		asked := fmt.Sprintf("%d", n+max(maxTokens, 1))
+		if maxTokens > maxCtx {
+			asked = "more than that"
+		}
+		return req, &apiError{status: 400, Message: fmt.Sprintf("this model's maximum context length is %d tokens, but %s were asked for (%d in the prompt, %d for the completion); shorten the prompt or lower max_tokens",
+			maxCtx, asked, n, max(maxTokens, 1)), Type: "invalid_request_error", Param: ptr("messages"), Code: &code}
 	}
 	req.Sample.MaxTokens = maxTokens
 	req.Sample.Temperature = p.temperature
