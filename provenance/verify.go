@@ -140,7 +140,15 @@ func verifySignature(rep *Report, dir string, raw []byte, opt Options) {
 	if at.IsZero() {
 		at = opt.Now
 	}
-	_, err = leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	// Only a node certificate signs records: it carries digitalSignature
+	// and the server and client authentication usages transport/pki
+	// issues node certificates with. Another certificate the CA issued
+	// (for some other use, without them) does not vouch for a record.
+	if leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 || !slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageServerAuth) ||
+		!slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageClientAuth) {
+		rep.problem("not a node certificate: the certificate of %s (serial %s) that signed the record lacks the digitalSignature key usage or the server and client authentication usages node certificates carry", rep.Signer, rep.Serial)
+	}
+	_, err = leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
 	var unknown x509.UnknownAuthorityError
 	var invalid x509.CertificateInvalidError
 	switch {
