@@ -1,7 +1,9 @@
 package provenance
 
 import (
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -12,6 +14,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/braidml/braid/internal/safefile"
 )
 
 // Options are what Verify checks a directory against.
@@ -202,8 +206,10 @@ func CheckFiles(dir string, rec *Record) (matched []File, problems []string) {
 	named := map[string]bool{}
 	for _, want := range rec.Files {
 		named[want.Name] = true
-		got, err := HashFile(filepath.Join(dir, want.Name))
+		got, err := hashRecorded(filepath.Join(dir, want.Name), want.Bytes)
 		switch {
+		case errors.Is(err, safefile.ErrTooLarge):
+			problems = append(problems, fmt.Sprintf("%s: larger than the %d bytes recorded (sha256 %s)", want.Name, want.Bytes, want.SHA256))
 		case errors.Is(err, fs.ErrNotExist):
 			problems = append(problems, fmt.Sprintf("%s: missing (the record names it with sha256 %s)", want.Name, want.SHA256))
 		case err != nil:
@@ -229,21 +235,34 @@ func CheckFiles(dir string, rec *Record) (matched []File, problems []string) {
 	return matched, problems
 }
 
-// readBounded reads at most max bytes of path, refusing a larger file.
-func readBounded(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
+// hashRecorded hashes the file at path, inside the model directory, as
+// HashFile does but through safefile.OpenNoFollow (a regular file, not a
+// link, opened without blocking) and reading at most recorded+1 bytes: a
+// file larger than the record says is refused (ErrTooLarge) by its size
+// before a byte is read, or by the extra byte if it grew meanwhile.
+func hashRecorded(path string, recorded int64) (File, error) {
+	f, _, err := safefile.OpenNoFollow(path, recorded)
 	if err != nil {
-		return nil, err
+		return File{}, err
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	h := sha256.New()
+	n, err := io.Copy(h, io.LimitReader(f, recorded+1))
 	if err != nil {
-		return nil, err
+		return File{}, fmt.Errorf("provenance: hashing %s: %w", path, err)
 	}
-	if int64(len(b)) > max {
-		return nil, fmt.Errorf("%s: more than %d bytes", path, max)
+	if n > recorded {
+		return File{}, fmt.Errorf("%w: %s grew past the %d bytes recorded while it was read", safefile.ErrTooLarge, path, recorded)
 	}
-	return b, nil
+	return File{Name: filepath.Base(path), SHA256: hex.EncodeToString(h.Sum(nil)), Bytes: n}, nil
+}
+
+// readBounded reads path, a file inside the model directory, refusing
+// anything but a regular file (a FIFO would block, a device never end) and
+// a symbolic link (safefile.OpenNoFollow), and a file of more than max
+// bytes, before reading it.
+func readBounded(path string, max int64) ([]byte, error) {
+	return safefile.ReadFileNoFollow(path, max)
 }
 
 // CAFile is the name of the cluster CA bundle in a PKI directory (as
@@ -256,7 +275,7 @@ func ReadCAs(path string) ([]*x509.Certificate, error) {
 	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
 		path = filepath.Join(path, CAFile)
 	}
-	b, err := readBounded(path, 1<<20)
+	b, err := safefile.ReadFile(path, 1<<20) // the user named it: a link is followed
 	if err != nil {
 		return nil, fmt.Errorf("provenance: the CA: %w", err)
 	}
