@@ -1,6 +1,7 @@
 package provenance
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
@@ -32,6 +33,12 @@ type Options struct {
 	// revoked; a signer among them fails. The cluster's list is in `braid
 	// ca` / GET /v1/certs; Verify fetches nothing.
 	Revoked []string
+	// AllowUnrecorded are names of entries in the directory that the
+	// record does not name and that Verify only warns of instead of
+	// failing: files converted from the verified weights after the record
+	// was made (`job export --format gguf` writes model.gguf), which the
+	// record cannot name. They are not checked; the caller names each.
+	AllowUnrecorded []string
 	// Now is the time certificates are compared with for warnings (the
 	// signature is checked at the record's export time); zero: time.Now.
 	Now time.Time
@@ -59,15 +66,13 @@ func (r *Report) problem(format string, args ...any) {
 }
 
 // weightsExt are the extensions of files that hold weights: such a file
-// in the directory that the record does not name is a problem (it could
-// be loaded instead of the recorded one).
+// in the directory that the record does not name is a problem for
+// CheckFiles (it could be loaded instead of the recorded one).
 var weightsExt = []string{".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npz", ".h5", ".onnx"}
 
-// derivedExt are the extensions of files an exporter converts from the
-// recorded weights after the record is made (`job export --format gguf`
-// writes model.gguf): the record cannot name them, so Verify warns that
-// they are not checked rather than failing.
-var derivedExt = []string{".gguf"}
+// MaxCardBytes bounds the README.md Verify reads to compare with the card
+// it renders; a larger one cannot be it.
+const MaxCardBytes = 1 << 20
 
 // Verify checks directory dir against its provenance.json: the signature
 // in provenance.sig over the record's exact bytes, the signer's chain to
@@ -89,7 +94,7 @@ func Verify(dir string, opt Options) (*Report, error) {
 		opt.Now = time.Now()
 	}
 	verifySignature(rep, dir, raw, opt)
-	verifyFiles(rep, dir)
+	verifyFiles(rep, dir, opt.AllowUnrecorded)
 	return rep, nil
 }
 
@@ -180,22 +185,56 @@ func caNames(cas []*x509.Certificate) string {
 	return strings.Join(names, ", ")
 }
 
-// verifyFiles hashes every file the record names, and looks for weights
-// files it does not name.
-func verifyFiles(rep *Report, dir string) {
-	matched, problems := CheckFiles(dir, rep.Record)
+// verifyFiles hashes every file the record names and refuses every other
+// entry of dir (files, directories, links) but the record, its signature
+// and the model card, which must be the card rendered from the record: a
+// loader reads more than the weights (a tokenizer_config.json's chat
+// template or auto_map, *.py, a pickle), and a reader trusts the card.
+// Names in allow are warned of instead (not checked).
+func verifyFiles(rep *Report, dir string, allow []string) {
+	matched, problems := checkNamed(dir, rep.Record)
 	rep.Matched = matched
 	rep.Problems = append(rep.Problems, problems...)
-	named := map[string]bool{}
+	named := map[string]bool{RecordFile: true, SignatureFile: true}
 	for _, f := range rep.Record.Files {
 		named[f.Name] = true
 	}
-	entries, _ := os.ReadDir(dir) // CheckFiles named an error reading it
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		rep.problem("%s: %v", dir, err)
+		return
+	}
 	for _, e := range entries {
-		if !named[e.Name()] && slices.Contains(derivedExt, strings.ToLower(filepath.Ext(e.Name()))) {
-			rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: not covered by the record (converted from the recorded weights after it was made), so not checked; "+
-				"convert the verified weights again (`braid export --format gguf --model DIR`) to have one you can trust", e.Name()))
+		name := e.Name()
+		switch {
+		case named[name]:
+		case name == CardFile:
+			checkCard(rep, dir)
+		case slices.Contains(allow, name):
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: not covered by the record, so not checked (allowed with --allow-unrecorded); "+
+				"if it was converted from the weights, convert the verified weights again (`braid export --format gguf --model DIR`) to have one you can trust", name))
+		case slices.Contains(weightsExt, strings.ToLower(filepath.Ext(name))):
+			rep.problem("%s: a weights file the record does not name", name)
+		case strings.EqualFold(filepath.Ext(name), ".gguf"):
+			rep.problem("%s: a file the record does not name (a conversion made after it?); convert the verified weights again, or accept it unchecked with --allow-unrecorded %s", name, name)
+		case e.IsDir():
+			rep.problem("%s/: a directory the record does not name (a loader may read what it holds)", name)
+		default:
+			rep.problem("%s: a file the record does not name (a loader may read it with the model: a tokenizer config, code, a pickle)", name)
 		}
+	}
+}
+
+// checkCard compares dir's README.md with the card rendered from the
+// record (Card is a function of the record alone).
+func checkCard(rep *Report, dir string) {
+	want := Card(rep.Record)
+	got, err := safefile.ReadFileNoFollow(filepath.Join(dir, CardFile), max(MaxCardBytes, int64(len(want))))
+	switch {
+	case err != nil:
+		rep.problem("%s: %v", CardFile, err)
+	case !bytes.Equal(got, want):
+		rep.problem("%s: not the model card rendered from %s (edited after export); delete it, or export again to have it rewritten", CardFile, RecordFile)
 	}
 }
 
@@ -203,9 +242,29 @@ func verifyFiles(rep *Report, dir string) {
 // match, and a problem naming each that does not (missing, another hash)
 // and each weights file in dir that rec does not name.
 func CheckFiles(dir string, rec *Record) (matched []File, problems []string) {
+	matched, problems = checkNamed(dir, rec)
 	named := map[string]bool{}
+	for _, f := range rec.Files {
+		named[f.Name] = true
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return matched, append(problems, fmt.Sprintf("%s: %v", dir, err))
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if named[name] || !slices.Contains(weightsExt, strings.ToLower(filepath.Ext(name))) {
+			continue
+		}
+		problems = append(problems, fmt.Sprintf("%s: a weights file the record does not name", name))
+	}
+	return matched, problems
+}
+
+// checkNamed hashes every file rec names in dir and returns those that
+// match, and a problem naming each that does not.
+func checkNamed(dir string, rec *Record) (matched []File, problems []string) {
 	for _, want := range rec.Files {
-		named[want.Name] = true
 		got, err := hashRecorded(filepath.Join(dir, want.Name), want.Bytes)
 		switch {
 		case errors.Is(err, safefile.ErrTooLarge):
@@ -220,17 +279,6 @@ func CheckFiles(dir string, rec *Record) (matched []File, problems []string) {
 		default:
 			matched = append(matched, got)
 		}
-	}
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return matched, append(problems, fmt.Sprintf("%s: %v", dir, err))
-	}
-	for _, e := range entries {
-		name := e.Name()
-		if named[name] || !slices.Contains(weightsExt, strings.ToLower(filepath.Ext(name))) {
-			continue
-		}
-		problems = append(problems, fmt.Sprintf("%s: a weights file the record does not name", name))
 	}
 	return matched, problems
 }
