@@ -16,9 +16,11 @@ func TestVerifyRefusesUnrecordedEntries(t *testing.T) {
 		"tokenizer_config.json": func(dir string) error {
 			return os.WriteFile(filepath.Join(dir, "tokenizer_config.json"), []byte(`{"auto_map": {"AutoTokenizer": "evil.Tok"}, "chat_template": "x"}`), 0o644)
 		},
-		"evil.py":      func(dir string) error { return os.WriteFile(filepath.Join(dir, "evil.py"), []byte("import os"), 0o644) },
-		"training.pkl": func(dir string) error { return os.WriteFile(filepath.Join(dir, "training.pkl"), []byte("\x80\x04"), 0o644) },
-		"extra/":       func(dir string) error { return os.Mkdir(filepath.Join(dir, "extra"), 0o755) },
+		"evil.py": func(dir string) error { return os.WriteFile(filepath.Join(dir, "evil.py"), []byte("import os"), 0o644) },
+		"training.pkl": func(dir string) error {
+			return os.WriteFile(filepath.Join(dir, "training.pkl"), []byte("\x80\x04"), 0o644)
+		},
+		"extra/": func(dir string) error { return os.Mkdir(filepath.Join(dir, "extra"), 0o755) },
 	} {
 		t.Run(name, func(t *testing.T) {
 			dir, ca, _ := signedDir(t)
