@@ -137,14 +137,15 @@ func TestVerifyMissingAndUnrecordedWeights(t *testing.T) {
 	}
 }
 
-// A GGUF file converted after the export is not covered: a warning, not
-// a failure.
+// A GGUF file converted after the export is not covered: a failure,
+// unless named with AllowUnrecorded (--allow-unrecorded), then a warning.
 func TestVerifyWarnsOfAConvertedGGUF(t *testing.T) {
 	dir, ca, _ := signedDir(t)
 	if err := os.WriteFile(filepath.Join(dir, "model.gguf"), []byte("GGUF"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	rep := verify(t, dir, Options{Roots: roots(t, ca)})
+	wantProblem(t, verify(t, dir, Options{Roots: roots(t, ca)}), "model.gguf", "--allow-unrecorded model.gguf")
+	rep := verify(t, dir, Options{Roots: roots(t, ca), AllowUnrecorded: []string{"model.gguf"}})
 	if !rep.OK() || len(rep.Warnings) != 1 || !strings.Contains(rep.Warnings[0], "model.gguf: not covered by the record") {
 		t.Fatalf("problems %q, warnings %q: want OK with a warning about model.gguf", rep.Problems, rep.Warnings)
 	}
@@ -159,6 +160,13 @@ func TestVerifyTamperedRecord(t *testing.T) {
 		t.Fatal("the test's edit changed nothing")
 	}
 	if err := os.WriteFile(filepath.Join(dir, RecordFile), []byte(forged), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rec2, err := Decode([]byte(forged))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, CardFile), Card(rec2), 0o644); err != nil { // the forger's card too
 		t.Fatal(err)
 	}
 	wantProblem(t, verify(t, dir, Options{Roots: roots(t, ca)}), "signature invalid", "changed after signing")

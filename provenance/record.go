@@ -8,13 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
+	"math"
 	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/braidml/braid/internal/jsonerr"
+	"github.com/braidml/braid/internal/safefile"
 )
 
 // File names in an exported directory.
@@ -225,9 +226,11 @@ func validHash(h string) bool {
 	return true
 }
 
-// HashFile returns the file's hex SHA-256 and size.
+// HashFile returns the file's hex SHA-256 and size. It hashes only a
+// regular file (safefile.Open: a FIFO or a device is refused, without
+// blocking on the open); a symbolic link is followed.
 func HashFile(path string) (File, error) {
-	f, err := os.Open(path)
+	f, _, err := safefile.Open(path, math.MaxInt64)
 	if err != nil {
 		return File{}, err
 	}

@@ -1,7 +1,10 @@
 package provenance
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -12,6 +15,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/braidml/braid/internal/safefile"
 )
 
 // Options are what Verify checks a directory against.
@@ -28,6 +33,12 @@ type Options struct {
 	// revoked; a signer among them fails. The cluster's list is in `braid
 	// ca` / GET /v1/certs; Verify fetches nothing.
 	Revoked []string
+	// AllowUnrecorded are names of entries in the directory that the
+	// record does not name and that Verify only warns of instead of
+	// failing: files converted from the verified weights after the record
+	// was made (`job export --format gguf` writes model.gguf), which the
+	// record cannot name. They are not checked; the caller names each.
+	AllowUnrecorded []string
 	// Now is the time certificates are compared with for warnings (the
 	// signature is checked at the record's export time); zero: time.Now.
 	Now time.Time
@@ -55,15 +66,13 @@ func (r *Report) problem(format string, args ...any) {
 }
 
 // weightsExt are the extensions of files that hold weights: such a file
-// in the directory that the record does not name is a problem (it could
-// be loaded instead of the recorded one).
+// in the directory that the record does not name is a problem for
+// CheckFiles (it could be loaded instead of the recorded one).
 var weightsExt = []string{".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npz", ".h5", ".onnx"}
 
-// derivedExt are the extensions of files an exporter converts from the
-// recorded weights after the record is made (`job export --format gguf`
-// writes model.gguf): the record cannot name them, so Verify warns that
-// they are not checked rather than failing.
-var derivedExt = []string{".gguf"}
+// MaxCardBytes bounds the README.md Verify reads to compare with the card
+// it renders; a larger one cannot be it.
+const MaxCardBytes = 1 << 20
 
 // Verify checks directory dir against its provenance.json: the signature
 // in provenance.sig over the record's exact bytes, the signer's chain to
@@ -85,7 +94,7 @@ func Verify(dir string, opt Options) (*Report, error) {
 		opt.Now = time.Now()
 	}
 	verifySignature(rep, dir, raw, opt)
-	verifyFiles(rep, dir)
+	verifyFiles(rep, dir, opt.AllowUnrecorded)
 	return rep, nil
 }
 
@@ -140,7 +149,15 @@ func verifySignature(rep *Report, dir string, raw []byte, opt Options) {
 	if at.IsZero() {
 		at = opt.Now
 	}
-	_, err = leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	// Only a node certificate signs records: it carries digitalSignature
+	// and the server and client authentication usages transport/pki
+	// issues node certificates with. Another certificate the CA issued
+	// (for some other use, without them) does not vouch for a record.
+	if leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 || !slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageServerAuth) ||
+		!slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageClientAuth) {
+		rep.problem("not a node certificate: the certificate of %s (serial %s) that signed the record lacks the digitalSignature key usage or the server and client authentication usages node certificates carry", rep.Signer, rep.Serial)
+	}
+	_, err = leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
 	var unknown x509.UnknownAuthorityError
 	var invalid x509.CertificateInvalidError
 	switch {
@@ -168,22 +185,56 @@ func caNames(cas []*x509.Certificate) string {
 	return strings.Join(names, ", ")
 }
 
-// verifyFiles hashes every file the record names, and looks for weights
-// files it does not name.
-func verifyFiles(rep *Report, dir string) {
-	matched, problems := CheckFiles(dir, rep.Record)
+// verifyFiles hashes every file the record names and refuses every other
+// entry of dir (files, directories, links) but the record, its signature
+// and the model card, which must be the card rendered from the record: a
+// loader reads more than the weights (a tokenizer_config.json's chat
+// template or auto_map, *.py, a pickle), and a reader trusts the card.
+// Names in allow are warned of instead (not checked).
+func verifyFiles(rep *Report, dir string, allow []string) {
+	matched, problems := checkNamed(dir, rep.Record)
 	rep.Matched = matched
 	rep.Problems = append(rep.Problems, problems...)
-	named := map[string]bool{}
+	named := map[string]bool{RecordFile: true, SignatureFile: true}
 	for _, f := range rep.Record.Files {
 		named[f.Name] = true
 	}
-	entries, _ := os.ReadDir(dir) // CheckFiles named an error reading it
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		rep.problem("%s: %v", dir, err)
+		return
+	}
 	for _, e := range entries {
-		if !named[e.Name()] && slices.Contains(derivedExt, strings.ToLower(filepath.Ext(e.Name()))) {
-			rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: not covered by the record (converted from the recorded weights after it was made), so not checked; "+
-				"convert the verified weights again (`braid export --format gguf --model DIR`) to have one you can trust", e.Name()))
+		name := e.Name()
+		switch {
+		case named[name]:
+		case name == CardFile:
+			checkCard(rep, dir)
+		case slices.Contains(allow, name):
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s: not covered by the record, so not checked (allowed with --allow-unrecorded); "+
+				"if it was converted from the weights, convert the verified weights again (`braid export --format gguf --model DIR`) to have one you can trust", name))
+		case slices.Contains(weightsExt, strings.ToLower(filepath.Ext(name))):
+			rep.problem("%s: a weights file the record does not name", name)
+		case strings.EqualFold(filepath.Ext(name), ".gguf"):
+			rep.problem("%s: a file the record does not name (a conversion made after it?); convert the verified weights again, or accept it unchecked with --allow-unrecorded %s", name, name)
+		case e.IsDir():
+			rep.problem("%s/: a directory the record does not name (a loader may read what it holds)", name)
+		default:
+			rep.problem("%s: a file the record does not name (a loader may read it with the model: a tokenizer config, code, a pickle)", name)
 		}
+	}
+}
+
+// checkCard compares dir's README.md with the card rendered from the
+// record (Card is a function of the record alone).
+func checkCard(rep *Report, dir string) {
+	want := Card(rep.Record)
+	got, err := safefile.ReadFileNoFollow(filepath.Join(dir, CardFile), max(MaxCardBytes, int64(len(want))))
+	switch {
+	case err != nil:
+		rep.problem("%s: %v", CardFile, err)
+	case !bytes.Equal(got, want):
+		rep.problem("%s: not the model card rendered from %s (edited after export); delete it, or export again to have it rewritten", CardFile, RecordFile)
 	}
 }
 
@@ -191,21 +242,10 @@ func verifyFiles(rep *Report, dir string) {
 // match, and a problem naming each that does not (missing, another hash)
 // and each weights file in dir that rec does not name.
 func CheckFiles(dir string, rec *Record) (matched []File, problems []string) {
+	matched, problems = checkNamed(dir, rec)
 	named := map[string]bool{}
-	for _, want := range rec.Files {
-		named[want.Name] = true
-		got, err := HashFile(filepath.Join(dir, want.Name))
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			problems = append(problems, fmt.Sprintf("%s: missing (the record names it with sha256 %s)", want.Name, want.SHA256))
-		case err != nil:
-			problems = append(problems, fmt.Sprintf("%s: %v", want.Name, err))
-		case got.SHA256 != want.SHA256:
-			problems = append(problems, fmt.Sprintf("%s: sha256 %s does not match the recorded %s (%d bytes here, %d recorded)",
-				want.Name, got.SHA256, want.SHA256, got.Bytes, want.Bytes))
-		default:
-			matched = append(matched, got)
-		}
+	for _, f := range rec.Files {
+		named[f.Name] = true
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -221,21 +261,56 @@ func CheckFiles(dir string, rec *Record) (matched []File, problems []string) {
 	return matched, problems
 }
 
-// readBounded reads at most max bytes of path, refusing a larger file.
-func readBounded(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
+// checkNamed hashes every file rec names in dir and returns those that
+// match, and a problem naming each that does not.
+func checkNamed(dir string, rec *Record) (matched []File, problems []string) {
+	for _, want := range rec.Files {
+		got, err := hashRecorded(filepath.Join(dir, want.Name), want.Bytes)
+		switch {
+		case errors.Is(err, safefile.ErrTooLarge):
+			problems = append(problems, fmt.Sprintf("%s: larger than the %d bytes recorded (sha256 %s)", want.Name, want.Bytes, want.SHA256))
+		case errors.Is(err, fs.ErrNotExist):
+			problems = append(problems, fmt.Sprintf("%s: missing (the record names it with sha256 %s)", want.Name, want.SHA256))
+		case err != nil:
+			problems = append(problems, fmt.Sprintf("%s: %v", want.Name, err))
+		case got.SHA256 != want.SHA256:
+			problems = append(problems, fmt.Sprintf("%s: sha256 %s does not match the recorded %s (%d bytes here, %d recorded)",
+				want.Name, got.SHA256, want.SHA256, got.Bytes, want.Bytes))
+		default:
+			matched = append(matched, got)
+		}
+	}
+	return matched, problems
+}
+
+// hashRecorded hashes the file at path, inside the model directory, as
+// HashFile does but through safefile.OpenNoFollow (a regular file, not a
+// link, opened without blocking) and reading at most recorded+1 bytes: a
+// file larger than the record says is refused (ErrTooLarge) by its size
+// before a byte is read, or by the extra byte if it grew meanwhile.
+func hashRecorded(path string, recorded int64) (File, error) {
+	f, _, err := safefile.OpenNoFollow(path, recorded)
 	if err != nil {
-		return nil, err
+		return File{}, err
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	h := sha256.New()
+	n, err := io.Copy(h, io.LimitReader(f, recorded+1))
 	if err != nil {
-		return nil, err
+		return File{}, fmt.Errorf("provenance: hashing %s: %w", path, err)
 	}
-	if int64(len(b)) > max {
-		return nil, fmt.Errorf("%s: more than %d bytes", path, max)
+	if n > recorded {
+		return File{}, fmt.Errorf("%w: %s grew past the %d bytes recorded while it was read", safefile.ErrTooLarge, path, recorded)
 	}
-	return b, nil
+	return File{Name: filepath.Base(path), SHA256: hex.EncodeToString(h.Sum(nil)), Bytes: n}, nil
+}
+
+// readBounded reads path, a file inside the model directory, refusing
+// anything but a regular file (a FIFO would block, a device never end) and
+// a symbolic link (safefile.OpenNoFollow), and a file of more than max
+// bytes, before reading it.
+func readBounded(path string, max int64) ([]byte, error) {
+	return safefile.ReadFileNoFollow(path, max)
 }
 
 // CAFile is the name of the cluster CA bundle in a PKI directory (as
@@ -248,7 +323,7 @@ func ReadCAs(path string) ([]*x509.Certificate, error) {
 	if fi, err := os.Stat(path); err == nil && fi.IsDir() {
 		path = filepath.Join(path, CAFile)
 	}
-	b, err := readBounded(path, 1<<20)
+	b, err := safefile.ReadFile(path, 1<<20) // the user named it: a link is followed
 	if err != nil {
 		return nil, fmt.Errorf("provenance: the CA: %w", err)
 	}

@@ -16,7 +16,10 @@
 // header as the node's API does (internal/httpauth), decodes and checks
 // requests, renders chat messages in the model's template (model/chat),
 // and answers every refusal with a 4xx in OpenAI's error shape
-// ({"error": {"message", "type", "param", "code"}}).
+// ({"error": {"message", "type", "param", "code"}}). It bounds what a
+// client holds: Config.MaxConns connections at once, IdleTimeout between
+// requests, and WriteTimeout for each write of a response, so that a
+// client that stops reading a stream is cut off and its request dropped.
 //
 // What it does not do: more than one choice a request (n > 1), log
 // probabilities, echo, penalties, logit bias, tools or structured output

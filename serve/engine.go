@@ -184,7 +184,9 @@ func (e *Engine) Submit(ctx context.Context, req Request) (<-chan Event, error) 
 	if req.Sample.MaxTokens < 1 {
 		return nil, fmt.Errorf("serve: max tokens %d, want ≥ 1", req.Sample.MaxTokens)
 	}
-	if n := len(req.Prompt) + req.Sample.MaxTokens; n > e.cfg.MaxContext {
+	// Compared without adding: MaxTokens is the caller's and the sum could
+	// wrap (then make(chan) below would panic on a huge buffer).
+	if req.Sample.MaxTokens > e.cfg.MaxContext || len(req.Prompt) > e.cfg.MaxContext-req.Sample.MaxTokens {
 		return nil, fmt.Errorf("%w: %d prompt tokens and %d to generate, more than %d", ErrContextLength, len(req.Prompt), req.Sample.MaxTokens, e.cfg.MaxContext)
 	}
 	for i, t := range req.Prompt {

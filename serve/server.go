@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/net/netutil"
+
 	"github.com/braidml/braid/internal/httpauth"
 	"github.com/braidml/braid/model/chat"
 )
@@ -42,6 +44,16 @@ type Config struct {
 	MaxBodyBytes int64
 	// Log, when set, gets a line per request that ends in an error.
 	Log *slog.Logger
+	// MaxConns bounds the connections open at once (idle keep-alive ones
+	// included); more wait to be accepted. 0 means 256.
+	MaxConns int
+	// WriteTimeout bounds each write of a response (each event of a
+	// stream, not the whole stream): a client that stops reading is cut
+	// off after it, and its request cancelled. 0 means 30 s.
+	WriteTimeout time.Duration
+	// IdleTimeout bounds a keep-alive connection between requests. 0
+	// means 2 min.
+	IdleTimeout time.Duration
 }
 
 // ErrToken is returned by Start without a bearer token.
@@ -70,12 +82,30 @@ func Start(cfg Config, e *Engine) (*Server, error) {
 	if cfg.ModelName == "" {
 		return nil, fmt.Errorf("serve: no model name")
 	}
-	if cfg.MaxBodyBytes == 0 {
-		cfg.MaxBodyBytes = 1 << 20
-	}
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("serve: %w", err)
+	}
+	return startOn(cfg, e, ln)
+}
+
+// startOn serves e on ln (a TCP listener), which it closes on error.
+func startOn(cfg Config, e *Engine, ln net.Listener) (*Server, error) {
+	if cfg.MaxBodyBytes == 0 {
+		cfg.MaxBodyBytes = 1 << 20
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = 256
+	}
+	if cfg.WriteTimeout == 0 {
+		cfg.WriteTimeout = 30 * time.Second
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = 2 * time.Minute
+	}
+	if cfg.MaxConns < 0 || cfg.WriteTimeout < 0 || cfg.IdleTimeout < 0 {
+		ln.Close()
+		return nil, fmt.Errorf("serve: MaxConns %d, WriteTimeout %v, IdleTimeout %v: want ≥ 0", cfg.MaxConns, cfg.WriteTimeout, cfg.IdleTimeout)
 	}
 	hosts, err := httpauth.AllowedHosts(ln.Addr().(*net.TCPAddr).IP, cfg.Hosts)
 	if err != nil {
@@ -84,14 +114,18 @@ func Start(cfg Config, e *Engine) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, e: e, hosts: hosts, ln: ln, created: time.Now().Unix(),
 		served: make(chan struct{}), seeds: mrand.New(mrand.NewPCG(cfg.Seed, 0x73657276))}
-	// No WriteTimeout: a streamed completion writes for as long as it
-	// generates. A client that stops reading is cut off by the request's
-	// context when its connection closes.
+	// No http.Server WriteTimeout: it would bound the whole response, and
+	// a streamed completion writes for as long as it generates. Instead
+	// each write gets its own deadline (deadlineWriter): a client that
+	// stops reading fails the next write within WriteTimeout, the handler
+	// returns and the engine drops the request. A client that goes away is
+	// cut off by the request's context when its connection closes.
 	s.srv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute,
-		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
+		IdleTimeout: cfg.IdleTimeout, MaxHeaderBytes: 64 << 10}
+	limited := netutil.LimitListener(ln, cfg.MaxConns)
 	go func() {
 		defer close(s.served)
-		s.srv.Serve(ln)
+		s.srv.Serve(limited)
 	}()
 	return s, nil
 }
@@ -121,7 +155,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &apiError{status: 404, Message: fmt.Sprintf("no endpoint %s %.100q (this server has GET /v1/models, POST /v1/completions and POST /v1/chat/completions)", r.Method, r.URL.Path), Type: "invalid_request_error"})
 	})
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		w := newDeadlineWriter(rw, s.cfg.WriteTimeout)
 		if !s.hosts.Allow(r) {
 			writeError(w, &apiError{status: http.StatusMisdirectedRequest, Message: fmt.Sprintf("this server does not answer to the host name %.100q", r.Host), Type: "invalid_request_error"})
 			return
@@ -234,10 +269,16 @@ func (s *Server) request(p params, isChat bool) (Request, *apiError) {
 	if maxTokens == 0 {
 		maxTokens = maxCtx - n
 	}
-	if n >= maxCtx || n+maxTokens > maxCtx {
+	// maxTokens > maxCtx-n, not n+maxTokens > maxCtx: max_tokens is the
+	// client's, and near MaxInt the sum wraps negative.
+	if n >= maxCtx || maxTokens > maxCtx-n {
 		code := "context_length_exceeded"
-		return req, &apiError{status: 400, Message: fmt.Sprintf("this model's maximum context length is %d tokens, but %d were asked for (%d in the prompt, %d for the completion); shorten the prompt or lower max_tokens",
-			maxCtx, n+max(maxTokens, 1), n, max(maxTokens, 1)), Type: "invalid_request_error", Param: ptr("messages"), Code: &code}
+		asked := fmt.Sprintf("%d", n+max(maxTokens, 1))
+		if maxTokens > maxCtx {
+			asked = "more than that"
+		}
+		return req, &apiError{status: 400, Message: fmt.Sprintf("this model's maximum context length is %d tokens, but %s were asked for (%d in the prompt, %d for the completion); shorten the prompt or lower max_tokens",
+			maxCtx, asked, n, max(maxTokens, 1)), Type: "invalid_request_error", Param: ptr("messages"), Code: &code}
 	}
 	req.Sample.MaxTokens = maxTokens
 	req.Sample.Temperature = p.temperature
@@ -323,7 +364,7 @@ func (s *Server) failed(ev Event) *apiError {
 // of text, one with the finish reason, one with the usage if asked for,
 // then [DONE].
 func (s *Server) stream(w http.ResponseWriter, r *http.Request, p params, isChat bool, id string, created int64, events <-chan Event) {
-	flusher, _ := w.(http.Flusher)
+	rc := http.NewResponseController(w)
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
@@ -334,10 +375,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, p params, isChat
 		if _, err := fmt.Fprintf(w, "data: %s\n\n", b); err != nil {
 			return false
 		}
-		if flusher != nil {
-			flusher.Flush()
-		}
-		return true
+		return rc.Flush() == nil
 	}
 	chunk := func(text string, first bool, fin *string) any {
 		if isChat {
@@ -386,9 +424,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, p params, isChat
 			}
 		}
 		fmt.Fprint(w, "data: [DONE]\n\n")
-		if flusher != nil {
-			flusher.Flush()
-		}
+		rc.Flush()
 		return
 	}
 }
@@ -414,3 +450,43 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 func writeError(w http.ResponseWriter, e *apiError) {
 	writeJSON(w, e.status, map[string]*apiError{"error": e})
 }
+
+// deadlineWriter sets the connection's write deadline to now+d before
+// each write and flush, so that every write of a response is bounded but
+// a stream as a whole is not. The deadline of the request before on the
+// same connection is cleared when it is made.
+type deadlineWriter struct {
+	http.ResponseWriter
+	rc *http.ResponseController
+	d  time.Duration
+}
+
+func newDeadlineWriter(w http.ResponseWriter, d time.Duration) *deadlineWriter {
+	dw := &deadlineWriter{ResponseWriter: w, rc: http.NewResponseController(w), d: d}
+	dw.rc.SetWriteDeadline(time.Time{}) // a keep-alive connection keeps the last request's
+	return dw
+}
+
+func (w *deadlineWriter) arm() { w.rc.SetWriteDeadline(time.Now().Add(w.d)) }
+
+func (w *deadlineWriter) WriteHeader(code int) {
+	w.arm()
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *deadlineWriter) Write(b []byte) (int, error) {
+	w.arm()
+	return w.ResponseWriter.Write(b)
+}
+
+// Flush is http.Flusher's; FlushError returns what the flush met.
+func (w *deadlineWriter) Flush() { w.FlushError() }
+
+// FlushError is for http.ResponseController.
+func (w *deadlineWriter) FlushError() error {
+	w.arm()
+	return w.rc.Flush()
+}
+
+// Unwrap is for http.ResponseController.
+func (w *deadlineWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

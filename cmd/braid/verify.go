@@ -19,13 +19,18 @@ func verifyCommand() *cli.Command {
 		Description: "DIR is a directory written by `braid job export` or `braid train`. The signature in provenance.sig\n" +
 			"must cover provenance.json's exact bytes, and the signing node's certificate must chain to the CA of\n" +
 			"--ca (the ca.pem of `braid ca init`, or its directory) as of the time the record was signed. Every file\n" +
-			"the record names must hash to the recorded sha256, and no other weights file may lie in DIR.\n" +
+			"the record names must hash to the recorded sha256 (and be a regular file, no larger than recorded), and\n" +
+			"nothing else may lie in DIR but provenance.json, provenance.sig and README.md, which must be the model card\n" +
+			"rendered from the record: a loader reads more than the weights (a tokenizer config's chat template or\n" +
+			"auto_map, code, pickles). A file made from the weights after the record (`job export --format gguf`\n" +
+			"writes model.gguf) is accepted unchecked, with a warning, only when named with --allow-unrecorded.\n" +
 			"Exit status: 0 when everything matches; 1 when anything does not, each named on its own line.\n" +
 			"A record without a signature (`braid train` without --sign-key) fails unless --allow-unsigned is given;\n" +
 			"then its hashes are checked and a warning says it is unsigned.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "ca", Usage: "the cluster CA: `FILE` ca.pem, or the PKI directory that holds it"},
 			&cli.BoolFlag{Name: "allow-unsigned", Usage: "accept a record without a signature (only its hashes are checked)"},
+			&cli.StringSliceFlag{Name: "allow-unrecorded", Usage: "accept `NAME` in DIR though the record does not name it (not checked; a warning), e.g. model.gguf of `job export --format gguf`"},
 			&cli.StringSliceFlag{Name: "revoked", Usage: "certificate `SERIAL`s known to be revoked (hexadecimal, as `braid ca revoke` and GET /v1/certs show them)"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
 		},
@@ -50,7 +55,7 @@ func runVerify(c *cli.Context) error {
 		return usagef("braid verify", "want one model directory (written by `braid job export` or `braid train`), got %d arguments", c.NArg())
 	}
 	dir := c.Args().First()
-	opt := provenance.Options{AllowUnsigned: c.Bool("allow-unsigned")}
+	opt := provenance.Options{AllowUnsigned: c.Bool("allow-unsigned"), AllowUnrecorded: c.StringSlice("allow-unrecorded")}
 	for _, s := range c.StringSlice("revoked") {
 		opt.Revoked = append(opt.Revoked, strings.ToLower(strings.TrimLeft(strings.TrimPrefix(strings.ToLower(s), "0x"), "0")))
 	}

@@ -171,3 +171,36 @@ func must(b []byte, err error) []byte {
 	}
 	return b
 }
+
+// `braid verify` names every entry the record does not cover, an edited
+// model card, and accepts a file named with --allow-unrecorded with a
+// warning.
+func TestVerifyRefusesUnrecordedFiles(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "model.safetensors"), []byte("weights"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	files, err := provenance.HashFiles(dir, []string{"model.safetensors"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := (&provenance.Record{Format: provenance.FormatVersion, Kind: provenance.KindTrain, Files: files}).Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := provenance.WriteDir(dir, rec, nil); err != nil {
+		t.Fatal(err)
+	}
+	mustRunOut(t, "verify", dir, "--allow-unsigned")
+	if err := os.WriteFile(filepath.Join(dir, "tokenizer_config.json"), []byte(`{"auto_map": {}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	verifyFails(t, dir, []string{"--allow-unsigned"}, "tokenizer_config.json: a file the record does not name")
+	if out := mustRunOut(t, "verify", dir, "--allow-unsigned", "--allow-unrecorded", "tokenizer_config.json"); !strings.Contains(out, "warning   tokenizer_config.json: not covered") {
+		t.Errorf("--allow-unrecorded:\n%s", out)
+	}
+	if err := os.WriteFile(filepath.Join(dir, provenance.CardFile), []byte("# a better story\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	verifyFails(t, dir, []string{"--allow-unsigned", "--allow-unrecorded", "tokenizer_config.json"}, "README.md: not the model card")
+}
