@@ -342,7 +342,8 @@ func jobExportCommand() *cli.Command {
 			"base with the adapter merged in) as " + ggufFileName + " in --out, for llama.cpp and Ollama.\n" +
 			"Beside the files go provenance.json (base, datasets, spec, the members that trained each range of\n" +
 			"steps, checkpoints, held-out losses, every file's sha256), provenance.sig (signed by the node's cluster\n" +
-			"certificate) and a README.md model card; check them with `braid verify --ca ca.pem DIR`.",
+			"certificate) and a README.md model card; check them with `braid verify --ca ca.pem DIR` (the record names\n" +
+			"the safetensors files, not " + ggufFileName + ": add --allow-unrecorded " + ggufFileName + " after --format gguf).",
 		Flags: append(append(apiFlags(), &cli.StringFlag{Name: "out", Required: true, Usage: "output `DIR` (created)"},
 			&cli.StringFlag{Name: "merged", Usage: "LoRA jobs: also write the merged full model to `DIR`"},
 			overwriteFlag("write into a non-empty --out or --merged, replacing the files of the names it writes")), formatFlags()...),
