@@ -83,8 +83,10 @@ func (req controlRequest) epoch() uint64 {
 // behalf beyond being a member: a checkpoint, or the epoch that served a
 // job's steps, is recorded by a member of the job's ring; a local
 // (federated) dataset is deleted only by the node that registered it; a
-// job is deleted or resumed only by the node that submitted it (the
-// leader's own API applies them without forwarding).
+// job is deleted or resumed only by the node that submitted it, cancelled
+// only by it or a member whose local data it trains on, and completed only
+// by a member of the ring (the leader's own API applies them without
+// forwarding).
 func authorizeApply(st coordinator.State, peer string, cmd coordinator.Command) error {
 	switch c := cmd.(type) {
 	case coordinator.RecordCheckpoint:
@@ -108,10 +110,47 @@ func authorizeApply(st coordinator.State, peer string, cmd coordinator.Command) 
 		if j, ok := st.Job(c.ID); ok && j.SubmittedBy != peer {
 			return fmt.Errorf("refused %s of %s from %s: a job is resumed through %s, which submitted it, or the leader's own API", cmd.Type(), c.ID, peer, j.SubmittedBy)
 		}
+	case coordinator.SetJobState:
+		j, ok := st.Job(c.ID)
+		if !ok {
+			break
+		}
+		switch c.State {
+		case coordinator.JobCancelled:
+			// The submitter, or a unit whose local data the job trains on
+			// (it may withdraw its data), never a bystander.
+			if peer != j.SubmittedBy && !holdsJobData(st, j, peer) {
+				return fmt.Errorf("refused %s %s of %s from %s: a job is cancelled through %s, which submitted it, a member holding its local data, or the leader's own API",
+					cmd.Type(), c.State, c.ID, peer, j.SubmittedBy)
+			}
+		case coordinator.JobCompleted:
+			if !st.Epoch.Has(peer) {
+				return fmt.Errorf("refused %s %s of %s from %s: a job is completed by a member of its ring", cmd.Type(), c.State, c.ID, peer)
+			}
+		case coordinator.JobFailed:
+			// Any member's worker may fail (a fetch, a device, a checkpoint).
+		default:
+			return fmt.Errorf("refused %s %s of %s from %s: only the leader moves a job to %s", cmd.Type(), c.State, c.ID, peer, c.State)
+		}
 	case coordinator.DeleteDataset:
 		if d, ok := st.Dataset(c.ID); ok && d.Local && d.Source != peer {
 			return fmt.Errorf("refused %s of %s from %s: a local dataset is deleted only by %s, which holds it", cmd.Type(), d.Name, peer, d.Source)
 		}
 	}
 	return nil
+}
+
+// holdsJobData reports whether peer registered one of the local
+// (federated) datasets job j trains on.
+func holdsJobData(st coordinator.State, j coordinator.Job, peer string) bool {
+	ids := j.Spec.Datasets
+	if len(ids) == 0 {
+		ids = []string{j.Spec.Dataset}
+	}
+	for _, id := range ids {
+		if d, ok := st.Dataset(id); ok && d.Local && d.Source == peer {
+			return true
+		}
+	}
+	return false
 }

@@ -110,19 +110,57 @@ func TestControlRefusesOthersJobDeleteResume(t *testing.T) {
 	}
 	waitJob(c, submitter, id, func(js node.JobStatus) bool { return js.State == coordinator.JobCancelled })
 	c.Kill(other) // free its name on memnet; it is still a member
-	for _, cmd := range []coordinator.Command{coordinator.ResumeJob{ID: id}, coordinator.DeleteJob{ID: id, Force: true}} {
+	for _, cmd := range []coordinator.Command{coordinator.ResumeJob{ID: id}, coordinator.DeleteJob{ID: id, Force: true},
+		coordinator.SetJobState{ID: id, State: coordinator.JobRunning}} {
 		b, err := coordinator.EncodeCommand(cmd)
 		if err != nil {
 			t.Fatal(err)
 		}
 		got := control(t, c, other, leader, map[string]any{"op": "apply", "apply": b})
-		if !strings.Contains(got, "refused") || !strings.Contains(got, "which submitted it") {
+		if !strings.Contains(got, "refused") {
 			t.Errorf("%s of %s's job from %s: %q, want a refusal", cmd.Type(), submitter, other, got)
 		}
 	}
 	if j, ok := c.Node(leader).Coordinator().State().Job(id); !ok || j.State != coordinator.JobCancelled {
 		t.Fatalf("job after another member's resume and delete: %+v %v, want it cancelled", j, ok)
 	}
+}
+
+// A member may not cancel a job another node submitted, on data it does
+// not hold: the submitter (or a holder of the job's local data, or the
+// leader's own API) cancels it; a bystander's cancel is refused and the
+// job runs on.
+func TestControlRefusesABystandersCancel(t *testing.T) {
+	c := NewCluster(t, 3)
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
+	leader := c.WaitLeader()
+	var others []string
+	for _, name := range []string{"n1", "n2", "n3"} {
+		if name != leader {
+			others = append(others, name)
+		}
+	}
+	submitter, other := others[0], others[1]
+	id := submit(t, c, submitter, node.JobRequest{Steps: 1_000_000, GlobalBatch: 4, MicroBatch: 2})
+	waitJob(c, submitter, id, func(js node.JobStatus) bool { return js.State == coordinator.JobRunning })
+	c.Kill(other) // free its name on memnet; it is still a member
+	b, err := coordinator.EncodeCommand(coordinator.SetJobState{ID: id, State: coordinator.JobCancelled})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := control(t, c, other, leader, map[string]any{"op": "apply", "apply": b})
+	if !strings.Contains(got, "refused") || !strings.Contains(got, "cancelled through "+submitter) {
+		t.Errorf("cancel of %s's job from %s: %q, want a refusal naming the submitter", submitter, other, got)
+	}
+	if j, ok := c.Node(leader).Coordinator().State().Job(id); !ok || j.State != coordinator.JobRunning {
+		t.Fatalf("job after a bystander's cancel: %+v %v, want it running", j.State, ok)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	if err := c.Node(submitter).CancelJob(ctx, id); err != nil {
+		t.Fatalf("the submitter's cancel: %v", err)
+	}
+	waitJob(c, submitter, id, func(js node.JobStatus) bool { return js.State == coordinator.JobCancelled })
 }
 
 // A job object's ID is a job ID, never a path: a member asking for the
