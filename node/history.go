@@ -249,13 +249,21 @@ func (n *Node) historyPath(id string) string {
 // keepHistory keeps the history of runner, which ended, in memory and in
 // the job's directory.
 func (n *Node) keepHistory(r *jobRunner) {
+	if h, ok := n.writeHistory(r); ok {
+		n.histories.put(h)
+	}
+}
+
+// writeHistory writes runner's history so far to the job's directory (at
+// the checkpoint steps, and when the runner ends) and returns it; ok is
+// false when there is nothing to write.
+func (n *Node) writeHistory(r *jobRunner) (h JobHistory, ok bool) {
 	r.mu.Lock()
-	h := r.hist.clone()
+	h = r.hist.clone()
 	r.mu.Unlock()
 	if len(h.Points) == 0 && h.BaseHeldoutLoss == nil {
-		return // it never trained (a job it could not prepare): nothing to show, nor to overwrite a file with
+		return h, false // it never trained (a job it could not prepare): nothing to show, nor to overwrite a file with
 	}
-	n.histories.put(h)
 	b, err := json.Marshal(h)
 	if err == nil {
 		if err = os.MkdirAll(filepath.Dir(n.historyPath(h.Job)), dataDirPerm); err == nil {
@@ -265,6 +273,7 @@ func (n *Node) keepHistory(r *jobRunner) {
 	if err != nil && !errors.Is(err, atomicfile.ErrSyncDir) {
 		n.log.Warn("could not keep the job's history on disk: it is served until the node stops", "job", h.Job, "err", err)
 	}
+	return h, true
 }
 
 // savedHistory returns the history this node's worker kept of job id: the

@@ -486,6 +486,11 @@ func (r *jobRunner) runEpoch(e coordinator.Epoch) error {
 		if ee := r.spec.EvalEvery; ee > 0 && r.w.Done%ee == 0 && evaluates {
 			r.eval(false)
 		}
+		if ce := r.spec.CheckpointEvery; ce > 0 && r.w.Done%ce == 0 {
+			// Every worker's history reaches its disk at the checkpoint
+			// steps: a kill -9 loses at most one interval of points.
+			n.writeHistory(r)
+		}
 		if rank != 0 {
 			continue
 		}

@@ -110,3 +110,25 @@ func isNotFound(err error) bool {
 	e, ok := errors.AsType[*client.APIError](err)
 	return ok && e.StatusCode == http.StatusNotFound
 }
+
+// A worker's history reaches its disk while the job runs, at every
+// checkpoint step, not only when its part ends: a kill -9 loses at most
+// one checkpoint interval of points.
+func TestJobHistoryOnDiskAtCheckpoints(t *testing.T) {
+	c := NewCluster(t, 2)
+	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 2 })
+	const every = 3
+	id := submit(t, c, "n1", node.JobRequest{Steps: 1_000_000, GlobalBatch: 4, MicroBatch: 2, CheckpointEvery: every})
+	waitJob(c, "n1", id, func(js node.JobStatus) bool { return len(js.Checkpoints) >= 2 })
+	var saved node.JobHistory
+	c.waitFor("n2's history on disk at a checkpoint step", func() bool {
+		b, err := os.ReadFile(filepath.Join(c.DataDir("n2"), "jobs", id, "history.json"))
+		return err == nil && json.Unmarshal(b, &saved) == nil && len(saved.Points) >= every
+	})
+	if n := len(saved.Points); n%every != 0 || saved.Points[n-1].Step != n {
+		t.Errorf("n2's history on disk, the job running: %d points up to step %d, want a multiple of %d", n, saved.Points[n-1].Step, every)
+	}
+	if js := waitJob(c, "n1", id, func(node.JobStatus) bool { return true }); js.State.Final() {
+		t.Fatalf("the job ended (%s) before the check: the file may be the end's", js.State)
+	}
+}
