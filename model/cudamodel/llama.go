@@ -290,23 +290,8 @@ func (m *Model) llamaBackward(dloss float32) error {
 	NH, KVH, hd := c.Heads, c.KVHeads, c.HeadDim
 	W := (NH + 2*KVH) * hd
 	at := p.Act()
-	exact := p
-	if p == cuda.TF32 {
-		exact = cuda.FP32
-	}
-	var err error
-	do := func(e error) {
-		if err == nil {
-			err = e
-		}
-	}
-	colsum := func(dst, src cuda.Buffer, t cuda.DType, cols int) {
-		ones := w.onesF32
-		if t != cuda.F32 {
-			ones = w.onesAct
-		}
-		do(d.Gemm(exact, 1, cols, BT, mat(ones, t, BT, false), mat(src, t, cols, false), mat(dst, cuda.F32, cols, false), true))
-	}
+	bp := &backwardPass{m: m, BT: BT}
+	do, colsum := bp.do, bp.colsum
 	frozen := m.ad != nil
 	// stackedBack is stacked's backward pass: dinp (BT, in) = dout · W
 	// (skipped when dinp is the zero Buffer); dW += doutᵀ · inp, or with an
@@ -335,17 +320,7 @@ func (m *Model) llamaBackward(dloss float32) error {
 			colsum(m.g(wi), w.dwx, cuda.F32, C)
 		}
 	}
-	toAct := func() {
-		if p == cuda.BF16 {
-			do(d.CastToAct(p, w.dresAct, w.dres, BT*C))
-		}
-	}
-	ready := func(i int) {
-		if m.GradReady != nil && err == nil {
-			r := m.tr.gradRanges[i]
-			m.GradReady(r[0], r[1])
-		}
-	}
+	toAct, ready := bp.toAct, bp.ready
 
 	dlogits := a.logits // in place
 	do(d.CrossEntropyBackward(p, dlogits, a.logits, a.lse, a.targets, dloss, BT, V, m.vp))
@@ -406,11 +381,11 @@ func (m *Model) llamaBackward(dloss float32) error {
 		}
 	}
 	if frozen {
-		return err
+		return bp.err
 	}
 	distinct, uerr := m.uploadTokenOrder()
 	do(uerr)
 	do(d.EncoderBackwardWTE(m.g(0), w.dres, w.order, w.starts, w.utok, distinct, C))
 	ready(c.Layers + 1) // model.embed_tokens
-	return err
+	return bp.err
 }

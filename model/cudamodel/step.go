@@ -223,25 +223,8 @@ func (m *Model) backward(dloss float32) error {
 	B, T := m.B, m.T
 	BT, C, V, NH, hs := B*T, c.Dim, c.Vocab, c.Heads, c.HeadSize()
 	at := p.Act()
-	// Column sums (bias and LayerNorm gradients) are GEMMs with a ones
-	// vector, in float32 accumulation even in TF32 mode.
-	exact := p
-	if p == cuda.TF32 {
-		exact = cuda.FP32
-	}
-	var err error
-	do := func(e error) {
-		if err == nil {
-			err = e
-		}
-	}
-	colsum := func(dst, src cuda.Buffer, t cuda.DType, cols int) {
-		ones := w.onesF32
-		if t != cuda.F32 {
-			ones = w.onesAct
-		}
-		do(d.Gemm(exact, 1, cols, BT, mat(ones, t, BT, false), mat(src, t, cols, false), mat(dst, cuda.F32, cols, false), true))
-	}
+	bp := &backwardPass{m: m, BT: BT}
+	do, colsum := bp.do, bp.colsum
 	// With an adapter attached the base is frozen: no base gradients, and
 	// nothing below block 0's c_attn (the embeddings are frozen too).
 	frozen := m.ad != nil
@@ -266,11 +249,7 @@ func (m *Model) backward(dloss float32) error {
 			colsum(gb, dout, at, C)
 		}
 	}
-	toAct := func() {
-		if p == cuda.BF16 {
-			do(d.CastToAct(p, w.dresAct, w.dres, BT*C))
-		}
-	}
+	toAct := bp.toAct
 
 	dlogits := a.logits // in place
 	do(d.CrossEntropyBackward(p, dlogits, a.logits, a.lse, a.targets, dloss, BT, V, m.vp))
@@ -287,12 +266,7 @@ func (m *Model) backward(dloss float32) error {
 	}
 	lnf := m.lnf()
 	lnBack(w.dres, w.dln, last, m.p(lnf), a.lnfMean, a.lnfRstd, m.g(lnf), m.g(lnf+1))
-	ready := func(i int) {
-		if m.GradReady != nil && err == nil {
-			r := m.tr.gradRanges[i]
-			m.GradReady(r[0], r[1])
-		}
-	}
+	ready := bp.ready
 	if !frozen {
 		ready(0) // ln_f
 	}
@@ -338,7 +312,7 @@ func (m *Model) backward(dloss float32) error {
 		}
 	}
 	if frozen {
-		return err
+		return bp.err
 	}
 	// Embeddings: dres is ∂L/∂encoded.
 	do(d.EncoderBackwardWPE(m.g(1), w.dres, B, T, C))
@@ -346,7 +320,58 @@ func (m *Model) backward(dloss float32) error {
 	do(uerr)
 	do(d.EncoderBackwardWTE(m.g(0), w.dres, w.order, w.starts, w.utok, distinct, C))
 	ready(c.Layers + 1) // wte and wpe
-	return err
+	return bp.err
+}
+
+// backwardPass holds what the backward passes of both architectures
+// (GPT-2's here, the Llama family's in llama.go) share: the first error of
+// the work they queue, column sums, the residual gradient as a GEMM
+// operand, and GradReady's reports.
+type backwardPass struct {
+	m   *Model
+	BT  int
+	err error
+}
+
+// do keeps the first error.
+func (b *backwardPass) do(e error) {
+	if b.err == nil {
+		b.err = e
+	}
+}
+
+// colsum adds the column sums of src (BT, cols) of type t into dst (cols,
+// float32): bias and norm-weight gradients, as a GEMM with a ones vector,
+// in float32 accumulation even in TF32 mode.
+func (b *backwardPass) colsum(dst, src cuda.Buffer, t cuda.DType, cols int) {
+	m, w := b.m, &b.m.bw
+	exact := m.Prec
+	if exact == cuda.TF32 {
+		exact = cuda.FP32
+	}
+	ones := w.onesF32
+	if t != cuda.F32 {
+		ones = w.onesAct
+	}
+	b.do(m.dev.Gemm(exact, 1, cols, b.BT, mat(ones, t, b.BT, false), mat(src, t, cols, false), mat(dst, cuda.F32, cols, false), true))
+}
+
+// toAct casts the residual gradient dres into dresAct, its copy as a GEMM
+// operand, in BF16 (in the other precisions they are one buffer).
+func (b *backwardPass) toAct() {
+	m, w := b.m, &b.m.bw
+	if m.Prec == cuda.BF16 {
+		b.do(m.dev.CastToAct(m.Prec, w.dresAct, w.dres, b.BT*m.Config.Dim))
+	}
+}
+
+// ready reports range i of what is trained to GradReady, unless queued
+// work has failed.
+func (b *backwardPass) ready(i int) {
+	if b.m.GradReady != nil && b.err == nil {
+		r := b.m.tr.gradRanges[i]
+		b.m.GradReady(r[0], r[1])
+	}
 }
 
 // sortScratch is the host side of grouping positions by token.
