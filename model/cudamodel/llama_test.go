@@ -3,7 +3,6 @@ package cudamodel
 import (
 	"errors"
 	"fmt"
-	"math"
 	"math/rand/v2"
 	"path/filepath"
 	"strings"
@@ -75,61 +74,7 @@ func TestLlamaForwardBackwardMatchesCPU(t *testing.T) {
 					t.Fatal(err)
 				}
 				copy(cpu.Params, params)
-				gpu, err := New(dev, c, B, T, tc.p)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer gpu.Close()
-				if err := gpu.WriteParams(params); err != nil {
-					t.Fatal(err)
-				}
-				tokens, targets := randomBatch(rand.New(rand.NewPCG(1, 2)), c.Vocab, B*T)
-				cpu.ZeroGrad()
-				want, err := cpu.Forward(tokens, targets, B, T)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := gpu.ZeroGrad(); err != nil {
-					t.Fatal(err)
-				}
-				got, err := gpu.Forward(tokens, targets, B, T)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if d := math.Abs(float64(got-want)) / float64(want); !(d <= tc.tol) {
-					t.Errorf("loss %v, CPU %v: relative error %.2e > %.0e", got, want, d, tc.tol)
-				}
-				row := make([]float32, c.Vocab)
-				for _, bt := range [][2]int{{0, 0}, {1, 2}, {2, T - 1}} {
-					if err := gpu.LogitsAt(row, bt[0], bt[1]); err != nil {
-						t.Fatal(err)
-					}
-					i := (bt[0]*T + bt[1]) * c.Vocab
-					if e := relErr(row, cpu.Logits()[i:i+c.Vocab]); !(e <= tc.tol) {
-						t.Errorf("logits at %v: relative error %.2e > %.0e", bt, e, tc.tol)
-					}
-				}
-				if err := cpu.Backward(1); err != nil {
-					t.Fatal(err)
-				}
-				if err := gpu.Backward(1); err != nil {
-					t.Fatal(err)
-				}
-				grads := make([]float32, c.NumParams())
-				if err := gpu.ReadGrads(grads); err != nil {
-					t.Fatal(err)
-				}
-				worst, worstName := 0.0, ""
-				for _, p := range c.Layout() {
-					e := relErr(grads[p.Offset:p.Offset+p.Size], cpu.Grads[p.Offset:p.Offset+p.Size])
-					if !(e <= tc.tol) {
-						t.Errorf("gradient of %s: relative error %.2e > %.0e", p.Name, e, tc.tol)
-					}
-					if e > worst || math.IsNaN(e) {
-						worst, worstName = e, p.Name
-					}
-				}
-				t.Logf("loss %.6f (CPU %.6f); worst gradient %s at %.2e", got, want, worstName, worst)
+				checkStepMatchesCPU(t, dev, cpu, tc.p, tc.tol, [][2]int{{0, 0}, {1, 2}, {2, T - 1}})
 			})
 		}
 	}

@@ -81,63 +81,7 @@ func TestForwardBackwardMatchesCPU(t *testing.T) {
 				t.Fatal(err)
 			}
 			cpu.Init(7)
-			gpu, err := New(dev, c, B, T, tc.p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer gpu.Close()
-			if err := gpu.WriteParams(cpu.Params); err != nil {
-				t.Fatal(err)
-			}
-			rng := rand.New(rand.NewPCG(1, 2))
-			tokens, targets := randomBatch(rng, c.Vocab, B*T)
-			cpu.ZeroGrad()
-			wantLoss, err := cpu.Forward(tokens, targets, B, T)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := gpu.ZeroGrad(); err != nil {
-				t.Fatal(err)
-			}
-			gotLoss, err := gpu.Forward(tokens, targets, B, T)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if d := math.Abs(float64(gotLoss-wantLoss)) / float64(wantLoss); !(d <= tc.tol) {
-				t.Errorf("loss %v, CPU %v: relative error %.2e > %.0e", gotLoss, wantLoss, d, tc.tol)
-			}
-			// Logits at a few positions.
-			row := make([]float32, c.Vocab)
-			for _, bt := range [][2]int{{0, 0}, {1, 17}, {2, T - 1}} {
-				if err := gpu.LogitsAt(row, bt[0], bt[1]); err != nil {
-					t.Fatal(err)
-				}
-				i := (bt[0]*T + bt[1]) * c.Vocab
-				if e := relErr(row, cpu.Logits()[i:i+c.Vocab]); !(e <= tc.tol) {
-					t.Errorf("logits at %v: relative error %.2e > %.0e", bt, e, tc.tol)
-				}
-			}
-			if err := cpu.Backward(1); err != nil {
-				t.Fatal(err)
-			}
-			if err := gpu.Backward(1); err != nil {
-				t.Fatal(err)
-			}
-			grads := make([]float32, c.NumParams())
-			if err := gpu.ReadGrads(grads); err != nil {
-				t.Fatal(err)
-			}
-			worst, worstName := 0.0, ""
-			for _, p := range c.Layout() {
-				e := relErr(grads[p.Offset:p.Offset+p.Size], cpu.Grads[p.Offset:p.Offset+p.Size])
-				if !(e <= tc.tol) {
-					t.Errorf("gradient of %s: relative error %.2e > %.0e", p.Name, e, tc.tol)
-				}
-				if e > worst || math.IsNaN(e) {
-					worst, worstName = e, p.Name
-				}
-			}
-			t.Logf("%v: loss %.6f (CPU %.6f); worst gradient %s at %.2e", tc.p, gotLoss, wantLoss, worstName, worst)
+			checkStepMatchesCPU(t, dev, cpu, tc.p, tc.tol, [][2]int{{0, 0}, {1, 17}, {2, T - 1}})
 		})
 	}
 }
@@ -534,4 +478,70 @@ func checkLoRAMatchesCPU(t *testing.T, dev *cuda.Device, cpu *model.Model, a *mo
 	if g := gpu.GradRanges(); len(g) != c.Layers {
 		t.Errorf("adapter GradRanges %v, want one per block", g)
 	}
+}
+
+// checkStepMatchesCPU runs one forward and backward pass of random tokens
+// (seeded) on cpu, a model holding the weights (batch as allocated), and
+// on a GPU copy of it at precision prec, and compares the loss, the logits
+// at the (sequence, position) pairs at, and every parameter's gradient,
+// per tensor, within tol.
+func checkStepMatchesCPU(t *testing.T, dev *cuda.Device, cpu *model.Model, prec cuda.Precision, tol float64, at [][2]int) {
+	t.Helper()
+	c := cpu.Config
+	B, T := cpu.MaxBatch()
+	gpu, err := New(dev, c, B, T, prec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gpu.Close()
+	if err := gpu.WriteParams(cpu.Params); err != nil {
+		t.Fatal(err)
+	}
+	tokens, targets := randomBatch(rand.New(rand.NewPCG(1, 2)), c.Vocab, B*T)
+	cpu.ZeroGrad()
+	want, err := cpu.Forward(tokens, targets, B, T)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gpu.ZeroGrad(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := gpu.Forward(tokens, targets, B, T)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := math.Abs(float64(got-want)) / float64(want); !(d <= tol) {
+		t.Errorf("loss %v, CPU %v: relative error %.2e > %.0e", got, want, d, tol)
+	}
+	row := make([]float32, c.Vocab)
+	for _, bt := range at {
+		if err := gpu.LogitsAt(row, bt[0], bt[1]); err != nil {
+			t.Fatal(err)
+		}
+		i := (bt[0]*T + bt[1]) * c.Vocab
+		if e := relErr(row, cpu.Logits()[i:i+c.Vocab]); !(e <= tol) {
+			t.Errorf("logits at %v: relative error %.2e > %.0e", bt, e, tol)
+		}
+	}
+	if err := cpu.Backward(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := gpu.Backward(1); err != nil {
+		t.Fatal(err)
+	}
+	grads := make([]float32, c.NumParams())
+	if err := gpu.ReadGrads(grads); err != nil {
+		t.Fatal(err)
+	}
+	worst, worstName := 0.0, ""
+	for _, p := range c.Layout() {
+		e := relErr(grads[p.Offset:p.Offset+p.Size], cpu.Grads[p.Offset:p.Offset+p.Size])
+		if !(e <= tol) {
+			t.Errorf("gradient of %s: relative error %.2e > %.0e", p.Name, e, tol)
+		}
+		if e > worst || math.IsNaN(e) {
+			worst, worstName = e, p.Name
+		}
+	}
+	t.Logf("%v: loss %.6f (CPU %.6f); worst gradient %s at %.2e", prec, got, want, worstName, worst)
 }
