@@ -93,13 +93,7 @@ func TestControlRefusesNonMembers(t *testing.T) {
 func TestControlRefusesOthersJobDeleteResume(t *testing.T) {
 	c := NewCluster(t, 3)
 	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
-	leader := c.WaitLeader()
-	var others []string
-	for _, name := range []string{"n1", "n2", "n3"} {
-		if name != leader {
-			others = append(others, name)
-		}
-	}
+	leader, others := c.Followers("n1", "n2", "n3")
 	submitter, other := others[0], others[1]
 	id := submit(t, c, submitter, node.JobRequest{Steps: 1_000_000, GlobalBatch: 4, MicroBatch: 2})
 	waitJob(c, submitter, id, func(js node.JobStatus) bool { return js.State == coordinator.JobRunning })
@@ -133,13 +127,7 @@ func TestControlRefusesOthersJobDeleteResume(t *testing.T) {
 func TestControlRefusesABystandersCancel(t *testing.T) {
 	c := NewCluster(t, 3)
 	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
-	leader := c.WaitLeader()
-	var others []string
-	for _, name := range []string{"n1", "n2", "n3"} {
-		if name != leader {
-			others = append(others, name)
-		}
-	}
+	leader, others := c.Followers("n1", "n2", "n3")
 	submitter, other := others[0], others[1]
 	id := submit(t, c, submitter, node.JobRequest{Steps: 1_000_000, GlobalBatch: 4, MicroBatch: 2})
 	waitJob(c, submitter, id, func(js node.JobStatus) bool { return js.State == coordinator.JobRunning })

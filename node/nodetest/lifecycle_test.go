@@ -290,13 +290,7 @@ func TestMembersForceLeaveReapAndLeave(t *testing.T) {
 func TestMemberCannotForceLeaveLiveMember(t *testing.T) {
 	c := NewCluster(t, 3)
 	c.WaitEpoch(func(e coordinator.Epoch) bool { return len(e.Members) == 3 })
-	leader := c.WaitLeader()
-	var others []string
-	for _, name := range []string{"n1", "n2", "n3"} {
-		if name != leader {
-			others = append(others, name)
-		}
-	}
+	leader, others := c.Followers("n1", "n2", "n3")
 	sender, victim := others[0], others[1]
 	c.Kill(sender) // its certificate's name, now free on memnet; still a member
 	got := control(t, c, sender, leader, map[string]any{"op": "force-leave", "force_leave": map[string]any{"name": victim, "force": true}})

@@ -352,6 +352,19 @@ func (c *Cluster) Follower(names ...string) string {
 	return ""
 }
 
+// Followers waits for a leader and returns it and, in their order, the
+// names that are not it.
+func (c *Cluster) Followers(names ...string) (leader string, followers []string) {
+	c.t.Helper()
+	leader = c.WaitLeader()
+	for _, n := range names {
+		if n != leader {
+			followers = append(followers, n)
+		}
+	}
+	return leader, followers
+}
+
 // WaitEpoch waits until every running node has applied an epoch for which
 // pred holds, and returns the first node's.
 func (c *Cluster) WaitEpoch(pred func(coordinator.Epoch) bool) coordinator.Epoch {
