@@ -57,10 +57,10 @@ func bf16Tol(name string) float64 {
 // window of 5.
 const llamaB, llamaT = 3, 5
 
-// TestLlamaForwardBackwardMatchesCPU: logits, loss and every parameter's
-// gradient, per tensor, at each precision's bound.
-func TestLlamaForwardBackwardMatchesCPU(t *testing.T) {
-	dev := device(t)
+// eachLlamaCase runs check, as a subtest, for every fixture at fp32 and
+// at bf16 with the fixture's bound, on a CPU model of batch llamaB×llamaT
+// holding the fixture's weights.
+func eachLlamaCase(t *testing.T, check func(t *testing.T, cpu *model.Model, p cuda.Precision, tol float64)) {
 	for _, name := range llamaFixtures {
 		for _, tc := range []struct {
 			p   cuda.Precision
@@ -68,16 +68,24 @@ func TestLlamaForwardBackwardMatchesCPU(t *testing.T) {
 		}{{cuda.FP32, 1e-4}, {cuda.BF16, bf16Tol(name)}} {
 			t.Run(fmt.Sprintf("%s/%v", name, tc.p), func(t *testing.T) {
 				c, params := llamaFixture(t, name)
-				B, T := llamaB, llamaT
-				cpu, err := model.New(c, B, T)
+				cpu, err := model.New(c, llamaB, llamaT)
 				if err != nil {
 					t.Fatal(err)
 				}
 				copy(cpu.Params, params)
-				checkStepMatchesCPU(t, dev, cpu, tc.p, tc.tol, [][2]int{{0, 0}, {1, 2}, {2, T - 1}})
+				check(t, cpu, tc.p, tc.tol)
 			})
 		}
 	}
+}
+
+// TestLlamaForwardBackwardMatchesCPU: logits, loss and every parameter's
+// gradient, per tensor, at each precision's bound.
+func TestLlamaForwardBackwardMatchesCPU(t *testing.T) {
+	dev := device(t)
+	eachLlamaCase(t, func(t *testing.T, cpu *model.Model, p cuda.Precision, tol float64) {
+		checkStepMatchesCPU(t, dev, cpu, p, tol, [][2]int{{0, 0}, {1, 2}, {2, llamaT - 1}})
+	})
 }
 
 // TestLlamaGradRangesMatchCPU: GradReady reports the CPU model's ranges,
@@ -114,29 +122,18 @@ func TestLlamaGradRangesMatchCPU(t *testing.T) {
 // gradient stays untouched.
 func TestLlamaLoRAMatchesCPU(t *testing.T) {
 	dev := device(t)
-	for _, name := range llamaFixtures {
-		for _, tc := range []struct {
-			p   cuda.Precision
-			tol float64
-		}{{cuda.FP32, 1e-4}, {cuda.BF16, bf16Tol(name)}} {
-			t.Run(fmt.Sprintf("%s/%v", name, tc.p), func(t *testing.T) {
-				c, params := llamaFixture(t, name)
-				B, T := llamaB, llamaT
-				cpu, _ := model.New(c, B, T)
-				copy(cpu.Params, params)
-				a, err := model.NewLoRA(c, model.LoRAConfig{Rank: 3, Alpha: 6, Targets: model.DefaultLlamaLoRATargets})
-				if err != nil {
-					t.Fatal(err)
-				}
-				a.Init(9)
-				rng := rand.New(rand.NewPCG(4, 4))
-				for i := range a.Params {
-					a.Params[i] += float32(rng.NormFloat64() * 0.05)
-				}
-				checkLoRAMatchesCPU(t, dev, cpu, a, rng, tc.p, tc.tol)
-			})
+	eachLlamaCase(t, func(t *testing.T, cpu *model.Model, p cuda.Precision, tol float64) {
+		a, err := model.NewLoRA(cpu.Config, model.LoRAConfig{Rank: 3, Alpha: 6, Targets: model.DefaultLlamaLoRATargets})
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
+		a.Init(9)
+		rng := rand.New(rand.NewPCG(4, 4))
+		for i := range a.Params {
+			a.Params[i] += float32(rng.NormFloat64() * 0.05)
+		}
+		checkLoRAMatchesCPU(t, dev, cpu, a, rng, p, tol)
+	})
 }
 
 // TestRefusesAShortSlidingWindow: Mistral's window shorter than the
