@@ -152,22 +152,31 @@ func gpt2Tensors(c model.Config, params []float32) ([]Tensor, error) {
 		case "ln_f.bias":
 			name = "output_norm.bias"
 		default:
-			var l int
-			var rest string
-			if _, err := fmt.Sscanf(p.Name, "h.%d.", &l); err == nil {
-				rest = strings.TrimPrefix(p.Name, fmt.Sprintf("h.%d.", l))
-			}
-			n, ok := rename[rest]
-			if !ok {
+			var ok bool
+			if name, ok = blockTensorName(p.Name, "h.", rename); !ok {
 				return nil, fmt.Errorf("gguf: no llama.cpp name for GPT-2 parameter %s", p.Name)
 			}
-			name = fmt.Sprintf("blk.%d.%s", l, n)
 		}
 		ts = append(ts, Tensor{Name: name, Shape: p.Shape, Data: data})
 	}
 	wte := ts[0]
 	ts = append(ts, Tensor{Name: "output.weight", Shape: wte.Shape, Data: wte.Data})
 	return ts, nil
+}
+
+// blockTensorName is llama.cpp's name (blk.N.NAME) of a block's tensor
+// called PREFIX N.REST in braid's layout, REST renamed by rename; ok is
+// false for any other name.
+func blockTensorName(name, prefix string, rename map[string]string) (string, bool) {
+	var l int
+	if _, err := fmt.Sscanf(name, prefix+"%d.", &l); err != nil {
+		return "", false
+	}
+	n, ok := rename[strings.TrimPrefix(name, fmt.Sprintf("%s%d.", prefix, l))]
+	if !ok {
+		return "", false
+	}
+	return fmt.Sprintf("blk.%d.%s", l, n), true
 }
 
 // llamaTensors names a Llama family model's parameters as the converter
@@ -198,20 +207,14 @@ func llamaTensors(c model.Config, params []float32) ([]Tensor, error) {
 		case "lm_head.weight":
 			name = "output.weight"
 		default:
-			var l int
-			var rest string
-			if _, err := fmt.Sscanf(p.Name, "model.layers.%d.", &l); err == nil {
-				rest = strings.TrimPrefix(p.Name, fmt.Sprintf("model.layers.%d.", l))
-			}
-			n, ok := rename[rest]
-			if !ok {
+			var ok bool
+			if name, ok = blockTensorName(p.Name, "model.layers.", rename); !ok {
 				return nil, fmt.Errorf("gguf: no llama.cpp name for %s parameter %s", c.Arch, p.Name)
 			}
-			name = fmt.Sprintf("blk.%d.%s", l, n)
-			if permute && strings.HasPrefix(rest, "self_attn.q_proj.") {
+			if permute && strings.Contains(p.Name, ".self_attn.q_proj.") {
 				data = permuteHeads(data, c.Heads, c.HeadDim)
 			}
-			if permute && strings.HasPrefix(rest, "self_attn.k_proj.") {
+			if permute && strings.Contains(p.Name, ".self_attn.k_proj.") {
 				data = permuteHeads(data, c.KVHeads, c.HeadDim)
 			}
 		}
