@@ -185,6 +185,25 @@ var torchDtypes = map[safetensors.Dtype]string{
 	"": "float32", safetensors.F32: "float32", safetensors.F16: "float16", safetensors.BF16: "bfloat16",
 }
 
+// NarrowDtype returns the 16-bit dtype a model's config.json (its bytes)
+// says the weights are stored in, by torch_dtype ("bfloat16" or
+// "float16"), for writing a model derived from it in the same dtype; ok is
+// false for float32, no torch_dtype, or a config that is not JSON.
+func NarrowDtype(configJSON []byte) (d safetensors.Dtype, ok bool) {
+	var cfg struct {
+		TorchDtype string `json:"torch_dtype"`
+	}
+	if json.Unmarshal(configJSON, &cfg) != nil {
+		return "", false
+	}
+	for d, name := range torchDtypes {
+		if name == cfg.TorchDtype && (d == safetensors.F16 || d == safetensors.BF16) {
+			return d, true
+		}
+	}
+	return "", false
+}
+
 // ReadConfig reads and validates dir/config.json. Keys that would make a
 // GPT-2 compute something braid does not (another activation, n_inner other
 // than 4·n_embd, layer_norm_epsilon other than kernels.LayerNormEps, untied

@@ -217,14 +217,7 @@ func (n *Node) exportDtype(baseConfig string) (safetensors.Dtype, bool) {
 	if err != nil {
 		return "", false
 	}
-	var cfg struct {
-		TorchDtype string `json:"torch_dtype"`
-	}
-	if json.Unmarshal(b, &cfg) != nil {
-		return "", false
-	}
-	d, ok := map[string]safetensors.Dtype{"bfloat16": safetensors.BF16, "float16": safetensors.F16}[cfg.TorchDtype]
-	return d, ok
+	return model.NarrowDtype(b)
 }
 
 // roundedModel writes checkpoint cp's model in dtype as the export does

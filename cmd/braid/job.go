@@ -16,7 +16,6 @@ import (
 
 	"github.com/braidml/braid/coordinator"
 	"github.com/braidml/braid/model"
-	"github.com/braidml/braid/model/safetensors"
 	"github.com/braidml/braid/node"
 	"github.com/braidml/braid/node/client"
 	"github.com/braidml/braid/node/push"
@@ -439,13 +438,10 @@ func exportInBaseDtype(c *cli.Context, cl *client.Client, id, out string) error 
 	if err != nil {
 		return err
 	}
-	var base struct {
-		TorchDtype string `json:"torch_dtype"`
+	if !json.Valid(b) {
+		return fmt.Errorf("the job's base config.json is not JSON")
 	}
-	if err := json.Unmarshal(b, &base); err != nil {
-		return fmt.Errorf("the job's base config.json: %w", err)
-	}
-	dtype, ok := map[string]safetensors.Dtype{"bfloat16": safetensors.BF16, "float16": safetensors.F16}[base.TorchDtype]
+	dtype, ok := model.NarrowDtype(b)
 	if !ok {
 		return nil
 	}
